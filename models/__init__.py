@@ -1,0 +1,1 @@
+"""Keras CTR models for trigger-induced recommendation."""

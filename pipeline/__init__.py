@@ -1,0 +1,1 @@
+"""Feature pipeline: synthetic logs, readers, embedding providers and the Beam labeling job."""

@@ -1,0 +1,155 @@
+"""Typed configuration of the feature pipeline (the ``pipeline:`` section of a tirec config)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+FORMATS = ("synthetic", "generic", "movielens", "alimama")
+EMBEDDING_PROVIDERS = ("auto", "precomputed", "tfidf-svd", "cooccurrence-svd", "minilm")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | int | float, field: str = "duration") -> int:
+    """Seconds in ``'4h'``, ``'14d'``, ``'30m'``, ``'90s'`` or a plain number of seconds.
+
+    Raises:
+      ValueError: naming ``field`` and the value when it cannot be parsed or is not positive.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise ValueError(f"{field}: cannot parse duration {text!r}; use e.g. '4h', '14d', '30m'")
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if seconds <= 0 or seconds != int(seconds):
+        raise ValueError(f"{field}: duration must be a positive whole number of seconds; "
+                         f"received {text!r}")
+    return int(seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class MovieLensConfig:
+    """TIR conversion of MovieLens ratings.
+
+    Args:
+      click_threshold: a rating >= this is a click.
+      negatives_per_rating: popularity-sampled unrated movies added per rated impression.
+      seed: seed of the negative sampler (mixed with the user id, so any runner gives the same
+        negatives).
+    """
+
+    click_threshold: float = 4.0
+    negatives_per_rating: float = 1.0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of ``tirec pipeline``.
+
+    Args:
+      input: raw input directory.
+      format: ``synthetic``/``generic``, ``movielens`` or ``alimama``.
+      out: output directory.
+      intent_levels: n, the number of equal-width similarity levels.
+      sim_range: ``fixed`` (``[sim_lo, sim_hi]``) or ``quantile`` (0.5/99.5 % of train sims).
+      trigger_window: how far back a click may be to serve as trigger (``4h``).
+      history_days: behaviour history span in days.
+      max_seq_len: behaviour sequence length L.
+      explicit_top_levels: tau defaults to the lower edge of this many top levels.
+      explicit_threshold: an explicit tau, overriding ``explicit_top_levels``.
+      eval_days: the last this-many calendar days (UTC) of impressions form the eval split.
+      no_trigger: ``drop`` impressions without a trigger (counted) or ``pad`` them
+        (``has_trigger`` = 0).
+      click_btags: behaviour types that count as clicks (trigger candidates).
+      trigger_from: take trigger clicks from ``behaviours``, ``impressions`` (label 1) or ``both``.
+      max_events_per_user: cap on a user's behaviours and, separately, impressions; the oldest
+        beyond it are dropped and counted.
+      embedding_provider: item vector source; ``auto`` picks the format's default.
+      embedding_path: file for ``precomputed`` when not inside the input directory.
+      emb_dim: dimension for computed embeddings.
+      chunk_rows: rows per read chunk.
+      num_shards: TFRecord shards per split (0 lets the runner decide).
+      seed: seed for any sampling.
+      movielens: MovieLens conversion settings.
+    """
+
+    input: str = ""
+    format: str = "synthetic"
+    out: str = ""
+    intent_levels: int = 6
+    sim_range: str = "fixed"
+    sim_lo: float = -1.0
+    sim_hi: float = 1.0
+    trigger_window: str = "4h"
+    history_days: int = 14
+    max_seq_len: int = 50
+    explicit_top_levels: int = 2
+    explicit_threshold: float | None = None
+    eval_days: int = 1
+    no_trigger: str = "drop"
+    click_btags: tuple[str, ...] = ("click",)
+    trigger_from: str = "auto"
+    max_events_per_user: int = 100_000
+    embedding_provider: str = "auto"
+    embedding_path: str = ""
+    emb_dim: int = 64
+    chunk_rows: int = 65536
+    num_shards: int = 0
+    seed: int = 0
+    movielens: MovieLensConfig = dataclasses.field(default_factory=MovieLensConfig)
+
+    @property
+    def trigger_window_s(self) -> int:
+        return parse_duration(self.trigger_window, "trigger_window")
+
+    @property
+    def history_s(self) -> int:
+        return self.history_days * 86400
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad field and its value."""
+        def bad(field, why):
+            raise ValueError(f"pipeline.{field}: {why}; received {getattr(self, field)!r}")
+
+        if self.format not in FORMATS:
+            bad("format", f"must be one of {FORMATS}")
+        if not 2 <= self.intent_levels <= 100:
+            bad("intent_levels", "must be an integer in [2, 100]")
+        if self.sim_range not in ("fixed", "quantile"):
+            bad("sim_range", "must be 'fixed' or 'quantile'")
+        if not self.sim_hi > self.sim_lo:
+            bad("sim_hi", f"must exceed sim_lo={self.sim_lo}")
+        self.trigger_window_s  # parses or raises
+        if self.history_days < 1:
+            bad("history_days", "must be >= 1")
+        if self.max_seq_len < 1:
+            bad("max_seq_len", "must be >= 1")
+        if not 1 <= self.explicit_top_levels <= self.intent_levels:
+            bad("explicit_top_levels", f"must be in [1, intent_levels={self.intent_levels}]")
+        if self.explicit_threshold is not None and not -1.0 <= self.explicit_threshold <= 1.0:
+            bad("explicit_threshold", "must be in [-1, 1]")
+        if self.eval_days < 0:
+            bad("eval_days", "must be >= 0")
+        if self.no_trigger not in ("drop", "pad"):
+            bad("no_trigger", "must be 'drop' or 'pad'")
+        if self.trigger_from not in ("auto", "behaviours", "impressions", "both"):
+            bad("trigger_from", "must be auto, behaviours, impressions or both")
+        if self.max_events_per_user < 1:
+            bad("max_events_per_user", "must be >= 1")
+        if self.embedding_provider not in EMBEDDING_PROVIDERS:
+            bad("embedding_provider", f"must be one of {EMBEDDING_PROVIDERS}")
+        if self.emb_dim < 2:
+            bad("emb_dim", "must be >= 2")
+        if self.chunk_rows < 1:
+            bad("chunk_rows", "must be >= 1")
+        if self.num_shards < 0:
+            bad("num_shards", "must be >= 0")
+        if not self.click_btags:
+            bad("click_btags", "must name at least one behaviour type")
+        if self.movielens.negatives_per_rating < 0:
+            raise ValueError("pipeline.movielens.negatives_per_rating: must be >= 0; received "
+                             f"{self.movielens.negatives_per_rating!r}")

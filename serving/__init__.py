@@ -1,0 +1,1 @@
+"""SavedModel export and TF Serving compatible serving."""

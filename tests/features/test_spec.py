@@ -1,0 +1,77 @@
+"""FeatureSpec: validation, JSON round trip, diff, parse dict."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tirec.features.spec import Feature, FeatureSpec, TableSpec, tir_feature_spec
+
+
+def _spec(**kw):
+    return tir_feature_spec(item_fields=("cate_id", "brand_id"), user_fields=("gender",),
+                            context_fields=("scene",), **kw)
+
+
+def test_standard_spec_columns_and_shapes():
+    spec = _spec(intent_levels=4, max_seq_len=20)
+    assert spec.feature("hist_item_ids").length == 20
+    assert spec.feature("hist_item_ids").table == "item"
+    assert spec.feature("target_item_id").table == spec.feature("trigger_item_id").table == "item"
+    assert spec.feature("intent_dist").length == 4 and spec.feature("intent_dist").role == "intent"
+    for name in ("label", "user_id", "request_id", "trigger_item_id", "target_item_id", "impression_ts",
+                 "hist_ts", "trigger_target_sim", "explicit_mask", "hist_cate_id", "target_brand_id",
+                 "user_gender", "ctx_scene", "ctx_hour"):
+        assert name in spec.names
+    assert spec.explicit_threshold == pytest.approx(0.0)  # 4 levels over [-1, 1]: top two start at 0
+
+
+def test_json_round_trip_and_equality(tmp_path):
+    spec = _spec()
+    path = str(tmp_path / "spec.json")
+    spec.save(path)
+    back = FeatureSpec.load(path)
+    assert back == spec
+    assert back.diff(spec) == []
+
+
+def test_diff_names_each_difference():
+    a = _spec()
+    b = _spec(intent_levels=8)
+    c = a.with_tables([TableSpec("item", 1024)])
+    assert any("intent_levels" in d for d in a.diff(b))
+    assert any("table 'item'" in d for d in a.diff(c))
+    with pytest.raises(ValueError, match="intent_levels"):
+        a.check_compatible(b)
+
+
+def test_validation_errors_name_the_field():
+    with pytest.raises(ValueError, match="dtype"):
+        Feature("x", "int32")
+    with pytest.raises(ValueError, match="length"):
+        Feature("x", "int64", "scalar", 3)
+    with pytest.raises(ValueError, match="reads table 'nope'"):
+        FeatureSpec(features=(Feature("label", "int64"), Feature("x", "int64", table="nope")))
+    with pytest.raises(ValueError, match="duplicate feature"):
+        FeatureSpec(features=(Feature("label", "int64"), Feature("label", "int64")))
+    with pytest.raises(ValueError, match="num_buckets"):
+        TableSpec("t", 0)
+    with pytest.raises(ValueError, match="unknown tables"):
+        _spec(buckets={"nope": 3})
+    with pytest.raises(KeyError, match="no feature"):
+        _spec().feature("nope")
+    with pytest.raises(ValueError, match="unknown keys"):
+        FeatureSpec.from_dict({**_spec().to_dict(), "extra": 1})
+
+
+def test_parse_example_spec_shapes_and_label_exclusion():
+    import tensorflow as tf
+
+    spec = _spec(max_seq_len=7)
+    parse = spec.parse_example_spec()
+    assert parse["hist_item_ids"].shape == [7] and parse["hist_item_ids"].dtype == tf.int64
+    assert parse["label"].shape == [] and parse["trigger_target_sim"].dtype == tf.float32
+    assert parse["request_id"].dtype == tf.string
+    serving = spec.parse_example_spec(include_label=False)
+    assert "label" not in serving and len(serving) == len(parse) - 1
+    intent_only = spec.parse_example_spec(roles=("intent",))
+    assert set(intent_only) == {"intent_dist", "intent_counts"}
