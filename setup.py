@@ -32,6 +32,7 @@ setup(
         "tensorflow-recommenders==0.7.7",
         "tensorflow-serving-api==2.21.*",
         "apache-beam==2.77.*",
+        "google-crc32c",  # TFRecord checksums in Beam (WriteToTFRecord fails without it)
         "numpy",
         "pandas",
         "pyarrow",

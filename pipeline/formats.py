@@ -1,0 +1,222 @@
+"""Input formats: how each raw layout maps onto impressions, behaviours, users and items.
+
+A :class:`SourceFormat` names the schemas of its fact tables (read by the Beam job, chunk by
+chunk) and prepares the item table (side fields + multimodal vectors) in the launcher. The
+registry :data:`FORMATS` maps ``--format`` names to formats; an unknown name fails with the list.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Callable
+
+import numpy as np
+
+from tirec.pipeline import embeddings as emb
+from tirec.pipeline.config import PipelineConfig
+from tirec.pipeline.io import Column, TableSchema, dead_letter, discover, read_chunks
+from tirec.pipeline.items import ItemTable
+
+log = logging.getLogger(__name__)
+
+ITEM_FIELDS = ("cate_id", "brand_id", "price_bucket")
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What the launcher hands to the Beam job."""
+
+    files: dict[str, list[str]]            # impressions / behaviours / users -> paths
+    schemas: dict[str, TableSchema]
+    items: ItemTable
+    item_fields: tuple[str, ...]
+    user_fields: tuple[str, ...]
+    context_fields: tuple[str, ...]
+    trigger_from: str
+    embedding_info: dict
+    dead: list[dict]                       # dead letters found by the launcher
+    rows_in: dict[str, int]                # launcher-read tables: rows in
+    user_hook: Callable | None = None      # per-user impression builder (MovieLens)
+    block_fns: dict[str, Callable] = dataclasses.field(default_factory=dict)  # per-table column fix-ups
+    notes: dict = dataclasses.field(default_factory=dict)
+
+
+class SourceFormat:
+    """Base class of the input formats."""
+
+    name = ""
+
+    def prepare(self, cfg: PipelineConfig) -> Prepared:
+        raise TypeError(f"{type(self).__name__} must define prepare()")
+
+
+IMPRESSIONS = TableSchema("impressions", (
+    Column("user_id", "id"), Column("item_id", "id"), Column("ts", "ts"), Column("label", "label"),
+    Column("request_id", "str", required=False, default=""),
+), extra_int_prefix="", extra_match="ctx_")
+BEHAVIOURS = TableSchema("behaviours", (
+    Column("user_id", "id"), Column("item_id", "id"), Column("ts", "ts"), Column("btag", "str"),
+))
+USERS = TableSchema("users", (Column("user_id", "id"),), extra_int_prefix="user_")
+ITEMS = TableSchema("items", (
+    Column("item_id", "id"), Column("cate_id", "id"), Column("brand_id", "id"),
+    Column("price_bucket", "int"), Column("text", "str", required=False),
+), extra_int_prefix="")
+ITEM_EMBEDDINGS = TableSchema("item_embeddings", (Column("item_id", "id"), Column("embedding", "vector")))
+
+
+class GenericFormat(SourceFormat):
+    """The documented generic schema (``pipeline/SCHEMA.md``), also written by ``tirec generate``."""
+
+    name = "generic"
+
+    def prepare(self, cfg: PipelineConfig) -> Prepared:
+        files = {t: discover(cfg.input, t) for t in ("impressions", "behaviours", "users")}
+        for t in ("impressions", "behaviours"):
+            if not files[t]:
+                raise FileNotFoundError(
+                    f"no {t} files in {cfg.input!r}: expected {t}.csv|parquet|jsonl, {t}/*.<ext> "
+                    f"or {t}-*.<ext> (see pipeline/SCHEMA.md)")
+        dead: list[dict] = []
+        rows_in: dict[str, int] = {}
+        item_cols, texts = read_table(cfg.input, ITEMS, cfg.chunk_rows, dead, rows_in, required=True)
+        ids, keep = dedupe(item_cols["item_id"], "items", dead)
+        item_cols = {k: v[keep] for k, v in item_cols.items()}
+        extra = tuple(k for k in item_cols if k not in ("item_id", "text") + ITEM_FIELDS)
+        fields = {f: item_cols[f] for f in ITEM_FIELDS + extra}
+        art, info = self._embeddings(cfg, ids, item_cols, files, dead, rows_in)
+        items, info = build_item_table(ids, fields, art, info)
+        return Prepared(
+            files=files, schemas={"impressions": IMPRESSIONS, "behaviours": BEHAVIOURS, "users": USERS},
+            items=items, item_fields=ITEM_FIELDS + extra,
+            user_fields=tuple(header_fields(files["users"], USERS)),
+            context_fields=tuple(c[len("ctx_"):] for c in header_fields(files["impressions"], IMPRESSIONS)
+                                 if c.startswith("ctx_")),
+            trigger_from="behaviours" if cfg.trigger_from == "auto" else cfg.trigger_from,
+            embedding_info=info, dead=dead, rows_in=rows_in)
+
+    def _embeddings(self, cfg, ids, item_cols, files, dead, rows_in):
+        provider = cfg.embedding_provider
+        emb_files = discover(cfg.input, "item_embeddings")
+        npy = os.path.join(cfg.input, "item_embeddings.npy")
+        if provider == "auto":
+            provider = "precomputed" if (emb_files or cfg.embedding_path or os.path.exists(npy)) \
+                else "cooccurrence-svd"
+        if provider == "precomputed":
+            return load_vectors(cfg, emb_files, npy, dead, rows_in), {}
+        if provider in ("tfidf-svd", "minilm"):
+            texts = item_cols.get("text")
+            if texts is None:
+                raise ValueError(f"embedding_provider={provider!r} needs a 'text' column in items")
+            fn = emb.tfidf_svd if provider == "tfidf-svd" else emb.minilm
+            kwargs = {"dim": cfg.emb_dim, "seed": cfg.seed} if provider == "tfidf-svd" else {}
+            return fn(ids, list(texts), **kwargs), {}
+        sequences = behaviour_sequences(files["behaviours"], BEHAVIOURS, cfg.chunk_rows)
+        return emb.cooccurrence_svd(sequences, dim=cfg.emb_dim, seed=cfg.seed), {}
+
+
+def header_fields(paths: list[str], schema: TableSchema) -> list[str]:
+    """Undeclared (extra) fields a table's first file yields, without their prefix.
+
+    For users that is the profile fields (``gender`` for column ``gender``, stored as
+    ``user_gender``); for impressions the ``ctx_`` columns.
+    """
+    if not paths:
+        return []
+    declared = {c.name for c in schema.columns}
+    prefix = schema.extra_int_prefix or ""
+    for chunk, _ in read_chunks(paths[0], schema, chunk_rows=1):
+        return [n[len(prefix):] for n in chunk.columns if n not in declared]
+    return []
+
+
+def read_table(directory: str, schema: TableSchema, chunk_rows: int, dead: list, rows_in: dict,
+               required: bool = False) -> tuple[dict[str, np.ndarray], None]:
+    """Reads a whole (small, dimension) table in the launcher; bad rows go to ``dead``."""
+    paths = discover(directory, schema.name)
+    if required and not paths:
+        raise FileNotFoundError(f"no {schema.name} files in {directory!r} (see pipeline/SCHEMA.md)")
+    parts: dict[str, list] = {}
+    n_in = 0
+    for path in paths:
+        for chunk, bad in read_chunks(path, schema, chunk_rows):
+            dead.extend(bad)
+            n_in += len(chunk) + len(bad)
+            for k, v in chunk.columns.items():
+                parts.setdefault(k, []).append(v)
+    rows_in[schema.name] = rows_in.get(schema.name, 0) + n_in
+    return {k: np.concatenate(v) for k, v in parts.items()}, None
+
+
+def dedupe(ids: np.ndarray, table: str, dead: list) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ids and the row index of each first occurrence; repeats are dead-lettered."""
+    uniq, first = np.unique(ids, return_index=True)
+    if first.shape[0] != ids.shape[0]:
+        dup = np.ones(ids.shape[0], dtype=bool)
+        dup[first] = False
+        for i in np.flatnonzero(dup):
+            dead.append(dead_letter(table, "duplicate_id", field="item_id", value=int(ids[i]), row=int(i)))
+    return uniq, first
+
+
+def load_vectors(cfg: PipelineConfig, emb_files: list[str], npy: str, dead: list,
+                 rows_in: dict) -> "emb.EmbeddingArtifact":
+    """Loads precomputed vectors (Parquet/JSONL/CSV table or NPY pair), dead-lettering bad rows."""
+    path = cfg.embedding_path or (emb_files[0] if emb_files else npy)
+    art, bad = emb.load_precomputed(path)
+    dead.extend(b.to_dict() for b in bad)
+    rows_in["item_embeddings"] = len(art.ids) + len(bad)
+    return art
+
+
+def build_item_table(ids: np.ndarray, fields: dict[str, np.ndarray], art: "emb.EmbeddingArtifact",
+                     info: dict, popularity: np.ndarray | None = None,
+                     groups: np.ndarray | None = None) -> tuple[ItemTable, dict]:
+    """Joins side fields and vectors; items without a vector get the documented fallback."""
+    if groups is None:
+        groups = fields.get("cate_id")
+    full, fallback_ids = emb.fill_missing(art, ids, groups)
+    vectors, found = full.lookup(ids)
+    if not found.all():
+        raise RuntimeError("fill_missing left catalogue items without a vector")
+    info = dict(info)
+    info.update({"provider": art.provider, "dim": int(vectors.shape[1]),
+                 "items_with_vector": int(len(ids) - len(fallback_ids)),
+                 "fallback_items": int(len(fallback_ids)),
+                 "fallback_rule": full.info.get("fallback_rule", ""),
+                 "vectors_without_item": int(np.setdiff1d(art.ids, ids).shape[0])})
+    info.update({k: v for k, v in art.info.items() if k not in info})
+    pop = np.zeros(len(ids)) if popularity is None else popularity
+    return ItemTable(ids=ids, fields=fields, vectors=vectors.astype(np.float32), popularity=pop), info
+
+
+def behaviour_sequences(paths: list[str], schema: TableSchema, chunk_rows: int,
+                        user_col: str = "user_id", item_col: str = "item_id") -> list[np.ndarray]:
+    """Time-ordered item sequences per user, for co-occurrence embeddings."""
+    users, items_, ts = [], [], []
+    for path in paths:
+        for chunk, _ in read_chunks(path, schema, chunk_rows):
+            users.append(chunk.columns[user_col])
+            items_.append(chunk.columns[item_col])
+            ts.append(chunk.columns["ts"])
+    if not users:
+        return []
+    u, it, t = np.concatenate(users), np.concatenate(items_), np.concatenate(ts)
+    order = np.lexsort((t, u))
+    u, it = u[order], it[order]
+    cuts = np.flatnonzero(np.diff(u)) + 1
+    return np.split(it, cuts)
+
+
+FORMATS: dict[str, Callable[[], SourceFormat]] = {
+    "generic": GenericFormat,
+    "synthetic": GenericFormat,
+}
+
+
+def get_format(name: str) -> SourceFormat:
+    """The format registered under ``name``; an unknown name lists the valid ones."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {name!r}; valid formats: {sorted(FORMATS)}")
+    return FORMATS[name]()

@@ -1,0 +1,536 @@
+"""The Beam job: raw logs -> trigger-labeled TFRecords with intent distributions.
+
+Graph::
+
+    files --Read+validate--> (user, block) --GroupByKey--> LabelUser --Finalize--> train / eval
+      \\--> dead letters                                 \\--> dead letters          \\--> stats
+
+* Fact tables (impressions, behaviours, users) are read in chunks by a DoFn per file; each chunk
+  is validated (bad rows to the dead-letter output) and split into per-user blocks, so what goes
+  through the shuffle is one element per (chunk, user), not one per row.
+* The item table (side fields + multimodal vectors) is prepared by the launcher and loaded by
+  each worker in ``setup``.
+* ``LabelUser`` runs :func:`tirec.pipeline.labeling.label_user`; a user's blocks are collected
+  with a running cap, so per-key state stays bounded.
+* ``Finalize`` bins similarities with the fixed range or the train-set quantiles (a global side
+  input), computes intent distributions and explicit masks and encodes ``tf.train.Example``s.
+
+Runs on DirectRunner by default; any Beam flags (``--runner FlinkRunner``, ``--runner
+DataflowRunner --project ...``) pass through unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from tirec.features import transforms
+from tirec.features.example import ExampleEncoder
+from tirec.features.spec import FeatureSpec, TableSpec, tir_feature_spec
+from tirec.pipeline import labeling
+from tirec.pipeline.config import PipelineConfig
+from tirec.pipeline.formats import Prepared, get_format
+from tirec.pipeline.io import read_chunks, write_jsonl
+from tirec.pipeline.items import ItemTable
+
+log = logging.getLogger(__name__)
+
+IMP, BEH, USR = "imp", "beh", "usr"
+_TAGS = {"impressions": IMP, "behaviours": BEH, "users": USR}
+SEQ_HIST_BINS = 11  # sequence-length histogram: [0], (0, L/10], ... by tenths of L
+
+
+def run(cfg: PipelineConfig, beam_args: list[str] | None = None) -> dict:
+    """Runs the whole job and returns the stats dict written to ``OUT/stats.json``."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    cfg.validate()
+    t0 = time.time()
+    out = cfg.out.rstrip("/")
+    _makedirs(out)
+    fmt = get_format(cfg.format)
+    log.info("preparing item table and embeddings (%s format)", cfg.format)
+    prep = fmt.prepare(cfg)
+    items_path = f"{out}/items/items.npz"
+    _makedirs(f"{out}/items")
+    prep.items.save(items_path)
+    _save_artifact(prep, f"{out}/item_embeddings")
+    write_jsonl(f"{out}/deadletter/launcher.jsonl", prep.dead)
+
+    lo, hi = cfg.sim_lo, cfg.sim_hi
+    spec = _spec(cfg, prep, lo, hi)
+    files = [p for t in ("impressions", "behaviours", "users") for p in prep.files.get(t, [])]
+    settings = labeling.LabelSettings(
+        intent_levels=cfg.intent_levels, trigger_window_s=cfg.trigger_window_s,
+        history_s=cfg.history_s, max_seq_len=cfg.max_seq_len, click_btags=tuple(cfg.click_btags),
+        trigger_from=prep.trigger_from, no_trigger=cfg.no_trigger,
+        max_events_per_user=cfg.max_events_per_user, eval_from_ts=0,
+        item_fields=prep.item_fields, user_fields=prep.user_fields,
+        context_fields=prep.context_fields)
+
+    flags, runner = _beam_flags(beam_args or [])
+    with beam.Pipeline(runner=runner, options=PipelineOptions(flags=flags)) as p:
+        blocks, deads, stats, maxts = [], [], [], []
+        for table, paths in prep.files.items():
+            if not paths:
+                continue
+            res = (p | f"{table}:files" >> beam.Create([(files.index(x), x) for x in paths])
+                   | f"{table}:spread" >> beam.Reshuffle()
+                   | f"{table}:read" >> beam.ParDo(
+                       _ReadFn(_TAGS[table], prep.schemas[table], cfg.chunk_rows, tuple(cfg.click_btags),
+                               prep.block_fns.get(table))
+                   ).with_outputs("dead", "stats", "maxts", main="blocks"))
+            blocks.append(res.blocks)
+            deads.append(res.dead)
+            stats.append(res.stats)
+            maxts.append(res.maxts)
+        # Eval split: the last eval_days calendar days of the impressions (or, for formats
+        # whose impressions are derived per user, of the behaviours).
+        ts_source = IMP if prep.files.get("impressions") else BEH
+        cutoff = (maxts | "maxts:all" >> beam.Flatten()
+                  | "maxts:pick" >> beam.Filter(lambda kv, t=ts_source: kv[0] == t)
+                  | "maxts:values" >> beam.Values()
+                  | "maxts:max" >> beam.CombineGlobally(max).without_defaults()
+                  | "maxts:cutoff" >> beam.Map(_eval_cutoff, cfg.eval_days))
+        labeled = (blocks | "blocks:flatten" >> beam.Flatten()
+                   | "by_user" >> beam.GroupByKey()
+                   | "label" >> beam.ParDo(_LabelFn(settings, items_path, files, prep.user_hook),
+                                           beam.pvalue.AsSingleton(cutoff)
+                                           ).with_outputs("dead", "stats", main="users"))
+        deads.append(labeled.dead)
+        stats.append(labeled.stats)
+        if cfg.sim_range == "quantile":
+            bounds = (labeled.users
+                      | "sims:train" >> beam.FlatMap(_train_sims)
+                      | "sims:quantiles" >> beam.ApproximateQuantiles.Globally(201)
+                      | "sims:range" >> beam.Map(_quantile_bounds))
+            range_side = beam.pvalue.AsSingleton(bounds)
+        else:
+            range_side = beam.pvalue.AsSingleton(p | "fixed_range" >> beam.Create([(lo, hi)]))
+        final = (labeled.users
+                 | "finalize" >> beam.ParDo(_FinalizeFn(spec, cfg.explicit_threshold,
+                                                        cfg.explicit_top_levels), range_side
+                                            ).with_outputs("eval", "stats", main="train"))
+        stats.append(final.stats)
+        for split, pcoll in (("train", final.train), ("eval", final[("eval")])):
+            _ = pcoll | f"write:{split}" >> beam.io.WriteToTFRecord(
+                f"{out}/{split}/part", file_name_suffix=".tfrecord.gz",
+                num_shards=cfg.num_shards,
+                compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+        dead_all = deads | "dead:flatten" >> beam.Flatten()
+        _ = (dead_all | "dead:json" >> beam.Map(lambda d: json.dumps(d, default=str))
+             | "dead:write" >> beam.io.WriteToText(f"{out}/deadletter/deadletter",
+                                                   file_name_suffix=".jsonl"))
+        dead_counts = dead_all | "dead:count" >> beam.Map(
+            lambda d: {"deadletter": {f"{d['table']}/{d['reason']}": 1}})
+        _ = ((stats + [dead_counts, cutoff | "cutoff:stat" >> beam.Map(lambda c: {"_eval_from_ts": [c]}),
+                        range_side_stat(p, beam, cfg, lo, hi, locals().get("bounds"))])
+             | "stats:flatten" >> beam.Flatten()
+             | "stats:merge" >> beam.CombineGlobally(_MergeStats())
+             | "stats:write" >> beam.Map(_write_json, f"{out}/_beam_stats.json"))
+
+    beam_stats = _read_json(f"{out}/_beam_stats.json")
+    os.remove(f"{out}/_beam_stats.json") if "://" not in out else None
+    return _finish(cfg, prep, spec, beam_stats, out, time.time() - t0)
+
+
+def range_side_stat(p, beam, cfg, lo, hi, bounds):
+    """The binning range actually used, as a stats element."""
+    if bounds is not None:
+        return bounds | "range:stat" >> beam.Map(lambda b: {"_sim_range": [list(b)]})
+    return p | "range:stat" >> beam.Create([{"_sim_range": [[lo, hi]]}])
+
+
+# ---- DoFns -----------------------------------------------------------------------------------
+
+class _ReadFn:
+    """Placeholder replaced at import time by a beam.DoFn subclass (keeps Beam import lazy)."""
+
+
+def _make_dofns():
+    import apache_beam as beam
+
+    class ReadFn(beam.DoFn):
+        """Reads one file in chunks; emits (user_id, (tag, block)) plus dead letters and stats."""
+
+        def __init__(self, tag, schema, chunk_rows, click_btags, block_fn=None):
+            self.tag, self.schema, self.chunk_rows, self.click_btags = tag, schema, chunk_rows, click_btags
+            self.block_fn = block_fn
+
+        def process(self, element):
+            file_idx, path = element
+            rows_in = 0
+            for chunk, dead in read_chunks(path, self.schema, self.chunk_rows):
+                rows_in += len(chunk) + len(dead)
+                for d in dead:
+                    yield beam.pvalue.TaggedOutput("dead", d)
+                if not len(chunk):
+                    continue
+                cols = chunk.columns if self.block_fn is None else self.block_fn(chunk.columns)
+                cols["_file"] = np.full(len(chunk), file_idx, dtype=np.int64)
+                cols["_row"] = chunk.rows
+                if self.tag == BEH:
+                    cols["btag_id"], cols["is_click"] = labeling.encode_btags(cols.pop("btag"),
+                                                                              self.click_btags)
+                if "ts" in cols:
+                    yield beam.pvalue.TaggedOutput("maxts", (self.tag, int(cols["ts"].max())))
+                for user, block in _split_by_user(cols):
+                    yield user, (self.tag, block)
+            yield beam.pvalue.TaggedOutput("stats", {"rows_in": {self.schema.name: rows_in}})
+
+    class LabelFn(beam.DoFn):
+        """Collects a user's blocks (with a running cap) and labels the user's impressions."""
+
+        def __init__(self, settings, items_path, files, user_hook):
+            self.settings, self.items_path, self.files, self.user_hook = settings, items_path, files, user_hook
+            self.items = None
+
+        def setup(self):
+            self.items = ItemTable.load(self.items_path)
+
+        def process(self, element, eval_from_ts):
+            user, tagged = element
+            s = dataclasses.replace(self.settings, eval_from_ts=int(eval_from_ts))
+            parts = {IMP: [], BEH: [], USR: []}
+            sizes = {IMP: 0, BEH: 0}
+            stats: dict = {}
+            for tag, block in tagged:
+                parts[tag].append(block)
+                if tag in sizes:
+                    sizes[tag] += len(block["ts"])
+                    if sizes[tag] > 2 * s.max_events_per_user:  # bound the state per key
+                        merged = _latest(parts[tag], s.max_events_per_user, stats, tag)
+                        parts[tag], sizes[tag] = [merged], len(merged["ts"])
+            imps = _concat(parts[IMP])
+            behs = _concat(parts[BEH])
+            profile = None
+            if parts[USR]:
+                prof = _concat(parts[USR])
+                n_prof = len(prof["_row"])
+                for i in range(1, n_prof):
+                    yield beam.pvalue.TaggedOutput("dead", {
+                        "table": "users", "reason": "duplicate_id", "field": "user_id", "value": str(user),
+                        "file": self.files[int(prof["_file"][i])], "row": int(prof["_row"][i])})
+                profile = {k: v[0] for k, v in prof.items() if k.startswith("user_")}
+                labeling._add(stats, "users_with_profile", 1)
+            if self.user_hook is not None:
+                imps, hook_stats = self.user_hook(user, behs, self.items)
+                _merge_into(stats, hook_stats)
+            cols, dead, st = labeling.label_user(user, imps, behs, profile, self.items, s, self.files)
+            _merge_into(stats, st)
+            for d in dead:
+                yield beam.pvalue.TaggedOutput("dead", d)
+            if len(cols["label"]):
+                labeling._add(stats, "users_labeled", 1)
+                yield cols
+            yield beam.pvalue.TaggedOutput("stats", stats)
+
+    class FinalizeFn(beam.DoFn):
+        """Bins similarities, adds intent distributions and explicit masks, encodes records."""
+
+        def __init__(self, spec, explicit_threshold, explicit_top_levels):
+            self.spec, self.tau, self.top = spec, explicit_threshold, explicit_top_levels
+            self.encoder = None
+
+        def setup(self):
+            self.encoder = ExampleEncoder(self.spec)
+
+        def process(self, cols, sim_range):
+            lo, hi = sim_range
+            n = self.spec.intent_levels
+            tau = self.tau if self.tau is not None else transforms.explicit_threshold(n, self.top, lo, hi)
+            is_eval = cols["_eval"]
+            out, stats = labeling.finalize(cols, n, lo, hi, tau)
+            stats.update(_record_stats(out, is_eval, self.spec.max_seq_len))
+            for split, mask in (("train", ~is_eval), ("eval", is_eval)):
+                if mask.any():
+                    records = self.encoder.encode_batch({k: v[mask] for k, v in out.items()})
+                    for r in records:
+                        yield r if split == "train" else beam.pvalue.TaggedOutput("eval", r)
+            yield beam.pvalue.TaggedOutput("stats", stats)
+
+    return ReadFn, LabelFn, FinalizeFn
+
+
+class _MergeStats:
+    """Placeholder replaced by a beam.CombineFn below."""
+
+
+def _make_combine():
+    import apache_beam as beam
+
+    class MergeStats(beam.CombineFn):
+        """Sums nested stats dicts (numbers and numpy arrays add; lists concatenate)."""
+
+        def create_accumulator(self):
+            return {}
+
+        def add_input(self, acc, x):
+            _merge_into(acc, x)
+            return acc
+
+        def merge_accumulators(self, accs):
+            out = {}
+            for a in accs:
+                _merge_into(out, a)
+            return out
+
+        def extract_output(self, acc):
+            return acc
+
+    return MergeStats
+
+
+def _install_beam_classes():
+    global _ReadFn, _LabelFn, _FinalizeFn, _MergeStats
+    _ReadFn, _LabelFn, _FinalizeFn = _make_dofns()
+    _MergeStats = _make_combine()
+
+
+_install_beam_classes()
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+def _split_by_user(cols: dict):
+    users = cols["user_id"]
+    order = np.argsort(users, kind="stable")
+    sorted_users = users[order]
+    cuts = np.flatnonzero(np.diff(sorted_users)) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(order)]])
+    for a, b in zip(starts, ends):
+        idx = order[a:b]
+        yield int(sorted_users[a]), {k: v[idx] for k, v in cols.items() if k != "user_id"}
+
+
+def _concat(blocks: list[dict]) -> dict | None:
+    if not blocks:
+        return None
+    if len(blocks) == 1:
+        return blocks[0]
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
+def _latest(blocks: list[dict], cap: int, stats: dict, tag: str) -> dict:
+    merged = _concat(blocks)
+    n = len(merged["ts"])
+    order = np.argsort(merged["ts"], kind="stable")[n - cap:]
+    order.sort()
+    key = "impressions_dropped_user_cap" if tag == IMP else "behaviours_dropped_user_cap"
+    labeling._add(stats, key, n - cap)
+    return {k: v[order] for k, v in merged.items()}
+
+
+def _record_stats(out: dict, is_eval: np.ndarray, max_len: int) -> dict:
+    n_levels = out["intent_dist"].shape[1]
+    first_of_request = np.unique(out["request_id"].astype(str), return_index=True)[1]
+    clicks = out["intent_counts"][first_of_request].sum(axis=1)
+    seq_bins = np.minimum(np.ceil(out["hist_len"] * 10 / max_len), 10).astype(np.int64)
+    exp_len = out["explicit_mask"].sum(axis=1)
+    exp_bins = np.minimum(np.ceil(exp_len * 10 / max_len), 10).astype(np.int64)
+    return {
+        "written": {"train": int((~is_eval).sum()), "eval": int(is_eval.sum())},
+        "clicks": {"train": int(out["label"][~is_eval].sum()), "eval": int(out["label"][is_eval].sum())},
+        "requests": int(len(first_of_request)),
+        "requests_with_click": int((clicks > 0).sum()),
+        "intent_mass": out["intent_dist"][first_of_request].sum(axis=0).astype(np.float64),
+        "seq_len_hist": np.bincount(seq_bins, minlength=SEQ_HIST_BINS),
+        "explicit_len_hist": np.bincount(exp_bins, minlength=SEQ_HIST_BINS),
+        "with_trigger": int(out["has_trigger"].sum()),
+        "n_levels": [n_levels],
+    }
+
+
+def _merge_into(acc: dict, x: dict) -> None:
+    for k, v in x.items():
+        if isinstance(v, dict):
+            _merge_into(acc.setdefault(k, {}), v)
+        elif isinstance(v, list):
+            acc[k] = acc.get(k, []) + v
+        elif k in acc:
+            acc[k] = acc[k] + v
+        else:
+            acc[k] = v
+
+
+def _train_sims(cols: dict):
+    keep = (~cols["_eval"]) & (cols["has_trigger"] == 1)
+    return cols["trigger_target_sim"][keep].tolist()
+
+
+def _quantile_bounds(quantiles: list) -> tuple[float, float]:
+    # 201 quantiles are 0, 0.5, ..., 100 %: take 0.5 % and 99.5 %.
+    lo, hi = float(quantiles[1]), float(quantiles[-2])
+    if not hi > lo:
+        raise ValueError(f"train-set similarity quantiles collapse to {lo}; use sim_range=fixed")
+    return lo, hi
+
+
+def _eval_cutoff(max_ts: int, eval_days: int) -> int:
+    if eval_days == 0:
+        return np.iinfo(np.int64).max
+    return int((max_ts // 86400 - (eval_days - 1)) * 86400)
+
+
+def _beam_flags(args: list[str]) -> tuple[list[str], object]:
+    """Beam flags with local defaults, and the runner object to use (None: Beam picks it).
+
+    With no ``--runner`` (or ``--runner DirectRunner``) the job runs on Beam's FnApiRunner, the
+    batch engine behind DirectRunner, directly: Beam 2.77's DirectRunner otherwise first tries to
+    download the Prism runner binary, which fails or stalls on machines without internet.
+    ``--direct_running_mode`` / ``--direct_num_workers`` apply as usual.
+    """
+    flags = list(args)
+    runner = "DirectRunner"
+    for i, a in enumerate(flags):
+        if a == "--runner" and i + 1 < len(flags):
+            runner = flags[i + 1]
+        elif a.startswith("--runner="):
+            runner = a.split("=", 1)[1]
+    if runner not in ("DirectRunner", "direct", "Direct"):
+        return flags, None
+    flags = [a for i, a in enumerate(flags)
+             if not (a.startswith("--runner") or (i > 0 and flags[i - 1] == "--runner"))]
+    if not any(a.startswith("--direct_running_mode") for a in flags):
+        flags.append("--direct_running_mode=in_memory")
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return flags, FnApiRunner()
+
+
+def _spec(cfg: PipelineConfig, prep: Prepared, lo: float, hi: float) -> FeatureSpec:
+    return tir_feature_spec(item_fields=prep.item_fields, user_fields=prep.user_fields,
+                            context_fields=prep.context_fields, intent_levels=cfg.intent_levels,
+                            max_seq_len=cfg.max_seq_len, sim_range=(lo, hi),
+                            explicit_threshold=cfg.explicit_threshold if cfg.explicit_threshold is not None
+                            else transforms.explicit_threshold(cfg.intent_levels, cfg.explicit_top_levels, lo, hi))
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(4, int(np.ceil(np.log2(max(2, x)))))
+
+
+def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, bs: dict, out: str,
+            seconds: float) -> dict:
+    lo, hi = bs.get("_sim_range", [[cfg.sim_lo, cfg.sim_hi]])[0]
+    n = cfg.intent_levels
+    tau = cfg.explicit_threshold if cfg.explicit_threshold is not None else \
+        transforms.explicit_threshold(n, cfg.explicit_top_levels, lo, hi)
+    # Hash bucket counts: twice the distinct ids seen, rounded up to a power of two.
+    n_users = max(int(bs.get("users_labeled", 0)), bs.get("rows_in", {}).get("users", 0))
+    buckets = {"item": _next_pow2(2 * len(prep.items.ids)), "user": _next_pow2(2 * n_users)}
+    for f in prep.item_fields:
+        buckets[f] = _next_pow2(2 * len(np.unique(prep.items.fields[f])))
+    spec = dataclasses.replace(
+        spec, sim_range=(float(lo), float(hi)), explicit_threshold=float(tau),
+    ).with_tables([TableSpec(k, v, spec.table(k).dim, spec.table(k).shards) for k, v in buckets.items()])
+    spec.save(f"{out}/spec.json")
+
+    written = bs.get("written", {"train": 0, "eval": 0})
+    clicks = bs.get("clicks", {"train": 0, "eval": 0})
+    dead = dict(sorted(bs.get("deadletter", {}).items()))
+    for d in prep.dead:
+        key = f"{d['table']}/{d['reason']}"
+        dead[key] = dead.get(key, 0) + 1
+    rows_in = dict(bs.get("rows_in", {}))
+    rows_in.update(prep.rows_in)
+    imp_in = rows_in.get("impressions", 0)
+    dead_imp = sum(v for k, v in dead.items() if k.startswith("impressions/"))
+    drops = {k: int(bs.get(k, 0)) for k in ("impressions_dropped_no_trigger", "impressions_dropped_user_cap",
+                                              "behaviours_dropped_user_cap")}
+    total_written = written["train"] + written["eval"]
+    mass = np.asarray(bs.get("intent_mass", np.zeros(n)), dtype=np.float64)
+    req_click = int(bs.get("requests_with_click", 0))
+    stats = {
+        "format": cfg.format,
+        "input": cfg.input,
+        "seconds": round(seconds, 2),
+        "rows_in": rows_in,
+        "written": written,
+        "deadletter": dead,
+        "deadletter_total": int(sum(dead.values())),
+        "dropped": drops,
+        "ctr": {k: (clicks[k] / written[k] if written[k] else 0.0) for k in ("train", "eval")},
+        "clicks": clicks,
+        "requests": int(bs.get("requests", 0)),
+        "requests_with_click": req_click,
+        "impressions_with_trigger": int(bs.get("with_trigger", 0)),
+        "intent_histogram": (mass / req_click).round(6).tolist() if req_click else [0.0] * n,
+        "level_histogram_all": np.asarray(bs.get("level_hist_all", np.zeros(n))).astype(int).tolist(),
+        "level_histogram_clicked": np.asarray(bs.get("level_hist_clicked", np.zeros(n))).astype(int).tolist(),
+        "seq_len_histogram": {"bin_upper_edges": [int(np.ceil(i * cfg.max_seq_len / 10)) for i in range(11)],
+                              "counts": np.asarray(bs.get("seq_len_hist", np.zeros(11))).astype(int).tolist()},
+        "explicit_len_histogram": np.asarray(bs.get("explicit_len_hist", np.zeros(11))).astype(int).tolist(),
+        "behaviours_used": int(bs.get("behaviours_used", 0)),
+        "users_with_profile": int(bs.get("users_with_profile", 0)),
+        "users_without_profile": int(bs.get("users_without_profile", 0)),
+        "eval_from_ts": int(bs.get("_eval_from_ts", [0])[0]),
+        "sim_range": [float(lo), float(hi)],
+        "explicit_threshold": float(tau),
+        "embedding": prep.embedding_info,
+        "notes": prep.notes,
+    }
+    # Row accounting: every impression is written, dropped (counted, documented) or dead-lettered.
+    # Formats whose impressions are generated per user (MovieLens) account for generated ones.
+    derived = prep.user_hook is not None
+    if derived:
+        stats["impressions_generated"] = {k: int(v) for k, v in bs.get("generated", {}).items()}
+        imp_total = sum(stats["impressions_generated"].values())
+    else:
+        imp_total = imp_in
+    dropped = drops["impressions_dropped_no_trigger"] + drops["impressions_dropped_user_cap"]
+    acc = {"impressions_in": int(imp_total), "written": int(total_written), "dropped": int(dropped),
+           "deadlettered": int(dead_imp)}
+    acc["balanced"] = acc["impressions_in"] == acc["written"] + acc["dropped"] + acc["deadlettered"]
+    beh_in = rows_in.get("behaviours", 0)
+    dead_beh = sum(v for k, v in dead.items() if k.startswith("behaviours/"))
+    acc["behaviours_balanced"] = beh_in == (stats["behaviours_used"] + dead_beh
+                                            + drops["behaviours_dropped_user_cap"])
+    stats["accounting"] = acc
+    if not (acc["balanced"] and acc["behaviours_balanced"]):
+        log.error("row accounting does not balance: %s", acc)
+    _write_json(stats, f"{out}/stats.json")
+    _write_json(dataclasses.asdict(cfg), f"{out}/config.json")
+    return stats
+
+
+def _save_artifact(prep: Prepared, directory: str) -> None:
+    from tirec.pipeline.embeddings import EmbeddingArtifact
+
+    _makedirs(directory)
+    EmbeddingArtifact(ids=prep.items.ids, vectors=prep.items.vectors,
+                      provider=prep.embedding_info.get("provider", ""),
+                      info=prep.embedding_info).save(directory)
+
+
+def _write_json(obj, path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path) as fh:
+        fh.write(json.dumps(obj, indent=2, default=_json_default).encode("utf-8"))
+
+
+def _read_json(path: str):
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as fh:
+        return json.loads(fh.read().decode("utf-8"))
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def _makedirs(path: str) -> None:
+    if "://" not in path:
+        os.makedirs(path, exist_ok=True)

@@ -1,0 +1,275 @@
+"""Per-user TIR labeling: triggers, history, similarities, intent distributions, explicit masks.
+
+This is the body of the Beam job's per-user step, written as plain numpy so that it is easy to
+test and to read. One call handles all events of one user:
+
+1. cap the user's behaviours and impressions (oldest dropped first, counted);
+2. dead-letter events whose item is not in the item table;
+3. find each request's trigger: the most recent click strictly before the request time and at
+   most ``trigger_window`` earlier (:func:`tirec.features.transforms.assign_triggers`);
+4. gather each impression's history: behaviours strictly before the impression, within
+   ``history_days``, most recent first, at most ``max_seq_len``;
+5. cosine similarities of trigger vs target and trigger vs each behaviour.
+
+:func:`finalize` then bins the similarities into levels, computes each request's intent
+distribution and the explicit-intent mask, once the binning range is known (fixed, or from
+train-set quantiles computed across all users).
+"""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+
+from tirec.features import transforms
+from tirec.pipeline.io import dead_letter
+from tirec.pipeline.items import ItemTable
+
+BTAG_IDS = {"click": 1, "pv": 1, "cart": 2, "fav": 3, "buy": 4, "rate": 5}
+
+
+def btag_id(tag: str) -> int:
+    """Stable small id of a behaviour type (known types fixed, others hashed into 16..1015)."""
+    return BTAG_IDS.get(tag, 16 + zlib.crc32(tag.encode("utf-8")) % 1000)
+
+
+def encode_btags(tags: np.ndarray, click_btags: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(btag ids, is-click flags) for an array of behaviour-type strings."""
+    uniq, inv = np.unique(np.asarray(tags, dtype=str), return_inverse=True)
+    ids = np.array([btag_id(t) for t in uniq], dtype=np.int64)
+    clicks = np.isin(uniq, np.array(click_btags, dtype=str))
+    return ids[inv].reshape(-1), clicks[inv].reshape(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSettings:
+    """Constants of the labeling step (resolved from :class:`PipelineConfig`)."""
+
+    intent_levels: int
+    trigger_window_s: int
+    history_s: int
+    max_seq_len: int
+    click_btags: tuple[str, ...]
+    trigger_from: str          # behaviours | impressions | both
+    no_trigger: str            # drop | pad
+    max_events_per_user: int
+    eval_from_ts: int          # impressions at or after this time go to eval
+    item_fields: tuple[str, ...]
+    user_fields: tuple[str, ...]
+    context_fields: tuple[str, ...]
+
+
+def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict | None,
+               items: ItemTable, s: LabelSettings, files: list[str]) -> tuple[dict, list, dict]:
+    """Labels one user's impressions.
+
+    Args:
+      user_id: the user.
+      imps: impression columns (``item_id``, ``ts``, ``label``, optional ``request_id``,
+        ``ctx_*``, provenance ``_file``/``_row``), or None.
+      behs: behaviour columns (``item_id``, ``ts``, ``btag_id``, ``is_click``, provenance), or
+        None.
+      profile: ``user_<field>`` values, or None when the user has no profile row.
+      items: the item table.
+      s: settings.
+      files: file paths indexed by ``_file`` (for dead-letter records).
+
+    Returns:
+      ``(columns, dead_letters, stats)``; ``columns`` holds one row per kept impression with
+      every record feature except the binned ones, plus ``_request`` (dense request index) and
+      ``_eval`` (bool). Pass it to :func:`finalize`.
+    """
+    stats: dict = {}
+    dead: list = []
+    imps = _sorted(imps or _empty_imps(), "ts")
+    behs = _sorted(behs or _empty_behs(), "ts")
+    _add(stats, "impressions_grouped", len(imps["ts"]))
+    _add(stats, "behaviours_grouped", len(behs["ts"]))
+
+    # 1. caps (keep the most recent events)
+    imps = _cap(imps, s.max_events_per_user, stats, "impressions_dropped_user_cap")
+    behs = _cap(behs, s.max_events_per_user, stats, "behaviours_dropped_user_cap")
+
+    # 2. unknown items
+    imps = _drop_unknown(imps, items, "impressions", dead, files, stats)
+    behs = _drop_unknown(behs, items, "behaviours", dead, files, stats)
+    _add(stats, "behaviours_used", len(behs["ts"]))
+
+    # 3. triggers
+    click_ts, click_item = _clicks(imps, behs, s)
+    n_imp = len(imps["ts"])
+    rid = imps.get("request_id")
+    has_rid = (np.array([bool(r) for r in rid], dtype=bool) if rid is not None
+               else np.zeros(n_imp, dtype=bool))
+    query_ts = imps["ts"].copy()
+    if has_rid.any():
+        # A request shares one trigger, found at the request's first impression time.
+        keys = rid[has_rid].astype(str)
+        uniq, inv = np.unique(keys, return_inverse=True)
+        first = np.full(uniq.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, inv, imps["ts"][has_rid])
+        query_ts[has_rid] = first[inv]
+    trig = transforms.assign_triggers(click_ts, query_ts, s.trigger_window_s)
+    has_trig = trig >= 0
+    if s.no_trigger == "drop":
+        _add(stats, "impressions_dropped_no_trigger", int((~has_trig).sum()))
+        keep = has_trig
+        imps = {k: v[keep] for k, v in imps.items()}
+        trig, has_trig, has_rid, query_ts = trig[keep], has_trig[keep], has_rid[keep], query_ts[keep]
+        n_imp = len(imps["ts"])
+        rid = imps.get("request_id")
+    trig_item = np.where(has_trig, click_item[np.maximum(trig, 0)] if click_item.size else 0, 0)
+    trig_ts = np.where(has_trig, click_ts[np.maximum(trig, 0)] if click_ts.size else 0, 0)
+
+    # request keys
+    req_key = np.empty(n_imp, dtype=object)
+    for i in range(n_imp):
+        if has_rid[i]:
+            req_key[i] = str(rid[i])
+        elif has_trig[i]:
+            req_key[i] = f"u{user_id}:t{trig_item[i]}@{trig_ts[i]}"
+        else:
+            req_key[i] = f"u{user_id}:none@{imps['ts'][i]}"
+    if n_imp:
+        _, req_idx = np.unique(req_key.astype(str), return_inverse=True)
+    else:
+        req_idx = np.zeros(0, dtype=np.int64)
+
+    # 4. history
+    L = s.max_seq_len
+    start, end = transforms.history_window(behs["ts"], imps["ts"], s.history_s, L)
+    hist_rows = transforms.gather_history(np.arange(len(behs["ts"])), start, end, L, pad=-1)
+    hist_valid = hist_rows >= 0
+    safe = np.maximum(hist_rows, 0)
+    beh_item_row, _ = items.index(behs["item_id"])
+
+    def hist_of(values, pad=0):
+        if values.shape[0] == 0:
+            return np.full((n_imp, L), pad, dtype=values.dtype)
+        return np.where(hist_valid, values[safe], pad)
+
+    # 5. similarities (vectors are L2-normalised or zero, so a dot product is the cosine)
+    tgt_row, _ = items.index(imps["item_id"])
+    trg_row, _ = items.index(trig_item)
+    vec = items.vectors
+    sim = np.where(has_trig, np.clip(np.einsum("ij,ij->i", vec[trg_row], vec[tgt_row]), -1, 1), 0.0)
+    hist_sim = np.zeros((n_imp, L), dtype=np.float32)
+    if n_imp and behs["ts"].shape[0]:
+        utrig, tinv = np.unique(trg_row, return_inverse=True)
+        sims_tb = np.clip(vec[utrig] @ vec[beh_item_row].T, -1, 1)  # [unique triggers, behaviours]
+        hist_sim = np.where(hist_valid & has_trig[:, None], sims_tb[tinv[:, None], safe], 0.0)
+
+    cols = {
+        "label": imps["label"].astype(np.int64),
+        "user_id": np.full(n_imp, user_id, dtype=np.int64),
+        "request_id": np.array([str(k).encode("utf-8") for k in req_key], dtype=object),
+        "impression_ts": imps["ts"],
+        "target_item_id": imps["item_id"],
+        "trigger_item_id": trig_item.astype(np.int64),
+        "has_trigger": has_trig.astype(np.int64),
+        "trigger_ts": trig_ts.astype(np.int64),
+        "trigger_target_sim": sim.astype(np.float32),
+        "hist_item_ids": hist_of(behs["item_id"]),
+        "hist_ts": hist_of(behs["ts"]),
+        "hist_btag": hist_of(behs["btag_id"]),
+        "hist_len": hist_valid.sum(axis=1).astype(np.int64),
+        "hist_trigger_sim": hist_sim.astype(np.float32),
+        "ctx_hour": (imps["ts"] // 3600) % 24,
+        "ctx_dow": (imps["ts"] // 86400 + 3) % 7,  # 1970-01-01 was a Thursday; Monday = 0
+        "_request": req_idx.astype(np.int64),
+        "_eval": imps["ts"] >= s.eval_from_ts,
+    }
+    for f in s.item_fields:
+        col = items.fields[f]
+        cols[f"target_{f}"] = col[tgt_row]
+        cols[f"trigger_{f}"] = np.where(has_trig, col[trg_row], 0)
+        cols[f"hist_{f}"] = hist_of(col[beh_item_row]) if behs["ts"].shape[0] else np.zeros((n_imp, L), np.int64)
+    for f in s.user_fields:
+        value = 0 if profile is None else int(profile.get(f"user_{f}", 0))
+        cols[f"user_{f}"] = np.full(n_imp, value, dtype=np.int64)
+    for f in s.context_fields:
+        cols[f"ctx_{f}"] = imps.get(f"ctx_{f}", np.zeros(n_imp, dtype=np.int64)).astype(np.int64)
+    if profile is None and n_imp:
+        _add(stats, "users_without_profile", 1)
+    return cols, dead, stats
+
+
+def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float) -> tuple[dict, dict]:
+    """Adds levels, intent counts/distributions and the explicit mask; returns (record columns,
+    stats). Drops the private ``_request``/``_eval`` keys from the record columns."""
+    level = transforms.bin_index(cols["trigger_target_sim"], n_levels, lo, hi)
+    has_trig = cols["has_trigger"] == 1
+    counts = transforms.grouped_intent_counts(cols["_request"], level,
+                                              cols["label"] * has_trig, n_levels)
+    out = {k: v for k, v in cols.items() if not k.startswith("_")}
+    out["trigger_target_level"] = level.astype(np.int64)
+    out["intent_counts"] = counts
+    out["intent_dist"] = transforms.counts_to_distribution(counts)
+    valid = cols["hist_ts"] > 0
+    out["explicit_mask"] = transforms.explicit_mask(cols["hist_trigger_sim"], valid & has_trig[:, None], tau)
+    stats: dict = {}
+    clicked = cols["label"] == 1
+    _add(stats, "level_hist_all", np.bincount(level, minlength=n_levels))
+    _add(stats, "level_hist_clicked", np.bincount(level[clicked], minlength=n_levels))
+    return out, stats
+
+
+def _clicks(imps: dict, behs: dict, s: LabelSettings) -> tuple[np.ndarray, np.ndarray]:
+    ts_parts, item_parts = [], []
+    if s.trigger_from in ("behaviours", "both") and behs["ts"].shape[0]:
+        is_click = behs["is_click"]
+        ts_parts.append(behs["ts"][is_click])
+        item_parts.append(behs["item_id"][is_click])
+    if s.trigger_from in ("impressions", "both") and imps["ts"].shape[0]:
+        is_click = imps["label"] == 1
+        ts_parts.append(imps["ts"][is_click])
+        item_parts.append(imps["item_id"][is_click])
+    if not ts_parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ts = np.concatenate(ts_parts)
+    item = np.concatenate(item_parts)
+    order = np.argsort(ts, kind="stable")
+    return ts[order], item[order]
+
+
+def _sorted(cols: dict, key: str) -> dict:
+    order = np.argsort(cols[key], kind="stable")
+    return {k: v[order] for k, v in cols.items()}
+
+
+def _cap(cols: dict, cap: int, stats: dict, counter: str) -> dict:
+    n = len(cols["ts"])
+    if n <= cap:
+        return cols
+    _add(stats, counter, n - cap)
+    return {k: v[n - cap:] for k, v in cols.items()}
+
+
+def _drop_unknown(cols: dict, items: ItemTable, table: str, dead: list, files: list[str],
+                  stats: dict) -> dict:
+    _, found = items.index(cols["item_id"])
+    if found.all():
+        return cols
+    for i in np.flatnonzero(~found):
+        dead.append(dead_letter(table, "unknown_item", field="item_id", value=int(cols["item_id"][i]),
+                                file=files[int(cols["_file"][i])] if "_file" in cols else None,
+                                row=int(cols["_row"][i]) if "_row" in cols else None))
+    return {k: v[found] for k, v in cols.items()}
+
+
+def _empty_imps() -> dict:
+    return {"item_id": np.zeros(0, np.int64), "ts": np.zeros(0, np.int64),
+            "label": np.zeros(0, np.int64)}
+
+
+def _empty_behs() -> dict:
+    return {"item_id": np.zeros(0, np.int64), "ts": np.zeros(0, np.int64),
+            "btag_id": np.zeros(0, np.int64), "is_click": np.zeros(0, bool)}
+
+
+def _add(stats: dict, key: str, value) -> None:
+    if key in stats:
+        stats[key] = stats[key] + value
+    else:
+        stats[key] = value

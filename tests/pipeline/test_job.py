@@ -1,0 +1,122 @@
+"""The Beam job on DirectRunner: every written record keeps the labeling invariants."""
+import glob
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tirec.features import transforms
+from tirec.features.spec import FeatureSpec
+from tirec.pipeline import job, synthetic
+from tirec.pipeline.config import PipelineConfig
+from tirec.pipeline.embeddings import EmbeddingArtifact
+
+H, DAY = 3600, 86400
+
+
+def read_records(out: str, split: str) -> dict:
+    spec = FeatureSpec.load(f"{out}/spec.json")
+    files = sorted(glob.glob(f"{out}/{split}/*.tfrecord.gz"))
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(100_000)
+    cols = {}
+    for batch in ds:
+        parsed = tf.io.parse_example(batch, spec.parse_example_spec())
+        for k, v in parsed.items():
+            cols.setdefault(k, []).append(v.numpy())
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("job")
+    raw, out = str(base / "raw"), str(base / "out")
+    synthetic.generate(synthetic.GeneratorConfig(users=60, seed=3), raw)
+    stats = job.run(PipelineConfig(input=raw, format="synthetic", out=out))
+    return raw, out, stats
+
+
+def test_layout_and_stats(run):
+    raw, out, stats = run
+    for path in ("spec.json", "stats.json", "config.json", "item_embeddings/ids.npy",
+                 "item_embeddings/vectors.npy"):
+        assert glob.glob(f"{out}/{path}"), path
+    assert glob.glob(f"{out}/train/*.tfrecord.gz") and glob.glob(f"{out}/eval/*.tfrecord.gz")
+    assert glob.glob(f"{out}/deadletter/*.jsonl")
+    with open(f"{out}/stats.json") as fh:
+        on_disk = json.load(fh)
+    assert on_disk["accounting"] == stats["accounting"]
+    acc = stats["accounting"]
+    assert acc["balanced"] and acc["behaviours_balanced"]
+    assert acc["impressions_in"] == acc["written"] + acc["dropped"] + acc["deadlettered"]
+    assert stats["deadletter_total"] == 0
+    assert 0.005 < stats["ctr"]["train"] < 0.2
+    assert abs(sum(stats["intent_histogram"]) - 1.0) < 1e-5  # rounded to 6 decimals
+    assert stats["embedding"]["provider"] == "precomputed"
+    assert sum(stats["seq_len_histogram"]["counts"]) == stats["written"]["train"] + stats["written"]["eval"]
+
+
+def test_every_record_keeps_the_invariants(run):
+    raw, out, stats = run
+    spec = FeatureSpec.load(f"{out}/spec.json")
+    art = EmbeddingArtifact.load(f"{out}/item_embeddings")
+    n, L, tau = spec.intent_levels, spec.max_seq_len, spec.explicit_threshold
+    train, ev = read_records(out, "train"), read_records(out, "eval")
+    assert len(train["label"]) == stats["written"]["train"] and len(ev["label"]) == stats["written"]["eval"]
+    assert ev["impression_ts"].min() >= stats["eval_from_ts"] > train["impression_ts"].max()
+    r = {k: np.concatenate([train[k], ev[k]]) for k in train}
+    ts = r["impression_ts"]
+
+    assert set(np.unique(r["label"])) <= {0, 1}
+    # trigger: strictly earlier, within 4 h (inclusive)
+    assert (r["has_trigger"] == 1).all()
+    gap = ts - r["trigger_ts"]
+    assert (gap > 0).all() and (gap <= 4 * H).all()
+    # history: strictly earlier, within 14 days, most recent first, padding after the real ones
+    valid = r["hist_ts"] > 0
+    assert (valid.sum(1) == r["hist_len"]).all() and (r["hist_len"] <= L).all()
+    pos = np.arange(L)[None, :]
+    assert (valid == (pos < r["hist_len"][:, None])).all()
+    assert (np.where(valid, r["hist_ts"], 0) < ts[:, None]).all()
+    assert (np.where(valid, r["hist_ts"], ts[:, None]) >= ts[:, None] - 14 * DAY).all()
+    assert (np.diff(np.where(valid, r["hist_ts"], 0), axis=1) <= 0).all()
+    assert (r["hist_item_ids"][~valid] == 0).all()
+    # similarity and level
+    tv, _ = art.lookup(r["trigger_item_id"])
+    cv, _ = art.lookup(r["target_item_id"])
+    np.testing.assert_allclose(r["trigger_target_sim"], np.einsum("ij,ij->i", tv, cv), atol=1e-5)
+    np.testing.assert_array_equal(r["trigger_target_level"],
+                                  transforms.bin_index(r["trigger_target_sim"], n, *spec.sim_range))
+    hv, _ = art.lookup(r["hist_item_ids"].reshape(-1))
+    hsim = np.einsum("ijk,ik->ij", hv.reshape(len(ts), L, -1), tv)
+    np.testing.assert_allclose(np.where(valid, r["hist_trigger_sim"], 0), np.where(valid, hsim, 0), atol=1e-5)
+    # explicit mask
+    np.testing.assert_array_equal(r["explicit_mask"], ((r["hist_trigger_sim"] >= tau) & valid).astype(int))
+    # intent distribution: recomputed from the records of each request
+    rid = r["request_id"]
+    _, group = np.unique(rid, return_inverse=True)
+    counts = transforms.grouped_intent_counts(group, r["trigger_target_level"], r["label"], n)
+    np.testing.assert_array_equal(r["intent_counts"], counts)
+    clicks = counts.sum(1)
+    np.testing.assert_allclose(r["intent_dist"].sum(1), (clicks > 0).astype(float), atol=1e-6)
+    np.testing.assert_allclose(r["intent_dist"], transforms.counts_to_distribution(counts), atol=1e-6)
+    # all impressions of a request share user and trigger
+    for key in ("user_id", "trigger_item_id", "trigger_ts"):
+        first = np.zeros(group.max() + 1, dtype=r[key].dtype)
+        first[group] = r[key]
+        assert (first[group] == r[key]).all(), key
+
+
+def test_quantile_range_and_pad_mode(tmp_path, run):
+    raw, _, _ = run
+    out = str(tmp_path / "q")
+    stats = job.run(PipelineConfig(input=raw, format="synthetic", out=out, sim_range="quantile",
+                                   no_trigger="pad", intent_levels=4))
+    spec = FeatureSpec.load(f"{out}/spec.json")
+    lo, hi = spec.sim_range
+    assert -1.0 < lo < hi < 1.0 and stats["sim_range"] == [lo, hi]
+    assert spec.explicit_threshold == pytest.approx(transforms.explicit_threshold(4, 2, lo, hi))
+    assert stats["dropped"]["impressions_dropped_no_trigger"] == 0
+    assert stats["accounting"]["balanced"]
+    r = read_records(out, "train")
+    np.testing.assert_array_equal(r["trigger_target_level"], transforms.bin_index(r["trigger_target_sim"], 4, lo, hi))

@@ -1,0 +1,85 @@
+"""label_user / finalize on one hand-built user."""
+import numpy as np
+
+from tirec.pipeline.items import ItemTable
+from tirec.pipeline.labeling import LabelSettings, encode_btags, finalize, label_user
+
+H = 3600
+T0 = 1_700_000_000
+
+
+def _items():
+    # item 1..4 with 2-d unit vectors: 1 and 2 identical, 3 orthogonal, 4 opposite to 1
+    ids = np.array([1, 2, 3, 4])
+    vec = np.array([[1, 0], [1, 0], [0, 1], [-1, 0]], np.float32)
+    return ItemTable(ids=ids, fields={"cate_id": np.array([10, 10, 20, 30])}, vectors=vec,
+                     popularity=np.zeros(4))
+
+
+def _settings(**kw):
+    base = dict(intent_levels=4, trigger_window_s=4 * H, history_s=14 * 86400, max_seq_len=3,
+                click_btags=("click",), trigger_from="behaviours", no_trigger="drop",
+                max_events_per_user=100, eval_from_ts=T0 + 10 * H, item_fields=("cate_id",),
+                user_fields=("gender",), context_fields=())
+    base.update(kw)
+    return LabelSettings(**base)
+
+
+def _behs(rows):
+    item, ts, tag = map(np.array, zip(*rows))
+    btag_id, is_click = encode_btags(tag, ("click",))
+    return {"item_id": item.astype(np.int64), "ts": ts.astype(np.int64), "btag_id": btag_id,
+            "is_click": is_click, "_file": np.zeros(len(item), np.int64), "_row": np.arange(len(item))}
+
+
+def _imps(rows):
+    item, ts, label, rid = map(np.array, zip(*rows))
+    return {"item_id": item.astype(np.int64), "ts": ts.astype(np.int64), "label": label.astype(np.int64),
+            "request_id": rid.astype(object), "_file": np.zeros(len(item), np.int64),
+            "_row": np.arange(len(item))}
+
+
+def test_hand_computed_user():
+    behs = _behs([(3, T0 - 5 * H, "click"),   # too old to be a trigger for request A
+                  (2, T0 - 60, "cart"),       # not a click
+                  (1, T0 - 30, "click"),      # trigger of request A
+                  (9, T0 - 20, "click"),      # unknown item: dead-lettered
+                  (4, T0 + 5, "click")])      # after request A: never in its history
+    imps = _imps([(2, T0, 1, "A"), (3, T0, 1, "A"), (4, T0, 0, "A"),
+                  (1, T0 + 20 * H, 0, "B")])  # request B: no click within 4 h -> dropped
+    cols, dead, stats = label_user(7, imps, behs, {"user_gender": 2}, _items(), _settings(), ["f.csv"])
+    assert [d["reason"] for d in dead] == ["unknown_item"] and dead[0]["value"] == "9"
+    assert stats["impressions_dropped_no_trigger"] == 1
+    assert list(cols["trigger_item_id"]) == [1, 1, 1]
+    assert list(cols["trigger_ts"]) == [T0 - 30] * 3
+    np.testing.assert_allclose(cols["trigger_target_sim"], [1.0, 0.0, -1.0])
+    # history of each impression at T0: items 2 (cart), 3 (old click); most recent first, padded
+    np.testing.assert_array_equal(cols["hist_item_ids"][0], [1, 2, 3])
+    np.testing.assert_array_equal(cols["hist_ts"][0], [T0 - 30, T0 - 60, T0 - 5 * H])
+    np.testing.assert_array_equal(cols["hist_cate_id"][0], [10, 10, 20])
+    np.testing.assert_allclose(cols["hist_trigger_sim"][0], [1.0, 1.0, 0.0])
+    assert list(cols["user_gender"]) == [2, 2, 2]
+    assert list(cols["_eval"]) == [False] * 3
+
+    out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5)
+    # 4 levels over [-1, 1]: sims 1, 0, -1 -> levels 3, 2, 0; clicks on the first two
+    np.testing.assert_array_equal(out["trigger_target_level"], [3, 2, 0])
+    np.testing.assert_array_equal(out["intent_counts"][0], [0, 0, 1, 1])
+    np.testing.assert_allclose(out["intent_dist"][2], [0, 0, 0.5, 0.5])
+    np.testing.assert_array_equal(out["explicit_mask"][0], [1, 1, 0])
+    assert not any(k.startswith("_") for k in out)
+
+
+def test_pad_mode_keeps_impressions_without_trigger_and_cap_counts():
+    behs = _behs([(1, T0 - 10 * H, "click"), (2, T0 - 9 * H, "click"), (3, T0 - 8 * H, "click")])
+    imps = _imps([(2, T0, 1, ""), (3, T0 + 1, 0, "")])
+    cols, dead, stats = label_user(1, imps, behs, None, _items(),
+                                   _settings(no_trigger="pad", max_events_per_user=2), [])
+    assert stats["behaviours_dropped_user_cap"] == 1
+    assert list(cols["has_trigger"]) == [0, 0] and list(cols["trigger_item_id"]) == [0, 0]
+    assert stats["users_without_profile"] == 1 and list(cols["user_gender"]) == [0, 0]
+    # without request ids and without a trigger every impression is its own request
+    assert len(set(cols["request_id"])) == 2
+    out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5)
+    assert out["intent_counts"].sum() == 0 and out["explicit_mask"].sum() == 0
+    np.testing.assert_array_equal(out["hist_item_ids"][0], [3, 2, 0])  # capped: item 1 dropped
