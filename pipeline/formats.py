@@ -209,9 +209,21 @@ def behaviour_sequences(paths: list[str], schema: TableSchema, chunk_rows: int,
     return np.split(it, cuts)
 
 
+def _lazy(module: str, name: str) -> Callable[[], SourceFormat]:
+    """A factory importing the format's module on first use (the modules import this one)."""
+    def make() -> SourceFormat:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)()
+
+    return make
+
+
 FORMATS: dict[str, Callable[[], SourceFormat]] = {
     "generic": GenericFormat,
     "synthetic": GenericFormat,
+    "movielens": _lazy("tirec.pipeline.movielens", "MovieLensFormat"),
+    "alimama": _lazy("tirec.pipeline.alimama", "AlimamaFormat"),
 }
 
 

@@ -177,9 +177,12 @@ def _csv_batches(path: str, chunk_rows: int, schema: TableSchema):
         names = [c.strip() for c in first_line.split(",")]
         _check_header(names, schema, path)
         stream = io.BufferedReader(_Prepend(head, fh), buffer_size=1 << 20)
+        # Header names are stripped (real files carry e.g. "new_user_class_level "), so give
+        # pyarrow the stripped names and skip the header row.
         reader = pcsv.open_csv(
             stream,
-            read_options=pcsv.ReadOptions(block_size=max(1 << 16, min(1 << 24, chunk_rows * 64))),
+            read_options=pcsv.ReadOptions(block_size=max(1 << 16, min(1 << 24, chunk_rows * 64)),
+                                          column_names=names, skip_rows=1),
             parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                 strings_can_be_null=True))

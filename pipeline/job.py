@@ -26,6 +26,7 @@ import logging
 import os
 import time
 
+import apache_beam as beam
 import numpy as np
 
 from tirec.features import transforms
@@ -34,7 +35,7 @@ from tirec.features.spec import FeatureSpec, TableSpec, tir_feature_spec
 from tirec.pipeline import labeling
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import Prepared, get_format
-from tirec.pipeline.io import read_chunks, write_jsonl
+from tirec.pipeline.io import dead_letter, read_chunks, write_jsonl
 from tirec.pipeline.items import ItemTable
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ SEQ_HIST_BINS = 11  # sequence-length histogram: [0], (0, L/10], ... by tenths o
 
 def run(cfg: PipelineConfig, beam_args: list[str] | None = None) -> dict:
     """Runs the whole job and returns the stats dict written to ``OUT/stats.json``."""
-    import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     cfg.validate()
@@ -112,16 +112,17 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None) -> dict:
             range_side = beam.pvalue.AsSingleton(bounds)
         else:
             range_side = beam.pvalue.AsSingleton(p | "fixed_range" >> beam.Create([(lo, hi)]))
+        # Users are finalized in batches so that encoding and writing work on thousands of
+        # records at a time; each output element is a run of already-framed TFRecords.
         final = (labeled.users
+                 | "batch_users" >> beam.BatchElements(min_batch_size=8, max_batch_size=64)
                  | "finalize" >> beam.ParDo(_FinalizeFn(spec, cfg.explicit_threshold,
                                                         cfg.explicit_top_levels), range_side
                                             ).with_outputs("eval", "stats", main="train"))
         stats.append(final.stats)
         for split, pcoll in (("train", final.train), ("eval", final[("eval")])):
-            _ = pcoll | f"write:{split}" >> beam.io.WriteToTFRecord(
-                f"{out}/{split}/part", file_name_suffix=".tfrecord.gz",
-                num_shards=cfg.num_shards,
-                compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+            _ = pcoll | f"write:{split}" >> beam.io.Write(_FramedTFRecordSink(
+                f"{out}/{split}/part", ".tfrecord.gz", cfg.num_shards))
         dead_all = deads | "dead:flatten" >> beam.Flatten()
         _ = (dead_all | "dead:json" >> beam.Map(lambda d: json.dumps(d, default=str))
              | "dead:write" >> beam.io.WriteToText(f"{out}/deadletter/deadletter",
@@ -148,154 +149,160 @@ def range_side_stat(p, beam, cfg, lo, hi, bounds):
 
 # ---- DoFns -----------------------------------------------------------------------------------
 
-class _ReadFn:
-    """Placeholder replaced at import time by a beam.DoFn subclass (keeps Beam import lazy)."""
 
+class _ReadFn(beam.DoFn):
+    """Reads one file in chunks; emits (user_id, (tag, block)) plus dead letters and stats."""
 
-def _make_dofns():
-    import apache_beam as beam
+    def __init__(self, tag, schema, chunk_rows, click_btags, block_fn=None):
+        self.tag, self.schema, self.chunk_rows, self.click_btags = tag, schema, chunk_rows, click_btags
+        self.block_fn = block_fn
 
-    class ReadFn(beam.DoFn):
-        """Reads one file in chunks; emits (user_id, (tag, block)) plus dead letters and stats."""
-
-        def __init__(self, tag, schema, chunk_rows, click_btags, block_fn=None):
-            self.tag, self.schema, self.chunk_rows, self.click_btags = tag, schema, chunk_rows, click_btags
-            self.block_fn = block_fn
-
-        def process(self, element):
-            file_idx, path = element
-            rows_in = 0
-            for chunk, dead in read_chunks(path, self.schema, self.chunk_rows):
-                rows_in += len(chunk) + len(dead)
-                for d in dead:
-                    yield beam.pvalue.TaggedOutput("dead", d)
-                if not len(chunk):
-                    continue
-                cols = chunk.columns if self.block_fn is None else self.block_fn(chunk.columns)
-                cols["_file"] = np.full(len(chunk), file_idx, dtype=np.int64)
-                cols["_row"] = chunk.rows
-                if self.tag == BEH:
-                    cols["btag_id"], cols["is_click"] = labeling.encode_btags(cols.pop("btag"),
-                                                                              self.click_btags)
-                if "ts" in cols:
-                    yield beam.pvalue.TaggedOutput("maxts", (self.tag, int(cols["ts"].max())))
-                for user, block in _split_by_user(cols):
-                    yield user, (self.tag, block)
-            yield beam.pvalue.TaggedOutput("stats", {"rows_in": {self.schema.name: rows_in}})
-
-    class LabelFn(beam.DoFn):
-        """Collects a user's blocks (with a running cap) and labels the user's impressions."""
-
-        def __init__(self, settings, items_path, files, user_hook):
-            self.settings, self.items_path, self.files, self.user_hook = settings, items_path, files, user_hook
-            self.items = None
-
-        def setup(self):
-            self.items = ItemTable.load(self.items_path)
-
-        def process(self, element, eval_from_ts):
-            user, tagged = element
-            s = dataclasses.replace(self.settings, eval_from_ts=int(eval_from_ts))
-            parts = {IMP: [], BEH: [], USR: []}
-            sizes = {IMP: 0, BEH: 0}
-            stats: dict = {}
-            for tag, block in tagged:
-                parts[tag].append(block)
-                if tag in sizes:
-                    sizes[tag] += len(block["ts"])
-                    if sizes[tag] > 2 * s.max_events_per_user:  # bound the state per key
-                        merged = _latest(parts[tag], s.max_events_per_user, stats, tag)
-                        parts[tag], sizes[tag] = [merged], len(merged["ts"])
-            imps = _concat(parts[IMP])
-            behs = _concat(parts[BEH])
-            profile = None
-            if parts[USR]:
-                prof = _concat(parts[USR])
-                n_prof = len(prof["_row"])
-                for i in range(1, n_prof):
-                    yield beam.pvalue.TaggedOutput("dead", {
-                        "table": "users", "reason": "duplicate_id", "field": "user_id", "value": str(user),
-                        "file": self.files[int(prof["_file"][i])], "row": int(prof["_row"][i])})
-                profile = {k: v[0] for k, v in prof.items() if k.startswith("user_")}
-                labeling._add(stats, "users_with_profile", 1)
-            if self.user_hook is not None:
-                imps, hook_stats = self.user_hook(user, behs, self.items)
-                _merge_into(stats, hook_stats)
-            cols, dead, st = labeling.label_user(user, imps, behs, profile, self.items, s, self.files)
-            _merge_into(stats, st)
+    def process(self, element):
+        file_idx, path = element
+        rows_in = 0
+        for chunk, dead in read_chunks(path, self.schema, self.chunk_rows):
+            rows_in += len(chunk) + len(dead)
             for d in dead:
                 yield beam.pvalue.TaggedOutput("dead", d)
-            if len(cols["label"]):
-                labeling._add(stats, "users_labeled", 1)
-                yield cols
-            yield beam.pvalue.TaggedOutput("stats", stats)
-
-    class FinalizeFn(beam.DoFn):
-        """Bins similarities, adds intent distributions and explicit masks, encodes records."""
-
-        def __init__(self, spec, explicit_threshold, explicit_top_levels):
-            self.spec, self.tau, self.top = spec, explicit_threshold, explicit_top_levels
-            self.encoder = None
-
-        def setup(self):
-            self.encoder = ExampleEncoder(self.spec)
-
-        def process(self, cols, sim_range):
-            lo, hi = sim_range
-            n = self.spec.intent_levels
-            tau = self.tau if self.tau is not None else transforms.explicit_threshold(n, self.top, lo, hi)
-            is_eval = cols["_eval"]
-            out, stats = labeling.finalize(cols, n, lo, hi, tau)
-            stats.update(_record_stats(out, is_eval, self.spec.max_seq_len))
-            for split, mask in (("train", ~is_eval), ("eval", is_eval)):
-                if mask.any():
-                    records = self.encoder.encode_batch({k: v[mask] for k, v in out.items()})
-                    for r in records:
-                        yield r if split == "train" else beam.pvalue.TaggedOutput("eval", r)
-            yield beam.pvalue.TaggedOutput("stats", stats)
-
-    return ReadFn, LabelFn, FinalizeFn
-
-
-class _MergeStats:
-    """Placeholder replaced by a beam.CombineFn below."""
+            if not len(chunk):
+                continue
+            cols, rows = chunk.columns, chunk.rows
+            # A format's block function may reject rows that need several columns to judge
+            # (e.g. Alimama's clk + nonclk == 1): reject(cols) -> [(index, reason, field, value)].
+            reject = getattr(self.block_fn, "reject", None)
+            bad = reject(cols) if reject is not None else []
+            if bad:
+                keep = np.ones(len(rows), dtype=bool)
+                for i, reason, field, value in bad:
+                    keep[i] = False
+                    yield beam.pvalue.TaggedOutput("dead", dead_letter(
+                        self.schema.name, reason, field=field, value=value, file=path,
+                        row=int(rows[i])))
+                cols, rows = {k: v[keep] for k, v in cols.items()}, rows[keep]
+                if not len(rows):
+                    continue
+            if self.block_fn is not None:
+                cols = self.block_fn(cols)
+            cols["_file"] = np.full(len(rows), file_idx, dtype=np.int64)
+            cols["_row"] = rows
+            if self.tag == BEH:
+                cols["btag_id"], cols["is_click"] = labeling.encode_btags(cols.pop("btag"),
+                                                                          self.click_btags)
+            if "ts" in cols:
+                yield beam.pvalue.TaggedOutput("maxts", (self.tag, int(cols["ts"].max())))
+            for user, block in _split_by_user(cols):
+                yield user, (self.tag, block)
+        yield beam.pvalue.TaggedOutput("stats", {"rows_in": {self.schema.name: rows_in}})
 
 
-def _make_combine():
-    import apache_beam as beam
+class _LabelFn(beam.DoFn):
+    """Collects a user's blocks (with a running cap) and labels the user's impressions."""
 
-    class MergeStats(beam.CombineFn):
-        """Sums nested stats dicts (numbers and numpy arrays add; lists concatenate)."""
+    def __init__(self, settings, items_path, files, user_hook):
+        self.settings, self.items_path, self.files, self.user_hook = settings, items_path, files, user_hook
+        self.items = None
 
-        def create_accumulator(self):
-            return {}
+    def setup(self):
+        self.items = ItemTable.load(self.items_path)
 
-        def add_input(self, acc, x):
-            _merge_into(acc, x)
-            return acc
+    def process(self, element, eval_from_ts):
+        user, tagged = element
+        s = dataclasses.replace(self.settings, eval_from_ts=int(eval_from_ts))
+        parts = {IMP: [], BEH: [], USR: []}
+        sizes = {IMP: 0, BEH: 0}
+        stats: dict = {}
+        for tag, block in tagged:
+            parts[tag].append(block)
+            if tag in sizes:
+                sizes[tag] += len(block["ts"])
+                if sizes[tag] > 2 * s.max_events_per_user:  # bound the state per key
+                    merged = _latest(parts[tag], s.max_events_per_user, stats, tag)
+                    parts[tag], sizes[tag] = [merged], len(merged["ts"])
+        imps = _concat(parts[IMP])
+        behs = _concat(parts[BEH])
+        profile = None
+        if parts[USR]:
+            prof = _concat(parts[USR])
+            n_prof = len(prof["_row"])
+            for i in range(1, n_prof):
+                yield beam.pvalue.TaggedOutput("dead", {
+                    "table": "users", "reason": "duplicate_id", "field": "user_id", "value": str(user),
+                    "file": self.files[int(prof["_file"][i])], "row": int(prof["_row"][i])})
+            profile = {k: v[0] for k, v in prof.items() if k.startswith("user_")}
+            labeling._add(stats, "users_with_profile", 1)
+        if self.user_hook is not None:
+            imps, hook_stats = self.user_hook(user, behs, self.items)
+            _merge_into(stats, hook_stats)
+        cols, dead, st = labeling.label_user(user, imps, behs, profile, self.items, s, self.files)
+        _merge_into(stats, st)
+        for d in dead:
+            yield beam.pvalue.TaggedOutput("dead", d)
+        if len(cols["label"]):
+            labeling._add(stats, "users_labeled", 1)
+            yield cols
+        yield beam.pvalue.TaggedOutput("stats", stats)
 
-        def merge_accumulators(self, accs):
-            out = {}
-            for a in accs:
-                _merge_into(out, a)
-            return out
 
-        def extract_output(self, acc):
-            return acc
+class _FinalizeFn(beam.DoFn):
+    """Bins similarities, adds intent distributions and explicit masks, encodes records."""
 
-    return MergeStats
+    def __init__(self, spec, explicit_threshold, explicit_top_levels):
+        self.spec, self.tau, self.top = spec, explicit_threshold, explicit_top_levels
+        self.encoder = None
+
+    def setup(self):
+        self.encoder = ExampleEncoder(self.spec)
+
+    def process(self, users, sim_range):
+        lo, hi = sim_range
+        n = self.spec.intent_levels
+        tau = self.tau if self.tau is not None else transforms.explicit_threshold(n, self.top, lo, hi)
+        cols = _concat_users(users)
+        is_eval = cols["_eval"]
+        out, stats = labeling.finalize(cols, n, lo, hi, tau)
+        stats.update(_record_stats(out, is_eval, self.spec.max_seq_len))
+        for split, mask in (("train", ~is_eval), ("eval", is_eval)):
+            if mask.any():
+                framed = frame_tfrecords(self.encoder.encode_batch({k: v[mask] for k, v in out.items()}))
+                yield framed if split == "train" else beam.pvalue.TaggedOutput("eval", framed)
+        yield beam.pvalue.TaggedOutput("stats", stats)
 
 
-def _install_beam_classes():
-    global _ReadFn, _LabelFn, _FinalizeFn, _MergeStats
-    _ReadFn, _LabelFn, _FinalizeFn = _make_dofns()
-    _MergeStats = _make_combine()
+class _FramedTFRecordSink(beam.io.filebasedsink.FileBasedSink):
+    """Writes elements that are already TFRecord-framed byte runs (GZIP files)."""
+
+    def __init__(self, prefix, suffix, num_shards):
+        super().__init__(prefix, coder=beam.coders.BytesCoder(), file_name_suffix=suffix,
+                         num_shards=num_shards, shard_name_template=None,
+                         mime_type="application/octet-stream",
+                         compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+
+    def write_encoded_record(self, file_handle, value):
+        file_handle.write(value)
 
 
-_install_beam_classes()
+class _MergeStats(beam.CombineFn):
+    """Sums nested stats dicts (numbers and numpy arrays add; lists concatenate)."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, x):
+        _merge_into(acc, x)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for a in accs:
+            _merge_into(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
 
 def _split_by_user(cols: dict):
     users = cols["user_id"]
@@ -307,6 +314,34 @@ def _split_by_user(cols: dict):
     for a, b in zip(starts, ends):
         idx = order[a:b]
         yield int(sorted_users[a]), {k: v[idx] for k, v in cols.items() if k != "user_id"}
+
+
+def frame_tfrecords(records: list[bytes]) -> bytes:
+    """Concatenates records in TFRecord framing: length, masked CRC32C of the length, data,
+    masked CRC32C of the data (all little-endian)."""
+    import struct
+
+    import google_crc32c
+
+    def masked(data: bytes) -> int:
+        crc = google_crc32c.value(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    parts = []
+    for r in records:
+        length = struct.pack("<Q", len(r))
+        parts += [length, struct.pack("<I", masked(length)), r, struct.pack("<I", masked(r))]
+    return b"".join(parts)
+
+
+def _concat_users(users: list[dict]) -> dict:
+    """Concatenates several users' labeled columns, keeping request indices distinct."""
+    if len(users) == 1:
+        return users[0]
+    offsets = np.cumsum([0] + [int(u["_request"].max()) + 1 for u in users[:-1]])
+    out = {k: np.concatenate([u[k] for u in users]) for k in users[0] if k != "_request"}
+    out["_request"] = np.concatenate([u["_request"] + o for u, o in zip(users, offsets)])
+    return out
 
 
 def _concat(blocks: list[dict]) -> dict | None:

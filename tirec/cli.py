@@ -8,7 +8,6 @@ Entry functions only wire flags into the typed config and delegate to the packag
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
