@@ -7,7 +7,8 @@ Steps:
   2. ``tirec pipeline`` on DirectRunner (``multi_processing``, ``--workers`` processes), in a
      subprocess whose whole process tree's resident memory is sampled every 0.2 s (peak RSS).
   3. The single-process pandas reference (``benchmarks/reference.py``) on the same input.
-  4. Parity: every request's trigger and intent distribution from the TFRecords must equal the
+  4. Parity: every request's trigger, intent distribution, and the sums over its impressions of
+     history length, explicit-mask count and history item ids from the TFRecords must equal the
      reference's (max abs difference of the distributions reported).
 
 Prints a JSON summary (impressions/s of both, the ratio, peak RSS, parity) and writes it to
@@ -83,15 +84,23 @@ def _records_by_request(out_dir: str, n_levels: int) -> dict:
     from tirec.features.spec import FeatureSpec
 
     spec = FeatureSpec.load(f"{out_dir}/spec.json")
-    keys = ["request_id", "trigger_item_id", "intent_dist", "impression_ts"]
+    keys = ["request_id", "trigger_item_id", "intent_dist", "hist_len", "explicit_mask", "hist_item_ids"]
     parse = {k: v for k, v in spec.parse_example_spec().items() if k in keys}
     files = sorted(glob.glob(f"{out_dir}/train/*.tfrecord.gz") + glob.glob(f"{out_dir}/eval/*.tfrecord.gz"))
     ds = (tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
           .batch(8192).map(lambda x: tf.io.parse_example(x, parse)))
     out, n = {}, 0
     for batch in ds.as_numpy_iterator():
-        for rid, trig, dist in zip(batch["request_id"], batch["trigger_item_id"], batch["intent_dist"]):
-            out.setdefault(rid.decode(), (int(trig), dist))
+        exp = batch["explicit_mask"].sum(axis=1)
+        items = batch["hist_item_ids"].sum(axis=1)
+        for i, rid in enumerate(batch["request_id"]):
+            key = rid.decode()
+            if key not in out:
+                out[key] = [int(batch["trigger_item_id"][i]), batch["intent_dist"][i], 0, 0, 0]
+            rec = out[key]
+            rec[2] += int(batch["hist_len"][i])
+            rec[3] += int(exp[i])
+            rec[4] += int(items[i])
             n += 1
     return out, n
 
@@ -128,12 +137,13 @@ def main() -> None:
     recs, n_records = _records_by_request(out, 6)
     ref_map = {r.request_id: r for r in ref.itertuples(index=False)}
     missing = sorted(set(ref_map) ^ set(recs))
-    trig_mismatch, max_diff = 0, 0.0
-    for rid, (trig, dist) in recs.items():
+    trig_mismatch, hist_mismatch, max_diff = 0, 0, 0.0
+    for rid, (trig, dist, hist_len, exp, items) in recs.items():
         r = ref_map.get(rid)
         if r is None:
             continue
         trig_mismatch += int(trig != r.trigger_item_id)
+        hist_mismatch += int((hist_len, exp, items) != (r.hist_len_sum, r.explicit_sum, r.hist_item_sum))
         want = np.array([getattr(r, f"intent_{j}") for j in range(6)])
         max_diff = max(max_diff, float(np.abs(want - dist).max()))
     summary = {
@@ -148,6 +158,7 @@ def main() -> None:
         "slowdown_vs_reference": round(seconds / ref_seconds, 2),
         "parity": {"requests_pipeline": len(recs), "requests_reference": len(ref_map),
                    "requests_only_in_one": len(missing), "trigger_mismatches": trig_mismatch,
+                   "history_or_explicit_mismatches": hist_mismatch,
                    "intent_max_abs_diff": max_diff},
         "runner": f"DirectRunner {args.mode}, {args.workers} workers",
         "cpus": os.cpu_count(),
@@ -155,7 +166,7 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     with open(f"{args.work}/bench_pipeline.json", "w") as fh:
         json.dump(summary, fh, indent=2)
-    if missing or trig_mismatch or max_diff > 1e-6:
+    if missing or trig_mismatch or hist_mismatch or max_diff > 1e-6:
         raise SystemExit("parity check FAILED")
 
 

@@ -61,7 +61,9 @@ class PipelineConfig:
       max_seq_len: behaviour sequence length L.
       explicit_top_levels: tau defaults to the lower edge of this many top levels.
       explicit_threshold: an explicit tau, overriding ``explicit_top_levels``.
-      eval_days: the last this-many calendar days (UTC) of impressions form the eval split.
+      eval_days: the last this-many calendar days (UTC) of impressions form the eval split;
+        None takes the format's default (1 day; 365 for MovieLens, whose last days hold only a
+        handful of ratings); 0 writes no eval split.
       no_trigger: ``drop`` impressions without a trigger (counted) or ``pad`` them
         (``has_trigger`` = 0).
       click_btags: behaviour types that count as clicks (trigger candidates).
@@ -89,7 +91,7 @@ class PipelineConfig:
     max_seq_len: int = 50
     explicit_top_levels: int = 2
     explicit_threshold: float | None = None
-    eval_days: int = 1
+    eval_days: int | None = None
     no_trigger: str = "drop"
     click_btags: tuple[str, ...] = ("click",)
     trigger_from: str = "auto"
@@ -132,7 +134,7 @@ class PipelineConfig:
             bad("explicit_top_levels", f"must be in [1, intent_levels={self.intent_levels}]")
         if self.explicit_threshold is not None and not -1.0 <= self.explicit_threshold <= 1.0:
             bad("explicit_threshold", "must be in [-1, 1]")
-        if self.eval_days < 0:
+        if self.eval_days is not None and self.eval_days < 0:
             bad("eval_days", "must be >= 0")
         if self.no_trigger not in ("drop", "pad"):
             bad("no_trigger", "must be 'drop' or 'pad'")

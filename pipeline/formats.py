@@ -39,6 +39,7 @@ class Prepared:
     rows_in: dict[str, int]                # launcher-read tables: rows in
     user_hook: Callable | None = None      # per-user impression builder (MovieLens)
     block_fns: dict[str, Callable] = dataclasses.field(default_factory=dict)  # per-table column fix-ups
+    default_eval_days: int = 1             # eval split when pipeline.eval_days is unset
     notes: dict = dataclasses.field(default_factory=dict)
 
 
@@ -80,10 +81,11 @@ class GenericFormat(SourceFormat):
                     f"or {t}-*.<ext> (see pipeline/SCHEMA.md)")
         dead: list[dict] = []
         rows_in: dict[str, int] = {}
-        item_cols, texts = read_table(cfg.input, ITEMS, cfg.chunk_rows, dead, rows_in, required=True)
-        ids, keep = dedupe(item_cols["item_id"], "items", dead)
+        item_cols, paths = read_table(cfg.input, ITEMS, cfg.chunk_rows, dead, rows_in, required=True)
+        ids, keep = dedupe(item_cols["item_id"], "items", dead, item_cols, paths)
         item_cols = {k: v[keep] for k, v in item_cols.items()}
-        extra = tuple(k for k in item_cols if k not in ("item_id", "text") + ITEM_FIELDS)
+        extra = tuple(k for k in item_cols
+                      if k not in ("item_id", "text") + ITEM_FIELDS and not k.startswith("_"))
         fields = {f: item_cols[f] for f in ITEM_FIELDS + extra}
         art, info = self._embeddings(cfg, ids, item_cols, files, dead, rows_in)
         items, info = build_item_table(ids, fields, art, info)
@@ -132,31 +134,45 @@ def header_fields(paths: list[str], schema: TableSchema) -> list[str]:
 
 
 def read_table(directory: str, schema: TableSchema, chunk_rows: int, dead: list, rows_in: dict,
-               required: bool = False) -> tuple[dict[str, np.ndarray], None]:
-    """Reads a whole (small, dimension) table in the launcher; bad rows go to ``dead``."""
+               required: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Reads a whole (small, dimension) table in the launcher; bad rows go to ``dead``.
+
+    Returns the columns, plus provenance ``_file`` (index into the returned paths) and ``_row``
+    (row in that file), and the list of paths read.
+    """
     paths = discover(directory, schema.name)
     if required and not paths:
         raise FileNotFoundError(f"no {schema.name} files in {directory!r} (see pipeline/SCHEMA.md)")
     parts: dict[str, list] = {}
     n_in = 0
-    for path in paths:
+    for file_idx, path in enumerate(paths):
         for chunk, bad in read_chunks(path, schema, chunk_rows):
             dead.extend(bad)
             n_in += len(chunk) + len(bad)
-            for k, v in chunk.columns.items():
+            cols = dict(chunk.columns, _file=np.full(len(chunk), file_idx), _row=chunk.rows)
+            for k, v in cols.items():
                 parts.setdefault(k, []).append(v)
     rows_in[schema.name] = rows_in.get(schema.name, 0) + n_in
-    return {k: np.concatenate(v) for k, v in parts.items()}, None
+    return {k: np.concatenate(v) for k, v in parts.items()}, paths
 
 
-def dedupe(ids: np.ndarray, table: str, dead: list) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique ids and the row index of each first occurrence; repeats are dead-lettered."""
+def dedupe(ids: np.ndarray, table: str, dead: list, cols: dict | None = None,
+           paths: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ids and the index of each first occurrence; repeats are dead-lettered.
+
+    ``cols``/``paths`` (from :func:`read_table`) give the repeats' file and row.
+    """
     uniq, first = np.unique(ids, return_index=True)
     if first.shape[0] != ids.shape[0]:
         dup = np.ones(ids.shape[0], dtype=bool)
         dup[first] = False
         for i in np.flatnonzero(dup):
-            dead.append(dead_letter(table, "duplicate_id", field="item_id", value=int(ids[i]), row=int(i)))
+            file = row = None
+            if cols is not None and "_row" in cols:
+                row = int(cols["_row"][i])
+                file = paths[int(cols["_file"][i])] if paths else None
+            dead.append(dead_letter(table, "duplicate_id", field="item_id", value=int(ids[i]),
+                                    file=file, row=row if cols is not None else int(i)))
     return uniq, first
 
 

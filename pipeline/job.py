@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from typing import Callable
 
 import apache_beam as beam
 import numpy as np
@@ -45,8 +46,19 @@ _TAGS = {"impressions": IMP, "behaviours": BEH, "users": USR}
 SEQ_HIST_BINS = 11  # sequence-length histogram: [0], (0, L/10], ... by tenths of L
 
 
-def run(cfg: PipelineConfig, beam_args: list[str] | None = None) -> dict:
-    """Runs the whole job and returns the stats dict written to ``OUT/stats.json``."""
+STAGES = ("prepare items and embeddings", "run the Beam job", "write spec and stats")
+
+
+def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
+        progress: Callable[[str], None] | None = None) -> dict:
+    """Runs the whole job and returns the stats dict written to ``OUT/stats.json``.
+
+    Args:
+      cfg: the pipeline config.
+      beam_args: Beam pipeline flags, passed through unchanged.
+      progress: called with each entry of :data:`STAGES` as it starts.
+    """
+    progress = progress or (lambda stage: None)
     from apache_beam.options.pipeline_options import PipelineOptions
 
     cfg.validate()
@@ -54,6 +66,7 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None) -> dict:
     out = cfg.out.rstrip("/")
     _makedirs(out)
     fmt = get_format(cfg.format)
+    progress(STAGES[0])
     log.info("preparing item table and embeddings (%s format)", cfg.format)
     prep = fmt.prepare(cfg)
     items_path = f"{out}/items/items.npz"
@@ -64,6 +77,7 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None) -> dict:
 
     lo, hi = cfg.sim_lo, cfg.sim_hi
     spec = _spec(cfg, prep, lo, hi)
+    eval_days = cfg.eval_days if cfg.eval_days is not None else prep.default_eval_days
     files = [p for t in ("impressions", "behaviours", "users") for p in prep.files.get(t, [])]
     settings = labeling.LabelSettings(
         intent_levels=cfg.intent_levels, trigger_window_s=cfg.trigger_window_s,
@@ -74,6 +88,7 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None) -> dict:
         context_fields=prep.context_fields)
 
     flags, runner = _beam_flags(beam_args or [])
+    progress(STAGES[1])
     with beam.Pipeline(runner=runner, options=PipelineOptions(flags=flags)) as p:
         blocks, deads, stats, maxts = [], [], [], []
         for table, paths in prep.files.items():
@@ -96,7 +111,7 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None) -> dict:
                   | "maxts:pick" >> beam.Filter(lambda kv, t=ts_source: kv[0] == t)
                   | "maxts:values" >> beam.Values()
                   | "maxts:max" >> beam.CombineGlobally(max).without_defaults()
-                  | "maxts:cutoff" >> beam.Map(_eval_cutoff, cfg.eval_days))
+                  | "maxts:cutoff" >> beam.Map(_eval_cutoff, eval_days))
         labeled = (blocks | "blocks:flatten" >> beam.Flatten()
                    | "by_user" >> beam.GroupByKey()
                    | "label" >> beam.ParDo(_LabelFn(settings, items_path, files, prep.user_hook),
@@ -127,14 +142,14 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None) -> dict:
         _ = (dead_all | "dead:json" >> beam.Map(lambda d: json.dumps(d, default=str))
              | "dead:write" >> beam.io.WriteToText(f"{out}/deadletter/deadletter",
                                                    file_name_suffix=".jsonl"))
-        dead_counts = dead_all | "dead:count" >> beam.Map(
-            lambda d: {"deadletter": {f"{d['table']}/{d['reason']}": 1}})
+        dead_counts = dead_all | "dead:count" >> beam.Map(_dead_stat)
         _ = ((stats + [dead_counts, cutoff | "cutoff:stat" >> beam.Map(lambda c: {"_eval_from_ts": [c]}),
                         range_side_stat(p, beam, cfg, lo, hi, locals().get("bounds"))])
              | "stats:flatten" >> beam.Flatten()
              | "stats:merge" >> beam.CombineGlobally(_MergeStats())
              | "stats:write" >> beam.Map(_write_json, f"{out}/_beam_stats.json"))
 
+    progress(STAGES[2])
     beam_stats = _read_json(f"{out}/_beam_stats.json")
     os.remove(f"{out}/_beam_stats.json") if "://" not in out else None
     return _finish(cfg, prep, spec, beam_stats, out, time.time() - t0)
@@ -192,6 +207,7 @@ class _ReadFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("maxts", (self.tag, int(cols["ts"].max())))
             for user, block in _split_by_user(cols):
                 yield user, (self.tag, block)
+        _count(f"{self.schema.name}_rows_in", rows_in)
         yield beam.pvalue.TaggedOutput("stats", {"rows_in": {self.schema.name: rows_in}})
 
 
@@ -237,6 +253,9 @@ class _LabelFn(beam.DoFn):
         _merge_into(stats, st)
         for d in dead:
             yield beam.pvalue.TaggedOutput("dead", d)
+        for key in ("impressions_dropped_no_trigger", "impressions_dropped_user_cap",
+                    "behaviours_dropped_user_cap"):
+            _count(key, stats.get(key, 0))
         if len(cols["label"]):
             labeling._add(stats, "users_labeled", 1)
             yield cols
@@ -262,6 +281,7 @@ class _FinalizeFn(beam.DoFn):
         out, stats = labeling.finalize(cols, n, lo, hi, tau)
         stats.update(_record_stats(out, is_eval, self.spec.max_seq_len))
         for split, mask in (("train", ~is_eval), ("eval", is_eval)):
+            _count(f"written_{split}", int(mask.sum()))
             if mask.any():
                 framed = frame_tfrecords(self.encoder.encode_batch({k: v[mask] for k, v in out.items()}))
                 yield framed if split == "train" else beam.pvalue.TaggedOutput("eval", framed)
@@ -302,6 +322,17 @@ class _MergeStats(beam.CombineFn):
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
+
+def _count(name: str, n: int) -> None:
+    """A Beam counter (namespace ``tirec``): visible in the Dataflow / Flink UIs while running."""
+    if n:
+        beam.metrics.Metrics.counter("tirec", name).inc(int(n))
+
+
+def _dead_stat(d: dict) -> dict:
+    _count(f"deadletter_{d['table']}_{d['reason']}", 1)
+    return {"deadletter": {f"{d['table']}/{d['reason']}": 1}}
 
 
 def _split_by_user(cols: dict):

@@ -193,11 +193,11 @@ class MovieLensFormat(SourceFormat):
                 f"timestamp), ratings/*.<ext> or ratings-*.<ext>")
         dead: list[dict] = []
         rows_in: dict[str, int] = {}
-        movies, _ = read_table(cfg.input, MOVIES, cfg.chunk_rows, dead, rows_in, required=True)
+        movies, movie_paths = read_table(cfg.input, MOVIES, cfg.chunk_rows, dead, rows_in, required=True)
         if not movies or not len(movies.get("item_id", ())):
             raise ValueError(f"movies table in {cfg.input!r} has no valid row "
                              f"(rows in: {rows_in.get('movies', 0)}; see the dead letters)")
-        ids, first = dedupe(movies["item_id"], "movies", dead)
+        ids, first = dedupe(movies["item_id"], "movies", dead, movies, movie_paths)
         titles = [str(t) for t in movies["title"][first]]
         genre_lists = [_genres(g) for g in movies["genres"][first]]
         fields, vocab = _item_fields(titles, genre_lists)
@@ -218,6 +218,7 @@ class MovieLensFormat(SourceFormat):
             embedding_info=info, dead=dead, rows_in=rows_in,
             user_hook=RatingImpressions(ml.click_threshold, ml.negatives_per_rating, ml.seed),
             block_fns={"behaviours": RatingBlock(ml.click_threshold)},
+            default_eval_days=365,
             notes={"movielens": {
                 "genre_vocabulary": vocab,
                 "cate_id": "1-based index of the first listed genre in genre_vocabulary",

@@ -33,11 +33,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apache_beam", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger().addFilter(_drop_beam_gcp_notice)
     try:
         return args.func(args, extra)
     except (ValueError, FileNotFoundError, KeyError) as err:
         log.error("%s", err)
         return 2
+
+
+def _drop_beam_gcp_notice(record: logging.LogRecord) -> bool:
+    """Beam logs an apitools/BigQuery notice on import that does not concern local runs."""
+    return "apitools not found" not in record.getMessage()
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -109,7 +115,21 @@ def _run_pipeline(args, beam_args) -> int:
         raise ValueError("pipeline needs --input and --out (or pipeline.input / pipeline.out)")
     if not os.path.isdir(cfg.input) and "://" not in cfg.input:
         raise FileNotFoundError(f"--input {cfg.input!r} is not a directory")
-    stats = job.run(cfg, beam_args)
+    bar = _progress(total=len(job.STAGES), unit="stage", desc="pipeline")
+    last = []
+
+    def advance(stage: str) -> None:
+        if bar is not None:
+            if last:
+                bar.update(1)
+            bar.set_postfix_str(stage)
+        last.append(stage)
+        log.info("pipeline: %s", stage)
+
+    stats = job.run(cfg, beam_args, progress=advance)
+    if bar is not None:
+        bar.update(1)
+        bar.close()
     print(summarize(stats))
     if not (stats["accounting"]["balanced"] and stats["accounting"]["behaviours_balanced"]):
         log.error("row accounting does not balance; see %s/stats.json", cfg.out)

@@ -1,0 +1,104 @@
+"""CLI wiring, typed YAML config with dotted overrides, and the one-way package dependencies."""
+import ast
+import json
+import pathlib
+
+import pytest
+
+from tirec import cli
+from tirec.config import TirecConfig, load_config
+from tirec.pipeline.config import PipelineConfig, parse_duration
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["pipeline", "--help"]])
+def test_help_on_every_subcommand(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 0
+    assert "usage: tirec" in capsys.readouterr().out
+
+
+def test_generate_then_pipeline_through_the_cli(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    assert cli.main(["generate", "--out", str(raw), "--users", "20", "--seed", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["users"] == 20
+    code = cli.main(["pipeline", "--input", str(raw), "--format", "synthetic", "--out", str(out),
+                     "--max-seq-len", "10", "--set", "pipeline.intent_levels=4"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "balanced': True" in printed
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["max_seq_len"] == 10 and spec["intent_levels"] == 4
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["max_seq_len"] == 10 and resolved["input"] == str(raw)
+
+
+def test_bad_values_exit_2_naming_the_field(tmp_path, caplog):
+    code = cli.main(["pipeline", "--input", str(tmp_path), "--format", "synthetic",
+                     "--out", str(tmp_path / "o"), "--intent-levels", "1"])
+    assert code == 2
+    assert "pipeline.intent_levels" in caplog.text and "1" in caplog.text
+    assert cli.main(["pipeline", "--input", str(tmp_path / "missing"), "--out", "x"]) == 2
+    assert "is not a directory" in caplog.text
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("pipeline:\n  intent_levels: 8\n  click_btags: [click, buy]\n"
+                    "  movielens:\n    click_threshold: 3.5\ngenerator:\n  users: 12\n")
+    cfg = load_config(str(path), ["pipeline.max_seq_len=30", "pipeline.trigger_window=2h"])
+    assert isinstance(cfg, TirecConfig)
+    assert cfg.pipeline.intent_levels == 8 and cfg.pipeline.max_seq_len == 30
+    assert cfg.pipeline.click_btags == ("click", "buy")
+    assert cfg.pipeline.movielens.click_threshold == 3.5
+    assert cfg.pipeline.trigger_window_s == 7200
+    assert cfg.generator.users == 12
+    assert load_config(None, ["pipeline.click_btags=click,pv"]).pipeline.click_btags == ("click", "pv")
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['intnet_levels'\]"):
+        load_config(None, ["pipeline.intnet_levels=3"])
+    with pytest.raises(ValueError, match="pipeline.max_seq_len: expected an integer"):
+        load_config(None, ["pipeline.max_seq_len=abc"])
+    with pytest.raises(ValueError, match="key.sub=value"):
+        load_config(None, ["pipeline.max_seq_len"])
+    with pytest.raises(ValueError, match="pipeline.no_trigger"):
+        PipelineConfig(no_trigger="keep").validate()
+
+
+def test_parse_duration():
+    assert parse_duration("4h") == 14400 and parse_duration("30m") == 1800
+    assert parse_duration("14d") == 14 * 86400 and parse_duration(90) == 90
+    for bad in ("4x", "-1h", "0", "1.5s"):
+        with pytest.raises(ValueError, match="trigger_window"):
+            parse_duration(bad, "trigger_window")
+
+
+def _imports(folder: str) -> set[str]:
+    names = set()
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("folder,forbidden", [
+    ("features", ("tirec.pipeline", "tirec.models", "tirec.serving", "apache_beam")),
+    ("pipeline", ("tirec.models", "tirec.serving")),
+    ("models", ("tirec.pipeline", "tirec.serving", "apache_beam")),
+])
+def test_dependencies_run_one_way(folder, forbidden):
+    bad = sorted(n for n in _imports(folder) if n.startswith(forbidden))
+    assert not bad, f"{folder}/ imports {bad}"
+
+
+def test_no_private_tensorflow_imports():
+    for folder in ("features", "pipeline", "models", "serving", "tirec"):
+        bad = sorted(n for n in _imports(folder) if n.startswith("tensorflow.python"))
+        assert not bad, f"{folder}/ imports {bad}"
