@@ -1,0 +1,131 @@
+"""Typed configuration of models and training (the ``model:`` and ``train:`` config sections).
+
+Defaults follow the DAIAN paper (MODELS.md §0, §1): batch 4096, Adagrad lr 0.05, tower
+512-256-128, attention 128 units x 4 heads, sequence length 50 (from the FeatureSpec).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+STRATEGIES = ("default", "mirrored", "multiworker", "ps")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture settings shared by all registered models.
+
+    Args:
+      name: registered model name (``din``, ``daian``).
+      emb_dim: width of every id embedding (per field); an item is ``[id ‖ side fields]``.
+      table_shards: row shards per embedding table (ParameterServer: the partitioner decides).
+      din_hidden: DIN attention FFN sizes.
+      att_units / att_heads: multi-head attention size.
+      tower: MLP tower sizes.
+      activation: ``relu`` or ``dice`` in the tower.
+      dropout: tower dropout.
+      use_uim / use_die / use_sein: DAIAN ablation switches (MODELS.md §1.9).
+      uim_hidden: UIM MLP sizes (then n levels).
+      i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), MODELS.md §1.3.
+      sim_bins: buckets of the semantic similarity embedding (§1.5).
+      sim_fusion: ``norm_ratio`` or ``additive`` (§1.5 variant).
+      gate_inputs: ``intent`` (x = [e_sim ‖ sg(y)]) or ``intent_interest`` (also sg(v_imp), sg(v_exp)).
+      gamma: Gate NU scale.
+    """
+
+    name: str = "daian"
+    emb_dim: int = 16
+    table_shards: int = 1
+    din_hidden: tuple[int, ...] = (80, 40)
+    att_units: int = 128
+    att_heads: int = 4
+    tower: tuple[int, ...] = (512, 256, 128)
+    activation: str = "relu"
+    dropout: float = 0.0
+    use_uim: bool = True
+    use_die: bool = True
+    use_sein: bool = True
+    uim_hidden: tuple[int, ...] = (256, 128)
+    i2e_fusion: str = "concat"
+    sim_bins: int = 20
+    sim_fusion: str = "norm_ratio"
+    gate_inputs: str = "intent"
+    gamma: float = 2.0
+
+    def validate(self) -> None:
+        def bad(field, why):
+            raise ValueError(f"model.{field}: {why}; received {getattr(self, field)!r}")
+
+        if self.emb_dim < 1:
+            bad("emb_dim", "must be >= 1")
+        if self.table_shards < 1:
+            bad("table_shards", "must be >= 1")
+        if self.att_units % self.att_heads:
+            bad("att_units", f"must be divisible by att_heads={self.att_heads}")
+        if self.activation not in ("relu", "dice"):
+            bad("activation", "must be relu or dice")
+        if not 0.0 <= self.dropout < 1.0:
+            bad("dropout", "must be in [0, 1)")
+        if self.i2e_fusion not in ("concat", "add"):
+            bad("i2e_fusion", "must be concat or add")
+        if self.sim_fusion not in ("norm_ratio", "additive"):
+            bad("sim_fusion", "must be norm_ratio or additive")
+        if self.gate_inputs not in ("intent", "intent_interest"):
+            bad("gate_inputs", "must be intent or intent_interest")
+        if self.sim_bins < 2:
+            bad("sim_bins", "must be >= 2")
+        if not self.tower:
+            bad("tower", "needs at least one layer")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training settings.
+
+    Args:
+      batch_size: global batch size (split over replicas).
+      epochs: epochs per stage (DAIAN trains three stages; ``three_stage=false`` one).
+      learning_rate: Adagrad learning rate.
+      optimizer: ``adagrad`` or ``adam``.
+      three_stage: DAIAN's UIM pretrain -> DIE pretrain -> joint schedule (MODELS.md §1.8).
+      uim_lr_scale: the UIM's learning-rate factor in stage 3.
+      strategy: ``default``, ``mirrored``, ``multiworker`` (TF_CONFIG) or ``ps`` (TF_CONFIG).
+      cpu_replicas: logical CPU devices for ``mirrored`` when there is no GPU (0 = off).
+      steps_per_epoch: cap on steps per epoch (0 = the whole data; ``ps`` needs a value).
+      shuffle_buffer: records shuffled before batching (0 = off).
+      early_stopping_patience: epochs without eval-AUC gain before stopping (0 = off).
+      seed: random seed.
+    """
+
+    batch_size: int = 4096
+    epochs: int = 1
+    learning_rate: float = 0.05
+    optimizer: str = "adagrad"
+    three_stage: bool = True
+    uim_lr_scale: float = 0.1
+    strategy: str = "default"
+    cpu_replicas: int = 0
+    steps_per_epoch: int = 0
+    shuffle_buffer: int = 100_000
+    early_stopping_patience: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        def bad(field, why):
+            raise ValueError(f"train.{field}: {why}; received {getattr(self, field)!r}")
+
+        if self.batch_size < 1:
+            bad("batch_size", "must be >= 1")
+        if self.epochs < 1:
+            bad("epochs", "must be >= 1")
+        if not self.learning_rate > 0:
+            bad("learning_rate", "must be > 0")
+        if self.optimizer not in ("adagrad", "adam"):
+            bad("optimizer", "must be adagrad or adam")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"must be one of {STRATEGIES}")
+        if self.cpu_replicas < 0:
+            bad("cpu_replicas", "must be >= 0")
+        if self.strategy == "ps" and self.steps_per_epoch < 1:
+            bad("steps_per_epoch", "ParameterServerStrategy needs steps_per_epoch >= 1")
+        if not 0 < self.uim_lr_scale <= 1:
+            bad("uim_lr_scale", "must be in (0, 1]")

@@ -1,0 +1,105 @@
+"""tf.data input from the pipeline's TFRecord shards, parsed with the FeatureSpec.
+
+``make_dataset`` lists ``DATA/<split>/*.tfrecord.gz``, reads the shards with a parallel
+interleave, shuffles, batches, parses whole batches with ``tf.io.parse_example`` and prefetches.
+Elements are ``(features, targets)``: ``features`` holds the model inputs (role ``feature``,
+plus ``intent`` features so DAIAN's stage 2 can feed the ground truth), ``targets`` holds
+``ctr`` (the label, float32 ``[B, 1]``) and ``intent`` (the request's intent distribution).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tirec.features.spec import FeatureSpec
+
+SPEC_FILE = "spec.json"
+
+
+def load_data_spec(data_dir: str) -> FeatureSpec:
+    """The FeatureSpec the pipeline wrote next to the records."""
+    path = os.path.join(data_dir, SPEC_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: --data must be a `tirec pipeline` output folder")
+    with tf.io.gfile.GFile(path) as fh:
+        return FeatureSpec.from_json(fh.read())
+
+
+def shard_files(data_dir: str, split: str) -> list[str]:
+    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, split, "*.tfrecord.gz")))
+    if not files:
+        raise FileNotFoundError(f"no {split} shards ({data_dir}/{split}/*.tfrecord.gz)")
+    return files
+
+
+def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, *,
+                 shuffle_buffer: int = 0, seed: int = 0, repeat: bool = False,
+                 drop_remainder: bool = False, input_context: tf.distribute.InputContext | None = None
+                 ) -> tf.data.Dataset:
+    """Batched ``(features, targets)`` dataset of one split.
+
+    Args:
+      data_dir: the pipeline output folder.
+      split: ``train`` or ``eval``.
+      spec: the FeatureSpec to parse with.
+      batch_size: batch size (per replica when ``input_context`` is given).
+      shuffle_buffer: records to shuffle (0 = keep the file order, deterministic).
+      seed: shuffle seed.
+      repeat: repeat forever (ParameterServerStrategy needs it).
+      drop_remainder: drop the last partial batch.
+      input_context: from ``distribute_datasets_from_function``; shards files per input pipeline.
+    """
+    files = shard_files(data_dir, split)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle_buffer:
+        ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+                       cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=not shuffle_buffer)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed)
+    if repeat:
+        ds = ds.repeat()
+    parse = spec.parse_example_spec(roles=("label", "feature", "intent"))
+    label = spec.label
+
+    def split_targets(batch):
+        batch = tf.io.parse_example(batch, parse)
+        y = tf.cast(tf.expand_dims(batch.pop(label), -1), tf.float32)
+        return batch, {"ctr": y, "intent": batch["intent_dist"]}
+
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(split_targets, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def read_columns(data_dir: str, split: str, spec: FeatureSpec, names: list[str],
+                 batch_size: int = 65536) -> dict[str, np.ndarray]:
+    """Whole columns of a split as numpy arrays (for exact offline metrics)."""
+    parse = {k: v for k, v in spec.parse_example_spec().items() if k in names}
+    ds = tf.data.TFRecordDataset(shard_files(data_dir, split), compression_type="GZIP")
+    ds = ds.batch(batch_size).map(lambda b: tf.io.parse_example(b, parse))
+    out: dict[str, list] = {k: [] for k in names}
+    for batch in ds.as_numpy_iterator():
+        for k in names:
+            out[k].append(batch[k])
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def load_item_vectors(data_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The pipeline's multimodal item table: (ids int64 [N], vectors float32 [N, d], meta)."""
+    base = os.path.join(data_dir, "item_embeddings")
+    with tf.io.gfile.GFile(os.path.join(base, "ids.npy"), "rb") as fh:
+        ids = np.load(fh)
+    with tf.io.gfile.GFile(os.path.join(base, "vectors.npy"), "rb") as fh:
+        vectors = np.load(fh).astype(np.float32)
+    meta = {}
+    if tf.io.gfile.exists(os.path.join(base, "meta.json")):
+        with tf.io.gfile.GFile(os.path.join(base, "meta.json")) as fh:
+            meta = json.load(fh)
+    return ids.astype(np.int64), vectors, meta
