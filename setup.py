@@ -33,6 +33,7 @@ setup(
         "tensorflow-serving-api==2.21.*",
         "apache-beam==2.77.*",
         "google-crc32c",  # TFRecord checksums in Beam (WriteToTFRecord fails without it)
+        "tensorboard==2.21.*",  # the TensorBoard callback (TF 2.21 does not pull it in)
         "numpy",
         "pandas",
         "pyarrow",

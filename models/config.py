@@ -129,3 +129,12 @@ class TrainConfig:
             bad("steps_per_epoch", "ParameterServerStrategy needs steps_per_epoch >= 1")
         if not 0 < self.uim_lr_scale <= 1:
             bad("uim_lr_scale", "must be in (0, 1]")
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    """A ModelConfig from a plain dict (JSON lists become the tuples the fields declare)."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"model config: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

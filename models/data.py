@@ -37,8 +37,8 @@ def shard_files(data_dir: str, split: str) -> list[str]:
 
 def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, *,
                  shuffle_buffer: int = 0, seed: int = 0, repeat: bool = False,
-                 drop_remainder: bool = False, input_context: tf.distribute.InputContext | None = None
-                 ) -> tf.data.Dataset:
+                 drop_remainder: bool = False, input_context: tf.distribute.InputContext | None = None,
+                 workers: int = 1) -> tf.data.Dataset:
     """Batched ``(features, targets)`` dataset of one split.
 
     Args:
@@ -51,16 +51,24 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
       repeat: repeat forever (ParameterServerStrategy needs it).
       drop_remainder: drop the last partial batch.
       input_context: from ``distribute_datasets_from_function``; shards files per input pipeline.
+      workers: workers that will auto-shard this dataset (multi-worker training): with fewer
+        files than workers it is sharded by record instead of by file.
     """
     files = shard_files(data_dir, split)
     ds = tf.data.Dataset.from_tensor_slices(files)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    # Shard by file when every input pipeline gets at least one file, else by record (an
+    # input pipeline without files would make a repeated dataset loop forever).
+    by_file = pipelines > 1 and len(files) >= pipelines
+    if by_file:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
     if shuffle_buffer:
         ds = ds.shuffle(len(files), seed=seed)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=not shuffle_buffer)
+    if pipelines > 1 and not by_file:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     if repeat:
@@ -75,6 +83,10 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
 
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(split_targets, num_parallel_calls=tf.data.AUTOTUNE)
+    if workers > 1 and len(files) < workers:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

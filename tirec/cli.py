@@ -4,6 +4,8 @@ Entry functions only wire flags into the typed config and delegate to the packag
 
     tirec generate --out D --users 300 --seed 7
     tirec pipeline --input D --format synthetic --out T [--intent-levels 6] [Beam flags ...]
+    tirec train --data T --model daian --out RUN [--strategy mirrored --cpu-replicas 2]
+    tirec evaluate --data T --model-dir RUN [--baseline OTHER_RUN]
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_generate(sub)
     _add_pipeline(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_cluster_server(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "pipeline":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -134,6 +139,77 @@ def _run_pipeline(args, beam_args) -> int:
     if not (stats["accounting"]["balanced"] and stats["accounting"]["behaviours_balanced"]):
         log.error("row accounting does not balance; see %s/stats.json", cfg.out)
         return 1
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model on pipeline TFRecords",
+        description="Train a registered model (din, daian) on the output of `tirec pipeline`. "
+                    "DAIAN runs its three stages unless --set train.three_stage=false.")
+    p.add_argument("--data", required=True, help="pipeline output folder (spec.json, train/, eval/)")
+    p.add_argument("--model", required=True, help="registered model name, e.g. din or daian")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, metrics.json)")
+    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker", "ps"))
+    p.add_argument("--cpu-replicas", type=int,
+                   help="logical CPU devices for --strategy mirrored without GPUs")
+    p.add_argument("--epochs", type=int, help="epochs per stage (default 1)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 4096)")
+    p.add_argument("--steps-per-epoch", type=int, help="cap steps per epoch (required for ps)")
+    _common(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args, _extra) -> int:
+    overrides = list(args.overrides)
+    for flag in ("strategy", "cpu_replicas", "epochs", "batch_size", "steps_per_epoch"):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"train.{flag}={value}")
+    cfg = load_config(args.config, overrides)
+    cfg.train.validate()
+    cfg.model.validate()
+    if cfg.train.strategy == "mirrored":
+        from tirec.models.train import configure_cpu_replicas
+
+        configure_cpu_replicas(cfg.train.cpu_replicas)  # before TensorFlow starts its runtime
+    from tirec.models.train import train_run
+
+    metrics = train_run(args.data, args.model, args.out, cfg.model, cfg.train)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2, default=str))
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="exact eval metrics of a trained run",
+                       description="AUC, GAUC, logloss (and intent KL/JS) over the whole eval "
+                                   "split; RelaImpr against --baseline. Writes RUN/metrics.json.")
+    p.add_argument("--data", required=True, help="pipeline output folder")
+    p.add_argument("--model-dir", required=True, help="run folder written by `tirec train`")
+    p.add_argument("--baseline", help="another run folder to compute RelaImpr against")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args, _extra) -> int:
+    from tirec.models.train import evaluate_run
+
+    metrics = evaluate_run(args.data, args.model_dir, args.baseline, args.batch_size)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def _add_cluster_server(sub) -> None:
+    p = sub.add_parser("cluster-server", help="run a worker or ps task of a ParameterServer cluster",
+                       description="Starts this machine's worker or ps task from TF_CONFIG and serves "
+                                   "until killed; the chief runs `tirec train --strategy ps`.")
+    p.set_defaults(func=_run_cluster_server)
+
+
+def _run_cluster_server(args, _extra) -> int:
+    from tirec.models.train import run_server
+
+    run_server()
     return 0
 
 

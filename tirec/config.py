@@ -1,6 +1,7 @@
 """Typed configuration: frozen dataclasses loaded from YAML, with dotted overrides.
 
-The root :class:`TirecConfig` has one section per package (``generator``, ``pipeline``); each
+The root :class:`TirecConfig` has one section per package (``generator``, ``pipeline``,
+``model``, ``train``); each
 package reads only its own section. ``load_config("run.yaml", ["pipeline.intent_levels=8"])``
 reads the file, applies the overrides (values parsed as YAML), checks every key against the
 dataclass fields (an unknown key fails with the list of valid ones) and coerces types. The
@@ -16,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from tirec.models.config import ModelConfig, TrainConfig
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.synthetic import GeneratorConfig
 
@@ -26,6 +28,8 @@ class TirecConfig:
 
     generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = (),

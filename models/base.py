@@ -1,0 +1,269 @@
+"""Shared model scaffolding: feature embedding from the FeatureSpec and a staged CTR model.
+
+:class:`FeatureEmbedder` turns the raw id features of a batch into the field embeddings every
+TIR model uses (MODELS.md §0): the user ``E_u``, context ``E_c``, trigger ``e_t`` and target
+``e_i`` (``[id ‖ side fields]``) and the behaviour sequence ``E_S`` with its mask. Tables are
+declared by the spec; target, trigger and history ids share the ``item`` table.
+
+:class:`TirModel` is the Keras model base. It owns the losses (BCE on the click, KL on the intent
+distribution with unlabelled requests masked out), their per-replica scaling, a streaming AUC
+for progress display, and DAIAN's stage switch: stage ``1`` trains the intent model alone on
+KL, stage ``2`` trains the rest on BCE with the ground-truth intent fed in, stage ``3`` trains
+everything on BCE with a second, slower optimizer for the intent model (MODELS.md §1.8).
+Single-stage models always run in stage ``3`` semantics with one optimizer.
+
+Loss scaling: each replica computes the mean loss of its local batch and divides it by the
+number of replicas, so that the all-reduced (summed) gradients equal the gradient of the global
+mean loss.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tirec.features.spec import FeatureSpec
+from tirec.models.config import ModelConfig, model_config_from_dict
+from tirec.models.layers import FrozenItemTable, HashedEmbedding
+
+keras = tf.keras
+
+STAGE_UIM, STAGE_DIE, STAGE_JOINT = 1, 2, 3
+
+
+def item_fields(spec: FeatureSpec) -> list[str]:
+    """Item side fields present in the spec (``target_<f>`` columns, ``f`` != item_id)."""
+    return [f.name[len("target_"):] for f in spec.features
+            if f.name.startswith("target_") and f.name != "target_item_id"]
+
+
+def user_fields(spec: FeatureSpec) -> list[str]:
+    return [f.name for f in spec.features if f.name.startswith("user_") and f.name != "user_id"]
+
+
+def context_fields(spec: FeatureSpec) -> list[str]:
+    return [f.name for f in spec.features if f.name.startswith("ctx_")]
+
+
+def model_input_names(spec: FeatureSpec) -> list[str]:
+    """The raw features a served model needs (no labels, no pipeline-only columns)."""
+    names = ["user_id", "target_item_id", "trigger_item_id", "has_trigger", "hist_item_ids", "hist_ts",
+             "impression_ts"]
+    names += user_fields(spec) + context_fields(spec)
+    for f in item_fields(spec):
+        names += [f"target_{f}", f"trigger_{f}", f"hist_{f}"]
+    return names
+
+
+@keras.utils.register_keras_serializable(package="tirec")
+class FeatureEmbedder(keras.layers.Layer):
+    """Embeds the spec's id features into user, context, item and sequence representations.
+
+    Args:
+      spec_json: the FeatureSpec as JSON (a string keeps ``get_config`` simple).
+      emb_dim: width of each field embedding.
+      shards: row shards per table.
+      context: embed the context fields (the UIM does not use them).
+
+    Output (dict): ``user`` [B, Du], ``context`` [B, Dc], ``target`` / ``trigger`` [B, D],
+    ``target_id`` / ``trigger_id`` [B, emb_dim] (the id part), ``hist`` [B, L, D], ``mask``
+    [B, L] bool (real history positions).
+    """
+
+    def __init__(self, spec_json: str, emb_dim: int = 16, shards: int = 1, context: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.spec_json, self.emb_dim, self.shards, self.context = spec_json, emb_dim, shards, context
+        spec = FeatureSpec.from_json(spec_json)
+        self._item_fields = item_fields(spec)
+        self._user_fields = user_fields(spec)
+        self._ctx_fields = context_fields(spec) if context else []
+        needed = {"item", "user"} | set(self._item_fields)
+        needed |= {spec.feature(f).table for f in self._user_fields + self._ctx_fields}
+        self.tables = {
+            t.name: HashedEmbedding(t.num_buckets, emb_dim, shards=min(shards, t.num_buckets),
+                                    name=f"{self.name}_{t.name}")
+            for t in spec.tables if t.name in needed}
+        self._table_of = {f.name: f.table for f in spec.features if f.table}
+
+    def _embed(self, inputs, name):
+        return self.tables[self._table_of[name]](inputs[name])
+
+    def _item(self, inputs, prefix):
+        ids = "hist_item_ids" if prefix == "hist" else f"{prefix}_item_id"
+        id_emb = self._embed(inputs, ids)
+        parts = [id_emb] + [self._embed(inputs, f"{prefix}_{f}") for f in self._item_fields]
+        return tf.concat(parts, axis=-1), id_emb
+
+    def call(self, inputs):
+        target, target_id = self._item(inputs, "target")
+        trigger, trigger_id = self._item(inputs, "trigger")
+        hist, _ = self._item(inputs, "hist")
+        user = tf.concat([self._embed(inputs, "user_id")]
+                         + [self._embed(inputs, f) for f in self._user_fields], axis=-1)
+        ctx = [self._embed(inputs, f) for f in self._ctx_fields]
+        context = tf.concat(ctx, axis=-1) if ctx else tf.zeros_like(user[:, :0])
+        return {"user": user, "context": context, "target": target, "trigger": trigger,
+                "target_id": target_id, "trigger_id": trigger_id, "hist": hist,
+                "mask": inputs["hist_ts"] > 0}
+
+    @property
+    def item_dim(self) -> int:
+        return self.emb_dim * (1 + len(self._item_fields))
+
+    def get_config(self):
+        return {**super().get_config(), "spec_json": self.spec_json, "emb_dim": self.emb_dim,
+                "shards": self.shards, "context": self.context}
+
+
+class TirModel(keras.Model):
+    """Base of the registered models: staged losses, per-replica scaling, two optimizers.
+
+    Subclasses implement ``forward(inputs, training) -> {"ctr": [B, 1] probability, optionally
+    "intent": [B, n]}`` and may put intent-model layers under ``self.uim`` (a Layer) so stage 3
+    can give them their own optimizer.
+    """
+
+    has_intent = False
+
+    def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.model_config = model_config
+        self.num_items, self.item_dim = int(num_items), int(item_dim)
+        self.stage = STAGE_JOINT
+        self.leakage_guard = True
+        self.items = FrozenItemTable(num_items=self.num_items, dim=self.item_dim, name="items")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.auc_tracker = keras.metrics.AUC(name="auc", num_thresholds=2000)
+        self.kl_tracker = keras.metrics.Mean(name="intent_kl")
+        self.uim_optimizer = None
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def set_item_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Loads the pipeline's multimodal vectors into the frozen item table."""
+        self.items.set_table(ids, vectors)
+
+    def set_stage(self, stage: int) -> None:
+        if stage not in (STAGE_UIM, STAGE_DIE, STAGE_JOINT):
+            raise ValueError(f"stage must be 1, 2 or 3; received stage={stage!r}")
+        if stage != STAGE_JOINT and not self.has_intent:
+            raise ValueError(f"{type(self).__name__} has no intent model; only stage 3 applies")
+        self.stage = stage
+
+    def compile(self, optimizer, uim_optimizer=None, **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self.uim_optimizer = uim_optimizer
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.auc_tracker, self.kl_tracker]
+
+    # ---- forward ------------------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        return self.forward(inputs, training=training)
+
+    def forward(self, inputs, training=False):
+        raise TypeError(f"{type(self).__name__} must define forward()")
+
+    def intent_target(self, dist: tf.Tensor) -> tf.Tensor:
+        """The ground-truth intent in the model's intent output space (identity here)."""
+        return tf.cast(dist, tf.float32)
+
+    def uim_variables(self) -> list:
+        uim = getattr(self, "uim", None)
+        return list(uim.trainable_variables) if uim is not None else []
+
+    # ---- losses -------------------------------------------------------------------------------
+    def _stage_loss(self, x, y, outputs):
+        n_rep = tf.distribute.get_strategy().num_replicas_in_sync
+        label = tf.cast(y["ctr"], tf.float32)
+        if self.stage == STAGE_UIM:
+            true = self.intent_target(y["intent"])
+            kl = intent_kl(true, outputs["intent"])
+            has = tf.cast(tf.reduce_sum(true, axis=-1) > 0, tf.float32)
+            loss = tf.math.divide_no_nan(tf.reduce_sum(kl * has), tf.reduce_sum(has))
+            return loss, loss / n_rep
+        bce = keras.losses.binary_crossentropy(label, outputs["ctr"])
+        loss = tf.reduce_mean(bce)
+        return loss, loss / n_rep
+
+    def _stage_inputs(self, x, y):
+        """Stage 2 feeds the ground-truth intent; with the leakage guard, minus the sample's
+        own click (MODELS.md §1.1)."""
+        if self.stage != STAGE_DIE:
+            return x
+        x = dict(x)
+        counts = tf.cast(x["intent_counts"], tf.float32)
+        if self.leakage_guard:
+            own = tf.one_hot(tf.cast(x["trigger_target_level"], tf.int32), self.spec.intent_levels)
+            counts = counts - own * tf.cast(y["ctr"], tf.float32)
+        total = tf.reduce_sum(counts, axis=-1, keepdims=True)
+        x["true_intent"] = tf.math.divide_no_nan(counts, total)
+        return x
+
+    def _trainable_split(self):
+        uim = self.uim_variables()
+        uim_ids = {id(v) for v in uim}
+        rest = [v for v in self.trainable_variables if id(v) not in uim_ids]
+        if self.stage == STAGE_UIM:
+            return [], uim
+        if self.stage == STAGE_DIE:
+            return rest, []
+        return rest, uim
+
+    def train_step(self, data):
+        x, y = data
+        x = self._stage_inputs(x, y)
+        with tf.GradientTape() as tape:
+            outputs = self(x, training=True)
+            loss, scaled = self._stage_loss(x, y, outputs)
+            if self.losses:
+                scaled += tf.add_n(self.losses)
+        main, uim = self._trainable_split()
+        grads = tape.gradient(scaled, main + uim)
+        uim_opt = self.uim_optimizer if (self.stage == STAGE_JOINT and self.uim_optimizer is not None) \
+            else self.optimizer
+        if uim_opt is self.optimizer:
+            self.optimizer.apply_gradients(zip(grads, main + uim))
+        else:
+            self.optimizer.apply_gradients(zip(grads[:len(main)], main))
+            uim_opt.apply_gradients(zip(grads[len(main):], uim))
+        return self._update_metrics(loss, y, outputs)
+
+    def test_step(self, data):
+        x, y = data
+        x = self._stage_inputs(x, y)
+        outputs = self(x, training=False)
+        loss, _ = self._stage_loss(x, y, outputs)
+        return self._update_metrics(loss, y, outputs)
+
+    def _update_metrics(self, loss, y, outputs):
+        self.loss_tracker.update_state(loss)
+        self.auc_tracker.update_state(y["ctr"], outputs["ctr"])
+        if "intent" in outputs:
+            true = self.intent_target(y["intent"])
+            has = tf.cast(tf.reduce_sum(true, axis=-1) > 0, tf.float32)
+            self.kl_tracker.update_state(intent_kl(true, outputs["intent"]), sample_weight=has)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        import dataclasses
+
+        return {"spec_json": self.spec.to_json(), "model_config": dataclasses.asdict(self.model_config),
+                "num_items": self.num_items, "item_dim": self.item_dim, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        spec = FeatureSpec.from_json(config.pop("spec_json"))
+        model_config = model_config_from_dict(config.pop("model_config"))
+        return cls(spec=spec, model_config=model_config, **config)
+
+
+def intent_kl(true: tf.Tensor, pred: tf.Tensor, eps: float = 1e-8) -> tf.Tensor:
+    """Row-wise KL(true ‖ pred) in nats; rows of zeros give 0."""
+    true = tf.cast(true, tf.float32)
+    pred = tf.clip_by_value(tf.cast(pred, tf.float32), eps, 1.0)
+    return tf.reduce_sum(tf.where(true > 0, true * (tf.math.log(tf.maximum(true, eps)) - tf.math.log(pred)),
+                                  0.0), axis=-1)

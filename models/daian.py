@@ -1,0 +1,179 @@
+"""DAIAN (arXiv 2602.13971): distribution-aware intent modeling on top of DIN.
+
+Modules (MODELS.md §1; [X] marks reconstructions, each a ModelConfig switch):
+
+* **UIM** (§1.2) — its own embedding tables; ``h_S = DinAttention(e_t, E_S)``,
+  ``ŷ = softmax(MLP([E_u ‖ h_S ‖ e_t]))`` over the n similarity levels. ``use_uim=False``
+  replaces it by a scalar sigmoid intent (DIHN style) read as the 2-bin distribution
+  [below tau, at/above tau].
+* **I2E** (§1.3) — ``q_I = W[e_t ‖ ŷ]`` (``i2e_fusion=concat``) or ``e_t + Wŷ`` (``add``);
+  ``v_imp = MHTA(q_I, E_S)``.
+* **Explicit intent** (§1.4) — behaviours whose multimodal similarity to the trigger is >= tau
+  (computed in the graph from the frozen multimodal table, tau from the FeatureSpec);
+  ``v_exp = MHTA(e_i, MHSA(E_S'))``, 0 when S' is empty.
+* **Hybrid similarity enhancer** (§1.5) — ``s_sem = cos(m_t, m_i)``; ``h_id = p_t ⊙ p_i`` with
+  ``p_x = MLP(sg(e_x^id))``; ``e_s = Emb(bucket(s_sem))``; norm-ratio fusion
+  ``α = ‖sg(h_id)‖ / (‖sg(h_id)‖ + ‖e_s‖ + ε)``, ``e_sim = α h_id + (1-α) e_s``.
+* **IA2N** (§1.6) — Gate NU over ``[e_sim ‖ sg(ŷ)]`` gives ``[w_exp ‖ w_imp]``;
+  ``u_exp = w_exp ⊙ v_exp``, ``u_imp = w_imp ⊙ v_imp``.
+* **Prediction** (§1.7) — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN ‖ u_exp ‖ u_imp ‖ e_sim ‖ s_sem]))``.
+
+Outputs ``{"ctr": [B, 1], "intent": [B, k]}`` (k = n, or 2 without the UIM). Training stages
+are handled by :class:`tirec.models.base.TirModel`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tirec.features import transforms
+from tirec.features.spec import FeatureSpec
+from tirec.models.base import STAGE_DIE, FeatureEmbedder, TirModel
+from tirec.models.config import ModelConfig
+from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
+                                 MultiHeadTargetAttention)
+from tirec.models.registry import register_model
+
+keras = tf.keras
+
+
+@keras.utils.register_keras_serializable(package="tirec")
+class UserIntentModel(keras.layers.Layer):
+    """UIM: predicts the request's intent distribution from user, trigger and history.
+
+    Has its own embedding tables (its objective differs from the CTR objective).
+    """
+
+    def __init__(self, spec_json: str, emb_dim: int, shards: int, hidden: tuple, out_dim: int,
+                 scalar: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.spec_json, self.emb_dim, self.shards = spec_json, emb_dim, shards
+        self.hidden, self.out_dim, self.scalar = tuple(hidden), out_dim, scalar
+        self.embed = FeatureEmbedder(spec_json, emb_dim, shards, context=False, name="uim_embed")
+        self.att = DinAttention(name="uim_attention")
+        self.mlp = MLP(self.hidden, output_logit=False, name="uim_mlp")
+        self.head = keras.layers.Dense(1 if scalar else out_dim, name="uim_head")
+
+    def call(self, inputs, training=False):
+        e = self.embed(inputs)
+        h = self.att(e["trigger"], e["hist"], e["mask"], training=training)
+        z = self.head(self.mlp(tf.concat([e["user"], h, e["trigger"]], axis=-1), training=training))
+        if self.scalar:
+            p = tf.sigmoid(z)
+            return tf.concat([1.0 - p, p], axis=-1)
+        return tf.nn.softmax(z, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "spec_json": self.spec_json, "emb_dim": self.emb_dim,
+                "shards": self.shards, "hidden": list(self.hidden), "out_dim": self.out_dim,
+                "scalar": self.scalar}
+
+
+@keras.utils.register_keras_serializable(package="tirec")
+class DAIAN(TirModel):
+    """DAIAN: UIM + DIE (I2E, explicit intent) + SEIN (hybrid similarity enhancer, IA2N)."""
+
+    has_intent = True
+
+    def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
+                 **kwargs):
+        super().__init__(spec, model_config, num_items, item_dim, **kwargs)
+        c = model_config
+        n = spec.intent_levels
+        lo, hi = spec.sim_range
+        self.tau = float(spec.explicit_threshold)
+        self.sim_lo, self.sim_hi = lo, hi
+        # Projection of the n-level ground truth onto the UIM's output space.
+        if c.use_uim:
+            proj = np.eye(n, dtype=np.float32)
+        else:
+            level_lo = transforms.bin_edges(n, lo, hi)[:-1]
+            top = (level_lo >= self.tau - 1e-9).astype(np.float32)
+            proj = np.stack([1.0 - top, top], axis=1)
+        self.intent_projection = tf.constant(proj)
+        k = proj.shape[1]
+        self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
+        self.uim = UserIntentModel(spec.to_json(), c.emb_dim, c.table_shards, c.uim_hidden, k,
+                                   scalar=not c.use_uim, name="uim")
+        act = "dice" if c.activation == "dice" else "sigmoid"
+        self.din_att = DinAttention(hidden_units=c.din_hidden, activation=act, name="din_attention")
+        if c.use_die:
+            self.i2e_query = keras.layers.Dense(self.embed.item_dim, name="i2e_query")
+            self.i2e_att = MultiHeadTargetAttention(c.att_units, c.att_heads, name="i2e_mhta")
+            self.exp_self = MultiHeadSelfAttention(c.att_units, c.att_heads, name="explicit_mhsa")
+            self.exp_target = MultiHeadTargetAttention(c.att_units, c.att_heads, name="explicit_mhta")
+        if c.use_sein:
+            self.proj = MLP((item_dim, item_dim), output_logit=False, name="id_projection")
+            self.sim_bins = keras.layers.Embedding(c.sim_bins, item_dim, name="sim_bin_embedding")
+            if c.use_die:
+                self.gate = GateNU((c.att_units,), 2 * c.att_units, gamma=c.gamma, name="ia2n_gate")
+        self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
+                         name="tower")
+
+    def intent_target(self, dist: tf.Tensor) -> tf.Tensor:
+        """The ground-truth distribution in the UIM's output space."""
+        return tf.matmul(tf.cast(dist, tf.float32), self.intent_projection)
+
+    def forward(self, inputs, training=False):
+        c = self.model_config
+        e = self.embed(inputs)
+        mask = e["mask"]
+        has_trig = tf.cast(inputs["has_trigger"], tf.bool)
+        pred_intent = self.uim(inputs, training=training)
+        if self.stage == STAGE_DIE:
+            intent = self.intent_target(inputs["true_intent"])
+        else:
+            intent = pred_intent
+
+        # Multimodal vectors from the frozen table (unknown items: zero vector -> similarity 0).
+        m_t, _ = self.items(inputs["trigger_item_id"])
+        m_i, _ = self.items(inputs["target_item_id"])
+        s_sem = tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * tf.cast(has_trig[:, None], tf.float32)
+
+        v_din = self.din_att(e["target"], e["hist"], mask, training=training)
+        parts = [e["user"], e["context"], e["target"], e["trigger"], v_din]
+        if c.use_die:
+            if c.i2e_fusion == "concat":
+                q = self.i2e_query(tf.concat([e["trigger"], intent], axis=-1))
+            else:
+                q = e["trigger"] + self.i2e_query(intent)
+            v_imp = self.i2e_att(q, e["hist"], mask)
+            m_hist, _ = self.items(inputs["hist_item_ids"])
+            hist_sim = tf.reduce_sum(m_hist * m_t[:, None, :], axis=-1)
+            explicit = mask & (hist_sim >= self.tau) & has_trig[:, None]
+            s_hat = self.exp_self(e["hist"], explicit)
+            v_exp = self.exp_target(e["target"], s_hat, explicit)
+            u_exp, u_imp = v_exp, v_imp
+        if c.use_sein:
+            p_t = self.proj(tf.stop_gradient(e["trigger_id"]), training=training)
+            p_i = self.proj(tf.stop_gradient(e["target_id"]), training=training)
+            h_id = p_t * p_i
+            bucket = tf.clip_by_value(
+                tf.cast(tf.floor((s_sem[:, 0] - self.sim_lo) / (self.sim_hi - self.sim_lo) * c.sim_bins),
+                        tf.int32), 0, c.sim_bins - 1)
+            e_s = self.sim_bins(bucket)
+            n_id = tf.norm(tf.stop_gradient(h_id), axis=-1, keepdims=True)
+            n_s = tf.norm(e_s, axis=-1, keepdims=True)
+            if c.sim_fusion == "norm_ratio":
+                alpha = n_id / (n_id + n_s + 1e-8)
+                e_sim = alpha * h_id + (1.0 - alpha) * e_s
+            else:
+                e_sim = h_id + tf.math.divide_no_nan(n_id, n_s) * e_s
+            parts.append(e_sim)
+            if c.use_die:
+                gate_in = [e_sim, tf.stop_gradient(intent)]
+                if c.gate_inputs == "intent_interest":
+                    gate_in += [tf.stop_gradient(v_imp), tf.stop_gradient(v_exp)]
+                w = self.gate(tf.concat(gate_in, axis=-1))
+                w_exp, w_imp = tf.split(w, 2, axis=-1)
+                u_exp, u_imp = w_exp * v_exp, w_imp * v_imp
+        if c.use_die:
+            parts += [u_exp, u_imp]
+        parts.append(s_sem)
+        logit = self.tower(tf.concat(parts, axis=-1), training=training)
+        return {"ctr": tf.sigmoid(logit), "intent": pred_intent}
+
+
+@register_model("daian")
+def build_daian(spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int) -> DAIAN:
+    return DAIAN(spec, model_config, num_items, item_dim, name="daian")

@@ -1,0 +1,47 @@
+"""DIN (Zhou et al., KDD 2018): the base model and first TIR baseline (MODELS.md §3.1).
+
+The user interest vector is a DIN attention pooling of the behaviour sequence with the target
+as query (un-normalised weights); for TIR the trigger embedding joins the tower input (as in
+DAIAN's baseline).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tirec.features.spec import FeatureSpec
+from tirec.models.base import FeatureEmbedder, TirModel
+from tirec.models.config import ModelConfig
+from tirec.models.layers import MLP, DinAttention
+from tirec.models.registry import register_model
+
+keras = tf.keras
+
+
+@keras.utils.register_keras_serializable(package="tirec")
+class DIN(TirModel):
+    """DIN with the trigger in the tower.
+
+    Inputs: the raw feature dict of a batch (see ``tirec.models.base.model_input_names``).
+    Outputs: ``{"ctr": [B, 1]}`` click probability.
+    """
+
+    def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
+                 **kwargs):
+        super().__init__(spec, model_config, num_items, item_dim, **kwargs)
+        c = model_config
+        self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
+        self.din_att = DinAttention(hidden_units=c.din_hidden, activation="dice" if c.activation == "dice"
+                                    else "sigmoid", name="din_attention")
+        self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
+                         name="tower")
+
+    def forward(self, inputs, training=False):
+        e = self.embed(inputs)
+        v_din = self.din_att(e["target"], e["hist"], e["mask"], training=training)
+        z = tf.concat([e["user"], e["context"], e["target"], e["trigger"], v_din], axis=-1)
+        return {"ctr": tf.sigmoid(self.tower(z, training=training))}
+
+
+@register_model("din")
+def build_din(spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int) -> DIN:
+    return DIN(spec, model_config, num_items, item_dim, name="din")

@@ -1,0 +1,33 @@
+"""Keras 2 (tf-keras) layers shared by the TIR models (MODELS.md §0, §3.1, §4).
+
+Every layer is registered for serialization under the package ``"tirec"`` and has a complete
+``get_config``, so a SavedModel reloads without ``custom_objects``. Sequence masks are explicit
+call arguments: ``[B, L]`` bool (or 0/1 ints), True at real positions.
+
+* :class:`HashedEmbedding` — raw int ids -> FarmHash bucket -> row-sharded embedding table.
+* :class:`Dice` — DIN's data-adaptive activation.
+* :class:`DinAttention` — DIN's un-normalised local activation unit.
+* :class:`MultiHeadTargetAttention` — softmax target attention, ``[B, dq] x [B, L, dk] -> [B, out]``.
+* :class:`MultiHeadSelfAttention` — Transformer self attention with residual and LayerNorm.
+* :class:`GateNU` — PEPNet's gate, ``gamma * sigmoid(MLP(x))``, centred at 1.
+* :class:`MLP` — the tower (optionally ending in a logit).
+* :class:`FrozenItemTable` — a non-trainable id -> vector lookup saved with the model.
+"""
+from tirec.models.layers.attention import DinAttention, MultiHeadSelfAttention, MultiHeadTargetAttention
+from tirec.models.layers.dice import Dice
+from tirec.models.layers.embedding import HashedEmbedding, shard_sizes
+from tirec.models.layers.gate import GateNU
+from tirec.models.layers.item_table import FrozenItemTable
+from tirec.models.layers.mlp import MLP
+
+__all__ = [
+    "Dice",
+    "DinAttention",
+    "FrozenItemTable",
+    "GateNU",
+    "HashedEmbedding",
+    "MLP",
+    "MultiHeadSelfAttention",
+    "MultiHeadTargetAttention",
+    "shard_sizes",
+]

@@ -1,0 +1,275 @@
+"""Attention blocks of MODELS.md §0: the DIN unit, multi-head target and self attention.
+
+Every layer takes its mask as an explicit call argument: a ``[B, L]`` tensor, bool or 0/1
+integers, True (non-zero) at real positions. ``None`` means every position is real. Padded
+positions never change an output, and a sequence with no real position gives exact zeros.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tirec.models.layers._common import (check_positive_int, check_units, masked_softmax,
+                                         merge_heads, sequence_mask, split_heads)
+from tirec.models.layers.dice import activation_layer, apply_activation, check_activation
+
+
+def _check_bool(layer: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{layer}: `{name}` must be a bool. Received: {name}={value!r}")
+    return value
+
+
+def _check_rank(layer: str, name: str, x: tf.Tensor, rank: int) -> None:
+    if x.shape.rank is not None and x.shape.rank != rank:
+        raise ValueError(f"{layer}: `{name}` must have rank {rank}. Received shape {x.shape}")
+
+
+@keras.utils.register_keras_serializable(package="tirec")
+class DinAttention(keras.layers.Layer):
+    """DIN's local activation unit (Zhou et al., KDD 2018), as in MODELS.md §0 / §3.1.
+
+    For each position ``k``: ``a_k = FFN([q, k_k, q - k_k, q * k_k])``, an MLP
+    ``hidden_units -> 1`` with a linear last layer. The scores are **not** softmax-normalised
+    (``weight_normalization=True`` switches to a masked softmax). Padded positions get
+    ``a_k = 0``; the output is ``sum_k a_k * k_k``.
+
+    With ``activation="dice"`` the Dice statistics are computed over the real positions only.
+
+    Example:
+      >>> att = DinAttention(hidden_units=(8, 4))
+      >>> q, keys = tf.ones([2, 6]), tf.ones([2, 5, 6])
+      >>> mask = tf.sequence_mask([3, 5], 5)
+      >>> att(q, keys, mask).shape
+      TensorShape([2, 6])
+
+    Args:
+      hidden_units: hidden layer widths of the scoring FFN (reference code: 80-40).
+      activation: hidden activation: a Keras activation name (``"sigmoid"``, the reference
+        code's choice), ``"dice"`` or ``"prelu"`` (the paper's).
+      weight_normalization: softmax-normalise the scores over the real positions.
+      **kwargs: base ``Layer`` arguments.
+
+    Call arguments:
+      query: ``[B, d]``.
+      keys: ``[B, L, d]`` (same ``d`` as the query).
+      mask: ``[B, L]`` bool or 0/1, or None.
+      training: Python bool (Dice statistics).
+      return_scores: also return the scores ``[B, L]``.
+
+    Input shape:
+      ``query`` ``[B, d]``, ``keys`` ``[B, L, d]``, ``mask`` ``[B, L]``.
+
+    Output shape:
+      ``[B, d]``; with ``return_scores=True`` the tuple ``([B, d], [B, L])``.
+    """
+
+    def __init__(self, hidden_units=(80, 40), activation: str = "sigmoid",
+                 weight_normalization: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = check_units("DinAttention", "hidden_units", hidden_units)
+        self.activation = check_activation("DinAttention", "activation", activation)
+        self.weight_normalization = _check_bool("DinAttention", "weight_normalization",
+                                                weight_normalization)
+        self.dense_layers = [keras.layers.Dense(u, name=f"dense_{i}")
+                             for i, u in enumerate(self.hidden_units)]
+        self.activation_layers = [activation_layer(self.activation, name=f"{self.activation}_{i}",
+                                                   shared_axes=[1])
+                                  for i in range(len(self.hidden_units))]
+        self.score_layer = keras.layers.Dense(1, name="score")
+
+    def call(self, query, keys, mask=None, training=None, return_scores=False):
+        query, keys = tf.convert_to_tensor(query), tf.convert_to_tensor(keys)
+        _check_rank("DinAttention", "query", query, 2)
+        _check_rank("DinAttention", "keys", keys, 3)
+        if query.shape[-1] is not None and keys.shape[-1] is not None and query.shape[-1] != keys.shape[-1]:
+            raise ValueError(f"DinAttention: `query` and `keys` must have the same last dimension. "
+                             f"Received query shape {query.shape} and keys shape {keys.shape}")
+        mask = sequence_mask(mask, keys)
+        q = tf.broadcast_to(query[:, None, :], tf.shape(keys))
+        x = tf.concat([q, keys, q - keys, q * keys], axis=-1)
+        for dense, act in zip(self.dense_layers, self.activation_layers):
+            x = apply_activation(act, dense(x), training=training, mask=mask)
+        scores = tf.squeeze(self.score_layer(x), axis=-1)  # [B, L]
+        if self.weight_normalization:
+            scores = masked_softmax(scores, mask)
+        else:
+            scores = tf.where(mask, scores, tf.zeros([], scores.dtype))
+        output = tf.reduce_sum(scores[:, :, None] * keys, axis=1)
+        if return_scores:
+            return output, scores
+        return output
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": list(self.hidden_units),
+                "activation": self.activation, "weight_normalization": self.weight_normalization}
+
+
+@keras.utils.register_keras_serializable(package="tirec")
+class MultiHeadTargetAttention(keras.layers.Layer):
+    """Multi-head target attention (MHTA, MODELS.md §0).
+
+    ``head_h = softmax((q W_h^Q)(K W_h^K)^T / sqrt(d_h) + mask) (K W_h^V)`` and
+    ``output = [head_1 ‖ ... ‖ head_H] W^O`` with ``d_h = units / heads``. Padded keys get zero
+    weight; a row with no real key outputs zeros (no NaN).
+
+    Example:
+      >>> mhta = MultiHeadTargetAttention(units=8, heads=2, output_dim=4)
+      >>> mhta(tf.ones([2, 3]), tf.ones([2, 5, 6]), tf.sequence_mask([2, 0], 5)).shape
+      TensorShape([2, 4])
+
+    Args:
+      units: total attention width (``heads * d_h``); default 128.
+      heads: number of heads; must divide ``units``. Default 4.
+      output_dim: width of the output projection ``W^O``; default ``units``.
+      use_bias: biases in the Q/K/V/O projections.
+      **kwargs: base ``Layer`` arguments.
+
+    Call arguments:
+      query: ``[B, dq]``.
+      keys: ``[B, L, dk]`` (used as keys and values).
+      mask: ``[B, L]`` bool or 0/1, or None.
+      return_scores: also return the attention weights ``[B, heads, L]``.
+
+    Input shape:
+      ``query`` ``[B, dq]``, ``keys`` ``[B, L, dk]``, ``mask`` ``[B, L]``.
+
+    Output shape:
+      ``[B, output_dim]``; with ``return_scores=True`` also ``[B, heads, L]``.
+    """
+
+    def __init__(self, units: int = 128, heads: int = 4, output_dim: int | None = None,
+                 use_bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.units = check_positive_int("MultiHeadTargetAttention", "units", units)
+        self.heads = check_positive_int("MultiHeadTargetAttention", "heads", heads)
+        if self.units % self.heads:
+            raise ValueError(f"MultiHeadTargetAttention: `heads` must divide units={self.units}. "
+                             f"Received: heads={heads!r}")
+        self.output_dim = (self.units if output_dim is None else
+                           check_positive_int("MultiHeadTargetAttention", "output_dim", output_dim))
+        self.use_bias = _check_bool("MultiHeadTargetAttention", "use_bias", use_bias)
+        self.query_dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name="query")
+        self.key_dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name="key")
+        self.value_dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name="value")
+        self.output_dense = keras.layers.Dense(self.output_dim, use_bias=self.use_bias, name="output")
+
+    def call(self, query, keys, mask=None, return_scores=False):
+        query, keys = tf.convert_to_tensor(query), tf.convert_to_tensor(keys)
+        _check_rank("MultiHeadTargetAttention", "query", query, 2)
+        _check_rank("MultiHeadTargetAttention", "keys", keys, 3)
+        mask = sequence_mask(mask, keys)
+        q = split_heads(self.query_dense(query), self.heads)  # [B, H, dh]
+        k = split_heads(self.key_dense(keys), self.heads)  # [B, L, H, dh]
+        v = split_heads(self.value_dense(keys), self.heads)
+        scale = tf.cast(1.0 / math.sqrt(self.units // self.heads), q.dtype)
+        scores = tf.einsum("bhd,blhd->bhl", q, k) * scale
+        weights = masked_softmax(scores, mask[:, None, :])  # [B, H, L]
+        heads = tf.einsum("bhl,blhd->bhd", weights, v)
+        output = self.output_dense(merge_heads(heads))
+        any_real = tf.reduce_any(mask, axis=1, keepdims=True)
+        output = tf.where(any_real, output, tf.zeros([], output.dtype))
+        if return_scores:
+            return output, weights
+        return output
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "heads": self.heads,
+                "output_dim": self.output_dim, "use_bias": self.use_bias}
+
+
+@keras.utils.register_keras_serializable(package="tirec")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Transformer multi-head self attention with a key mask (MHSA, MODELS.md §0).
+
+    ``Y = softmax(Q K^T / sqrt(d_h) + key_mask) V`` per head, heads concatenated and projected by
+    ``W^O`` to ``units``. With ``residual`` the input is added (first projected to ``units`` by a
+    bias-free Dense when its width differs), then ``LayerNorm`` when ``layer_norm``. Outputs at
+    padded positions are zeros, and so is a sequence with no real position.
+
+    Example:
+      >>> mhsa = MultiHeadSelfAttention(units=8, heads=2)
+      >>> mhsa(tf.ones([2, 5, 6]), tf.sequence_mask([3, 5], 5)).shape
+      TensorShape([2, 5, 8])
+
+    Args:
+      units: attention and output width; default 128.
+      heads: number of heads; must divide ``units``. Default 4.
+      residual: add the (projected) input to the attention output.
+      layer_norm: apply LayerNorm (epsilon ``1e-6``) after the residual sum.
+      use_bias: biases in the Q/K/V/O projections.
+      **kwargs: base ``Layer`` arguments.
+
+    Call arguments:
+      inputs: ``[B, L, d]``.
+      mask: ``[B, L]`` bool or 0/1 (real positions), or None.
+      return_scores: also return the attention weights ``[B, heads, L, L]``.
+
+    Input shape:
+      ``inputs`` ``[B, L, d]``, ``mask`` ``[B, L]``.
+
+    Output shape:
+      ``[B, L, units]``; with ``return_scores=True`` also ``[B, heads, L, L]``.
+    """
+
+    def __init__(self, units: int = 128, heads: int = 4, residual: bool = True,
+                 layer_norm: bool = True, use_bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.units = check_positive_int("MultiHeadSelfAttention", "units", units)
+        self.heads = check_positive_int("MultiHeadSelfAttention", "heads", heads)
+        if self.units % self.heads:
+            raise ValueError(f"MultiHeadSelfAttention: `heads` must divide units={self.units}. "
+                             f"Received: heads={heads!r}")
+        self.residual = _check_bool("MultiHeadSelfAttention", "residual", residual)
+        self.layer_norm = _check_bool("MultiHeadSelfAttention", "layer_norm", layer_norm)
+        self.use_bias = _check_bool("MultiHeadSelfAttention", "use_bias", use_bias)
+        self.query_dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name="query")
+        self.key_dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name="key")
+        self.value_dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name="value")
+        self.output_dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name="output")
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="layer_norm") if self.layer_norm else None
+        self.residual_dense = None
+
+    def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        if input_shape.rank != 3 or input_shape[-1] is None:
+            raise ValueError(f"MultiHeadSelfAttention: inputs must be [B, L, d] with a known d. "
+                             f"Received shape {input_shape}")
+        if self.residual and input_shape[-1] != self.units:
+            self.residual_dense = keras.layers.Dense(self.units, use_bias=False, name="residual_projection")
+        super().build(input_shape)
+
+    def call(self, inputs, mask=None, return_scores=False):
+        x = tf.convert_to_tensor(inputs)
+        mask = sequence_mask(mask, x)
+        q = split_heads(self.query_dense(x), self.heads)  # [B, L, H, dh]
+        k = split_heads(self.key_dense(x), self.heads)
+        v = split_heads(self.value_dense(x), self.heads)
+        scale = tf.cast(1.0 / math.sqrt(self.units // self.heads), q.dtype)
+        scores = tf.einsum("bqhd,bkhd->bhqk", q, k) * scale
+        weights = masked_softmax(scores, mask[:, None, None, :])  # [B, H, Lq, Lk]
+        heads = tf.einsum("bhqk,bkhd->bqhd", weights, v)
+        output = self.output_dense(merge_heads(heads))
+        if self.residual:
+            output += self.residual_dense(x) if self.residual_dense is not None else x
+        if self.norm is not None:
+            output = self.norm(output)
+        output = tf.where(mask[:, :, None], output, tf.zeros([], output.dtype))
+        if return_scores:
+            return output, weights
+        return output
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "heads": self.heads,
+                "residual": self.residual, "layer_norm": self.layer_norm, "use_bias": self.use_bias}

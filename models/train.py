@@ -1,0 +1,349 @@
+"""Training and evaluation runs: strategies, DAIAN's three stages, callbacks, exact metrics.
+
+``train_run`` builds the model under the chosen ``tf.distribute`` strategy, trains each stage
+(DAIAN: UIM pretrain -> DIE pretrain -> joint; others: one stage), checkpoints after every
+stage (a finished stage is skipped when the run is started again; ``BackupAndRestore`` resumes
+an interrupted epoch), and writes ``RUN/``:
+
+    RUN/config.json       resolved model + train config
+    RUN/spec.json         the FeatureSpec the model was trained with
+    RUN/items.npz         the multimodal item table baked into the model
+    RUN/stage_<k>/        weights after stage k (+ ``done`` marker), best weights on eval AUC
+    RUN/final/            final weights
+    RUN/logs/             TensorBoard
+    RUN/metrics.json      exact eval metrics (AUC, GAUC, logloss, intent KL/JS)
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tirec.features.spec import FeatureSpec
+from tirec.models import metrics as M
+from tirec.models.base import STAGE_DIE, STAGE_JOINT, STAGE_UIM, model_input_names
+from tirec.models.config import ModelConfig, TrainConfig, model_config_from_dict
+from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+from tirec.models.registry import get_builder
+
+keras = tf.keras
+log = logging.getLogger(__name__)
+
+STAGE_NAMES = {STAGE_UIM: "uim_pretrain", STAGE_DIE: "die_pretrain", STAGE_JOINT: "joint"}
+
+
+# ---- strategies ------------------------------------------------------------------------------
+
+def configure_cpu_replicas(n: int) -> None:
+    """Splits the CPU into ``n`` logical devices (before TensorFlow initialises its runtime)."""
+    if n <= 1:
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+    except RuntimeError as err:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have < n:
+            raise RuntimeError(f"cannot create {n} logical CPU devices: TensorFlow is already "
+                               f"initialised with {have}; configure before any TF op") from err
+
+
+def make_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
+    """The strategy named by ``cfg.strategy`` (TF_CONFIG supplies the cluster where needed)."""
+    if cfg.strategy == "default":
+        return tf.distribute.get_strategy()
+    if cfg.strategy == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        configure_cpu_replicas(cfg.cpu_replicas)
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    if cfg.strategy == "multiworker":
+        _require_tf_config("multiworker")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    _require_tf_config("ps")
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    return ps_strategy(resolver)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
+
+
+def server_config(num_workers: int) -> "tf.compat.v1.ConfigProto":
+    """Session config for ``tf.distribute.Server`` tasks: at least ``num_workers + 1`` inter-op
+    threads (with fewer, as on a 2-core machine, a ParameterServer cluster deadlocks)."""
+    config = tf.compat.v1.ConfigProto()
+    config.inter_op_parallelism_threads = max(num_workers + 1, os.cpu_count() or 1)
+    return config
+
+
+def run_server() -> None:
+    """Runs this process's parameter-server-cluster task (worker or ps) from TF_CONFIG, forever."""
+    _require_tf_config("ps")
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if resolver.task_type not in ("worker", "ps"):
+        raise ValueError(f"TF_CONFIG task type must be worker or ps for a server; received "
+                         f"{resolver.task_type!r} (the chief runs `tirec train --strategy ps`)")
+    n_workers = len(resolver.cluster_spec().as_dict().get("worker", []))
+    server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                                  task_index=resolver.task_id, protocol=resolver.rpc_layer or "grpc",
+                                  config=server_config(n_workers), start=True)
+    log.info("serving %s:%d of the training cluster", resolver.task_type, resolver.task_id)
+    server.join()
+
+
+def ps_strategy(resolver, min_shard_bytes: int = 256 << 10) -> tf.distribute.Strategy:
+    """ParameterServerStrategy whose partitioner shards large tables over the parameter servers
+    (a variable is split into at most one shard per server, each at least ``min_shard_bytes``)."""
+    n_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
+    partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+        min_shard_bytes=min_shard_bytes, max_shards=max(1, n_ps))
+    return tf.distribute.experimental.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def _require_tf_config(name: str) -> None:
+    if not os.environ.get("TF_CONFIG"):
+        raise ValueError(f"--strategy {name} needs the TF_CONFIG environment variable describing "
+                         "the cluster (see README, 'Distributed training')")
+
+
+# ---- model ------------------------------------------------------------------------------------
+
+def build_model(name: str, spec: FeatureSpec, model_cfg: ModelConfig, item_ids: np.ndarray,
+                item_vectors: np.ndarray):
+    model_cfg.validate()
+    model = get_builder(name)(spec, model_cfg, len(item_ids), item_vectors.shape[1])
+    model.set_item_vectors(item_ids, item_vectors)
+    return model
+
+
+def _optimizer(cfg: TrainConfig, scale: float = 1.0):
+    lr = cfg.learning_rate * scale
+    if cfg.optimizer == "adagrad":
+        return keras.optimizers.Adagrad(learning_rate=lr)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def stages_for(model, cfg: TrainConfig) -> list[int]:
+    return [STAGE_UIM, STAGE_DIE, STAGE_JOINT] if (model.has_intent and cfg.three_stage) else [STAGE_JOINT]
+
+
+def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names):
+    keep = set(names) | {"intent_counts", "intent_dist", "trigger_target_level"}
+
+    def select(x, y):
+        return {k: v for k, v in x.items() if k in keep}, y
+
+    ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+    workers = 1
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+        workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+    def train_fn(ctx=None):
+        per_replica = ctx.get_per_replica_batch_size(cfg.batch_size) if ctx else cfg.batch_size
+        return make_dataset(data_dir, "train", spec, per_replica, shuffle_buffer=cfg.shuffle_buffer,
+                            seed=cfg.seed, repeat=ps, input_context=ctx, workers=workers).map(select)
+
+    if ps:
+        train = keras.utils.experimental.DatasetCreator(train_fn)
+    else:
+        train = train_fn()
+    evald = make_dataset(data_dir, "eval", spec, cfg.batch_size, workers=workers).map(select)
+    return train, evald
+
+
+def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConfig,
+              train_cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Trains ``model_name`` on ``data_dir`` into ``run_dir``; returns the eval metrics."""
+    train_cfg.validate()
+    model_cfg = dataclasses.replace(model_cfg, name=model_name)
+    model_cfg.validate()
+    get_builder(model_name)  # fail early on an unknown name
+    spec = load_data_spec(data_dir)
+    strategy = strategy or make_strategy(train_cfg)
+    if not is_chief(strategy):
+        # Multi-worker: every worker runs the same program; only the chief owns RUN/.
+        run_dir = os.path.join(run_dir, f".worker_{strategy.cluster_resolver.task_id}")
+    tf.io.gfile.makedirs(run_dir)
+    spec_path = os.path.join(run_dir, "spec.json")
+    if tf.io.gfile.exists(spec_path):
+        FeatureSpec.load(spec_path).check_compatible(spec, what="data")
+    else:
+        spec.save(spec_path)
+    _write_json(os.path.join(run_dir, "config.json"),
+                {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
+                 "data": data_dir})
+    item_ids, item_vectors, item_meta = load_item_vectors(data_dir)
+    buf = io.BytesIO()
+    np.savez(buf, ids=item_ids, vectors=item_vectors)
+    with tf.io.gfile.GFile(os.path.join(run_dir, "items.npz"), "wb") as fh:
+        fh.write(buf.getvalue())
+    tf.keras.utils.set_random_seed(train_cfg.seed)
+    log.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
+    with strategy.scope():
+        model = build_model(model_name, spec, model_cfg, item_ids, item_vectors)
+    names = model_input_names(spec)
+    train_ds, eval_ds = _datasets(strategy, data_dir, spec, train_cfg, names)
+    # Build the variables before fit (BackupAndRestore and checkpoints need them).
+    x, _ = next(iter(make_dataset(data_dir, "eval", spec, 2)))
+    with strategy.scope():
+        model({k: v for k, v in x.items() if k in names})
+    history = {}
+    for stage in stages_for(model, train_cfg):
+        history[STAGE_NAMES[stage]] = _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir,
+                                                   train_cfg, single=len(stages_for(model, train_cfg)) == 1)
+    model.set_stage(STAGE_JOINT)
+    final = os.path.join(run_dir, "final", "weights")
+    model.save_weights(final)
+    metrics = evaluate_model(model, data_dir, spec, train_cfg.batch_size)
+    metrics["history"] = history
+    metrics["strategy"] = type(strategy).__name__
+    metrics["replicas"] = strategy.num_replicas_in_sync
+    metrics["embedding"] = item_meta.get("provider", "")
+    _write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    return metrics
+
+
+def _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir, cfg: TrainConfig, single: bool):
+    name = STAGE_NAMES[stage]
+    stage_dir = os.path.join(run_dir, f"stage_{stage}")
+    done = os.path.join(stage_dir, "done")
+    weights = os.path.join(stage_dir, "weights")
+    if tf.io.gfile.exists(done):
+        log.info("stage %s already finished: loading its weights", name)
+        model.set_stage(stage)
+        model.load_weights(weights)
+        return {"skipped": True}
+    log.info("stage %d (%s)", stage, name)
+    model.set_stage(stage)
+    with strategy.scope():
+        uim_scale = 1.0 if single else cfg.uim_lr_scale
+        model.compile(optimizer=_optimizer(cfg), uim_optimizer=_optimizer(cfg, uim_scale),
+                      steps_per_execution=1)
+    monitor = "val_loss" if stage == STAGE_UIM else "val_auc"
+    mode = "min" if stage == STAGE_UIM else "max"
+    ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+    callbacks = [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs", name))]
+    if not ps:
+        # With ParameterServerStrategy the per-batch logs are remote values (TerminateOnNaN
+        # cannot read them), the coordinator reschedules work of failed workers, stage
+        # checkpoints cover a coordinator restart, and there is no eval data to select on.
+        callbacks += [
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup", name), save_freq=200,
+                                             delete_checkpoint=True),
+            keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "best"), monitor=monitor,
+                                            mode=mode, save_best_only=True, save_weights_only=True),
+        ]
+    if cfg.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                                       patience=cfg.early_stopping_patience,
+                                                       restore_best_weights=True))
+    t0 = time.time()
+    hist = model.fit(train_ds, validation_data=None if ps else eval_ds, epochs=cfg.epochs,
+                     steps_per_epoch=cfg.steps_per_epoch or None, callbacks=callbacks,
+                     verbose=2 if not os.environ.get("TIREC_PROGRESS") else 1)
+    model.save_weights(weights)
+    with tf.io.gfile.GFile(done, "w") as fh:
+        fh.write(str(time.time()))
+    out = {k: [float(x) for x in v] for k, v in hist.history.items()}
+    out["seconds"] = round(time.time() - t0, 2)
+    return out
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+
+def predict_eval(model, data_dir: str, spec: FeatureSpec, batch_size: int) -> dict[str, np.ndarray]:
+    """Predictions and the columns the metrics need, over the whole eval split."""
+    names = model_input_names(spec)
+    ds = make_dataset(data_dir, "eval", spec, batch_size)
+    out = {"label": [], "prob": [], "user_id": [], "intent_true": [], "intent_pred": []}
+
+    @tf.function
+    def step(x):
+        return model({k: v for k, v in x.items() if k in names}, training=False)
+
+    for x, y in ds:
+        pred = step(x)
+        out["label"].append(y["ctr"].numpy()[:, 0])
+        out["prob"].append(pred["ctr"].numpy()[:, 0])
+        out["user_id"].append(x["user_id"].numpy())
+        if "intent" in pred:
+            out["intent_true"].append(model.intent_target(y["intent"]).numpy())
+            out["intent_pred"].append(pred["intent"].numpy())
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def evaluate_model(model, data_dir: str, spec: FeatureSpec, batch_size: int = 4096) -> dict:
+    """Exact AUC, GAUC, logloss (and intent KL/JS for intent models) on the eval split."""
+    p = predict_eval(model, data_dir, spec, batch_size)
+    return M.ctr_metrics(p["label"].astype(np.int64), p["prob"], p["user_id"],
+                         intent_true=p.get("intent_true"), intent_pred=p.get("intent_pred"))
+
+
+def load_run(run_dir: str):
+    """Rebuilds a trained run's model from its config, spec, item table and final weights."""
+    with tf.io.gfile.GFile(os.path.join(run_dir, "config.json")) as fh:
+        cfg = json.load(fh)
+    spec = FeatureSpec.load(os.path.join(run_dir, "spec.json"))
+    with tf.io.gfile.GFile(os.path.join(run_dir, "items.npz"), "rb") as fh:
+        z = np.load(io.BytesIO(fh.read()))
+        ids, vectors = z["ids"], z["vectors"]
+    model_cfg = model_config_from_dict(cfg["model"])
+    model = build_model(model_cfg.name, spec, model_cfg, ids, vectors)
+    model.load_weights(os.path.join(run_dir, "final", "weights")).expect_partial()
+    return model, spec, cfg
+
+
+def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
+                 batch_size: int = 4096) -> dict:
+    """``tirec evaluate``: exact metrics of a run on ``data_dir``'s eval split (+ RelaImpr)."""
+    model, spec, _ = load_run(run_dir)
+    load_data_spec(data_dir).check_compatible(spec, what="data")
+    metrics = evaluate_model(model, data_dir, spec, batch_size)
+    if baseline_dir:
+        base = _read_json(os.path.join(baseline_dir, "metrics.json"))
+        metrics["baseline"] = baseline_dir
+        for key in ("auc", "gauc"):
+            metrics[f"rela_impr_{key}"] = M.rela_impr(metrics[key], base[key])
+    previous = _read_json(os.path.join(run_dir, "metrics.json")) if tf.io.gfile.exists(
+        os.path.join(run_dir, "metrics.json")) else {}
+    previous.update(metrics)
+    _write_json(os.path.join(run_dir, "metrics.json"), previous)
+    return metrics
+
+
+def _write_json(path: str, obj) -> None:
+    with tf.io.gfile.GFile(path, "w") as fh:
+        fh.write(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _read_json(path: str):
+    with tf.io.gfile.GFile(path) as fh:
+        return json.load(fh)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,125 @@
+"""Distributed training: MirroredStrategy on 2 logical CPUs (through the CLI), a
+ParameterServerStrategy in-process cluster on 127.0.0.1, and MultiWorkerMirroredStrategy with two
+local processes. Each runs in fresh processes: logical devices and clusters are per process."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SMALL = ["--set", "model.emb_dim=4", "--set", "model.att_units=8", "--set", "model.att_heads=2",
+         "--set", "model.tower=[16,8]", "--set", "model.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
+         "--set", "train.batch_size=128", "--set", "train.shuffle_buffer=0"]
+
+
+def _env():
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _tirec():
+    return [sys.executable, "-m", "tirec.cli"]
+
+
+def _free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_mirrored_two_cpu_replicas_all_three_stages(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    res = subprocess.run(_tirec() + ["train", "--data", tiny_data, "--model", "daian", "--out", str(run),
+                                     "--strategy", "mirrored", "--cpu-replicas", "2", "--epochs", "1"] + SMALL,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("auc", "gauc", "logloss", "intent_js"):
+        assert key in metrics
+    assert metrics["replicas"] == 2 and metrics["strategy"] == "MirroredStrategy"
+    assert set(metrics["history"]) == {"uim_pretrain", "die_pretrain", "joint"}
+    for k in (1, 2, 3):
+        assert (run / f"stage_{k}" / "done").exists()
+
+
+PS_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+    from tirec.config import load_config
+    from tirec.models.train import ps_strategy, build_model, server_config
+    from tirec.models.train import train_run
+    from tirec.models.data import load_data_spec, load_item_vectors
+    data, run, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3].split(",")]
+    cluster = tf.train.ClusterSpec({"worker": [f"127.0.0.1:{p}" for p in ports[:2]],
+                                    "ps": [f"127.0.0.1:{p}" for p in ports[2:]]})
+    config = server_config(2)  # enough inter-op threads on a 2-core machine (else a deadlock)
+    servers = [tf.distribute.Server(cluster, job_name=j, task_index=i, protocol="grpc", config=config,
+                                    start=True)
+               for j, n in (("worker", 2), ("ps", 2)) for i in range(n)]
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(cluster, rpc_layer="grpc")
+    strategy = ps_strategy(resolver, min_shard_bytes=1024)
+    cfg = load_config(None, sys.argv[4:])
+    metrics = train_run(data, "din", run, cfg.model, cfg.train, strategy=strategy)
+    spec = load_data_spec(data)
+    ids, vecs, _ = load_item_vectors(data)
+    from tirec.models.base import model_input_names
+    from tirec.models.data import make_dataset
+    x, _ = next(iter(make_dataset(data, "eval", spec, 2)))
+    with strategy.scope():
+        model = build_model("din", spec, cfg.model, ids, vecs)
+        model({k: v for k, v in x.items() if k in model_input_names(spec)})
+    table = model.embed.tables["item"]
+    shards = [int(s.shape[0]) for v in table.weights for s in getattr(v, "variables", [v])]
+    devices = sorted({s.device for v in table.weights for s in getattr(v, "variables", [v])})
+    print(json.dumps({"auc": metrics["auc"], "strategy": metrics["strategy"], "shards": shards,
+                      "devices": devices, "rows": spec.table("item").num_buckets}))
+""")
+
+
+def test_parameter_server_in_process_cluster(tiny_data, tmp_path):
+    ports = _free_ports(4)
+    sets = [a for a in SMALL if a != "--set"] + ["train.strategy=ps", "train.steps_per_epoch=3",
+                                                   "train.three_stage=false"]
+    res = subprocess.run([sys.executable, "-c", PS_SCRIPT, tiny_data, str(tmp_path / "run"),
+                          ",".join(map(str, ports))] + sets,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["strategy"].startswith("ParameterServerStrategy")
+    # The item table (one variable in the layer) is split by the partitioner over both servers.
+    assert len(out["shards"]) == 2 and sum(out["shards"]) == out["rows"], out
+    assert any("/job:ps/replica:0/task:0" in d for d in out["devices"])
+    assert any("/job:ps/replica:0/task:1" in d for d in out["devices"])
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_multiworker_two_local_processes(tiny_data, tmp_path):
+    ports = _free_ports(2)
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    run = tmp_path / "run"
+    procs = []
+    for i in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+        procs.append(subprocess.Popen(
+            _tirec() + ["train", "--data", tiny_data, "--model", "din", "--out", str(run),
+                        "--strategy", "multiworker", "--steps-per-epoch", "3"] + SMALL,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["strategy"] in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+    assert metrics["replicas"] == 2
+    assert (run / ".worker_1" / "metrics.json").exists()  # the non-chief wrote aside

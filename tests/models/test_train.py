@@ -1,0 +1,143 @@
+"""Training runs: every registered model trains, DAIAN's stages do what they say, runs resume."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tirec.config import load_config
+from tirec.models import registry
+from tirec.models.base import STAGE_DIE, STAGE_JOINT, STAGE_UIM, model_input_names
+from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+from tirec.models.train import build_model, evaluate_run, load_run, train_run
+
+
+SMALL = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
+         "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
+         "train.batch_size=256", "train.shuffle_buffer=1000"]
+
+
+def _cfg(*extra):
+    return load_config(None, SMALL + list(extra))
+
+
+def _batch(data, spec, n=64):
+    ds = make_dataset(data, "train", spec, n)
+    x, y = next(iter(ds))
+    return x, y
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown model 'dinn'; valid models: \['daian', 'din'\]"):
+        registry.get_builder("dinn")
+
+
+@pytest.mark.parametrize("name", ["din", "daian"])
+def test_every_registered_model_trains_and_reloads(tiny_data, tmp_path, name):
+    cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
+    run = str(tmp_path / name)
+    metrics = train_run(tiny_data, name, run, cfg.model, cfg.train)
+    for key in ("auc", "gauc", "logloss"):
+        assert np.isfinite(metrics[key]), key
+    on_disk = json.load(open(os.path.join(run, "metrics.json")))
+    assert on_disk["auc"] == pytest.approx(metrics["auc"])
+    if name == "daian":
+        assert 0.0 <= metrics["intent_js"] <= np.log(2)
+    # The run reloads from its folder and scores the same.
+    model, spec, _ = load_run(run)
+    again = evaluate_run(tiny_data, run)
+    assert again["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+    # SavedModel round trip without custom objects.
+    x, _ = _batch(tiny_data, spec)
+    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
+    want = model(x)["ctr"].numpy()
+    model.save(str(tmp_path / "sm"))
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    got = loaded(x, training=False)["ctr"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_daian_stages_train_the_right_variables(tiny_data):
+    spec = load_data_spec(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    cfg = _cfg()
+    model = build_model("daian", spec, cfg.model, ids, vecs)
+    x, y = _batch(tiny_data, spec)
+    model(dict(x, true_intent=y["intent"]))  # build
+    uim = {id(v) for v in model.uim_variables()}
+    rest = [v for v in model.trainable_variables if id(v) not in uim]
+    assert uim and rest
+
+    def snapshot():
+        return [v.numpy().copy() for v in model.trainable_variables]
+
+    def changed(before):
+        return {id(v) for v, b in zip(model.trainable_variables, before)
+                if not np.array_equal(v.numpy(), b)}
+
+    for stage, expect_uim, expect_rest in ((STAGE_UIM, True, False), (STAGE_DIE, False, True),
+                                           (STAGE_JOINT, True, True)):
+        model.set_stage(stage)
+        model.compile(optimizer=tf.keras.optimizers.Adagrad(0.5),
+                      uim_optimizer=tf.keras.optimizers.Adagrad(0.05))
+        before = snapshot()
+        model.train_step((x, y))
+        moved = changed(before)
+        assert bool(moved & uim) == expect_uim, stage
+        assert bool(moved - uim) == expect_rest, stage
+
+
+def test_stage2_leakage_guard_removes_the_own_click(tiny_data):
+    spec = load_data_spec(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    model = build_model("daian", spec, _cfg().model, ids, vecs)
+    model.set_stage(STAGE_DIE)
+    n = spec.intent_levels
+    x = {"intent_counts": tf.constant([[0, 0, 0, 1, 2, 0], [0, 0, 0, 1, 2, 0], [0] * 6], tf.int64),
+         "trigger_target_level": tf.constant([4, 3, 2], tf.int64)}
+    y = {"ctr": tf.constant([[1.0], [0.0], [0.0]])}
+    fed = model._stage_inputs(x, y)["true_intent"].numpy()
+    np.testing.assert_allclose(fed[0], [0, 0, 0, 0.5, 0.5, 0])  # own click in level 4 removed
+    np.testing.assert_allclose(fed[1], [0, 0, 0, 1 / 3, 2 / 3, 0])  # not clicked: unchanged
+    np.testing.assert_allclose(fed[2], np.zeros(n))
+    model.leakage_guard = False
+    np.testing.assert_allclose(model._stage_inputs(x, y)["true_intent"].numpy()[0], [0, 0, 0, 1 / 3, 2 / 3, 0])
+
+
+@pytest.mark.parametrize("switch", ["model.use_uim=false", "model.use_die=false", "model.use_sein=false",
+                                    "model.i2e_fusion=add", "model.sim_fusion=additive",
+                                    "model.gate_inputs=intent_interest"])
+def test_daian_ablations_build_and_step(tiny_data, switch):
+    spec = load_data_spec(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    cfg = _cfg(switch)
+    model = build_model("daian", spec, cfg.model, ids, vecs)
+    x, y = _batch(tiny_data, spec)
+    out = model(x)
+    k = 2 if switch == "model.use_uim=false" else spec.intent_levels
+    assert out["intent"].shape == (64, k)
+    np.testing.assert_allclose(out["intent"].numpy().sum(axis=1), 1.0, atol=1e-5)
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    logs = model.train_step((x, y))
+    assert np.isfinite(float(logs["loss"]))
+
+
+def test_three_stage_run_resumes_and_rejects_other_data(tiny_data, tmp_path):
+    cfg = _cfg("train.steps_per_epoch=2")
+    run = str(tmp_path / "r")
+    first = train_run(tiny_data, "daian", run, cfg.model, cfg.train)
+    assert set(first["history"]) == {"uim_pretrain", "die_pretrain", "joint"}
+    for k in (1, 2, 3):
+        assert os.path.exists(os.path.join(run, f"stage_{k}", "done"))
+    again = train_run(tiny_data, "daian", run, cfg.model, cfg.train)
+    assert all(h == {"skipped": True} for h in again["history"].values())
+    assert again["auc"] == pytest.approx(first["auc"], abs=1e-6)
+    other = tmp_path / "other"
+    other.mkdir()
+    spec = load_data_spec(tiny_data)
+    import dataclasses
+
+    dataclasses.replace(spec, intent_levels=4).save(str(other / "spec.json"))
+    with pytest.raises(ValueError, match="intent_levels"):
+        train_run(tiny_data, "daian", str(other), cfg.model, cfg.train)
