@@ -25,6 +25,8 @@ demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/tirec generate --out $(DEMO_DIR)/raw --users 300 --seed 7
 	$(VENV)/bin/tirec pipeline --input $(DEMO_DIR)/raw --format synthetic --out $(DEMO_DIR)/tfrecords
+	$(VENV)/bin/tirec train --data $(DEMO_DIR)/tfrecords --model daian --out $(DEMO_DIR)/daian \
+	    --epochs 1 --batch-size 1024 --set model.att_units=32 --set 'model.tower=[128,64]'
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests $(PYTEST_ARGS)

@@ -93,6 +93,8 @@ class TrainConfig:
       steps_per_epoch: cap on steps per epoch (0 = the whole data; ``ps`` needs a value).
       shuffle_buffer: records shuffled before batching (0 = off).
       early_stopping_patience: epochs without eval-AUC gain before stopping (0 = off).
+      backup_every_steps: BackupAndRestore frequency; a killed run resumes from the last backup
+        step of the interrupted epoch.
       seed: random seed.
     """
 
@@ -107,6 +109,7 @@ class TrainConfig:
     steps_per_epoch: int = 0
     shuffle_buffer: int = 100_000
     early_stopping_patience: int = 0
+    backup_every_steps: int = 200
     seed: int = 0
 
     def validate(self) -> None:
@@ -127,6 +130,8 @@ class TrainConfig:
             bad("cpu_replicas", "must be >= 0")
         if self.strategy == "ps" and self.steps_per_epoch < 1:
             bad("steps_per_epoch", "ParameterServerStrategy needs steps_per_epoch >= 1")
+        if self.backup_every_steps < 1:
+            bad("backup_every_steps", "must be >= 1")
         if not 0 < self.uim_lr_scale <= 1:
             bad("uim_lr_scale", "must be in (0, 1]")
 

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 
 import numpy as np
@@ -145,7 +146,7 @@ def stages_for(model, cfg: TrainConfig) -> list[int]:
     return [STAGE_UIM, STAGE_DIE, STAGE_JOINT] if (model.has_intent and cfg.three_stage) else [STAGE_JOINT]
 
 
-def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names):
+def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool):
     keep = set(names) | {"intent_counts", "intent_dist", "trigger_target_level"}
 
     def select(x, y):
@@ -160,7 +161,8 @@ def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names):
     def train_fn(ctx=None):
         per_replica = ctx.get_per_replica_batch_size(cfg.batch_size) if ctx else cfg.batch_size
         return make_dataset(data_dir, "train", spec, per_replica, shuffle_buffer=cfg.shuffle_buffer,
-                            seed=cfg.seed, repeat=ps, input_context=ctx, workers=workers).map(select)
+                            seed=cfg.seed, repeat=ps or repeat, input_context=ctx,
+                            workers=workers).map(select)
 
     if ps:
         train = keras.utils.experimental.DatasetCreator(train_fn)
@@ -171,8 +173,12 @@ def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names):
 
 
 def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConfig,
-              train_cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
-    """Trains ``model_name`` on ``data_dir`` into ``run_dir``; returns the eval metrics."""
+              train_cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None,
+              callbacks: list | None = None) -> dict:
+    """Trains ``model_name`` on ``data_dir`` into ``run_dir``; returns the eval metrics.
+
+    ``callbacks`` are added to every stage's ``fit`` (after the built-in ones).
+    """
     train_cfg.validate()
     model_cfg = dataclasses.replace(model_cfg, name=model_name)
     model_cfg.validate()
@@ -201,7 +207,9 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     with strategy.scope():
         model = build_model(model_name, spec, model_cfg, item_ids, item_vectors)
     names = model_input_names(spec)
-    train_ds, eval_ds = _datasets(strategy, data_dir, spec, train_cfg, names)
+    steps = _steps_per_epoch(data_dir, train_cfg, strategy)
+    # With a known epoch length the data repeats and fit counts the steps.
+    train_ds, eval_ds = _datasets(strategy, data_dir, spec, train_cfg, names, repeat=steps is not None)
     # Build the variables before fit (BackupAndRestore and checkpoints need them).
     x, _ = next(iter(make_dataset(data_dir, "eval", spec, 2)))
     with strategy.scope():
@@ -209,7 +217,9 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     history = {}
     for stage in stages_for(model, train_cfg):
         history[STAGE_NAMES[stage]] = _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir,
-                                                   train_cfg, single=len(stages_for(model, train_cfg)) == 1)
+                                                   train_cfg, single=len(stages_for(model, train_cfg)) == 1,
+                                                   extra=callbacks or [],
+                                                   steps_per_epoch=steps)
     model.set_stage(STAGE_JOINT)
     final = os.path.join(run_dir, "final", "weights")
     model.save_weights(final)
@@ -222,7 +232,25 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     return metrics
 
 
-def _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir, cfg: TrainConfig, single: bool):
+def _steps_per_epoch(data_dir: str, cfg: TrainConfig, strategy) -> int | None:
+    """Steps of one epoch: the configured cap, else the pipeline's train count / batch size.
+
+    A known epoch length lets BackupAndRestore resume inside an interrupted epoch. Multi-worker
+    runs keep Keras' own end-of-data detection (each worker reads its shard).
+    """
+    if cfg.steps_per_epoch:
+        return cfg.steps_per_epoch
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    stats = os.path.join(data_dir, "stats.json")
+    if not tf.io.gfile.exists(stats):
+        return None
+    n = int(_read_json(stats).get("written", {}).get("train", 0))
+    return -(-n // cfg.batch_size) if n else None
+
+
+def _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir, cfg: TrainConfig, single: bool,
+                 extra: list, steps_per_epoch: int | None):
     name = STAGE_NAMES[stage]
     stage_dir = os.path.join(run_dir, f"stage_{stage}")
     done = os.path.join(stage_dir, "done")
@@ -248,8 +276,9 @@ def _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir, cfg: TrainC
         # checkpoints cover a coordinator restart, and there is no eval data to select on.
         callbacks += [
             keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup", name), save_freq=200,
-                                             delete_checkpoint=True),
+            keras.callbacks.BackupAndRestore(
+                os.path.join(run_dir, "backup", name), delete_checkpoint=True,
+                save_freq=cfg.backup_every_steps if steps_per_epoch else "epoch"),
             keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "best"), monitor=monitor,
                                             mode=mode, save_best_only=True, save_weights_only=True),
         ]
@@ -257,10 +286,12 @@ def _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir, cfg: TrainC
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                        patience=cfg.early_stopping_patience,
                                                        restore_best_weights=True))
+    callbacks += list(extra)
     t0 = time.time()
+    interactive = sys.stdout.isatty() or bool(os.environ.get("TIREC_PROGRESS"))
     hist = model.fit(train_ds, validation_data=None if ps else eval_ds, epochs=cfg.epochs,
-                     steps_per_epoch=cfg.steps_per_epoch or None, callbacks=callbacks,
-                     verbose=2 if not os.environ.get("TIREC_PROGRESS") else 1)
+                     steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                     verbose=1 if interactive else 2)  # a progress bar on a terminal
     model.save_weights(weights)
     with tf.io.gfile.GFile(done, "w") as fh:
         fh.write(str(time.time()))

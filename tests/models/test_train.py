@@ -141,3 +141,61 @@ def test_three_stage_run_resumes_and_rejects_other_data(tiny_data, tmp_path):
     dataclasses.replace(spec, intent_levels=4).save(str(other / "spec.json"))
     with pytest.raises(ValueError, match="intent_levels"):
         train_run(tiny_data, "daian", str(other), cfg.model, cfg.train)
+
+
+def test_evaluate_cli_with_baseline(tiny_data, tmp_path, capsys):
+    from tirec import cli
+    from tirec.models import metrics as M
+
+    cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
+    base = train_run(tiny_data, "din", str(tmp_path / "din"), cfg.model, cfg.train)
+    train_run(tiny_data, "daian", str(tmp_path / "daian"), cfg.model, cfg.train)
+    capsys.readouterr()  # drop the training progress output
+    assert cli.main(["evaluate", "--data", tiny_data, "--model-dir", str(tmp_path / "daian"),
+                     "--baseline", str(tmp_path / "din")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rela_impr_auc"] == pytest.approx(M.rela_impr(out["auc"], base["auc"]))
+    assert out["rela_impr_gauc"] == pytest.approx(M.rela_impr(out["gauc"], base["gauc"]))
+    for key in ("auc", "gauc", "logloss", "intent_js"):
+        assert key in out
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAt(tf.keras.callbacks.Callback):
+    """Counts the batches a fit runs and kills the run at batch ``at`` of epoch ``epoch``."""
+
+    def __init__(self, at=None, epoch=0):
+        super().__init__()
+        self.at, self.epoch, self.batches, self.current = at, epoch, [], 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.append((self.current, batch))
+        if self.at is not None and self.current == self.epoch and batch == self.at:
+            raise _Interrupt()
+
+
+def test_run_killed_mid_epoch_resumes_from_its_backup(tiny_data, tmp_path):
+    cfg = _cfg("train.three_stage=false", "train.epochs=2", "train.backup_every_steps=3",
+               "train.batch_size=64", "train.shuffle_buffer=0")
+    run = str(tmp_path / "r")
+    stop = _StopAt(at=4, epoch=1)  # dies in the second epoch, after the backup at its step 3
+    with pytest.raises(_Interrupt):
+        train_run(tiny_data, "din", run, cfg.model, cfg.train, callbacks=[stop])
+    assert os.path.isdir(os.path.join(run, "backup", "joint"))
+    steps = max(b for e, b in stop.batches if e == 0) + 1
+    count = _StopAt()
+    metrics = train_run(tiny_data, "din", run, cfg.model, cfg.train, callbacks=[count])
+    # Only the rest of the interrupted epoch ran: no batch of epoch 0, and epoch 1 not from 0.
+    assert all(e == 1 for e, _ in count.batches)
+    assert 0 < len(count.batches) < steps
+    assert np.isfinite(metrics["auc"])
+    import glob
+
+    # the backup checkpoint is deleted once the stage finishes
+    assert not glob.glob(os.path.join(run, "backup", "joint", "**", "*.index"), recursive=True)
