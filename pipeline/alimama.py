@@ -429,14 +429,6 @@ def _cooccurrence(cfg: PipelineConfig, sequences: list[np.ndarray], ids: np.ndar
 
 def _precomputed(cfg: PipelineConfig, dead: list, rows_in: dict
                  ) -> tuple["emb.EmbeddingArtifact", dict]:
-    emb_files = discover(cfg.input, "item_embeddings")
-    npy = os.path.join(cfg.input, "item_embeddings.npy")
-    if not (cfg.embedding_path or emb_files or os.path.exists(npy)):
-        raise FileNotFoundError(
-            f"embedding_provider='precomputed' but no vectors: set embedding_path or put "
-            f"item_embeddings.<parquet|jsonl|csv> or item_embeddings.npy + item_embeddings.ids.npy "
-            f"in {cfg.input!r}")
-    art = load_vectors(cfg, emb_files, npy, dead, rows_in)
-    return art, {"provider_requested": cfg.embedding_provider,
-                 "source": cfg.embedding_path or (emb_files[0] if emb_files else npy),
+    art, path = load_vectors(cfg, dead, rows_in)
+    return art, {"provider_requested": cfg.embedding_provider, "source": path,
                  "stand_in": "precomputed vectors keyed by adgroup_id / pseudo item id"}

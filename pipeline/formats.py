@@ -100,13 +100,11 @@ class GenericFormat(SourceFormat):
 
     def _embeddings(self, cfg, ids, item_cols, files, dead, rows_in):
         provider = cfg.embedding_provider
-        emb_files = discover(cfg.input, "item_embeddings")
-        npy = os.path.join(cfg.input, "item_embeddings.npy")
         if provider == "auto":
-            provider = "precomputed" if (emb_files or cfg.embedding_path or os.path.exists(npy)) \
-                else "cooccurrence-svd"
+            provider = "precomputed" if precomputed_path(cfg) else "cooccurrence-svd"
         if provider == "precomputed":
-            return load_vectors(cfg, emb_files, npy, dead, rows_in), {}
+            art, path = load_vectors(cfg, dead, rows_in)
+            return art, {"source": path}
         if provider in ("tfidf-svd", "minilm"):
             texts = item_cols.get("text")
             if texts is None:
@@ -176,14 +174,33 @@ def dedupe(ids: np.ndarray, table: str, dead: list, cols: dict | None = None,
     return uniq, first
 
 
-def load_vectors(cfg: PipelineConfig, emb_files: list[str], npy: str, dead: list,
-                 rows_in: dict) -> "emb.EmbeddingArtifact":
-    """Loads precomputed vectors (Parquet/JSONL/CSV table or NPY pair), dead-lettering bad rows."""
-    path = cfg.embedding_path or (emb_files[0] if emb_files else npy)
+def precomputed_path(cfg: PipelineConfig) -> str:
+    """Where precomputed vectors are: ``embedding_path``, an ``item_embeddings`` table in the
+    input directory, or the NPY pair ``item_embeddings.npy`` + ``.ids.npy``; "" when none."""
+    if cfg.embedding_path:
+        return cfg.embedding_path
+    files = discover(cfg.input, "item_embeddings")
+    if files:
+        return files[0]
+    npy = os.path.join(cfg.input, "item_embeddings.npy")
+    return npy if os.path.exists(npy) else ""
+
+
+def load_vectors(cfg: PipelineConfig, dead: list, rows_in: dict) -> tuple["emb.EmbeddingArtifact", str]:
+    """Loads precomputed vectors (Parquet/JSONL/CSV table or NPY pair), dead-lettering bad rows.
+
+    Returns the artifact and the path it was read from.
+    """
+    path = precomputed_path(cfg)
+    if not path:
+        raise FileNotFoundError(
+            f"embedding_provider='precomputed' but no vectors: set embedding_path or put "
+            f"item_embeddings.<parquet|jsonl|csv> or item_embeddings.npy + item_embeddings.ids.npy "
+            f"in {cfg.input!r}")
     art, bad = emb.load_precomputed(path)
     dead.extend(b.to_dict() for b in bad)
     rows_in["item_embeddings"] = len(art.ids) + len(bad)
-    return art
+    return art, path
 
 
 def build_item_table(ids: np.ndarray, fields: dict[str, np.ndarray], art: "emb.EmbeddingArtifact",

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 
 import numpy as np
@@ -272,16 +271,8 @@ class MovieLensFormat(SourceFormat):
             return art, {"provider_requested": cfg.embedding_provider,
                          "sequences": "each user's ratings ordered by time"}
         if provider == "precomputed":
-            emb_files = discover(cfg.input, "item_embeddings")
-            npy = os.path.join(cfg.input, "item_embeddings.npy")
-            if not (cfg.embedding_path or emb_files or os.path.exists(npy)):
-                raise FileNotFoundError(
-                    f"embedding_provider='precomputed' but no vectors: set embedding_path or put "
-                    f"item_embeddings.<parquet|jsonl|csv> or item_embeddings.npy + "
-                    f"item_embeddings.ids.npy in {cfg.input!r}")
-            art = load_vectors(cfg, emb_files, npy, dead, rows_in)
-            return art, {"provider_requested": cfg.embedding_provider,
-                         "source": cfg.embedding_path or (emb_files[0] if emb_files else npy)}
+            art, path = load_vectors(cfg, dead, rows_in)
+            return art, {"provider_requested": cfg.embedding_provider, "source": path}
         raise ValueError(f"embedding_provider={cfg.embedding_provider!r} is not supported by the "
                          f"movielens format; use auto, tfidf-svd, minilm, cooccurrence-svd or "
                          f"precomputed")
