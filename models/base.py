@@ -224,11 +224,16 @@ class TirModel(keras.Model):
         grads = tape.gradient(scaled, main + uim)
         uim_opt = self.uim_optimizer if (self.stage == STAGE_JOINT and self.uim_optimizer is not None) \
             else self.optimizer
+        # Variables the loss does not reach get no update (e.g. the UIM when use_die=false:
+        # nothing downstream reads its intent); an optimizer with nothing to do is skipped.
+        main_pairs = [(g, v) for g, v in zip(grads[:len(main)], main) if g is not None]
+        uim_pairs = [(g, v) for g, v in zip(grads[len(main):], uim) if g is not None]
         if uim_opt is self.optimizer:
-            self.optimizer.apply_gradients(zip(grads, main + uim))
-        else:
-            self.optimizer.apply_gradients(zip(grads[:len(main)], main))
-            uim_opt.apply_gradients(zip(grads[len(main):], uim))
+            main_pairs, uim_pairs = main_pairs + uim_pairs, []
+        if main_pairs:
+            self.optimizer.apply_gradients(main_pairs)
+        if uim_pairs:
+            uim_opt.apply_gradients(uim_pairs)
         return self._update_metrics(loss, y, outputs)
 
     def test_step(self, data):

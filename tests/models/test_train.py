@@ -118,7 +118,8 @@ def test_daian_ablations_build_and_step(tiny_data, switch):
     k = 2 if switch == "model.use_uim=false" else spec.intent_levels
     assert out["intent"].shape == (64, k)
     np.testing.assert_allclose(out["intent"].numpy().sum(axis=1), 1.0, atol=1e-5)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05),
+                  uim_optimizer=tf.keras.optimizers.Adagrad(0.005))  # as train_run compiles it
     logs = model.train_step((x, y))
     assert np.isfinite(float(logs["loss"]))
 
