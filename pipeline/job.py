@@ -119,6 +119,7 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
                                            ).with_outputs("dead", "stats", main="users"))
         deads.append(labeled.dead)
         stats.append(labeled.stats)
+        bounds = None
         if cfg.sim_range == "quantile":
             bounds = (labeled.users
                       | "sims:train" >> beam.FlatMap(_train_sims)
@@ -144,18 +145,18 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
                                                    file_name_suffix=".jsonl"))
         dead_counts = dead_all | "dead:count" >> beam.Map(_dead_stat)
         _ = ((stats + [dead_counts, cutoff | "cutoff:stat" >> beam.Map(lambda c: {"_eval_from_ts": [c]}),
-                        range_side_stat(p, beam, cfg, lo, hi, locals().get("bounds"))])
+                        _range_stat(p, lo, hi, bounds)])
              | "stats:flatten" >> beam.Flatten()
              | "stats:merge" >> beam.CombineGlobally(_MergeStats())
              | "stats:write" >> beam.Map(_write_json, f"{out}/_beam_stats.json"))
 
     progress(STAGES[2])
     beam_stats = _read_json(f"{out}/_beam_stats.json")
-    os.remove(f"{out}/_beam_stats.json") if "://" not in out else None
+    _remove(f"{out}/_beam_stats.json")
     return _finish(cfg, prep, spec, beam_stats, out, time.time() - t0)
 
 
-def range_side_stat(p, beam, cfg, lo, hi, bounds):
+def _range_stat(p, lo: float, hi: float, bounds):
     """The binning range actually used, as a stats element."""
     if bounds is not None:
         return bounds | "range:stat" >> beam.Map(lambda b: {"_sim_range": [list(b)]})
@@ -595,6 +596,12 @@ def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     return str(o)
+
+
+def _remove(path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.delete([path])
 
 
 def _makedirs(path: str) -> None:
