@@ -34,6 +34,7 @@ setup(
         "apache-beam==2.77.*",
         "google-crc32c",  # TFRecord checksums in Beam (WriteToTFRecord fails without it)
         "tensorboard==2.21.*",  # the TensorBoard callback (TF 2.21 does not pull it in)
+        "grpcio-health-checking",  # the standard gRPC health service of `tirec serve`
         "numpy",
         "pandas",
         "pyarrow",
