@@ -1,0 +1,260 @@
+"""SavedModel export of a trained run, in the layout TF Serving loads.
+
+    tirec export --model-dir RUN --out BASE --name NAME [--version V] [--data T]
+
+writes ``BASE/NAME/<V>/`` (``V`` an integer, by default one more than the newest version
+there) with these signatures, all returning float32:
+
+=================== ============================ =====================================================
+signature           inputs                       outputs
+=================== ============================ =====================================================
+``serving_default`` ``examples``: string ``[B]`` ``ctr`` ``[B, 1]`` click probability; ``intent``
+                    serialized ``tf.Example``     ``[B, k]`` predicted intent distribution (DAIAN)
+``predict``         one typed tensor per model    same as ``serving_default``
+                    input (``[B]`` or ``[B, L]``)
+``classify``        ``inputs``: serialized        ``scores`` ``[B, 2]`` (no click, click), ``classes``
+                    ``tf.Example``                ``[B, 2]`` (``"0"``, ``"1"``); method ``classify``
+``regress``         ``inputs``: serialized        ``outputs`` ``[B]`` click probability; method
+                    ``tf.Example``                ``regress``
+=================== ============================ =====================================================
+
+``tf.Example`` inputs are parsed with the run's FeatureSpec (model inputs only: label and
+pipeline-only columns may be present and are ignored, so the pipeline's own records can be sent
+as they are). Raw ids are hashed inside the graph; the multimodal item table is a variable of the
+model, so the export is self-contained and reloads with plain ``tf.saved_model.load``.
+
+Also written: ``assets/spec.json`` and ``assets/config.json`` (the FeatureSpec and resolved
+config, tracked SavedModel assets) and ``assets.extra/tf_serving_warmup_requests``
+(``PredictionLog`` records built from the first eval rows of the run's data), which TF Serving
+replays before it marks the version available.
+
+A version is written to a hidden temporary folder and renamed into place, so a server polling
+the base path never sees a half-written version.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+
+import tensorflow as tf
+
+from tirec.features.spec import FeatureSpec
+from tirec.models.base import model_input_names
+from tirec.models.data import shard_files
+from tirec.models.train import load_run
+
+log = logging.getLogger(__name__)
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+PREDICT_METHOD = "tensorflow/serving/predict"
+WARMUP_FILE = "tf_serving_warmup_requests"
+_TF_DTYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
+
+
+def input_signature(spec: FeatureSpec) -> dict[str, tf.TensorSpec]:
+    """The raw-tensor inputs of the ``predict`` signature: one per model input feature."""
+    out = {}
+    for name in model_input_names(spec):
+        f = spec.feature(name)
+        shape = [None] if f.kind == "scalar" else [None, f.length]
+        out[name] = tf.TensorSpec(shape, _TF_DTYPES[f.dtype], name=name)
+    return out
+
+
+class ServingModule(tf.Module):
+    """The exported object: the Keras model plus the parsing and output conventions.
+
+    Args:
+      model: a trained :class:`tirec.models.base.TirModel`.
+      spec: its FeatureSpec.
+      assets: paths of files to track as SavedModel assets (name -> path).
+    """
+
+    def __init__(self, model, spec: FeatureSpec, assets: dict[str, str] | None = None):
+        super().__init__(name="tirec_serving")
+        self.model = model
+        self._spec = spec
+        self._names = model_input_names(spec)
+        self._parse_spec = {k: v for k, v in spec.parse_example_spec(include_label=False).items()
+                            if k in self._names}
+        self.assets = {k: tf.saved_model.Asset(p) for k, p in (assets or {}).items()}
+        self.has_intent = bool(getattr(model, "has_intent", False))
+
+    def _score(self, features: dict) -> dict:
+        out = self.model({k: features[k] for k in self._names}, training=False)
+        result = {"ctr": tf.cast(out["ctr"], tf.float32)}
+        if self.has_intent:
+            result["intent"] = tf.cast(out["intent"], tf.float32)
+        return result
+
+    def _parse(self, serialized: tf.Tensor) -> dict:
+        return tf.io.parse_example(serialized, self._parse_spec)
+
+    def signatures(self) -> dict:
+        """Concrete functions keyed by signature name."""
+        examples = tf.TensorSpec([None], tf.string, name="examples")
+        inputs = tf.TensorSpec([None], tf.string, name="inputs")
+
+        @tf.function(input_signature=[examples])
+        def serve_examples(examples):
+            return self._score(self._parse(examples))
+
+        @tf.function(input_signature=[input_signature(self._spec)])
+        def serve_tensors(features):
+            return self._score(features)
+
+        @tf.function(input_signature=[inputs])
+        def classify(inputs):
+            p = self._score(self._parse(inputs))["ctr"]
+            scores = tf.concat([1.0 - p, p], axis=-1)
+            classes = tf.tile(tf.constant([["0", "1"]]), [tf.shape(p)[0], 1])
+            return {"scores": scores, "classes": classes}
+
+        @tf.function(input_signature=[inputs])
+        def regress(inputs):
+            return {"outputs": self._score(self._parse(inputs))["ctr"][:, 0]}
+
+        return {"serving_default": serve_examples.get_concrete_function(),
+                "predict": serve_tensors.get_concrete_function(),
+                "classify": classify.get_concrete_function(),
+                "regress": regress.get_concrete_function()}
+
+
+def next_version(model_base: str) -> int:
+    """One more than the largest integer version folder under ``model_base`` (1 when none)."""
+    if not tf.io.gfile.isdir(model_base):
+        return 1
+    versions = [int(d.rstrip("/")) for d in tf.io.gfile.listdir(model_base) if d.rstrip("/").isdigit()]
+    return max(versions, default=0) + 1
+
+
+def set_method_names(export_dir: str, methods: dict[str, str]) -> None:
+    """Rewrites the ``method_name`` of signatures in ``saved_model.pb``.
+
+    TF2's ``tf.saved_model.save`` marks every signature as a predict signature; TF Serving's
+    Classify and Regress APIs only accept signatures marked ``classify`` / ``regress``. The TF2
+    loader ignores method names, so rewriting them changes nothing else.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(export_dir, "saved_model.pb")
+    sm = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as fh:
+        sm.ParseFromString(fh.read())
+    for meta in sm.meta_graphs:
+        for name, method in methods.items():
+            if name not in meta.signature_def:
+                raise ValueError(f"set_method_names: signature {name!r} not in {export_dir}; "
+                                 f"present: {sorted(meta.signature_def)}")
+            meta.signature_def[name].method_name = method
+    with tf.io.gfile.GFile(path, "wb") as fh:
+        fh.write(sm.SerializeToString())
+
+
+def read_eval_records(data_dir: str, n: int) -> list[bytes]:
+    """The first ``n`` serialized records of the eval split (the train split if eval is empty)."""
+    for split in ("eval", "train"):
+        try:
+            files = shard_files(data_dir, split)
+        except FileNotFoundError:
+            continue
+        ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(n)
+        records = [r.numpy() for r in ds]
+        if records:
+            return records
+    raise FileNotFoundError(f"no records in {data_dir}/eval or {data_dir}/train to build warmup "
+                            f"requests from; pass --data or --warmup-rows 0")
+
+
+def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
+                   batch_sizes=(1, 8)) -> list[bytes]:
+    """Serialized ``PredictionLog`` records: ``serving_default`` and ``predict`` requests.
+
+    One request per batch size per signature, built from real eval rows.
+    """
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    parse = {k: v for k, v in spec.parse_example_spec(include_label=False).items()
+             if k in model_input_names(spec)}
+    out = []
+    for size in batch_sizes:
+        rows = (examples * size)[:size]
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = model_name
+        req.model_spec.signature_name = "serving_default"
+        req.inputs["examples"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
+        out.append(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
+        parsed = tf.io.parse_example(tf.constant(rows), parse)
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = model_name
+        req.model_spec.signature_name = "predict"
+        for k, v in parsed.items():
+            req.inputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
+        out.append(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
+    return out
+
+
+def export_run(run_dir: str, base: str, name: str, version: int | None = None,
+               data_dir: str | None = None, warmup_rows: int = 8) -> str:
+    """Exports a trained run as ``base/name/<version>/``; returns that path.
+
+    Args:
+      run_dir: a ``tirec train`` run folder.
+      base: the model base folder (``--model_base_path`` is ``base/name``).
+      name: the served model name.
+      version: integer version; default one more than the newest present. Must not exist yet.
+      data_dir: pipeline output whose eval rows make the warmup requests; default the run's
+        training data (``config.json`` ``data``).
+      warmup_rows: eval rows to use in warmup requests; 0 writes no warmup file.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"export: --name must be a plain folder name; received name={name!r}")
+    model_base = os.path.join(base, name)
+    if version is None:
+        version = next_version(model_base)
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"export: --version must be a positive integer; received version={version!r}")
+    final = os.path.join(model_base, str(version))
+    if tf.io.gfile.exists(final):
+        raise ValueError(f"export: version {version} already exists at {final}; "
+                         f"versions are immutable, pick a new one (next free: {next_version(model_base)})")
+    model, spec, cfg = load_run(run_dir)
+    examples: list[bytes] = []
+    if warmup_rows > 0:
+        data_dir = data_dir or cfg.get("data")
+        if not data_dir:
+            raise ValueError("export: the run records no data folder; pass --data T or --warmup-rows 0")
+        examples = read_eval_records(data_dir, warmup_rows)
+
+    tf.io.gfile.makedirs(model_base)
+    tmp = os.path.join(model_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    with tempfile.TemporaryDirectory() as scratch:
+        spec_path = os.path.join(scratch, "spec.json")
+        spec.save(spec_path)
+        cfg_path = os.path.join(scratch, "config.json")
+        with open(cfg_path, "w") as fh:
+            import json
+            json.dump(cfg, fh, indent=2)
+        module = ServingModule(model, spec, assets={"spec": spec_path, "config": cfg_path})
+        try:
+            tf.saved_model.save(module, tmp, signatures=module.signatures())
+            set_method_names(tmp, {"classify": CLASSIFY_METHOD, "regress": REGRESS_METHOD})
+            if examples:
+                extra = os.path.join(tmp, "assets.extra")
+                tf.io.gfile.makedirs(extra)
+                with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as w:
+                    for rec in warmup_records(name, examples, spec):
+                        w.write(rec)
+            tf.io.gfile.rename(tmp, final)
+        except BaseException:
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.rmtree(tmp) if "://" in tmp else shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("exported %s as %s version %d", run_dir, name, version)
+    return final

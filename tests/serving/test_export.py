@@ -1,0 +1,160 @@
+"""SavedModel export: layout, signatures, parity with the Keras model, warmup; client requests."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
+from tirec.config import load_config
+from tirec.models.base import model_input_names
+from tirec.models.train import load_run, train_run
+from tirec.pipeline import job, synthetic
+from tirec.pipeline.config import PipelineConfig
+from tirec.serving import client as C
+from tirec.serving import export as E
+from tirec.serving.verify import offline_scores
+
+SMALL = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
+         "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
+         "train.batch_size=256", "train.shuffle_buffer=1000", "train.three_stage=false",
+         "train.steps_per_epoch=2"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    raw, data = str(base / "raw"), str(base / "tfr")
+    synthetic.generate(synthetic.GeneratorConfig(users=30, seed=3), raw)
+    job.run(PipelineConfig(input=raw, format="synthetic", out=data, max_seq_len=10))
+    cfg = load_config(None, SMALL)
+    run_dir = str(base / "run")
+    train_run(data, "daian", run_dir, cfg.model, cfg.train)
+    return {"data": data, "run": run_dir, "base": str(base / "models")}
+
+
+@pytest.fixture(scope="module")
+def exported(run):
+    return E.export_run(run["run"], run["base"], "daian")
+
+
+def test_layout_versions_and_method_names(run, exported):
+    assert exported == os.path.join(run["base"], "daian", "1")
+    for rel in ("saved_model.pb", "variables/variables.index", "assets/spec.json",
+                "assets/config.json", "assets.extra/tf_serving_warmup_requests"):
+        assert os.path.exists(os.path.join(exported, rel)), rel
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString(open(os.path.join(exported, "saved_model.pb"), "rb").read())
+    sigs = sm.meta_graphs[0].signature_def
+    assert {k: sigs[k].method_name for k in ("serving_default", "predict", "classify", "regress")} == {
+        "serving_default": E.PREDICT_METHOD, "predict": E.PREDICT_METHOD,
+        "classify": E.CLASSIFY_METHOD, "regress": E.REGRESS_METHOD}
+    assert list(sigs["serving_default"].inputs) == ["examples"]
+    assert set(sigs["serving_default"].outputs) == {"ctr", "intent"}
+    _, spec, _ = load_run(run["run"])
+    assert set(sigs["predict"].inputs) == set(model_input_names(spec))
+    assert json.load(open(os.path.join(exported, "assets/spec.json"))) == json.loads(spec.to_json())
+    # The next export gets version 2; an existing version is refused; no temp folder is left.
+    second = E.export_run(run["run"], run["base"], "daian", warmup_rows=0)
+    assert second.endswith(os.path.join("daian", "2"))
+    assert not os.path.exists(os.path.join(second, "assets.extra"))
+    with pytest.raises(ValueError, match="version 1 already exists"):
+        E.export_run(run["run"], run["base"], "daian", version=1)
+    with pytest.raises(ValueError, match="--name must be a plain folder name"):
+        E.export_run(run["run"], run["base"], "a/b")
+    assert sorted(os.listdir(os.path.join(run["base"], "daian"))) == ["1", "2"]
+
+
+def test_signatures_match_the_keras_model(run, exported):
+    model, spec, _ = load_run(run["run"])
+    records = E.read_eval_records(run["data"], 64)
+    want = offline_scores(model, spec, records)
+    loaded = tf.saved_model.load(exported)  # plain load, no custom objects
+    got = loaded.signatures["serving_default"](examples=tf.constant(records))
+    np.testing.assert_allclose(got["ctr"].numpy(), want["ctr"], atol=1e-6)
+    np.testing.assert_allclose(got["intent"].numpy(), want["intent"], atol=1e-6)
+    assert np.allclose(got["intent"].numpy().sum(axis=1), 1.0, atol=1e-5)
+    parse = {k: v for k, v in spec.parse_example_spec(include_label=False).items()
+             if k in model_input_names(spec)}
+    tensors = tf.io.parse_example(tf.constant(records), parse)
+    raw = loaded.signatures["predict"](**tensors)
+    np.testing.assert_allclose(raw["ctr"].numpy(), want["ctr"], atol=1e-6)
+    cls = loaded.signatures["classify"](inputs=tf.constant(records))
+    np.testing.assert_allclose(cls["scores"].numpy()[:, 1], want["ctr"][:, 0], atol=1e-6)
+    np.testing.assert_allclose(cls["scores"].numpy().sum(axis=1), 1.0, atol=1e-6)
+    assert cls["classes"].numpy()[0].tolist() == [b"0", b"1"]
+    reg = loaded.signatures["regress"](inputs=tf.constant(records))
+    np.testing.assert_allclose(reg["outputs"].numpy(), want["ctr"][:, 0], atol=1e-6)
+    # A record missing a model input is rejected by the parser, naming the feature.
+    ex = tf.train.Example.FromString(records[0])
+    del ex.features.feature["hist_item_ids"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="hist_item_ids"):
+        loaded.signatures["serving_default"](examples=tf.constant([ex.SerializeToString()]))
+
+
+def test_warmup_records_replay(run, exported):
+    loaded = tf.saved_model.load(exported)
+    path = os.path.join(exported, "assets.extra", E.WARMUP_FILE)
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(path)]
+    assert [(lg.predict_log.request.model_spec.signature_name,
+             len(lg.predict_log.request.inputs)) for lg in logs][:2] == [
+        ("serving_default", 1), ("predict", len(model_input_names(load_run(run["run"])[1])))]
+    for lg in logs:
+        req = lg.predict_log.request
+        assert req.model_spec.name == "daian"
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in req.inputs.items()}
+        out = loaded.signatures[req.model_spec.signature_name](**inputs)
+        assert np.all(np.isfinite(out["ctr"].numpy()))
+
+
+def test_request_round_trip_and_errors(run, exported):
+    _, spec, _ = load_run(run["run"])
+    records = E.read_eval_records(run["data"], 500)
+    rid = tf.io.parse_example(tf.constant(records), {"request_id": tf.io.FixedLenFeature([], tf.string)})
+    rid = rid["request_id"].numpy()
+    req = C.request_from_records(spec, records, rid[0].decode())
+    rows = np.flatnonzero(rid == rid[0])
+    assert len(req["candidates"]) == len(rows)
+    json.dumps(req)  # JSON-able
+    feats = C.request_features(spec, req)
+    # The features rebuilt from the request equal the pipeline's own rows of that request.
+    parse = {k: v for k, v in spec.parse_example_spec(include_label=False).items()
+             if k in model_input_names(spec)}
+    cols = {k: v.numpy() for k, v in tf.io.parse_example(tf.constant(records), parse).items()}
+    for name in model_input_names(spec):
+        np.testing.assert_array_equal(feats[name], cols[name][rows], err_msg=name)
+    # The schema read from the served signature equals the one from the spec.
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString(open(os.path.join(exported, "saved_model.pb"), "rb").read())
+    sig = json_format.MessageToDict(sm.meta_graphs[0].signature_def["predict"])
+    from_sig = C.RequestSchema.from_signature(sig)
+    from_spec = C.RequestSchema.from_spec(spec)
+    assert (from_sig.dtypes, from_sig.seq_len) == (from_spec.dtypes, from_spec.seq_len)
+    # Examples built by the client score like the pipeline's records.
+    loaded = tf.saved_model.load(exported)
+    a = loaded.signatures["serving_default"](examples=tf.constant(C.to_examples(feats)))["ctr"].numpy()
+    b = loaded.signatures["serving_default"](
+        examples=tf.constant([records[i] for i in rows]))["ctr"].numpy()
+    np.testing.assert_allclose(a, b, atol=1e-7)
+
+    bad = json.loads(json.dumps(req))
+    del bad["candidates"][0]["cate_id"]
+    with pytest.raises(ValueError, match=r"candidates\[0\]\.cate_id is missing"):
+        C.request_features(spec, bad)
+    bad = json.loads(json.dumps(req))
+    bad["user"]["user_id"] = "u1"
+    with pytest.raises(ValueError, match=r"user\.user_id must be an integer; received 'u1'"):
+        C.request_features(spec, bad)
+    with pytest.raises(ValueError, match="candidates must be a non-empty list"):
+        C.request_features(spec, {**req, "candidates": []})
+    with pytest.raises(ValueError, match=r"unknown keys \['extra'\]"):
+        C.request_features(spec, {**req, "extra": 1})
+    long = {**req, "history": [{"item_id": 1, "ts": 10, **{f: 0 for f in from_spec.item_fields}}] * 30}
+    assert C.request_features(spec, long)["hist_ts"].shape[1] == spec.max_seq_len
+    no_trigger = {**req, "trigger": None}
+    f = C.request_features(spec, no_trigger)
+    assert f["has_trigger"].tolist() == [0] * len(req["candidates"])
