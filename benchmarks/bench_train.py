@@ -1,15 +1,26 @@
 """Training benchmark at the paper's config on this machine's CPUs.
 
-    python benchmarks/bench_train.py [--users 2000] [--steps 20] [--work DIR] [--skip-big-table]
+    python benchmarks/bench_train.py [--precision both|float32|mixed_bfloat16] [--rounds 3]
+        [--steps 5] [--set KEY=VALUE ...] [--users 2000] [--work DIR] [--skip-big-table]
+
+``--set`` overrides a ``model.`` setting of DAIAN (e.g. ``--set explicit_len=20 --set
+uim_attention=mhta``); DIN always runs with the defaults.
 
 Measures, for DIN and DAIAN (joint stage, the heaviest), at batch 4096, Adagrad 0.05, tower
-512-256-128, attention 128 x 4, sequence length 50:
-  * ms per training step and examples/s (input excluded: one cached batch repeated);
+512-256-128, attention 128 x 4, sequence length 50, at each precision (``train.precision``:
+float32 and/or mixed_bfloat16):
+  * ms per training step and examples/s (input excluded: one cached batch repeated). All
+    (model, precision) variants are built first, then timed interleaved for ``--rounds`` rounds
+    of ``--steps`` steps; each reports its fastest round (the machine may be shared);
+  * the DAIAN/DIN step-time ratio per precision (and mixed DAIAN over float32 DIN);
   * the tf.data input pipeline alone (read, parse, batch), examples/s;
-  * forward FLOPs per example (TensorFlow's graph profiler) and achieved GFLOP/s, counting a
-    training step as 3x the forward FLOPs, against the 4096^3 fp32 matmul ceiling measured here;
+  * forward FLOPs per example (TensorFlow's graph profiler, counted on the padded graph,
+    ``explicit_buckets=0``, whose shapes are static; the bucketed graph runs fewer) and the
+    achieved GFLOP/s, counting a training step as 3x the forward FLOPs, against the 4096^3
+    matmul ceiling measured here (float32 and bfloat16);
   * peak RSS of a DIN run whose item table has 2^24 rows in 8 shards (a subprocess).
-Prints JSON and writes ``--work/bench_train.json``.
+Prints JSON and writes ``--work/bench_train.json``: one section per precision, e.g.
+``out["float32"]["daian"]["ms_per_step"]`` and ``out["float32"]["daian_over_din_step_time"]``.
 """
 from __future__ import annotations
 
@@ -26,10 +37,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import yaml  # noqa: E402
 
 from tirec.features.spec import TableSpec  # noqa: E402
 from tirec.models.base import STAGE_JOINT, model_input_names  # noqa: E402
-from tirec.models.config import ModelConfig  # noqa: E402
+from tirec.models.config import PRECISIONS, ModelConfig, model_config_from_dict  # noqa: E402
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset  # noqa: E402
 from tirec.models.train import build_model  # noqa: E402
 
@@ -47,8 +59,8 @@ def _data(work: str, users: int) -> str:
     return out
 
 
-def _matmul_ceiling() -> float:
-    a = tf.random.normal([4096, 4096])
+def _matmul_ceiling(dtype=tf.float32) -> float:
+    a = tf.cast(tf.random.normal([4096, 4096]), dtype)
     f = tf.function(lambda: tf.matmul(a, a))
     f()
     t = time.perf_counter()
@@ -66,28 +78,70 @@ def _forward_flops(model, x) -> float:
     return float(prof.total_float_ops)
 
 
-def bench_model(name: str, data: str, steps: int) -> dict:
+def _batch(data: str):
+    spec = load_data_spec(data)
+    names = set(model_input_names(spec))
+    x, y = next(iter(make_dataset(data, "train", spec, BATCH)))
+    return {k: v for k, v in x.items() if k in names}, y
+
+
+def build_step(name: str, data: str, precision: str, x, y, **overrides):
+    """A traced joint-stage train step of ``name`` at ``precision`` (run twice: trace + build)."""
     spec = load_data_spec(data)
     ids, vecs, _ = load_item_vectors(data)
-    model = build_model(name, spec, ModelConfig(name=name), ids, vecs)
+    model = build_model(name, spec, model_config_from_dict({"name": name, **overrides}), ids, vecs, precision)
     model.set_stage(STAGE_JOINT)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05),
                   uim_optimizer=tf.keras.optimizers.Adagrad(0.005))
-    names = set(model_input_names(spec))
-    x, y = next(iter(make_dataset(data, "train", spec, BATCH)))
-    x = {k: v for k, v in x.items() if k in names}
     step = tf.function(model.train_step)
-    step((x, y))  # trace + build
+    for _ in range(2):
+        float(step((x, y))["loss"])
+    return model, step
+
+
+def time_steps(step, x, y, steps: int) -> float:
+    """Seconds per step over ``steps`` steps."""
     t = time.perf_counter()
     for _ in range(steps):
         logs = step((x, y))
     float(logs["loss"])
-    sec = (time.perf_counter() - t) / steps
-    flops = _forward_flops(model, x)
-    return {"ms_per_step": round(sec * 1000, 1), "examples_per_s": round(BATCH / sec),
-            "forward_mflop_per_example": round(flops / 1e6, 3),
-            "train_gflop_per_s": round(3 * flops * BATCH / sec / 1e9, 2),
-            "params": int(sum(np.prod(v.shape) for v in model.trainable_variables))}
+    return (time.perf_counter() - t) / steps
+
+
+def bench_models(data: str, precisions: list[str], steps: int, rounds: int,
+                 daian_overrides: dict | None = None) -> dict:
+    """DIN and DAIAN at each precision, timed interleaved; the fastest round of each."""
+    x, y = _batch(data)
+    overrides = {"din": {}, "daian": dict(daian_overrides or {})}
+    variants = {(p, name): build_step(name, data, p, x, y, **overrides[name])
+                for p in precisions for name in ("din", "daian")}
+    best = {k: float("inf") for k in variants}
+    for _ in range(rounds):
+        for key, (_, step) in variants.items():
+            best[key] = min(best[key], time_steps(step, x, y, steps))
+    flops = {}
+    for name in ("din", "daian"):
+        spec = load_data_spec(data)
+        ids, vecs, _ = load_item_vectors(data)
+        padded = build_model(name, spec, model_config_from_dict({"name": name, **overrides[name],
+                                                                  "explicit_buckets": 0}), ids, vecs)
+        flops[name] = _forward_flops(padded, x)
+    out = {}
+    for p in precisions:
+        sec = {}
+        for name in ("din", "daian"):
+            model, _ = variants[(p, name)]
+            sec[name] = best[(p, name)]
+            out.setdefault(p, {})[name] = {
+                "ms_per_step": round(sec[name] * 1000, 1), "examples_per_s": round(BATCH / sec[name]),
+                "forward_mflop_per_example": round(flops[name] / 1e6, 3),
+                "train_gflop_per_s": round(3 * flops[name] * BATCH / sec[name] / 1e9, 2),
+                "params": int(sum(np.prod(v.shape) for v in model.trainable_variables))}
+        out[p]["daian_over_din_step_time"] = round(sec["daian"] / sec["din"], 2)
+    if "float32" in out and "mixed_bfloat16" in out:
+        out["mixed_bfloat16"]["daian_over_float32_din_step_time"] = round(
+            best[("mixed_bfloat16", "daian")] / best[("float32", "din")], 2)
+    return out
 
 
 def bench_input(data: str, batches: int) -> dict:
@@ -124,7 +178,11 @@ def big_table_child(data: str, steps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the fastest counts")
+    ap.add_argument("--precision", choices=("both",) + PRECISIONS, default="both")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a DAIAN model setting, e.g. explicit_len=20 (repeatable)")
     ap.add_argument("--work", default="/tmp/tirec_bench_train")
     ap.add_argument("--skip-big-table", action="store_true")
     ap.add_argument("--big-table-child", action="store_true", help=argparse.SUPPRESS)
@@ -133,16 +191,27 @@ def main() -> None:
     if args.big_table_child:
         big_table_child(data, args.steps)
         return
-    out = {"batch": BATCH, "cpus": os.cpu_count(), "matmul_4096_gflop_per_s": round(_matmul_ceiling(), 1)}
-    for name in ("din", "daian"):
-        out[name] = bench_model(name, data, args.steps)
-    out["daian_over_din_step_time"] = round(out["daian"]["ms_per_step"] / out["din"]["ms_per_step"], 2)
+    precisions = list(PRECISIONS) if args.precision == "both" else [args.precision]
+    out = {"batch": BATCH, "cpus": os.cpu_count(),
+           "matmul_4096_gflop_per_s": round(_matmul_ceiling(), 1),
+           "matmul_4096_bf16_gflop_per_s": round(_matmul_ceiling(tf.bfloat16), 1),
+           "steps_per_round": args.steps, "rounds": args.rounds}
+    daian_overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        daian_overrides[key.strip()] = yaml.safe_load(value)
+    if daian_overrides:
+        out["daian_settings"] = daian_overrides
+    out.update(bench_models(data, precisions, args.steps, args.rounds, daian_overrides))
     out["input_pipeline"] = bench_input(data, 20)
-    out["input_over_daian_trainer"] = round(out["input_pipeline"]["examples_per_s"]
-                                            / out["daian"]["examples_per_s"], 1)
-    for name in ("din", "daian"):
-        out[name]["fraction_of_matmul_ceiling"] = round(
-            out[name]["train_gflop_per_s"] / out["matmul_4096_gflop_per_s"], 3)
+    for p in precisions:
+        out[p]["input_over_daian_trainer"] = round(out["input_pipeline"]["examples_per_s"]
+                                                   / out[p]["daian"]["examples_per_s"], 1)
+        ceiling = out["matmul_4096_gflop_per_s" if p == "float32" else "matmul_4096_bf16_gflop_per_s"]
+        for name in ("din", "daian"):
+            out[p][name]["fraction_of_matmul_ceiling"] = round(out[p][name]["train_gflop_per_s"] / ceiling, 3)
     if not args.skip_big_table:
         res = subprocess.run([sys.executable, __file__, "--work", args.work, "--users", str(args.users),
                               "--steps", "5", "--big-table-child"], capture_output=True, text=True)

@@ -12,22 +12,43 @@ KL, stage ``2`` trains the rest on BCE with the ground-truth intent fed in, stag
 everything on BCE with a second, slower optimizer for the intent model (MODELS.md §1.8).
 Single-stage models always run in stage ``3`` semantics with one optimizer.
 
+Precision: a model takes the Keras global dtype policy in force when it is built (see
+:func:`precision_scope`, used by ``tirec.models.train.build_model``). Under ``mixed_bfloat16``
+its layers compute in bfloat16 while every variable (embedding tables and the frozen item
+table included) stays float32; the frozen multimodal vectors, the similarities and the explicit
+mask built from them, softmaxes, losses, metrics and the ``ctr``/``intent`` outputs are float32.
+
 Loss scaling: each replica computes the mean loss of its local batch and divides it by the
 number of replicas, so that the all-reduced (summed) gradients equal the gradient of the global
 mean loss.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
 from tirec.features.spec import FeatureSpec
-from tirec.models.config import ModelConfig, model_config_from_dict
+from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
 from tirec.models.layers import FrozenItemTable, HashedEmbedding
 
 keras = tf.keras
 
 STAGE_UIM, STAGE_DIE, STAGE_JOINT = 1, 2, 3
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str = "float32"):
+    """Sets the Keras global dtype policy to ``precision`` (``float32`` or ``mixed_bfloat16``)
+    for the duration of the block, e.g. while a model is built; restores the previous one."""
+    check_precision(precision)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def item_fields(spec: FeatureSpec) -> list[str]:
@@ -127,16 +148,23 @@ class TirModel(keras.Model):
 
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
+        # The layers take the global policy; the model itself stays float32 so that Keras does
+        # not cast its float inputs (stage 2's ground-truth intent) to bfloat16.
+        policy = keras.mixed_precision.global_policy()
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        self.precision = policy.name
+        self.layer_dtype = tf.as_dtype(policy.compute_dtype)
         self.spec = spec
         self.model_config = model_config
         self.num_items, self.item_dim = int(num_items), int(item_dim)
         self.stage = STAGE_JOINT
         self.leakage_guard = True
-        self.items = FrozenItemTable(num_items=self.num_items, dim=self.item_dim, name="items")
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.auc_tracker = keras.metrics.AUC(name="auc", num_thresholds=2000)
-        self.kl_tracker = keras.metrics.Mean(name="intent_kl")
+        self.items = FrozenItemTable(num_items=self.num_items, dim=self.item_dim, name="items",
+                                     dtype="float32")
+        self.loss_tracker = keras.metrics.Mean(name="loss", dtype="float32")
+        self.auc_tracker = keras.metrics.AUC(name="auc", num_thresholds=2000, dtype="float32")
+        self.kl_tracker = keras.metrics.Mean(name="intent_kl", dtype="float32")
         self.uim_optimizer = None
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -256,14 +284,16 @@ class TirModel(keras.Model):
         import dataclasses
 
         return {"spec_json": self.spec.to_json(), "model_config": dataclasses.asdict(self.model_config),
-                "num_items": self.num_items, "item_dim": self.item_dim, "name": self.name}
+                "num_items": self.num_items, "item_dim": self.item_dim, "name": self.name,
+                "precision": self.precision}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         spec = FeatureSpec.from_json(config.pop("spec_json"))
         model_config = model_config_from_dict(config.pop("model_config"))
-        return cls(spec=spec, model_config=model_config, **config)
+        with precision_scope(config.pop("precision", "float32")):
+            return cls(spec=spec, model_config=model_config, **config)
 
 
 def intent_kl(true: tf.Tensor, pred: tf.Tensor, eps: float = 1e-8) -> tf.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 STRATEGIES = ("default", "mirrored", "multiworker", "ps")
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +26,22 @@ class ModelConfig:
       dropout: tower dropout.
       use_uim / use_die / use_sein: DAIAN ablation switches (MODELS.md §1.9).
       uim_hidden: UIM MLP sizes (then n levels).
+      uim_attention: the UIM's history pooling ``h_S`` (MODELS.md §1.2): ``din``
+        (DinAttention(e_t, E_S), default) or ``mhta`` ([X] MultiHeadTargetAttention with
+        att_units x att_heads; about 15 % less DAIAN step time at the paper config, other
+        numerics).
       i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), MODELS.md §1.3.
       sim_bins: buckets of the semantic similarity embedding (§1.5).
       sim_fusion: ``norm_ratio`` or ``additive`` (§1.5 variant).
       gate_inputs: ``intent`` (x = [e_sim ‖ sg(y)]) or ``intent_interest`` (also sg(v_imp), sg(v_exp)).
       gamma: Gate NU scale.
+      explicit_len: [X] cap on the explicit subsequence ``S'`` (MODELS.md §1.4, ``L' = 50``):
+        keep its first (most recent) ``explicit_len`` behaviours. At or above the sequence
+        length it changes nothing.
+      explicit_buckets: how the explicit branch (MHSA + MHTA over ``S'``) runs; the outputs
+        are the same up to float rounding: ``0`` on the padded history (the straightforward
+        path), ``1`` on ``S'`` compacted to the batch's longest, ``k > 1`` on ``k`` groups of
+        samples of similar ``|S'|`` (the fastest; see ``tirec.models.layers.sequence``).
     """
 
     name: str = "daian"
@@ -45,11 +57,14 @@ class ModelConfig:
     use_die: bool = True
     use_sein: bool = True
     uim_hidden: tuple[int, ...] = (256, 128)
+    uim_attention: str = "din"
     i2e_fusion: str = "concat"
     sim_bins: int = 20
     sim_fusion: str = "norm_ratio"
     gate_inputs: str = "intent"
     gamma: float = 2.0
+    explicit_len: int = 50
+    explicit_buckets: int = 8
 
     def validate(self) -> None:
         def bad(field, why):
@@ -65,6 +80,8 @@ class ModelConfig:
             bad("activation", "must be relu or dice")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
+        if self.uim_attention not in ("din", "mhta"):
+            bad("uim_attention", "must be din or mhta")
         if self.i2e_fusion not in ("concat", "add"):
             bad("i2e_fusion", "must be concat or add")
         if self.sim_fusion not in ("norm_ratio", "additive"):
@@ -75,6 +92,12 @@ class ModelConfig:
             bad("sim_bins", "must be >= 2")
         if not self.tower:
             bad("tower", "needs at least one layer")
+        if isinstance(self.explicit_len, bool) or not isinstance(self.explicit_len, int) \
+                or self.explicit_len < 1:
+            bad("explicit_len", "must be an integer >= 1")
+        if isinstance(self.explicit_buckets, bool) or not isinstance(self.explicit_buckets, int) \
+                or self.explicit_buckets < 0:
+            bad("explicit_buckets", "must be an integer >= 0 (0 = no compaction)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +119,10 @@ class TrainConfig:
       backup_every_steps: BackupAndRestore frequency; a killed run resumes from the last backup
         step of the interrupted epoch.
       seed: random seed.
+      precision: ``float32``, or ``mixed_bfloat16`` (the Keras mixed precision policy: layers
+        compute in bfloat16, so matmuls use AMX on CPUs that have it and tensor cores on GPUs;
+        variables, embedding tables, the frozen item table, softmaxes, losses, metrics and the
+        ``ctr``/``intent`` outputs stay float32).
     """
 
     batch_size: int = 4096
@@ -111,6 +138,7 @@ class TrainConfig:
     early_stopping_patience: int = 0
     backup_every_steps: int = 200
     seed: int = 0
+    precision: str = "float32"
 
     def validate(self) -> None:
         def bad(field, why):
@@ -134,6 +162,14 @@ class TrainConfig:
             bad("backup_every_steps", "must be >= 1")
         if not 0 < self.uim_lr_scale <= 1:
             bad("uim_lr_scale", "must be in (0, 1]")
+        check_precision(self.precision, "train.precision")
+
+
+def check_precision(precision, what: str = "precision") -> str:
+    """Returns ``precision`` if it is one of :data:`PRECISIONS`, else raises a ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{what}: must be one of {', '.join(PRECISIONS)}; received {precision!r}")
+    return precision
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:

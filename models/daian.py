@@ -2,15 +2,18 @@
 
 Modules (MODELS.md §1; [X] marks reconstructions, each a ModelConfig switch):
 
-* **UIM** (§1.2) — its own embedding tables; ``h_S = DinAttention(e_t, E_S)``,
+* **UIM** (§1.2) — its own embedding tables; ``h_S = DinAttention(e_t, E_S)`` (or
+  ``MHTA(e_t, E_S)`` with ``uim_attention=mhta``, [X], cheaper),
   ``ŷ = softmax(MLP([E_u ‖ h_S ‖ e_t]))`` over the n similarity levels. ``use_uim=False``
   replaces it by a scalar sigmoid intent (DIHN style) read as the 2-bin distribution
   [below tau, at/above tau].
 * **I2E** (§1.3) — ``q_I = W[e_t ‖ ŷ]`` (``i2e_fusion=concat``) or ``e_t + Wŷ`` (``add``);
   ``v_imp = MHTA(q_I, E_S)``.
 * **Explicit intent** (§1.4) — behaviours whose multimodal similarity to the trigger is >= tau
-  (computed in the graph from the frozen multimodal table, tau from the FeatureSpec);
-  ``v_exp = MHTA(e_i, MHSA(E_S'))``, 0 when S' is empty.
+  (computed in the graph from the frozen multimodal table, tau from the FeatureSpec), at most
+  ``explicit_len`` of them (the most recent); ``v_exp = MHTA(e_i, MHSA(E_S'))``, 0 when S' is
+  empty. ``S'`` is compacted and the samples grouped by ``|S'|`` (``explicit_buckets``), which
+  changes only the speed (``tirec.models.layers.sequence``).
 * **Hybrid similarity enhancer** (§1.5) — ``s_sem = cos(m_t, m_i)``; ``h_id = p_t ⊙ p_i`` with
   ``p_x = MLP(sg(e_x^id))``; ``e_s = Emb(bucket(s_sem))``; norm-ratio fusion
   ``α = ‖sg(h_id)‖ / (‖sg(h_id)‖ + ‖e_s‖ + ε)``, ``e_sim = α h_id + (1-α) e_s``.
@@ -18,8 +21,8 @@ Modules (MODELS.md §1; [X] marks reconstructions, each a ModelConfig switch):
   ``u_exp = w_exp ⊙ v_exp``, ``u_imp = w_imp ⊙ v_imp``.
 * **Prediction** (§1.7) — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN ‖ u_exp ‖ u_imp ‖ e_sim ‖ s_sem]))``.
 
-Outputs ``{"ctr": [B, 1], "intent": [B, k]}`` (k = n, or 2 without the UIM). Training stages
-are handled by :class:`tirec.models.base.TirModel`.
+Outputs ``{"ctr": [B, 1], "intent": [B, k]}`` (k = n, or 2 without the UIM), float32 under
+mixed precision too. Training stages are handled by :class:`tirec.models.base.TirModel`.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from tirec.models.base import STAGE_DIE, FeatureEmbedder, TirModel
 from tirec.models.config import ModelConfig
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
+from tirec.models.layers.sequence import length_bucketed
 from tirec.models.registry import register_model
 
 keras = tf.keras
@@ -41,23 +45,34 @@ keras = tf.keras
 class UserIntentModel(keras.layers.Layer):
     """UIM: predicts the request's intent distribution from user, trigger and history.
 
-    Has its own embedding tables (its objective differs from the CTR objective).
+    Has its own embedding tables (its objective differs from the CTR objective). ``attention``
+    picks ``h_S``: ``din`` (DinAttention, the default) or ``mhta`` (MultiHeadTargetAttention with
+    ``att_units`` x ``att_heads``), the two options of MODELS.md §1.2.
     """
 
     def __init__(self, spec_json: str, emb_dim: int, shards: int, hidden: tuple, out_dim: int,
-                 scalar: bool = False, **kwargs):
+                 scalar: bool = False, attention: str = "din", att_units: int = 128,
+                 att_heads: int = 4, **kwargs):
         super().__init__(**kwargs)
         self.spec_json, self.emb_dim, self.shards = spec_json, emb_dim, shards
         self.hidden, self.out_dim, self.scalar = tuple(hidden), out_dim, scalar
+        self.attention, self.att_units, self.att_heads = attention, att_units, att_heads
         self.embed = FeatureEmbedder(spec_json, emb_dim, shards, context=False, name="uim_embed")
-        self.att = DinAttention(name="uim_attention")
+        if attention == "mhta":
+            self.att = MultiHeadTargetAttention(att_units, att_heads, name="uim_attention")
+        else:
+            self.att = DinAttention(name="uim_attention")
         self.mlp = MLP(self.hidden, output_logit=False, name="uim_mlp")
         self.head = keras.layers.Dense(1 if scalar else out_dim, name="uim_head")
 
     def call(self, inputs, training=False):
         e = self.embed(inputs)
-        h = self.att(e["trigger"], e["hist"], e["mask"], training=training)
+        if self.attention == "mhta":
+            h = self.att(e["trigger"], e["hist"], e["mask"])
+        else:
+            h = self.att(e["trigger"], e["hist"], e["mask"], training=training)
         z = self.head(self.mlp(tf.concat([e["user"], h, e["trigger"]], axis=-1), training=training))
+        z = tf.cast(z, tf.float32)  # the intent distribution is float32 under mixed precision
         if self.scalar:
             p = tf.sigmoid(z)
             return tf.concat([1.0 - p, p], axis=-1)
@@ -66,7 +81,8 @@ class UserIntentModel(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "spec_json": self.spec_json, "emb_dim": self.emb_dim,
                 "shards": self.shards, "hidden": list(self.hidden), "out_dim": self.out_dim,
-                "scalar": self.scalar}
+                "scalar": self.scalar, "attention": self.attention, "att_units": self.att_units,
+                "att_heads": self.att_heads}
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -94,7 +110,8 @@ class DAIAN(TirModel):
         k = proj.shape[1]
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         self.uim = UserIntentModel(spec.to_json(), c.emb_dim, c.table_shards, c.uim_hidden, k,
-                                   scalar=not c.use_uim, name="uim")
+                                   scalar=not c.use_uim, attention=c.uim_attention,
+                                   att_units=c.att_units, att_heads=c.att_heads, name="uim")
         act = "dice" if c.activation == "dice" else "sigmoid"
         self.din_att = DinAttention(hidden_units=c.din_hidden, activation=act, name="din_attention")
         if c.use_die:
@@ -114,8 +131,14 @@ class DAIAN(TirModel):
         """The ground-truth distribution in the UIM's output space."""
         return tf.matmul(tf.cast(dist, tf.float32), self.intent_projection)
 
+    def _explicit_interest(self, rows, sequences, mask):
+        """v_exp = MHTA(e_i, MHSA(E_S')) for a group of samples (MODELS.md §1.4)."""
+        (target,), (hist,) = rows, sequences
+        return self.exp_target(target, self.exp_self(hist, mask), mask)
+
     def forward(self, inputs, training=False):
         c = self.model_config
+        dtype = self.layer_dtype
         e = self.embed(inputs)
         mask = e["mask"]
         has_trig = tf.cast(inputs["has_trigger"], tf.bool)
@@ -126,6 +149,7 @@ class DAIAN(TirModel):
             intent = pred_intent
 
         # Multimodal vectors from the frozen table (unknown items: zero vector -> similarity 0).
+        # Float32 whatever the precision, so the explicit mask and the buckets do not move.
         m_t, _ = self.items(inputs["trigger_item_id"])
         m_i, _ = self.items(inputs["target_item_id"])
         s_sem = tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * tf.cast(has_trig[:, None], tf.float32)
@@ -133,16 +157,21 @@ class DAIAN(TirModel):
         v_din = self.din_att(e["target"], e["hist"], mask, training=training)
         parts = [e["user"], e["context"], e["target"], e["trigger"], v_din]
         if c.use_die:
+            intent_c = tf.cast(intent, dtype)
             if c.i2e_fusion == "concat":
-                q = self.i2e_query(tf.concat([e["trigger"], intent], axis=-1))
+                q = self.i2e_query(tf.concat([e["trigger"], intent_c], axis=-1))
             else:
-                q = e["trigger"] + self.i2e_query(intent)
+                q = e["trigger"] + self.i2e_query(intent_c)
             v_imp = self.i2e_att(q, e["hist"], mask)
             m_hist, _ = self.items(inputs["hist_item_ids"])
             hist_sim = tf.reduce_sum(m_hist * m_t[:, None, :], axis=-1)
             explicit = mask & (hist_sim >= self.tau) & has_trig[:, None]
-            s_hat = self.exp_self(e["hist"], explicit)
-            v_exp = self.exp_target(e["target"], s_hat, explicit)
+            max_len = c.explicit_len if c.explicit_len < self.spec.max_seq_len else None
+            if not (self.exp_self.built and self.exp_target.built):
+                # Build outside length_bucketed's tf.cond branches.
+                self._explicit_interest([e["target"][:1]], [e["hist"][:1]], explicit[:1])
+            v_exp = length_bucketed(self._explicit_interest, [e["target"]], [e["hist"]], explicit,
+                                    buckets=c.explicit_buckets, max_len=max_len)
             u_exp, u_imp = v_exp, v_imp
         if c.use_sein:
             p_t = self.proj(tf.stop_gradient(e["trigger_id"]), training=training)
@@ -152,16 +181,16 @@ class DAIAN(TirModel):
                 tf.cast(tf.floor((s_sem[:, 0] - self.sim_lo) / (self.sim_hi - self.sim_lo) * c.sim_bins),
                         tf.int32), 0, c.sim_bins - 1)
             e_s = self.sim_bins(bucket)
-            n_id = tf.norm(tf.stop_gradient(h_id), axis=-1, keepdims=True)
-            n_s = tf.norm(e_s, axis=-1, keepdims=True)
+            n_id = tf.norm(tf.stop_gradient(tf.cast(h_id, tf.float32)), axis=-1, keepdims=True)
+            n_s = tf.norm(tf.cast(e_s, tf.float32), axis=-1, keepdims=True)
             if c.sim_fusion == "norm_ratio":
-                alpha = n_id / (n_id + n_s + 1e-8)
+                alpha = tf.cast(n_id / (n_id + n_s + 1e-8), dtype)
                 e_sim = alpha * h_id + (1.0 - alpha) * e_s
             else:
-                e_sim = h_id + tf.math.divide_no_nan(n_id, n_s) * e_s
+                e_sim = h_id + tf.cast(tf.math.divide_no_nan(n_id, n_s), dtype) * e_s
             parts.append(e_sim)
             if c.use_die:
-                gate_in = [e_sim, tf.stop_gradient(intent)]
+                gate_in = [e_sim, tf.stop_gradient(tf.cast(intent, dtype))]
                 if c.gate_inputs == "intent_interest":
                     gate_in += [tf.stop_gradient(v_imp), tf.stop_gradient(v_exp)]
                 w = self.gate(tf.concat(gate_in, axis=-1))
@@ -170,8 +199,8 @@ class DAIAN(TirModel):
         if c.use_die:
             parts += [u_exp, u_imp]
         parts.append(s_sem)
-        logit = self.tower(tf.concat(parts, axis=-1), training=training)
-        return {"ctr": tf.sigmoid(logit), "intent": pred_intent}
+        logit = self.tower(tf.concat([tf.cast(p, dtype) for p in parts], axis=-1), training=training)
+        return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32)), "intent": pred_intent}
 
 
 @register_model("daian")

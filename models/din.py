@@ -39,7 +39,8 @@ class DIN(TirModel):
         e = self.embed(inputs)
         v_din = self.din_att(e["target"], e["hist"], e["mask"], training=training)
         z = tf.concat([e["user"], e["context"], e["target"], e["trigger"], v_din], axis=-1)
-        return {"ctr": tf.sigmoid(self.tower(z, training=training))}
+        logit = self.tower(z, training=training)
+        return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 
 
 @register_model("din")

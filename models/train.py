@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from tirec.features.spec import FeatureSpec
 from tirec.models import metrics as M
-from tirec.models.base import STAGE_DIE, STAGE_JOINT, STAGE_UIM, model_input_names
-from tirec.models.config import ModelConfig, TrainConfig, model_config_from_dict
+from tirec.models.base import STAGE_DIE, STAGE_JOINT, STAGE_UIM, model_input_names, precision_scope
+from tirec.models.config import ModelConfig, TrainConfig, check_precision, model_config_from_dict
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder
 
@@ -128,9 +128,16 @@ def _require_tf_config(name: str) -> None:
 # ---- model ------------------------------------------------------------------------------------
 
 def build_model(name: str, spec: FeatureSpec, model_cfg: ModelConfig, item_ids: np.ndarray,
-                item_vectors: np.ndarray):
+                item_vectors: np.ndarray, precision: str = "float32"):
+    """Builds registered model ``name`` with its frozen item table filled.
+
+    ``precision`` (``float32`` or ``mixed_bfloat16``) is the Keras dtype policy its layers
+    compute in; variables are float32 either way, so weights load across precisions.
+    """
     model_cfg.validate()
-    model = get_builder(name)(spec, model_cfg, len(item_ids), item_vectors.shape[1])
+    check_precision(precision, "precision")
+    with precision_scope(precision):
+        model = get_builder(name)(spec, model_cfg, len(item_ids), item_vectors.shape[1])
     model.set_item_vectors(item_ids, item_vectors)
     return model
 
@@ -205,7 +212,7 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     tf.keras.utils.set_random_seed(train_cfg.seed)
     log.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
     with strategy.scope():
-        model = build_model(model_name, spec, model_cfg, item_ids, item_vectors)
+        model = build_model(model_name, spec, model_cfg, item_ids, item_vectors, train_cfg.precision)
     names = model_input_names(spec)
     steps = _steps_per_epoch(data_dir, train_cfg, strategy)
     # With a known epoch length the data repeats and fit counts the steps.
@@ -330,8 +337,13 @@ def evaluate_model(model, data_dir: str, spec: FeatureSpec, batch_size: int = 40
                          intent_true=p.get("intent_true"), intent_pred=p.get("intent_pred"))
 
 
-def load_run(run_dir: str):
-    """Rebuilds a trained run's model from its config, spec, item table and final weights."""
+def load_run(run_dir: str, precision: str | None = "float32"):
+    """Rebuilds a trained run's model from its config, spec, item table and final weights.
+
+    ``precision``: the compute precision of the rebuilt model, ``float32`` (default, whatever
+    the run trained in: the weights are float32) or ``mixed_bfloat16``; None takes the run's
+    ``train.precision``.
+    """
     with tf.io.gfile.GFile(os.path.join(run_dir, "config.json")) as fh:
         cfg = json.load(fh)
     spec = FeatureSpec.load(os.path.join(run_dir, "spec.json"))
@@ -339,7 +351,9 @@ def load_run(run_dir: str):
         z = np.load(io.BytesIO(fh.read()))
         ids, vectors = z["ids"], z["vectors"]
     model_cfg = model_config_from_dict(cfg["model"])
-    model = build_model(model_cfg.name, spec, model_cfg, ids, vectors)
+    if precision is None:
+        precision = cfg.get("train", {}).get("precision", "float32")
+    model = build_model(model_cfg.name, spec, model_cfg, ids, vectors, precision)
     model.load_weights(os.path.join(run_dir, "final", "weights")).expect_partial()
     return model, spec, cfg
 

@@ -12,6 +12,11 @@ call arguments: ``[B, L]`` bool (or 0/1 ints), True at real positions.
 * :class:`GateNU` — PEPNet's gate, ``gamma * sigmoid(MLP(x))``, centred at 1.
 * :class:`MLP` — the tower (optionally ending in a logit).
 * :class:`FrozenItemTable` — a non-trainable id -> vector lookup saved with the model.
+
+:mod:`tirec.models.layers.sequence` holds exact speed-ups for masked sequence blocks:
+compaction of the real positions and length bucketing (DAIAN's explicit branch uses them).
+Under a mixed precision policy the layers compute in the policy's dtype; softmaxes, Dice and
+LayerNorm statistics stay float32, and embedding tables are float32 variables cast after lookup.
 """
 from tirec.models.layers.attention import DinAttention, MultiHeadSelfAttention, MultiHeadTargetAttention
 from tirec.models.layers.dice import Dice

@@ -62,6 +62,58 @@ def sequence_mask(mask, keys: tf.Tensor) -> tf.Tensor:
     return mask
 
 
+# Additive logit of a masked-out attention key. exp(MASK_LOGIT - max) underflows to exactly 0
+# next to any real logit, so a row with a real key gets exact zero weights at its padded keys;
+# it is finite, so a row with no real key stays NaN-free (callers zero those rows' outputs).
+MASK_LOGIT = -1e9
+
+
+def attention_bias(mask: tf.Tensor) -> tf.Tensor:
+    """float32 ``0`` where ``mask`` (bool) is True and ``MASK_LOGIT`` elsewhere (additive mask)."""
+    return tf.where(mask, tf.zeros([], tf.float32), tf.constant(MASK_LOGIT, tf.float32))
+
+
+def softmax_with_bias(scores: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """``softmax(scores + bias)`` over the last axis, computed in float32 (``scores`` may be
+    bfloat16 under mixed precision); returns float32. ``bias`` broadcasts against ``scores``."""
+    return tf.nn.softmax(tf.cast(scores, tf.float32) + bias, axis=-1)
+
+
+def low_precision(dtype) -> bool:
+    """Whether ``dtype`` is float16/bfloat16 (statistics are then computed in float32)."""
+    return tf.as_dtype(dtype) in (tf.float16, tf.bfloat16)
+
+
+def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float) -> tf.Tensor:
+    """LayerNorm over the last axis, ``(x - mean) / sqrt(var + epsilon) * gamma + beta``.
+
+    Equal to ``keras.layers.LayerNormalization`` (same variables) with a hand-written gradient,
+    ``dx = r (g' - mean(g') - x_hat mean(g' x_hat))`` with ``g' = g gamma``: a few passes over
+    ``x`` instead of the dozen of the autodiff graph. Computed in float32 (low-precision inputs
+    are cast, the output is cast back), as Keras does under mixed precision.
+    """
+    dtype = x.dtype
+    x = tf.cast(x, tf.float32)
+    gamma, beta = tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
+
+    @tf.custom_gradient
+    def norm(x, gamma, beta):
+        centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+        r = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True) + epsilon)
+        x_hat = centred * r
+
+        def grad(g):
+            axes = tf.range(tf.rank(g) - 1)
+            g_scaled = g * gamma
+            dx = r * (g_scaled - tf.reduce_mean(g_scaled, axis=-1, keepdims=True)
+                      - x_hat * tf.reduce_mean(g_scaled * x_hat, axis=-1, keepdims=True))
+            return dx, tf.reduce_sum(g * x_hat, axis=axes), tf.reduce_sum(g, axis=axes)
+
+        return x_hat * gamma + beta, grad
+
+    return tf.cast(norm(x, gamma, beta), dtype)
+
+
 def masked_softmax(scores: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Softmax over the last axis where ``mask`` (broadcastable bool) is True, 0 elsewhere.
 

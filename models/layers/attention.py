@@ -11,8 +11,9 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from tirec.models.layers._common import (check_positive_int, check_units, masked_softmax,
-                                         merge_heads, sequence_mask, split_heads)
+from tirec.models.layers._common import (attention_bias, check_positive_int, check_units,
+                                         layer_norm, masked_softmax, merge_heads, sequence_mask,
+                                         softmax_with_bias, split_heads)
 from tirec.models.layers.dice import activation_layer, apply_activation, check_activation
 
 
@@ -87,20 +88,43 @@ class DinAttention(keras.layers.Layer):
         if query.shape[-1] is not None and keys.shape[-1] is not None and query.shape[-1] != keys.shape[-1]:
             raise ValueError(f"DinAttention: `query` and `keys` must have the same last dimension. "
                              f"Received query shape {query.shape} and keys shape {keys.shape}")
+        keys = tf.cast(keys, self.compute_dtype)
+        query = tf.cast(query, self.compute_dtype)
         mask = sequence_mask(mask, keys)
-        q = tf.broadcast_to(query[:, None, :], tf.shape(keys))
-        x = tf.concat([q, keys, q - keys, q * keys], axis=-1)
-        for dense, act in zip(self.dense_layers, self.activation_layers):
+        x = self._first_layer(query, keys)
+        x = apply_activation(self.activation_layers[0], x, training=training, mask=mask)
+        for dense, act in zip(self.dense_layers[1:], self.activation_layers[1:]):
             x = apply_activation(act, dense(x), training=training, mask=mask)
         scores = tf.squeeze(self.score_layer(x), axis=-1)  # [B, L]
         if self.weight_normalization:
-            scores = masked_softmax(scores, mask)
+            scores = tf.cast(masked_softmax(tf.cast(scores, tf.float32), mask), scores.dtype)
         else:
             scores = tf.where(mask, scores, tf.zeros([], scores.dtype))
         output = tf.reduce_sum(scores[:, :, None] * keys, axis=1)
         if return_scores:
             return output, scores
         return output
+
+    def _first_layer(self, query, keys):
+        """``[q, k, q - k, q * k] W + b`` without forming the ``[B, L, 4d]`` input.
+
+        With ``W = [W_1; W_2; W_3; W_4]`` this is ``q (W_1 + W_3) + b`` (once per sample)
+        ``+ k (W_2 - W_3) + (q * k) W_4`` (per position): half the multiply-adds of the
+        concatenated form and no ``[B, L, 4d]`` tensor or its gradient.
+        """
+        dense = self.dense_layers[0]
+        d = keys.shape[-1]
+        if not dense.built:  # builds the kernel [4d, units] the usual way (same variable names)
+            dense(tf.zeros([0, 4 * d], keys.dtype))
+        w_q, w_k, w_diff, w_prod = tf.split(tf.cast(dense.kernel, keys.dtype), 4, axis=0)
+        per_sample = tf.matmul(query, w_q + w_diff)
+        if dense.use_bias:
+            per_sample = tf.nn.bias_add(per_sample, tf.cast(dense.bias, keys.dtype))
+        flat = tf.reshape(keys, [-1, d])
+        prod = tf.reshape(query[:, None, :] * keys, [-1, d])
+        per_position = tf.matmul(flat, w_k - w_diff) + tf.matmul(prod, w_prod)
+        out_shape = tf.concat([tf.shape(keys)[:2], [dense.units]], axis=0)
+        return tf.reshape(per_position, out_shape) + per_sample[:, None, :]
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -159,23 +183,45 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         self.value_dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name="value")
         self.output_dense = keras.layers.Dense(self.output_dim, use_bias=self.use_bias, name="output")
 
+    def _build_projection(self, dense, keys):
+        # key/value projections are applied through their kernels (below), not called; a call
+        # on an empty slice builds them the usual way (same variables and names).
+        if not dense.built:
+            dense(keys[:0])
+
     def call(self, query, keys, mask=None, return_scores=False):
         query, keys = tf.convert_to_tensor(query), tf.convert_to_tensor(keys)
         _check_rank("MultiHeadTargetAttention", "query", query, 2)
         _check_rank("MultiHeadTargetAttention", "keys", keys, 3)
+        dtype = self.compute_dtype
+        query, keys = tf.cast(query, dtype), tf.cast(keys, dtype)
         mask = sequence_mask(mask, keys)
-        q = split_heads(self.query_dense(query), self.heads)  # [B, H, dh]
-        k = split_heads(self.key_dense(keys), self.heads)  # [B, L, H, dh]
-        v = split_heads(self.value_dense(keys), self.heads)
-        scale = tf.cast(1.0 / math.sqrt(self.units // self.heads), q.dtype)
-        scores = tf.einsum("bhd,blhd->bhl", q, k) * scale
-        weights = masked_softmax(scores, mask[:, None, :])  # [B, H, L]
-        heads = tf.einsum("bhl,blhd->bhd", weights, v)
-        output = self.output_dense(merge_heads(heads))
+        self._build_projection(self.key_dense, keys)
+        self._build_projection(self.value_dense, keys)
+        heads, dh = self.heads, self.units // self.heads
+        dk = keys.shape[-1]
+        # One query: fold it into the key projection, q_h (K W_h^K + b_h^K)^T = K (W_h^K q_h) +
+        # q_h.b_h^K, and pool the raw keys before the value projection,
+        # sum_l w_l (K_l W_h^V + b_h^V) = (sum_l w_l K_l) W_h^V + b_h^V (the weights of a row
+        # with a real key sum to 1). No [B, L, units] projection is formed.
+        q = tf.reshape(self.query_dense(query), [-1, heads, dh])
+        q *= tf.cast(1.0 / math.sqrt(dh), q.dtype)
+        w_k = tf.reshape(tf.cast(self.key_dense.kernel, dtype), [dk, heads, dh])
+        scores = tf.matmul(tf.einsum("bhe,dhe->bhd", q, w_k), keys, transpose_b=True)  # [B, H, L]
+        if self.use_bias:
+            b_k = tf.reshape(tf.cast(self.key_dense.bias, dtype), [heads, dh])
+            scores += tf.einsum("bhe,he->bh", q, b_k)[:, :, None]
+        weights = softmax_with_bias(scores, attention_bias(mask)[:, None, :])  # float32
+        pooled = tf.matmul(tf.cast(weights, dtype), keys)  # [B, H, dk]
+        w_v = tf.reshape(tf.cast(self.value_dense.kernel, dtype), [dk, heads, dh])
+        values = tf.einsum("bhd,dhe->bhe", pooled, w_v)
+        if self.use_bias:
+            values += tf.reshape(tf.cast(self.value_dense.bias, dtype), [heads, dh])
+        output = self.output_dense(tf.reshape(values, [-1, self.units]))
         any_real = tf.reduce_any(mask, axis=1, keepdims=True)
         output = tf.where(any_real, output, tf.zeros([], output.dtype))
         if return_scores:
-            return output, weights
+            return output, tf.where(mask[:, None, :], weights, tf.zeros([], weights.dtype))
         return output
 
     def compute_mask(self, inputs, mask=None):
@@ -244,27 +290,37 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             raise ValueError(f"MultiHeadSelfAttention: inputs must be [B, L, d] with a known d. "
                              f"Received shape {input_shape}")
         if self.residual and input_shape[-1] != self.units:
-            self.residual_dense = keras.layers.Dense(self.units, use_bias=False, name="residual_projection")
+            # Built lazily: take this layer's policy, not the global one at build time.
+            self.residual_dense = keras.layers.Dense(self.units, use_bias=False, name="residual_projection",
+                                                     dtype=self.dtype_policy)
         super().build(input_shape)
 
     def call(self, inputs, mask=None, return_scores=False):
-        x = tf.convert_to_tensor(inputs)
+        x = tf.cast(tf.convert_to_tensor(inputs), self.compute_dtype)
         mask = sequence_mask(mask, x)
-        q = split_heads(self.query_dense(x), self.heads)  # [B, L, H, dh]
-        k = split_heads(self.key_dense(x), self.heads)
-        v = split_heads(self.value_dense(x), self.heads)
-        scale = tf.cast(1.0 / math.sqrt(self.units // self.heads), q.dtype)
-        scores = tf.einsum("bqhd,bkhd->bhqk", q, k) * scale
-        weights = masked_softmax(scores, mask[:, None, None, :])  # [B, H, Lq, Lk]
-        heads = tf.einsum("bhqk,bkhd->bqhd", weights, v)
+        dh = self.units // self.heads
+        # [B, H, L, dh]; the 1/sqrt(d_h) scale goes on the queries ([B, L, units]), not on the
+        # [B, H, L, L] scores.
+        q = self.query_dense(x)
+        q = tf.transpose(split_heads(q * tf.cast(1.0 / math.sqrt(dh), q.dtype), self.heads), [0, 2, 1, 3])
+        k = tf.transpose(split_heads(self.key_dense(x), self.heads), [0, 2, 1, 3])
+        v = tf.transpose(split_heads(self.value_dense(x), self.heads), [0, 2, 1, 3])
+        scores = tf.matmul(q, k, transpose_b=True)  # [B, H, Lq, Lk]
+        # Additive key mask, softmax in float32; no second masking pass: padded keys get exact
+        # zeros, and the outputs of padded queries (all of a row without a real key) are zeroed
+        # at the end.
+        weights = softmax_with_bias(scores, attention_bias(mask)[:, None, None, :])
+        heads = tf.transpose(tf.matmul(tf.cast(weights, v.dtype), v), [0, 2, 1, 3])  # [B, Lq, H, dh]
         output = self.output_dense(merge_heads(heads))
         if self.residual:
             output += self.residual_dense(x) if self.residual_dense is not None else x
         if self.norm is not None:
-            output = self.norm(output)
+            if not self.norm.built:  # creates gamma/beta the usual way (same variable names)
+                self.norm(tf.zeros([1, 1, self.units], output.dtype))
+            output = layer_norm(output, self.norm.gamma, self.norm.beta, self.norm.epsilon)
         output = tf.where(mask[:, :, None], output, tf.zeros([], output.dtype))
         if return_scores:
-            return output, weights
+            return output, tf.where(mask[:, None, None, :], weights, tf.zeros([], weights.dtype))
         return output
 
     def compute_mask(self, inputs, mask=None):

@@ -7,7 +7,7 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from tirec.models.layers._common import cond_training
+from tirec.models.layers._common import cond_training, low_precision
 
 # Activation names handled by a layer of their own rather than by ``keras.activations.get``.
 LAYER_ACTIVATIONS = ("dice", "prelu")
@@ -74,16 +74,18 @@ class Dice(keras.layers.Layer):
         if channels is None:
             raise ValueError(f"Dice: the size of axis {self.axis} must be known. "
                              f"Received input shape {input_shape}")
+        # Float32 variables, read as float32 under mixed precision too (the call computes in
+        # float32 then).
         self.alpha = self.add_weight(name="alpha", shape=[channels], initializer=self.alpha_initializer,
-                                     trainable=True)
+                                     trainable=True, experimental_autocast=False)
         self.moving_mean = self.add_weight(
             name="moving_mean", shape=[channels], initializer="zeros", trainable=False,
             synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.MEAN)
+            aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
         self.moving_variance = self.add_weight(
             name="moving_variance", shape=[channels], initializer="ones", trainable=False,
             synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.MEAN)
+            aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
         super().build(input_shape)
 
     def _broadcast(self, v: tf.Tensor, rank: int, dtype) -> tf.Tensor:
@@ -115,6 +117,9 @@ class Dice(keras.layers.Layer):
 
     def call(self, inputs, training=None, mask=None):
         x = tf.convert_to_tensor(inputs)
+        if low_precision(x.dtype):
+            # Mixed precision: statistics and activation in float32, as Keras batch norm does.
+            return tf.cast(self.call(tf.cast(x, tf.float32), training=training, mask=mask), x.dtype)
         rank = x.shape.rank
 
         def batch_stats():

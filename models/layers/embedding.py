@@ -114,16 +114,20 @@ class HashedEmbedding(keras.layers.Layer):
         return cls(num_buckets=table.num_buckets, dim=table.dim, shards=table.shards, **kwargs)
 
     def build(self, input_shape=None):
+        # Under a mixed precision policy the table stays a float32 variable that is not cast as a
+        # whole: rows are looked up in float32 and only the output is cast (as keras Embedding).
         if _under_parameter_server_strategy():
             # One logical variable; the strategy's variable_partitioner shards it over the PS tasks.
             self.add_weight(name="embeddings", shape=[self.num_buckets, self.dim],
-                            initializer=fresh_initializer(self.embeddings_initializer), trainable=True)
+                            initializer=fresh_initializer(self.embeddings_initializer), trainable=True,
+                            experimental_autocast=False)
         else:
             sizes = shard_sizes(self.num_buckets, self.shards)
             names = ["embeddings"] if self.shards == 1 else [f"embeddings_shard_{k}" for k in range(self.shards)]
             for n, rows in zip(names, sizes):
                 self.add_weight(name=n, shape=[rows, self.dim],
-                                initializer=fresh_initializer(self.embeddings_initializer), trainable=True)
+                                initializer=fresh_initializer(self.embeddings_initializer), trainable=True,
+                                experimental_autocast=False)
         super().build(input_shape)
 
     @property

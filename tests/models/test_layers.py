@@ -345,6 +345,163 @@ def test_mhsa_matches_numpy_and_ignores_padding(d):
     assert np.all(np.isfinite(out.numpy())) and np.all(out.numpy()[2] == 0.0)
 
 
+# ---- fast attention paths equal the straightforward computation --------------------------------
+
+def _straight_mhta(layer, query, keys, mask):
+    """MHTA as MODELS.md §0 writes it: project K and V, masked softmax, zero rows without keys."""
+    from tirec.models.layers._common import masked_softmax, merge_heads, split_heads
+    q = split_heads(layer.query_dense(query), layer.heads)
+    k = split_heads(layer.key_dense(keys), layer.heads)
+    v = split_heads(layer.value_dense(keys), layer.heads)
+    scores = tf.einsum("bhd,blhd->bhl", q, k) / np.sqrt(layer.units // layer.heads)
+    heads = tf.einsum("bhl,blhd->bhd", masked_softmax(scores, mask[:, None, :]), v)
+    out = layer.output_dense(merge_heads(heads))
+    return tf.where(tf.reduce_any(mask, 1, keepdims=True), out, 0.0)
+
+
+def _straight_mhsa(layer, x, mask):
+    from tirec.models.layers._common import masked_softmax, merge_heads, split_heads
+    q, k, v = (split_heads(d(x), layer.heads) for d in (layer.query_dense, layer.key_dense, layer.value_dense))
+    scores = tf.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(layer.units // layer.heads)
+    heads = tf.einsum("bhqk,bkhd->bqhd", masked_softmax(scores, mask[:, None, None, :]), v)
+    out = layer.output_dense(merge_heads(heads))
+    if layer.residual:
+        out += layer.residual_dense(x) if layer.residual_dense is not None else x
+    if layer.norm is not None:
+        out = layer.norm(out)
+    return tf.where(mask[:, :, None], out, 0.0)
+
+
+def _straight_din(layer, query, keys, mask, training):
+    from tirec.models.layers.dice import apply_activation
+    q = tf.broadcast_to(query[:, None, :], tf.shape(keys))
+    x = tf.concat([q, keys, q - keys, q * keys], axis=-1)
+    for dense, act in zip(layer.dense_layers, layer.activation_layers):
+        x = apply_activation(act, dense(x), training=training, mask=mask)
+    scores = tf.where(mask, tf.squeeze(layer.score_layer(x), -1), 0.0)
+    return tf.reduce_sum(scores[:, :, None] * keys, axis=1)
+
+
+def _compare_with_gradients(fast, straight, variables, rtol=1e-4):
+    def run(fn):
+        with tf.GradientTape() as tape:
+            out = fn()
+            loss = tf.reduce_sum(tf.sin(out))
+        return out, tape.gradient(loss, variables)
+
+    (got, got_grads), (want, want_grads) = run(fast), run(straight)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=rtol, atol=rtol)
+    for var, g, w in zip(variables, got_grads, want_grads):
+        g, w = tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(w).numpy()
+        # Key biases have an exactly zero gradient in exact arithmetic (softmax shift
+        # invariance); compare on the scale of the largest gradient.
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * max(1.0, np.abs(w).max()),
+                                   err_msg=f"gradient of {getattr(var, 'name', var)}")
+
+
+def _padded_inputs(batch=24, length=7, d=6):
+    mask = RNG.random([batch, length]) < 0.6
+    mask[0] = False
+    mask[1] = True
+    keys = _rand(batch, length, d)
+    keys[~mask] = 30.0  # padding must not leak
+    return tf.Variable(_rand(batch, d)), tf.Variable(keys), tf.constant(mask)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_mhta_folded_path_equals_straightforward(use_bias):
+    query, keys, mask = _padded_inputs()
+    att = MultiHeadTargetAttention(units=8, heads=2, output_dim=5, use_bias=use_bias)
+    att(query, keys, mask)
+    _compare_with_gradients(lambda: att(query, keys, mask), lambda: _straight_mhta(att, query, keys, mask),
+                            [query, keys] + att.trainable_variables)
+
+
+@pytest.mark.parametrize("d, layer_norm", [(6, True), (8, False)])
+def test_mhsa_fast_path_equals_straightforward(d, layer_norm):
+    _, x, mask = _padded_inputs(d=d)
+    att = MultiHeadSelfAttention(units=8, heads=2, layer_norm=layer_norm)
+    att(x, mask)
+    _compare_with_gradients(lambda: att(x, mask), lambda: _straight_mhsa(att, x, mask),
+                            [x] + att.trainable_variables)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "dice", "prelu"])
+def test_din_attention_split_first_layer_equals_concatenated(activation):
+    query, keys, mask = _padded_inputs()
+    att = DinAttention(hidden_units=(6, 4), activation=activation)
+    att(query, keys, mask, training=True)
+    _compare_with_gradients(lambda: att(query, keys, mask, training=True),
+                            lambda: _straight_din(att, query, keys, mask, training=True),
+                            [query, keys] + att.trainable_variables)
+
+
+def test_attention_weight_names_unchanged():
+    """Saved runs load by variable path: the fast paths keep the sublayers and their variables."""
+    query, keys, mask = _padded_inputs()
+    mhta = MultiHeadTargetAttention(8, 2, name="t")
+    mhta(query, keys, mask)
+    assert [v.name for v in mhta.weights] == [f"t/{p}/{w}:0" for p in ("query", "key", "value", "output")
+                                              for w in ("kernel", "bias")]
+    mhsa = MultiHeadSelfAttention(8, 2, name="s")
+    mhsa(keys, mask)
+    assert [v.name for v in mhsa.weights] == (
+        [f"s/{p}/{w}:0" for p in ("query", "key", "value", "output") for w in ("kernel", "bias")]
+        + ["s/layer_norm/gamma:0", "s/layer_norm/beta:0", "s/residual_projection/kernel:0"])
+    din = DinAttention((6, 4), name="d")
+    din(query, keys, mask)
+    assert [v.name for v in din.weights][:2] == ["d/dense_0/kernel:0", "d/dense_0/bias:0"]
+    assert din.dense_layers[0].kernel.shape == (4 * 6, 6)
+
+
+# ---- mixed precision ----------------------------------------------------------------------------
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_layers_under_mixed_bfloat16(mixed_bfloat16):
+    query, keys, mask = _padded_inputs(d=8)
+    layers = {"mhta": MultiHeadTargetAttention(8, 2), "mhsa": MultiHeadSelfAttention(8, 2),
+              "din": DinAttention((6, 4), activation="dice")}
+    outs = {"mhta": layers["mhta"](query, keys, mask), "mhsa": layers["mhsa"](keys, mask),
+            "din": layers["din"](query, keys, mask, training=True)}
+    keras.mixed_precision.set_global_policy("float32")
+    ref = {"mhta": MultiHeadTargetAttention(8, 2), "mhsa": MultiHeadSelfAttention(8, 2),
+           "din": DinAttention((6, 4), activation="dice")}
+    want = {"mhta": ref["mhta"](query, keys, mask), "mhsa": ref["mhsa"](keys, mask),
+            "din": ref["din"](query, keys, mask, training=True)}
+    for name, layer in layers.items():
+        assert outs[name].dtype == tf.bfloat16, name
+        assert all(v.dtype == tf.float32 for v in layer.weights), name
+        ref[name].set_weights(layer.get_weights())
+        want_now = {"mhta": lambda: ref["mhta"](query, keys, mask), "mhsa": lambda: ref["mhsa"](keys, mask),
+                    "din": lambda: ref["din"](query, keys, mask, training=True)}[name]()
+        w = want_now.numpy()
+        np.testing.assert_allclose(tf.cast(outs[name], tf.float32).numpy(), w, rtol=0.05,
+                                   atol=0.05 * np.abs(w).max(), err_msg=name)
+    # Dice keeps float32 statistics.
+    dice = layers["din"].activation_layers[0]
+    assert dice.moving_mean.dtype == tf.float32 and np.isfinite(dice.moving_variance.numpy()).all()
+
+
+def test_tables_stay_float32_under_mixed_bfloat16(mixed_bfloat16):
+    emb = HashedEmbedding(50, 4, shards=2)
+    out = emb(tf.constant([[1, 2, 3]], tf.int64))
+    assert out.dtype == tf.bfloat16
+    assert all(type(v).__name__ != "AutoCastVariable" and v.dtype == tf.float32 for v in emb.weights)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.cast(emb(tf.constant([1, 2], tf.int64)), tf.float32))
+    assert all(isinstance(g, tf.IndexedSlices) and g.dtype == tf.float32
+               for g in tape.gradient(loss, emb.trainable_weights) if g is not None)
+    table = FrozenItemTable(np.array([3, 7]), np.eye(2, dtype=np.float32) / 3, dtype="float32")
+    vec, _ = table(tf.constant([7], tf.int64))
+    assert vec.dtype == tf.float32 and vec.numpy()[0, 1] == np.float32(1 / 3)
+
+
 # ---- GateNU, MLP --------------------------------------------------------------------------------
 
 def test_gate_nu_centred_at_one_and_by_hand():

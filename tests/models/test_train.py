@@ -107,7 +107,8 @@ def test_stage2_leakage_guard_removes_the_own_click(tiny_data):
 
 @pytest.mark.parametrize("switch", ["model.use_uim=false", "model.use_die=false", "model.use_sein=false",
                                     "model.i2e_fusion=add", "model.sim_fusion=additive",
-                                    "model.gate_inputs=intent_interest"])
+                                    "model.gate_inputs=intent_interest", "model.uim_attention=mhta",
+                                    "model.explicit_len=2"])
 def test_daian_ablations_build_and_step(tiny_data, switch):
     spec = load_data_spec(tiny_data)
     ids, vecs, _ = load_item_vectors(tiny_data)
@@ -200,3 +201,107 @@ def test_run_killed_mid_epoch_resumes_from_its_backup(tiny_data, tmp_path):
 
     # the backup checkpoint is deleted once the stage finishes
     assert not glob.glob(os.path.join(run, "backup", "joint", "**", "*.index"), recursive=True)
+
+
+# ---- exact speed-ups and mixed precision -------------------------------------------------------
+
+def _daian_outputs_and_grads(model, x, y):
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)
+        loss = tf.reduce_mean(tf.keras.losses.binary_crossentropy(y["ctr"], out["ctr"]))
+    grads = tape.gradient(loss, model.trainable_variables)
+    return out, {v.name: tf.convert_to_tensor(g).numpy() for v, g in zip(model.trainable_variables, grads)
+                 if g is not None}
+
+
+@pytest.mark.parametrize("explicit_len", [50, 3])
+def test_daian_explicit_buckets_equal_the_padded_path(tiny_data, explicit_len):
+    """explicit_buckets only changes the speed: same outputs and gradients as the padded path
+    (explicit_buckets=0), with and without an explicit_len cap."""
+    spec = load_data_spec(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    x, y = _batch(tiny_data, spec, n=128)
+    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
+    results = {}
+    weights = None
+    for buckets in (0, 1, 3):  # 3 buckets of >= 32 rows: the bucketed path runs
+        cfg = _cfg(f"model.explicit_buckets={buckets}", f"model.explicit_len={explicit_len}")
+        model = build_model("daian", spec, cfg.model, ids, vecs)
+        model(x)
+        if weights is None:
+            weights = model.get_weights()
+        model.set_weights(weights)
+        results[buckets] = _daian_outputs_and_grads(model, x, y)
+    (want, want_grads) = results[0]
+    for buckets in (1, 3):
+        got, grads = results[buckets]
+        np.testing.assert_allclose(got["ctr"].numpy(), want["ctr"].numpy(), rtol=1e-5, atol=1e-6)
+        assert set(grads) == set(want_grads)
+        for name, g in grads.items():
+            w = want_grads[name]
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(w).max()),
+                                       err_msg=f"{name} buckets={buckets}")
+
+
+def test_daian_explicit_len_keeps_the_most_recent(tiny_data):
+    """explicit_len=k gives v_exp of the first k (most recent) explicit behaviours."""
+    spec = load_data_spec(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    x, _ = _batch(tiny_data, spec, n=128)
+    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
+    model = build_model("daian", spec, _cfg("model.explicit_len=2").model, ids, vecs)
+    model(x)
+    captured = {}
+    original = model._explicit_interest
+
+    def spy(rows, seqs, mask):
+        captured["lengths"] = captured.get("lengths", []) + [tf.reduce_sum(tf.cast(mask, tf.int32), 1)]
+        return original(rows, seqs, mask)
+
+    model._explicit_interest = spy
+    model(x)
+    lengths = np.concatenate([t.numpy() for t in captured["lengths"]])
+    assert lengths.max() <= 2 and (lengths == 2).any()
+    with pytest.raises(ValueError, match="explicit_len"):
+        _cfg("model.explicit_len=0").model.validate()
+    with pytest.raises(ValueError, match="explicit_buckets"):
+        _cfg("model.explicit_buckets=-1").model.validate()
+
+
+def test_train_precision_is_validated():
+    with pytest.raises(ValueError, match="train.precision: must be one of float32, mixed_bfloat16"):
+        _cfg("train.precision=mixed_float16").train.validate()
+    with pytest.raises(ValueError, match="precision"):
+        build_model("din", None, _cfg().model, np.zeros(0), np.zeros([0, 4]), precision="bf16")
+
+
+def test_daian_trains_under_mixed_bfloat16_and_reloads(tiny_data, tmp_path):
+    cfg = _cfg("train.precision=mixed_bfloat16", "train.steps_per_epoch=2")
+    run = str(tmp_path / "mixed")
+    metrics = train_run(tiny_data, "daian", run, cfg.model, cfg.train)
+    assert set(metrics["history"]) == {"uim_pretrain", "die_pretrain", "joint"}
+    for stage in metrics["history"].values():
+        assert all(np.isfinite(v).all() for k, v in stage.items() if k.endswith("loss"))
+    assert np.isfinite(metrics["auc"]) and np.isfinite(metrics["logloss"])
+    assert json.load(open(os.path.join(run, "config.json")))["train"]["precision"] == "mixed_bfloat16"
+
+    spec = load_data_spec(tiny_data)
+    x, y = _batch(tiny_data, spec)
+    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
+    mixed, _, _ = load_run(run, precision=None)  # the run's own precision
+    assert mixed.precision == "mixed_bfloat16" and mixed.embed.compute_dtype == "bfloat16"
+    out = mixed(x, training=False)
+    assert out["ctr"].dtype == tf.float32 and out["intent"].dtype == tf.float32
+    assert all(v.dtype == tf.float32 for v in mixed.weights if v.dtype.is_floating)
+    full, _, _ = load_run(run)  # default: float32 compute from the same float32 weights
+    assert full.precision == "float32"
+    np.testing.assert_allclose(out["ctr"].numpy(), full(x, training=False)["ctr"].numpy(), atol=0.03)
+
+    mixed.compile(optimizer=tf.keras.optimizers.Adagrad(0.05), uim_optimizer=tf.keras.optimizers.Adagrad(0.005))
+    for _ in range(3):
+        logs = mixed.train_step((x, y))
+        assert np.isfinite(float(logs["loss"]))
+    mixed.save_weights(str(tmp_path / "w" / "weights"))
+    full.load_weights(str(tmp_path / "w" / "weights"))
+    np.testing.assert_allclose(full(x, training=False)["ctr"].numpy(), mixed(x, training=False)["ctr"].numpy(),
+                               atol=0.03)

@@ -1,0 +1,130 @@
+"""Exact speed-ups for masked sequence blocks: compaction and length bucketing.
+
+A masked attention block (MHSA, MHTA) gives outputs at its real positions that depend only on
+the real positions, and has no positional encoding, so it can run on any re-arrangement of a
+row that keeps the real positions in their order and drops padding. Two re-arrangements:
+
+* :func:`compact_positions` moves every row's real positions to the front (stable, so in their
+  original order: MODELS.md §1.4's ``S'`` "in original order, re-padded") and cuts the width to
+  the longest row. Optionally it keeps only the first ``max_len`` real positions (the most
+  recent ones: sequences are most recent first).
+* :func:`length_bucketed` sorts the rows by their number of real positions, splits them into
+  ``buckets`` groups of equal size and runs a block on each group cut to that group's longest
+  row, then puts the outputs back in the original row order. Padding work (the ``[B, H, L, L]``
+  self-attention scores above all) then scales with the real lengths instead of ``L``.
+
+Both are exact (equal outputs up to float rounding) for blocks with no statistics across rows
+or padded positions; a batch-statistics layer (Dice, BatchNorm) inside the block would see
+per-group statistics instead.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+from tirec.models.layers._common import sequence_mask
+
+
+def _lengths(mask: tf.Tensor, max_len: int | None) -> tf.Tensor:
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    if max_len is not None:
+        lengths = tf.minimum(lengths, max_len)
+    return lengths
+
+
+def keep_first(mask: tf.Tensor, max_len: int | None) -> tf.Tensor:
+    """``mask`` (bool ``[B, L]``) with only the first ``max_len`` real positions of each row kept."""
+    if max_len is None:
+        return mask
+    rank = tf.cumsum(tf.cast(mask, tf.int32), axis=1)
+    return mask & (rank <= max_len)
+
+
+def compact_positions(mask, max_len: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Positions that bring each row's real positions to the front, in their original order.
+
+    Args:
+      mask: ``[B, L]`` bool or 0/1, True at real positions.
+      max_len: keep at most the first ``max_len`` real positions of a row (None: all).
+
+    Returns:
+      ``(positions, lengths)``: int32 ``[B, W]`` positions into ``L`` (the row's real positions
+      first, then padded ones) with ``W = max(1, longest row)``, and int32 ``[B]`` lengths
+      (real positions kept per row). ``tf.gather(x, positions, batch_dims=1)`` compacts ``x``;
+      ``tf.sequence_mask(lengths, W)`` is the compacted mask.
+    """
+    mask = tf.convert_to_tensor(mask)
+    if mask.dtype != tf.bool:
+        mask = tf.not_equal(mask, tf.zeros([], mask.dtype))
+    lengths = _lengths(mask, max_len)
+    order = tf.argsort(tf.cast(tf.logical_not(mask), tf.int32), axis=1, stable=True)
+    width = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], axis=0)), 1)
+    return order[:, :width], lengths
+
+
+def length_bucketed(fn: Callable, rows: Sequence[tf.Tensor], sequences: Sequence[tf.Tensor], mask,
+                    buckets: int = 8, max_len: int | None = None, min_rows: int = 32):
+    """Runs a masked sequence block on groups of rows of similar length; returns its outputs.
+
+    ``fn(rows, sequences, mask)`` takes lists of per-row tensors ``[n, ...]`` and of sequences
+    ``[n, W, ...]`` with their bool mask ``[n, W]``, and returns (a nest of) per-row tensors
+    ``[n, ...]``. It must treat rows independently and ignore padded positions (masked
+    attention does; a batch-statistics layer does not).
+
+    Args:
+      fn: the block. With ``buckets > 1`` and a batch size unknown when tracing, ``fn`` is
+        traced in both branches of a ``tf.cond``: its layers must already be built (call it
+        once eagerly, or on a small slice, before).
+      rows: per-row inputs ``[B, ...]`` (e.g. the query of a target attention).
+      sequences: sequence inputs ``[B, L, ...]`` sharing ``mask``.
+      mask: ``[B, L]`` bool or 0/1, True at real positions (None: all real).
+      buckets: ``0``: call ``fn`` once on the padded inputs (the reference path); ``1``: once on
+        the inputs compacted to the batch's longest row; ``k > 1``: on ``k`` groups of rows
+        sorted by length, each compacted to its longest row.
+      max_len: keep only the first ``max_len`` real positions of each row (None: all).
+      min_rows: with ``buckets > 1``, batches of fewer than ``buckets * min_rows`` rows take
+        the ``buckets=1`` path (the per-group overhead outweighs the saving on small batches,
+        e.g. when serving).
+
+    Returns:
+      ``fn``'s outputs for all ``B`` rows, in the original row order.
+    """
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 0:
+        raise ValueError(f"length_bucketed: `buckets` must be an int >= 0. Received: buckets={buckets!r}")
+    rows, sequences = list(rows), [tf.convert_to_tensor(s) for s in sequences]
+    mask = sequence_mask(mask, sequences[0])
+    if buckets == 0:
+        return fn(rows, sequences, keep_first(mask, max_len))
+    positions, lengths = compact_positions(mask, max_len)
+
+    def compact():
+        seqs = [tf.gather(s, positions, batch_dims=1) for s in sequences]
+        return fn(rows, seqs, tf.sequence_mask(lengths, tf.shape(positions)[1]))
+
+    def bucketed():
+        batch, length = tf.shape(mask)[0], tf.shape(mask)[1]
+        perm = tf.argsort(lengths, stable=True)
+        sorted_lengths = tf.gather(lengths, perm)
+        # One gather per group and sequence: rows flattened to [B * L, ...].
+        flat = [tf.reshape(s, tf.concat([[-1], tf.shape(s)[2:]], axis=0)) for s in sequences]
+        outputs = []
+        for g in range(buckets):
+            lo, hi = batch * g // buckets, batch * (g + 1) // buckets
+            idx = perm[lo:hi]
+            n = sorted_lengths[lo:hi]
+            width = tf.maximum(tf.reduce_max(tf.concat([n, [0]], axis=0)), 1)
+            pos = tf.gather(positions, idx)[:, :width]
+            flat_pos = idx[:, None] * length + pos
+            seqs = [tf.gather(f, flat_pos) for f in flat]
+            outputs.append(fn([tf.gather(r, idx) for r in rows], seqs, tf.sequence_mask(n, width)))
+        inverse = tf.math.invert_permutation(perm)
+        return tf.nest.map_structure(lambda *parts: tf.gather(tf.concat(parts, axis=0), inverse), *outputs)
+
+    if buckets == 1:
+        return compact()
+    threshold = buckets * max(int(min_rows), 1)
+    static_batch = mask.shape[0]
+    if static_batch is not None:
+        return bucketed() if static_batch >= threshold else compact()
+    return tf.cond(tf.shape(mask)[0] >= threshold, bucketed, compact)
