@@ -6,6 +6,12 @@ Entry functions only wire flags into the typed config and delegate to the packag
     tirec pipeline --input D --format synthetic --out T [--intent-levels 6] [Beam flags ...]
     tirec train --data T --model daian --out RUN [--strategy mirrored --cpu-replicas 2]
     tirec evaluate --data T --model-dir RUN [--baseline OTHER_RUN]
+    tirec export --model-dir RUN --out BASE --name NAME [--version V]
+    tirec serving-config --out DIR --model NAME=/models/NAME [...]
+    tirec serve --model-base-path BASE/NAME --model-name NAME [--port 8500] [--rest-port 8501]
+    tirec make-request --data T --out request.json
+    tirec query --target 127.0.0.1:8500 --model NAME --input request.json
+    tirec verify-serving --target 127.0.0.1:8500 --model NAME --model-dir RUN
 """
 from __future__ import annotations
 
@@ -31,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_evaluate(sub)
     _add_cluster_server(sub)
+    _add_export(sub)
+    _add_serving_config(sub)
+    _add_serve(sub)
+    _add_make_request(sub)
+    _add_query(sub)
+    _add_verify_serving(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "pipeline":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -210,6 +222,141 @@ def _run_cluster_server(args, _extra) -> int:
     from tirec.models.train import run_server
 
     run_server()
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a trained run as a TF Serving SavedModel version",
+                       description="Writes BASE/NAME/<version>/ with serving_default (serialized "
+                                   "tf.Example), predict (raw tensors), classify and regress "
+                                   "signatures, assets and warmup requests.")
+    p.add_argument("--model-dir", required=True, help="run folder written by `tirec train`")
+    p.add_argument("--out", required=True, help="model base folder (holds NAME/<version>/)")
+    p.add_argument("--name", required=True, help="served model name")
+    p.add_argument("--version", type=int, help="integer version (default: newest + 1)")
+    p.add_argument("--data", help="pipeline output for warmup rows (default: the run's data)")
+    p.add_argument("--warmup-rows", type=int, default=8, help="eval rows in warmup requests (0: none)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args, _extra) -> int:
+    from tirec.serving.export import export_run
+
+    path = export_run(args.model_dir, args.out, args.name, args.version, args.data, args.warmup_rows)
+    print(path)
+    return 0
+
+
+def _add_serving_config(sub) -> None:
+    from tirec.serving import tf_serving_config
+
+    p = sub.add_parser("serving-config", help="write models.config, batching and monitoring configs "
+                                              "for tensorflow_model_server",
+                       description=(tf_serving_config.__doc__ or "").split("\n")[0])
+    tf_serving_config.add_arguments(p)
+    p.set_defaults(func=lambda args, _extra: tf_serving_config.run_from_args(args))
+
+
+def _add_serve(sub) -> None:
+    from tirec.serving import server
+
+    p = sub.add_parser("serve", help="serve exported models over the TF Serving gRPC and REST APIs",
+                       description="A local server speaking TF Serving's gRPC (PredictionService, "
+                                   "ModelService, health) and REST APIs, for users without Docker.")
+    server.add_arguments(p)
+    p.set_defaults(func=lambda args, _extra: server.run_from_args(args))
+
+
+def _add_make_request(sub) -> None:
+    p = sub.add_parser("make-request", help="write a sample TIR request JSON from eval rows",
+                       description="Rebuilds one request (user, trigger, history, candidates) from "
+                                   "the pipeline's eval split, for `tirec query`.")
+    p.add_argument("--data", required=True, help="pipeline output folder")
+    p.add_argument("--out", required=True, help="request JSON to write")
+    p.add_argument("--request-id", help="which request (default: the one with most candidates "
+                                        "among the first --rows eval rows)")
+    p.add_argument("--rows", type=int, default=2000, help="eval rows to search")
+    p.set_defaults(func=_run_make_request)
+
+
+def _run_make_request(args, _extra) -> int:
+    from tirec.models.data import load_data_spec
+    from tirec.serving.client import request_from_records
+    from tirec.serving.export import read_eval_records
+
+    spec = load_data_spec(args.data)
+    req = request_from_records(spec, read_eval_records(args.data, args.rows), args.request_id)
+    with open(args.out, "w", encoding="utf-8") as fh:
+        json.dump(req, fh, indent=1)
+    print(f"{args.out}: user {req['user']['user_id']}, {len(req['history'])} history items, "
+          f"{len(req['candidates'])} candidates")
+    return 0
+
+
+def _add_query(sub) -> None:
+    p = sub.add_parser("query", help="score a TIR request against a TF Serving endpoint",
+                       description="Sends one TIR request (user, trigger, history, candidates) "
+                                   "and prints the candidates ranked by click probability. Works "
+                                   "against `tirec serve` and the real tensorflow_model_server.")
+    p.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port")
+    p.add_argument("--model", required=True, help="served model name")
+    p.add_argument("--input", required=True, help="request JSON file (- for stdin)")
+    p.add_argument("--version", type=int, help="pin a version")
+    p.add_argument("--label", help="pin a version label, e.g. stable")
+    p.add_argument("--signature", default="serving_default", choices=("serving_default", "predict"))
+    p.add_argument("--top", type=int, default=0, help="print only the best K (0: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    p.set_defaults(func=_run_query)
+
+
+def _run_query(args, _extra) -> int:
+    import grpc
+
+    from tirec.serving.client import PredictClient, load_request
+
+    request = load_request(args.input)
+    try:
+        with PredictClient(args.target, args.model, args.version, args.label, args.timeout) as client:
+            ranked = client.rank(request, signature=args.signature)
+    except grpc.RpcError as err:
+        log.error("%s: %s", err.code().name, err.details())
+        return 1
+    if args.top:
+        ranked = ranked[:args.top]
+    if args.json:
+        print(json.dumps([{"rank": i + 1, "score": s, **c} for i, (c, s) in enumerate(ranked)], indent=1))
+        return 0
+    print(f"{'rank':>4}  {'item_id':>10}  {'ctr':>8}")
+    for i, (cand, score) in enumerate(ranked):
+        print(f"{i + 1:>4}  {cand['item_id']:>10}  {score:8.5f}")
+    return 0
+
+
+def _add_verify_serving(sub) -> None:
+    p = sub.add_parser("verify-serving", help="check served scores equal offline scores",
+                       description="Scores eval rows through the server and offline; fails naming "
+                                   "the rows if any differ by more than --tolerance.")
+    p.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port")
+    p.add_argument("--model", required=True, help="served model name")
+    p.add_argument("--model-dir", required=True, help="the run the served model was exported from")
+    p.add_argument("--data", help="pipeline output (default: the run's data)")
+    p.add_argument("--rows", type=int, default=2000, help="eval rows to compare")
+    p.add_argument("--version", type=int, help="pin a version")
+    p.add_argument("--tolerance", type=float, default=1e-6)
+    p.set_defaults(func=_run_verify_serving)
+
+
+def _run_verify_serving(args, _extra) -> int:
+    from tirec.serving.verify import verify_serving
+
+    report = verify_serving(args.target, args.model, args.model_dir, args.data, args.rows,
+                            tolerance=args.tolerance, version=args.version)
+    print(json.dumps(report, indent=2))
+    if not report["ok"]:
+        log.error("served scores differ from offline scores on %d row(s), e.g. %s",
+                  len(report["bad_rows"]), report["bad_rows"][0])
+        return 1
     return 0
 
 

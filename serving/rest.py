@@ -1,0 +1,516 @@
+"""TF Serving's REST API over a concurrent ``http.server``.
+
+=========================================================================  =================================
+``GET  /v1/models/NAME[/versions/V|/labels/L]``                             model status (GetModelStatus)
+``GET  /v1/models/NAME[/versions/V|/labels/L]/metadata``                    signature defs (GetModelMetadata)
+``POST /v1/models/NAME[/versions/V|/labels/L]:predict``                     ``{"instances": ...}`` (row) or
+                                                                            ``{"inputs": ...}`` (columnar)
+``POST /v1/models/NAME[/versions/V|/labels/L]:classify`` / ``:regress``     ``{"examples": [...], "context": {...}}``
+=========================================================================  =================================
+
+Request and response bodies follow TF Serving's JSON mapping: binary strings are
+``{"b64": "..."}`` (serialized tf.Example inputs must be sent that way), output tensors whose
+alias ends in ``_bytes`` are returned that way, ``NaN``/``Infinity`` are accepted and produced.
+Errors are ``{"error": message}`` with the HTTP status TF Serving maps the status code to
+(INVALID_ARGUMENT 400, NOT_FOUND 404, ...); the messages are those of the gRPC API, as both
+share one implementation.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import socket
+import sys
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, model_pb2,
+                                     regression_pb2)
+
+from tirec.serving.servable import DEFAULT_SIGNATURE, ServingError, check_input_keys, invalid
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS = {  # TF Serving's status code -> HTTP status mapping
+    "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501,
+    "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+}
+_PATH = re.compile(r"/v1/models/(?P<name>[^/:]+)"
+                   r"(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
+                   r"(?::(?P<verb>predict|classify|regress)|/(?P<sub>metadata))?")
+_INT_RANGES = {
+    types_pb2.DT_INT8: (-2**7, 2**7 - 1), types_pb2.DT_UINT8: (0, 2**8 - 1),
+    types_pb2.DT_INT16: (-2**15, 2**15 - 1), types_pb2.DT_UINT16: (0, 2**16 - 1),
+    types_pb2.DT_INT32: (-2**31, 2**31 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
+    types_pb2.DT_INT64: (-2**63, 2**63 - 1), types_pb2.DT_UINT64: (0, 2**64 - 1),
+}
+_FLOATS = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
+           types_pb2.DT_HALF: np.float16}
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
+
+
+# ---- JSON <-> arrays -----------------------------------------------------------------------------
+
+def _is_b64(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _b64decode(value, where: str) -> bytes:
+    data = value["b64"]
+    if not isinstance(data, str):
+        raise invalid(f"{where}: the b64 value must be a string; received {type(data).__name__}")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise invalid(f"{where}: invalid base64 in {{\"b64\": ...}}: {e}") from None
+
+
+def _leaf(value, dtype: int, where: str):
+    if dtype == types_pb2.DT_STRING:
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if _is_b64(value):
+            return _b64decode(value, where)
+        raise invalid(f"{where}: expects a string or {{\"b64\": ...}} for DT_STRING; received {value!r:.80}")
+    if isinstance(value, bool):
+        if dtype == types_pb2.DT_BOOL:
+            return value
+        raise invalid(f"{where}: expects a number for {types_pb2.DataType.Name(dtype)}; received {value!r}")
+    if dtype == types_pb2.DT_BOOL:
+        raise invalid(f"{where}: expects true/false for DT_BOOL; received {value!r:.80}")
+    if not isinstance(value, (int, float)):
+        raise invalid(f"{where}: expects a number for {types_pb2.DataType.Name(dtype)}; received {value!r:.80}")
+    if dtype in _FLOATS:
+        try:
+            return float(value)
+        except OverflowError:
+            raise invalid(f"{where}: {value} is out of range for {types_pb2.DataType.Name(dtype)}") from None
+    lo, hi = _INT_RANGES[dtype]
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise invalid(f"{where}: {value!r} cannot be converted to {types_pb2.DataType.Name(dtype)} "
+                          f"without loss of precision")
+        value = int(value)
+    if not lo <= value <= hi:
+        raise invalid(f"{where}: {value} is out of range for {types_pb2.DataType.Name(dtype)}")
+    return value
+
+
+def json_to_array(value, dtype: int, where: str) -> np.ndarray:
+    """A (nested) JSON list as an array of the given TF dtype.
+
+    Args:
+      value: a JSON value: a scalar, ``{"b64": ...}`` or nested lists of those.
+      dtype: the signature's DataType enum.
+      where: names the value in error messages (e.g. ``input 'x'``).
+
+    Raises:
+      ServingError: INVALID_ARGUMENT for ragged lists, wrong value types, bad base64, values out
+        of range, or a dtype the JSON mapping does not cover.
+    """
+    if dtype != types_pb2.DT_STRING and dtype != types_pb2.DT_BOOL and dtype not in _FLOATS \
+            and dtype not in _INT_RANGES:
+        raise invalid(f"{where}: dtype {types_pb2.DataType.Name(dtype)} has no JSON mapping")
+    shape = []
+    v = value
+    while isinstance(v, list):
+        shape.append(len(v))
+        if not v:
+            break
+        v = v[0]
+    flat = []
+
+    def walk(item, depth):
+        if depth == len(shape):
+            if isinstance(item, list):
+                raise invalid(f"{where}: ragged nested list; expected shape {shape}")
+            flat.append(_leaf(item, dtype, where))
+            return
+        if not isinstance(item, list) or len(item) != shape[depth]:
+            raise invalid(f"{where}: ragged nested list; expected shape {shape}, found "
+                          f"{'a list of ' + str(len(item)) if isinstance(item, list) else 'a scalar'} "
+                          f"at depth {depth}")
+        for x in item:
+            walk(x, depth + 1)
+
+    walk(value, 0)
+    if dtype == types_pb2.DT_STRING:
+        arr = np.empty(len(flat), dtype=object)
+        arr[:] = flat
+        return arr.reshape(shape)
+    if dtype == types_pb2.DT_BOOL:
+        np_dtype = np.bool_
+    elif dtype in _FLOATS:
+        np_dtype = _FLOATS[dtype]
+    else:
+        np_dtype = {types_pb2.DT_INT8: np.int8, types_pb2.DT_UINT8: np.uint8, types_pb2.DT_INT16: np.int16,
+                    types_pb2.DT_UINT16: np.uint16, types_pb2.DT_INT32: np.int32,
+                    types_pb2.DT_UINT32: np.uint32, types_pb2.DT_INT64: np.int64,
+                    types_pb2.DT_UINT64: np.uint64}[dtype]
+    return np.asarray(flat, dtype=np_dtype).reshape(shape)
+
+
+def _json_value(x, binary: bool):
+    if isinstance(x, (bytes, np.bytes_)):
+        if not binary:
+            try:
+                return bytes(x).decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return {"b64": base64.b64encode(bytes(x)).decode("ascii")}
+    if isinstance(x, str):
+        return x
+    return x
+
+
+def array_to_json(arr: np.ndarray, name: str):
+    """An output array as JSON values; aliases ending in ``_bytes`` (and non-UTF-8 strings) are
+    ``{"b64": ...}``."""
+    if arr.dtype.kind in "OSU":
+        binary = name.endswith("_bytes")
+        flat = [_json_value(x, binary) for x in arr.ravel().tolist()]
+        if arr.ndim == 0:
+            return flat[0]
+        out = np.empty(len(flat), dtype=object)
+        out[:] = flat
+        return out.reshape(arr.shape).tolist()
+    if arr.dtype.kind == "c":
+        raise invalid(f"output '{name}': complex values have no JSON mapping")
+    if arr.dtype in (np.float32, np.float16):
+        # Shortest decimal that round-trips in the array's own precision (0.1, not 0.100000001).
+        return arr.astype(str).astype(np.float64).tolist()
+    return arr.tolist()
+
+
+# ---- predict -------------------------------------------------------------------------------------
+
+def _row_inputs(instances, sig, key: str) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list) or not instances:
+        raise invalid("'instances' must be a non-empty list (one entry per row)")
+    names = sorted(sig.inputs)
+    named = all(isinstance(x, dict) and not _is_b64(x) for x in instances)
+    if len(names) == 1 and not named:
+        if any(isinstance(x, dict) and not _is_b64(x) for x in instances):
+            raise invalid("'instances' mixes objects and values")
+        name = names[0]
+        return {name: json_to_array(instances, sig.inputs[name].dtype, f"input '{name}'")}
+    if not named:
+        raise invalid(f"'instances' must be a list of objects keyed by input name for signature '{key}' "
+                      f"with inputs {names}")
+    columns: dict[str, list] = {}
+    for i, inst in enumerate(instances):
+        try:
+            check_input_keys(key, sig, inst.keys())
+        except ServingError as e:
+            raise invalid(f"instance #{i}: {e.message}") from None
+        for name in names:
+            columns.setdefault(name, []).append(inst[name])
+    return {name: json_to_array(col, sig.inputs[name].dtype, f"input '{name}'") for name, col in columns.items()}
+
+
+def _columnar_inputs(inputs, sig, key: str) -> dict[str, np.ndarray]:
+    names = sorted(sig.inputs)
+    if isinstance(inputs, dict) and not _is_b64(inputs):
+        check_input_keys(key, sig, inputs.keys())
+        return {name: json_to_array(inputs[name], sig.inputs[name].dtype, f"input '{name}'") for name in names}
+    if len(names) != 1:
+        raise invalid(f"'inputs' must be an object keyed by input name for signature '{key}' with "
+                      f"inputs {names}")
+    return {names[0]: json_to_array(inputs, sig.inputs[names[0]].dtype, f"input '{names[0]}'")}
+
+
+def _predict(core, servable, body: dict) -> dict:
+    key = body.get("signature_name") or DEFAULT_SIGNATURE
+    if not isinstance(key, str):
+        raise invalid(f"'signature_name' must be a string; received {key!r:.80}")
+    sig = servable.signature(key)
+    if "instances" in body and "inputs" in body:
+        raise invalid("Both 'instances' and 'inputs' were specified; send one of them")
+    if "instances" in body:
+        row, arrays = True, _row_inputs(body["instances"], sig, key)
+    elif "inputs" in body:
+        row, arrays = False, _columnar_inputs(body["inputs"], sig, key)
+    else:
+        raise invalid("Missing 'instances' or 'inputs' key in the request body")
+    outputs = core.predict_arrays(servable, key, arrays)
+    if not row:
+        if len(outputs) == 1:
+            (name, arr), = outputs.items()
+            return {"outputs": array_to_json(arr, name)}
+        return {"outputs": {name: array_to_json(arr, name) for name, arr in outputs.items()}}
+    if len(outputs) == 1:
+        (name, arr), = outputs.items()
+        return {"predictions": array_to_json(arr, name)}
+    batch = None
+    for name, arr in outputs.items():
+        size = arr.shape[0] if arr.ndim else None
+        if batch is None:
+            batch = size
+        if size is None or size != batch:
+            raise invalid(f"Tensor name: {name} has inconsistent batch size: {size} expecting: {batch}; "
+                          f"use the columnar 'inputs' format for this signature")
+    columns = {name: array_to_json(arr, name) for name, arr in outputs.items()}
+    return {"predictions": [{name: col[i] for name, col in columns.items()} for i in range(batch)]}
+
+
+# ---- classify / regress --------------------------------------------------------------------------
+
+def _feature(feature, value, where: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        return
+    if all(isinstance(v, str) or _is_b64(v) for v in values):
+        feature.bytes_list.value.extend(v.encode("utf-8") if isinstance(v, str) else _b64decode(v, where)
+                                        for v in values)
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if any(not _INT64_MIN <= v <= _INT64_MAX for v in values):
+            raise invalid(f"{where}: integer out of int64 range")
+        feature.int64_list.value.extend(values)
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if any(isinstance(v, int) and not -3.4e38 <= v <= 3.4e38 for v in values):
+            raise invalid(f"{where}: number out of float range")
+        feature.float_list.value.extend(float(v) for v in values)
+    else:
+        raise invalid(f"{where}: values must be all numbers or all strings/{{\"b64\": ...}}; "
+                      f"received {value!r:.80}")
+
+
+def _example(obj, where: str) -> example_pb2.Example:
+    if not isinstance(obj, dict):
+        raise invalid(f"{where} must be an object of feature name -> value(s); received {obj!r:.80}")
+    ex = example_pb2.Example()
+    for name, value in obj.items():
+        _feature(ex.features.feature[name], value, f"{where} feature '{name}'")
+    return ex
+
+
+def _example_request(msg, model_spec, body: dict) -> None:
+    msg.model_spec.CopyFrom(model_spec)
+    key = body.get("signature_name", "")
+    if not isinstance(key, str):
+        raise invalid(f"'signature_name' must be a string; received {key!r:.80}")
+    msg.model_spec.signature_name = key
+    examples = body.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise invalid("'examples' must be a non-empty list of objects")
+    context = body.get("context")
+    if context is not None:
+        ctx = _example(context, "'context'")
+        target = msg.input.example_list_with_context
+        target.context.CopyFrom(ctx)
+        for i, obj in enumerate(examples):
+            if isinstance(obj, dict):
+                both = sorted(set(obj) & set(context))
+                if both:
+                    raise invalid(f"example #{i}: features {both} are also in 'context'; a feature may "
+                                  f"appear in one of them only")
+            target.examples.append(_example(obj, f"example #{i}"))
+    else:
+        target = msg.input.example_list
+        for i, obj in enumerate(examples):
+            target.examples.append(_example(obj, f"example #{i}"))
+
+
+# ---- dispatch ------------------------------------------------------------------------------------
+
+def _model_spec(name: str, version: str | None, label: str | None):
+    spec = model_pb2.ModelSpec(name=name)
+    if version is not None:
+        v = int(version)
+        if v > _INT64_MAX:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Specific({name}, {version})")
+        spec.version.value = v
+    elif label is not None:
+        spec.version_label = label
+    return spec
+
+
+def _to_dict(msg) -> dict:
+    """JSON of a proto as TF Serving prints it: proto field names, default values included."""
+    try:
+        return json_format.MessageToDict(msg, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+    except TypeError:  # protobuf < 5.26 spells the option differently
+        return json_format.MessageToDict(msg, preserving_proto_field_name=True,
+                                         including_default_value_fields=True)
+
+
+def handle(core, method: str, path: str, body: bytes) -> tuple[int, dict]:
+    """Serves one REST request; returns (HTTP status, JSON body).
+
+    Args:
+      core: the server's request core (``resolve``, ``predict_arrays``, ``classify``,
+        ``regress``, ``metadata``, ``model_status``).
+      method: HTTP method.
+      path: request path (a query string is ignored).
+      body: request body.
+    """
+    path = path.split("?", 1)[0]
+    try:
+        if not path.startswith("/v1/"):
+            return 404, {"error": f"Not found: {method} {path}; the API lives under /v1/models/"}
+        m = _PATH.fullmatch(path)
+        if m is None or method not in ("GET", "POST") or (method == "POST") != bool(m["verb"]):
+            raise invalid(f"Malformed request: {method} {path}")
+        name = urllib.parse.unquote(m["name"])
+        label = urllib.parse.unquote(m["label"]) if m["label"] else None
+        spec = _model_spec(name, m["version"], label)
+        if method == "GET":
+            if m["sub"] == "metadata":
+                req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec,
+                                                                     metadata_field=["signature_def"])
+                resp = core.metadata(req)
+                sdm = get_model_metadata_pb2.SignatureDefMap()
+                resp.metadata["signature_def"].Unpack(sdm)
+                return 200, {"model_spec": _to_dict(resp.model_spec),
+                             "metadata": {"signature_def": _to_dict(sdm)}}
+            return 200, _to_dict(core.model_status(spec))
+        try:
+            payload = json.loads(body) if body else None
+        except (ValueError, RecursionError) as e:
+            raise invalid(f"JSON Parse error: {e}") from None
+        if not isinstance(payload, dict):
+            raise invalid("The request body must be a JSON object")
+        if m["verb"] == "predict":
+            servable = core.resolve(spec)
+            return 200, _predict(core, servable, payload)
+        if m["verb"] == "classify":
+            req = classification_pb2.ClassificationRequest()
+            _example_request(req, spec, payload)
+            resp = core.classify(req)
+            return 200, {"results": [[[c.label, c.score] for c in row.classes]
+                                     for row in resp.result.classifications]}
+        req = regression_pb2.RegressionRequest()
+        _example_request(req, spec, payload)
+        resp = core.regress(req)
+        return 200, {"results": [r.value for r in resp.result.regressions]}
+    except ServingError as e:
+        return HTTP_STATUS.get(e.code, 500), {"error": e.message}
+    except RecursionError:
+        return 400, {"error": "request JSON is nested too deeply"}
+    except Exception as e:  # never let a request kill the server
+        log.exception("REST %s %s failed", method, path)
+        return 500, {"error": f"{type(e).__name__}: {e}"}
+
+
+def _dumps(payload: dict) -> bytes:
+    try:
+        return json.dumps(payload).encode("utf-8")
+    except (ValueError, TypeError):  # e.g. a float the encoder cannot write
+        return json.dumps(payload, default=str).encode("utf-8")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "tirec-serve"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+
+    def log_message(self, fmt, *args):  # route access logs to logging, quietly
+        log.debug("REST %s - " + fmt, self.address_string(), *args)
+
+    def _reply(self, status: int, payload: dict) -> None:
+        data = _dumps(payload)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _serve(self) -> None:
+        body = b""
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True
+            self._reply(411, {"error": "chunked request bodies are not supported; send Content-Length"})
+            return
+        if length is not None:
+            try:
+                n = int(length)
+                if n < 0:
+                    raise ValueError
+            except ValueError:
+                self.close_connection = True
+                self._reply(400, {"error": f"invalid Content-Length: {length!r}"})
+                return
+            limit = self.server.max_body_bytes
+            if n > limit:
+                self.close_connection = True
+                self._reply(413, {"error": f"request body of {n} bytes exceeds the limit of {limit} bytes "
+                                           f"(--max-message-bytes)"})
+                return
+            body = self.rfile.read(n)
+        status, payload = handle(self.server.core, self.command, self.path, body)
+        self._reply(status, payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        # socketserver prints a traceback to stderr; a client that hung up is routine, anything
+        # else is logged (the request thread ends, the server keeps serving).
+        err = sys.exc_info()[1]
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            log.debug("REST client %s: %s", client_address, err)
+        else:
+            log.exception("REST request from %s failed", client_address)
+
+
+class RestServer:
+    """TF Serving's REST API on ``host:port``, one thread per connection.
+
+    Args:
+      core: the server's request core (see :func:`handle`).
+      host: address to bind.
+      port: port to bind; 0 picks a free one (see :attr:`port`).
+      max_body_bytes: largest request body accepted (413 beyond).
+    """
+
+    def __init__(self, core, host: str = "127.0.0.1", port: int = 8501, max_body_bytes: int = 2**31 - 1):
+        cls = _Server
+        if ":" in host:
+            cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        try:
+            self._server = cls((host, port), _Handler)
+        except OSError as e:
+            raise OSError(f"--rest-port: cannot bind REST to {host}:{port}: {e.strerror or e}") from None
+        self._server.core = core
+        self._server.max_body_bytes = max_body_bytes
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self._server.server_address[1]
+
+    def start(self) -> "RestServer":
+        """Serves in a background thread."""
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="tirec-rest", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops accepting requests and closes the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+
+__all__ = ["RestServer", "handle", "json_to_array", "array_to_json", "HTTP_STATUS"]

@@ -1,0 +1,565 @@
+"""``tirec serve``: a local model server speaking TF Serving's gRPC and REST APIs.
+
+Serves SavedModels laid out as TF Serving expects (``BASE/NAME/<version>/saved_model.pb``),
+for users without Docker or ``tensorflow_model_server``; any client of the real server works
+against it unchanged::
+
+    tirec serve --model-base-path BASE/NAME --model-name NAME [--port 8500] [--rest-port 8501]
+    tirec serve --model-config-file models.config [--model-config-file-poll-wait-seconds 30]
+    python -m tirec.serving.server --model-base-path BASE/NAME --model-name NAME --port 0 --rest-port 0
+
+* gRPC (``tensorflow.serving.PredictionService``: Predict, Classify, Regress, MultiInference,
+  GetModelMetadata; ``tensorflow.serving.ModelService``: GetModelStatus,
+  HandleReloadConfigRequest; the standard ``grpc.health.v1.Health`` service, overall and per
+  model name).
+* REST (``/v1/models/...``, see :mod:`tirec.serving.rest`).
+* Version management (:mod:`tirec.serving.model_manager`): polling, version policies and labels,
+  warmup replay, hot swap without failed requests, config reload.
+* Optional server-side batching (:mod:`tirec.serving.batching`).
+
+Once listening, the command prints (flushed) ``tirec serve: gRPC listening on HOST:PORT`` and
+``tirec serve: REST listening on HOST:PORT``, so a caller that asked for port 0 can read the
+ports. SIGINT/SIGTERM stop it gracefully (exit code 0).
+
+This module imports TensorFlow only when a server starts, so building the CLI stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets gRPC's max message size to INT32_MAX
+_MAX_DETAILS = 4000  # gRPC status details travel in a header: keep them bounded
+
+
+# ---- options -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ServingOptions:
+    """Everything ``tirec serve`` can be told; the defaults are TF Serving's where it has one.
+
+    Args:
+      model_base_path: folder of one model's integer versions (``BASE/NAME``); or use
+        ``model_config_file``.
+      model_name: name the ``model_base_path`` model is served under.
+      model_config_file: a ModelServerConfig text proto listing models.
+      host: address to bind both servers to.
+      port: gRPC port; 0 picks a free one.
+      rest_port: REST port; 0 picks a free one, None or negative disables REST.
+      file_system_poll_wait_seconds: seconds between version discovery polls; 0 disables.
+      model_config_file_poll_wait_seconds: seconds between checks of the config file for
+        changes; 0 disables.
+      enable_batching: batch concurrent Predict requests.
+      batching_parameters_file: a BatchingParameters text proto (with ``enable_batching``).
+      max_batch_size, batch_timeout_micros, num_batch_threads: batching parameters; override the
+        file's values when set.
+      max_examples_per_request: most rows (batch dimension) or tf.Examples in one request.
+      max_message_bytes: largest gRPC message / REST body accepted or sent.
+      grpc_workers: gRPC handler threads (with batching, at least about twice
+        ``max_batch_size`` / rows per request lets batches fill).
+      version_settle_seconds: a version folder with files younger than this is taken as still
+        being written and retried on the next poll.
+    """
+
+    model_base_path: str | None = None
+    model_name: str = "default"
+    model_config_file: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8500
+    rest_port: int | None = 8501
+    file_system_poll_wait_seconds: float = 1.0
+    model_config_file_poll_wait_seconds: float = 0.0
+    enable_batching: bool = False
+    batching_parameters_file: str | None = None
+    max_batch_size: int | None = None
+    batch_timeout_micros: int | None = None
+    num_batch_threads: int | None = None
+    max_examples_per_request: int = 10000
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    grpc_workers: int = 32
+    version_settle_seconds: float = 1.0
+
+    def __post_init__(self):
+        if bool(self.model_base_path) == bool(self.model_config_file):
+            raise ValueError("serve: set exactly one of --model-base-path and --model-config-file; received "
+                             f"model_base_path={self.model_base_path!r}, "
+                             f"model_config_file={self.model_config_file!r}")
+        if not self.model_name or "/" in self.model_name:
+            raise ValueError(f"serve: --model-name must be a non-empty name without '/'; received "
+                             f"model_name={self.model_name!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"serve: --port must be in [0, 65535]; received port={self.port}")
+        if self.rest_port is not None and self.rest_port > 65535:
+            raise ValueError(f"serve: --rest-port must be <= 65535; received rest_port={self.rest_port}")
+        for name in ("file_system_poll_wait_seconds", "model_config_file_poll_wait_seconds",
+                     "version_settle_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"serve: {name} must be >= 0; received {name}={getattr(self, name)}")
+        for name in ("max_examples_per_request", "max_message_bytes", "grpc_workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"serve: {name} must be an integer >= 1; received {name}={value!r}")
+        if self.max_message_bytes > DEFAULT_MAX_MESSAGE_BYTES:
+            raise ValueError(f"serve: max_message_bytes must be <= {DEFAULT_MAX_MESSAGE_BYTES}; received "
+                             f"max_message_bytes={self.max_message_bytes}")
+
+    @property
+    def rest_enabled(self) -> bool:
+        """Whether the REST server runs."""
+        return self.rest_port is not None and self.rest_port >= 0
+
+    def batching_options(self):
+        """The :class:`~tirec.serving.batching.BatchingOptions`, or None without batching."""
+        if not self.enable_batching:
+            return None
+        from tirec.serving.batching import BatchingOptions
+
+        overrides = {"max_batch_size": self.max_batch_size, "batch_timeout_micros": self.batch_timeout_micros,
+                     "num_batch_threads": self.num_batch_threads}
+        if self.batching_parameters_file:
+            return BatchingOptions.from_file(self.batching_parameters_file, **overrides)
+        return BatchingOptions(**{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ServingOptions":
+        """Options from arguments parsed with :func:`add_arguments`."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+
+
+# ---- request core --------------------------------------------------------------------------------
+
+class ServingCore:
+    """Resolves model specs and runs requests; shared by the gRPC services and REST.
+
+    Args:
+      manager: the :class:`~tirec.serving.model_manager.ModelManager`.
+      batcher: a started :class:`~tirec.serving.batching.Batcher` for Predict, or None.
+      max_examples: most rows / tf.Examples per request.
+    """
+
+    def __init__(self, manager, batcher=None, max_examples: int = 10000):
+        from tirec.serving import inference
+
+        self._inference = inference
+        self.manager = manager
+        self.batcher = batcher
+        self.max_examples = max_examples
+
+    def resolve(self, spec):
+        """The servable a ModelSpec names."""
+        return self.manager.resolve_spec(spec)
+
+    def predict_arrays(self, servable, signature_name: str, arrays, output_filter=()):
+        """Predict on numpy inputs (REST), batched when batching is on."""
+        runner = self.batcher.run if self.batcher is not None else None
+        return self._inference.predict_arrays(servable, signature_name, arrays, output_filter, runner,
+                                              self.max_examples)
+
+    def predict(self, request):
+        """PredictionService.Predict."""
+        servable = self.resolve(request.model_spec)
+        runner = self.batcher.run if self.batcher is not None else None
+        return self._inference.predict(servable, request, runner, self.max_examples)
+
+    def classify(self, request):
+        """PredictionService.Classify."""
+        return self._inference.classify(self.resolve(request.model_spec), request, self.max_examples)
+
+    def regress(self, request):
+        """PredictionService.Regress."""
+        return self._inference.regress(self.resolve(request.model_spec), request, self.max_examples)
+
+    def multi_inference(self, request):
+        """PredictionService.MultiInference: several classify/regress signatures of one model on
+        the same input."""
+        from tensorflow_serving.apis import (classification_pb2, inference_pb2, regression_pb2)
+        from tirec.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD, invalid
+
+        if not request.tasks:
+            raise invalid("MultiInferenceRequest has no tasks")
+        names = {t.model_spec.name for t in request.tasks}
+        if len(names) != 1:
+            raise invalid(f"All ModelSpecs in a MultiInferenceRequest must access the same model name; "
+                          f"received {sorted(names)}")
+        servable = self.resolve(request.tasks[0].model_spec)  # one version for every task
+        seen = set()
+        response = inference_pb2.MultiInferenceResponse()
+        for task in request.tasks:
+            key = task.model_spec.signature_name or "serving_default"
+            if key in seen:
+                raise invalid(f"Duplicate evaluation of signature: {key}")
+            seen.add(key)
+            if task.method_name == CLASSIFY_METHOD:
+                req = classification_pb2.ClassificationRequest(model_spec=task.model_spec, input=request.input)
+                res = self._inference.classify(servable, req, self.max_examples)
+                out = response.results.add(model_spec=res.model_spec)
+                out.classification_result.CopyFrom(res.result)
+            elif task.method_name == REGRESS_METHOD:
+                req = regression_pb2.RegressionRequest(model_spec=task.model_spec, input=request.input)
+                res = self._inference.regress(servable, req, self.max_examples)
+                out = response.results.add(model_spec=res.model_spec)
+                out.regression_result.CopyFrom(res.result)
+            else:
+                raise invalid(f"Unsupported signature method_name: {task.method_name!r} (task signature "
+                              f"'{key}'); use {CLASSIFY_METHOD} or {REGRESS_METHOD}")
+        return response
+
+    def metadata(self, request):
+        """PredictionService.GetModelMetadata."""
+        return self._inference.metadata(self.resolve(request.model_spec), request)
+
+    def model_status(self, spec):
+        """ModelService.GetModelStatus for a ModelSpec."""
+        return self.manager.model_status_spec(spec)
+
+    def reload_config(self, request):
+        """ModelService.HandleReloadConfigRequest."""
+        from tensorflow_serving.apis import model_management_pb2
+
+        self.manager.reload_config(request.config)
+        return model_management_pb2.ReloadConfigResponse()
+
+
+# ---- gRPC services -------------------------------------------------------------------------------
+
+def _grpc_call(fn, request, context):
+    import grpc
+    from tirec.serving.servable import ServingError
+
+    try:
+        return fn(request)
+    except ServingError as e:
+        code, message = e.code, e.message
+    except Exception as e:  # an unexpected bug: report it, keep serving
+        log.exception("gRPC %s failed", getattr(fn, "__name__", fn))
+        code, message = "INTERNAL", f"{type(e).__name__}: {e}"
+    if len(message) > _MAX_DETAILS:
+        message = message[:_MAX_DETAILS] + "... (truncated)"
+    context.abort(grpc.StatusCode[code], message)
+
+
+class _PredictionService:
+    """tensorflow.serving.PredictionService."""
+
+    def __init__(self, core: ServingCore):
+        self._core = core
+
+    def Predict(self, request, context):
+        return _grpc_call(self._core.predict, request, context)
+
+    def Classify(self, request, context):
+        return _grpc_call(self._core.classify, request, context)
+
+    def Regress(self, request, context):
+        return _grpc_call(self._core.regress, request, context)
+
+    def MultiInference(self, request, context):
+        return _grpc_call(self._core.multi_inference, request, context)
+
+    def GetModelMetadata(self, request, context):
+        return _grpc_call(self._core.metadata, request, context)
+
+
+class _ModelService:
+    """tensorflow.serving.ModelService."""
+
+    def __init__(self, core: ServingCore):
+        self._core = core
+
+    def GetModelStatus(self, request, context):
+        return _grpc_call(lambda r: self._core.model_status(r.model_spec), request, context)
+
+    def HandleReloadConfigRequest(self, request, context):
+        # TF Serving returns the reload error as the RPC status (the response is then dropped).
+        return _grpc_call(self._core.reload_config, request, context)
+
+
+# ---- the server ----------------------------------------------------------------------------------
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ServingServer:
+    """The model server: model manager, gRPC services, REST front end, batching.
+
+    Example::
+
+        server = ServingServer(ServingOptions(model_base_path="/m/toy", model_name="toy",
+                                              port=0, rest_port=0)).start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        ...
+        server.stop()
+
+    Args:
+      options: the :class:`ServingOptions`.
+    """
+
+    def __init__(self, options: ServingOptions):
+        self.options = options
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
+        self.manager = None
+        self.batcher = None
+        self.core: ServingCore | None = None
+        self._grpc = None
+        self._rest = None
+        self._health = None
+        self._health_names: set[str] = set()
+        self._health_lock = threading.Lock()
+        self._config_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "ServingServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _initial_config(self):
+        from tirec.serving import model_manager
+
+        o = self.options
+        if o.model_config_file:
+            return model_manager.load_model_config_file(o.model_config_file)
+        return model_manager.single_model_config(o.model_name, o.model_base_path)
+
+    def start(self) -> "ServingServer":
+        """Loads the models (blocking), then starts gRPC and REST; returns ``self``.
+
+        Raises:
+          ServingError: the model config is invalid or a base path is missing.
+          ValueError: bad batching parameters.
+          OSError: a port cannot be bound.
+        """
+        from concurrent import futures
+
+        import grpc
+        from grpc_health.v1 import health, health_pb2_grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        from tirec.serving.batching import Batcher
+        from tirec.serving.model_manager import ModelManager
+
+        o = self.options
+        batching = o.batching_options()
+        config = self._initial_config()
+        self._health = health.HealthServicer(experimental_non_blocking=True)
+        self.manager = ModelManager(config, poll_wait_seconds=o.file_system_poll_wait_seconds,
+                                    settle_seconds=o.version_settle_seconds,
+                                    max_examples=o.max_examples_per_request, on_change=self._update_health)
+        if batching is not None:
+            self.batcher = Batcher(batching).start()
+        self.core = ServingCore(self.manager, self.batcher, o.max_examples_per_request)
+        try:
+            self.manager.start()
+            self._update_health()
+            grpc_options = [("grpc.max_receive_message_length", o.max_message_bytes),
+                            ("grpc.max_send_message_length", o.max_message_bytes),
+                            ("grpc.so_reuseport", 0)]
+            self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=o.grpc_workers,
+                                                                thread_name_prefix="tirec-grpc"),
+                                     options=grpc_options)
+            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+                _PredictionService(self.core), self._grpc)
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self.core), self._grpc)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+            address = _address(o.host, o.port)
+            try:
+                port = self._grpc.add_insecure_port(address)
+            except RuntimeError as e:
+                raise OSError(f"--port: cannot bind gRPC to {address}: {e}") from None
+            if not port:
+                raise OSError(f"--port: cannot bind gRPC to {address}")
+            self.grpc_port = port
+            self._grpc.start()
+            log.info("gRPC listening on %s", _address(o.host, port))
+            if o.rest_enabled:
+                from tirec.serving.rest import RestServer
+
+                self._rest = RestServer(self.core, o.host, o.rest_port, o.max_message_bytes).start()
+                self.rest_port = self._rest.port
+                log.info("REST listening on %s", _address(o.host, self.rest_port))
+            if o.model_config_file and o.model_config_file_poll_wait_seconds > 0:
+                self._config_thread = threading.Thread(target=self._watch_config, name="tirec-config-poll",
+                                                       daemon=True)
+                self._config_thread.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stops serving: health NOT_SERVING, REST and gRPC closed (in-flight gRPC calls get
+        ``grace`` seconds), batch threads and polling stopped, models unloaded."""
+        self._stop.set()
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        if self._rest is not None:
+            self._rest.stop()
+            self._rest = None
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait()
+            self._grpc = None
+        if self.batcher is not None:
+            self.batcher.stop()
+        if self._config_thread is not None:
+            self._config_thread.join()
+            self._config_thread = None
+        if self.manager is not None:
+            self.manager.stop()
+
+    def batch_stats(self) -> dict:
+        """Batcher counters (see :meth:`~tirec.serving.batching.Batcher.stats`); empty without batching."""
+        return self.batcher.stats() if self.batcher is not None else {}
+
+    def _update_health(self) -> None:
+        from grpc_health.v1 import health_pb2
+
+        if self._health is None or self.manager is None:
+            return
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        with self._health_lock:
+            names = set(self.manager.model_names())
+            for name in names:
+                self._health.set(name, serving if self.manager.is_ready(name) else not_serving)
+            for name in self._health_names - names:
+                self._health.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            self._health_names = names
+            self._health.set("", serving if self.manager.is_ready() else not_serving)
+
+    def _watch_config(self) -> None:
+        from tirec.serving import model_manager
+        from tirec.serving.servable import ServingError
+
+        path = self.options.model_config_file
+        last = self.manager.config
+        while not self._stop.wait(self.options.model_config_file_poll_wait_seconds):
+            try:
+                config = model_manager.load_model_config_file(path)
+                if config == last:
+                    continue
+                log.info("%s changed; reloading the model config", path)
+                last = config
+                self.manager.reload_config(config)
+            except ServingError as e:
+                log.error("config reload from %s failed: %s", path, e)
+            except Exception:
+                log.exception("config reload from %s failed", path)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+def _rest_port(text: str) -> int:
+    if text.strip().lower() in ("none", "off", ""):
+        return -1
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'none'; received {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``tirec serve`` flags (TF Serving's underscore spellings are accepted too)."""
+    d = ServingOptions.__dataclass_fields__
+    g = parser.add_argument_group("models")
+    g.add_argument("--model-base-path", "--model_base_path", dest="model_base_path",
+                   help="folder holding the model's integer version folders (BASE/NAME)")
+    g.add_argument("--model-name", "--model_name", dest="model_name", default=d["model_name"].default,
+                   help="name to serve the --model-base-path model under (default: %(default)s)")
+    g.add_argument("--model-config-file", "--model_config_file", dest="model_config_file",
+                   help="ModelServerConfig text proto listing several models (instead of --model-base-path)")
+    g.add_argument("--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds",
+                   dest="file_system_poll_wait_seconds", type=float,
+                   default=d["file_system_poll_wait_seconds"].default,
+                   help="seconds between polls for new versions; 0 disables (default: %(default)s)")
+    g.add_argument("--model-config-file-poll-wait-seconds", "--model_config_file_poll_wait_seconds",
+                   dest="model_config_file_poll_wait_seconds", type=float,
+                   default=d["model_config_file_poll_wait_seconds"].default,
+                   help="seconds between checks of --model-config-file for changes; 0 disables "
+                        "(default: %(default)s)")
+    g.add_argument("--version-settle-seconds", type=float, default=d["version_settle_seconds"].default,
+                   help="a version folder with files younger than this is still being written and is "
+                        "retried on the next poll (default: %(default)s)")
+    g = parser.add_argument_group("network")
+    g.add_argument("--host", default=d["host"].default, help="address to bind (default: %(default)s)")
+    g.add_argument("--port", type=int, default=d["port"].default,
+                   help="gRPC port; 0 picks a free one (default: %(default)s)")
+    g.add_argument("--rest-port", "--rest_api_port", dest="rest_port", type=_rest_port,
+                   default=d["rest_port"].default,
+                   help="REST port; 0 picks a free one, negative or 'none' disables (default: %(default)s)")
+    g.add_argument("--max-message-bytes", type=int, default=d["max_message_bytes"].default,
+                   help="largest gRPC message / REST body (default: %(default)s, TF Serving's)")
+    g.add_argument("--max-examples-per-request", type=int, default=d["max_examples_per_request"].default,
+                   help="most rows or tf.Examples per request (default: %(default)s)")
+    g.add_argument("--grpc-workers", type=int, default=d["grpc_workers"].default,
+                   help="gRPC handler threads (default: %(default)s)")
+    g = parser.add_argument_group("batching")
+    g.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
+                   help="batch concurrent Predict requests")
+    g.add_argument("--batching-parameters-file", "--batching_parameters_file", dest="batching_parameters_file",
+                   help="BatchingParameters text proto (as for tensorflow_model_server)")
+    g.add_argument("--max-batch-size", type=int, help="rows per batch (default 1000, or the file's)")
+    g.add_argument("--batch-timeout-micros", type=int,
+                   help="longest wait for a batch to fill (default 0, or the file's)")
+    g.add_argument("--num-batch-threads", type=int, help="threads running batches (default: CPU count)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Runs the server until SIGINT/SIGTERM; returns the exit code (0 after a clean stop)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        options = ServingOptions.from_args(args)
+    except ValueError as e:  # messages start with "serve:"
+        print(f"tirec {e}", file=sys.stderr)
+        return 2
+    server = ServingServer(options)
+    try:
+        server.start()
+    except Exception as e:
+        from tirec.serving.servable import ServingError
+
+        if not isinstance(e, (ServingError, ValueError, OSError)):
+            raise
+        print(f"tirec serve: {e}", file=sys.stderr)
+        return 1
+    print(f"tirec serve: gRPC listening on {_address(options.host, server.grpc_port)}", flush=True)
+    if server.rest_port is not None:
+        print(f"tirec serve: REST listening on {_address(options.host, server.rest_port)}", flush=True)
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, _frame: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("stopping")
+    server.stop()
+    print("tirec serve: stopped", flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m tirec.serving.server``."""
+    parser = argparse.ArgumentParser(prog="python -m tirec.serving.server",
+                                     description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
