@@ -15,7 +15,10 @@ from tirec.models.train import build_model, evaluate_run, load_run, train_run
 
 SMALL = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
          "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
-         "train.batch_size=256", "train.shuffle_buffer=1000"]
+         "train.batch_size=256", "train.shuffle_buffer=1000",
+         # one compacted explicit block: the 8-bucket graph traces 8 copies (slow to build in tiny runs);
+         # test_daian_explicit_buckets_equal_the_padded_path checks the buckets
+         "model.explicit_buckets=1"]
 
 
 def _cfg(*extra):
