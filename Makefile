@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: demo test install bench clean
+.PHONY: demo serve-demo test install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,26 @@ demo: $(STAMP)
 	$(VENV)/bin/tirec pipeline --input $(DEMO_DIR)/raw --format synthetic --out $(DEMO_DIR)/tfrecords
 	$(VENV)/bin/tirec train --data $(DEMO_DIR)/tfrecords --model daian --out $(DEMO_DIR)/daian \
 	    --epochs 1 --batch-size 1024 --set model.att_units=32 --set 'model.tower=[128,64]'
+	$(VENV)/bin/tirec export --model-dir $(DEMO_DIR)/daian --out $(DEMO_DIR)/models --name daian
+	$(VENV)/bin/tirec make-request --data $(DEMO_DIR)/tfrecords --out $(DEMO_DIR)/request.json
+	$(MAKE) --no-print-directory serve-demo
+
+# Serves the exported model on free ports (the server prints them once the model is loaded),
+# ranks the sample request through gRPC, checks served against offline scores, then stops it.
+serve-demo: $(STAMP)
+	@set -e; out=$(DEMO_DIR)/serve.out; \
+	$(VENV)/bin/tirec serve --model-base-path $(DEMO_DIR)/models/daian --model-name daian \
+	    --port 0 --rest-port 0 > $$out 2> $(DEMO_DIR)/serve.log & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
+	port=; for i in $$(seq 240); do \
+	    port=$$(sed -n 's/^tirec serve: gRPC listening on .*:\([0-9]*\)$$/\1/p' $$out); \
+	    [ -n "$$port" ] && break; kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
+	if [ -z "$$port" ]; then echo "tirec serve did not start; see $(DEMO_DIR)/serve.log" >&2; \
+	    tail -20 $(DEMO_DIR)/serve.log >&2; exit 1; fi; \
+	cat $$out; \
+	$(VENV)/bin/tirec query --target 127.0.0.1:$$port --model daian --input $(DEMO_DIR)/request.json --top 10; \
+	$(VENV)/bin/tirec verify-serving --target 127.0.0.1:$$port --model daian --model-dir $(DEMO_DIR)/daian \
+	    --rows 500
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests $(PYTEST_ARGS)
