@@ -175,6 +175,17 @@ def big_table_child(data: str, steps: int) -> None:
                       "seconds": round(time.perf_counter() - t, 1)}))
 
 
+def parse_settings(ap: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as a dict of YAML-parsed values (``ap.error`` on a bad item)."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=2000)
@@ -196,12 +207,7 @@ def main() -> None:
            "matmul_4096_gflop_per_s": round(_matmul_ceiling(), 1),
            "matmul_4096_bf16_gflop_per_s": round(_matmul_ceiling(tf.bfloat16), 1),
            "steps_per_round": args.steps, "rounds": args.rounds}
-    daian_overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: expected KEY=VALUE")
-        daian_overrides[key.strip()] = yaml.safe_load(value)
+    daian_overrides = parse_settings(ap, args.set)
     if daian_overrides:
         out["daian_settings"] = daian_overrides
     out.update(bench_models(data, precisions, args.steps, args.rounds, daian_overrides))

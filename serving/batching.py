@@ -39,52 +39,6 @@ from tirec.serving.servable import Servable, ServingError
 
 log = logging.getLogger(__name__)
 
-_BATCHING_PROTO = """
-syntax = "proto3";
-package tensorflow.serving;
-import "google/protobuf/wrappers.proto";
-message BatchingParameters {
-  google.protobuf.Int64Value max_batch_size = 1;
-  google.protobuf.Int64Value batch_timeout_micros = 2;
-  google.protobuf.Int64Value max_enqueued_batches = 3;
-  google.protobuf.Int64Value num_batch_threads = 4;
-  google.protobuf.StringValue thread_pool_name = 5;
-  repeated int64 allowed_batch_sizes = 6;
-  bool pad_variable_length_inputs = 7;
-}
-"""
-
-
-def _batching_parameters_class():
-    """``tensorflow.serving.BatchingParameters``: the official class when the installed
-    tensorflow-serving-api ships it, else the same message built from its public definition."""
-    try:
-        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
-        return session_bundle_config_pb2.BatchingParameters
-    except ImportError:
-        pass
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
-
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    f = descriptor_pb2.FileDescriptorProto(name="tirec_batching_parameters.proto",
-                                           package="tensorflow.serving", syntax="proto3",
-                                           dependency=["google/protobuf/wrappers.proto"])
-    msg = f.message_type.add(name="BatchingParameters")
-    fd = descriptor_pb2.FieldDescriptorProto
-    for number, (name, type_name) in enumerate(
-            [("max_batch_size", "Int64Value"), ("batch_timeout_micros", "Int64Value"),
-             ("max_enqueued_batches", "Int64Value"), ("num_batch_threads", "Int64Value"),
-             ("thread_pool_name", "StringValue")], start=1):
-        msg.field.add(name=name, number=number, label=fd.LABEL_OPTIONAL, type=fd.TYPE_MESSAGE,
-                      type_name=f".google.protobuf.{type_name}")
-    msg.field.add(name="allowed_batch_sizes", number=6, label=fd.LABEL_REPEATED, type=fd.TYPE_INT64)
-    msg.field.add(name="pad_variable_length_inputs", number=7, label=fd.LABEL_OPTIONAL, type=fd.TYPE_BOOL)
-    pool.Add(f)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-
 
 @dataclasses.dataclass(frozen=True)
 class BatchingOptions:
@@ -132,7 +86,9 @@ class BatchingOptions:
         """
         from google.protobuf import text_format
 
-        params = _batching_parameters_class()()
+        from tirec.serving.tf_serving_config import BatchingParameters
+
+        params = BatchingParameters()
         try:
             text_format.Parse(text, params)
         except text_format.ParseError as e:
