@@ -1,7 +1,7 @@
 """Serving benchmark: a DAIAN SavedModel behind ``tirec serve`` (gRPC) vs the in-process signature.
 
     python benchmarks/bench_serving.py [--requests 100] [--warmup 10] [--work DIR] [--run RUN]
-        [--signatures serving_default,predict] [--no-subprocess] [--skip-reload]
+        [--signatures serving_default,rank,predict] [--no-subprocess] [--skip-reload]
         [--server-arg=--enable-batching --server-arg=--batch-timeout-micros=500 ...]
 
 Setup: without ``--run``, builds ``--work/run`` once (``tirec generate`` 300 users, ``tirec
@@ -22,8 +22,9 @@ Per cell: every client sends ``--warmup`` untimed requests, then all start toget
 each call), QPS = timed requests / wall time of the cell; ``errors`` counts failed calls, warmup
 included (failed calls are not timed). The in-process and gRPC cells of one
 setting run back to back, so a drifting machine load affects both alike. Signatures:
-``serving_default`` (serialized tf.Example ``examples``) and, by default also, ``predict``
-(one raw tensor per model input, parsed from the same records).
+``serving_default`` (serialized tf.Example ``examples``) and, by default also, ``rank`` (the
+first record's context as one example, and one small ``target_*`` example per candidate) and
+``predict`` (one raw tensor per model input, parsed from the same records).
 
 Goal per setting: ``p50(grpc) - p50(in_process) <= 1 ms`` and ``p99(grpc) <= 2 x
 p99(in_process)``; each cell records the numbers and the two booleans, ``goals`` the overall
@@ -75,12 +76,13 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from tirec import cli  # noqa: E402
 from tirec.features.spec import FeatureSpec  # noqa: E402
 from tirec.models.base import model_input_names  # noqa: E402
+from tirec.serving.client import rank_inputs  # noqa: E402
 from tirec.serving.export import export_run, read_eval_records  # noqa: E402
 
 MODEL = "daian"
 CANDIDATES = (1, 200)
 CONCURRENCY = (1, 8)
-SIGNATURES = ("serving_default", "predict")
+SIGNATURES = ("serving_default", "rank", "predict")
 POLL_WAIT_S = 0.5
 RELOAD_CLIENTS = 8
 RELOAD_CANDIDATES = 200
@@ -138,6 +140,9 @@ def build_inputs(records: list[bytes], spec: FeatureSpec, signatures: list[str])
         for sig in signatures:
             if sig == "serving_default":
                 arrays = {"examples": np.array(rows, dtype=object)}
+            elif sig == "rank":
+                parsed = {k: v.numpy() for k, v in tf.io.parse_example(tf.constant(rows), parse).items()}
+                arrays = {k: np.array(v, dtype=object) for k, v in rank_inputs(parsed).items()}
             else:
                 arrays = {k: v.numpy() for k, v in tf.io.parse_example(tf.constant(rows), parse).items()}
             request = predict_pb2.PredictRequest()

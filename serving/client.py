@@ -186,6 +186,19 @@ def to_examples(features: Mapping[str, np.ndarray]) -> list[bytes]:
     return out
 
 
+def rank_inputs(features: Mapping[str, np.ndarray]) -> dict[str, list[bytes]]:
+    """Inputs of the ``rank`` signature for one request's :func:`request_features`.
+
+    Returns ``{"context": [one serialized tf.Example], "candidates": [one per candidate]}``: the
+    context example holds every input but the ``target_*`` ones (taken from the first row: they
+    are the same for every candidate of a request), each candidate example its ``target_*``
+    inputs.
+    """
+    context = {k: v[:1] for k, v in features.items() if not k.startswith("target_")}
+    candidates = {k: v for k, v in features.items() if k.startswith("target_")}
+    return {"context": to_examples(context), "candidates": to_examples(candidates)}
+
+
 def request_from_records(spec: FeatureSpec, records: Sequence[bytes],
                          request_id: str | None = None) -> dict:
     """A TIR request JSON rebuilt from pipeline records of one request.
@@ -317,6 +330,9 @@ class PredictClient:
         feats = request_features(schema if schema is not None else self.schema(), request)
         if signature == "predict":
             out = self.predict(tensors=feats, signature=signature)
+        elif signature == "rank":
+            out = self.predict(tensors={k: np.array(v, dtype=object) for k, v in rank_inputs(feats).items()},
+                               signature=signature)
         else:
             out = self.predict(examples=to_examples(feats), signature=signature)
         scores = np.asarray(out["ctr"]).reshape(-1)

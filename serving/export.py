@@ -16,7 +16,19 @@ signature           inputs                       outputs
                     ``tf.Example``                ``[B, 2]`` (``"0"``, ``"1"``); method ``classify``
 ``regress``         ``inputs``: serialized        ``outputs`` ``[B]`` click probability; method
                     ``tf.Example``                ``regress``
+``rank``            ``context``: string ``[1]``;  ``ctr`` ``[N, 1]``, ``intent`` ``[N, k]``: one row per
+                    ``candidates``: string ``[N]`` candidate
 =================== ============================ =====================================================
+
+``rank`` is the compact form of a TIR request: ``context`` is one serialized ``tf.Example`` with
+everything the candidates share (user, context, trigger, history: every model input but the
+``target_*`` ones), ``candidates`` one small ``tf.Example`` per candidate with its ``target_*``
+features; the graph repeats the context for every candidate. For 200 candidates with a
+50-behaviour history the request is about 15x smaller than 200 full examples (23 kB vs
+342 kB measured on the demo data), and the graph
+parses the history once. ``context`` may also hold one example per candidate (what request
+batching produces when it merges single-candidate requests); any other count is
+INVALID_ARGUMENT.
 
 ``tf.Example`` inputs are parsed with the run's FeatureSpec (model inputs only: label and
 pipeline-only columns may be present and are ignored, so the pipeline's own records can be sent
@@ -65,6 +77,11 @@ def input_signature(spec: FeatureSpec) -> dict[str, tf.TensorSpec]:
     return out
 
 
+def candidate_inputs(spec: FeatureSpec) -> list[str]:
+    """The model inputs that describe a candidate (``target_*``); the rest is request context."""
+    return [n for n in model_input_names(spec) if n.startswith("target_")]
+
+
 class ServingModule(tf.Module):
     """The exported object: the Keras model plus the parsing and output conventions.
 
@@ -81,6 +98,8 @@ class ServingModule(tf.Module):
         self._names = model_input_names(spec)
         self._parse_spec = {k: v for k, v in spec.parse_example_spec(include_label=False).items()
                             if k in self._names}
+        self._candidate_spec = {k: v for k, v in self._parse_spec.items() if k in candidate_inputs(spec)}
+        self._context_spec = {k: v for k, v in self._parse_spec.items() if k not in self._candidate_spec}
         self.assets = {k: tf.saved_model.Asset(p) for k, p in (assets or {}).items()}
         self.has_intent = bool(getattr(model, "has_intent", False))
 
@@ -94,10 +113,26 @@ class ServingModule(tf.Module):
     def _parse(self, serialized: tf.Tensor) -> dict:
         return tf.io.parse_example(serialized, self._parse_spec)
 
+    def _rank_features(self, context: tf.Tensor, candidates: tf.Tensor) -> dict:
+        """Model inputs of ``rank``: the context example(s) repeated to one row per candidate."""
+        n = tf.shape(candidates)[0]
+        rows = tf.shape(context)[0]
+        ok = tf.logical_or(tf.equal(rows, 1), tf.equal(rows, n))
+        check = tf.debugging.Assert(ok, ["rank: `context` must hold 1 tf.Example (or one per candidate); "
+                                         "received context rows / candidates:", rows, n])
+        with tf.control_dependencies([check]):
+            repeats = n // tf.maximum(rows, 1)
+        features = {k: tf.repeat(v, repeats, axis=0)
+                    for k, v in tf.io.parse_example(context, self._context_spec).items()}
+        features.update(tf.io.parse_example(candidates, self._candidate_spec))
+        return features
+
     def signatures(self) -> dict:
         """Concrete functions keyed by signature name."""
         examples = tf.TensorSpec([None], tf.string, name="examples")
         inputs = tf.TensorSpec([None], tf.string, name="inputs")
+        context = tf.TensorSpec([None], tf.string, name="context")
+        candidates = tf.TensorSpec([None], tf.string, name="candidates")
 
         @tf.function(input_signature=[examples])
         def serve_examples(examples):
@@ -118,7 +153,12 @@ class ServingModule(tf.Module):
         def regress(inputs):
             return {"outputs": self._score(self._parse(inputs))["ctr"][:, 0]}
 
+        @tf.function(input_signature=[context, candidates])
+        def rank(context, candidates):
+            return self._score(self._rank_features(context, candidates))
+
         return {"serving_default": serve_examples.get_concrete_function(),
+                "rank": rank.get_concrete_function(),
                 "predict": serve_tensors.get_concrete_function(),
                 "classify": classify.get_concrete_function(),
                 "regress": regress.get_concrete_function()}
@@ -172,7 +212,7 @@ def read_eval_records(data_dir: str, n: int) -> list[bytes]:
 
 def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
                    batch_sizes=(1, 8)) -> list[bytes]:
-    """Serialized ``PredictionLog`` records: ``serving_default`` and ``predict`` requests.
+    """Serialized ``PredictionLog`` records: ``serving_default``, ``predict`` and ``rank`` requests.
 
     One request per batch size per signature, built from real eval rows.
     """
@@ -195,6 +235,15 @@ def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
         req.model_spec.signature_name = "predict"
         for k, v in parsed.items():
             req.inputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
+        out.append(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
+        # rank: the first row as the context, every row as a candidate (full examples parse too:
+        # each side reads only its own features).
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = model_name
+        req.model_spec.signature_name = "rank"
+        req.inputs["context"].CopyFrom(tf.make_tensor_proto(rows[:1], dtype=tf.string))
+        req.inputs["candidates"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
         out.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
     return out

@@ -303,7 +303,10 @@ def _add_query(sub) -> None:
     p.add_argument("--input", required=True, help="request JSON file (- for stdin)")
     p.add_argument("--version", type=int, help="pin a version")
     p.add_argument("--label", help="pin a version label, e.g. stable")
-    p.add_argument("--signature", default="serving_default", choices=("serving_default", "predict"))
+    p.add_argument("--signature", default="serving_default", choices=("serving_default", "predict", "rank"),
+                   help="serving_default: one full tf.Example per candidate; rank: one context example "
+                        "and one small example per candidate (much smaller requests); predict: raw "
+                        "tensors (default: %(default)s)")
     p.add_argument("--top", type=int, default=0, help="print only the best K (0: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")

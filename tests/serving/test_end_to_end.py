@@ -90,10 +90,11 @@ def test_generate_pipeline_train_export_serve_query(tmp_path, capsys):
         assert sorted(c["item_id"] for c in ranked) == sorted(c["item_id"] for c in request["candidates"])
         scores = [c["score"] for c in ranked]
         assert scores == sorted(scores, reverse=True)
-        # ... and the raw-tensor signature ranks the same way.
+        # ... and the raw-tensor and compact `rank` signatures rank the same way.
         with C.PredictClient(target, "daian") as client:
-            raw_ranked = client.rank(request, signature="predict")
-        np.testing.assert_allclose([s for _, s in raw_ranked], scores, atol=1e-6)
+            for signature in ("predict", "rank"):
+                other = client.rank(request, signature=signature)
+                np.testing.assert_allclose([s for _, s in other], scores, atol=1e-6, err_msg=signature)
 
         # Parity of served and offline scores over the eval rows.
         assert cli.main(["verify-serving", "--target", target, "--model", "daian", "--model-dir", run,

@@ -49,11 +49,12 @@ def test_layout_versions_and_method_names(run, exported):
     sm = saved_model_pb2.SavedModel()
     sm.ParseFromString(open(os.path.join(exported, "saved_model.pb"), "rb").read())
     sigs = sm.meta_graphs[0].signature_def
-    assert {k: sigs[k].method_name for k in ("serving_default", "predict", "classify", "regress")} == {
-        "serving_default": E.PREDICT_METHOD, "predict": E.PREDICT_METHOD,
+    assert {k: sigs[k].method_name for k in ("serving_default", "predict", "classify", "regress", "rank")} == {
+        "serving_default": E.PREDICT_METHOD, "predict": E.PREDICT_METHOD, "rank": E.PREDICT_METHOD,
         "classify": E.CLASSIFY_METHOD, "regress": E.REGRESS_METHOD}
     assert list(sigs["serving_default"].inputs) == ["examples"]
     assert set(sigs["serving_default"].outputs) == {"ctr", "intent"}
+    assert set(sigs["rank"].inputs) == {"context", "candidates"} and set(sigs["rank"].outputs) == {"ctr", "intent"}
     _, spec, _ = load_run(run["run"])
     assert set(sigs["predict"].inputs) == set(model_input_names(spec))
     assert json.load(open(os.path.join(exported, "assets/spec.json"))) == json.loads(spec.to_json())
@@ -140,6 +141,30 @@ def test_request_round_trip_and_errors(run, exported):
     b = loaded.signatures["serving_default"](
         examples=tf.constant([records[i] for i in rows]))["ctr"].numpy()
     np.testing.assert_allclose(a, b, atol=1e-7)
+
+    # The compact `rank` form (one context example + one small example per candidate) scores the
+    # same, for many candidates and for one, and is much smaller on the wire.
+    rank = C.rank_inputs(feats)
+    assert len(rank["context"]) == 1 and len(rank["candidates"]) == len(rows)
+    got = loaded.signatures["rank"](context=tf.constant(rank["context"]),
+                                    candidates=tf.constant(rank["candidates"]))
+    np.testing.assert_allclose(got["ctr"].numpy(), b, atol=1e-7)
+    assert got["intent"].shape == (len(rows), loaded.signatures["serving_default"](
+        examples=tf.constant(records[:1]))["intent"].shape[1])
+    one = loaded.signatures["rank"](context=tf.constant(rank["context"]),
+                                    candidates=tf.constant(rank["candidates"][:1]))
+    np.testing.assert_allclose(one["ctr"].numpy(), b[:1], atol=1e-7)
+    # One context per candidate (merged single-candidate requests) works; another count fails.
+    per_row = loaded.signatures["rank"](context=tf.constant(rank["context"] * 2),
+                                        candidates=tf.constant(rank["candidates"][:2]))
+    np.testing.assert_allclose(per_row["ctr"].numpy(), b[:2], atol=1e-7)
+    if len(rows) >= 3:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="context. must hold 1 tf.Example"):
+            loaded.signatures["rank"](context=tf.constant(rank["context"] * 2),
+                                      candidates=tf.constant(rank["candidates"][:3]))
+    full_bytes = sum(len(r) for r in C.to_examples(feats))
+    rank_bytes = sum(len(r) for r in rank["context"] + rank["candidates"])
+    assert rank_bytes * 2 < full_bytes
 
     bad = json.loads(json.dumps(req))
     del bad["candidates"][0]["cate_id"]
