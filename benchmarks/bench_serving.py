@@ -75,9 +75,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from tirec import cli  # noqa: E402
 from tirec.features.spec import FeatureSpec  # noqa: E402
-from tirec.models.base import model_input_names  # noqa: E402
 from tirec.serving.client import rank_inputs  # noqa: E402
-from tirec.serving.export import export_run, read_eval_records  # noqa: E402
+from tirec.serving.export import export_run, model_parse_spec, read_eval_records  # noqa: E402
 
 MODEL = "daian"
 CANDIDATES = (1, 200)
@@ -132,8 +131,7 @@ def run_data_dir(run: str) -> str:
 
 def build_inputs(records: list[bytes], spec: FeatureSpec, signatures: list[str]) -> dict:
     """``(signature, candidates)`` -> the in-process inputs (``tensors``) and the PredictRequest."""
-    names = model_input_names(spec)
-    parse = {k: v for k, v in spec.parse_example_spec(include_label=False).items() if k in names}
+    parse = model_parse_spec(spec)
     out = {}
     for n in CANDIDATES:
         rows = (records * n)[:n]

@@ -77,6 +77,12 @@ def input_signature(spec: FeatureSpec) -> dict[str, tf.TensorSpec]:
     return out
 
 
+def model_parse_spec(spec: FeatureSpec) -> dict:
+    """``tf.io.parse_example`` features of the model inputs (no label, no pipeline-only columns)."""
+    names = set(model_input_names(spec))
+    return {k: v for k, v in spec.parse_example_spec(include_label=False).items() if k in names}
+
+
 def candidate_inputs(spec: FeatureSpec) -> list[str]:
     """The model inputs that describe a candidate (``target_*``); the rest is request context."""
     return [n for n in model_input_names(spec) if n.startswith("target_")]
@@ -96,8 +102,7 @@ class ServingModule(tf.Module):
         self.model = model
         self._spec = spec
         self._names = model_input_names(spec)
-        self._parse_spec = {k: v for k, v in spec.parse_example_spec(include_label=False).items()
-                            if k in self._names}
+        self._parse_spec = model_parse_spec(spec)
         self._candidate_spec = {k: v for k, v in self._parse_spec.items() if k in candidate_inputs(spec)}
         self._context_spec = {k: v for k, v in self._parse_spec.items() if k not in self._candidate_spec}
         self.assets = {k: tf.saved_model.Asset(p) for k, p in (assets or {}).items()}
@@ -218,8 +223,7 @@ def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
     """
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    parse = {k: v for k, v in spec.parse_example_spec(include_label=False).items()
-             if k in model_input_names(spec)}
+    parse = model_parse_spec(spec)
     out = []
     for size in batch_sizes:
         rows = (examples * size)[:size]

@@ -85,7 +85,12 @@ def predict_arrays(servable: Servable, signature_name: str, arrays: Mapping[str,
     for name, arr in arrays.items():
         check_shape("input", name, arr.shape, sig.inputs[name])
         check_rows(name, arr.shape, max_examples)
-    wanted = check_output_filter(key, sig, output_filter)
+    return _run_checked(servable, key, arrays, check_output_filter(key, sig, output_filter), runner)
+
+
+def _run_checked(servable: Servable, key: str, arrays: Mapping[str, np.ndarray], wanted: list[str],
+                 runner: Runner | None) -> dict[str, np.ndarray]:
+    """Runs signature ``key`` on inputs already checked against it; returns the ``wanted`` outputs."""
     outputs = (runner or _direct)(servable, key, arrays)
     missing = [k for k in wanted if k not in outputs]
     if missing:
@@ -107,10 +112,11 @@ def predict(servable: Servable, request: predict_pb2.PredictRequest, runner: Run
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
     sig = servable.signature(key)
     check_input_keys(key, sig, request.inputs.keys())
-    check_output_filter(key, sig, request.output_filter)
+    wanted = check_output_filter(key, sig, request.output_filter)
+    # tensor_proto_to_array checks dtype, shape and row limit of each input before decoding it.
     arrays = {name: tensor_proto_to_array(name, request.inputs[name], sig.inputs[name], max_examples)
               for name in sorted(request.inputs)}
-    outputs = predict_arrays(servable, key, arrays, list(request.output_filter), runner, max_examples)
+    outputs = _run_checked(servable, key, arrays, wanted, runner)
     response = predict_pb2.PredictResponse()
     fill_model_spec(response.model_spec, servable, key)
     for name, arr in outputs.items():

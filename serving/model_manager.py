@@ -170,6 +170,16 @@ def _fingerprint(path: str) -> tuple:
 
 # ---- the manager ---------------------------------------------------------------------------------
 
+def _version_choice(spec) -> dict:
+    """A ``ModelSpec``'s version choice as keyword arguments: ``version``, ``label`` or none."""
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return {"version": spec.version.value}
+    if choice == "version_label":
+        return {"label": spec.version_label}
+    return {}
+
+
 class ModelManager:
     """Serves the versions a ModelServerConfig asks for, and keeps them up to date.
 
@@ -487,12 +497,7 @@ class ModelManager:
 
     def resolve_spec(self, spec) -> Servable:
         """:meth:`resolve` for a ``tensorflow.serving.ModelSpec``."""
-        choice = spec.WhichOneof("version_choice")
-        if choice == "version":
-            return self.resolve(spec.name, version=spec.version.value)
-        if choice == "version_label":
-            return self.resolve(spec.name, label=spec.version_label)
-        return self.resolve(spec.name)
+        return self.resolve(spec.name, **_version_choice(spec))
 
     def model_status(self, name: str, version: int | None = None, label: str | None = None
                      ) -> get_model_status_pb2.GetModelStatusResponse:
@@ -529,9 +534,4 @@ class ModelManager:
 
     def model_status_spec(self, spec) -> get_model_status_pb2.GetModelStatusResponse:
         """:meth:`model_status` for a ``tensorflow.serving.ModelSpec``."""
-        choice = spec.WhichOneof("version_choice")
-        if choice == "version":
-            return self.model_status(spec.name, version=spec.version.value)
-        if choice == "version_label":
-            return self.model_status(spec.name, label=spec.version_label)
-        return self.model_status(spec.name)
+        return self.model_status(spec.name, **_version_choice(spec))

@@ -12,16 +12,14 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tirec.models.base import model_input_names
 from tirec.models.train import load_run
 from tirec.serving.client import PredictClient
-from tirec.serving.export import read_eval_records
+from tirec.serving.export import model_parse_spec, read_eval_records
 
 
 def offline_scores(model, spec, records: list[bytes], batch_size: int = 1024) -> dict[str, np.ndarray]:
     """The Keras model's outputs for serialized records (no server involved)."""
-    names = model_input_names(spec)
-    parse = {k: v for k, v in spec.parse_example_spec(include_label=False).items() if k in names}
+    parse = model_parse_spec(spec)
     outs: dict[str, list] = {}
 
     @tf.function
