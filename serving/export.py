@@ -57,13 +57,11 @@ from tirec.features.spec import FeatureSpec
 from tirec.models.base import model_input_names
 from tirec.models.data import shard_files
 from tirec.models.train import load_run
+from tirec.serving.inference import WARMUP_FILE
+from tirec.serving.servable import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-PREDICT_METHOD = "tensorflow/serving/predict"
-WARMUP_FILE = "tf_serving_warmup_requests"
 _TF_DTYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
 
 

@@ -23,7 +23,7 @@ from tirec.serving.servable import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_
 
 log = logging.getLogger(__name__)
 
-WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP_FILE = "tf_serving_warmup_requests"  # in assets.extra/, as TF Serving names it
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many warmup records
 SIGNATURE_DEF_FIELD = "signature_def"
 
