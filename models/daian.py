@@ -131,10 +131,25 @@ class DAIAN(TirModel):
         """The ground-truth distribution in the UIM's output space."""
         return tf.matmul(tf.cast(dist, tf.float32), self.intent_projection)
 
-    def _explicit_interest(self, rows, sequences, mask):
-        """v_exp = MHTA(e_i, MHSA(E_S')) for a group of samples (MODELS.md §1.4)."""
-        (target,), (hist,) = rows, sequences
-        return self.exp_target(target, self.exp_self(hist, mask), mask)
+    def _explicit_pool(self, rows, sequences, mask):
+        """Per-position part of v_exp = MHTA(e_i, MHSA(E_S')) for a group of samples (MODELS.md
+        §1.4): the target attention's pooled keys over the self-attended S'."""
+        (q_keys, q_bias), (hist,) = rows, sequences
+        _, pooled = self.exp_target.pool((q_keys, q_bias), self.exp_self(hist, mask), mask)
+        return pooled
+
+    def _explicit_interest(self, target, hist, explicit, max_len):
+        c = self.model_config
+        if not self.exp_self.built:  # build outside length_bucketed's tf.cond branches
+            self.exp_self(hist[:1], explicit[:1])
+        # The per-row steps of the target attention run once on the whole batch; only the
+        # self-attention and the pooling run per group of rows of similar |S'|.
+        q_keys, q_bias = self.exp_target.fold_query(target, self.exp_self.units)
+        if q_bias is None:
+            q_bias = tf.zeros(tf.shape(q_keys)[:2], q_keys.dtype)
+        pooled = length_bucketed(self._explicit_pool, [q_keys, q_bias], [hist], explicit,
+                                 buckets=c.explicit_buckets, max_len=max_len)
+        return self.exp_target.project(pooled, tf.reduce_any(explicit, axis=1))
 
     def forward(self, inputs, training=False):
         c = self.model_config
@@ -167,11 +182,7 @@ class DAIAN(TirModel):
             hist_sim = tf.reduce_sum(m_hist * m_t[:, None, :], axis=-1)
             explicit = mask & (hist_sim >= self.tau) & has_trig[:, None]
             max_len = c.explicit_len if c.explicit_len < self.spec.max_seq_len else None
-            if not (self.exp_self.built and self.exp_target.built):
-                # Build outside length_bucketed's tf.cond branches.
-                self._explicit_interest([e["target"][:1]], [e["hist"][:1]], explicit[:1])
-            v_exp = length_bucketed(self._explicit_interest, [e["target"]], [e["hist"]], explicit,
-                                    buckets=c.explicit_buckets, max_len=max_len)
+            v_exp = self._explicit_interest(e["target"], e["hist"], explicit, max_len)
             u_exp, u_imp = v_exp, v_imp
         if c.use_sein:
             p_t = self.proj(tf.stop_gradient(e["trigger_id"]), training=training)

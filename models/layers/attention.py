@@ -183,46 +183,70 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         self.value_dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name="value")
         self.output_dense = keras.layers.Dense(self.output_dim, use_bias=self.use_bias, name="output")
 
-    def _build_projection(self, dense, keys):
+    def _build_projection(self, dense, key_dim: int):
         # key/value projections are applied through their kernels (below), not called; a call
-        # on an empty slice builds them the usual way (same variables and names).
+        # on an empty batch builds them the usual way (same variables and names).
         if not dense.built:
-            dense(keys[:0])
+            dense(tf.zeros([0, key_dim], self.compute_dtype))
 
     def call(self, query, keys, mask=None, return_scores=False):
         query, keys = tf.convert_to_tensor(query), tf.convert_to_tensor(keys)
         _check_rank("MultiHeadTargetAttention", "query", query, 2)
         _check_rank("MultiHeadTargetAttention", "keys", keys, 3)
-        dtype = self.compute_dtype
-        query, keys = tf.cast(query, dtype), tf.cast(keys, dtype)
         mask = sequence_mask(mask, keys)
-        self._build_projection(self.key_dense, keys)
-        self._build_projection(self.value_dense, keys)
-        heads, dh = self.heads, self.units // self.heads
-        dk = keys.shape[-1]
-        # One query: fold it into the key projection, q_h (K W_h^K + b_h^K)^T = K (W_h^K q_h) +
-        # q_h.b_h^K, and pool the raw keys before the value projection,
-        # sum_l w_l (K_l W_h^V + b_h^V) = (sum_l w_l K_l) W_h^V + b_h^V (the weights of a row
-        # with a real key sum to 1). No [B, L, units] projection is formed.
-        q = tf.reshape(self.query_dense(query), [-1, heads, dh])
-        q *= tf.cast(1.0 / math.sqrt(dh), q.dtype)
-        w_k = tf.reshape(tf.cast(self.key_dense.kernel, dtype), [dk, heads, dh])
-        scores = tf.matmul(tf.einsum("bhe,dhe->bhd", q, w_k), keys, transpose_b=True)  # [B, H, L]
-        if self.use_bias:
-            b_k = tf.reshape(tf.cast(self.key_dense.bias, dtype), [heads, dh])
-            scores += tf.einsum("bhe,he->bh", q, b_k)[:, :, None]
-        weights = softmax_with_bias(scores, attention_bias(mask)[:, None, :])  # float32
-        pooled = tf.matmul(tf.cast(weights, dtype), keys)  # [B, H, dk]
-        w_v = tf.reshape(tf.cast(self.value_dense.kernel, dtype), [dk, heads, dh])
-        values = tf.einsum("bhd,dhe->bhe", pooled, w_v)
-        if self.use_bias:
-            values += tf.reshape(tf.cast(self.value_dense.bias, dtype), [heads, dh])
-        output = self.output_dense(tf.reshape(values, [-1, self.units]))
-        any_real = tf.reduce_any(mask, axis=1, keepdims=True)
-        output = tf.where(any_real, output, tf.zeros([], output.dtype))
+        folded = self.fold_query(query, keys.shape[-1])
+        weights, pooled = self.pool(folded, keys, mask)
+        output = self.project(pooled, tf.reduce_any(mask, axis=1))
         if return_scores:
             return output, tf.where(mask[:, None, :], weights, tf.zeros([], weights.dtype))
         return output
+
+    # call() in three steps, so that a caller running the attention on groups of rows (e.g.
+    # ``length_bucketed``) does the per-row work (fold_query, project) once on the whole batch
+    # and only the per-position work (pool) per group. One query: it is folded into the key
+    # projection, q_h (K W_h^K + b_h^K)^T = K (W_h^K q_h) + q_h.b_h^K, and the raw keys are
+    # pooled before the value projection, sum_l w_l (K_l W_h^V + b_h^V) = (sum_l w_l K_l) W_h^V
+    # + b_h^V (the weights of a row with a real key sum to 1). No [B, L, units] projection is
+    # formed.
+
+    def fold_query(self, query, key_dim: int):
+        """Per-row part of the scores: ``(W_h^K q_h [B, H, key_dim], q_h.b_h^K [B, H] or None)``."""
+        dtype = self.compute_dtype
+        self._build_projection(self.key_dense, key_dim)
+        self._build_projection(self.value_dense, key_dim)
+        heads, dh = self.heads, self.units // self.heads
+        q = tf.reshape(self.query_dense(tf.cast(query, dtype)), [-1, heads, dh])
+        q *= tf.cast(1.0 / math.sqrt(dh), q.dtype)
+        w_k = tf.reshape(tf.cast(self.key_dense.kernel, dtype), [key_dim, heads, dh])
+        q_keys = tf.einsum("bhe,dhe->bhd", q, w_k)
+        q_bias = None
+        if self.use_bias:
+            q_bias = tf.einsum("bhe,he->bh", q, tf.reshape(tf.cast(self.key_dense.bias, dtype), [heads, dh]))
+        return q_keys, q_bias
+
+    def pool(self, folded, keys, mask):
+        """Per-position part: softmax weights (float32 ``[B, H, L]``) and the weighted sum of the
+        raw keys ``[B, H, key_dim]``. ``mask`` is a bool ``[B, L]``."""
+        q_keys, q_bias = folded
+        keys = tf.cast(keys, self.compute_dtype)
+        scores = tf.matmul(q_keys, keys, transpose_b=True)  # [B, H, L]
+        if q_bias is not None:
+            scores += q_bias[:, :, None]
+        weights = softmax_with_bias(scores, attention_bias(mask)[:, None, :])  # float32
+        return weights, tf.matmul(tf.cast(weights, keys.dtype), keys)
+
+    def project(self, pooled, any_real):
+        """Output from the pooled keys: value projection, heads merged, ``W^O``; zeros where
+        ``any_real`` (bool ``[B]``: the row has a real key) is False."""
+        dtype = self.compute_dtype
+        heads, dh = self.heads, self.units // self.heads
+        key_dim = pooled.shape[-1]
+        w_v = tf.reshape(tf.cast(self.value_dense.kernel, dtype), [key_dim, heads, dh])
+        values = tf.einsum("bhd,dhe->bhe", tf.cast(pooled, dtype), w_v)
+        if self.use_bias:
+            values += tf.reshape(tf.cast(self.value_dense.bias, dtype), [heads, dh])
+        output = self.output_dense(tf.reshape(values, [-1, self.units]))
+        return tf.where(any_real[:, None], output, tf.zeros([], output.dtype))
 
     def compute_mask(self, inputs, mask=None):
         return None

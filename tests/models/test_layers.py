@@ -417,6 +417,22 @@ def test_mhta_folded_path_equals_straightforward(use_bias):
                             [query, keys] + att.trainable_variables)
 
 
+def test_mhta_steps_on_groups_of_rows_equal_one_call():
+    """fold_query and project once on the batch, pool per group of rows (as DAIAN's explicit
+    branch does with length buckets): same outputs and gradients as call()."""
+    query, keys, mask = _padded_inputs()
+    att = MultiHeadTargetAttention(units=8, heads=2, output_dim=5)
+    att(query, keys, mask)
+
+    def grouped():
+        q_keys, q_bias = att.fold_query(query, keys.shape[-1])
+        halves = [slice(0, 2), slice(2, None)]
+        pooled = tf.concat([att.pool((q_keys[s], q_bias[s]), keys[s], mask[s])[1] for s in halves], axis=0)
+        return att.project(pooled, tf.reduce_any(mask, axis=1))
+
+    _compare_with_gradients(grouped, lambda: att(query, keys, mask), [query, keys] + att.trainable_variables)
+
+
 @pytest.mark.parametrize("d, layer_norm", [(6, True), (8, False)])
 def test_mhsa_fast_path_equals_straightforward(d, layer_norm):
     _, x, mask = _padded_inputs(d=d)
