@@ -48,10 +48,17 @@ def planted_intent_js(data_dir: str, raw_dir: str, run_dir: str) -> dict:
     # Noise floor of the per-request metric: the planted preference itself, scored like the
     # model against each clicked request's empirical distribution.
     has = pred["intent_true"].sum(axis=1) > 0
-    out["oracle_request_js"] = float(M.js_divergence(pred["intent_true"][has], planted[inv][has]).mean())
+    oracle = M.js_divergence(pred["intent_true"][has], planted[inv][has])
+    model = M.js_divergence(pred["intent_true"][has], pred["intent_pred"][has])
+    out["oracle_request_js"] = float(oracle.mean())
+    request_type = truth["user_type"].to_numpy()[inv][has]
     for kind in ("specific", "broad"):
         sel = (truth["user_type"] == kind).to_numpy()
         out[kind] = float(js[sel].mean()) if sel.any() else float("nan")
+        # The per-request metric and its noise floor within each user type.
+        rsel = request_type == kind
+        out[f"request_js_{kind}"] = float(model[rsel].mean()) if rsel.any() else float("nan")
+        out[f"oracle_request_js_{kind}"] = float(oracle[rsel].mean()) if rsel.any() else float("nan")
     return out
 
 
@@ -91,7 +98,8 @@ def main() -> None:
     summary["daian"]["planted_intent_js"] = {
         k: [float(np.mean([m["planted_js"][k] for m in rows["daian"]])),
             float(np.std([m["planted_js"][k] for m in rows["daian"]]))]
-        for k in ("all", "specific", "broad", "oracle_request_js")}
+        for k in ("all", "specific", "broad", "oracle_request_js", "request_js_specific",
+                  "oracle_request_js_specific", "request_js_broad", "oracle_request_js_broad")}
     for key in ("auc", "gauc"):
         impr = [((d[key] - 0.5) / (b[key] - 0.5) - 1) * 100 for d, b in zip(rows["daian"], rows["din"])]
         summary[f"rela_impr_{key}_pct"] = [float(np.mean(impr)), float(np.std(impr))]

@@ -64,7 +64,7 @@ class ModelConfig:
     gate_inputs: str = "intent"
     gamma: float = 2.0
     explicit_len: int = 50
-    explicit_buckets: int = 8
+    explicit_buckets: int = 16
 
     def validate(self) -> None:
         def bad(field, why):
