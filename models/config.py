@@ -28,7 +28,7 @@ class ModelConfig:
       uim_hidden: UIM MLP sizes (then n levels).
       uim_attention: the UIM's history pooling ``h_S`` (MODELS.md §1.2): ``din``
         (DinAttention(e_t, E_S), default) or ``mhta`` ([X] MultiHeadTargetAttention with
-        att_units x att_heads; about 15 % less DAIAN step time at the paper config, other
+        att_units x att_heads; 10-17 % less DAIAN step time at the paper config, other
         numerics).
       i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), MODELS.md §1.3.
       sim_bins: buckets of the semantic similarity embedding (§1.5).
