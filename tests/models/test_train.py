@@ -255,13 +255,13 @@ def test_daian_explicit_len_keeps_the_most_recent(tiny_data):
     model = build_model("daian", spec, _cfg("model.explicit_len=2").model, ids, vecs)
     model(x)
     captured = {}
-    original = model._explicit_interest
+    original = model._explicit_pool
 
     def spy(rows, seqs, mask):
         captured["lengths"] = captured.get("lengths", []) + [tf.reduce_sum(tf.cast(mask, tf.int32), 1)]
         return original(rows, seqs, mask)
 
-    model._explicit_interest = spy
+    model._explicit_pool = spy
     model(x)
     lengths = np.concatenate([t.numpy() for t in captured["lengths"]])
     assert lengths.max() <= 2 and (lengths == 2).any()
