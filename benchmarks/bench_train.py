@@ -15,9 +15,10 @@ float32 and/or mixed_bfloat16):
   * the DAIAN/DIN step-time ratio per precision (and mixed DAIAN over float32 DIN);
   * the tf.data input pipeline alone (read, parse, batch), examples/s;
   * forward FLOPs per example (TensorFlow's graph profiler, counted on the padded graph,
-    ``explicit_buckets=0``, whose shapes are static; the bucketed graph runs fewer) and the
-    achieved GFLOP/s, counting a training step as 3x the forward FLOPs, against the 4096^3
-    matmul ceiling measured here (float32 and bfloat16);
+    ``explicit_buckets=0, hist_buckets=0``, whose shapes are static; the timed, compacted
+    graphs skip the padding, so they do less work than this counts) and the achieved GFLOP/s,
+    counting a training step as 3x the forward FLOPs, against the 4096^3 matmul ceiling
+    measured here (float32 and bfloat16);
   * peak RSS of a DIN run whose item table has 2^24 rows in 8 shards (a subprocess).
 Prints JSON and writes ``--work/bench_train.json``: one section per precision, e.g.
 ``out["float32"]["daian"]["ms_per_step"]`` and ``out["float32"]["daian_over_din_step_time"]``.
@@ -124,7 +125,8 @@ def bench_models(data: str, precisions: list[str], steps: int, rounds: int,
         spec = load_data_spec(data)
         ids, vecs, _ = load_item_vectors(data)
         padded = build_model(name, spec, model_config_from_dict({"name": name, **overrides[name],
-                                                                  "explicit_buckets": 0}), ids, vecs)
+                                                                  "explicit_buckets": 0,
+                                                                  "hist_buckets": 0}), ids, vecs)
         flops[name] = _forward_flops(padded, x)
     out = {}
     for p in precisions:

@@ -38,6 +38,11 @@ class ModelConfig:
       explicit_len: [X] cap on the explicit subsequence ``S'`` (MODELS.md §1.4, ``L' = 50``):
         keep its first (most recent) ``explicit_len`` behaviours. At or above the sequence
         length it changes nothing.
+      hist_buckets: how DIN attention (DIN's, DAIAN's and the UIM's ``din`` pooling) runs over
+        the behaviour sequence; the outputs are the same up to float rounding: ``0`` on the
+        padded sequence, ``k >= 1`` on the real behaviours compacted into ``k`` groups of
+        samples of similar length (faster when histories are shorter than ``L``; not used with
+        ``activation=dice``, whose statistics would become per group).
       explicit_buckets: how the explicit branch (MHSA + MHTA over ``S'``) runs; the outputs
         are the same up to float rounding: ``0`` on the padded history (the straightforward
         path), ``1`` on ``S'`` compacted to the batch's longest, ``k > 1`` on ``k`` groups of
@@ -65,6 +70,7 @@ class ModelConfig:
     gamma: float = 2.0
     explicit_len: int = 50
     explicit_buckets: int = 16
+    hist_buckets: int = 16
 
     def validate(self) -> None:
         def bad(field, why):
@@ -95,9 +101,10 @@ class ModelConfig:
         if isinstance(self.explicit_len, bool) or not isinstance(self.explicit_len, int) \
                 or self.explicit_len < 1:
             bad("explicit_len", "must be an integer >= 1")
-        if isinstance(self.explicit_buckets, bool) or not isinstance(self.explicit_buckets, int) \
-                or self.explicit_buckets < 0:
-            bad("explicit_buckets", "must be an integer >= 0 (0 = no compaction)")
+        for field in ("explicit_buckets", "hist_buckets"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                bad(field, "must be an integer >= 0 (0 = no compaction)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,16 +52,17 @@ class UserIntentModel(keras.layers.Layer):
 
     def __init__(self, spec_json: str, emb_dim: int, shards: int, hidden: tuple, out_dim: int,
                  scalar: bool = False, attention: str = "din", att_units: int = 128,
-                 att_heads: int = 4, **kwargs):
+                 att_heads: int = 4, length_buckets: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.spec_json, self.emb_dim, self.shards = spec_json, emb_dim, shards
         self.hidden, self.out_dim, self.scalar = tuple(hidden), out_dim, scalar
         self.attention, self.att_units, self.att_heads = attention, att_units, att_heads
+        self.length_buckets = length_buckets
         self.embed = FeatureEmbedder(spec_json, emb_dim, shards, context=False, name="uim_embed")
         if attention == "mhta":
             self.att = MultiHeadTargetAttention(att_units, att_heads, name="uim_attention")
         else:
-            self.att = DinAttention(name="uim_attention")
+            self.att = DinAttention(length_buckets=length_buckets, name="uim_attention")
         self.mlp = MLP(self.hidden, output_logit=False, name="uim_mlp")
         self.head = keras.layers.Dense(1 if scalar else out_dim, name="uim_head")
 
@@ -82,7 +83,7 @@ class UserIntentModel(keras.layers.Layer):
         return {**super().get_config(), "spec_json": self.spec_json, "emb_dim": self.emb_dim,
                 "shards": self.shards, "hidden": list(self.hidden), "out_dim": self.out_dim,
                 "scalar": self.scalar, "attention": self.attention, "att_units": self.att_units,
-                "att_heads": self.att_heads}
+                "att_heads": self.att_heads, "length_buckets": self.length_buckets}
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -111,9 +112,11 @@ class DAIAN(TirModel):
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         self.uim = UserIntentModel(spec.to_json(), c.emb_dim, c.table_shards, c.uim_hidden, k,
                                    scalar=not c.use_uim, attention=c.uim_attention,
-                                   att_units=c.att_units, att_heads=c.att_heads, name="uim")
+                                   att_units=c.att_units, att_heads=c.att_heads,
+                                   length_buckets=c.hist_buckets, name="uim")
         act = "dice" if c.activation == "dice" else "sigmoid"
-        self.din_att = DinAttention(hidden_units=c.din_hidden, activation=act, name="din_attention")
+        self.din_att = DinAttention(hidden_units=c.din_hidden, activation=act, length_buckets=c.hist_buckets,
+                                    name="din_attention")
         if c.use_die:
             self.i2e_query = keras.layers.Dense(self.embed.item_dim, name="i2e_query")
             self.i2e_att = MultiHeadTargetAttention(c.att_units, c.att_heads, name="i2e_mhta")

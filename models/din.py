@@ -31,7 +31,7 @@ class DIN(TirModel):
         c = model_config
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         self.din_att = DinAttention(hidden_units=c.din_hidden, activation="dice" if c.activation == "dice"
-                                    else "sigmoid", name="din_attention")
+                                    else "sigmoid", length_buckets=c.hist_buckets, name="din_attention")
         self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
                          name="tower")
 

@@ -13,7 +13,7 @@ import pytest
 SMALL = ["--set", "model.emb_dim=4", "--set", "model.att_units=8", "--set", "model.att_heads=2",
          "--set", "model.tower=[16,8]", "--set", "model.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
          "--set", "train.batch_size=128", "--set", "train.shuffle_buffer=0",
-         "--set", "model.explicit_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
+         "--set", "model.explicit_buckets=1", "--set", "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
 
 
 def _env():

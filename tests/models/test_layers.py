@@ -452,6 +452,45 @@ def test_din_attention_split_first_layer_equals_concatenated(activation):
                             [query, keys] + att.trainable_variables)
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "prelu"])
+def test_din_attention_length_buckets_equal_the_padded_path(activation):
+    query, keys, mask = _padded_inputs(batch=128)  # 3 groups of >= 32 rows: the bucketed path runs
+
+    def run(layer):
+        with tf.GradientTape() as tape:
+            out = layer(query, keys, mask)
+            loss = tf.reduce_sum(tf.sin(out))
+        return out.numpy(), [tf.convert_to_tensor(g).numpy()
+                             for g in tape.gradient(loss, [query, keys] + layer.trainable_variables)]
+
+    padded = DinAttention(hidden_units=(6, 4), activation=activation)
+    padded(query, keys, mask)
+    want, want_grads = run(padded)
+    for buckets in (1, 3):
+        grouped = DinAttention(hidden_units=(6, 4), activation=activation, length_buckets=buckets)
+        grouped(query, keys, mask)
+        grouped.set_weights(padded.get_weights())
+        got, grads = run(grouped)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert len(grads) == len(want_grads)
+        for g, w in zip(grads, want_grads):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(w).max()))
+
+
+def test_din_attention_length_buckets_validated_and_skipped_for_dice():
+    with pytest.raises(ValueError, match="length_buckets"):
+        DinAttention(length_buckets=-1)
+    query, keys, mask = _padded_inputs()
+    dice = DinAttention(hidden_units=(4,), activation="dice", length_buckets=3)
+    ref = DinAttention(hidden_units=(4,), activation="dice")
+    dice(query, keys, mask, training=True)
+    ref(query, keys, mask, training=True)
+    ref.set_weights(dice.get_weights())
+    # Dice statistics over the whole batch's real positions: the padded path, bit for bit.
+    np.testing.assert_array_equal(dice(query, keys, mask, training=True).numpy(),
+                                  ref(query, keys, mask, training=True).numpy())
+
+
 def test_attention_weight_names_unchanged():
     """Saved runs load by variable path: the fast paths keep the sublayers and their variables."""
     query, keys, mask = _padded_inputs()

@@ -16,9 +16,10 @@ from tirec.models.train import build_model, evaluate_run, load_run, train_run
 SMALL = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
          "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
          "train.batch_size=256", "train.shuffle_buffer=1000",
-         # one compacted explicit block: the 8-bucket graph traces 8 copies (slow to build in tiny runs);
-         # test_daian_explicit_buckets_equal_the_padded_path checks the buckets
-         "model.explicit_buckets=1"]
+         # one compacted group: the 16-bucket graphs trace 16 copies (slow to build in tiny runs);
+         # test_daian_explicit_buckets_equal_the_padded_path and
+         # test_hist_buckets_equal_the_padded_path check the buckets
+         "model.explicit_buckets=1", "model.hist_buckets=1"]
 
 
 def _cfg(*extra):
@@ -246,6 +247,38 @@ def test_daian_explicit_buckets_equal_the_padded_path(tiny_data, explicit_len):
                                        err_msg=f"{name} buckets={buckets}")
 
 
+@pytest.mark.parametrize("name", ["din", "daian"])
+def test_hist_buckets_equal_the_padded_path(tiny_data, name):
+    """hist_buckets (DIN attention, and DAIAN's UIM pooling, on the compacted history) only
+    changes the speed: same outputs and gradients as the padded path (hist_buckets=0)."""
+    spec = load_data_spec(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    x, y = _batch(tiny_data, spec, n=128)
+    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
+    lengths = np.sum(x["hist_ts"].numpy() > 0, axis=1)  # the models' history mask
+    results, weights = {}, None
+    for buckets in (0, 1, 3):  # 3 buckets of >= 32 rows: the bucketed path runs
+        model = build_model(name, spec, _cfg(f"model.hist_buckets={buckets}").model, ids, vecs)
+        model(x)
+        if weights is None:
+            weights = model.get_weights()
+        model.set_weights(weights)
+        results[buckets] = _daian_outputs_and_grads(model, x, y)
+    want, want_grads = results[0]
+    for buckets in (1, 3):
+        got, grads = results[buckets]
+        np.testing.assert_allclose(got["ctr"].numpy(), want["ctr"].numpy(), rtol=1e-5, atol=1e-6)
+        if name == "daian":
+            np.testing.assert_allclose(got["intent"].numpy(), want["intent"].numpy(), rtol=1e-5, atol=1e-6)
+        assert set(grads) == set(want_grads)
+        for var, g in grads.items():
+            w = want_grads[var]
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(w).max()),
+                                       err_msg=f"{var} buckets={buckets}")
+    # the tiny data has histories shorter than L, so the compacted path does skip padding
+    assert lengths.min() < x["hist_ts"].shape[1]
+
+
 def test_daian_explicit_len_keeps_the_most_recent(tiny_data):
     """explicit_len=k gives v_exp of the first k (most recent) explicit behaviours."""
     spec = load_data_spec(tiny_data)
@@ -269,6 +302,8 @@ def test_daian_explicit_len_keeps_the_most_recent(tiny_data):
         _cfg("model.explicit_len=0").model.validate()
     with pytest.raises(ValueError, match="explicit_buckets"):
         _cfg("model.explicit_buckets=-1").model.validate()
+    with pytest.raises(ValueError, match="hist_buckets"):
+        _cfg("model.hist_buckets=-1").model.validate()
 
 
 def test_train_precision_is_validated():
