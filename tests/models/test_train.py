@@ -218,47 +218,17 @@ def _daian_outputs_and_grads(model, x, y):
                  if g is not None}
 
 
-@pytest.mark.parametrize("explicit_len", [50, 3])
-def test_daian_explicit_buckets_equal_the_padded_path(tiny_data, explicit_len):
-    """explicit_buckets only changes the speed: same outputs and gradients as the padded path
-    (explicit_buckets=0), with and without an explicit_len cap."""
-    spec = load_data_spec(tiny_data)
-    ids, vecs, _ = load_item_vectors(tiny_data)
-    x, y = _batch(tiny_data, spec, n=128)
+def _assert_buckets_match_padded(data, name, key, *settings):
+    """Model ``name`` built with ``key`` = 0 (the padded path), 1 and 3 length groups (and the
+    same weights): equal outputs (``ctr``, and ``intent`` when the model has it) and gradients.
+    Returns the batch's features."""
+    spec = load_data_spec(data)
+    ids, vecs, _ = load_item_vectors(data)
+    x, y = _batch(data, spec, n=128)
     x = {k: v for k, v in x.items() if k in model_input_names(spec)}
-    results = {}
-    weights = None
-    for buckets in (0, 1, 3):  # 3 buckets of >= 32 rows: the bucketed path runs
-        cfg = _cfg(f"model.explicit_buckets={buckets}", f"model.explicit_len={explicit_len}")
-        model = build_model("daian", spec, cfg.model, ids, vecs)
-        model(x)
-        if weights is None:
-            weights = model.get_weights()
-        model.set_weights(weights)
-        results[buckets] = _daian_outputs_and_grads(model, x, y)
-    (want, want_grads) = results[0]
-    for buckets in (1, 3):
-        got, grads = results[buckets]
-        np.testing.assert_allclose(got["ctr"].numpy(), want["ctr"].numpy(), rtol=1e-5, atol=1e-6)
-        assert set(grads) == set(want_grads)
-        for name, g in grads.items():
-            w = want_grads[name]
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(w).max()),
-                                       err_msg=f"{name} buckets={buckets}")
-
-
-@pytest.mark.parametrize("name", ["din", "daian"])
-def test_hist_buckets_equal_the_padded_path(tiny_data, name):
-    """hist_buckets (DIN attention, and DAIAN's UIM pooling, on the compacted history) only
-    changes the speed: same outputs and gradients as the padded path (hist_buckets=0)."""
-    spec = load_data_spec(tiny_data)
-    ids, vecs, _ = load_item_vectors(tiny_data)
-    x, y = _batch(tiny_data, spec, n=128)
-    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
-    lengths = np.sum(x["hist_ts"].numpy() > 0, axis=1)  # the models' history mask
     results, weights = {}, None
     for buckets in (0, 1, 3):  # 3 buckets of >= 32 rows: the bucketed path runs
-        model = build_model(name, spec, _cfg(f"model.hist_buckets={buckets}").model, ids, vecs)
+        model = build_model(name, spec, _cfg(f"{key}={buckets}", *settings).model, ids, vecs)
         model(x)
         if weights is None:
             weights = model.get_weights()
@@ -267,15 +237,33 @@ def test_hist_buckets_equal_the_padded_path(tiny_data, name):
     want, want_grads = results[0]
     for buckets in (1, 3):
         got, grads = results[buckets]
-        np.testing.assert_allclose(got["ctr"].numpy(), want["ctr"].numpy(), rtol=1e-5, atol=1e-6)
-        if name == "daian":
-            np.testing.assert_allclose(got["intent"].numpy(), want["intent"].numpy(), rtol=1e-5, atol=1e-6)
+        assert set(got) == set(want)
+        for out in got:
+            np.testing.assert_allclose(got[out].numpy(), want[out].numpy(), rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{out} {key}={buckets}")
         assert set(grads) == set(want_grads)
         for var, g in grads.items():
             w = want_grads[var]
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(w).max()),
-                                       err_msg=f"{var} buckets={buckets}")
+                                       err_msg=f"{var} {key}={buckets}")
+    return x
+
+
+@pytest.mark.parametrize("explicit_len", [50, 3])
+def test_daian_explicit_buckets_equal_the_padded_path(tiny_data, explicit_len):
+    """explicit_buckets only changes the speed: same outputs and gradients as the padded path
+    (explicit_buckets=0), with and without an explicit_len cap."""
+    _assert_buckets_match_padded(tiny_data, "daian", "model.explicit_buckets",
+                                 f"model.explicit_len={explicit_len}")
+
+
+@pytest.mark.parametrize("name", ["din", "daian"])
+def test_hist_buckets_equal_the_padded_path(tiny_data, name):
+    """hist_buckets (DIN attention, and DAIAN's UIM pooling, on the compacted history) only
+    changes the speed: same outputs and gradients as the padded path (hist_buckets=0)."""
+    x = _assert_buckets_match_padded(tiny_data, name, "model.hist_buckets")
     # the tiny data has histories shorter than L, so the compacted path does skip padding
+    lengths = np.sum(x["hist_ts"].numpy() > 0, axis=1)  # the models' history mask
     assert lengths.min() < x["hist_ts"].shape[1]
 
 
