@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py [--precision both|float32|mixed_bfloat16] [--rounds 3]
         [--steps 5] [--set KEY=VALUE ...] [--users 2000] [--work DIR] [--skip-big-table]
+        [--shuffle-block N]
 
 ``--set`` overrides a ``model.`` setting of DAIAN (e.g. ``--set explicit_len=20 --set
 uim_attention=mhta``); DIN always runs with the defaults.
@@ -9,14 +10,18 @@ uim_attention=mhta``); DIN always runs with the defaults.
 Measures, for DIN and DAIAN (joint stage, the heaviest), at batch 4096, Adagrad 0.05, tower
 512-256-128, attention 128 x 4, sequence length 50, at each precision (``train.precision``:
 float32 and/or mixed_bfloat16):
-  * ms per training step and examples/s (input excluded: one cached batch repeated). All
+  * ms per training step and examples/s (input excluded: one cached batch repeated, the first
+    batch ``tirec train`` reads: shuffle buffer and ``--shuffle-block`` as in training, seed 0;
+    its distinct requests and users are reported, since ``model.request_dedup`` runs the
+    request-level blocks once per distinct request). All
     (model, precision) variants are built first, then timed interleaved for ``--rounds`` rounds
     of ``--steps`` steps; each reports its fastest round (the machine may be shared);
   * the DAIAN/DIN step-time ratio per precision (and mixed DAIAN over float32 DIN);
-  * the tf.data input pipeline alone (read, parse, batch), examples/s;
+  * the tf.data input pipeline alone (read, shuffle as in training, batch, parse), examples/s;
   * forward FLOPs per example (TensorFlow's graph profiler, counted on the padded graph,
     ``explicit_buckets=0, hist_buckets=0``, whose shapes are static; the timed, compacted
-    graphs skip the padding, so they do less work than this counts) and the achieved GFLOP/s,
+    graphs skip the padding and run the request-level blocks once per distinct request, so they
+    do less work than this counts) and the achieved GFLOP/s,
     counting a training step as 3x the forward FLOPs, against the 4096^3 matmul ceiling
     measured here (float32 and bfloat16);
   * peak RSS of a DIN run whose item table has 2^24 rows in 8 shards (a subprocess).
@@ -41,8 +46,9 @@ import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
 from tirec.features.spec import TableSpec  # noqa: E402
-from tirec.models.base import STAGE_JOINT, model_input_names  # noqa: E402
-from tirec.models.config import PRECISIONS, ModelConfig, model_config_from_dict  # noqa: E402
+from tirec.models.base import STAGE_JOINT, model_input_names, request_input_names  # noqa: E402
+from tirec.models.config import PRECISIONS, ModelConfig, TrainConfig, model_config_from_dict  # noqa: E402
+from tirec.models.layers.sequence import unique_rows  # noqa: E402
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset  # noqa: E402
 from tirec.models.train import build_model  # noqa: E402
 
@@ -79,11 +85,23 @@ def _forward_flops(model, x) -> float:
     return float(prof.total_float_ops)
 
 
-def _batch(data: str):
+TRAIN = TrainConfig()
+
+
+def _batch(data: str, shuffle_buffer: int = TRAIN.shuffle_buffer, shuffle_block: int = TRAIN.shuffle_block):
+    """The first training batch as ``tirec train`` reads it (its shuffle settings, seed 0)."""
     spec = load_data_spec(data)
     names = set(model_input_names(spec))
-    x, y = next(iter(make_dataset(data, "train", spec, BATCH)))
+    x, y = next(iter(make_dataset(data, "train", spec, BATCH, shuffle_buffer=shuffle_buffer,
+                                  shuffle_block=shuffle_block, seed=0)))
     return {k: v for k, v in x.items() if k in names}, y
+
+
+def batch_stats(data: str, x) -> dict:
+    """Distinct requests and users of a batch (what ``model.request_dedup`` runs on)."""
+    spec = load_data_spec(data)
+    first, _ = unique_rows([x[n] for n in request_input_names(spec)])
+    return {"distinct_requests": int(first.shape[0]), "distinct_users": int(len(np.unique(x["user_id"].numpy())))}
 
 
 def build_step(name: str, data: str, precision: str, x, y, **overrides):
@@ -110,9 +128,9 @@ def time_steps(step, x, y, steps: int) -> float:
 
 
 def bench_models(data: str, precisions: list[str], steps: int, rounds: int,
-                 daian_overrides: dict | None = None) -> dict:
+                 daian_overrides: dict | None = None, shuffle_block: int = TRAIN.shuffle_block) -> dict:
     """DIN and DAIAN at each precision, timed interleaved; the fastest round of each."""
-    x, y = _batch(data)
+    x, y = _batch(data, shuffle_block=shuffle_block)
     overrides = {"din": {}, "daian": dict(daian_overrides or {})}
     variants = {(p, name): build_step(name, data, p, x, y, **overrides[name])
                 for p in precisions for name in ("din", "daian")}
@@ -128,7 +146,8 @@ def bench_models(data: str, precisions: list[str], steps: int, rounds: int,
                                                                   "explicit_buckets": 0,
                                                                   "hist_buckets": 0}), ids, vecs)
         flops[name] = _forward_flops(padded, x)
-    out = {}
+    out = {"timed_batch": {"shuffle_buffer": TRAIN.shuffle_buffer, "shuffle_block": shuffle_block,
+                           **batch_stats(data, x)}}
     for p in precisions:
         sec = {}
         for name in ("din", "daian"):
@@ -146,9 +165,11 @@ def bench_models(data: str, precisions: list[str], steps: int, rounds: int,
     return out
 
 
-def bench_input(data: str, batches: int) -> dict:
+def bench_input(data: str, batches: int, shuffle_block: int = TRAIN.shuffle_block) -> dict:
+    """Examples/s of the training input (read, shuffle as ``tirec train`` does, batch, parse)."""
     spec = load_data_spec(data)
-    ds = make_dataset(data, "train", spec, BATCH, repeat=True)
+    ds = make_dataset(data, "train", spec, BATCH, shuffle_buffer=TRAIN.shuffle_buffer,
+                      shuffle_block=shuffle_block, repeat=True)
     it = iter(ds)
     next(it)
     t = time.perf_counter()
@@ -198,6 +219,9 @@ def main() -> None:
                     help="a DAIAN model setting, e.g. explicit_len=20 (repeatable)")
     ap.add_argument("--work", default="/tmp/tirec_bench_train")
     ap.add_argument("--skip-big-table", action="store_true")
+    ap.add_argument("--shuffle-block", type=int, default=TRAIN.shuffle_block,
+                    help="train.shuffle_block of the timed batch and the input pipeline "
+                         f"(default {TRAIN.shuffle_block}, the training default; 1: record-level shuffle)")
     ap.add_argument("--big-table-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     data = _data(args.work, args.users)
@@ -212,8 +236,8 @@ def main() -> None:
     daian_overrides = parse_settings(ap, args.set)
     if daian_overrides:
         out["daian_settings"] = daian_overrides
-    out.update(bench_models(data, precisions, args.steps, args.rounds, daian_overrides))
-    out["input_pipeline"] = bench_input(data, 20)
+    out.update(bench_models(data, precisions, args.steps, args.rounds, daian_overrides, args.shuffle_block))
+    out["input_pipeline"] = bench_input(data, 20, args.shuffle_block)
     for p in precisions:
         out[p]["input_over_daian_trainer"] = round(out["input_pipeline"]["examples_per_s"]
                                                    / out[p]["daian"]["examples_per_s"], 1)

@@ -32,6 +32,7 @@ import tensorflow as tf
 from tirec.features.spec import FeatureSpec
 from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
 from tirec.models.layers import FrozenItemTable, HashedEmbedding
+from tirec.models.layers.sequence import unique_rows
 
 keras = tf.keras
 
@@ -65,6 +66,14 @@ def context_fields(spec: FeatureSpec) -> list[str]:
     return [f.name for f in spec.features if f.name.startswith("ctx_")]
 
 
+def request_input_names(spec: FeatureSpec) -> list[str]:
+    """The inputs shared by every candidate of a request: user, trigger and history fields."""
+    names = ["user_id", "trigger_item_id", "has_trigger", "hist_item_ids", "hist_ts"] + user_fields(spec)
+    for f in item_fields(spec):
+        names += [f"trigger_{f}", f"hist_{f}"]
+    return names
+
+
 def model_input_names(spec: FeatureSpec) -> list[str]:
     """The raw features a served model needs (no labels, no pipeline-only columns)."""
     names = ["user_id", "target_item_id", "trigger_item_id", "has_trigger", "hist_item_ids", "hist_ts",
@@ -87,7 +96,9 @@ class FeatureEmbedder(keras.layers.Layer):
 
     Output (dict): ``user`` [B, Du], ``context`` [B, Dc], ``target`` / ``trigger`` [B, D],
     ``target_id`` / ``trigger_id`` [B, emb_dim] (the id part), ``hist`` [B, L, D], ``mask``
-    [B, L] bool (real history positions).
+    [B, L] bool (real history positions). ``request()`` gives the request-level entries
+    (user, trigger, history) and ``impression()`` the per-candidate ones (target, context), so
+    a model can embed the request-level inputs once per distinct request.
     """
 
     def __init__(self, spec_json: str, emb_dim: int = 16, shards: int = 1, context: bool = True,
@@ -115,17 +126,25 @@ class FeatureEmbedder(keras.layers.Layer):
         parts = [id_emb] + [self._embed(inputs, f"{prefix}_{f}") for f in self._item_fields]
         return tf.concat(parts, axis=-1), id_emb
 
-    def call(self, inputs):
-        target, target_id = self._item(inputs, "target")
+    def request(self, inputs):
+        """The request-level part: ``user``, ``trigger``, ``trigger_id``, ``hist``, ``mask``
+        (reads only :func:`request_input_names`)."""
         trigger, trigger_id = self._item(inputs, "trigger")
         hist, _ = self._item(inputs, "hist")
         user = tf.concat([self._embed(inputs, "user_id")]
                          + [self._embed(inputs, f) for f in self._user_fields], axis=-1)
-        ctx = [self._embed(inputs, f) for f in self._ctx_fields]
-        context = tf.concat(ctx, axis=-1) if ctx else tf.zeros_like(user[:, :0])
-        return {"user": user, "context": context, "target": target, "trigger": trigger,
-                "target_id": target_id, "trigger_id": trigger_id, "hist": hist,
+        return {"user": user, "trigger": trigger, "trigger_id": trigger_id, "hist": hist,
                 "mask": inputs["hist_ts"] > 0}
+
+    def impression(self, inputs):
+        """The per-candidate part: ``target``, ``target_id``, ``context``."""
+        target, target_id = self._item(inputs, "target")
+        ctx = [self._embed(inputs, f) for f in self._ctx_fields]
+        context = tf.concat(ctx, axis=-1) if ctx else tf.zeros([tf.shape(target)[0], 0], target.dtype)
+        return {"target": target, "target_id": target_id, "context": context}
+
+    def call(self, inputs):
+        return {**self.request(inputs), **self.impression(inputs)}
 
     @property
     def item_dim(self) -> int:
@@ -193,6 +212,16 @@ class TirModel(keras.Model):
 
     def forward(self, inputs, training=False):
         raise TypeError(f"{type(self).__name__} must define forward()")
+
+    def request_rows(self, inputs):
+        """The request-level inputs (:func:`request_input_names`), one row per distinct request
+        of the batch with ``model.request_dedup``, and ``expand``, which maps a ``[U, ...]``
+        result back to the batch's ``[B, ...]`` rows."""
+        names = request_input_names(self.spec)
+        if not self.model_config.request_dedup:
+            return {n: inputs[n] for n in names}, lambda t: t
+        first, index = unique_rows([inputs[n] for n in names])
+        return {n: tf.gather(inputs[n], first) for n in names}, lambda t: tf.gather(t, index)
 
     def intent_target(self, dist: tf.Tensor) -> tf.Tensor:
         """The ground-truth intent in the model's intent output space (identity here)."""

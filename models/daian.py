@@ -35,7 +35,7 @@ from tirec.models.base import STAGE_DIE, FeatureEmbedder, TirModel
 from tirec.models.config import ModelConfig
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
-from tirec.models.layers.sequence import length_bucketed
+from tirec.models.layers.sequence import keep_first, length_bucketed
 from tirec.models.registry import register_model
 
 keras = tf.keras
@@ -67,7 +67,7 @@ class UserIntentModel(keras.layers.Layer):
         self.head = keras.layers.Dense(1 if scalar else out_dim, name="uim_head")
 
     def call(self, inputs, training=False):
-        e = self.embed(inputs)
+        e = self.embed.request(inputs)  # reads only the request-level inputs
         if self.attention == "mhta":
             h = self.att(e["trigger"], e["hist"], e["mask"])
         else:
@@ -142,9 +142,9 @@ class DAIAN(TirModel):
         return pooled
 
     def _explicit_interest(self, target, hist, explicit, max_len):
+        """v_exp with one row per sample: MHSA and pooling per group of rows of similar |S'|."""
         c = self.model_config
-        if not self.exp_self.built:  # build outside length_bucketed's tf.cond branches
-            self.exp_self(hist[:1], explicit[:1])
+        self._build_explicit(hist, explicit)
         # The per-row steps of the target attention run once on the whole batch; only the
         # self-attention and the pooling run per group of rows of similar |S'|.
         q_keys, q_bias = self.exp_target.fold_query(target, self.exp_self.units)
@@ -154,17 +154,44 @@ class DAIAN(TirModel):
                                  buckets=c.explicit_buckets, max_len=max_len)
         return self.exp_target.project(pooled, tf.reduce_any(explicit, axis=1))
 
+    def _build_explicit(self, hist, explicit):
+        if not self.exp_self.built:  # build outside length_bucketed's tf.cond branches
+            self.exp_self(hist[:1], explicit[:1])
+
+    def _explicit_sequences(self, hist, explicit, max_len):
+        """MHSA(E_S') of every row: ``([n, W, units], mask [n, W])``, S' compacted to the front
+        (W = the longest |S'|) unless ``explicit_buckets=0`` (then the padded positions)."""
+        c = self.model_config
+        self._build_explicit(hist, explicit)
+        if c.explicit_buckets == 0:
+            mask = keep_first(explicit, max_len)
+            return self.exp_self(hist, mask), mask
+        lengths = tf.reduce_sum(tf.cast(explicit, tf.int32), axis=1)
+        if max_len is not None:
+            lengths = tf.minimum(lengths, max_len)
+        width = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], axis=0)), 1)
+
+        def self_attend(rows, sequences, mask):
+            out = self.exp_self(sequences[0], mask)
+            return tf.pad(out, [[0, 0], [0, width - tf.shape(out)[1]], [0, 0]])
+
+        seq = length_bucketed(self_attend, [], [hist], explicit, buckets=c.explicit_buckets,
+                              max_len=max_len)
+        return seq, tf.sequence_mask(lengths, width)
+
     def forward(self, inputs, training=False):
         c = self.model_config
         dtype = self.layer_dtype
-        e = self.embed(inputs)
-        mask = e["mask"]
+        # Request-level blocks run on `rows` (one per distinct request with
+        # model.request_dedup); `expand` gathers their outputs back to the candidates.
+        rows, expand = self.request_rows(inputs)
+        r = self.embed.request(rows)
+        e = self.embed.impression(inputs)
         has_trig = tf.cast(inputs["has_trigger"], tf.bool)
-        pred_intent = self.uim(inputs, training=training)
-        if self.stage == STAGE_DIE:
-            intent = self.intent_target(inputs["true_intent"])
-        else:
-            intent = pred_intent
+        pred_intent_r = self.uim(rows, training=training)
+        pred_intent = expand(pred_intent_r)
+        hist, mask = expand(r["hist"]), expand(r["mask"])
+        trigger = expand(r["trigger"])
 
         # Multimodal vectors from the frozen table (unknown items: zero vector -> similarity 0).
         # Float32 whatever the precision, so the explicit mask and the buckets do not move.
@@ -172,23 +199,34 @@ class DAIAN(TirModel):
         m_i, _ = self.items(inputs["target_item_id"])
         s_sem = tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * tf.cast(has_trig[:, None], tf.float32)
 
-        v_din = self.din_att(e["target"], e["hist"], mask, training=training)
-        parts = [e["user"], e["context"], e["target"], e["trigger"], v_din]
+        v_din = self.din_att(e["target"], hist, mask, training=training)
+        parts = [expand(r["user"]), e["context"], e["target"], trigger, v_din]
         if c.use_die:
-            intent_c = tf.cast(intent, dtype)
-            if c.i2e_fusion == "concat":
-                q = self.i2e_query(tf.concat([e["trigger"], intent_c], axis=-1))
+            if self.stage == STAGE_DIE:  # the fed-in intent is per sample (leakage guard)
+                intent = self.intent_target(inputs["true_intent"])
+                v_imp = self.i2e_att(self._i2e_query(trigger, intent), hist, mask)
             else:
-                q = e["trigger"] + self.i2e_query(intent_c)
-            v_imp = self.i2e_att(q, e["hist"], mask)
-            m_hist, _ = self.items(inputs["hist_item_ids"])
-            hist_sim = tf.reduce_sum(m_hist * m_t[:, None, :], axis=-1)
-            explicit = mask & (hist_sim >= self.tau) & has_trig[:, None]
+                intent = pred_intent
+                v_imp = expand(self.i2e_att(self._i2e_query(r["trigger"], pred_intent_r), r["hist"], r["mask"]))
+            m_hist, _ = self.items(rows["hist_item_ids"])
+            m_t_r, _ = self.items(rows["trigger_item_id"])
+            hist_sim = tf.reduce_sum(m_hist * m_t_r[:, None, :], axis=-1)
+            explicit = r["mask"] & (hist_sim >= self.tau) & tf.cast(rows["has_trigger"], tf.bool)[:, None]
             max_len = c.explicit_len if c.explicit_len < self.spec.max_seq_len else None
-            v_exp = self._explicit_interest(e["target"], e["hist"], explicit, max_len)
+            if c.request_dedup:
+                # MHSA(E_S') once per request; the target attention per sample.
+                seq, seq_mask = self._explicit_sequences(r["hist"], explicit, max_len)
+                seq, seq_mask = expand(seq), expand(seq_mask)
+                folded = self.exp_target.fold_query(e["target"], self.exp_self.units)
+                _, pooled = self.exp_target.pool(folded, seq, seq_mask)
+                v_exp = self.exp_target.project(pooled, tf.reduce_any(seq_mask, axis=1))
+            else:
+                v_exp = self._explicit_interest(e["target"], hist, explicit, max_len)
             u_exp, u_imp = v_exp, v_imp
+        else:
+            intent = pred_intent
         if c.use_sein:
-            p_t = self.proj(tf.stop_gradient(e["trigger_id"]), training=training)
+            p_t = self.proj(tf.stop_gradient(expand(r["trigger_id"])), training=training)
             p_i = self.proj(tf.stop_gradient(e["target_id"]), training=training)
             h_id = p_t * p_i
             bucket = tf.clip_by_value(
@@ -215,6 +253,13 @@ class DAIAN(TirModel):
         parts.append(s_sem)
         logit = self.tower(tf.concat([tf.cast(p, dtype) for p in parts], axis=-1), training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32)), "intent": pred_intent}
+
+    def _i2e_query(self, trigger, intent):
+        """I2E's query (MODELS.md §1.3): W[e_t ‖ ŷ] or e_t + Wŷ."""
+        intent = tf.cast(intent, self.layer_dtype)
+        if self.model_config.i2e_fusion == "concat":
+            return self.i2e_query(tf.concat([trigger, intent], axis=-1))
+        return trigger + self.i2e_query(intent)
 
 
 @register_model("daian")

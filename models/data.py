@@ -36,7 +36,7 @@ def shard_files(data_dir: str, split: str) -> list[str]:
 
 
 def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, *,
-                 shuffle_buffer: int = 0, seed: int = 0, repeat: bool = False,
+                 shuffle_buffer: int = 0, shuffle_block: int = 1, seed: int = 0, repeat: bool = False,
                  drop_remainder: bool = False, input_context: tf.distribute.InputContext | None = None,
                  workers: int = 1) -> tf.data.Dataset:
     """Batched ``(features, targets)`` dataset of one split.
@@ -47,6 +47,10 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
       spec: the FeatureSpec to parse with.
       batch_size: batch size (per replica when ``input_context`` is given).
       shuffle_buffer: records to shuffle (0 = keep the file order, deterministic).
+      shuffle_block: with shuffling, runs of this many consecutive records of a shard move as
+        one unit (1 = every record on its own). The pipeline writes the candidates of a
+        request next to each other, so blocks keep most of a request's samples in one batch,
+        which is what ``model.request_dedup`` saves on.
       seed: shuffle seed.
       repeat: repeat forever (ParameterServerStrategy needs it).
       drop_remainder: drop the last partial batch.
@@ -62,15 +66,24 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
     by_file = pipelines > 1 and len(files) >= pipelines
     if by_file:
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
+    if isinstance(shuffle_block, bool) or not isinstance(shuffle_block, int) or shuffle_block < 1:
+        raise ValueError(f"make_dataset: shuffle_block must be an integer >= 1; received {shuffle_block!r}")
+    block = shuffle_block if shuffle_buffer else 1
     if shuffle_buffer:
         ds = ds.shuffle(len(files), seed=seed)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-                       cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
+
+    def read(path):
+        records = tf.data.TFRecordDataset(path, compression_type="GZIP")
+        return records.batch(block) if block > 1 else records  # a block: consecutive records
+
+    ds = ds.interleave(read, cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=not shuffle_buffer)
     if pipelines > 1 and not by_file:
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
     if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed)
+        ds = ds.shuffle(max(1, shuffle_buffer // block), seed=seed)
+        if block > 1:
+            ds = ds.unbatch()
     if repeat:
         ds = ds.repeat()
     parse = spec.parse_example_spec(roles=("label", "feature", "intent"))

@@ -36,9 +36,11 @@ class DIN(TirModel):
                          name="tower")
 
     def forward(self, inputs, training=False):
-        e = self.embed(inputs)
-        v_din = self.din_att(e["target"], e["hist"], e["mask"], training=training)
-        z = tf.concat([e["user"], e["context"], e["target"], e["trigger"], v_din], axis=-1)
+        rows, expand = self.request_rows(inputs)
+        r = self.embed.request(rows)  # once per distinct request (model.request_dedup)
+        e = self.embed.impression(inputs)
+        v_din = self.din_att(e["target"], expand(r["hist"]), expand(r["mask"]), training=training)
+        z = tf.concat([expand(r["user"]), e["context"], e["target"], expand(r["trigger"]), v_din], axis=-1)
         logit = self.tower(z, training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 

@@ -168,7 +168,7 @@ def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool):
     def train_fn(ctx=None):
         per_replica = ctx.get_per_replica_batch_size(cfg.batch_size) if ctx else cfg.batch_size
         return make_dataset(data_dir, "train", spec, per_replica, shuffle_buffer=cfg.shuffle_buffer,
-                            seed=cfg.seed, repeat=ps or repeat, input_context=ctx,
+                            shuffle_block=cfg.shuffle_block, seed=cfg.seed, repeat=ps or repeat, input_context=ctx,
                             workers=workers).map(select)
 
     if ps:

@@ -128,3 +128,38 @@ def length_bucketed(fn: Callable, rows: Sequence[tf.Tensor], sequences: Sequence
     if static_batch is not None:
         return bucketed() if static_batch >= threshold else compact()
     return tf.cond(tf.shape(mask)[0] >= threshold, bucketed, compact)
+
+
+def unique_rows(tensors: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """The distinct rows of a batch, compared over several tensors at once.
+
+    Several samples of a batch often share their request-level inputs (a request shows many
+    candidates to one user, with one trigger and one history). A block that reads only those
+    inputs can run once per distinct row and have its outputs gathered back:
+    ``block(x) == tf.gather(block(tf.gather(x, first)), index)``, exactly.
+
+    Args:
+      tensors: ``[B, ...]`` tensors (integer, bool or float; floats are compared bit for bit).
+        Two rows are equal when they are equal in every tensor.
+
+    Returns:
+      ``(first, index)``: int32 ``[U]`` position of each distinct row's first occurrence
+      (ascending), and int32 ``[B]`` the distinct row of every row
+      (``tf.gather(first, index)`` points at an equal row).
+    """
+    columns = []
+    for t in tensors:
+        t = tf.convert_to_tensor(t)
+        if t.dtype == tf.bool:
+            t = tf.cast(t, tf.int32)
+        elif t.dtype.is_floating:
+            t = tf.bitcast(tf.cast(t, tf.float32), tf.int32)
+        elif not t.dtype.is_integer:
+            raise ValueError(f"unique_rows: cannot compare rows of a {t.dtype.name} tensor")
+        columns.append(tf.reshape(tf.cast(t, tf.int64), [tf.shape(t)[0], -1]))
+    if not columns:
+        raise ValueError("unique_rows: needs at least one tensor")
+    _, index = tf.raw_ops.UniqueV2(x=tf.concat(columns, axis=1), axis=[0], out_idx=tf.int32)
+    batch = tf.shape(index)[0]
+    first = tf.math.unsorted_segment_min(tf.range(batch), index, tf.reduce_max(tf.concat([index, [-1]], 0)) + 1)
+    return first, index

@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tirec.models.layers import MultiHeadSelfAttention, MultiHeadTargetAttention  # noqa: E402
-from tirec.models.layers.sequence import compact_positions, keep_first, length_bucketed  # noqa: E402
+from tirec.models.layers.sequence import compact_positions, keep_first, length_bucketed, unique_rows  # noqa: E402
 
 RNG = np.random.default_rng(3)
 
@@ -126,3 +126,28 @@ def test_length_bucketed_gradient_through_the_cond():
     for g, w in zip(grads(m), tape.gradient(loss, [q, s])):
         np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(w).numpy(),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_unique_rows_finds_rows_equal_in_every_tensor():
+    ids = np.array([[1, 2], [1, 2], [1, 3], [1, 2], [1, 3], [4, 4]], np.int64)
+    flags = np.array([True, True, True, False, True, True])
+    vals = np.array([0.5, 0.5, 0.5, 0.5, 0.5, -0.0], np.float32)
+    first, index = unique_rows([ids, flags, vals])
+    # rows 0 and 1 are equal; row 3 differs from them by its flag; rows 2 and 4 are equal
+    np.testing.assert_array_equal(first.numpy(), [0, 2, 3, 5])
+    np.testing.assert_array_equal(index.numpy(), [0, 0, 1, 2, 1, 3])
+    # gathering through (first, index) gives back every row of every tensor
+    for t in (ids, flags, vals):
+        np.testing.assert_array_equal(tf.gather(tf.gather(t, first), index).numpy(), t)
+
+
+def test_unique_rows_on_random_rows_matches_numpy():
+    base = RNG.integers(0, 5, size=(30, 7))
+    rows = base[RNG.integers(0, 30, size=500)]
+    first, index = unique_rows([rows[:, :3], rows[:, 3:]])
+    want = np.unique(rows, axis=0)
+    assert first.shape[0] == want.shape[0]
+    assert np.all(np.diff(first.numpy()) > 0)  # first occurrences, ascending
+    np.testing.assert_array_equal(rows[first.numpy()][index.numpy()], rows)
+    with pytest.raises(ValueError, match="cannot compare rows of a string tensor"):
+        unique_rows([tf.constant(["a", "b"])])

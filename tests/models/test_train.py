@@ -1,4 +1,5 @@
 """Training runs: every registered model trains, DAIAN's stages do what they say, runs resume."""
+import collections
 import json
 import os
 
@@ -218,43 +219,53 @@ def _daian_outputs_and_grads(model, x, y):
                  if g is not None}
 
 
-def _assert_buckets_match_padded(data, name, key, *settings):
-    """Model ``name`` built with ``key`` = 0 (the padded path), 1 and 3 length groups (and the
-    same weights): equal outputs (``ctr``, and ``intent`` when the model has it) and gradients.
-    Returns the batch's features."""
+def _assert_variants_match(data, name, variants, stage=STAGE_JOINT):
+    """Model ``name`` built with each list of settings in ``variants`` (and the same weights):
+    outputs (``ctr``, and ``intent`` when the model has it) and gradients equal to those of
+    the first. Returns the batch's features."""
     spec = load_data_spec(data)
     ids, vecs, _ = load_item_vectors(data)
-    x, y = _batch(data, spec, n=128)
-    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
-    results, weights = {}, None
-    for buckets in (0, 1, 3):  # 3 buckets of >= 32 rows: the bucketed path runs
-        model = build_model(name, spec, _cfg(f"{key}={buckets}", *settings).model, ids, vecs)
+    x_all, y = _batch(data, spec, n=128)
+    x = {k: v for k, v in x_all.items() if k in model_input_names(spec)}
+    results, weights = [], None
+    for settings in variants:
+        model = build_model(name, spec, _cfg(*settings).model, ids, vecs)
         model(x)
         if weights is None:
             weights = model.get_weights()
         model.set_weights(weights)
-        results[buckets] = _daian_outputs_and_grads(model, x, y)
+        model.set_stage(stage)
+        x_stage = model._stage_inputs({**x, **{k: x_all[k] for k in ("intent_counts", "trigger_target_level")
+                                                if stage == STAGE_DIE}}, y)
+        results.append(_daian_outputs_and_grads(model, x_stage, y))
     want, want_grads = results[0]
-    for buckets in (1, 3):
-        got, grads = results[buckets]
+    for settings, (got, grads) in zip(variants[1:], results[1:]):
         assert set(got) == set(want)
         for out in got:
             np.testing.assert_allclose(got[out].numpy(), want[out].numpy(), rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{out} {key}={buckets}")
+                                       err_msg=f"{out} {settings}")
         assert set(grads) == set(want_grads)
         for var, g in grads.items():
             w = want_grads[var]
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(w).max()),
-                                       err_msg=f"{var} {key}={buckets}")
+                                       err_msg=f"{var} {settings}")
     return x
 
 
+def _assert_buckets_match_padded(data, name, key, *settings):
+    """``key`` = 0 (the padded path), 1 and 3 length groups (3 groups of >= 32 rows: the
+    bucketed path runs) give the same outputs and gradients."""
+    return _assert_variants_match(data, name, [[f"{key}={b}", *settings] for b in (0, 1, 3)])
+
+
+@pytest.mark.parametrize("dedup", [True, False])
 @pytest.mark.parametrize("explicit_len", [50, 3])
-def test_daian_explicit_buckets_equal_the_padded_path(tiny_data, explicit_len):
+def test_daian_explicit_buckets_equal_the_padded_path(tiny_data, explicit_len, dedup):
     """explicit_buckets only changes the speed: same outputs and gradients as the padded path
-    (explicit_buckets=0), with and without an explicit_len cap."""
+    (explicit_buckets=0), with and without an explicit_len cap, with the self-attention run
+    per request (request_dedup) or per sample."""
     _assert_buckets_match_padded(tiny_data, "daian", "model.explicit_buckets",
-                                 f"model.explicit_len={explicit_len}")
+                                 f"model.explicit_len={explicit_len}", f"model.request_dedup={str(dedup).lower()}")
 
 
 @pytest.mark.parametrize("name", ["din", "daian"])
@@ -267,22 +278,44 @@ def test_hist_buckets_equal_the_padded_path(tiny_data, name):
     assert lengths.min() < x["hist_ts"].shape[1]
 
 
-def test_daian_explicit_len_keeps_the_most_recent(tiny_data):
+@pytest.mark.parametrize("name,stage", [("din", STAGE_JOINT), ("daian", STAGE_JOINT),
+                                        ("daian", STAGE_DIE), ("daian", STAGE_UIM)])
+def test_request_dedup_equals_per_sample(tiny_data, name, stage):
+    """request_dedup (request-level blocks once per distinct request) only changes the speed:
+    same outputs and gradients as running every block per sample, in every DAIAN stage (stage
+    2 feeds a per-sample intent to I2E)."""
+    from tirec.models.base import request_input_names
+    from tirec.models.layers.sequence import unique_rows
+
+    x = _assert_variants_match(tiny_data, name, [["model.request_dedup=false"], ["model.request_dedup=true"],
+                                                 ["model.request_dedup=true", "model.explicit_buckets=3",
+                                                  "model.hist_buckets=3"]], stage=stage)
+    # the batch (records in request order) does hold several samples per request
+    spec = load_data_spec(tiny_data)
+    first, index = unique_rows([x[n] for n in request_input_names(spec)])
+    assert 1 < first.shape[0] < index.shape[0] // 2
+    with pytest.raises(ValueError, match="model.request_dedup: expected true/false; received 1"):
+        _cfg("model.request_dedup=1").model.validate()
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_daian_explicit_len_keeps_the_most_recent(tiny_data, dedup):
     """explicit_len=k gives v_exp of the first k (most recent) explicit behaviours."""
     spec = load_data_spec(tiny_data)
     ids, vecs, _ = load_item_vectors(tiny_data)
     x, _ = _batch(tiny_data, spec, n=128)
     x = {k: v for k, v in x.items() if k in model_input_names(spec)}
-    model = build_model("daian", spec, _cfg("model.explicit_len=2").model, ids, vecs)
+    model = build_model("daian", spec, _cfg("model.explicit_len=2", f"model.request_dedup={str(dedup).lower()}").model,
+                        ids, vecs)
     model(x)
     captured = {}
-    original = model._explicit_pool
+    attention = model.exp_self.call
 
-    def spy(rows, seqs, mask):
+    def spy(inputs, mask=None, **kwargs):  # the self-attention over S' sees its mask
         captured["lengths"] = captured.get("lengths", []) + [tf.reduce_sum(tf.cast(mask, tf.int32), 1)]
-        return original(rows, seqs, mask)
+        return attention(inputs, mask, **kwargs)
 
-    model._explicit_pool = spy
+    model.exp_self.call = spy
     model(x)
     lengths = np.concatenate([t.numpy() for t in captured["lengths"]])
     assert lengths.max() <= 2 and (lengths == 2).any()
@@ -331,3 +364,45 @@ def test_daian_trains_under_mixed_bfloat16_and_reloads(tiny_data, tmp_path):
     full.load_weights(str(tmp_path / "w" / "weights"))
     np.testing.assert_allclose(full(x, training=False)["ctr"].numpy(), mixed(x, training=False)["ctr"].numpy(),
                                atol=0.03)
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_shuffle_block_keeps_runs_of_records_and_drops_none(tiny_data, block):
+    """shuffle_block=k shuffles runs of k consecutive records of a shard: every record comes
+    out exactly once, and (k > 1) in runs of k that are consecutive in the shard."""
+    spec = load_data_spec(tiny_data)
+    key = ("user_id", "target_item_id", "trigger_item_id", "hist_ts")  # features that name a record
+
+    def records(ds):
+        out = []
+        for x, _ in ds:
+            cols = [[tuple(v) if isinstance(v, list) else v for v in np.asarray(x[k]).tolist()] for k in key]
+            out += list(zip(*cols))
+        return out
+
+    files = sorted(tf.io.gfile.glob(os.path.join(tiny_data, "train", "*.tfrecord.gz")))
+    position, total = {}, 0  # record -> (shard, position in the shard)
+    for f, path in enumerate(files):
+        ds = tf.data.TFRecordDataset(path, compression_type="GZIP").batch(512).map(
+            lambda b: (tf.io.parse_example(b, {k: spec.parse_example_spec()[k] for k in key}), 0))
+        for i, r in enumerate(records(ds)):
+            position[r] = (f, i)
+            total += 1
+    assert len(position) == total > 8 * block  # the key names one record
+    got = records(make_dataset(tiny_data, "train", spec, 64, shuffle_buffer=100, shuffle_block=block, seed=3))
+    assert sorted(got) == sorted(position)  # each record once
+    places = [position[r] for r in got]
+    assert places != sorted(places)  # shuffled
+    if block > 1:
+        sizes = collections.Counter(f for f, _ in position.values())
+        i = 0
+        while i < len(places):  # a run: k consecutive records of one shard (fewer at its end)
+            f, start = places[i]
+            assert start % block == 0
+            n = min(block, sizes[f] - start)
+            assert places[i:i + n] == [(f, start + j) for j in range(n)]
+            i += n
+    with pytest.raises(ValueError, match="shuffle_block must be an integer >= 1; received 0"):
+        make_dataset(tiny_data, "train", spec, 64, shuffle_buffer=100, shuffle_block=0)
+    with pytest.raises(ValueError, match="train.shuffle_block"):
+        _cfg("train.shuffle_block=0").train.validate()
