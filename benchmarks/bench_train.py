@@ -19,7 +19,7 @@ float32 and/or mixed_bfloat16):
   * the DAIAN/DIN step-time ratio per precision (and mixed DAIAN over float32 DIN);
   * the tf.data input pipeline alone (read, shuffle as in training, batch, parse), examples/s;
   * forward FLOPs per example (TensorFlow's graph profiler, counted on the padded graph,
-    ``explicit_buckets=0, hist_buckets=0``, whose shapes are static; the timed, compacted
+    ``explicit_buckets=0, hist_buckets=0, request_dedup=false``, whose shapes are static; the timed, compacted
     graphs skip the padding and run the request-level blocks once per distinct request, so they
     do less work than this counts) and the achieved GFLOP/s,
     counting a training step as 3x the forward FLOPs, against the 4096^3 matmul ceiling
@@ -144,7 +144,8 @@ def bench_models(data: str, precisions: list[str], steps: int, rounds: int,
         ids, vecs, _ = load_item_vectors(data)
         padded = build_model(name, spec, model_config_from_dict({"name": name, **overrides[name],
                                                                   "explicit_buckets": 0,
-                                                                  "hist_buckets": 0}), ids, vecs)
+                                                                  "hist_buckets": 0,
+                                                                  "request_dedup": False}), ids, vecs)
         flops[name] = _forward_flops(padded, x)
     out = {"timed_batch": {"shuffle_buffer": TRAIN.shuffle_buffer, "shuffle_block": shuffle_block,
                            **batch_stats(data, x)}}
