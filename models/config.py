@@ -50,9 +50,9 @@ class ModelConfig:
       request_dedup: run the request-level blocks (history and user embeddings; DAIAN's UIM,
         I2E and explicit self-attention) once per distinct request of the batch and gather
         their outputs back to the candidates; the outputs are the same up to float rounding.
-        The saving grows with the candidates per request a batch holds (all of them when the
-        records are read in request order, ``train.shuffle_buffer=0``; few after a
-        record-level shuffle of the whole data).
+        The saving grows with the candidates per request a batch holds: many with
+        ``train.shuffle_block`` > 1 (the default) or ``train.shuffle_buffer=0``, few with a
+        record-level shuffle (``train.shuffle_block=1``).
     """
 
     name: str = "daian"

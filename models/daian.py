@@ -35,7 +35,7 @@ from tirec.models.base import STAGE_DIE, FeatureEmbedder, TirModel
 from tirec.models.config import ModelConfig
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
-from tirec.models.layers.sequence import keep_first, length_bucketed
+from tirec.models.layers.sequence import keep_first, length_bucketed, real_lengths
 from tirec.models.registry import register_model
 
 keras = tf.keras
@@ -166,9 +166,7 @@ class DAIAN(TirModel):
         if c.explicit_buckets == 0:
             mask = keep_first(explicit, max_len)
             return self.exp_self(hist, mask), mask
-        lengths = tf.reduce_sum(tf.cast(explicit, tf.int32), axis=1)
-        if max_len is not None:
-            lengths = tf.minimum(lengths, max_len)
+        lengths = real_lengths(explicit, max_len)
         width = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], axis=0)), 1)
 
         def self_attend(rows, sequences, mask):

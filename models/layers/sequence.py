@@ -26,7 +26,8 @@ import tensorflow as tf
 from tirec.models.layers._common import sequence_mask
 
 
-def _lengths(mask: tf.Tensor, max_len: int | None) -> tf.Tensor:
+def real_lengths(mask: tf.Tensor, max_len: int | None = None) -> tf.Tensor:
+    """Real positions per row of a bool ``[B, L]`` mask (int32 ``[B]``), at most ``max_len``."""
     lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
     if max_len is not None:
         lengths = tf.minimum(lengths, max_len)
@@ -57,7 +58,7 @@ def compact_positions(mask, max_len: int | None = None) -> tuple[tf.Tensor, tf.T
     mask = tf.convert_to_tensor(mask)
     if mask.dtype != tf.bool:
         mask = tf.not_equal(mask, tf.zeros([], mask.dtype))
-    lengths = _lengths(mask, max_len)
+    lengths = real_lengths(mask, max_len)
     order = tf.argsort(tf.cast(tf.logical_not(mask), tf.int32), axis=1, stable=True)
     width = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], axis=0)), 1)
     return order[:, :width], lengths
@@ -159,7 +160,6 @@ def unique_rows(tensors: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         columns.append(tf.reshape(tf.cast(t, tf.int64), [tf.shape(t)[0], -1]))
     if not columns:
         raise ValueError("unique_rows: needs at least one tensor")
-    _, index = tf.raw_ops.UniqueV2(x=tf.concat(columns, axis=1), axis=[0], out_idx=tf.int32)
-    batch = tf.shape(index)[0]
-    first = tf.math.unsorted_segment_min(tf.range(batch), index, tf.reduce_max(tf.concat([index, [-1]], 0)) + 1)
+    distinct, index = tf.raw_ops.UniqueV2(x=tf.concat(columns, axis=1), axis=[0], out_idx=tf.int32)
+    first = tf.math.unsorted_segment_min(tf.range(tf.shape(index)[0]), index, tf.shape(distinct)[0])
     return first, index
