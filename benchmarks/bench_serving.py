@@ -1,6 +1,6 @@
 """Serving benchmark: a DAIAN SavedModel behind ``tirec serve`` (gRPC) vs the in-process signature.
 
-    python benchmarks/bench_serving.py [--requests 100] [--warmup 10] [--work DIR] [--run RUN]
+    python benchmarks/bench_serving.py [--requests 100] [--warmup 10] [--rounds 5] [--work DIR] [--run RUN]
         [--signatures serving_default,rank,predict] [--no-subprocess] [--skip-reload]
         [--server-arg=--enable-batching --server-arg=--batch-timeout-micros=500 ...]
 
@@ -17,11 +17,13 @@ Measures, for requests of 1 and of 200 candidates, at 1 and 8 concurrent clients
   * ``in_process``: ``tf.saved_model.load(version_dir).signatures[SIG](**inputs)`` from as many
     Python threads, on ``tf.constant`` inputs built up front. Only the call (and ``.numpy()`` of
     its outputs, which the server does too) is timed.
-Per cell: every client sends ``--warmup`` untimed requests, then all start together and send
-``--requests`` timed ones each; p50 / p99 over all timed requests (``time.perf_counter`` around
-each call), QPS = timed requests / wall time of the cell; ``errors`` counts failed calls, warmup
-included (failed calls are not timed). The in-process and gRPC cells of one
-setting run back to back, so a drifting machine load affects both alike. Signatures:
+Per cell: the timed requests are split into ``--rounds`` rounds (default 5) that alternate
+in-process and gRPC, so a machine whose speed drifts during the cell slows both sides alike. In
+each round every client sends untimed requests (``--warmup`` in the first round, 2 later), then
+all start together and send their share of the ``--requests`` timed ones; p50 / p99 over all
+timed requests of a side (``time.perf_counter`` around each call), QPS = its timed requests /
+its summed round wall times; ``errors`` counts failed calls, warmup included (failed calls are
+not timed). Signatures:
 ``serving_default`` (serialized tf.Example ``examples``) and, by default also, ``rank`` (the
 first record's context as one example, and one small ``target_*`` example per candidate) and
 ``predict`` (one raw tensor per model input, parsed from the same records).
@@ -88,6 +90,7 @@ RELOAD_CANDIDATES = 200
 RELOAD_LEAD_S = 3.0  # steady load before the export starts
 RELOAD_TAIL_S = 3.0  # load kept up after version 2 first answers
 RPC_TIMEOUT_S = 60.0
+ROUND_WARMUP = 2  # untimed requests per client when a side resumes in a later round
 GOAL_P50_OVERHEAD_MS = 1.0
 GOAL_P99_RATIO = 2.0
 TRAIN_ARGS = ["--model", "daian", "--epochs", "1", "--batch-size", "1024",
@@ -234,8 +237,12 @@ def summarize(latencies: list[float], wall: float, errors: int) -> dict:
             "requests": int(ms.size), "errors": errors}
 
 
-def run_cell(calls: list, requests: int, warmup: int) -> dict:
-    """One client thread per callable: ``warmup`` untimed calls, then ``requests`` timed ones."""
+def run_cell(calls: list, requests: int, warmup: int) -> tuple[list[float], float, int]:
+    """One client thread per callable: ``warmup`` untimed calls, then ``requests`` timed ones.
+
+    Returns the latencies (s), the wall time from the first timed call to the last answer, and
+    the failed calls.
+    """
     barrier = threading.Barrier(len(calls))
     latencies = [[] for _ in calls]
     errors = [0] * len(calls)
@@ -266,7 +273,25 @@ def run_cell(calls: list, requests: int, warmup: int) -> dict:
     for th in threads:
         th.join()
     wall = max(e for _, e in spans) - min(s for s, _ in spans)
-    return summarize([x for lat in latencies for x in lat], wall, sum(errors))
+    return [x for lat in latencies for x in lat], wall, sum(errors)
+
+
+def run_paired(sides: dict[str, list], requests: int, warmup: int, rounds: int) -> dict[str, dict]:
+    """Runs the sides (name -> client callables) in ``rounds`` alternating rounds.
+
+    Each round gives every side ``requests / rounds`` timed requests per client (the first round
+    after ``warmup`` untimed ones, later rounds after ``ROUND_WARMUP``), so a machine whose speed
+    drifts during the cell slows both sides alike. Latencies and wall times are pooled over the
+    rounds.
+    """
+    pooled = {name: ([], 0.0, 0) for name in sides}
+    for r in range(rounds):
+        n = requests // rounds + (1 if r < requests % rounds else 0)
+        for name, calls in sides.items():
+            lat, wall, errors = run_cell(calls, n, warmup if r == 0 else ROUND_WARMUP)
+            acc = pooled[name]
+            pooled[name] = (acc[0] + lat, acc[1] + wall, acc[2] + errors)
+    return {name: summarize(*acc) for name, acc in pooled.items()}
 
 
 def local_call(fn, tensors: dict):
@@ -287,7 +312,7 @@ def compare(in_process: dict, served: dict) -> dict:
 
 
 def bench_latency(version_dir: str, stubs: list, inputs: dict, signatures: list[str],
-                  requests: int, warmup: int) -> dict:
+                  requests: int, warmup: int, rounds: int) -> dict:
     loaded = tf.saved_model.load(version_dir)
     out = {}
     for sig in signatures:
@@ -295,13 +320,14 @@ def bench_latency(version_dir: str, stubs: list, inputs: dict, signatures: list[
         for n in CANDIDATES:
             tensors, request = inputs[(sig, n)]["tensors"], inputs[(sig, n)]["request"]
             for c in CONCURRENCY:
-                in_process = run_cell([local_call(fn, tensors)] * c, requests, warmup)
-                served = run_cell([grpc_call(s, request) for s in stubs[:c]], requests, warmup)
-                cell = {"in_process": in_process, "grpc": served, **compare(in_process, served)}
+                sides = {"in_process": [local_call(fn, tensors)] * c,
+                         "grpc": [grpc_call(s, request) for s in stubs[:c]]}
+                res = run_paired(sides, requests, warmup, rounds)
+                cell = {**res, **compare(res["in_process"], res["grpc"])}
                 out.setdefault(sig, {}).setdefault(f"candidates_{n}", {})[f"clients_{c}"] = cell
-                print(f"{sig} {n} candidates x {c} clients: p50 {in_process['p50_ms']} -> "
-                      f"{served['p50_ms']} ms, p99 {in_process['p99_ms']} -> {served['p99_ms']} ms",
-                      file=sys.stderr)
+                print(f"{sig} {n} candidates x {c} clients: p50 {res['in_process']['p50_ms']} -> "
+                      f"{res['grpc']['p50_ms']} ms, p99 {res['in_process']['p99_ms']} -> "
+                      f"{res['grpc']['p99_ms']} ms", file=sys.stderr)
     return out
 
 
@@ -384,6 +410,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=100, help="timed requests per client per cell")
     ap.add_argument("--warmup", type=int, default=10, help="untimed requests per client per cell")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="alternating in-process / gRPC rounds the timed requests of a cell are split into")
     ap.add_argument("--work", default="/tmp/tirec_bench_serving")
     ap.add_argument("--run", help="a trained run folder (default: build WORK/run)")
     ap.add_argument("--signatures", default=",".join(SIGNATURES),
@@ -397,6 +425,9 @@ def main() -> None:
     signatures = [s for s in args.signatures.split(",") if s]
     if not signatures or set(signatures) - set(SIGNATURES):
         ap.error(f"--signatures must name some of {','.join(SIGNATURES)}; received {args.signatures!r}")
+    if not 1 <= args.rounds <= args.requests:
+        ap.error(f"--rounds must be in [1, --requests]; received --rounds {args.rounds} with --requests "
+                 f"{args.requests}")
 
     t_total = time.perf_counter()
     os.makedirs(args.work, exist_ok=True)
@@ -412,7 +443,7 @@ def main() -> None:
     try:
         stubs = make_stubs(server.target, max(max(CONCURRENCY), RELOAD_CLIENTS))
         wait_available(stubs[0], inputs[(signatures[0], 1)]["request"])
-        latency = bench_latency(version_dir, stubs, inputs, signatures, args.requests, args.warmup)
+        latency = bench_latency(version_dir, stubs, inputs, signatures, args.requests, args.warmup, args.rounds)
         reload = None
         if not args.skip_reload:
             sig = "serving_default" if "serving_default" in signatures else signatures[0]
@@ -425,6 +456,7 @@ def main() -> None:
         "server_args": args.server_arg,
         "cpus": os.cpu_count(),
         "settings": {"warmup_requests_per_client": args.warmup, "timed_requests_per_client": args.requests,
+                     "rounds": args.rounds,
                      "candidates": list(CANDIDATES), "clients": list(CONCURRENCY),
                      "signatures": signatures, "file_system_poll_wait_seconds": POLL_WAIT_S,
                      "reload_lead_seconds": RELOAD_LEAD_S, "reload_tail_seconds": RELOAD_TAIL_S,

@@ -1,10 +1,12 @@
 """Server-side batching of concurrent Predict requests, like TF Serving's ``--enable_batching``.
 
 Requests to the same (model version, signature, input names, dtypes and per-row shapes) wait in
-one queue; a batch thread takes up to ``max_batch_size`` rows from the queue once it holds that
-many or its oldest request has waited ``batch_timeout_micros``, concatenates the inputs along
-axis 0 (padding up to the next of ``allowed_batch_sizes`` by repeating the first row, when
-set), runs the signature once and hands each caller its own rows of every output.
+one queue. A batch takes up to ``max_batch_size`` rows from a queue once it holds that many or
+its oldest request has waited ``batch_timeout_micros``, concatenates the inputs along axis 0
+(padding up to the next of ``allowed_batch_sizes`` by repeating the first row, when set), runs
+the signature once and hands each caller its own rows of every output. At most
+``num_batch_threads`` batches run at once, each in the thread of one of its waiting callers
+(see :class:`Batcher`).
 
 Each request is validated before it joins a queue, so a merged batch only holds well-formed
 requests. If a merged batch still fails (say one serialized tf.Example does not parse), its
@@ -47,7 +49,7 @@ class BatchingOptions:
     Args:
       max_batch_size: most rows in one batch.
       batch_timeout_micros: longest a request waits for others before its batch runs.
-      num_batch_threads: threads running batches.
+      num_batch_threads: most batches running at once (TF Serving's batch threads).
       max_enqueued_batches: queue capacity per key, in batches; a request beyond it gets
         UNAVAILABLE.
       allowed_batch_sizes: if set, batches are padded up to the next of these sizes (increasing,
@@ -120,7 +122,7 @@ class BatchingOptions:
 
 
 class _Task:
-    __slots__ = ("servable", "signature", "arrays", "rows", "enqueued", "done", "result", "error")
+    __slots__ = ("servable", "signature", "arrays", "rows", "enqueued", "finished", "result", "error")
 
     def __init__(self, servable, signature, arrays, rows):
         self.servable = servable
@@ -128,7 +130,7 @@ class _Task:
         self.arrays = arrays
         self.rows = rows
         self.enqueued = time.monotonic()
-        self.done = threading.Event()
+        self.finished = False  # set, with result or error, before the condition is notified
         self.result = None
         self.error = None
 
@@ -149,6 +151,14 @@ def batch_rows(arrays: Mapping[str, np.ndarray]) -> int | None:
 class Batcher:
     """Shared batch scheduler; :meth:`run` has the same contract as ``Servable.call``.
 
+    Batches run in the threads of the waiting requests themselves, not in a pool of batch
+    threads: while a request waits, and fewer than ``num_batch_threads`` batches are running, its
+    thread takes the oldest ready queue (one holding ``max_batch_size`` rows, or whose oldest
+    request has waited ``batch_timeout_micros``), runs that batch and hands every caller in it
+    its rows. A request that finds the server idle (with the default timeout of 0) therefore
+    runs at once in its own thread, paying no hand-off between threads; requests that arrive
+    while ``num_batch_threads`` batches are running queue up and run together in the next batch.
+
     Args:
       options: the batching parameters.
     """
@@ -158,34 +168,33 @@ class Batcher:
         self._cond = threading.Condition()
         self._queues: dict[tuple, collections.deque] = {}
         self._queued_rows: dict[tuple, int] = {}
-        self._threads: list[threading.Thread] = []
+        self._running = 0  # batches being executed
+        self._started = False
         self._stopping = False
         self._stats_lock = threading.Lock()
         self._stats = {"batches": 0, "batched_requests": 0, "merged_batches": 0, "max_batch_rows": 0,
                        "padded_rows": 0, "direct_requests": 0, "split_retries": 0}
 
     def start(self) -> "Batcher":
-        """Starts the batch threads."""
-        for i in range(self.options.num_batch_threads):
-            t = threading.Thread(target=self._worker, name=f"tirec-batch-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        """Starts accepting requests into batches (before this, :meth:`run` calls directly)."""
+        with self._cond:
+            self._started, self._stopping = True, False
         return self
 
-    def stop(self) -> None:
-        """Stops the batch threads; requests still queued get UNAVAILABLE."""
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Stops batching: requests still queued get UNAVAILABLE; waits up to ``timeout`` seconds
+        for the batches already running to finish."""
         with self._cond:
             self._stopping = True
             pending = [t for q in self._queues.values() for t in q]
             self._queues.clear()
             self._queued_rows.clear()
+            for task in pending:
+                task.error = ServingError("UNAVAILABLE", "server is shutting down")
+                task.finished = True
             self._cond.notify_all()
-        for task in pending:
-            task.error = ServingError("UNAVAILABLE", "server is shutting down")
-            task.done.set()
-        for t in self._threads:
-            t.join()
-        self._threads = []
+            self._cond.wait_for(lambda: self._running == 0, timeout)
+            self._started = False
 
     def stats(self) -> dict:
         """Counters: batches run, requests batched, batches that merged several requests, largest
@@ -205,10 +214,11 @@ class Batcher:
         """Runs the request in a batch with concurrent compatible ones; returns its outputs.
 
         Raises:
-          ServingError: the request's own error; UNAVAILABLE when its queue is full.
+          ServingError: the request's own error; UNAVAILABLE when its queue is full or the
+            batcher is stopping.
         """
         rows = batch_rows(arrays)
-        if rows is None or rows == 0 or rows > self.options.max_batch_size or not self._threads:
+        if rows is None or rows == 0 or rows > self.options.max_batch_size or not self._started:
             self._count(direct_requests=1)
             return servable.call(signature_name, arrays)
         key = (servable, signature_name,
@@ -224,8 +234,23 @@ class Batcher:
                                                   f"signature '{signature_name}')")
             self._queues.setdefault(key, collections.deque()).append(task)
             self._queued_rows[key] = queued + rows
-            self._cond.notify()
-        task.done.wait()
+        while True:
+            with self._cond:
+                batch = self._next_batch(task)
+            if batch is None:
+                break
+            try:
+                self._execute(batch)
+            except Exception as e:  # never lose a waiting caller
+                log.exception("batch failed")
+                for t in batch:
+                    if not t.finished:
+                        t.error = ServingError("INTERNAL", f"batch failed: {type(e).__name__}: {e}")
+                        t.finished = True
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
         if task.error is not None:
             raise task.error
         return task.result
@@ -259,26 +284,18 @@ class Batcher:
             del self._queued_rows[key]
         return tasks
 
-    def _worker(self) -> None:
-        while True:
-            with self._cond:
-                tasks = None
-                while tasks is None:
-                    if self._stopping:
-                        return
-                    key, wait = self._pick(time.monotonic())
-                    if key is not None:
-                        tasks = self._take(key)
-                    else:
-                        self._cond.wait(wait)
-            try:
-                self._execute(tasks)
-            except Exception as e:  # never lose a waiting caller
-                log.exception("batch failed")
-                for task in tasks:
-                    if not task.done.is_set():
-                        task.error = ServingError("INTERNAL", f"batch failed: {type(e).__name__}: {e}")
-                        task.done.set()
+    def _next_batch(self, task: _Task) -> list[_Task] | None:
+        """Called with the lock held by ``task``'s thread: waits until ``task`` is finished (then
+        returns None) or this thread may run a ready batch (returned, and counted as running)."""
+        while not task.finished:
+            wait = None
+            if self._running < self.options.num_batch_threads:
+                key, wait = self._pick(time.monotonic())
+                if key is not None:
+                    self._running += 1
+                    return self._take(key)
+            self._cond.wait(wait)
+        return None
 
     def _padded_size(self, rows: int) -> int:
         for size in self.options.allowed_batch_sizes:
@@ -291,7 +308,7 @@ class Batcher:
             task.result = task.servable.call(task.signature, task.arrays)
         except Exception as e:
             task.error = e if isinstance(e, ServingError) else ServingError("INTERNAL", f"{type(e).__name__}: {e}")
-        task.done.set()
+        task.finished = True
 
     def _execute(self, tasks: list[_Task]) -> None:
         total = sum(t.rows for t in tasks)
@@ -326,5 +343,5 @@ class Batcher:
         for task in tasks:
             end = start + task.rows
             task.result = {k: v[start:end] for k, v in outputs.items()}
-            task.done.set()
+            task.finished = True
             start = end

@@ -59,6 +59,16 @@ _VALUE_FIELDS = {
 }
 
 
+# Dtypes whose values decode straight into numpy (``half_val`` holds bit patterns and complex
+# values come in pairs: those take tf.make_ndarray).
+_NUMPY_DTYPES = {
+    types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT32: np.int32,
+    types_pb2.DT_INT16: np.int16, types_pb2.DT_INT8: np.int8, types_pb2.DT_UINT8: np.uint8,
+    types_pb2.DT_UINT16: np.uint16, types_pb2.DT_INT64: np.int64, types_pb2.DT_UINT32: np.uint32,
+    types_pb2.DT_UINT64: np.uint64, types_pb2.DT_BOOL: np.bool_,
+}
+
+
 class ServingError(Exception):
     """An error returned to the client with a canonical status code.
 
@@ -234,9 +244,30 @@ def tensor_proto_to_array(name: str, proto: tensor_pb2.TensorProto, info: meta_g
             raise invalid(f"input '{name}': {count} values for {n} elements; padding a tensor past "
                           f"{MAX_PADDED_ELEMENTS} elements is refused")
     try:
-        return tf.make_ndarray(proto)
+        return _decode(proto, dims, n)
     except (ValueError, TypeError, OverflowError) as e:
         raise invalid(f"input '{name}': cannot decode tensor: {e}") from None
+
+
+def _decode(proto: tensor_pb2.TensorProto, dims: list[int], n: int) -> np.ndarray:
+    """The array of a TensorProto already checked against its shape (``n`` elements).
+
+    The common encodings are read directly (``tensor_content`` as a buffer; a full
+    ``string_val`` or numeric ``*_val`` list); padding, half floats and complex values go
+    through ``tf.make_ndarray``, which implements them.
+    """
+    np_dtype = _NUMPY_DTYPES.get(proto.dtype)
+    if np_dtype is not None and proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(dims)
+    if proto.dtype == types_pb2.DT_STRING and len(proto.string_val) == n:
+        arr = np.empty(n, dtype=object)
+        arr[:] = list(proto.string_val)
+        return arr.reshape(dims)
+    if np_dtype is not None:
+        values = getattr(proto, _VALUE_FIELDS[proto.dtype][0])
+        if len(values) == n:
+            return np.array(values, dtype=np_dtype).reshape(dims)
+    return tf.make_ndarray(proto)
 
 
 def array_to_tensor_proto(arr) -> tensor_pb2.TensorProto:
@@ -304,6 +335,9 @@ class Servable:
         self.loaded = loaded
         self._functions = {k: loaded.signatures[k] for k in self.signature_defs
                            if k in getattr(loaded, "signatures", {})}
+        self._input_dtypes = {k: {name: tf.as_dtype(info.dtype)
+                                  for name, info in self.signature_defs[k].inputs.items()}
+                              for k in self._functions}
         self._count_lock = threading.Lock()
         self.calls = 0  # signature function calls (each batch counts once)
         self.warmup_records = 0
@@ -358,9 +392,9 @@ class Servable:
         """
         key = signature_name or DEFAULT_SIGNATURE
         sig = self.signature(key)
-        fn = self._functions[key]
+        fn, dtypes = self._functions[key], self._input_dtypes[key]
         try:
-            tensors = {k: tf.constant(v, dtype=tf.as_dtype(sig.inputs[k].dtype)) for k, v in arrays.items()}
+            tensors = {k: tf.constant(v, dtype=dtypes[k]) for k, v in arrays.items()}
         except (TypeError, ValueError, OverflowError) as e:
             raise invalid(f"signature '{key}': cannot convert inputs: {e}") from None
         with self._count_lock:
