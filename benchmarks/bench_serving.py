@@ -1,7 +1,7 @@
 """Serving benchmark: a DAIAN SavedModel behind ``tirec serve`` (gRPC) vs the in-process signature.
 
     python benchmarks/bench_serving.py [--requests 100] [--warmup 10] [--rounds 5] [--work DIR] [--run RUN]
-        [--signatures serving_default,rank,predict] [--no-subprocess] [--skip-reload]
+        [--signatures serving_default,rank,predict] [--no-subprocess] [--skip-reload] [--no-floor]
         [--server-arg=--enable-batching --server-arg=--batch-timeout-micros=500 ...]
 
 Setup: without ``--run``, builds ``--work/run`` once (``tirec generate`` 300 users, ``tirec
@@ -27,6 +27,13 @@ not timed). Signatures:
 ``serving_default`` (serialized tf.Example ``examples``) and, by default also, ``rank`` (the
 first record's context as one example, and one small ``target_*`` example per candidate) and
 ``predict`` (one raw tensor per model input, parsed from the same records).
+
+Transport floor (unless ``--no-floor``): the 1-client cells also time, in the same rounds, the
+same PredictRequest sent to an echo server (this script with ``--echo-server``: a Python gRPC
+server with ``tirec serve``'s settings whose handler only sleeps as long as the in-process call
+took, median of 20, and answers with as many scores). ``grpc_floor.transport_p50_ms`` is the
+median of round trip minus handler time: what a Python gRPC server costs on this machine before
+it does any work. ``p50_overhead_beyond_floor_ms`` is what ``tirec serve`` adds on top.
 
 Goal per setting: ``p50(grpc) - p50(in_process) <= 1 ms`` and ``p99(grpc) <= 2 x
 p99(in_process)``; each cell records the numbers and the two booleans, ``goals`` the overall
@@ -90,6 +97,7 @@ RELOAD_CANDIDATES = 200
 RELOAD_LEAD_S = 3.0  # steady load before the export starts
 RELOAD_TAIL_S = 3.0  # load kept up after version 2 first answers
 RPC_TIMEOUT_S = 60.0
+FLOOR_PROBES = 20  # in-process calls timed to set the echo handler's sleep
 ROUND_WARMUP = 2  # untimed requests per client when a side resumes in a later round
 GOAL_P50_OVERHEAD_MS = 1.0
 GOAL_P99_RATIO = 2.0
@@ -311,8 +319,53 @@ def compare(in_process: dict, served: dict) -> dict:
             "p99_ratio": round(ratio, 3), "p99_ok": bool(ratio <= GOAL_P99_RATIO)}
 
 
+class EchoService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """The transport floor: a Predict that sleeps ``x-sleep-us`` (call metadata) and answers with
+    ``x-rows`` zeros and the seconds it spent in the handler (``handler_s``)."""
+
+    def Predict(self, request, context):
+        t = time.perf_counter()
+        meta = dict(context.invocation_metadata())
+        time.sleep(int(meta.get("x-sleep-us", "0")) / 1e6)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.outputs["ctr"].float_val.extend([0.0] * int(meta.get("x-rows", "1")))
+        response.outputs["handler_s"].double_val.append(time.perf_counter() - t)
+        return response
+
+
+def echo_server_main() -> None:
+    """``bench_serving.py --echo-server``: serves :class:`EchoService` with the gRPC settings of
+    ``tirec serve`` on a free port, printed on stdout."""
+    from concurrent import futures
+
+    from tirec.serving.server import ServingOptions
+
+    limit = ServingOptions(model_base_path="-").max_message_bytes
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=ServingOptions(model_base_path="-").grpc_workers),
+                         options=[("grpc.max_receive_message_length", limit),
+                                  ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(EchoService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    server.wait_for_termination()
+
+
+def floor_call(stub, request, rows: int, sleep_s: float, transport: list):
+    """A call to the echo server whose handler sleeps ``sleep_s``; appends the round trip minus
+    the handler's own time to ``transport``."""
+    metadata = (("x-sleep-us", str(int(sleep_s * 1e6))), ("x-rows", str(rows)))
+
+    def call():
+        t = time.perf_counter()
+        response = stub.Predict(request, timeout=RPC_TIMEOUT_S, metadata=metadata)
+        transport.append(time.perf_counter() - t - response.outputs["handler_s"].double_val[0])
+    return call
+
+
 def bench_latency(version_dir: str, stubs: list, inputs: dict, signatures: list[str],
-                  requests: int, warmup: int, rounds: int) -> dict:
+                  requests: int, warmup: int, rounds: int, floor_stub=None) -> dict:
     loaded = tf.saved_model.load(version_dir)
     out = {}
     for sig in signatures:
@@ -320,15 +373,33 @@ def bench_latency(version_dir: str, stubs: list, inputs: dict, signatures: list[
         for n in CANDIDATES:
             tensors, request = inputs[(sig, n)]["tensors"], inputs[(sig, n)]["request"]
             for c in CONCURRENCY:
-                sides = {"in_process": [local_call(fn, tensors)] * c,
-                         "grpc": [grpc_call(s, request) for s in stubs[:c]]}
+                local = local_call(fn, tensors)
+                sides = {"in_process": [local] * c, "grpc": [grpc_call(s, request) for s in stubs[:c]]}
+                transport: list[float] = []
+                if floor_stub is not None and c == 1:
+                    # The echo handler idles as long as the in-process call takes, so the client
+                    # and server wait as long as they do on the real server.
+                    sleep_s = float(np.median([_timed(local) for _ in range(FLOOR_PROBES)]))
+                    sides["grpc_floor"] = [floor_call(floor_stub, request, n, sleep_s, transport)]
                 res = run_paired(sides, requests, warmup, rounds)
                 cell = {**res, **compare(res["in_process"], res["grpc"])}
+                if transport:
+                    floor_ms = float(np.median(transport[warmup:])) * 1000.0  # later rounds' warmups too
+                    cell["grpc_floor"].update({"handler_sleep_ms": round(sleep_s * 1000.0, 3),
+                                               "transport_p50_ms": round(floor_ms, 3)})
+                    cell["p50_overhead_beyond_floor_ms"] = round(cell["p50_overhead_ms"] - floor_ms, 3)
                 out.setdefault(sig, {}).setdefault(f"candidates_{n}", {})[f"clients_{c}"] = cell
+                extra = (f"; transport floor {cell['grpc_floor']['transport_p50_ms']} ms" if transport else "")
                 print(f"{sig} {n} candidates x {c} clients: p50 {res['in_process']['p50_ms']} -> "
                       f"{res['grpc']['p50_ms']} ms, p99 {res['in_process']['p99_ms']} -> "
-                      f"{res['grpc']['p99_ms']} ms", file=sys.stderr)
+                      f"{res['grpc']['p99_ms']} ms{extra}", file=sys.stderr)
     return out
+
+
+def _timed(call) -> float:
+    t = time.perf_counter()
+    call()
+    return time.perf_counter() - t
 
 
 def bench_reload(run: str, base: str, stubs: list, request) -> dict:
@@ -419,9 +490,15 @@ def main() -> None:
     ap.add_argument("--subprocess", action=argparse.BooleanOptionalAction, default=True,
                     help="run the server as a subprocess (default) or in this process")
     ap.add_argument("--skip-reload", action="store_true")
+    ap.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the 1-client cells against an echo gRPC server (the transport floor)")
+    ap.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--server-arg", action="append", default=[], metavar="FLAG",
                     help="extra `tirec serve` flag, repeatable, e.g. --server-arg=--enable-batching")
     args = ap.parse_args()
+    if args.echo_server:
+        echo_server_main()
+        return
     signatures = [s for s in args.signatures.split(",") if s]
     if not signatures or set(signatures) - set(SIGNATURES):
         ap.error(f"--signatures must name some of {','.join(SIGNATURES)}; received {args.signatures!r}")
@@ -439,17 +516,24 @@ def main() -> None:
     inputs = build_inputs(records, FeatureSpec.load(os.path.join(version_dir, "assets", "spec.json")),
                           signatures)
 
+    echo = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--echo-server"], stdout=subprocess.PIPE,
+                            text=True) if args.floor else None
     server = Server(f"{base}/{MODEL}", args.subprocess, f"{args.work}/serve.log", args.server_arg)
     try:
         stubs = make_stubs(server.target, max(max(CONCURRENCY), RELOAD_CLIENTS))
+        floor_stub = make_stubs(f"127.0.0.1:{int(echo.stdout.readline())}", 1)[0] if echo else None
         wait_available(stubs[0], inputs[(signatures[0], 1)]["request"])
-        latency = bench_latency(version_dir, stubs, inputs, signatures, args.requests, args.warmup, args.rounds)
+        latency = bench_latency(version_dir, stubs, inputs, signatures, args.requests, args.warmup, args.rounds,
+                                floor_stub)
         reload = None
         if not args.skip_reload:
             sig = "serving_default" if "serving_default" in signatures else signatures[0]
             reload = bench_reload(run, base, stubs[:RELOAD_CLIENTS], inputs[(sig, RELOAD_CANDIDATES)]["request"])
     finally:
         server_rc = server.stop()
+        if echo is not None:
+            echo.kill()
+            echo.wait()
 
     summary = {
         "server_mode": "subprocess" if args.subprocess else "in-process",
