@@ -341,8 +341,9 @@ def echo_server_main() -> None:
 
     from tirec.serving.server import ServingOptions
 
-    limit = ServingOptions(model_base_path="-").max_message_bytes
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=ServingOptions(model_base_path="-").grpc_workers),
+    defaults = ServingOptions(model_base_path="-")
+    limit = defaults.max_message_bytes
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=defaults.grpc_workers),
                          options=[("grpc.max_receive_message_length", limit),
                                   ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(EchoService(), server)
