@@ -54,6 +54,25 @@ def _in_threads(fn, args_list):
     return threads, results
 
 
+def _wait_until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.01)
+
+
+def _queued(b: Batcher) -> int:
+    return sum(len(q) for q in b._queues.values())
+
+
+def _hold_the_slot(b: Batcher, sv: FakeServable, x: np.ndarray):
+    """Starts a request whose batch stays running until ``sv.release`` is set."""
+    sv.release.clear()
+    threads, results = _in_threads(b.run, [(sv, "predict", {"x": x})])
+    assert sv.entered.wait(10)
+    return threads, results
+
+
 def test_lone_request_runs_at_once_in_its_own_thread():
     sv, b = FakeServable(), _batcher()
     try:
@@ -68,15 +87,10 @@ def test_lone_request_runs_at_once_in_its_own_thread():
 def test_requests_queued_behind_a_running_batch_run_together_in_a_callers_thread():
     sv, b = FakeServable(), _batcher()
     try:
-        sv.release.clear()
-        first, first_result = _in_threads(b.run, [(sv, "predict", {"x": np.array([1.0])})])
-        assert sv.entered.wait(10)
+        first, first_result = _hold_the_slot(b, sv, np.array([1.0]))
         # The only batch slot is busy: these four queue up.
         waiting, results = _in_threads(b.run, [(sv, "predict", {"x": np.full(2, float(i))}) for i in range(4)])
-        deadline = time.time() + 10
-        while b.stats()["batched_requests"] < 1 or sum(len(q) for q in b._queues.values()) < 4:
-            assert time.time() < deadline, "requests did not queue"
-            time.sleep(0.01)
+        _wait_until(lambda: b.stats()["batched_requests"] >= 1 and _queued(b) >= 4, "requests did not queue")
         sv.release.set()
         for t in first + waiting:
             t.join(30)
@@ -97,10 +111,8 @@ def test_num_batch_threads_caps_the_batches_running_at_once():
     try:
         sv.release.clear()
         threads, results = _in_threads(b.run, [(sv, "predict", {"x": np.array([float(i)])}) for i in range(2)])
-        deadline = time.time() + 10
-        while len(sv.calls) < 2:  # both run at once, each alone
-            assert time.time() < deadline, "the second batch did not start while the first ran"
-            time.sleep(0.01)
+        # Both run at once, each alone.
+        _wait_until(lambda: len(sv.calls) >= 2, "the second batch did not start while the first ran")
         assert b._running == 2
         third, third_result = _in_threads(b.run, [(sv, "predict", {"x": np.array([5.0])})])
         time.sleep(0.2)
@@ -132,15 +144,10 @@ def test_timeout_lets_a_batch_fill_before_it_runs():
 def test_failed_merged_batch_gives_each_caller_its_own_result_or_error():
     sv, b = FakeServable(), _batcher()
     try:
-        sv.release.clear()
-        first, _ = _in_threads(b.run, [(sv, "predict", {"x": np.array([1.0])})])
-        assert sv.entered.wait(10)
+        first, _ = _hold_the_slot(b, sv, np.array([1.0]))
         inputs = [np.array([1.0, 2.0]), np.array([-1.0]), np.array([3.0])]
         waiting, results = _in_threads(b.run, [(sv, "predict", {"x": x}) for x in inputs])
-        deadline = time.time() + 10
-        while sum(len(q) for q in b._queues.values()) < 3:
-            assert time.time() < deadline
-            time.sleep(0.01)
+        _wait_until(lambda: _queued(b) >= 3, "requests did not queue")
         sv.release.set()
         for t in first + waiting:
             t.join(30)
@@ -156,14 +163,9 @@ def test_failed_merged_batch_gives_each_caller_its_own_result_or_error():
 
 def test_stop_fails_queued_requests_and_waits_for_the_running_batch():
     sv, b = FakeServable(), _batcher()
-    sv.release.clear()
-    first, first_result = _in_threads(b.run, [(sv, "predict", {"x": np.array([1.0])})])
-    assert sv.entered.wait(10)
+    first, first_result = _hold_the_slot(b, sv, np.array([1.0]))
     queued, queued_result = _in_threads(b.run, [(sv, "predict", {"x": np.array([2.0])})])
-    deadline = time.time() + 10
-    while sum(len(q) for q in b._queues.values()) < 1:
-        assert time.time() < deadline
-        time.sleep(0.01)
+    _wait_until(lambda: _queued(b) >= 1, "the request did not queue")
     stopper = threading.Thread(target=b.stop)
     stopper.start()
     queued[0].join(10)
@@ -181,14 +183,9 @@ def test_stop_fails_queued_requests_and_waits_for_the_running_batch():
 def test_queue_limit_gives_unavailable():
     sv, b = FakeServable(), _batcher(max_batch_size=2, max_enqueued_batches=1)
     try:
-        sv.release.clear()
-        first, _ = _in_threads(b.run, [(sv, "predict", {"x": np.array([1.0])})])
-        assert sv.entered.wait(10)
+        first, _ = _hold_the_slot(b, sv, np.array([1.0]))
         queued, _ = _in_threads(b.run, [(sv, "predict", {"x": np.array([1.0, 2.0])})])
-        deadline = time.time() + 10
-        while sum(len(q) for q in b._queues.values()) < 1:
-            assert time.time() < deadline
-            time.sleep(0.01)
+        _wait_until(lambda: _queued(b) >= 1, "the request did not queue")
         with pytest.raises(ServingError, match="queue .* is full") as info:
             b.run(sv, "predict", {"x": np.array([3.0])})
         assert info.value.code == "UNAVAILABLE"
