@@ -339,13 +339,11 @@ def echo_server_main() -> None:
     ``tirec serve`` on a free port, printed on stdout."""
     from concurrent import futures
 
-    from tirec.serving.server import ServingOptions
+    from tirec.serving.server import ServingOptions, grpc_server_options
 
     defaults = ServingOptions(model_base_path="-")
-    limit = defaults.max_message_bytes
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=defaults.grpc_workers),
-                         options=[("grpc.max_receive_message_length", limit),
-                                  ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)])
+                         options=grpc_server_options(defaults.max_message_bytes))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(EchoService(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

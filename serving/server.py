@@ -283,6 +283,14 @@ class _ModelService:
 
 # ---- the server ----------------------------------------------------------------------------------
 
+def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """The gRPC channel arguments of ``tirec serve``: message size limits both ways, and no
+    SO_REUSEPORT (a second server on a taken port fails instead of sharing it)."""
+    return [("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0)]
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -361,12 +369,9 @@ class ServingServer:
         try:
             self.manager.start()
             self._update_health()
-            grpc_options = [("grpc.max_receive_message_length", o.max_message_bytes),
-                            ("grpc.max_send_message_length", o.max_message_bytes),
-                            ("grpc.so_reuseport", 0)]
             self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=o.grpc_workers,
                                                                 thread_name_prefix="tirec-grpc"),
-                                     options=grpc_options)
+                                     options=grpc_server_options(o.max_message_bytes))
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
                 _PredictionService(self.core), self._grpc)
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self.core), self._grpc)
