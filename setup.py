@@ -18,14 +18,14 @@ setup(
     name="tirec",
     version="0.1.0",
     description="Trigger-induced recommendation CTR prediction on TensorFlow: Beam features, "
-    "DAIAN / GAP-Net and TIR baselines, TF Serving.",
+    "DIN and DAIAN, TF Serving.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=list(_PACKAGES),
     package_dir=_PACKAGES,
-    package_data={"tirec.pipeline": ["SCHEMA.md"], "tirec": ["defaults.yaml"]},
+    package_data={"tirec.pipeline": ["SCHEMA.md"]},
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
