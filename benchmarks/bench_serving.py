@@ -1,7 +1,7 @@
 """Serving benchmark: a DAIAN SavedModel behind ``tirec serve`` (gRPC) vs the in-process signature.
 
     python benchmarks/bench_serving.py [--requests 100] [--warmup 10] [--rounds 5] [--work DIR] [--run RUN]
-        [--signatures serving_default,rank,predict] [--no-subprocess] [--skip-reload] [--no-floor]
+        [--signatures serving_default,rank,predict] [--no-subprocess] [--skip-reload] [--no-floor] [--sizes-only]
         [--server-arg=--enable-batching --server-arg=--batch-timeout-micros=500 ...]
 
 Setup: without ``--run``, builds ``--work/run`` once (``tirec generate`` 300 users, ``tirec
@@ -54,6 +54,9 @@ server inside the benchmark process would share the GIL with the 8 client thread
 is measured would be that contention rather than the server. ``--no-subprocess`` runs
 ``ServingServer`` in-process instead. Either way, on a small machine clients and server share
 the CPU cores; ``cpus`` is recorded.
+
+``request_bytes[SIG]["candidates_N"]``: the serialized PredictRequest size (``--sizes-only``
+prints these and stops).
 
 Prints a JSON summary and writes it to ``--work/bench_serving.json``: ``latency[SIG][
 "candidates_N"]["clients_C"]`` holds ``in_process`` and ``grpc`` (``p50_ms``, ``p99_ms``,
@@ -160,6 +163,14 @@ def build_inputs(records: list[bytes], spec: FeatureSpec, signatures: list[str])
             for k, v in arrays.items():
                 request.inputs[k].CopyFrom(tf.make_tensor_proto(v))
             out[(sig, n)] = {"tensors": {k: tf.constant(v) for k, v in arrays.items()}, "request": request}
+    return out
+
+
+def request_bytes(inputs: dict) -> dict:
+    """Serialized PredictRequest size per signature and candidate count (what goes on the wire)."""
+    out: dict = {}
+    for (sig, n), item in sorted(inputs.items()):
+        out.setdefault(sig, {})[f"candidates_{n}"] = item["request"].ByteSize()
     return out
 
 
@@ -494,6 +505,8 @@ def main() -> None:
     ap.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--server-arg", action="append", default=[], metavar="FLAG",
                     help="extra `tirec serve` flag, repeatable, e.g. --server-arg=--enable-batching")
+    ap.add_argument("--sizes-only", action="store_true",
+                    help="print the serialized PredictRequest size of each signature and stop")
     args = ap.parse_args()
     if args.echo_server:
         echo_server_main()
@@ -514,6 +527,10 @@ def main() -> None:
     records = read_eval_records(run_data_dir(run), max(CANDIDATES))
     inputs = build_inputs(records, FeatureSpec.load(os.path.join(version_dir, "assets", "spec.json")),
                           signatures)
+    sizes = request_bytes(inputs)
+    if args.sizes_only:
+        print(json.dumps({"request_bytes": sizes}, indent=2))
+        return
 
     echo = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--echo-server"], stdout=subprocess.PIPE,
                             text=True) if args.floor else None
@@ -544,6 +561,7 @@ def main() -> None:
                      "signatures": signatures, "file_system_poll_wait_seconds": POLL_WAIT_S,
                      "reload_lead_seconds": RELOAD_LEAD_S, "reload_tail_seconds": RELOAD_TAIL_S,
                      "run": run, "records_available": len(records)},
+        "request_bytes": sizes,
         "latency": latency,
         "goals": goals(latency),
         "reload": reload,
