@@ -35,7 +35,8 @@ from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, model_pb2,
                                      regression_pb2)
 
-from tirec.serving.servable import DEFAULT_SIGNATURE, ServingError, check_input_keys, invalid
+from tirec.serving.servable import (DEFAULT_SIGNATURE, INTERNAL_CODES, ServingError, check_input_keys,
+                                    internal_error, invalid)
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,9 @@ def handle(core, method: str, path: str, body: bytes) -> tuple[int, dict]:
       method: HTTP method.
       path: request path (a query string is ignored).
       body: request body.
+
+    Answers of HTTP status 500 carry a generic message with a request id; the details are
+    logged under that id (see :func:`~tirec.serving.servable.internal_error`).
     """
     path = path.split("?", 1)[0]
     try:
@@ -395,12 +399,13 @@ def handle(core, method: str, path: str, body: bytes) -> tuple[int, dict]:
         resp = core.regress(req)
         return 200, {"results": [r.value for r in resp.result.regressions]}
     except ServingError as e:
+        if e.code in INTERNAL_CODES:
+            return 500, {"error": internal_error(f"REST {method} {path}", str(e))}
         return HTTP_STATUS.get(e.code, 500), {"error": e.message}
     except RecursionError:
         return 400, {"error": "request JSON is nested too deeply"}
     except Exception as e:  # never let a request kill the server
-        log.exception("REST %s %s failed", method, path)
-        return 500, {"error": f"{type(e).__name__}: {e}"}
+        return 500, {"error": internal_error(f"REST {method} {path}", f"{type(e).__name__}: {e}", exc_info=True)}
 
 
 def _dumps(payload: dict) -> bytes:

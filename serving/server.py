@@ -231,15 +231,17 @@ class ServingCore:
 
 def _grpc_call(fn, request, context):
     import grpc
-    from tirec.serving.servable import ServingError
+    from tirec.serving.servable import INTERNAL_CODES, ServingError, internal_error
 
+    where = f"gRPC {getattr(fn, '__name__', fn)}"
     try:
         return fn(request)
     except ServingError as e:
         code, message = e.code, e.message
+        if code in INTERNAL_CODES:  # the server's own failure: a request id, not its details
+            message = internal_error(where, str(e))
     except Exception as e:  # an unexpected bug: report it, keep serving
-        log.exception("gRPC %s failed", getattr(fn, "__name__", fn))
-        code, message = "INTERNAL", f"{type(e).__name__}: {e}"
+        code, message = "INTERNAL", internal_error(where, f"{type(e).__name__}: {e}", exc_info=True)
     if len(message) > _MAX_DETAILS:
         message = message[:_MAX_DETAILS] + "... (truncated)"
     context.abort(grpc.StatusCode[code], message)
