@@ -16,6 +16,7 @@ against it unchanged::
 * Version management (:mod:`tirec.serving.model_manager`): polling, version policies and labels,
   warmup replay, hot swap without failed requests, config reload.
 * Optional server-side batching (:mod:`tirec.serving.batching`).
+* ``HandleReloadConfigRequest`` only loads models under the roots the operator named.
 
 Once listening, the command prints (flushed) ``tirec serve: gRPC listening on HOST:PORT`` and
 ``tirec serve: REST listening on HOST:PORT``, so a caller that asked for port 0 can read the
@@ -63,6 +64,11 @@ class ServingOptions:
       max_message_bytes: largest gRPC message / REST body accepted or sent.
       grpc_workers: gRPC handler threads (with batching, at least about twice
         ``max_batch_size`` / rows per request lets batches fill).
+      allowed_model_roots: folders ``HandleReloadConfigRequest`` may load models from, besides
+        the initial models' base paths (``model_base_path`` or the config file's). A reload
+        naming a base path elsewhere (after resolving symlinks and ``..``) is refused with
+        PERMISSION_DENIED, so a client cannot make the server load a SavedModel (which may run
+        arbitrary ops) from any path it likes.
       version_settle_seconds: a version folder with files younger than this is taken as still
         being written and retried on the next poll.
     """
@@ -83,6 +89,7 @@ class ServingOptions:
     max_examples_per_request: int = 10000
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grpc_workers: int = 32
+    allowed_model_roots: tuple[str, ...] = ()
     version_settle_seconds: float = 1.0
 
     def __post_init__(self):
@@ -108,6 +115,10 @@ class ServingOptions:
         if self.max_message_bytes > DEFAULT_MAX_MESSAGE_BYTES:
             raise ValueError(f"serve: max_message_bytes must be <= {DEFAULT_MAX_MESSAGE_BYTES}; received "
                              f"max_message_bytes={self.max_message_bytes}")
+        self.allowed_model_roots = tuple(self.allowed_model_roots)
+        if any(not root for root in self.allowed_model_roots):
+            raise ValueError(f"serve: --allowed-model-roots holds an empty path; received "
+                             f"{list(self.allowed_model_roots)}")
 
     @property
     def rest_enabled(self) -> bool:
@@ -129,8 +140,11 @@ class ServingOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServingOptions":
         """Options from arguments parsed with :func:`add_arguments`."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "allowed_model_roots"]
+        kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+        roots = getattr(args, "allowed_model_roots", None) or []
+        kwargs["allowed_model_roots"] = tuple(r.strip() for text in roots for r in text.split(","))
+        return cls(**kwargs)
 
 
 # ---- request core --------------------------------------------------------------------------------
@@ -142,15 +156,33 @@ class ServingCore:
       manager: the :class:`~tirec.serving.model_manager.ModelManager`.
       batcher: a started :class:`~tirec.serving.batching.Batcher` for Predict, or None.
       max_examples: most rows / tf.Examples per request.
+      model_roots: folders :meth:`reload_config` may load models from (more with
+        :meth:`allow_model_roots`).
     """
 
-    def __init__(self, manager, batcher=None, max_examples: int = 10000):
+    def __init__(self, manager, batcher=None, max_examples: int = 10000, model_roots=()):
         from tirec.serving import inference
 
         self._inference = inference
         self.manager = manager
         self.batcher = batcher
         self.max_examples = max_examples
+        self._roots_lock = threading.Lock()
+        self._model_roots: list[str] = []
+        self.allow_model_roots(model_roots)
+
+    def allow_model_roots(self, roots) -> None:
+        """Lets :meth:`reload_config` load models from under ``roots`` too."""
+        with self._roots_lock:
+            for root in roots:
+                if root not in self._model_roots:
+                    self._model_roots.append(root)
+
+    @property
+    def model_roots(self) -> list[str]:
+        """The folders :meth:`reload_config` may load models from."""
+        with self._roots_lock:
+            return list(self._model_roots)
 
     def resolve(self, spec):
         """The servable a ModelSpec names."""
@@ -220,9 +252,12 @@ class ServingCore:
         return self.manager.model_status_spec(spec)
 
     def reload_config(self, request):
-        """ModelService.HandleReloadConfigRequest."""
+        """ModelService.HandleReloadConfigRequest; PERMISSION_DENIED for a base path outside
+        :attr:`model_roots`."""
         from tensorflow_serving.apis import model_management_pb2
+        from tirec.serving.model_manager import check_model_roots
 
+        check_model_roots(request.config, self.model_roots)
         self.manager.reload_config(request.config)
         return model_management_pb2.ReloadConfigResponse()
 
@@ -291,6 +326,11 @@ def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0)]
+
+
+def _base_paths(config) -> list[str]:
+    """The base paths a ModelServerConfig names."""
+    return [mc.base_path for mc in config.model_config_list.config if mc.base_path]
 
 
 def _address(host: str, port: int) -> str:
@@ -367,7 +407,8 @@ class ServingServer:
                                     max_examples=o.max_examples_per_request, on_change=self._update_health)
         if batching is not None:
             self.batcher = Batcher(batching).start()
-        self.core = ServingCore(self.manager, self.batcher, o.max_examples_per_request)
+        self.core = ServingCore(self.manager, self.batcher, o.max_examples_per_request,
+                                model_roots=[*o.allowed_model_roots, *_base_paths(config)])
         try:
             self.manager.start()
             self._update_health()
@@ -455,6 +496,7 @@ class ServingServer:
                     continue
                 log.info("%s changed; reloading the model config", path)
                 last = config
+                self.core.allow_model_roots(_base_paths(config))  # the operator's file names them
                 self.manager.reload_config(config)
             except ServingError as e:
                 log.error("config reload from %s failed: %s", path, e)
@@ -495,6 +537,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--version-settle-seconds", type=float, default=d["version_settle_seconds"].default,
                    help="a version folder with files younger than this is still being written and is "
                         "retried on the next poll (default: %(default)s)")
+    g.add_argument("--allowed-model-roots", action="append", metavar="DIR[,DIR...]",
+                   help="folders HandleReloadConfigRequest may load models from, besides the base paths of "
+                        "--model-base-path / --model-config-file (repeatable); a reload naming any other "
+                        "path is refused with PERMISSION_DENIED, so a client cannot make the server load "
+                        "a SavedModel from anywhere")
     g = parser.add_argument_group("network")
     g.add_argument("--host", default=d["host"].default, help="address to bind (default: %(default)s)")
     g.add_argument("--port", type=int, default=d["port"].default,

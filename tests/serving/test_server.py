@@ -326,7 +326,7 @@ def test_classify_and_regress_errors(kit, served):
 def test_reload_config_adds_and_removes_models(kit, tmp_path):
     toy = kit.store.install(str(tmp_path / "toy"), [1])
     other = kit.store.install(str(tmp_path / "other"), [2])
-    server = kit.start_server(model_base_path=toy, model_name="toy")
+    server = kit.start_server(model_base_path=toy, model_name="toy", allowed_model_roots=(str(tmp_path),))
     stubs = kit.Stubs(server.grpc_port)
     try:
         config = model_server_config_pb2.ModelServerConfig()
@@ -564,6 +564,8 @@ def test_options_validation():
         ServingOptions(model_base_path="/m", port=70000)
     with pytest.raises(ValueError, match="max_examples_per_request=0"):
         ServingOptions(model_base_path="/m", max_examples_per_request=0)
+    with pytest.raises(ValueError, match="empty path"):
+        ServingOptions(model_base_path="/m", allowed_model_roots=("/a", ""))
 
 
 # ---- the command ---------------------------------------------------------------------------------

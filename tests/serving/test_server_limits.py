@@ -1,10 +1,14 @@
-"""`tirec serve` is safe by default: internal errors do not leak details."""
+"""`tirec serve` is safe by default: internal errors do not leak details, and a reload cannot
+load models from outside the operator's roots."""
+import os
 import re
 
 import grpc
 import numpy as np
 import pytest
 import requests
+from tensorflow_serving.apis import model_management_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
 from tirec.serving.servable import ServingError
 
@@ -50,3 +54,42 @@ def test_internal_errors_carry_a_request_id_not_the_details(kit, safe, monkeypat
         assert logged and "secret /srv/models/x.pb" in logged[0].getMessage()
     if isinstance(error, RuntimeError):  # a bug: its traceback is logged
         assert all(rec.exc_info for rec in caplog.records if rest_id[1] in rec.getMessage())
+
+
+# ---- reload ------------------------------------------------------------------------------------
+
+def _reload(stubs, name: str, base_path: str):
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name=name, base_path=base_path, model_platform="tensorflow")
+    return stubs.model.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config),
+                                                 timeout=60)
+
+
+def test_reload_loads_models_only_under_the_operators_roots(kit, tmp_path):
+    toy = kit.store.install(str(tmp_path / "models" / "toy"), [1])
+    outside = kit.store.install(str(tmp_path / "elsewhere" / "m"), [2])
+    os.symlink(outside, os.path.join(toy, "link"))
+    server = kit.start_server(model_base_path=toy, model_name="toy")
+    stubs = kit.Stubs(server.grpc_port)
+    try:
+        for path in (outside, f"{toy}/../../elsewhere/m", f"{toy}/link", str(tmp_path / "models")):
+            e = kit.rpc_error(lambda req, timeout: _reload(stubs, "evil", path), None)
+            assert e.code() == grpc.StatusCode.PERMISSION_DENIED, (path, e.code(), e.details())
+            assert e.details() == (f"model 'evil': base_path {path!r} is not under a model root this server "
+                                   f"allows (--model-base-path, the --model-config-file's models, "
+                                   f"--allowed-model-roots)")
+        assert server.manager.model_names() == ["toy"]  # nothing changed
+        assert _reload(stubs, "twin", f"{toy}/.").status.error_code == 0  # under the root: fine
+        assert server.manager.model_names() == ["twin"]
+    finally:
+        stubs.close()
+        server.stop()
+    server = kit.start_server(model_base_path=toy, model_name="toy",
+                              allowed_model_roots=(str(tmp_path / "elsewhere"),))
+    stubs = kit.Stubs(server.grpc_port)
+    try:
+        assert _reload(stubs, "other", f"{toy}/link").status.error_code == 0  # resolves into an allowed root
+        assert server.manager.available_versions("other") == [2]
+    finally:
+        stubs.close()
+        server.stop()
