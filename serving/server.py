@@ -16,7 +16,10 @@ against it unchanged::
 * Version management (:mod:`tirec.serving.model_manager`): polling, version policies and labels,
   warmup replay, hot swap without failed requests, config reload.
 * Optional server-side batching (:mod:`tirec.serving.batching`).
-* ``HandleReloadConfigRequest`` only loads models under the roots the operator named.
+* Bounded resources (:mod:`tirec.serving.limits`): message and body size, rows per request,
+  concurrent calls, REST threads, queue, connections and timeouts, so that no client can take
+  the server down; ``HandleReloadConfigRequest`` only loads models under the roots the operator
+  named.
 
 Once listening, the command prints (flushed) ``tirec serve: gRPC listening on HOST:PORT`` and
 ``tirec serve: REST listening on HOST:PORT``, so a caller that asked for port 0 can read the
@@ -33,9 +36,10 @@ import signal
 import sys
 import threading
 
+from tirec.serving.limits import ServerLimits
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets gRPC's max message size to INT32_MAX
 _MAX_DETAILS = 4000  # gRPC status details travel in a header: keep them bounded
 
 
@@ -60,10 +64,8 @@ class ServingOptions:
       batching_parameters_file: a BatchingParameters text proto (with ``enable_batching``).
       max_batch_size, batch_timeout_micros, num_batch_threads: batching parameters; override the
         file's values when set.
-      max_examples_per_request: most rows (batch dimension) or tf.Examples in one request.
-      max_message_bytes: largest gRPC message / REST body accepted or sent.
-      grpc_workers: gRPC handler threads (with batching, at least about twice
-        ``max_batch_size`` / rows per request lets batches fill).
+      limits: the :class:`~tirec.serving.limits.ServerLimits` (sizes, threads, queues,
+        timeouts); the defaults hold on a 2-core, 24 GiB machine whatever the clients send.
       allowed_model_roots: folders ``HandleReloadConfigRequest`` may load models from, besides
         the initial models' base paths (``model_base_path`` or the config file's). A reload
         naming a base path elsewhere (after resolving symlinks and ``..``) is refused with
@@ -86,9 +88,7 @@ class ServingOptions:
     max_batch_size: int | None = None
     batch_timeout_micros: int | None = None
     num_batch_threads: int | None = None
-    max_examples_per_request: int = 10000
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    grpc_workers: int = 32
+    limits: ServerLimits = dataclasses.field(default_factory=ServerLimits)
     allowed_model_roots: tuple[str, ...] = ()
     version_settle_seconds: float = 1.0
 
@@ -108,13 +108,8 @@ class ServingOptions:
                      "version_settle_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"serve: {name} must be >= 0; received {name}={getattr(self, name)}")
-        for name in ("max_examples_per_request", "max_message_bytes", "grpc_workers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"serve: {name} must be an integer >= 1; received {name}={value!r}")
-        if self.max_message_bytes > DEFAULT_MAX_MESSAGE_BYTES:
-            raise ValueError(f"serve: max_message_bytes must be <= {DEFAULT_MAX_MESSAGE_BYTES}; received "
-                             f"max_message_bytes={self.max_message_bytes}")
+        if not isinstance(self.limits, ServerLimits):
+            raise ValueError(f"serve: limits must be a ServerLimits; received {type(self.limits).__name__}")
         self.allowed_model_roots = tuple(self.allowed_model_roots)
         if any(not root for root in self.allowed_model_roots):
             raise ValueError(f"serve: --allowed-model-roots holds an empty path; received "
@@ -140,8 +135,11 @@ class ServingOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServingOptions":
         """Options from arguments parsed with :func:`add_arguments`."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "allowed_model_roots"]
-        kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+        def given(names):
+            return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+        kwargs = given(f.name for f in dataclasses.fields(cls) if f.name not in ("limits", "allowed_model_roots"))
+        kwargs["limits"] = ServerLimits(**given(f.name for f in dataclasses.fields(ServerLimits)))
         roots = getattr(args, "allowed_model_roots", None) or []
         kwargs["allowed_model_roots"] = tuple(r.strip() for text in roots for r in text.split(","))
         return cls(**kwargs)
@@ -321,11 +319,25 @@ class _ModelService:
 # ---- the server ----------------------------------------------------------------------------------
 
 def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """The gRPC channel arguments of ``tirec serve``: message size limits both ways, and no
-    SO_REUSEPORT (a second server on a taken port fails instead of sharing it)."""
+    """The gRPC channel arguments of ``tirec serve``: message size limits both ways (the
+    arguments TF Serving takes in ``--grpc_channel_arguments``), and no SO_REUSEPORT (a second
+    server on a taken port fails instead of sharing it)."""
     return [("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0)]
+
+
+def grpc_server(limits: ServerLimits):
+    """A gRPC server (not started, no services) bounded by ``limits``: ``grpc_workers`` handler
+    threads, messages up to ``max_message_bytes``, and at most ``max_concurrent_rpcs`` calls
+    running or waiting for a thread (RESOURCE_EXHAUSTED beyond, instead of an endless queue)."""
+    from concurrent import futures
+
+    import grpc
+
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=limits.grpc_workers, thread_name_prefix="tirec-grpc"),
+                       options=grpc_server_options(limits.max_message_bytes),
+                       maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
 
 
 def _base_paths(config) -> list[str]:
@@ -389,9 +401,6 @@ class ServingServer:
           ValueError: bad batching parameters.
           OSError: a port cannot be bound.
         """
-        from concurrent import futures
-
-        import grpc
         from grpc_health.v1 import health, health_pb2_grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -404,17 +413,15 @@ class ServingServer:
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self.manager = ModelManager(config, poll_wait_seconds=o.file_system_poll_wait_seconds,
                                     settle_seconds=o.version_settle_seconds,
-                                    max_examples=o.max_examples_per_request, on_change=self._update_health)
+                                    max_examples=o.limits.max_examples_per_request, on_change=self._update_health)
         if batching is not None:
             self.batcher = Batcher(batching).start()
-        self.core = ServingCore(self.manager, self.batcher, o.max_examples_per_request,
+        self.core = ServingCore(self.manager, self.batcher, o.limits.max_examples_per_request,
                                 model_roots=[*o.allowed_model_roots, *_base_paths(config)])
         try:
             self.manager.start()
             self._update_health()
-            self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=o.grpc_workers,
-                                                                thread_name_prefix="tirec-grpc"),
-                                     options=grpc_server_options(o.max_message_bytes))
+            self._grpc = grpc_server(o.limits)
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
                 _PredictionService(self.core), self._grpc)
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self.core), self._grpc)
@@ -432,7 +439,7 @@ class ServingServer:
             if o.rest_enabled:
                 from tirec.serving.rest import RestServer
 
-                self._rest = RestServer(self.core, o.host, o.rest_port, o.max_message_bytes).start()
+                self._rest = RestServer(self.core, o.host, o.rest_port, o.limits).start()
                 self.rest_port = self._rest.port
                 log.info("REST listening on %s", _address(o.host, self.rest_port))
             if o.model_config_file and o.model_config_file_poll_wait_seconds > 0:
@@ -549,12 +556,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rest-port", "--rest_api_port", dest="rest_port", type=_rest_port,
                    default=d["rest_port"].default,
                    help="REST port; 0 picks a free one, negative or 'none' disables (default: %(default)s)")
-    g.add_argument("--max-message-bytes", type=int, default=d["max_message_bytes"].default,
-                   help="largest gRPC message / REST body (default: %(default)s, TF Serving's)")
-    g.add_argument("--max-examples-per-request", type=int, default=d["max_examples_per_request"].default,
-                   help="most rows or tf.Examples per request (default: %(default)s)")
-    g.add_argument("--grpc-workers", type=int, default=d["grpc_workers"].default,
-                   help="gRPC handler threads (default: %(default)s)")
+    _add_limit_arguments(parser)
     g = parser.add_argument_group("batching")
     g.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
                    help="batch concurrent Predict requests")
@@ -564,6 +566,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-timeout-micros", type=int,
                    help="longest wait for a batch to fill (default 0, or the file's)")
     g.add_argument("--num-batch-threads", type=int, help="threads running batches (default: CPU count)")
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The :class:`~tirec.serving.limits.ServerLimits` flags; their defaults are its defaults."""
+    d = ServerLimits()
+    g = parser.add_argument_group("limits", "bounds that keep a misbehaving client from taking the server down; "
+                                            "the defaults hold on a 2-core, 24 GiB machine")
+    g.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                   help="largest gRPC message (grpc.max_receive_message_length / max_send_message_length) and "
+                        "REST body; bounds one request's memory; larger ones get RESOURCE_EXHAUSTED / HTTP 413, "
+                        "REST before reading the body (default: %(default)s = 64 MiB)")
+    g.add_argument("--max-examples-per-request", type=int, default=d.max_examples_per_request,
+                   help="most rows or tf.Examples per request, checked before decoding; bounds one request's "
+                        "work (default: %(default)s)")
+    g.add_argument("--grpc-workers", "--grpc_max_threads", dest="grpc_workers", type=int, default=d.grpc_workers,
+                   help="gRPC handler threads (default: %(default)s)")
+    g.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs,
+                   help="most gRPC calls running or waiting for a thread; more get RESOURCE_EXHAUSTED at once "
+                        "instead of queuing without end (default: %(default)s)")
+    g.add_argument("--rest-api-num-threads", "--rest_api_num_threads", dest="rest_api_num_threads", type=int,
+                   default=d.rest_api_num_threads,
+                   help="REST worker threads; slow clients never hold one (default: %(default)s)")
+    g.add_argument("--rest-max-queued-requests", type=int, default=d.rest_max_queued_requests,
+                   help="REST requests waiting for a worker; more get HTTP 503 with Retry-After at once, which "
+                        "bounds the bodies held in memory (default: %(default)s)")
+    g.add_argument("--rest-api-timeout-in-ms", "--rest_api_timeout_in_ms", dest="rest_api_timeout_in_ms", type=int,
+                   default=d.rest_api_timeout_in_ms,
+                   help="time a REST client has to send a whole request and to read its response; an idle "
+                        "kept-alive connection is closed after it; drops silent or trickling clients "
+                        "(default: %(default)s)")
+    g.add_argument("--rest-max-connections", type=int, default=d.rest_max_connections,
+                   help="most open REST connections; more get HTTP 503; bounds the sockets clients can hold "
+                        "(default: %(default)s)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
