@@ -348,13 +348,10 @@ class EchoService(prediction_service_pb2_grpc.PredictionServiceServicer):
 def echo_server_main() -> None:
     """``bench_serving.py --echo-server``: serves :class:`EchoService` with the gRPC settings of
     ``tirec serve`` on a free port, printed on stdout."""
-    from concurrent import futures
+    from tirec.serving.limits import ServerLimits
+    from tirec.serving.server import grpc_server
 
-    from tirec.serving.server import ServingOptions, grpc_server_options
-
-    defaults = ServingOptions(model_base_path="-")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=defaults.grpc_workers),
-                         options=grpc_server_options(defaults.max_message_bytes))
+    server = grpc_server(ServerLimits())
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(EchoService(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

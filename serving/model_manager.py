@@ -16,12 +16,15 @@ Mirrors TF Serving's file-system source and availability-preserving manager:
   :class:`~tirec.serving.servable.Servable` finishes on it, and the last reference going away
   frees it.
 * :meth:`ModelManager.reload_config` replaces the served ``ModelServerConfig`` (added models
-  are loaded before it returns, removed ones unloaded).
+  are loaded before it returns, removed ones unloaded). :func:`check_model_roots` keeps a
+  config sent by a client to the folders the operator named.
 """
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import posixpath
 import re
 import threading
 import time
@@ -80,6 +83,40 @@ def single_model_config(name: str, base_path: str) -> model_server_config_pb2.Mo
     entry.base_path = base_path
     entry.model_platform = "tensorflow"
     return config
+
+
+def resolve_path(path: str) -> str:
+    """``path`` made absolute with symlinks and ``..`` resolved; a ``scheme://`` path (GCS, S3,
+    HDFS) has its ``.`` and ``..`` segments normalized, as it has no symlinks."""
+    if "://" in path:
+        scheme, rest = path.split("://", 1)
+        return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}"
+    return os.path.realpath(path)
+
+
+def _is_under(path: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return path == root or path.startswith(root + "/")
+
+
+def check_model_roots(config: model_server_config_pb2.ModelServerConfig, roots) -> None:
+    """Raises PERMISSION_DENIED unless every model base path in ``config`` lies under one of
+    ``roots``, both resolved with :func:`resolve_path` (a symlink or ``..`` cannot lead out).
+
+    Loading a SavedModel runs its graph, so a server must not load one from wherever a client
+    points it. The message names the model and the base path it was sent, not the roots.
+    """
+    resolved = [resolve_path(root) for root in roots]
+    for mc in config.model_config_list.config:
+        if not mc.base_path:  # reported by validation
+            continue
+        path = resolve_path(mc.base_path)
+        if not any(_is_under(path, root) for root in resolved):
+            log.warning("reload refused: model %s base_path %s (resolved %s) is outside the allowed roots %s",
+                        mc.name, mc.base_path, path, resolved)
+            raise ServingError("PERMISSION_DENIED", f"model '{mc.name}': base_path {mc.base_path!r} is not under "
+                                                    f"a model root this server allows (--model-base-path, the "
+                                                    f"--model-config-file's models, --allowed-model-roots)")
 
 
 def _validate(config: model_server_config_pb2.ModelServerConfig) -> list:

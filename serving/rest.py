@@ -1,4 +1,4 @@
-"""TF Serving's REST API over a concurrent ``http.server``.
+"""TF Serving's REST API, served by :class:`RestServer` with bounded resources.
 
 =========================================================================  =================================
 ``GET  /v1/models/NAME[/versions/V|/labels/L]``                             model status (GetModelStatus)
@@ -17,16 +17,20 @@ share one implementation.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import dataclasses
+import http
+import http.client
+import io
 import json
 import logging
 import re
 import socket
-import sys
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent import futures
 
 import numpy as np
 from google.protobuf import json_format
@@ -35,7 +39,9 @@ from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, model_pb2,
                                      regression_pb2)
 
-from tirec.serving.servable import DEFAULT_SIGNATURE, ServingError, check_input_keys, invalid
+from tirec.serving.limits import ServerLimits
+from tirec.serving.servable import (DEFAULT_SIGNATURE, INTERNAL_CODES, ServingError, check_input_keys,
+                                    internal_error, invalid)
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +200,18 @@ def array_to_json(arr: np.ndarray, name: str):
 
 # ---- predict -------------------------------------------------------------------------------------
 
-def _row_inputs(instances, sig, key: str) -> dict[str, np.ndarray]:
+def _check_count(where: str, values, max_examples: int) -> None:
+    """Raises INVALID_ARGUMENT when the JSON list ``values`` has more rows than allowed; runs
+    before anything is decoded, so an oversized request costs no more than its JSON."""
+    if isinstance(values, list) and len(values) > max_examples:
+        raise invalid(f"{where} has {len(values)} rows, more than the limit of {max_examples} per request "
+                      f"(--max-examples-per-request)")
+
+
+def _row_inputs(instances, sig, key: str, max_examples: int) -> dict[str, np.ndarray]:
     if not isinstance(instances, list) or not instances:
         raise invalid("'instances' must be a non-empty list (one entry per row)")
+    _check_count("'instances'", instances, max_examples)
     names = sorted(sig.inputs)
     named = all(isinstance(x, dict) and not _is_b64(x) for x in instances)
     if len(names) == 1 and not named:
@@ -218,14 +233,17 @@ def _row_inputs(instances, sig, key: str) -> dict[str, np.ndarray]:
     return {name: json_to_array(col, sig.inputs[name].dtype, f"input '{name}'") for name, col in columns.items()}
 
 
-def _columnar_inputs(inputs, sig, key: str) -> dict[str, np.ndarray]:
+def _columnar_inputs(inputs, sig, key: str, max_examples: int) -> dict[str, np.ndarray]:
     names = sorted(sig.inputs)
     if isinstance(inputs, dict) and not _is_b64(inputs):
         check_input_keys(key, sig, inputs.keys())
+        for name in names:
+            _check_count(f"input '{name}'", inputs[name], max_examples)
         return {name: json_to_array(inputs[name], sig.inputs[name].dtype, f"input '{name}'") for name in names}
     if len(names) != 1:
         raise invalid(f"'inputs' must be an object keyed by input name for signature '{key}' with "
                       f"inputs {names}")
+    _check_count(f"input '{names[0]}'", inputs, max_examples)
     return {names[0]: json_to_array(inputs, sig.inputs[names[0]].dtype, f"input '{names[0]}'")}
 
 
@@ -237,9 +255,9 @@ def _predict(core, servable, body: dict) -> dict:
     if "instances" in body and "inputs" in body:
         raise invalid("Both 'instances' and 'inputs' were specified; send one of them")
     if "instances" in body:
-        row, arrays = True, _row_inputs(body["instances"], sig, key)
+        row, arrays = True, _row_inputs(body["instances"], sig, key, core.max_examples)
     elif "inputs" in body:
-        row, arrays = False, _columnar_inputs(body["inputs"], sig, key)
+        row, arrays = False, _columnar_inputs(body["inputs"], sig, key, core.max_examples)
     else:
         raise invalid("Missing 'instances' or 'inputs' key in the request body")
     outputs = core.predict_arrays(servable, key, arrays)
@@ -294,7 +312,7 @@ def _example(obj, where: str) -> example_pb2.Example:
     return ex
 
 
-def _example_request(msg, model_spec, body: dict) -> None:
+def _example_request(msg, model_spec, body: dict, max_examples: int) -> None:
     msg.model_spec.CopyFrom(model_spec)
     key = body.get("signature_name", "")
     if not isinstance(key, str):
@@ -303,6 +321,7 @@ def _example_request(msg, model_spec, body: dict) -> None:
     examples = body.get("examples")
     if not isinstance(examples, list) or not examples:
         raise invalid("'examples' must be a non-empty list of objects")
+    _check_count("'examples'", examples, max_examples)
     context = body.get("context")
     if context is not None:
         ctx = _example(context, "'context'")
@@ -350,10 +369,13 @@ def handle(core, method: str, path: str, body: bytes) -> tuple[int, dict]:
 
     Args:
       core: the server's request core (``resolve``, ``predict_arrays``, ``classify``,
-        ``regress``, ``metadata``, ``model_status``).
+        ``regress``, ``metadata``, ``model_status``, ``max_examples``).
       method: HTTP method.
       path: request path (a query string is ignored).
       body: request body.
+
+    Answers of HTTP status 500 carry a generic message with a request id; the details are
+    logged under that id (see :func:`~tirec.serving.servable.internal_error`).
     """
     path = path.split("?", 1)[0]
     try:
@@ -386,21 +408,22 @@ def handle(core, method: str, path: str, body: bytes) -> tuple[int, dict]:
             return 200, _predict(core, servable, payload)
         if m["verb"] == "classify":
             req = classification_pb2.ClassificationRequest()
-            _example_request(req, spec, payload)
+            _example_request(req, spec, payload, core.max_examples)
             resp = core.classify(req)
             return 200, {"results": [[[c.label, c.score] for c in row.classes]
                                      for row in resp.result.classifications]}
         req = regression_pb2.RegressionRequest()
-        _example_request(req, spec, payload)
+        _example_request(req, spec, payload, core.max_examples)
         resp = core.regress(req)
         return 200, {"results": [r.value for r in resp.result.regressions]}
     except ServingError as e:
+        if e.code in INTERNAL_CODES:
+            return 500, {"error": internal_error(f"REST {method} {path}", str(e))}
         return HTTP_STATUS.get(e.code, 500), {"error": e.message}
     except RecursionError:
         return 400, {"error": "request JSON is nested too deeply"}
     except Exception as e:  # never let a request kill the server
-        log.exception("REST %s %s failed", method, path)
-        return 500, {"error": f"{type(e).__name__}: {e}"}
+        return 500, {"error": internal_error(f"REST {method} {path}", f"{type(e).__name__}: {e}", exc_info=True)}
 
 
 def _dumps(payload: dict) -> bytes:
@@ -410,107 +433,280 @@ def _dumps(payload: dict) -> bytes:
         return json.dumps(payload, default=str).encode("utf-8")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "tirec-serve"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
+# ---- HTTP/1.1 server -----------------------------------------------------------------------------
 
-    def log_message(self, fmt, *args):  # route access logs to logging, quietly
-        log.debug("REST %s - " + fmt, self.address_string(), *args)
-
-    def _reply(self, status: int, payload: dict) -> None:
-        data = _dumps(payload)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _serve(self) -> None:
-        body = b""
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-            self._reply(411, {"error": "chunked request bodies are not supported; send Content-Length"})
-            return
-        if length is not None:
-            try:
-                n = int(length)
-                if n < 0:
-                    raise ValueError
-            except ValueError:
-                self.close_connection = True
-                self._reply(400, {"error": f"invalid Content-Length: {length!r}"})
-                return
-            limit = self.server.max_body_bytes
-            if n > limit:
-                self.close_connection = True
-                self._reply(413, {"error": f"request body of {n} bytes exceeds the limit of {limit} bytes "
-                                           f"(--max-message-bytes)"})
-                return
-            body = self.rfile.read(n)
-        status, payload = handle(self.server.core, self.command, self.path, body)
-        self._reply(status, payload)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+MAX_HEAD_BYTES = 64 << 10  # request line and headers together; beyond: 431
+_LINGER_SECONDS = 2.0  # after refusing a request, how long its unread rest is drained
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
+class _HttpError(Exception):
+    """A request refused by the HTTP layer, before :func:`handle`; the connection is closed after
+    the answer, since the rest of the request was not read."""
 
-    def handle_error(self, request, client_address):
-        # socketserver prints a traceback to stderr; a client that hung up is routine, anything
-        # else is logged (the request thread ends, the server keeps serving).
-        err = sys.exc_info()[1]
-        if isinstance(err, (ConnectionError, TimeoutError)):
-            log.debug("REST client %s: %s", client_address, err)
-        else:
-            log.exception("REST request from %s failed", client_address)
+    def __init__(self, status: int, message: str, retry_after: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclasses.dataclass
+class _Head:
+    """Request line and headers of one request."""
+
+    method: str
+    target: str
+    version: str
+    headers: http.client.HTTPMessage
+
+    @property
+    def keep_alive(self) -> bool:
+        conn = self.headers.get("Connection", "").lower()
+        return "keep-alive" in conn if self.version == "HTTP/1.0" else "close" not in conn
+
+
+def _parse_head(data: bytes) -> _Head:
+    line, _, rest = data.partition(b"\r\n")
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
+        raise _HttpError(400, f"malformed request line: {line[:200].decode('latin-1')!r}")
+    try:
+        headers = http.client.parse_headers(io.BytesIO(rest))
+    except http.client.HTTPException as e:
+        raise _HttpError(431, f"request headers rejected: {e}") from None
+    return _Head(parts[0], parts[1], parts[2], headers)
+
+
+def _response(status: int, data: bytes, close: bool, retry_after: bool = False) -> bytes:
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:  # 499, TF Serving's CANCELLED
+        reason = "Client Closed Request"
+    head = [f"HTTP/1.1 {status} {reason}", "Server: tirec-serve", "Content-Type: application/json",
+            f"Content-Length: {len(data)}"]
+    if close:
+        head.append("Connection: close")
+    if retry_after:
+        head.append("Retry-After: 1")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data
 
 
 class RestServer:
-    """TF Serving's REST API on ``host:port``, one thread per connection.
+    """TF Serving's REST API on ``host:port``, bounded in every resource a client can claim.
+
+    One event loop thread reads requests and writes responses, so a slow or silent client
+    costs a socket, never a thread; a bounded pool of worker threads runs :func:`handle`.
+
+    * A request is admitted once its headers are read; beyond ``rest_api_num_threads +
+      rest_max_queued_requests`` admitted requests, it gets 503 with ``Retry-After: 1`` at once.
+    * A body longer than ``max_message_bytes`` gets 413: a ``Content-Length`` over the limit
+      before any of the body is read, a chunked body as soon as it crosses the limit.
+    * After its first byte a request must arrive in full within ``rest_api_timeout_in_ms``
+      (else 408), a response must be taken within it, and a kept-alive connection idle for it
+      is closed. Beyond ``rest_max_connections`` open connections, a new one gets 503.
 
     Args:
       core: the server's request core (see :func:`handle`).
       host: address to bind.
       port: port to bind; 0 picks a free one (see :attr:`port`).
-      max_body_bytes: largest request body accepted (413 beyond).
+      limits: the :class:`~tirec.serving.limits.ServerLimits`.
     """
 
-    def __init__(self, core, host: str = "127.0.0.1", port: int = 8501, max_body_bytes: int = 2**31 - 1):
-        cls = _Server
-        if ":" in host:
-            cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+    def __init__(self, core, host: str = "127.0.0.1", port: int = 8501, limits: ServerLimits | None = None):
+        self._core = core
+        self.limits = limits or ServerLimits()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            self._server = cls((host, port), _Handler)
+            self._socket = socket.create_server((host, port), family=family, backlog=128)
         except OSError as e:
             raise OSError(f"--rest-port: cannot bind REST to {host}:{port}: {e.strerror or e}") from None
-        self._server.core = core
-        self._server.max_body_bytes = max_body_bytes
+        self._pool = futures.ThreadPoolExecutor(self.limits.rest_api_num_threads, thread_name_prefix="tirec-rest")
+        self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task] = set()
+        self._admitted = 0  # requests holding a slot; touched on the loop thread only
 
     @property
     def port(self) -> int:
         """The bound port."""
-        return self._server.server_address[1]
+        return self._socket.getsockname()[1]
 
     def start(self) -> "RestServer":
         """Serves in a background thread."""
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="tirec-rest", daemon=True)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._connection, sock=self._socket, limit=MAX_HEAD_BYTES))
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tirec-rest-io", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stops accepting requests and closes the socket."""
-        self._server.shutdown()
-        self._server.server_close()
+        """Stops accepting, drops open connections, waits for running requests, closes the socket."""
         if self._thread is not None:
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
+            self._thread = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._loop.close()
+        self._socket.close()
+
+    async def _close(self) -> None:
+        self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    # -- one connection --
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._connections.add(task)
+        try:
+            if len(self._connections) > self.limits.rest_max_connections:  # answer and close at once
+                error = _HttpError(503, f"more than {self.limits.rest_max_connections} open connections "
+                                        f"(--rest-max-connections)", retry_after=True)
+                await self._write(writer, _response(503, _dumps({"error": error.message}), True, True))
+                return
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError) as e:  # the client hung up
+            log.debug("REST client %s: %s", writer.get_extra_info("peername"), e)
+        except Exception:  # a bug in this layer: drop the connection, keep serving
+            log.exception("REST connection from %s failed", writer.get_extra_info("peername"))
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Serves one request; returns whether the connection stays open for another."""
+        timeout = self.limits.rest_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                first = await reader.read(1)
+        except TimeoutError:
+            return False  # idle: close quietly
+        if not first:
+            return False
+        admitted, refused = False, None
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    head = await self._read_head(reader, first)
+                    admitted = self._admit()
+                    body = await self._read_body(reader, writer, head)
+            except TimeoutError:
+                raise _HttpError(408, f"the request did not arrive within {self.limits.rest_api_timeout_in_ms} "
+                                      f"ms (--rest-api-timeout-in-ms)") from None
+            status, data = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._run, head.method, head.target, body)
+        except _HttpError as e:
+            # A copy: the original's traceback reaches this frame, a cycle that would keep the
+            # request's frames, and its body, alive until the garbage collector runs.
+            refused = _HttpError(e.status, e.message, e.retry_after)
+        finally:
+            if admitted:
+                self._admitted -= 1
+        if refused is not None:
+            await self._refuse(reader, writer, refused)
+            return False
+        keep_alive = head.keep_alive
+        if head.method == "HEAD":
+            data = b""
+        return await self._write(writer, _response(status, data, not keep_alive)) and keep_alive
+
+    def _admit(self) -> bool:
+        if self._admitted >= self.limits.rest_max_requests:
+            raise _HttpError(503, f"the server is busy: {self.limits.rest_max_requests} requests are running or "
+                                  f"queued (--rest-api-num-threads, --rest-max-queued-requests); retry later",
+                             retry_after=True)
+        self._admitted += 1
+        return True
+
+    def _run(self, method: str, target: str, body: bytes) -> tuple[int, bytes]:
+        status, payload = handle(self._core, method, target, body)
+        return status, _dumps(payload)
+
+    async def _read_head(self, reader: asyncio.StreamReader, first: bytes) -> _Head:
+        try:
+            data = first + await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise _HttpError(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes") from None
+        return _parse_head(data)
+
+    async def _read_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: _Head) -> bytes:
+        limit = self.limits.max_message_bytes
+        too_big = f"exceeds the limit of {limit} bytes (--max-message-bytes)"
+        encoding, length = head.headers.get("Transfer-Encoding"), head.headers.get("Content-Length")
+        if encoding is not None:
+            if length is not None:
+                raise _HttpError(400, "a request must not have both Transfer-Encoding and Content-Length")
+            if encoding.strip().lower() != "chunked":
+                raise _HttpError(501, f"Transfer-Encoding {encoding!r} is not supported (only chunked)")
+            self._continue(writer, head)
+            return await self._read_chunked(reader, limit, too_big)
+        if length is None:
+            return b""
+        if len(head.headers.get_all("Content-Length")) > 1 or not length.strip().isdigit():
+            raise _HttpError(400, f"invalid Content-Length: {length!r}")
+        n = int(length)
+        if n > limit:
+            raise _HttpError(413, f"request body of {n} bytes {too_big}")
+        self._continue(writer, head)
+        return await reader.readexactly(n)
+
+    @staticmethod
+    def _continue(writer: asyncio.StreamWriter, head: _Head) -> None:
+        if head.headers.get("Expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    @staticmethod
+    async def _read_chunked(reader: asyncio.StreamReader, limit: int, too_big: str) -> bytearray:
+        body = bytearray()
+        while True:
+            try:
+                size = int((await reader.readline()).split(b";", 1)[0].strip(), 16)
+            except ValueError:  # not hex, or a size line longer than MAX_HEAD_BYTES
+                raise _HttpError(400, "malformed chunked body: bad chunk size line") from None
+            if size < 0:
+                raise _HttpError(400, "malformed chunked body: negative chunk size")
+            if size == 0:
+                break
+            if len(body) + size > limit:
+                raise _HttpError(413, f"chunked request body {too_big}")
+            body += await reader.readexactly(size)
+            if await reader.readexactly(2) != b"\r\n":
+                raise _HttpError(400, "malformed chunked body: a chunk does not end with CRLF")
+        while (await reader.readline()).strip():  # trailer fields, ignored
+            pass
+        return body
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: _HttpError) -> None:
+        """Answers ``error``, then closes. The client may still be sending the request: its rest
+        is read and dropped for a moment, so that closing does not reset the connection before
+        the client has read the answer."""
+        data = _dumps({"error": error.message})
+        if not await self._write(writer, _response(error.status, data, close=True, retry_after=error.retry_after)):
+            return
+        if writer.can_write_eof():
+            writer.write_eof()
+        try:
+            async with asyncio.timeout(_LINGER_SECONDS):
+                while await reader.read(1 << 16):
+                    pass
+        except (TimeoutError, ConnectionError):
+            pass
+
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> bool:
+        """Writes ``data``; False when the client does not take it within the timeout."""
+        writer.write(data)
+        try:
+            async with asyncio.timeout(self.limits.rest_timeout_seconds):
+                await writer.drain()
+        except TimeoutError:
+            log.debug("REST client %s did not read its response in time", writer.get_extra_info("peername"))
+            return False
+        return True
 
 
-__all__ = ["RestServer", "handle", "json_to_array", "array_to_json", "HTTP_STATUS"]
+__all__ = ["RestServer", "handle", "json_to_array", "array_to_json", "HTTP_STATUS", "MAX_HEAD_BYTES"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Mapping
 
 import numpy as np
@@ -45,6 +46,8 @@ STATUS_CODES = {
     "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
 }
 _CODE_NAMES = {v: k for k, v in STATUS_CODES.items()}
+# Codes whose message is the server's own business (HTTP 500): clients get a request id instead.
+INTERNAL_CODES = frozenset({"UNKNOWN", "INTERNAL", "DATA_LOSS"})
 
 # TensorProto value field per dtype, and how many proto values make one element.
 _VALUE_FIELDS = {
@@ -94,6 +97,22 @@ class ServingError(Exception):
         if code == "OK":
             code = "UNKNOWN"
         return ServingError(code, f"{prefix}{err.message}")
+
+
+def internal_error(where: str, detail: str, exc_info: bool = False) -> str:
+    """Logs an internal failure under a fresh request id; returns the message the client gets.
+
+    The client sees only ``Internal error (request id ID) ...``: exception text, file paths and
+    stack traces stay in the server log, next to the same id, where the operator can find them.
+
+    Args:
+      where: what failed (e.g. ``REST POST /v1/models/m:predict``), for the log.
+      detail: the internal message, for the log.
+      exc_info: also log the traceback of the exception being handled.
+    """
+    request_id = uuid.uuid4().hex[:16]
+    log.error("%s failed (request id %s): %s", where, request_id, detail, exc_info=exc_info)
+    return f"Internal error (request id {request_id}); the server log has the details"
 
 
 def invalid(message: str) -> ServingError:

@@ -16,6 +16,10 @@ against it unchanged::
 * Version management (:mod:`tirec.serving.model_manager`): polling, version policies and labels,
   warmup replay, hot swap without failed requests, config reload.
 * Optional server-side batching (:mod:`tirec.serving.batching`).
+* Bounded resources (:mod:`tirec.serving.limits`): message and body size, rows per request,
+  concurrent calls, REST threads, queue, connections and timeouts, so that no client can take
+  the server down; ``HandleReloadConfigRequest`` only loads models under the roots the operator
+  named.
 
 Once listening, the command prints (flushed) ``tirec serve: gRPC listening on HOST:PORT`` and
 ``tirec serve: REST listening on HOST:PORT``, so a caller that asked for port 0 can read the
@@ -32,9 +36,10 @@ import signal
 import sys
 import threading
 
+from tirec.serving.limits import ServerLimits
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets gRPC's max message size to INT32_MAX
 _MAX_DETAILS = 4000  # gRPC status details travel in a header: keep them bounded
 
 
@@ -59,10 +64,13 @@ class ServingOptions:
       batching_parameters_file: a BatchingParameters text proto (with ``enable_batching``).
       max_batch_size, batch_timeout_micros, num_batch_threads: batching parameters; override the
         file's values when set.
-      max_examples_per_request: most rows (batch dimension) or tf.Examples in one request.
-      max_message_bytes: largest gRPC message / REST body accepted or sent.
-      grpc_workers: gRPC handler threads (with batching, at least about twice
-        ``max_batch_size`` / rows per request lets batches fill).
+      limits: the :class:`~tirec.serving.limits.ServerLimits` (sizes, threads, queues,
+        timeouts); the defaults hold on a 2-core, 24 GiB machine whatever the clients send.
+      allowed_model_roots: folders ``HandleReloadConfigRequest`` may load models from, besides
+        the initial models' base paths (``model_base_path`` or the config file's). A reload
+        naming a base path elsewhere (after resolving symlinks and ``..``) is refused with
+        PERMISSION_DENIED, so a client cannot make the server load a SavedModel (which may run
+        arbitrary ops) from any path it likes.
       version_settle_seconds: a version folder with files younger than this is taken as still
         being written and retried on the next poll.
     """
@@ -80,9 +88,8 @@ class ServingOptions:
     max_batch_size: int | None = None
     batch_timeout_micros: int | None = None
     num_batch_threads: int | None = None
-    max_examples_per_request: int = 10000
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    grpc_workers: int = 32
+    limits: ServerLimits = dataclasses.field(default_factory=ServerLimits)
+    allowed_model_roots: tuple[str, ...] = ()
     version_settle_seconds: float = 1.0
 
     def __post_init__(self):
@@ -101,13 +108,12 @@ class ServingOptions:
                      "version_settle_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"serve: {name} must be >= 0; received {name}={getattr(self, name)}")
-        for name in ("max_examples_per_request", "max_message_bytes", "grpc_workers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"serve: {name} must be an integer >= 1; received {name}={value!r}")
-        if self.max_message_bytes > DEFAULT_MAX_MESSAGE_BYTES:
-            raise ValueError(f"serve: max_message_bytes must be <= {DEFAULT_MAX_MESSAGE_BYTES}; received "
-                             f"max_message_bytes={self.max_message_bytes}")
+        if not isinstance(self.limits, ServerLimits):
+            raise ValueError(f"serve: limits must be a ServerLimits; received {type(self.limits).__name__}")
+        self.allowed_model_roots = tuple(self.allowed_model_roots)
+        if any(not root for root in self.allowed_model_roots):
+            raise ValueError(f"serve: --allowed-model-roots holds an empty path; received "
+                             f"{list(self.allowed_model_roots)}")
 
     @property
     def rest_enabled(self) -> bool:
@@ -129,8 +135,14 @@ class ServingOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServingOptions":
         """Options from arguments parsed with :func:`add_arguments`."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+        def given(names):
+            return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+        kwargs = given(f.name for f in dataclasses.fields(cls) if f.name not in ("limits", "allowed_model_roots"))
+        kwargs["limits"] = ServerLimits(**given(f.name for f in dataclasses.fields(ServerLimits)))
+        roots = getattr(args, "allowed_model_roots", None) or []
+        kwargs["allowed_model_roots"] = tuple(r.strip() for text in roots for r in text.split(","))
+        return cls(**kwargs)
 
 
 # ---- request core --------------------------------------------------------------------------------
@@ -142,15 +154,33 @@ class ServingCore:
       manager: the :class:`~tirec.serving.model_manager.ModelManager`.
       batcher: a started :class:`~tirec.serving.batching.Batcher` for Predict, or None.
       max_examples: most rows / tf.Examples per request.
+      model_roots: folders :meth:`reload_config` may load models from (more with
+        :meth:`allow_model_roots`).
     """
 
-    def __init__(self, manager, batcher=None, max_examples: int = 10000):
+    def __init__(self, manager, batcher=None, max_examples: int = 10000, model_roots=()):
         from tirec.serving import inference
 
         self._inference = inference
         self.manager = manager
         self.batcher = batcher
         self.max_examples = max_examples
+        self._roots_lock = threading.Lock()
+        self._model_roots: list[str] = []
+        self.allow_model_roots(model_roots)
+
+    def allow_model_roots(self, roots) -> None:
+        """Lets :meth:`reload_config` load models from under ``roots`` too."""
+        with self._roots_lock:
+            for root in roots:
+                if root not in self._model_roots:
+                    self._model_roots.append(root)
+
+    @property
+    def model_roots(self) -> list[str]:
+        """The folders :meth:`reload_config` may load models from."""
+        with self._roots_lock:
+            return list(self._model_roots)
 
     def resolve(self, spec):
         """The servable a ModelSpec names."""
@@ -220,9 +250,12 @@ class ServingCore:
         return self.manager.model_status_spec(spec)
 
     def reload_config(self, request):
-        """ModelService.HandleReloadConfigRequest."""
+        """ModelService.HandleReloadConfigRequest; PERMISSION_DENIED for a base path outside
+        :attr:`model_roots`."""
         from tensorflow_serving.apis import model_management_pb2
+        from tirec.serving.model_manager import check_model_roots
 
+        check_model_roots(request.config, self.model_roots)
         self.manager.reload_config(request.config)
         return model_management_pb2.ReloadConfigResponse()
 
@@ -231,15 +264,17 @@ class ServingCore:
 
 def _grpc_call(fn, request, context):
     import grpc
-    from tirec.serving.servable import ServingError
+    from tirec.serving.servable import INTERNAL_CODES, ServingError, internal_error
 
+    where = f"gRPC {getattr(fn, '__name__', fn)}"
     try:
         return fn(request)
     except ServingError as e:
         code, message = e.code, e.message
+        if code in INTERNAL_CODES:  # the server's own failure: a request id, not its details
+            message = internal_error(where, str(e))
     except Exception as e:  # an unexpected bug: report it, keep serving
-        log.exception("gRPC %s failed", getattr(fn, "__name__", fn))
-        code, message = "INTERNAL", f"{type(e).__name__}: {e}"
+        code, message = "INTERNAL", internal_error(where, f"{type(e).__name__}: {e}", exc_info=True)
     if len(message) > _MAX_DETAILS:
         message = message[:_MAX_DETAILS] + "... (truncated)"
     context.abort(grpc.StatusCode[code], message)
@@ -284,11 +319,30 @@ class _ModelService:
 # ---- the server ----------------------------------------------------------------------------------
 
 def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """The gRPC channel arguments of ``tirec serve``: message size limits both ways, and no
-    SO_REUSEPORT (a second server on a taken port fails instead of sharing it)."""
+    """The gRPC channel arguments of ``tirec serve``: message size limits both ways (the
+    arguments TF Serving takes in ``--grpc_channel_arguments``), and no SO_REUSEPORT (a second
+    server on a taken port fails instead of sharing it)."""
     return [("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0)]
+
+
+def grpc_server(limits: ServerLimits):
+    """A gRPC server (not started, no services) bounded by ``limits``: ``grpc_workers`` handler
+    threads, messages up to ``max_message_bytes``, and at most ``max_concurrent_rpcs`` calls
+    running or waiting for a thread (RESOURCE_EXHAUSTED beyond, instead of an endless queue)."""
+    from concurrent import futures
+
+    import grpc
+
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=limits.grpc_workers, thread_name_prefix="tirec-grpc"),
+                       options=grpc_server_options(limits.max_message_bytes),
+                       maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
+
+
+def _base_paths(config) -> list[str]:
+    """The base paths a ModelServerConfig names."""
+    return [mc.base_path for mc in config.model_config_list.config if mc.base_path]
 
 
 def _address(host: str, port: int) -> str:
@@ -347,9 +401,6 @@ class ServingServer:
           ValueError: bad batching parameters.
           OSError: a port cannot be bound.
         """
-        from concurrent import futures
-
-        import grpc
         from grpc_health.v1 import health, health_pb2_grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -362,16 +413,15 @@ class ServingServer:
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self.manager = ModelManager(config, poll_wait_seconds=o.file_system_poll_wait_seconds,
                                     settle_seconds=o.version_settle_seconds,
-                                    max_examples=o.max_examples_per_request, on_change=self._update_health)
+                                    max_examples=o.limits.max_examples_per_request, on_change=self._update_health)
         if batching is not None:
             self.batcher = Batcher(batching).start()
-        self.core = ServingCore(self.manager, self.batcher, o.max_examples_per_request)
+        self.core = ServingCore(self.manager, self.batcher, o.limits.max_examples_per_request,
+                                model_roots=[*o.allowed_model_roots, *_base_paths(config)])
         try:
             self.manager.start()
             self._update_health()
-            self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=o.grpc_workers,
-                                                                thread_name_prefix="tirec-grpc"),
-                                     options=grpc_server_options(o.max_message_bytes))
+            self._grpc = grpc_server(o.limits)
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
                 _PredictionService(self.core), self._grpc)
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self.core), self._grpc)
@@ -389,7 +439,7 @@ class ServingServer:
             if o.rest_enabled:
                 from tirec.serving.rest import RestServer
 
-                self._rest = RestServer(self.core, o.host, o.rest_port, o.max_message_bytes).start()
+                self._rest = RestServer(self.core, o.host, o.rest_port, o.limits).start()
                 self.rest_port = self._rest.port
                 log.info("REST listening on %s", _address(o.host, self.rest_port))
             if o.model_config_file and o.model_config_file_poll_wait_seconds > 0:
@@ -453,6 +503,7 @@ class ServingServer:
                     continue
                 log.info("%s changed; reloading the model config", path)
                 last = config
+                self.core.allow_model_roots(_base_paths(config))  # the operator's file names them
                 self.manager.reload_config(config)
             except ServingError as e:
                 log.error("config reload from %s failed: %s", path, e)
@@ -493,6 +544,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--version-settle-seconds", type=float, default=d["version_settle_seconds"].default,
                    help="a version folder with files younger than this is still being written and is "
                         "retried on the next poll (default: %(default)s)")
+    g.add_argument("--allowed-model-roots", action="append", metavar="DIR[,DIR...]",
+                   help="folders HandleReloadConfigRequest may load models from, besides the base paths of "
+                        "--model-base-path / --model-config-file (repeatable); a reload naming any other "
+                        "path is refused with PERMISSION_DENIED, so a client cannot make the server load "
+                        "a SavedModel from anywhere")
     g = parser.add_argument_group("network")
     g.add_argument("--host", default=d["host"].default, help="address to bind (default: %(default)s)")
     g.add_argument("--port", type=int, default=d["port"].default,
@@ -500,12 +556,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rest-port", "--rest_api_port", dest="rest_port", type=_rest_port,
                    default=d["rest_port"].default,
                    help="REST port; 0 picks a free one, negative or 'none' disables (default: %(default)s)")
-    g.add_argument("--max-message-bytes", type=int, default=d["max_message_bytes"].default,
-                   help="largest gRPC message / REST body (default: %(default)s, TF Serving's)")
-    g.add_argument("--max-examples-per-request", type=int, default=d["max_examples_per_request"].default,
-                   help="most rows or tf.Examples per request (default: %(default)s)")
-    g.add_argument("--grpc-workers", type=int, default=d["grpc_workers"].default,
-                   help="gRPC handler threads (default: %(default)s)")
+    _add_limit_arguments(parser)
     g = parser.add_argument_group("batching")
     g.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
                    help="batch concurrent Predict requests")
@@ -515,6 +566,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-timeout-micros", type=int,
                    help="longest wait for a batch to fill (default 0, or the file's)")
     g.add_argument("--num-batch-threads", type=int, help="threads running batches (default: CPU count)")
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The :class:`~tirec.serving.limits.ServerLimits` flags; their defaults are its defaults."""
+    d = ServerLimits()
+    g = parser.add_argument_group("limits", "bounds that keep a misbehaving client from taking the server down; "
+                                            "the defaults hold on a 2-core, 24 GiB machine")
+    g.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                   help="largest gRPC message (grpc.max_receive_message_length / max_send_message_length) and "
+                        "REST body; bounds one request's memory; larger ones get RESOURCE_EXHAUSTED / HTTP 413, "
+                        "REST before reading the body (default: %(default)s = 64 MiB)")
+    g.add_argument("--max-examples-per-request", type=int, default=d.max_examples_per_request,
+                   help="most rows or tf.Examples per request, checked before decoding; bounds one request's "
+                        "work (default: %(default)s)")
+    g.add_argument("--grpc-workers", "--grpc_max_threads", dest="grpc_workers", type=int, default=d.grpc_workers,
+                   help="gRPC handler threads (default: %(default)s)")
+    g.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs,
+                   help="most gRPC calls running or waiting for a thread; more get RESOURCE_EXHAUSTED at once "
+                        "instead of queuing without end (default: %(default)s)")
+    g.add_argument("--rest-api-num-threads", "--rest_api_num_threads", dest="rest_api_num_threads", type=int,
+                   default=d.rest_api_num_threads,
+                   help="REST worker threads; slow clients never hold one (default: %(default)s)")
+    g.add_argument("--rest-max-queued-requests", type=int, default=d.rest_max_queued_requests,
+                   help="REST requests waiting for a worker; more get HTTP 503 with Retry-After at once, which "
+                        "bounds the bodies held in memory (default: %(default)s)")
+    g.add_argument("--rest-api-timeout-in-ms", "--rest_api_timeout_in_ms", dest="rest_api_timeout_in_ms", type=int,
+                   default=d.rest_api_timeout_in_ms,
+                   help="time a REST client has to send a whole request and to read its response; an idle "
+                        "kept-alive connection is closed after it; drops silent or trickling clients "
+                        "(default: %(default)s)")
+    g.add_argument("--rest-max-connections", type=int, default=d.rest_max_connections,
+                   help="most open REST connections; more get HTTP 503; bounds the sockets clients can hold "
+                        "(default: %(default)s)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

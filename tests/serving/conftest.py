@@ -239,10 +239,16 @@ def model_config_text(models: list[dict]) -> str:
 
 
 def start_server(**options):
-    """A started ServingServer on free ports; no REST and no polling unless asked."""
+    """A started ServingServer on free ports; no REST and no polling unless asked. Options named
+    like a :class:`ServerLimits` field (``max_message_bytes=...``) go into its limits."""
+    import dataclasses
+
+    from tirec.serving.limits import ServerLimits
     from tirec.serving.server import ServingOptions, ServingServer
 
-    options = {"port": 0, "rest_port": None, "file_system_poll_wait_seconds": 0, **options}
+    names = {f.name for f in dataclasses.fields(ServerLimits)}
+    limits = ServerLimits(**{k: options.pop(k) for k in list(options) if k in names})
+    options = {"port": 0, "rest_port": None, "file_system_poll_wait_seconds": 0, "limits": limits, **options}
     return ServingServer(ServingOptions(**options)).start()
 
 

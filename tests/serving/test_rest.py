@@ -164,6 +164,44 @@ def test_rest_is_concurrent(rest):
         assert r.status_code == 200
 
 
+def _raw(url: str, data: bytes) -> bytes:
+    """Sends raw bytes; returns everything the server answers until it closes the connection."""
+    host, port = url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while part := s.recv(65536):
+            out += part
+        return out
+
+
+PREDICT = json.dumps({"signature_name": "score", "instances": [[1.0, 2.0, 3.0]]}).encode()
+
+
+@pytest.mark.parametrize("request_bytes,answer", [
+    (b"POST /v1/models/toy:predict HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(PREDICT), PREDICT),
+     b"HTTP/1.1 200 OK"),  # HTTP/1.0 without keep-alive: answered, then closed
+    (b"POST /v1/models/toy:predict HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\n"
+     b"Content-Length: %d\r\n\r\n%s" % (len(PREDICT), PREDICT), b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK"),
+    (b"POST /v1/models/toy:predict HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n",
+     b"HTTP/1.1 413 "),  # refused before the client sends the body
+    (b"GARBAGE\r\n\r\n", b"HTTP/1.1 400 "),
+    (b"GET /v1/models/toy HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", b"HTTP/1.1 431 "),
+    (b"POST /v1/models/toy:predict HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+     b"HTTP/1.1 400 "),
+    (b"POST /v1/models/toy:predict HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", b"HTTP/1.1 400 "),
+    (b"POST /v1/models/toy:predict HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", b"HTTP/1.1 501 "),
+    (b"POST /v1/models/toy:predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"HTTP/1.1 400 "),
+])
+def test_http_framing(rest, request_bytes, answer):
+    url, s = rest
+    out = _raw(url, request_bytes)
+    assert out.startswith(answer), out[:300]
+    body = json.loads(out.split(b"\r\n\r\n")[-1])
+    assert ("predictions" in body) if b" 200 " in answer else body["error"]
+    assert s.get(f"{url}/v1/models/toy").status_code == 200
+
+
 def test_nan_and_infinity_round_trip(kit, rest):
     url, s = rest
     body = '{"signature_name": "score", "instances": [[NaN, 0.0, 0.0], [Infinity, 0.0, 0.0]]}'

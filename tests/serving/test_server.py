@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
+from tirec.serving.limits import ServerLimits
 from tirec.serving.server import ServingOptions
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -326,7 +327,7 @@ def test_classify_and_regress_errors(kit, served):
 def test_reload_config_adds_and_removes_models(kit, tmp_path):
     toy = kit.store.install(str(tmp_path / "toy"), [1])
     other = kit.store.install(str(tmp_path / "other"), [2])
-    server = kit.start_server(model_base_path=toy, model_name="toy")
+    server = kit.start_server(model_base_path=toy, model_name="toy", allowed_model_roots=(str(tmp_path),))
     stubs = kit.Stubs(server.grpc_port)
     try:
         config = model_server_config_pb2.ModelServerConfig()
@@ -563,7 +564,34 @@ def test_options_validation():
     with pytest.raises(ValueError, match="port=70000"):
         ServingOptions(model_base_path="/m", port=70000)
     with pytest.raises(ValueError, match="max_examples_per_request=0"):
-        ServingOptions(model_base_path="/m", max_examples_per_request=0)
+        ServerLimits(max_examples_per_request=0)
+    with pytest.raises(ValueError, match="max_concurrent_rpcs=True"):
+        ServerLimits(max_concurrent_rpcs=True)
+    with pytest.raises(ValueError, match="max_message_bytes must be <= 2147483647"):
+        ServerLimits(max_message_bytes=2**31)
+    with pytest.raises(ValueError, match="empty path"):
+        ServingOptions(model_base_path="/m", allowed_model_roots=("/a", ""))
+
+
+def test_limit_flags_share_the_server_limits_defaults_and_tf_serving_spellings():
+    import argparse
+
+    from tirec.serving.server import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert ServingOptions.from_args(parser.parse_args(["--model-base-path", "/m"])).limits == ServerLimits()
+    opts = ServingOptions.from_args(parser.parse_args([
+        "--model-base-path", "/m", "--max-message-bytes", "1024", "--max-concurrent-rpcs", "8",
+        "--grpc_max_threads", "4", "--rest_api_num_threads", "2", "--rest_api_timeout_in_ms", "1500",
+        "--rest-max-queued-requests", "0", "--rest-max-connections", "9",
+        "--allowed-model-roots", "/a,/b", "--allowed-model-roots", "/c"]))
+    assert opts.limits == ServerLimits(max_message_bytes=1024, max_concurrent_rpcs=8, grpc_workers=4,
+                                       rest_api_num_threads=2, rest_api_timeout_in_ms=1500,
+                                       rest_max_queued_requests=0, rest_max_connections=9)
+    assert opts.allowed_model_roots == ("/a", "/b", "/c")
+    with pytest.raises(ValueError, match="rest_api_timeout_in_ms=0"):
+        ServingOptions.from_args(parser.parse_args(["--model-base-path", "/m", "--rest-api-timeout-in-ms", "0"]))
 
 
 # ---- the command ---------------------------------------------------------------------------------

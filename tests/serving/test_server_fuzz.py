@@ -1,5 +1,6 @@
-"""Fuzzing `tirec serve` with malformed gRPC and REST requests: every answer is a proper error
-(or a valid result), never a crash, and bad requests leave no memory behind."""
+"""Fuzzing `tirec serve` (with its default limits) with malformed gRPC and REST requests: every
+answer is a proper error (or a valid result), never a crash, and bad requests leave no memory
+behind."""
 import json
 import urllib.parse
 
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 
-MAX_EXAMPLES = 1000
+from tirec.serving.limits import ServerLimits
+
+MAX_EXAMPLES = ServerLimits().max_examples_per_request
 FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
@@ -23,8 +26,7 @@ OK_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.St
 @pytest.fixture(scope="module")
 def fuzzed(kit, tmp_path_factory):
     base = kit.store.install(str(tmp_path_factory.mktemp("fuzz") / "toy"), [1])
-    server = kit.start_server(model_base_path=base, model_name="toy", rest_port=0,
-                              max_examples_per_request=MAX_EXAMPLES, max_message_bytes=4 << 20)
+    server = kit.start_server(model_base_path=base, model_name="toy", rest_port=0)
     stubs = kit.Stubs(server.grpc_port)
     session = requests.Session()
     yield server, stubs, session, f"http://127.0.0.1:{server.rest_port}"
@@ -60,7 +62,7 @@ def call(fn, req):
 DTYPES = [types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_INT32, types_pb2.DT_INT64,
           types_pb2.DT_STRING, types_pb2.DT_BOOL, types_pb2.DT_HALF, types_pb2.DT_UINT8,
           types_pb2.DT_COMPLEX64, types_pb2.DT_INVALID, types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT, 99]
-DIMS = st.one_of(st.integers(0, 4), st.sampled_from([-1, 3, 1001, 10**6, 2**40]))
+DIMS = st.one_of(st.integers(0, 4), st.sampled_from([-1, 3, MAX_EXAMPLES + 1, 10**6, 2**40]))
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
 
