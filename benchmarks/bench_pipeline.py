@@ -86,7 +86,7 @@ def _records_by_request(out_dir: str, n_levels: int) -> dict:
     spec = FeatureSpec.load(f"{out_dir}/spec.json")
     keys = ["request_id", "trigger_item_id", "intent_dist", "hist_len", "explicit_mask", "hist_item_ids"]
     parse = {k: v for k, v in spec.parse_example_spec().items() if k in keys}
-    files = sorted(glob.glob(f"{out_dir}/train/*.tfrecord.gz") + glob.glob(f"{out_dir}/eval/*.tfrecord.gz"))
+    files = sorted(f for split in ("train", "valid", "eval") for f in glob.glob(f"{out_dir}/{split}/*.tfrecord.gz"))
     ds = (tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
           .batch(8192).map(lambda x: tf.io.parse_example(x, parse)))
     out, n = {}, 0

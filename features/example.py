@@ -101,6 +101,26 @@ class ExampleEncoder:
         return [b"\x0a" + _varint_scalar(width + len(t)) + buf[i * width:(i + 1) * width] + t
                 for i, t in enumerate(tails)]
 
+    def nonfinite_rows(self, columns: Mapping[str, np.ndarray]) -> dict[int, tuple[str, float]]:
+        """Rows that :meth:`encode_batch` would reject for a NaN or infinite float.
+
+        Returns:
+          ``{row: (feature, value)}`` naming the first such float feature of each row (in spec
+          order) and its first non-finite value; empty when every row can be encoded.
+        """
+        found: dict[int, tuple[str, float]] = {}
+        for f in self.spec.features:
+            if f.dtype != "float32" or f.name not in columns:
+                continue
+            col = np.asarray(columns[f.name])
+            if col.dtype.kind != "f":
+                continue
+            vals = col.reshape(len(col), -1).astype("<f4")
+            bad = ~np.isfinite(vals)
+            for i in np.flatnonzero(bad.any(axis=1)):
+                found.setdefault(int(i), (f.name, float(vals[i][bad[i]][0])))
+        return found
+
     def _entry_header(self, f, payload_len: int, packed: bool) -> bytes:
         """Features.feature entry header up to the start of the values (lengths included)."""
         inner = (b"\x0a" + _varint_scalar(payload_len)) if packed else b""

@@ -56,14 +56,21 @@ class PipelineConfig:
       out: output directory.
       intent_levels: n, the number of equal-width similarity levels.
       sim_range: ``fixed`` (``[sim_lo, sim_hi]``) or ``quantile`` (0.5/99.5 % of train sims).
-      trigger_window: how far back a click may be to serve as trigger (``4h``).
+      trigger_window: how far back a click may be to serve as trigger: ``'4h'``, ``'30m'`` or
+        seconds.
       history_days: behaviour history span in days.
       max_seq_len: behaviour sequence length L.
       explicit_top_levels: tau defaults to the lower edge of this many top levels.
       explicit_threshold: an explicit tau, overriding ``explicit_top_levels``.
-      eval_days: the last this-many calendar days (UTC) of impressions form the eval split;
-        None takes the format's default (1 day; 365 for MovieLens, whose last days hold only a
-        handful of ratings); 0 writes no eval split.
+      split: how impressions are split by time into train / valid / eval
+        (:mod:`tirec.pipeline.split`): ``auto`` (whole last days when they hold a fitting share
+        of the events, else a cut at event times), ``days`` or ``fraction``.
+      eval_days: ``split=days``: the last this-many calendar days (UTC) are eval (None: 1).
+      valid_days: ``split=days``: this many days before eval are valid (None: 1; 0: no valid
+        split).
+      eval_fraction: ``split=auto|fraction``: the share of events (newest) for eval (None: 0.1).
+      valid_fraction: ``split=auto|fraction``: the share of events before eval for valid (None:
+        0.1; 0: no valid split).
       no_trigger: ``drop`` impressions without a trigger (counted) or ``pad`` them
         (``has_trigger`` = 0).
       click_btags: behaviour types that count as clicks (trigger candidates).
@@ -86,12 +93,16 @@ class PipelineConfig:
     sim_range: str = "fixed"
     sim_lo: float = -1.0
     sim_hi: float = 1.0
-    trigger_window: str = "4h"
+    trigger_window: str | int = "4h"
     history_days: int = 14
     max_seq_len: int = 50
     explicit_top_levels: int = 2
     explicit_threshold: float | None = None
+    split: str = "auto"
     eval_days: int | None = None
+    valid_days: int | None = None
+    eval_fraction: float | None = None
+    valid_fraction: float | None = None
     no_trigger: str = "drop"
     click_btags: tuple[str, ...] = ("click",)
     trigger_from: str = "auto"
@@ -134,8 +145,7 @@ class PipelineConfig:
             bad("explicit_top_levels", f"must be in [1, intent_levels={self.intent_levels}]")
         if self.explicit_threshold is not None and not -1.0 <= self.explicit_threshold <= 1.0:
             bad("explicit_threshold", "must be in [-1, 1]")
-        if self.eval_days is not None and self.eval_days < 0:
-            bad("eval_days", "must be >= 0")
+        self._validate_split(bad)
         if self.no_trigger not in ("drop", "pad"):
             bad("no_trigger", "must be 'drop' or 'pad'")
         if self.trigger_from not in ("auto", "behaviours", "impressions", "both"):
@@ -155,3 +165,23 @@ class PipelineConfig:
         if self.movielens.negatives_per_rating < 0:
             raise ValueError("pipeline.movielens.negatives_per_rating: must be >= 0; received "
                              f"{self.movielens.negatives_per_rating!r}")
+
+    def _validate_split(self, bad) -> None:
+        if self.split not in ("auto", "days", "fraction"):
+            bad("split", "must be 'auto', 'days' or 'fraction'")
+        if self.eval_days is not None and self.eval_days < 1:
+            bad("eval_days", "must be >= 1 (every run writes an eval split)")
+        if self.valid_days is not None and self.valid_days < 0:
+            bad("valid_days", "must be >= 0 (0: no valid split)")
+        if self.eval_fraction is not None and not 0 < self.eval_fraction <= 0.5:
+            bad("eval_fraction", "must be in (0, 0.5]")
+        if self.valid_fraction is not None and not 0 <= self.valid_fraction <= 0.5:
+            bad("valid_fraction", "must be in [0, 0.5] (0: no valid split)")
+        for field in ("eval_days", "valid_days"):
+            if getattr(self, field) is not None and self.split != "days":
+                bad(field, f"applies to split='days' only, and split is {self.split!r}; set "
+                           f"pipeline.split=days (split='auto' picks whole days from the data)")
+        for field in ("eval_fraction", "valid_fraction"):
+            if getattr(self, field) is not None and self.split == "days":
+                bad(field, "applies to split='auto' or 'fraction', and split is 'days'; use "
+                           "pipeline.eval_days / pipeline.valid_days")

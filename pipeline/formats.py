@@ -39,7 +39,6 @@ class Prepared:
     rows_in: dict[str, int]                # launcher-read tables: rows in
     user_hook: Callable | None = None      # per-user impression builder (MovieLens)
     block_fns: dict[str, Callable] = dataclasses.field(default_factory=dict)  # per-table column fix-ups
-    default_eval_days: int = 1             # eval split when pipeline.eval_days is unset
     notes: dict = dataclasses.field(default_factory=dict)
 
 

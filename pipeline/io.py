@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -27,6 +28,7 @@ EXTENSIONS = (".csv", ".csv.gz", ".parquet", ".jsonl", ".jsonl.gz", ".json")
 # Upper bound on plausible Unix-second timestamps (year 2100); larger values are usually
 # milliseconds and are rejected with reason ``bad_timestamp``.
 MAX_TS = 4_102_444_800
+_BAD_BYTE = re.compile("[\udc80-\udcff]")  # an undecodable byte under errors="surrogateescape"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,17 +115,25 @@ def read_chunks(path: str, schema: TableSchema, chunk_rows: int = 65536
                 ) -> Iterator[tuple[Chunk, list[dict]]]:
     """Reads one file in chunks, yielding ``(valid chunk, dead letters)`` pairs.
 
+    Row numbers (``Chunk.rows`` and a dead letter's ``row``) are 0-based data rows of the file,
+    counting the rows skipped as malformed: in a CSV file the header and blank lines are not
+    rows (``row + 2`` is the line number when the file has no blank lines); in a JSONL file
+    every line is a row (``row + 1`` is the line number); in Parquet, the record index.
+
     Raises:
       ValueError: when a required column is absent from the file's header (the whole file is
         unusable; the message names the column and the file).
     """
     fmt = _format_of(path)
     offset = 0
-    for table, malformed in _raw_batches(path, fmt, chunk_rows, schema):
-        dead = [dead_letter(schema.name, "malformed_line", file=path, row=m.get("row"),
-                            raw=m.get("text"), value=m.get("error")) for m in malformed]
-        chunk, more = _convert(table, schema, path, offset)
-        offset += table.num_rows
+    for table, malformed, rows in _raw_batches(path, fmt, chunk_rows, schema):
+        dead = [dead_letter(schema.name, m.get("reason", "malformed_line"), file=path,
+                            row=m.get("row"), raw=m.get("text"), value=m.get("error"))
+                for m in malformed]
+        if rows is None:  # no line was skipped: rows follow on from the previous batch
+            rows = np.arange(offset, offset + table.num_rows, dtype=np.int64)
+        offset = int(rows[-1]) + 1 if len(rows) else offset
+        chunk, more = _convert(table, schema, path, rows)
         yield chunk, dead + more
 
 
@@ -145,6 +155,7 @@ def _open(path: str):
 
 
 def _raw_batches(path: str, fmt: str, chunk_rows: int, schema: TableSchema):
+    """Yields ``(pyarrow table, malformed rows, row numbers)``; row numbers None: consecutive."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -153,7 +164,7 @@ def _raw_batches(path: str, fmt: str, chunk_rows: int, schema: TableSchema):
             names = pf.schema_arrow.names
             _check_header(names, schema, path)
             for batch in pf.iter_batches(batch_size=chunk_rows):
-                yield pa.Table.from_batches([batch]), []
+                yield pa.Table.from_batches([batch]), [], None
     elif fmt == "csv":
         yield from _csv_batches(path, chunk_rows, schema)
     else:
@@ -164,17 +175,19 @@ def _csv_batches(path: str, chunk_rows: int, schema: TableSchema):
     import pyarrow.csv as pcsv
 
     malformed: list[dict] = []
+    skipped = _SkippedRows()
 
     def on_invalid(row) -> str:
-        malformed.append({"row": None if row.number is None else row.number - 2,
-                          "text": row.text, "error": f"expected {row.expected_columns} columns, "
-                                                     f"got {row.actual_columns}"})
+        # Single-threaded reading numbers each row (its non-blank line, header = 1), so the
+        # rows after a skipped one keep their own numbers (see _SkippedRows).
+        index = None if row.number is None else row.number - 2
+        skipped.add(index)
+        malformed.append({"row": index, "text": row.text,
+                          "error": f"expected {row.expected_columns} columns, got {row.actual_columns}"})
         return "skip"
 
     with _open(path) as fh:
-        head = fh.read(1 << 16)
-        first_line = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip("\r")
-        names = [c.strip() for c in first_line.split(",")]
+        head, names = _csv_header(fh, path)
         _check_header(names, schema, path)
         stream = io.BufferedReader(_Prepend(head, fh), buffer_size=1 << 20)
         # Header names are stripped (real files carry e.g. "new_user_class_level "), so give
@@ -182,20 +195,71 @@ def _csv_batches(path: str, chunk_rows: int, schema: TableSchema):
         reader = pcsv.open_csv(
             stream,
             read_options=pcsv.ReadOptions(block_size=max(1 << 16, min(1 << 24, chunk_rows * 64)),
-                                          column_names=names, skip_rows=1),
+                                          column_names=names, skip_rows=1, use_threads=False),
             parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                 strings_can_be_null=True))
-        pending = None
+        pending, parsed = None, 0
         for batch in reader:
             table = pa.Table.from_batches([batch])
             pending = table if pending is None else pa.concat_tables([pending, table])
             while pending.num_rows >= chunk_rows:
-                yield pending.slice(0, chunk_rows), malformed[:]
+                yield pending.slice(0, chunk_rows), malformed[:], skipped.rows(parsed, chunk_rows)
                 malformed.clear()
-                pending = pending.slice(chunk_rows)
+                pending, parsed = pending.slice(chunk_rows), parsed + chunk_rows
         if (pending is not None and pending.num_rows) or malformed:
-            yield (pending if pending is not None else _empty(names)), malformed[:]
+            table = pending if pending is not None else _empty(names)
+            yield table, malformed[:], skipped.rows(parsed, table.num_rows)
+
+
+def _csv_header(fh, path: str) -> tuple[bytes, list[str]]:
+    """Reads up to the end of the header line; returns the bytes read and the stripped names.
+
+    The header is parsed as CSV (quoted names, commas inside quotes), like the data rows.
+    """
+    import csv
+
+    head = fh.read(1 << 16)
+    while b"\n" not in head:
+        more = fh.read(1 << 16)
+        if not more:
+            break
+        head += more
+    line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: the CSV header is not valid UTF-8 ({err})") from None
+    names = next(csv.reader([text]), [])
+    return head, [n.strip() for n in names]
+
+
+class _SkippedRows:
+    """Data-row numbers of a CSV file around the rows pyarrow skipped as malformed.
+
+    pyarrow returns only the rows it kept; the ``p``-th kept row (0-based) is data row
+    ``p + k``, ``k`` the number of skipped rows before it.
+    """
+
+    def __init__(self):
+        self._skipped: list[int] = []
+        self._unknown = False
+
+    def add(self, index: int | None) -> None:
+        if index is None:
+            self._unknown = True
+        else:
+            self._skipped.append(index)
+
+    def rows(self, first: int, n: int) -> np.ndarray:
+        """Data-row numbers of kept rows ``first .. first + n - 1``."""
+        kept = np.arange(first, first + n, dtype=np.int64)
+        if self._unknown:
+            raise RuntimeError("pyarrow did not number a malformed CSV row; row numbers unknown")
+        if not self._skipped:
+            return kept
+        s = np.sort(np.asarray(self._skipped, dtype=np.int64))
+        return kept + np.searchsorted(s - np.arange(len(s)), kept, side="right")
 
 
 class _Prepend(io.RawIOBase):
@@ -219,11 +283,20 @@ class _Prepend(io.RawIOBase):
 
 
 def _jsonl_batches(path: str, chunk_rows: int, schema: TableSchema):
-    rows, malformed, n = [], [], 0
+    rows, numbers, malformed = [], [], []
     header_checked = False
     with _open(path) as fh:
-        for lineno, line in enumerate(io.TextIOWrapper(fh, encoding="utf-8", errors="replace")):
+        # Undecodable bytes become lone surrogates (U+DC80..U+DCFF), so a line holding one is
+        # dead-lettered as bad_encoding instead of being read with replaced characters.
+        for lineno, line in enumerate(io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape")):
             if not line.strip():
+                continue
+            bad_byte = _BAD_BYTE.search(line)
+            if bad_byte:
+                raw = line.rstrip("\n").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                malformed.append({"row": lineno, "text": raw, "reason": "bad_encoding",
+                                  "error": f"invalid UTF-8 byte 0x{ord(bad_byte.group()) - 0xDC00:02x} "
+                                           f"at character {bad_byte.start()}"})
                 continue
             try:
                 obj = json.loads(line)
@@ -236,12 +309,12 @@ def _jsonl_batches(path: str, chunk_rows: int, schema: TableSchema):
                 _check_header(list(obj), schema, path)
                 header_checked = True
             rows.append(obj)
-            n += 1
+            numbers.append(lineno)
             if len(rows) >= chunk_rows:
-                yield _rows_to_table(rows, schema), malformed
-                rows, malformed = [], []
+                yield _rows_to_table(rows, schema), malformed, np.asarray(numbers, dtype=np.int64)
+                rows, numbers, malformed = [], [], []
     if rows or malformed:
-        yield _rows_to_table(rows, schema), malformed
+        yield _rows_to_table(rows, schema), malformed, np.asarray(numbers, dtype=np.int64)
 
 
 def _rows_to_table(rows: list[dict], schema: TableSchema) -> pa.Table:
@@ -273,7 +346,7 @@ def _check_header(names: Sequence[str], schema: TableSchema, path: str) -> None:
 
 # ---- typed conversion --------------------------------------------------------------------------
 
-def _convert(table: pa.Table, schema: TableSchema, path: str, offset: int
+def _convert(table: pa.Table, schema: TableSchema, path: str, rows: np.ndarray
              ) -> tuple[Chunk, list[dict]]:
     n = table.num_rows
     bad = np.zeros(n, dtype=bool)
@@ -320,10 +393,9 @@ def _convert(table: pa.Table, schema: TableSchema, path: str, offset: int
         out[col.name] = values
     keep = ~bad
     dead = [dead_letter(schema.name, reason[i], field=field[i], value=value[i], file=path,
-                        row=offset + int(i), raw=_row_text(table, int(i)))
+                        row=int(rows[i]), raw=_row_text(table, int(i)))
             for i in np.flatnonzero(bad)]
-    chunk = Chunk(schema.name, path, {k: v[keep] for k, v in out.items()},
-                  np.arange(offset, offset + n, dtype=np.int64)[keep])
+    chunk = Chunk(schema.name, path, {k: v[keep] for k, v in out.items()}, rows[keep])
     return chunk, dead
 
 

@@ -2,8 +2,8 @@
 
 Graph::
 
-    files --Read+validate--> (user, block) --GroupByKey--> LabelUser --Finalize--> train / eval
-      \\--> dead letters                                 \\--> dead letters          \\--> stats
+    files --Read+validate--> (user, block) --GroupByKey--> LabelUser --Finalize--> train / valid / eval
+      \\--> dead letters                                 \\--> dead letters          \\--> dead letters, stats
 
 * Fact tables (impressions, behaviours, users) are read in chunks by a DoFn per file; each chunk
   is validated (bad rows to the dead-letter output) and split into per-user blocks, so what goes
@@ -13,18 +13,30 @@ Graph::
 * ``LabelUser`` runs :func:`tirec.pipeline.labeling.label_user`; a user's blocks are collected
   with a running cap, so per-key state stays bounded.
 * ``Finalize`` bins similarities with the fixed range or the train-set quantiles (a global side
-  input), computes intent distributions and explicit masks and encodes ``tf.train.Example``s.
+  input), computes intent distributions and explicit masks and encodes ``tf.train.Example``s;
+  a record holding a non-finite float is dead-lettered (``non_finite_feature``), not written.
+* The train / valid / eval split (:mod:`tirec.pipeline.split`) is planned in the launcher from
+  the event times before the job starts, so a split that would be empty fails before any record
+  is written; each impression is labeled with its split and routed after ``finalize``.
 
-Runs on DirectRunner by default; any Beam flags (``--runner FlinkRunner``, ``--runner
-DataflowRunner --project ...``) pass through unchanged.
+The job writes into a temporary sibling folder and publishes it as ``OUT`` only when the row
+accounting balances and train and eval hold records (see :func:`run`).
+
+Runs on DirectRunner by default; Beam flags (``--runner FlinkRunner``, ``--runner
+DataflowRunner --project ...``) pass through unchanged, and a flag that no Beam
+``PipelineOptions`` class defines is an error naming it (Beam would drop it with a warning).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import os
+import shutil
 import time
+import uuid
 from typing import Callable
 
 import apache_beam as beam
@@ -38,6 +50,8 @@ from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import Prepared, get_format
 from tirec.pipeline.io import dead_letter, read_chunks, write_jsonl
 from tirec.pipeline.items import ItemTable
+from tirec.pipeline.split import (SPLITS, TRAIN, SplitError, SplitPlan, SplitSettings, TimeProfile,
+                                  plan_split)
 
 log = logging.getLogger(__name__)
 
@@ -46,51 +60,123 @@ _TAGS = {"impressions": IMP, "behaviours": BEH, "users": USR}
 SEQ_HIST_BINS = 11  # sequence-length histogram: [0], (0, L/10], ... by tenths of L
 
 
-STAGES = ("prepare items and embeddings", "run the Beam job", "write spec and stats")
+STAGES = ("prepare items and embeddings", "plan the train/valid/eval split", "run the Beam job",
+          "write spec and stats")
+# Names a pipeline output folder holds; an existing OUT holding anything else is not replaced.
+OUTPUT_NAMES = frozenset({"train", "valid", "eval", "spec.json", "stats.json", "config.json",
+                          "deadletter", "item_embeddings", "items", "_beam_stats.json"})
+
+
+class AccountingError(RuntimeError):
+    """The row accounting does not balance; nothing was published.
+
+    Attributes:
+      stats: the run's stats (``stats["accounting"]`` shows the imbalance).
+      partial: the folder holding the unpublished output.
+    """
+
+    def __init__(self, message: str, stats: dict, partial: str):
+        super().__init__(message)
+        self.stats, self.partial = stats, partial
 
 
 def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
         progress: Callable[[str], None] | None = None) -> dict:
-    """Runs the whole job and returns the stats dict written to ``OUT/stats.json``.
+    """Runs the whole job, publishes ``OUT`` and returns the stats written to ``OUT/stats.json``.
+
+    Everything is written into a temporary sibling folder ``OUT.tmp-<hex>``, which becomes
+    ``OUT`` only after the checks pass: the row accounting balances and train and eval hold
+    records. On a local path that is one rename (an existing ``OUT`` holding only pipeline
+    outputs is replaced; one holding anything else is refused before the run). A failed run
+    publishes nothing and leaves its partial output in the temporary folder, named in the error
+    and the log. Object stores (``gs://``, ``s3://``, ...) have no folder rename: there the old
+    ``OUT`` files are deleted and the new ones moved (copied and deleted) one by one after the
+    checks, ``stats.json`` last, so ``OUT`` is complete once ``OUT/stats.json`` exists.
 
     Args:
       cfg: the pipeline config.
       beam_args: Beam pipeline flags, passed through unchanged.
       progress: called with each entry of :data:`STAGES` as it starts.
+
+    Raises:
+      ValueError: a bad config value, a flag no Beam options class defines, an ``OUT`` that is
+        not a pipeline output, or (:class:`~tirec.pipeline.split.SplitError`) a split that would
+        be empty, naming the option to change.
+      AccountingError: the row accounting does not balance.
     """
     progress = progress or (lambda stage: None)
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     cfg.validate()
+    flags, runner = _beam_flags(beam_args or [])
     t0 = time.time()
     out = cfg.out.rstrip("/")
-    _makedirs(out)
+    _check_out(out)
     fmt = get_format(cfg.format)
     progress(STAGES[0])
     log.info("preparing item table and embeddings (%s format)", cfg.format)
     prep = fmt.prepare(cfg)
+    progress(STAGES[1])
+    plan = _plan_split(cfg, prep)
+    work = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        stats = _run_job(cfg, prep, plan, work, flags, runner, progress, t0)
+        _check_outputs(stats, plan, work)
+    except BaseException:
+        log.error("pipeline failed: nothing was published to %s; partial output in %s", out, work)
+        raise
+    _publish(work, out)
+    log.info("published %s", out)
+    return stats
+
+
+def _plan_split(cfg: PipelineConfig, prep: Prepared) -> SplitPlan:
+    """Profiles the event times (impressions, else behaviours) and plans the split."""
+    source = "impressions" if prep.files.get("impressions") else "behaviours"
+    log.info("reading %s times to plan the split", source)
+    profile = TimeProfile.from_files(prep.files.get(source, []), prep.schemas[source], cfg.chunk_rows)
+    settings = SplitSettings(cfg.split, cfg.eval_days, cfg.valid_days, cfg.eval_fraction,
+                             cfg.valid_fraction)
+    plan = plan_split(profile, settings, source)
+    log.info("split: %s; %s per split: train %d, valid %d, eval %d", plan.reason, source,
+             plan.events["train"], plan.events["valid"], plan.events["eval"])
+    for note in plan.warnings:
+        log.warning("split: %s", note)
+    return plan
+
+
+def _run_job(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, out: str, flags: list[str],
+             runner, progress: Callable[[str], None], t0: float) -> dict:
+    """Writes the launcher's artifacts, runs the Beam job into ``out`` and writes the stats."""
+    _makedirs(out)
     items_path = f"{out}/items/items.npz"
     _makedirs(f"{out}/items")
     prep.items.save(items_path)
     _save_artifact(prep, f"{out}/item_embeddings")
     write_jsonl(f"{out}/deadletter/launcher.jsonl", prep.dead)
+    spec = _spec(cfg, prep, cfg.sim_lo, cfg.sim_hi)
+    progress(STAGES[2])
+    _pipeline(cfg, prep, plan, spec, out, items_path, flags, runner)
+    progress(STAGES[3])
+    beam_stats = _read_json(f"{out}/_beam_stats.json")
+    _remove(f"{out}/_beam_stats.json")
+    return _finish(cfg, prep, spec, plan, beam_stats, out, time.time() - t0)
+
+
+def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: FeatureSpec, out: str,
+              items_path: str, flags: list[str], runner) -> None:
+    """Builds and runs the Beam graph (module docstring)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
 
     lo, hi = cfg.sim_lo, cfg.sim_hi
-    spec = _spec(cfg, prep, lo, hi)
-    eval_days = cfg.eval_days if cfg.eval_days is not None else prep.default_eval_days
     files = [p for t in ("impressions", "behaviours", "users") for p in prep.files.get(t, [])]
     settings = labeling.LabelSettings(
         intent_levels=cfg.intent_levels, trigger_window_s=cfg.trigger_window_s,
         history_s=cfg.history_s, max_seq_len=cfg.max_seq_len, click_btags=tuple(cfg.click_btags),
         trigger_from=prep.trigger_from, no_trigger=cfg.no_trigger,
-        max_events_per_user=cfg.max_events_per_user, eval_from_ts=0,
+        max_events_per_user=cfg.max_events_per_user, eval_from_ts=plan.eval_from_ts,
         item_fields=prep.item_fields, user_fields=prep.user_fields,
-        context_fields=prep.context_fields)
-
-    flags, runner = _beam_flags(beam_args or [])
-    progress(STAGES[1])
+        context_fields=prep.context_fields, valid_from_ts=plan.valid_from_ts)
     with beam.Pipeline(runner=runner, options=PipelineOptions(flags=flags)) as p:
-        blocks, deads, stats, maxts = [], [], [], []
+        blocks, deads, stats = [], [], []
         for table, paths in prep.files.items():
             if not paths:
                 continue
@@ -99,23 +185,13 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
                    | f"{table}:read" >> beam.ParDo(
                        _ReadFn(_TAGS[table], prep.schemas[table], cfg.chunk_rows, tuple(cfg.click_btags),
                                prep.block_fns.get(table))
-                   ).with_outputs("dead", "stats", "maxts", main="blocks"))
+                   ).with_outputs("dead", "stats", main="blocks"))
             blocks.append(res.blocks)
             deads.append(res.dead)
             stats.append(res.stats)
-            maxts.append(res.maxts)
-        # Eval split: the last eval_days calendar days of the impressions (or, for formats
-        # whose impressions are derived per user, of the behaviours).
-        ts_source = IMP if prep.files.get("impressions") else BEH
-        cutoff = (maxts | "maxts:all" >> beam.Flatten()
-                  | "maxts:pick" >> beam.Filter(lambda kv, t=ts_source: kv[0] == t)
-                  | "maxts:values" >> beam.Values()
-                  | "maxts:max" >> beam.CombineGlobally(max).without_defaults()
-                  | "maxts:cutoff" >> beam.Map(_eval_cutoff, eval_days))
         labeled = (blocks | "blocks:flatten" >> beam.Flatten()
                    | "by_user" >> beam.GroupByKey()
-                   | "label" >> beam.ParDo(_LabelFn(settings, items_path, files, prep.user_hook),
-                                           beam.pvalue.AsSingleton(cutoff)
+                   | "label" >> beam.ParDo(_LabelFn(settings, items_path, files, prep.user_hook)
                                            ).with_outputs("dead", "stats", main="users"))
         deads.append(labeled.dead)
         stats.append(labeled.stats)
@@ -133,10 +209,14 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
         final = (labeled.users
                  | "batch_users" >> beam.BatchElements(min_batch_size=8, max_batch_size=64)
                  | "finalize" >> beam.ParDo(_FinalizeFn(spec, cfg.explicit_threshold,
-                                                        cfg.explicit_top_levels), range_side
-                                            ).with_outputs("eval", "stats", main="train"))
+                                                        cfg.explicit_top_levels, files), range_side
+                                            ).with_outputs("valid", "eval", "dead", "stats", main="train"))
         stats.append(final.stats)
-        for split, pcoll in (("train", final.train), ("eval", final[("eval")])):
+        deads.append(final.dead)
+        for split in SPLITS:
+            if split == "valid" and plan.valid_from_ts is None:
+                continue
+            pcoll = final.train if split == "train" else final[split]
             _ = pcoll | f"write:{split}" >> beam.io.Write(_FramedTFRecordSink(
                 f"{out}/{split}/part", ".tfrecord.gz", cfg.num_shards))
         dead_all = deads | "dead:flatten" >> beam.Flatten()
@@ -144,16 +224,10 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
              | "dead:write" >> beam.io.WriteToText(f"{out}/deadletter/deadletter",
                                                    file_name_suffix=".jsonl"))
         dead_counts = dead_all | "dead:count" >> beam.Map(_dead_stat)
-        _ = ((stats + [dead_counts, cutoff | "cutoff:stat" >> beam.Map(lambda c: {"_eval_from_ts": [c]}),
-                        _range_stat(p, lo, hi, bounds)])
+        _ = ((stats + [dead_counts, _range_stat(p, lo, hi, bounds)])
              | "stats:flatten" >> beam.Flatten()
              | "stats:merge" >> beam.CombineGlobally(_MergeStats())
              | "stats:write" >> beam.Map(_write_json, f"{out}/_beam_stats.json"))
-
-    progress(STAGES[2])
-    beam_stats = _read_json(f"{out}/_beam_stats.json")
-    _remove(f"{out}/_beam_stats.json")
-    return _finish(cfg, prep, spec, beam_stats, out, time.time() - t0)
 
 
 def _range_stat(p, lo: float, hi: float, bounds):
@@ -204,8 +278,6 @@ class _ReadFn(beam.DoFn):
             if self.tag == BEH:
                 cols["btag_id"], cols["is_click"] = labeling.encode_btags(cols.pop("btag"),
                                                                           self.click_btags)
-            if "ts" in cols:
-                yield beam.pvalue.TaggedOutput("maxts", (self.tag, int(cols["ts"].max())))
             for user, block in _split_by_user(cols):
                 yield user, (self.tag, block)
         _count(f"{self.schema.name}_rows_in", rows_in)
@@ -222,9 +294,9 @@ class _LabelFn(beam.DoFn):
     def setup(self):
         self.items = ItemTable.load(self.items_path)
 
-    def process(self, element, eval_from_ts):
+    def process(self, element):
         user, tagged = element
-        s = dataclasses.replace(self.settings, eval_from_ts=int(eval_from_ts))
+        s = self.settings
         parts = {IMP: [], BEH: [], USR: []}
         sizes = {IMP: 0, BEH: 0}
         stats: dict = {}
@@ -264,10 +336,15 @@ class _LabelFn(beam.DoFn):
 
 
 class _FinalizeFn(beam.DoFn):
-    """Bins similarities, adds intent distributions and explicit masks, encodes records."""
+    """Bins similarities, adds intent distributions and explicit masks, encodes records.
 
-    def __init__(self, spec, explicit_threshold, explicit_top_levels):
+    Each record goes to its split's output (main: train; ``valid``, ``eval``); a record holding
+    a NaN or infinite float is dead-lettered (``non_finite_feature``) instead.
+    """
+
+    def __init__(self, spec, explicit_threshold, explicit_top_levels, files):
         self.spec, self.tau, self.top = spec, explicit_threshold, explicit_top_levels
+        self.files = list(files)
         self.encoder = None
 
     def setup(self):
@@ -278,14 +355,30 @@ class _FinalizeFn(beam.DoFn):
         n = self.spec.intent_levels
         tau = self.tau if self.tau is not None else transforms.explicit_threshold(n, self.top, lo, hi)
         cols = _concat_users(users)
-        is_eval = cols["_eval"]
         out, stats = labeling.finalize(cols, n, lo, hi, tau)
-        stats.update(_record_stats(out, is_eval, self.spec.max_seq_len))
-        for split, mask in (("train", ~is_eval), ("eval", is_eval)):
-            _count(f"written_{split}", int(mask.sum()))
+        yield from self._route(cols, out, stats)
+
+    def _route(self, cols: dict, out: dict, stats: dict):
+        """Dead-letters records with a non-finite float; encodes the rest into their splits."""
+        split = cols["_split"]
+        bad = self.encoder.nonfinite_rows(out)
+        if bad:
+            for i, (feature, value) in sorted(bad.items()):
+                f = int(cols["_file"][i])
+                yield beam.pvalue.TaggedOutput("dead", dead_letter(
+                    "impressions", "non_finite_feature", field=feature, value=value,
+                    file=self.files[f] if 0 <= f < len(self.files) else None,
+                    row=int(cols["_row"][i]) if cols["_row"][i] >= 0 else None))
+            keep = np.ones(len(split), dtype=bool)
+            keep[list(bad)] = False
+            out, split = {k: v[keep] for k, v in out.items()}, split[keep]
+        stats.update(_record_stats(out, split, self.spec.max_seq_len))
+        for k, name in enumerate(SPLITS):
+            mask = split == k
+            _count(f"written_{name}", int(mask.sum()))
             if mask.any():
-                framed = frame_tfrecords(self.encoder.encode_batch({k: v[mask] for k, v in out.items()}))
-                yield framed if split == "train" else beam.pvalue.TaggedOutput("eval", framed)
+                framed = frame_tfrecords(self.encoder.encode_batch({c: v[mask] for c, v in out.items()}))
+                yield framed if name == "train" else beam.pvalue.TaggedOutput(name, framed)
         yield beam.pvalue.TaggedOutput("stats", stats)
 
 
@@ -394,7 +487,7 @@ def _latest(blocks: list[dict], cap: int, stats: dict, tag: str) -> dict:
     return {k: v[order] for k, v in merged.items()}
 
 
-def _record_stats(out: dict, is_eval: np.ndarray, max_len: int) -> dict:
+def _record_stats(out: dict, split: np.ndarray, max_len: int) -> dict:
     n_levels = out["intent_dist"].shape[1]
     first_of_request = np.unique(out["request_id"].astype(str), return_index=True)[1]
     clicks = out["intent_counts"][first_of_request].sum(axis=1)
@@ -402,8 +495,8 @@ def _record_stats(out: dict, is_eval: np.ndarray, max_len: int) -> dict:
     exp_len = out["explicit_mask"].sum(axis=1)
     exp_bins = np.minimum(np.ceil(exp_len * 10 / max_len), 10).astype(np.int64)
     return {
-        "written": {"train": int((~is_eval).sum()), "eval": int(is_eval.sum())},
-        "clicks": {"train": int(out["label"][~is_eval].sum()), "eval": int(out["label"][is_eval].sum())},
+        "written": {name: int((split == k).sum()) for k, name in enumerate(SPLITS)},
+        "clicks": {name: int(out["label"][split == k].sum()) for k, name in enumerate(SPLITS)},
         "requests": int(len(first_of_request)),
         "requests_with_click": int((clicks > 0).sum()),
         "intent_mass": out["intent_dist"][first_of_request].sum(axis=0).astype(np.float64),
@@ -427,7 +520,7 @@ def _merge_into(acc: dict, x: dict) -> None:
 
 
 def _train_sims(cols: dict):
-    keep = (~cols["_eval"]) & (cols["has_trigger"] == 1)
+    keep = (cols["_split"] == TRAIN) & (cols["has_trigger"] == 1)
     return cols["trigger_target_sim"][keep].tolist()
 
 
@@ -439,12 +532,6 @@ def _quantile_bounds(quantiles: list) -> tuple[float, float]:
     return lo, hi
 
 
-def _eval_cutoff(max_ts: int, eval_days: int) -> int:
-    if eval_days == 0:
-        return np.iinfo(np.int64).max
-    return int((max_ts // 86400 - (eval_days - 1)) * 86400)
-
-
 def _beam_flags(args: list[str]) -> tuple[list[str], object]:
     """Beam flags with local defaults, and the runner object to use (None: Beam picks it).
 
@@ -452,7 +539,13 @@ def _beam_flags(args: list[str]) -> tuple[list[str], object]:
     batch engine behind DirectRunner, directly: Beam 2.77's DirectRunner otherwise first tries to
     download the Prism runner binary, which fails or stalls on machines without internet.
     ``--direct_running_mode`` / ``--direct_num_workers`` apply as usual.
+
+    Raises:
+      ValueError: naming each flag that no Beam options class defines, or a bad flag value.
     """
+    unknown = unknown_beam_flags(args)
+    if unknown:
+        raise ValueError(unknown_flags_message(unknown))
     flags = list(args)
     runner = "DirectRunner"
     for i, a in enumerate(flags):
@@ -471,6 +564,60 @@ def _beam_flags(args: list[str]) -> tuple[list[str], object]:
     return flags, FnApiRunner()
 
 
+class _OptionsParser(argparse.ArgumentParser):
+    """Collects the flags of Beam's ``PipelineOptions`` classes, as Beam's own parser does."""
+
+    def __init__(self):
+        super().__init__(allow_abbrev=False, add_help=False)
+        self.flag_names: list[str] = []
+
+    def add_argument(self, *args, **kwargs):
+        self.flag_names += [a for a in args if a.startswith("-")]
+        return super().add_argument(*args, **kwargs)
+
+    def add_value_provider_argument(self, *args, **kwargs):
+        if args[0][0] != "-" and kwargs.get("nargs") is None:
+            kwargs["nargs"] = "?"
+        return self.add_argument(*args, **kwargs)
+
+    def error(self, message):
+        raise ValueError(f"Beam flag: {message}")
+
+
+def _options_parser() -> _OptionsParser:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parser = _OptionsParser()
+    classes = {str(c): c for c in PipelineOptions.__subclasses__()}  # as Beam deduplicates them
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # the hook each options class defines for its flags
+    return parser
+
+
+def unknown_beam_flags(args: list[str]) -> list[str]:
+    """The arguments that no registered Beam ``PipelineOptions`` class accepts.
+
+    Beam parses pipeline flags with every ``PipelineOptions`` subclass and drops the rest with a
+    warning, so a misspelled flag would silently change nothing.
+
+    Raises:
+      ValueError: when a known flag has a bad value (e.g. ``--direct_num_workers x``).
+    """
+    _, unknown = _options_parser().parse_known_args(list(args))
+    return unknown
+
+
+def unknown_flags_message(unknown: list[str], own_flags: list[str] = ()) -> str:
+    """``unrecognized arguments: ...`` naming each flag, with the closest known flag."""
+    known = list(own_flags) + _options_parser().flag_names
+    hints = []
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1) if arg.startswith("-") else []
+        hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    return (f"unrecognized arguments: {' '.join(hints)}; tirec pipeline passes on only flags that "
+            f"Beam's PipelineOptions define")
+
+
 def _spec(cfg: PipelineConfig, prep: Prepared, lo: float, hi: float) -> FeatureSpec:
     return tir_feature_spec(item_fields=prep.item_fields, user_fields=prep.user_fields,
                             context_fields=prep.context_fields, intent_levels=cfg.intent_levels,
@@ -483,8 +630,8 @@ def _next_pow2(x: int) -> int:
     return 1 << max(4, int(np.ceil(np.log2(max(2, x)))))
 
 
-def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, bs: dict, out: str,
-            seconds: float) -> dict:
+def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitPlan, bs: dict,
+            out: str, seconds: float) -> dict:
     lo, hi = bs.get("_sim_range", [[cfg.sim_lo, cfg.sim_hi]])[0]
     n = cfg.intent_levels
     tau = cfg.explicit_threshold if cfg.explicit_threshold is not None else \
@@ -499,8 +646,8 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, bs: dict, ou
     ).with_tables([TableSpec(k, v, spec.table(k).dim, spec.table(k).shards) for k, v in buckets.items()])
     spec.save(f"{out}/spec.json")
 
-    written = bs.get("written", {"train": 0, "eval": 0})
-    clicks = bs.get("clicks", {"train": 0, "eval": 0})
+    written = {k: int(bs.get("written", {}).get(k, 0)) for k in SPLITS}
+    clicks = {k: int(bs.get("clicks", {}).get(k, 0)) for k in SPLITS}
     dead = dict(sorted(bs.get("deadletter", {}).items()))
     for d in prep.dead:
         key = f"{d['table']}/{d['reason']}"
@@ -511,7 +658,7 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, bs: dict, ou
     dead_imp = sum(v for k, v in dead.items() if k.startswith("impressions/"))
     drops = {k: int(bs.get(k, 0)) for k in ("impressions_dropped_no_trigger", "impressions_dropped_user_cap",
                                               "behaviours_dropped_user_cap")}
-    total_written = written["train"] + written["eval"]
+    total_written = sum(written.values())
     mass = np.asarray(bs.get("intent_mass", np.zeros(n)), dtype=np.float64)
     req_click = int(bs.get("requests_with_click", 0))
     stats = {
@@ -523,7 +670,7 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, bs: dict, ou
         "deadletter": dead,
         "deadletter_total": int(sum(dead.values())),
         "dropped": drops,
-        "ctr": {k: (clicks[k] / written[k] if written[k] else 0.0) for k in ("train", "eval")},
+        "ctr": {k: (clicks[k] / written[k] if written[k] else 0.0) for k in SPLITS},
         "clicks": clicks,
         "requests": int(bs.get("requests", 0)),
         "requests_with_click": req_click,
@@ -537,7 +684,8 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, bs: dict, ou
         "behaviours_used": int(bs.get("behaviours_used", 0)),
         "users_with_profile": int(bs.get("users_with_profile", 0)),
         "users_without_profile": int(bs.get("users_without_profile", 0)),
-        "eval_from_ts": int(bs.get("_eval_from_ts", [0])[0]),
+        "eval_from_ts": int(plan.eval_from_ts),
+        "split": plan.to_stats(written),
         "sim_range": [float(lo), float(hi)],
         "explicit_threshold": float(tau),
         "embedding": prep.embedding_info,
@@ -560,11 +708,93 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, bs: dict, ou
     acc["behaviours_balanced"] = beh_in == (stats["behaviours_used"] + dead_beh
                                             + drops["behaviours_dropped_user_cap"])
     stats["accounting"] = acc
-    if not (acc["balanced"] and acc["behaviours_balanced"]):
-        log.error("row accounting does not balance: %s", acc)
+    errors, warnings = plan.written_issues(written)
+    stats["split"]["errors"] = errors
+    stats["split"]["warnings"] += warnings
+    for note in warnings:
+        log.warning("split: %s", note)
     _write_json(stats, f"{out}/stats.json")
     _write_json(dataclasses.asdict(cfg), f"{out}/config.json")
     return stats
+
+
+def _check_outputs(stats: dict, plan: SplitPlan, work: str) -> None:
+    """Raises unless the accounting balances and train and eval (and a requested valid split)
+    hold records; removes the folder of an empty automatic valid split."""
+    acc = stats["accounting"]
+    where = f"Nothing was published; the partial output is in {work}"
+    if not (acc["balanced"] and acc["behaviours_balanced"]):
+        raise AccountingError(f"row accounting does not balance: {acc}. {where}", stats, work)
+    if stats["split"]["errors"]:
+        raise SplitError(f"{stats['split']['errors'][0]}. {where}")
+    if plan.valid_from_ts is not None and not stats["written"]["valid"]:
+        _rmtree(f"{work}/valid")
+
+
+def _check_out(out: str) -> None:
+    """Refuses an output folder that holds anything but a previous run's outputs: publishing
+    replaces it."""
+    if not out:
+        raise ValueError("pipeline.out is empty; set --out or pipeline.out")
+    if "://" in out:
+        names = {p[len(out) + 1:].split("/", 1)[0] for p in _files_under(out)}
+    elif os.path.isdir(out):
+        names = set(os.listdir(out))
+    elif os.path.exists(out):
+        raise ValueError(f"pipeline.out {out!r} is a file, not a folder")
+    else:
+        names = set()
+    foreign = sorted(n for n in names if n not in OUTPUT_NAMES and not n.startswith("beam-temp-"))
+    if foreign:
+        raise ValueError(f"pipeline.out {out!r} holds {foreign[:5]}, which tirec pipeline did not "
+                         f"write; a run replaces its output folder, so choose an empty or new one")
+
+
+def _publish(work: str, out: str) -> None:
+    """Moves the checked output ``work`` to ``out`` (see :func:`run`)."""
+    _check_out(out)  # it may have changed during the run
+    if "://" in out:
+        _publish_files(work, out)
+        return
+    old = None
+    if os.path.exists(out):
+        old = f"{out}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+    os.rename(work, out)
+    if old:
+        shutil.rmtree(old)
+
+
+def _publish_files(work: str, out: str) -> None:
+    """File-by-file publishing (object stores): delete the old files, move the new ones,
+    ``stats.json`` last."""
+    from apache_beam.io.filesystems import FileSystems
+
+    old = _files_under(out)
+    if old:
+        FileSystems.delete(old)
+    src = sorted(_files_under(work), key=lambda p: p.endswith("/stats.json"))
+    for path in src:
+        dst = out + path[len(work):]
+        _makedirs(os.path.dirname(dst))
+        FileSystems.rename([path], [dst])
+    _rmtree(work)
+
+
+def _files_under(folder: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    found = FileSystems.match([f"{folder}/**"])[0].metadata_list
+    return sorted(m.path for m in found)
+
+
+def _rmtree(path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" not in path:
+        shutil.rmtree(path, ignore_errors=True)
+    elif _files_under(path):
+        FileSystems.delete(_files_under(path))
 
 
 def _save_artifact(prep: Prepared, directory: str) -> None:

@@ -23,6 +23,7 @@ import zlib
 import numpy as np
 
 from tirec.features import transforms
+from tirec.pipeline import split as splits
 from tirec.pipeline.io import dead_letter
 from tirec.pipeline.items import ItemTable
 
@@ -58,6 +59,7 @@ class LabelSettings:
     item_fields: tuple[str, ...]
     user_fields: tuple[str, ...]
     context_fields: tuple[str, ...]
+    valid_from_ts: int | None = None  # impressions in [valid_from_ts, eval_from_ts) are valid
 
 
 def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict | None,
@@ -77,8 +79,10 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
 
     Returns:
       ``(columns, dead_letters, stats)``; ``columns`` holds one row per kept impression with
-      every record feature except the binned ones, plus ``_request`` (dense request index) and
-      ``_eval`` (bool). Pass it to :func:`finalize`.
+      every record feature except the binned ones, plus ``_request`` (dense request index),
+      ``_split`` (:data:`tirec.pipeline.split.TRAIN` / ``VALID`` / ``EVAL``) and the
+      impression's provenance ``_file`` / ``_row`` (-1 when unknown). Pass it to
+      :func:`finalize`.
     """
     stats: dict = {}
     dead: list = []
@@ -178,7 +182,9 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
         "ctx_hour": (imps["ts"] // 3600) % 24,
         "ctx_dow": (imps["ts"] // 86400 + 3) % 7,  # 1970-01-01 was a Thursday; Monday = 0
         "_request": req_idx.astype(np.int64),
-        "_eval": imps["ts"] >= s.eval_from_ts,
+        "_split": splits.assign(imps["ts"], s.eval_from_ts, s.valid_from_ts),
+        "_file": imps.get("_file", np.full(n_imp, -1, np.int64)),
+        "_row": imps.get("_row", np.full(n_imp, -1, np.int64)),
     }
     for f in s.item_fields:
         col = items.fields[f]
@@ -197,7 +203,7 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
 
 def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float) -> tuple[dict, dict]:
     """Adds levels, intent counts/distributions and the explicit mask; returns (record columns,
-    stats). Drops the private ``_request``/``_eval`` keys from the record columns."""
+    stats). Drops the private keys (``_request``, ``_split``, ...) from the record columns."""
     level = transforms.bin_index(cols["trigger_target_sim"], n_levels, lo, hi)
     has_trig = cols["has_trigger"] == 1
     counts = transforms.grouped_intent_counts(cols["_request"], level,

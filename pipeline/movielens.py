@@ -217,7 +217,6 @@ class MovieLensFormat(SourceFormat):
             embedding_info=info, dead=dead, rows_in=rows_in,
             user_hook=RatingImpressions(ml.click_threshold, ml.negatives_per_rating, ml.seed),
             block_fns={"behaviours": RatingBlock(ml.click_threshold)},
-            default_eval_days=365,
             notes={"movielens": {
                 "genre_vocabulary": vocab,
                 "cate_id": "1-based index of the first listed genre in genre_vocabulary",

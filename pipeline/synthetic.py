@@ -120,7 +120,8 @@ class GeneratorConfig:
       categories: number of item categories.
       brands: number of brands.
       emb_dim: width of the multimodal item embeddings.
-      days: log span in days; the pipeline uses the last day as eval.
+      days: log span in days; with the default 8 (even) days the pipeline's automatic split
+        makes the last day eval and the day before valid.
       start_ts: Unix time (UTC midnight) at which the log starts.
       requests_per_user_day: mean TIR requests per user per day (Poisson).
       page_size: candidates per TIR request.

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_generate(sub)
-    _add_pipeline(sub)
+    pipeline_parser = _add_pipeline(sub)
     _add_train(sub)
     _add_evaluate(sub)
     _add_cluster_server(sub)
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "pipeline":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        _check_beam_flags(pipeline_parser, extra)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apache_beam", "absl", "tensorflow"):
@@ -56,6 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as err:
         log.error("%s", err)
         return 2
+
+
+def _check_beam_flags(parser: argparse.ArgumentParser, extra: list[str]) -> None:
+    """Exits naming each flag that neither ``tirec pipeline`` nor Beam's options define."""
+    from tirec.pipeline.job import unknown_beam_flags, unknown_flags_message
+
+    try:
+        unknown = unknown_beam_flags(extra)
+    except ValueError as err:
+        parser.error(str(err))
+    if unknown:
+        own = [flag for action in parser._actions for flag in action.option_strings]
+        parser.error(unknown_flags_message(unknown, own))
 
 
 def _drop_beam_gcp_notice(record: logging.LogRecord) -> bool:
@@ -98,12 +113,14 @@ def _run_generate(args, _extra) -> int:
     return 0
 
 
-def _add_pipeline(sub) -> None:
+def _add_pipeline(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pipeline", help="Beam job: raw logs -> trigger-labeled TFRecords",
-        description="Run the Beam feature job. Unrecognised flags are passed to Beam, e.g. "
+        description="Run the Beam feature job. Other flags go to Beam, e.g. "
                     "--direct_running_mode multi_processing --direct_num_workers 2, or "
-                    "--runner FlinkRunner --flink_master host:8081.")
+                    "--runner FlinkRunner --flink_master host:8081; a flag that Beam's "
+                    "PipelineOptions do not define is an error. The split into train/, valid/ "
+                    "and eval/ follows the data (--set pipeline.split=auto|days|fraction).")
     p.add_argument("--input", help="raw input directory")
     p.add_argument("--format", choices=("synthetic", "generic", "movielens", "alimama"))
     p.add_argument("--out", help="output directory")
@@ -116,6 +133,7 @@ def _add_pipeline(sub) -> None:
     p.add_argument("--no-trigger", choices=("drop", "pad"), help="impressions without a trigger")
     _common(p)
     p.set_defaults(func=_run_pipeline)
+    return p
 
 
 def _run_pipeline(args, beam_args) -> int:
@@ -125,8 +143,8 @@ def _run_pipeline(args, beam_args) -> int:
     for flag in ("input", "format", "out", "intent_levels", "trigger_window", "max_seq_len",
                  "history_days", "embedding_provider", "no_trigger"):
         value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"pipeline.{flag}={value}")
+        if value is not None:  # strings quoted, so that e.g. --out 2024 stays a string
+            overrides.append(f"pipeline.{flag}={json.dumps(value) if isinstance(value, str) else value}")
     cfg = load_config(args.config, overrides).pipeline
     if not cfg.input or not cfg.out:
         raise ValueError("pipeline needs --input and --out (or pipeline.input / pipeline.out)")
@@ -143,14 +161,18 @@ def _run_pipeline(args, beam_args) -> int:
         last.append(stage)
         log.info("pipeline: %s", stage)
 
-    stats = job.run(cfg, beam_args, progress=advance)
-    if bar is not None:
-        bar.update(1)
-        bar.close()
-    print(summarize(stats))
-    if not (stats["accounting"]["balanced"] and stats["accounting"]["behaviours_balanced"]):
-        log.error("row accounting does not balance; see %s/stats.json", cfg.out)
+    try:
+        stats = job.run(cfg, beam_args, progress=advance)
+        if bar is not None:
+            bar.update(1)
+    except job.AccountingError as err:
+        print(summarize(err.stats))
+        log.error("%s", err)
         return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    print(summarize(stats))
     return 0
 
 
@@ -369,8 +391,10 @@ def summarize(stats: dict) -> str:
     lines = [
         f"pipeline finished in {stats['seconds']} s ({stats['format']})",
         f"  rows in:        {stats['rows_in']}",
-        f"  written:        train {w['train']}  eval {w['eval']}  "
-        f"(CTR train {stats['ctr']['train']:.4f}, eval {stats['ctr']['eval']:.4f})",
+        f"  written:        train {w['train']}  valid {w['valid']}  eval {w['eval']}  "
+        f"(CTR train {stats['ctr']['train']:.4f}, valid {stats['ctr']['valid']:.4f}, "
+        f"eval {stats['ctr']['eval']:.4f})",
+        f"  split:          {stats['split']['reason']}",
         f"  dropped:        {stats['dropped']}",
         f"  dead letters:   {stats['deadletter_total']} {stats['deadletter'] or ''}",
         f"  requests:       {stats['requests']} ({stats['requests_with_click']} with a click)",

@@ -74,36 +74,70 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+_SCALARS = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _coerce(tp, value, where: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    """``value`` as type ``tp``: no conversion between kinds (a number is not a string).
+
+    Raises:
+      ValueError: naming the key, the value with its type, and the type expected.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value or {}, where)
+        return from_dict(tp, {} if value is None else value, where)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
+        return _coerce_union(args, value, where)
     if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list; received {value!r}")
-        return tuple(_coerce(args[0], v, where) for v in value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{where}: expected true/false; received {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValueError(f"{where}: expected an integer; received {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number; received {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ValueError(f"{where}: expected a string; received {value!r}")
-        return str(value)
-    return value
+        return _coerce_tuple(args, value, where)
+    if tp not in _SCALARS:
+        return value
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) or (isinstance(v, float) and v.is_integer()),
+        float: lambda v: isinstance(v, (int, float)),
+        str: lambda v: isinstance(v, str),
+    }[tp](value) and (tp is bool or not isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"{where}: expected {_SCALARS[tp]}; received {_shown(value)}")
+    return tp(value)
+
+
+def _coerce_union(args: tuple, value, where: str):
+    """The first member type of a Union that accepts ``value`` as it is."""
+    if value is None and type(None) in args:
+        return None
+    members = [a for a in args if a is not type(None)]
+    for member in members:
+        try:
+            return _coerce(member, value, where)
+        except ValueError:
+            continue
+    expected = " or ".join(_expected(a) for a in args)
+    raise ValueError(f"{where}: expected {expected}; received {_shown(value)}")
+
+
+def _coerce_tuple(args: tuple, value, where: str) -> tuple:
+    if isinstance(value, str):  # "click,pv" -> ("click", "pv")
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: expected {_expected(tuple[args])}; received {_shown(value)}")
+    if args and args[-1] is not Ellipsis and len(args) != len(value):
+        raise ValueError(f"{where}: expected {len(args)} values; received {_shown(value)}")
+    types_ = [args[0]] * len(value) if args and args[-1] is Ellipsis else list(args)
+    return tuple(_coerce(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(types_, value)))
+
+
+def _expected(tp) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return f"a list of {_expected(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in typing.get_args(tp))
+    return _SCALARS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _shown(value) -> str:
+    return f"{value!r} ({type(value).__name__})"

@@ -70,3 +70,18 @@ def test_encoder_errors_name_the_feature():
     with pytest.raises(ValueError, match="expected integers"):
         enc.encode_batch(dict(cols, label=np.array([0.5, 1.0, 0.0])))
     assert enc.encode_batch({k: v[:0] for k, v in cols.items()}) == []
+
+
+def test_nonfinite_rows_names_the_feature_and_value_of_each_bad_row():
+    spec = tir_feature_spec(max_seq_len=4)
+    cols = _batch(spec, 4, np.random.default_rng(1))
+    cols["trigger_target_sim"][2] = np.inf
+    cols["hist_trigger_sim"][2, 3] = np.nan
+    cols["hist_trigger_sim"][0, 1] = -np.inf
+    enc = ExampleEncoder(spec)
+    found = enc.nonfinite_rows(cols)
+    assert sorted(found) == [0, 2]
+    assert found[0][0] == "hist_trigger_sim" and found[0][1] == -np.inf
+    assert found[2] == ("trigger_target_sim", np.inf)  # the first bad feature in spec order
+    keep = [1, 3]
+    assert len(enc.encode_batch({k: v[keep] for k, v in cols.items()})) == 2  # the rest encode

@@ -387,8 +387,8 @@ def _records(out_dir):
     from tirec.features.spec import FeatureSpec
 
     spec = FeatureSpec.load(f"{out_dir}/spec.json")
-    files = sorted(glob.glob(f"{out_dir}/train/*.tfrecord.gz")
-                   + glob.glob(f"{out_dir}/eval/*.tfrecord.gz"))
+    files = sorted(f for split in ("train", "valid", "eval")
+                   for f in glob.glob(f"{out_dir}/{split}/*.tfrecord.gz"))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
     return [decode_example(r.numpy(), spec) for r in dataset]
 
@@ -427,8 +427,8 @@ def test_movielens_end_to_end(ml_run):
     assert gen["rated"] == n_ratings - 2 and gen["negatives"] == gen["rated"]
     assert stats["deadletter"] == {"behaviours/bad_float": 1, "behaviours/unknown_item": 1,
                                    "movies/bad_id": 1, "tags/missing_field": 1}
-    written = stats["written"]["train"] + stats["written"]["eval"]
-    assert written > 0 and stats["written"]["eval"] > 0
+    written = sum(stats["written"].values())
+    assert stats["written"]["train"] > 0 and stats["written"]["eval"] > 0
     assert acc["written"] == written
     records = _records(out)
     assert len(records) == written
@@ -472,7 +472,7 @@ def test_alimama_end_to_end(ali_run):
     assert stats["written"]["train"] > 0 and stats["written"]["eval"] > 0
     assert stats["users_with_profile"] == 10
     records = _records(out)
-    assert len(records) == stats["written"]["train"] + stats["written"]["eval"]
+    assert len(records) == sum(stats["written"].values())
     _check_tir(records)
     pid_codes = {zlib.crc32(p.encode()) % 2 ** 31 for p in PIDS}
     profile = {int(line.split(",")[0]): line.split(",")

@@ -114,3 +114,46 @@ def test_discover_layouts(tmp_path):
     assert discover(str(tmp_path), "behaviours")[0].endswith("behaviours-0.csv")
     assert discover(str(tmp_path), "users")[0].endswith("users.jsonl")
     assert discover(str(tmp_path), "items") == []
+
+
+def test_jsonl_undecodable_bytes_are_dead_lettered_not_replaced(tmp_path):
+    path = tmp_path / "impressions.jsonl"
+    good = [json.dumps({"user_id": 1, "item_id": 10, "ts": 1700000000, "label": 0, "request_id": r})
+            for r in ("r1", "r2")]
+    corrupt = b'{"user_id": 2, "item_id": 11, "ts": 1700000001, "label": 1, "request_id": "r\xff9"}'
+    path.write_bytes(good[0].encode() + b"\n" + corrupt + b"\n" + good[1].encode() + b"\n")
+    cols, dead, n = _read_all(path)
+    assert n == 2 and list(cols["request_id"]) == ["r1", "r2"]  # nothing read with U+FFFD
+    assert [(d["reason"], d["row"]) for d in dead] == [("bad_encoding", 1)]
+    assert "0xff" in dead[0]["value"] and "\\xff" in dead[0]["raw"]
+
+
+def test_csv_quoted_header(tmp_path):
+    path = tmp_path / "impressions.csv"
+    path.write_text('"user_id","item_id","ts","label","ctx_a,b"\n1,10,1700000000,0,3\n')
+    cols, dead, n = _read_all(path)
+    assert n == 1 and not dead
+    np.testing.assert_array_equal(cols["item_id"], [10])
+    np.testing.assert_array_equal(cols["ctx_a,b"], [3])
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 1000])
+def test_csv_row_numbers_after_a_malformed_line_point_at_the_source_line(tmp_path, chunk_rows):
+    lines = ["user_id,item_id,ts,label",
+             "1,10,1700000000,0",
+             "1,11",                   # line 3: malformed, skipped by pyarrow
+             "2,12,1700000000,0",
+             "3,x,1700000000,0",       # line 5: bad id
+             "4,13,1700000000,1,9",    # line 6: malformed
+             "5,14,1700000000,7",      # line 7: bad label
+             "6,15,1700000000,1"]
+    path = tmp_path / "impressions.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows, dead = [], []
+    for chunk, bad in read_chunks(str(path), SCHEMA, chunk_rows):
+        rows += chunk.rows.tolist()
+        dead += bad
+    line_of = {d["reason"]: d["row"] + 2 for d in dead if d["reason"] != "malformed_line"}
+    assert line_of == {"bad_id": 5, "bad_label": 7}
+    assert sorted(d["row"] + 2 for d in dead if d["reason"] == "malformed_line") == [3, 6]
+    assert [r + 2 for r in rows] == [2, 4, 8]  # the kept rows' own lines

@@ -41,7 +41,8 @@ def test_layout_and_stats(run):
     for path in ("spec.json", "stats.json", "config.json", "item_embeddings/ids.npy",
                  "item_embeddings/vectors.npy"):
         assert glob.glob(f"{out}/{path}"), path
-    assert glob.glob(f"{out}/train/*.tfrecord.gz") and glob.glob(f"{out}/eval/*.tfrecord.gz")
+    for split in ("train", "valid", "eval"):
+        assert glob.glob(f"{out}/{split}/*.tfrecord.gz"), split
     assert glob.glob(f"{out}/deadletter/*.jsonl")
     with open(f"{out}/stats.json") as fh:
         on_disk = json.load(fh)
@@ -53,7 +54,8 @@ def test_layout_and_stats(run):
     assert 0.005 < stats["ctr"]["train"] < 0.2
     assert abs(sum(stats["intent_histogram"]) - 1.0) < 1e-5  # rounded to 6 decimals
     assert stats["embedding"]["provider"] == "precomputed"
-    assert sum(stats["seq_len_histogram"]["counts"]) == stats["written"]["train"] + stats["written"]["eval"]
+    assert sum(stats["seq_len_histogram"]["counts"]) == sum(stats["written"].values())
+    assert set(stats["written"]) == set(stats["clicks"]) == set(stats["ctr"]) == {"train", "valid", "eval"}
 
 
 def test_every_record_keeps_the_invariants(run):
@@ -61,10 +63,14 @@ def test_every_record_keeps_the_invariants(run):
     spec = FeatureSpec.load(f"{out}/spec.json")
     art = EmbeddingArtifact.load(f"{out}/item_embeddings")
     n, L, tau = spec.intent_levels, spec.max_seq_len, spec.explicit_threshold
-    train, ev = read_records(out, "train"), read_records(out, "eval")
-    assert len(train["label"]) == stats["written"]["train"] and len(ev["label"]) == stats["written"]["eval"]
-    assert ev["impression_ts"].min() >= stats["eval_from_ts"] > train["impression_ts"].max()
-    r = {k: np.concatenate([train[k], ev[k]]) for k in train}
+    train, valid, ev = (read_records(out, s) for s in ("train", "valid", "eval"))
+    for name, recs in (("train", train), ("valid", valid), ("eval", ev)):
+        assert len(recs["label"]) == stats["written"][name], name
+    split = stats["split"]
+    assert split["eval_from_ts"] == stats["eval_from_ts"]
+    assert ev["impression_ts"].min() >= stats["eval_from_ts"] > valid["impression_ts"].max()
+    assert valid["impression_ts"].min() >= split["valid_from_ts"] > train["impression_ts"].max()
+    r = {k: np.concatenate([train[k], valid[k], ev[k]]) for k in train}
     ts = r["impression_ts"]
 
     assert set(np.unique(r["label"])) <= {0, 1}
@@ -120,3 +126,104 @@ def test_quantile_range_and_pad_mode(tmp_path, run):
     assert stats["accounting"]["balanced"]
     r = read_records(out, "train")
     np.testing.assert_array_equal(r["trigger_target_level"], transforms.bin_index(r["trigger_target_sim"], 4, lo, hi))
+
+
+@pytest.fixture(scope="module")
+def small_raw(tmp_path_factory):
+    raw = str(tmp_path_factory.mktemp("small") / "raw")
+    synthetic.generate(synthetic.GeneratorConfig(users=15, seed=5, days=3), raw)
+    return raw
+
+
+def test_non_finite_floats_are_dead_lettered_and_the_job_succeeds(small_raw, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from tirec.pipeline import labeling
+
+    real = labeling.finalize
+
+    def poisoned(cols, *args, **kwargs):
+        out, stats = real(cols, *args, **kwargs)
+        ts = out["impression_ts"]
+        out["trigger_target_sim"] = np.where(ts % 7 == 0, np.nan, out["trigger_target_sim"])
+        out["hist_trigger_sim"][ts % 11 == 0, 0] = np.inf
+        return out, stats
+
+    monkeypatch.setattr(labeling, "finalize", poisoned)
+    out = str(tmp_path / "out")
+    stats = job.run(PipelineConfig(input=small_raw, format="synthetic", out=out))
+    acc = stats["accounting"]
+    assert acc["balanced"], acc
+    dead = []
+    for path in glob.glob(f"{out}/deadletter/*.jsonl"):
+        with open(path) as fh:
+            dead += [json.loads(line) for line in fh if line.strip()]
+    bad = [d for d in dead if d["reason"] == "non_finite_feature"]
+    assert bad and stats["deadletter"]["impressions/non_finite_feature"] == len(bad) == acc["deadlettered"]
+    for d in bad:  # each names the feature and value, and points at its source row
+        assert (d["field"], d["value"]) in {("trigger_target_sim", "nan"), ("hist_trigger_sim", "inf")}
+        ts = int(pd.read_parquet(d["file"]).iloc[d["row"]]["ts"])
+        assert ts % 7 == 0 if d["field"] == "trigger_target_sim" else ts % 11 == 0
+    written = np.concatenate([read_records(out, s)["impression_ts"] for s in ("train", "valid", "eval")])
+    assert len(written) == acc["written"] and not np.any((written % 7 == 0) | (written % 11 == 0))
+
+
+def test_unbalanced_accounting_publishes_nothing(small_raw, tmp_path, monkeypatch):
+    from tirec.pipeline import labeling
+
+    real = labeling.label_user
+
+    def lossy(*args, **kwargs):  # silently loses each user's last impression
+        cols, dead, stats = real(*args, **kwargs)
+        return {k: v[:-1] for k, v in cols.items()}, dead, stats
+
+    monkeypatch.setattr(labeling, "label_user", lossy)
+    out = tmp_path / "out"
+    with pytest.raises(job.AccountingError, match="does not balance.*Nothing was published") as err:
+        job.run(PipelineConfig(input=small_raw, format="synthetic", out=str(out)))
+    assert not out.exists()
+    partial = err.value.partial
+    assert partial.startswith(f"{out}.tmp-") and partial in str(err.value)
+    with open(f"{partial}/stats.json") as fh:
+        assert json.load(fh)["accounting"]["balanced"] is False
+
+
+def _tree(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _outputs(folder, tag):
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "part-00000-of-00001.tfrecord.gz").write_text(tag)
+    (folder / "stats.json").write_text(tag)
+
+
+def test_publish_replaces_a_previous_output_only(tmp_path):
+    work, out = tmp_path / "out.tmp-1", tmp_path / "out"
+    _outputs(work, "new")
+    _outputs(out, "old")
+    (out / "valid").mkdir()  # a split the new run does not have
+    job._publish(str(work), str(out))
+    assert _tree(out) == {"stats.json": "new", "train/part-00000-of-00001.tfrecord.gz": "new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds \['notes.txt'\].*choose an empty or new one"):
+        job.run(PipelineConfig(input=str(tmp_path / "missing"), format="synthetic", out=str(out)))
+
+
+def test_file_by_file_publish_moves_stats_json_last(tmp_path, monkeypatch):
+    from apache_beam.io.filesystems import FileSystems
+
+    work, out = tmp_path / "out.tmp-2", tmp_path / "out"
+    _outputs(work, "new")
+    _outputs(out, "old")
+    (out / "eval").mkdir()
+    (out / "eval" / "part-0.tfrecord.gz").write_text("old")
+    moved = []
+    real = FileSystems.rename
+    monkeypatch.setattr(FileSystems, "rename",
+                        staticmethod(lambda src, dst: (moved.extend(dst), real(src, dst))))
+    job._publish_files(str(work), str(out))
+    assert moved[-1] == f"{out}/stats.json" and len(moved) == 2
+    assert _tree(out) == {"stats.json": "new", "train/part-00000-of-00001.tfrecord.gz": "new"}
+    assert not work.exists()

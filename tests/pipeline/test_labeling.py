@@ -59,7 +59,8 @@ def test_hand_computed_user():
     np.testing.assert_array_equal(cols["hist_cate_id"][0], [10, 10, 20])
     np.testing.assert_allclose(cols["hist_trigger_sim"][0], [1.0, 1.0, 0.0])
     assert list(cols["user_gender"]) == [2, 2, 2]
-    assert list(cols["_eval"]) == [False] * 3
+    assert list(cols["_split"]) == [0] * 3  # all before eval_from_ts: train
+    assert list(cols["_row"]) == [0, 1, 2]    # provenance kept for dead letters
 
     out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5)
     # 4 levels over [-1, 1]: sims 1, 0, -1 -> levels 3, 2, 0; clicks on the first two
@@ -83,3 +84,14 @@ def test_pad_mode_keeps_impressions_without_trigger_and_cap_counts():
     out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5)
     assert out["intent_counts"].sum() == 0 and out["explicit_mask"].sum() == 0
     np.testing.assert_array_equal(out["hist_item_ids"][0], [3, 2, 0])  # capped: item 1 dropped
+
+
+def test_each_impression_gets_its_split():
+    behs = _behs([(1, T0 - 60, "click")])
+    imps = _imps([(2, T0, 0, ""), (2, T0 + H, 0, ""), (3, T0 + 2 * H - 1, 0, ""), (4, T0 + 2 * H, 0, "")])
+    settings = _settings(no_trigger="pad", valid_from_ts=T0 + H, eval_from_ts=T0 + 2 * H)
+    cols, _, _ = label_user(1, imps, behs, None, _items(), settings, ["f.csv"])
+    assert list(cols["_split"]) == [0, 1, 1, 2]  # train < valid_from_ts <= valid < eval_from_ts <= eval
+    no_valid, _, _ = label_user(1, imps, behs, None, _items(), _settings(no_trigger="pad",
+                                eval_from_ts=T0 + 2 * H), ["f.csv"])
+    assert list(no_valid["_split"]) == [0, 0, 0, 2]

@@ -7,6 +7,7 @@ import pytest
 
 from tirec import cli
 from tirec.config import TirecConfig, load_config
+from tirec.pipeline import job
 from tirec.pipeline.config import PipelineConfig, parse_duration
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -25,7 +26,8 @@ def test_generate_then_pipeline_through_the_cli(tmp_path, capsys):
     assert cli.main(["generate", "--out", str(raw), "--users", "20", "--seed", "5"]) == 0
     assert json.loads(capsys.readouterr().out)["users"] == 20
     code = cli.main(["pipeline", "--input", str(raw), "--format", "synthetic", "--out", str(out),
-                     "--max-seq-len", "10", "--set", "pipeline.intent_levels=4"])
+                     "--max-seq-len", "10", "--set", "pipeline.intent_levels=4",
+                     "--direct_num_workers", "1"])  # a Beam flag passes through
     assert code == 0
     printed = capsys.readouterr().out
     assert "balanced': True" in printed
@@ -67,6 +69,73 @@ def test_config_errors_name_the_key():
         load_config(None, ["pipeline.max_seq_len"])
     with pytest.raises(ValueError, match="pipeline.no_trigger"):
         PipelineConfig(no_trigger="keep").validate()
+
+
+@pytest.mark.parametrize("flag,hint", [
+    ("--direct_num_worker", "did you mean --direct_num_workers?"),
+    ("--max_seq_len", "did you mean --max-seq-len?"),
+    ("--not-a-flag", ""),
+])
+def test_unknown_pipeline_flag_is_an_error_naming_it(tmp_path, capsys, flag, hint):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["pipeline", "--input", str(tmp_path), "--out", str(tmp_path / "o"), flag, "2"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {flag}" in err and hint in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_beam_flags_known_to_any_options_class_pass():
+    assert job.unknown_beam_flags(["--direct_num_workers", "2", "--runner=DirectRunner",
+                                   "--flink_master", "host:8081", "--project", "p",
+                                   "--experiments=a", "--save_main_session"]) == []
+    assert job.unknown_beam_flags(["--direct_num_workers", "2", "--flink_mastr", "x"]) == ["--flink_mastr", "x"]
+    with pytest.raises(ValueError, match="--direct_num_workers"):
+        job.unknown_beam_flags(["--direct_num_workers", "two"])
+
+
+def test_pipeline_flag_values_stay_strings(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cfg, beam_args, progress=None):
+        seen["cfg"] = cfg
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(job, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "2024").mkdir()
+    assert cli.main(["pipeline", "--input", "2024", "--out", "007", "--trigger-window", "3600"]) == 2
+    assert seen["cfg"].input == "2024" and seen["cfg"].out == "007"
+    assert seen["cfg"].trigger_window_s == 3600
+
+
+@pytest.mark.parametrize("override,message", [
+    ("pipeline.max_seq_len=abc", "pipeline.max_seq_len: expected an integer; received 'abc' (str)"),
+    ("pipeline.max_seq_len=2.5", "pipeline.max_seq_len: expected an integer; received 2.5 (float)"),
+    ("pipeline.sim_lo=true", "pipeline.sim_lo: expected a number; received True (bool)"),
+    ("pipeline.sim_lo=[1]", "pipeline.sim_lo: expected a number; received [1] (list)"),
+    ("pipeline.format=1", "pipeline.format: expected a string; received 1 (int)"),
+    ("pipeline.out=2024", "pipeline.out: expected a string; received 2024 (int)"),
+    ("pipeline.explicit_threshold=abc",
+     "pipeline.explicit_threshold: expected a number or null; received 'abc' (str)"),
+    ("pipeline.eval_days=x", "pipeline.eval_days: expected an integer or null; received 'x' (str)"),
+    ("pipeline.trigger_window=[4]",
+     "pipeline.trigger_window: expected a string or an integer; received [4] (list)"),
+    ("pipeline.click_btags=[click, 3]", "pipeline.click_btags[1]: expected a string; received 3 (int)"),
+    ("pipeline.click_btags=7", "pipeline.click_btags: expected a list of strings; received 7 (int)"),
+    ("model.tower=[64, x]", "model.tower[1]: expected an integer; received 'x' (str)"),
+])
+def test_type_errors_name_key_value_and_expected_type(override, message):
+    with pytest.raises(ValueError) as exc:
+        load_config(None, [override])
+    assert str(exc.value) == message
+
+
+def test_union_takes_the_member_that_fits():
+    cfg = load_config(None, ["pipeline.explicit_threshold=0.3", "pipeline.trigger_window=3600",
+                             "pipeline.eval_fraction=null"]).pipeline
+    assert cfg.explicit_threshold == 0.3 and cfg.trigger_window == 3600 and cfg.eval_fraction is None
+    assert load_config(None, ["pipeline.trigger_window=2h"]).pipeline.trigger_window == "2h"
 
 
 def test_parse_duration():
