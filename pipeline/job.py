@@ -133,7 +133,8 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
         final = (labeled.users
                  | "batch_users" >> beam.BatchElements(min_batch_size=8, max_batch_size=64)
                  | "finalize" >> beam.ParDo(_FinalizeFn(spec, cfg.explicit_threshold,
-                                                        cfg.explicit_top_levels), range_side
+                                                        cfg.explicit_top_levels,
+                                                        cfg.prior_intent_half_life_s), range_side
                                             ).with_outputs("eval", "stats", main="train"))
         stats.append(final.stats)
         for split, pcoll in (("train", final.train), ("eval", final[("eval")])):
@@ -264,10 +265,16 @@ class _LabelFn(beam.DoFn):
 
 
 class _FinalizeFn(beam.DoFn):
-    """Bins similarities, adds intent distributions and explicit masks, encodes records."""
+    """Bins similarities, adds intent distributions and explicit masks, encodes records.
 
-    def __init__(self, spec, explicit_threshold, explicit_top_levels):
+    Each input is a batch of whole users: ``LabelUser`` emits one element per user (all of the
+    user's rows, after the GroupByKey) and batching never splits an element, so a user's
+    ``prior_intent`` sees all of the user's earlier requests.
+    """
+
+    def __init__(self, spec, explicit_threshold, explicit_top_levels, prior_half_life_s):
         self.spec, self.tau, self.top = spec, explicit_threshold, explicit_top_levels
+        self.prior_half_life_s = prior_half_life_s
         self.encoder = None
 
     def setup(self):
@@ -279,7 +286,7 @@ class _FinalizeFn(beam.DoFn):
         tau = self.tau if self.tau is not None else transforms.explicit_threshold(n, self.top, lo, hi)
         cols = _concat_users(users)
         is_eval = cols["_eval"]
-        out, stats = labeling.finalize(cols, n, lo, hi, tau)
+        out, stats = labeling.finalize(cols, n, lo, hi, tau, prior_half_life_s=self.prior_half_life_s)
         stats.update(_record_stats(out, is_eval, self.spec.max_seq_len))
         for split, mask in (("train", ~is_eval), ("eval", is_eval)):
             _count(f"written_{split}", int(mask.sum()))
