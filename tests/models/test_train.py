@@ -118,10 +118,9 @@ def test_stage2_intent_input_ignores_the_labels(tiny_data):
     spec = load_data_spec(tiny_data)
     ids, vecs, _ = load_item_vectors(tiny_data)
     model = build_model("daian", spec, _cfg().model, ids, vecs)
-    x_all, y = _batch(tiny_data, spec, n=256)
+    x, y = _batch(tiny_data, spec, n=256)  # every column of the records
     assert float(tf.reduce_sum(y["ctr"])) > 0
-    x = {k: v for k, v in x_all.items() if k in model_input_names(spec) + ["prior_intent"]}
-    model(x)
+    model({k: v for k, v in x.items() if k in model_input_names(spec)})
     model.set_stage(STAGE_DIE)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
     flipped = {**y, "ctr": 1.0 - y["ctr"]}
