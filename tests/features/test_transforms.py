@@ -130,7 +130,8 @@ def test_decayed_level_distribution_ignores_clicks_at_or_after_the_query():
     for q in range(0, 50, 7):
         # Change or drop every click at or after query q: its row stays the same, bit for bit.
         late = click_ts >= queries[q]
-        moved = T.decayed_level_distribution(queries, click_ts, np.where(late, (levels + 1) % 6, levels), 6, 86400)
+        other_levels = np.where(late, (levels + 1) % 6, levels)
+        moved = T.decayed_level_distribution(queries, click_ts, other_levels, 6, 86400)
         kept = T.decayed_level_distribution(queries, click_ts[~late], levels[~late], 6, 86400)
         np.testing.assert_array_equal(moved[q], base[q])
         np.testing.assert_array_equal(kept[q], base[q])

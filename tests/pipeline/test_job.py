@@ -123,7 +123,8 @@ def _prior_intent_by_pairs(r: dict, group: np.ndarray, n: int, half_life: int) -
     for q, t in enumerate(start):
         earlier = click & (r["user_id"] == user[q]) & (r["impression_ts"] < t)
         w = np.zeros(n)
-        np.add.at(w, r["trigger_target_level"][earlier], 2.0 ** (-(t - r["impression_ts"][earlier]) / half_life))
+        age = t - r["impression_ts"][earlier]
+        np.add.at(w, r["trigger_target_level"][earlier], 2.0 ** (-age / half_life))
         by_request[q] = w / w.sum() if w.sum() > 0 else 0.0
     return by_request[group]
 
