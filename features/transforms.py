@@ -151,6 +151,72 @@ def counts_to_distribution(counts: np.ndarray) -> np.ndarray:
     return np.where(total > 0, counts / np.maximum(total, 1.0), 0.0).astype(np.float32)
 
 
+def decayed_level_distribution(query_ts: np.ndarray, click_ts: np.ndarray, click_levels: np.ndarray,
+                               n_levels: int, half_life_s: float) -> np.ndarray:
+    """Time-decayed level distribution of the clicks strictly before each query time.
+
+    For a query at time ``T``, the clicks with ``t < T`` weigh ``2 ** (-(T - t) / half_life_s)``;
+    ``out[q, j]`` is the weight of those in level ``j`` over the weight of all of them, and the
+    row is all zeros when no click is earlier than ``T``. This is DAIAN's label-free stage-2
+    intent input ``prior_intent`` (MODELS.md §1.1, §1.8) when the queries are one user's
+    requests (``T`` = the request's first impression time) and the clicks that user's clicks
+    with a trigger: a click at or after ``T`` (every click of the request itself) never enters.
+
+    Exact and ``O((q + c) * n)`` in time and memory: per level, a running ``log2`` of the sum of
+    ``2 ** (t / half_life_s)`` over the clicks in time order (``np.logaddexp2.accumulate``, no
+    overflow however long the history), read at each query's last earlier click. A prefix only
+    depends on the clicks before it, so adding, removing or changing clicks at or after ``T``
+    leaves the row of ``T`` unchanged bit for bit. Times are taken relative to the earliest
+    query, so the result does not depend on how large the timestamps are.
+
+    Example:
+      Clicks at t = 0 (level 0), 10 (level 1) and 20 (level 1), half-life 10, queries at 20 and
+      0: the query at 20 sees the first two only, with weights 1/4 and 1/2, so ``[1/3, 2/3]``;
+      the query at 0 sees none, so ``[0, 0]``.
+
+    Args:
+      query_ts: int array ``[q]`` of query times (any order).
+      click_ts: int array ``[c]`` of click times (any order).
+      click_levels: int array ``[c]``, each click's 0-based level in ``[0, n_levels)``.
+      n_levels: number of levels n.
+      half_life_s: the half-life in seconds (> 0).
+
+    Returns:
+      float32 array ``[q, n_levels]``; each row sums to 1 or is all zeros.
+    """
+    if not half_life_s > 0:
+        raise ValueError(f"half_life_s must be positive seconds; received half_life_s={half_life_s!r}")
+    query_ts = np.asarray(query_ts, dtype=np.int64)
+    click_ts = np.asarray(click_ts, dtype=np.int64)
+    click_levels = np.asarray(click_levels, dtype=np.int64)
+    if click_ts.shape != click_levels.shape:
+        raise ValueError(f"click_ts and click_levels must have the same shape; received "
+                         f"{click_ts.shape} and {click_levels.shape}")
+    if click_levels.size and (click_levels.min() < 0 or click_levels.max() >= n_levels):
+        bad = click_levels[(click_levels < 0) | (click_levels >= n_levels)][0]
+        raise ValueError(f"level {int(bad)} is outside [0, {n_levels}); levels must come from bin_index")
+    out = np.zeros((query_ts.shape[0], n_levels), dtype=np.float64)
+    if query_ts.size == 0 or click_ts.size == 0:
+        return out.astype(np.float32)
+    ref = query_ts.min()
+    q_exp = (query_ts - ref) / float(half_life_s)
+    log_w = np.full((query_ts.shape[0], n_levels), -np.inf)
+    for j in range(n_levels):
+        t = np.sort(click_ts[click_levels == j], kind="stable")
+        if t.size == 0:
+            continue
+        # log2 sum_{i <= k} 2 ** ((t_i - ref) / h); query T reads k = its last click with t < T.
+        prefix = np.logaddexp2.accumulate((t - ref) / float(half_life_s))
+        k = np.searchsorted(t, query_ts, side="left") - 1
+        seen = k >= 0
+        log_w[seen, j] = prefix[k[seen]] - q_exp[seen]
+    top = log_w.max(axis=1, keepdims=True)
+    seen = np.isfinite(top[:, 0])
+    w = np.exp2(log_w[seen] - top[seen])  # the largest level weighs 1: no underflow to all zeros
+    out[seen] = w / w.sum(axis=1, keepdims=True)
+    return out.astype(np.float32)
+
+
 def explicit_mask(hist_sims: np.ndarray, hist_valid: np.ndarray, tau: float) -> np.ndarray:
     """Which history positions belong to the explicit-intent subsequence (MODELS.md §1.4).
 

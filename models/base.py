@@ -8,8 +8,9 @@ declared by the spec; target, trigger and history ids share the ``item`` table.
 :class:`TirModel` is the Keras model base. It owns the losses (BCE on the click, KL on the intent
 distribution with unlabelled requests masked out), their per-replica scaling, a streaming AUC
 for progress display, and DAIAN's stage switch: stage ``1`` trains the intent model alone on
-KL, stage ``2`` trains the rest on BCE with the ground-truth intent fed in, stage ``3`` trains
-everything on BCE with a second, slower optimizer for the intent model (MODELS.md §1.8).
+KL, stage ``2`` trains the rest on BCE with a label-free intent fed in (the record's
+``prior_intent``: the user's click levels before the request, MODELS.md §1.1), stage ``3``
+trains everything on BCE with a second, slower optimizer for the intent model (MODELS.md §1.8).
 Single-stage models always run in stage ``3`` semantics with one optimizer.
 
 Precision: a model takes the Keras global dtype policy in force when it is built (see
@@ -37,6 +38,29 @@ from tirec.models.layers.sequence import unique_rows
 keras = tf.keras
 
 STAGE_UIM, STAGE_DIE, STAGE_JOINT = 1, 2, 3
+# Record columns a stage reads besides the model inputs: stage 2 feeds ``prior_intent``.
+STAGE_INPUTS = {STAGE_DIE: ("prior_intent",)}
+
+
+def stage_input_names() -> set[str]:
+    """Every record column some stage reads besides :func:`model_input_names`."""
+    return {n for names in STAGE_INPUTS.values() for n in names}
+
+
+def check_stage_inputs(columns, stages) -> None:
+    """Raises ValueError when ``columns`` (the records' column names, e.g. ``spec.names``, or a
+    batch's keys) lack one that one of ``stages`` reads.
+
+    Records written before ``prior_intent`` existed have no label-free stage-2 intent input;
+    DAIAN's three-stage training must stop before it starts instead of failing in a trace.
+    """
+    columns = set(columns)
+    missing = sorted({n for s in stages for n in STAGE_INPUTS.get(s, ()) if n not in columns})
+    if missing:
+        raise ValueError(
+            f"DAIAN's stage 2 feeds the record column(s) {missing} as its intent input, and these "
+            f"records lack them (written by an older `tirec pipeline`): re-run `tirec pipeline`, or "
+            f"train with --set train.three_stage=false")
 
 
 @contextlib.contextmanager
@@ -178,7 +202,6 @@ class TirModel(keras.Model):
         self.model_config = model_config
         self.num_items, self.item_dim = int(num_items), int(item_dim)
         self.stage = STAGE_JOINT
-        self.leakage_guard = True
         self.items = FrozenItemTable(num_items=self.num_items, dim=self.item_dim, name="items",
                                      dtype="float32")
         self.loss_tracker = keras.metrics.Mean(name="loss", dtype="float32")
@@ -246,17 +269,14 @@ class TirModel(keras.Model):
         return loss, loss / n_rep
 
     def _stage_inputs(self, x, y):
-        """Stage 2 feeds the ground-truth intent; with the leakage guard, minus the sample's
-        own click (MODELS.md §1.1)."""
-        if self.stage != STAGE_DIE:
-            return x
-        x = dict(x)
-        counts = tf.cast(x["intent_counts"], tf.float32)
-        if self.leakage_guard:
-            own = tf.one_hot(tf.cast(x["trigger_target_level"], tf.int32), self.spec.intent_levels)
-            counts = counts - own * tf.cast(y["ctr"], tf.float32)
-        total = tf.reduce_sum(counts, axis=-1, keepdims=True)
-        x["true_intent"] = tf.math.divide_no_nan(counts, total)
+        """The inputs of the current stage, in training and validation alike.
+
+        Stage 2 feeds DAIAN ``x["prior_intent"]`` as its intent input: the user's time-decayed
+        click levels before the request, written by the pipeline. It carries no label of the
+        row's own request (the request's own click distribution, or that minus the row's own
+        click, would: MODELS.md §1.1), so the targets ``y`` are never read.
+        """
+        check_stage_inputs(x, [self.stage])
         return x
 
     def _trainable_split(self):

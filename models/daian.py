@@ -19,6 +19,10 @@ Modules (MODELS.md §1; [X] marks reconstructions, each a ModelConfig switch):
   ``α = ‖sg(h_id)‖ / (‖sg(h_id)‖ + ‖e_s‖ + ε)``, ``e_sim = α h_id + (1-α) e_s``.
 * **IA2N** (§1.6) — Gate NU over ``[e_sim ‖ sg(ŷ)]`` gives ``[w_exp ‖ w_imp]``;
   ``u_exp = w_exp ⊙ v_exp``, ``u_imp = w_imp ⊙ v_imp``.
+* **Stage 2** (§1.8) — I2E and IA2N read the record's ``prior_intent`` instead of ``ŷ`` [X]: the
+  user's time-decayed click levels before the request, which holds no label of the row's own
+  request (feeding the request's own ground truth, even minus the row's click, leaks the label,
+  §1.1).
 * **Prediction** (§1.7) — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN ‖ u_exp ‖ u_imp ‖ e_sim ‖ s_sem]))``.
 
 Outputs ``{"ctr": [B, 1], "intent": [B, k]}`` (k = n, or 2 without the UIM), float32 under
@@ -200,8 +204,11 @@ class DAIAN(TirModel):
         v_din = self.din_att(e["target"], hist, mask, training=training)
         parts = [expand(r["user"]), e["context"], e["target"], trigger, v_din]
         if c.use_die:
-            if self.stage == STAGE_DIE:  # the fed-in intent is per sample (leakage guard)
-                intent = self.intent_target(inputs["true_intent"])
+            if self.stage == STAGE_DIE:
+                # Stage 2 feeds the label-free prior intent (TirModel._stage_inputs). It is
+                # per request, but requests with equal model inputs may differ in it (e.g. no
+                # trigger and no history at two times), so I2E runs per sample here.
+                intent = self.intent_target(inputs["prior_intent"])
                 v_imp = self.i2e_att(self._i2e_query(trigger, intent), hist, mask)
             else:
                 intent = pred_intent
@@ -263,3 +270,6 @@ class DAIAN(TirModel):
 @register_model("daian")
 def build_daian(spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int) -> DAIAN:
     return DAIAN(spec, model_config, num_items, item_dim, name="daian")
+
+
+build_daian.has_intent = DAIAN.has_intent  # lets training plan its stages before building

@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from tirec.features.spec import FeatureSpec
 from tirec.models import metrics as M
-from tirec.models.base import STAGE_DIE, STAGE_JOINT, STAGE_UIM, model_input_names, precision_scope
+from tirec.models.base import (STAGE_DIE, STAGE_JOINT, STAGE_UIM, check_stage_inputs, model_input_names,
+                                precision_scope, stage_input_names)
 from tirec.models.config import ModelConfig, TrainConfig, check_precision, model_config_from_dict
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder
@@ -150,11 +151,13 @@ def _optimizer(cfg: TrainConfig, scale: float = 1.0):
 
 
 def stages_for(model, cfg: TrainConfig) -> list[int]:
-    return [STAGE_UIM, STAGE_DIE, STAGE_JOINT] if (model.has_intent and cfg.three_stage) else [STAGE_JOINT]
+    """The stages ``model`` (a model, or its registered builder) trains in under ``cfg``."""
+    has_intent = getattr(model, "has_intent", False)
+    return [STAGE_UIM, STAGE_DIE, STAGE_JOINT] if (has_intent and cfg.three_stage) else [STAGE_JOINT]
 
 
 def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool):
-    keep = set(names) | {"intent_counts", "intent_dist", "trigger_target_level"}
+    keep = set(names) | stage_input_names()
 
     def select(x, y):
         return {k: v for k, v in x.items() if k in keep}, y
@@ -189,8 +192,9 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     train_cfg.validate()
     model_cfg = dataclasses.replace(model_cfg, name=model_name)
     model_cfg.validate()
-    get_builder(model_name)  # fail early on an unknown name
+    builder = get_builder(model_name)  # fail early on an unknown name
     spec = load_data_spec(data_dir)
+    check_stage_inputs(spec.names, stages_for(builder, train_cfg))  # before the run folder is touched
     strategy = strategy or make_strategy(train_cfg)
     if not is_chief(strategy):
         # Multi-worker: every worker runs the same program; only the chief owns RUN/.

@@ -73,6 +73,9 @@ class PipelineConfig:
         0.1; 0: no valid split).
       no_trigger: ``drop`` impressions without a trigger (counted) or ``pad`` them
         (``has_trigger`` = 0).
+      prior_intent_half_life: half-life of the time decay in the ``prior_intent`` column (the
+        user's click levels before each request, DAIAN's stage-2 intent input), a duration such
+        as ``'7d'`` or ``'12h'``.
       click_btags: behaviour types that count as clicks (trigger candidates).
       trigger_from: take trigger clicks from ``behaviours``, ``impressions`` (label 1) or ``both``.
       max_events_per_user: cap on a user's behaviours and, separately, impressions; the oldest
@@ -104,6 +107,7 @@ class PipelineConfig:
     eval_fraction: float | None = None
     valid_fraction: float | None = None
     no_trigger: str = "drop"
+    prior_intent_half_life: str = "7d"
     click_btags: tuple[str, ...] = ("click",)
     trigger_from: str = "auto"
     max_events_per_user: int = 100_000
@@ -118,6 +122,10 @@ class PipelineConfig:
     @property
     def trigger_window_s(self) -> int:
         return parse_duration(self.trigger_window, "trigger_window")
+
+    @property
+    def prior_intent_half_life_s(self) -> int:
+        return parse_duration(self.prior_intent_half_life, "pipeline.prior_intent_half_life")
 
     @property
     def history_s(self) -> int:
@@ -137,6 +145,7 @@ class PipelineConfig:
         if not self.sim_hi > self.sim_lo:
             bad("sim_hi", f"must exceed sim_lo={self.sim_lo}")
         self.trigger_window_s  # parses or raises
+        self.prior_intent_half_life_s  # parses or raises
         if self.history_days < 1:
             bad("history_days", "must be >= 1")
         if self.max_seq_len < 1:

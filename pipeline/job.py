@@ -209,7 +209,8 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
         final = (labeled.users
                  | "batch_users" >> beam.BatchElements(min_batch_size=8, max_batch_size=64)
                  | "finalize" >> beam.ParDo(_FinalizeFn(spec, cfg.explicit_threshold,
-                                                        cfg.explicit_top_levels, files), range_side
+                                                        cfg.explicit_top_levels, files,
+                                                        cfg.prior_intent_half_life_s), range_side
                                             ).with_outputs("valid", "eval", "dead", "stats", main="train"))
         stats.append(final.stats)
         deads.append(final.dead)
@@ -338,13 +339,17 @@ class _LabelFn(beam.DoFn):
 class _FinalizeFn(beam.DoFn):
     """Bins similarities, adds intent distributions and explicit masks, encodes records.
 
-    Each record goes to its split's output (main: train; ``valid``, ``eval``); a record holding
-    a NaN or infinite float is dead-lettered (``non_finite_feature``) instead.
+    Each input is a batch of whole users: ``LabelUser`` emits one element per user (all of the
+    user's rows, after the GroupByKey) and batching never splits an element, so a user's
+    ``prior_intent`` sees all of the user's earlier requests. Each record goes to its split's
+    output (main: train; ``valid``, ``eval``); a record holding a NaN or infinite float is
+    dead-lettered (``non_finite_feature``) instead.
     """
 
-    def __init__(self, spec, explicit_threshold, explicit_top_levels, files):
+    def __init__(self, spec, explicit_threshold, explicit_top_levels, files, prior_half_life_s):
         self.spec, self.tau, self.top = spec, explicit_threshold, explicit_top_levels
         self.files = list(files)
+        self.prior_half_life_s = prior_half_life_s
         self.encoder = None
 
     def setup(self):
@@ -355,7 +360,7 @@ class _FinalizeFn(beam.DoFn):
         n = self.spec.intent_levels
         tau = self.tau if self.tau is not None else transforms.explicit_threshold(n, self.top, lo, hi)
         cols = _concat_users(users)
-        out, stats = labeling.finalize(cols, n, lo, hi, tau)
+        out, stats = labeling.finalize(cols, n, lo, hi, tau, prior_half_life_s=self.prior_half_life_s)
         yield from self._route(cols, out, stats)
 
     def _route(self, cols: dict, out: dict, stats: dict):

@@ -12,8 +12,9 @@ test and to read. One call handles all events of one user:
 5. cosine similarities of trigger vs target and trigger vs each behaviour.
 
 :func:`finalize` then bins the similarities into levels, computes each request's intent
-distribution and the explicit-intent mask, once the binning range is known (fixed, or from
-train-set quantiles computed across all users).
+distribution, each request's prior intent (the user's time-decayed click levels strictly before
+the request, :func:`prior_intent`) and the explicit-intent mask, once the binning range is known
+(fixed, or from train-set quantiles computed across all users).
 """
 from __future__ import annotations
 
@@ -201,9 +202,17 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
     return cols, dead, stats
 
 
-def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float) -> tuple[dict, dict]:
-    """Adds levels, intent counts/distributions and the explicit mask; returns (record columns,
-    stats). Drops the private keys (``_request``, ``_split``, ...) from the record columns."""
+def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float, *,
+             prior_half_life_s: int) -> tuple[dict, dict]:
+    """Adds levels, intent counts/distributions, the prior intent and the explicit mask.
+
+    ``cols`` holds whole users (every labeled row of each user it contains, as
+    :func:`label_user` returns them, possibly several users concatenated with distinct
+    ``_request`` indices): :func:`prior_intent` reads a user's earlier requests.
+
+    Returns:
+      ``(record columns, stats)``, without the private keys (``_request``, ``_split``, ...).
+    """
     level = transforms.bin_index(cols["trigger_target_sim"], n_levels, lo, hi)
     has_trig = cols["has_trigger"] == 1
     counts = transforms.grouped_intent_counts(cols["_request"], level,
@@ -212,6 +221,7 @@ def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float) -> tup
     out["trigger_target_level"] = level.astype(np.int64)
     out["intent_counts"] = counts
     out["intent_dist"] = transforms.counts_to_distribution(counts)
+    out["prior_intent"] = prior_intent(cols, level, n_levels, prior_half_life_s)
     valid = cols["hist_ts"] > 0
     out["explicit_mask"] = transforms.explicit_mask(cols["hist_trigger_sim"], valid & has_trig[:, None], tau)
     stats: dict = {}
@@ -219,6 +229,56 @@ def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float) -> tup
     _add(stats, "level_hist_all", np.bincount(level, minlength=n_levels))
     _add(stats, "level_hist_clicked", np.bincount(level[clicked], minlength=n_levels))
     return out, stats
+
+
+def prior_intent(cols: dict, level: np.ndarray, n_levels: int, half_life_s: int) -> np.ndarray:
+    """Each row's ``prior_intent``: the user's time-decayed click levels before its request.
+
+    For request ``r`` of user ``u`` with ``T_r`` = its earliest impression time: the level
+    distribution of ``u``'s clicks (label 1 with a trigger) at times ``t < T_r``, weighted
+    ``2 ** (-(T_r - t) / half_life_s)``; all zeros when there is none
+    (:func:`tirec.features.transforms.decayed_level_distribution`). Every click of ``r`` is at or
+    after ``T_r``, so no label of the row's own request enters: DAIAN's stage 2 feeds this as
+    its intent input (MODELS.md §1.1).
+
+    Args:
+      cols: whole users' labeled columns (``user_id``, ``_request``, ``impression_ts``,
+        ``label``, ``has_trigger``).
+      level: int array ``[k]``, each row's trigger-target level.
+      n_levels: number of levels.
+      half_life_s: the decay half-life in seconds.
+
+    Returns:
+      float32 array ``[k, n_levels]``, the same for every row of a request.
+    """
+    req = np.asarray(cols["_request"], dtype=np.int64)
+    out = np.zeros((req.shape[0], n_levels), dtype=np.float32)
+    if req.size == 0:
+        return out
+    n_req = int(req.max()) + 1
+    start = np.full(n_req, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(start, req, cols["impression_ts"])
+    req_user = np.zeros(n_req, dtype=np.int64)
+    req_user[req] = cols["user_id"]
+    queries = np.unique(req)  # the requests present, each owned by one user
+    clicks = np.flatnonzero((cols["label"] == 1) & (cols["has_trigger"] == 1))
+    users, q_group = np.unique(req_user[queries], return_inverse=True)
+    c_group = np.searchsorted(users, cols["user_id"][clicks])
+    q_split = _group_slices(q_group, len(users))
+    c_split = _group_slices(c_group, len(users))
+    by_req = np.zeros((n_req, n_levels), dtype=np.float32)
+    for (qs, c) in zip(q_split, c_split):
+        q, rows = queries[qs], clicks[c]
+        by_req[q] = transforms.decayed_level_distribution(
+            start[q], cols["impression_ts"][rows], level[rows], n_levels, half_life_s)
+    return by_req[req]
+
+
+def _group_slices(group: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """Positions of each group ``0..n_groups-1`` in ``group`` (ascending within a group)."""
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _clicks(imps: dict, behs: dict, s: LabelSettings) -> tuple[np.ndarray, np.ndarray]:

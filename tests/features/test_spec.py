@@ -74,4 +74,4 @@ def test_parse_example_spec_shapes_and_label_exclusion():
     serving = spec.parse_example_spec(include_label=False)
     assert "label" not in serving and len(serving) == len(parse) - 1
     intent_only = spec.parse_example_spec(roles=("intent",))
-    assert set(intent_only) == {"intent_dist", "intent_counts"}
+    assert set(intent_only) == {"intent_dist", "intent_counts", "prior_intent"}

@@ -105,3 +105,49 @@ def test_history_horizon():
     start, end = T.history_window(ev, np.array([300]), horizon=200, max_len=10)
     # 300 - 200 = 100: the event at exactly the horizon is kept, the one at 0 is not.
     np.testing.assert_array_equal(T.gather_history(ev, start, end, 4), [[200, 100, 0, 0]])
+
+
+def test_decayed_level_distribution_hand_computed():
+    # Half-life 10 s. Clicks: t=0 level 0, t=10 level 1, t=20 level 1, t=30 level 2.
+    click_ts, levels = np.array([30, 0, 20, 10]), np.array([2, 0, 1, 1])
+    queries = np.array([20, 0, 31, 10, 5])
+    got = T.decayed_level_distribution(queries, click_ts, levels, 3, 10)
+    # T=20: clicks 0 and 10 (20 is not strictly earlier): weights 1/4, 1/2 -> [1/3, 2/3, 0].
+    # T=0: none. T=31: 2^-3.1 (level 0), 2^-2.1 + 2^-1.1 (level 1), 2^-0.1 (level 2).
+    # T=10: click 0 only -> [1, 0, 0]. T=5: click 0 only -> [1, 0, 0].
+    w31 = np.array([2 ** -3.1, 2 ** -2.1 + 2 ** -1.1, 2 ** -0.1])
+    want = np.array([[1 / 3, 2 / 3, 0], [0, 0, 0], w31 / w31.sum(), [1, 0, 0], [1, 0, 0]])
+    assert got.dtype == np.float32 and got.shape == (5, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_decayed_level_distribution_ignores_clicks_at_or_after_the_query():
+    rng = np.random.default_rng(0)
+    click_ts = rng.integers(0, 10**6, 500) + 1_700_000_000
+    levels = rng.integers(0, 6, 500)
+    queries = rng.integers(0, 10**6, 50) + 1_700_000_000
+    base = T.decayed_level_distribution(queries, click_ts, levels, 6, 86400)
+    for q in range(0, 50, 7):
+        # Change or drop every click at or after query q: its row stays the same, bit for bit.
+        late = click_ts >= queries[q]
+        other_levels = np.where(late, (levels + 1) % 6, levels)
+        moved = T.decayed_level_distribution(queries, click_ts, other_levels, 6, 86400)
+        kept = T.decayed_level_distribution(queries, click_ts[~late], levels[~late], 6, 86400)
+        np.testing.assert_array_equal(moved[q], base[q])
+        np.testing.assert_array_equal(kept[q], base[q])
+    sums = base.sum(axis=1)
+    np.testing.assert_allclose(sums[sums > 0], 1.0, atol=1e-6)
+
+
+def test_decayed_level_distribution_long_histories_and_bad_arguments():
+    # 20 years of clicks with a one-hour half-life: no overflow or underflow to all zeros.
+    ts = np.array([0, 20 * 365 * 86400])
+    got = T.decayed_level_distribution(ts + 1, ts, np.array([0, 1]), 2, 3600)
+    np.testing.assert_array_equal(got, [[1, 0], [0, 1]])
+    assert T.decayed_level_distribution(np.array([5]), np.zeros(0), np.zeros(0), 4, 10).tolist() == [[0] * 4]
+    with pytest.raises(ValueError, match="half_life_s"):
+        T.decayed_level_distribution([1], [0], [0], 2, 0)
+    with pytest.raises(ValueError, match="level 2 is outside"):
+        T.decayed_level_distribution([1], [0], [2], 2, 10)
+    with pytest.raises(ValueError, match="same shape"):
+        T.decayed_level_distribution([1], [0, 1], [0], 2, 10)

@@ -69,7 +69,7 @@ def test_daian_stages_train_the_right_variables(tiny_data):
     cfg = _cfg()
     model = build_model("daian", spec, cfg.model, ids, vecs)
     x, y = _batch(tiny_data, spec)
-    model(dict(x, true_intent=y["intent"]))  # build
+    model(x)  # build
     uim = {id(v) for v in model.uim_variables()}
     rest = [v for v in model.trainable_variables if id(v) not in uim]
     assert uim and rest
@@ -93,21 +93,43 @@ def test_daian_stages_train_the_right_variables(tiny_data):
         assert bool(moved - uim) == expect_rest, stage
 
 
-def test_stage2_leakage_guard_removes_the_own_click(tiny_data):
+def _fed_intents(model, x, y):
+    """The intent tensors DAIAN's I2E receives in a train step and in a validation step."""
+    seen = []
+    plain = model._i2e_query
+
+    def spy(trigger, intent):
+        seen.append(intent.numpy())
+        return plain(trigger, intent)
+
+    model._i2e_query = spy
+    try:
+        model.train_step((x, y))
+        model.test_step((x, y))
+    finally:
+        del model._i2e_query
+    return seen
+
+
+def test_stage2_intent_input_ignores_the_labels(tiny_data):
+    """Stage 2 feeds DAIAN the record's prior_intent in training and validation; flipping every
+    click label (y["ctr"]) leaves the fed-in intent unchanged (the old leave-one-out input
+    changed with the row's own label)."""
     spec = load_data_spec(tiny_data)
     ids, vecs, _ = load_item_vectors(tiny_data)
     model = build_model("daian", spec, _cfg().model, ids, vecs)
+    x, y = _batch(tiny_data, spec, n=256)  # every column of the records
+    assert float(tf.reduce_sum(y["ctr"])) > 0
+    model({k: v for k, v in x.items() if k in model_input_names(spec)})
     model.set_stage(STAGE_DIE)
-    n = spec.intent_levels
-    x = {"intent_counts": tf.constant([[0, 0, 0, 1, 2, 0], [0, 0, 0, 1, 2, 0], [0] * 6], tf.int64),
-         "trigger_target_level": tf.constant([4, 3, 2], tf.int64)}
-    y = {"ctr": tf.constant([[1.0], [0.0], [0.0]])}
-    fed = model._stage_inputs(x, y)["true_intent"].numpy()
-    np.testing.assert_allclose(fed[0], [0, 0, 0, 0.5, 0.5, 0])  # own click in level 4 removed
-    np.testing.assert_allclose(fed[1], [0, 0, 0, 1 / 3, 2 / 3, 0])  # not clicked: unchanged
-    np.testing.assert_allclose(fed[2], np.zeros(n))
-    model.leakage_guard = False
-    np.testing.assert_allclose(model._stage_inputs(x, y)["true_intent"].numpy()[0], [0, 0, 0, 1 / 3, 2 / 3, 0])
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    flipped = {**y, "ctr": 1.0 - y["ctr"]}
+    fed, fed_flipped = _fed_intents(model, x, y), _fed_intents(model, x, flipped)
+    assert len(fed) == len(fed_flipped) == 2
+    for a, b in zip(fed, fed_flipped):
+        np.testing.assert_array_equal(a, b)
+    for a in fed:
+        np.testing.assert_array_equal(a, x["prior_intent"].numpy())
 
 
 @pytest.mark.parametrize("switch", ["model.use_uim=false", "model.use_die=false", "model.use_sein=false",
@@ -148,6 +170,47 @@ def test_three_stage_run_resumes_and_rejects_other_data(tiny_data, tmp_path):
     dataclasses.replace(spec, intent_levels=4).save(str(other / "spec.json"))
     with pytest.raises(ValueError, match="intent_levels"):
         train_run(tiny_data, "daian", str(other), cfg.model, cfg.train)
+
+
+def test_records_without_prior_intent(tiny_data, tmp_path, caplog):
+    """Records written before prior_intent existed: DAIAN's three stages stop before the run
+    folder is touched, with one clear line; one-stage DAIAN and DIN still train on them (their
+    stages read no new column; DAIAN's stage 3 steps on a batch of old columns)."""
+    import dataclasses
+    import logging
+    import shutil
+
+    from tirec import cli
+    from tirec.models.base import check_stage_inputs
+    from tirec.models.train import stages_for
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_data, old)
+    spec = load_data_spec(tiny_data)
+    old_spec = dataclasses.replace(spec, features=tuple(f for f in spec.features if f.name != "prior_intent"))
+    old_spec.save(str(old / "spec.json"))
+    run = tmp_path / "run"
+    sets = [x for o in SMALL + ["train.steps_per_epoch=1"] for x in ("--set", o)]
+    assert cli.main(["train", "--data", str(old), "--model", "daian", "--out", str(run)] + sets) == 2
+    errors = [r.getMessage() for r in caplog.records if r.name == "tirec" and r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert "['prior_intent']" in errors[0] and "re-run `tirec pipeline`" in errors[0]
+    assert not run.exists()
+    one_stage = _cfg("train.three_stage=false").train
+    assert stages_for(registry.get_builder("daian"), one_stage) == [STAGE_JOINT]
+    for name, train_cfg in (("din", _cfg().train), ("daian", one_stage)):
+        check_stage_inputs(old_spec.names, stages_for(registry.get_builder(name), train_cfg))
+    # DAIAN's stage 3 (and validation) on a batch of the old columns.
+    ids, vecs, _ = load_item_vectors(str(old))
+    model = build_model("daian", old_spec, _cfg().model, ids, vecs)
+    x, y = _batch(str(old), old_spec)
+    assert "prior_intent" not in x
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    assert np.isfinite(float(model.train_step((x, y))["loss"]))
+    assert np.isfinite(float(model.test_step((x, y))["loss"]))
+    model.set_stage(STAGE_DIE)
+    with pytest.raises(ValueError, match="re-run `tirec pipeline`"):
+        model.test_step((x, y))
 
 
 def test_evaluate_cli_with_baseline(tiny_data, tmp_path, capsys):
@@ -235,8 +298,8 @@ def _assert_variants_match(data, name, variants, stage=STAGE_JOINT):
             weights = model.get_weights()
         model.set_weights(weights)
         model.set_stage(stage)
-        x_stage = model._stage_inputs({**x, **{k: x_all[k] for k in ("intent_counts", "trigger_target_level")
-                                                if stage == STAGE_DIE}}, y)
+        x_stage = model._stage_inputs({**x, **({"prior_intent": x_all["prior_intent"]}
+                                                 if stage == STAGE_DIE else {})}, y)
         results.append(_daian_outputs_and_grads(model, x_stage, y))
     want, want_grads = results[0]
     for settings, (got, grads) in zip(variants[1:], results[1:]):
@@ -283,7 +346,7 @@ def test_hist_buckets_equal_the_padded_path(tiny_data, name):
 def test_request_dedup_equals_per_sample(tiny_data, name, stage):
     """request_dedup (request-level blocks once per distinct request) only changes the speed:
     same outputs and gradients as running every block per sample, in every DAIAN stage (stage
-    2 feeds a per-sample intent to I2E)."""
+    2 feeds the records' prior intent to I2E per sample)."""
     from tirec.models.base import request_input_names
     from tirec.models.layers.sequence import unique_rows
 

@@ -111,6 +111,28 @@ def test_every_record_keeps_the_invariants(run):
         first = np.zeros(group.max() + 1, dtype=r[key].dtype)
         first[group] = r[key]
         assert (first[group] == r[key]).all(), key
+    # prior intent: recomputed pairwise from all records of the user (train and eval), so a user
+    # split over two finalize batches would show
+    np.testing.assert_allclose(r["prior_intent"], _prior_intent_by_pairs(r, group, n, 7 * DAY),
+                               rtol=1e-5, atol=1e-6)
+    assert (r["prior_intent"].sum(1) > 0).mean() > 0.5
+
+
+def _prior_intent_by_pairs(r: dict, group: np.ndarray, n: int, half_life: int) -> np.ndarray:
+    """Reference prior_intent: for each request, every earlier click of its user, one by one."""
+    start = np.full(group.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(start, group, r["impression_ts"])
+    user = np.zeros(group.max() + 1, dtype=np.int64)
+    user[group] = r["user_id"]
+    click = (r["label"] == 1) & (r["has_trigger"] == 1)
+    by_request = np.zeros((group.max() + 1, n))
+    for q, t in enumerate(start):
+        earlier = click & (r["user_id"] == user[q]) & (r["impression_ts"] < t)
+        w = np.zeros(n)
+        age = t - r["impression_ts"][earlier]
+        np.add.at(w, r["trigger_target_level"][earlier], 2.0 ** (-age / half_life))
+        by_request[q] = w / w.sum() if w.sum() > 0 else 0.0
+    return by_request[group]
 
 
 def test_quantile_range_and_pad_mode(tmp_path, run):

@@ -4,7 +4,7 @@ import numpy as np
 from tirec.pipeline.items import ItemTable
 from tirec.pipeline.labeling import LabelSettings, encode_btags, finalize, label_user
 
-H = 3600
+H, DAY = 3600, 86400
 T0 = 1_700_000_000
 
 
@@ -62,7 +62,7 @@ def test_hand_computed_user():
     assert list(cols["_split"]) == [0] * 3  # all before eval_from_ts: train
     assert list(cols["_row"]) == [0, 1, 2]    # provenance kept for dead letters
 
-    out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5)
+    out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5, prior_half_life_s=DAY)
     # 4 levels over [-1, 1]: sims 1, 0, -1 -> levels 3, 2, 0; clicks on the first two
     np.testing.assert_array_equal(out["trigger_target_level"], [3, 2, 0])
     np.testing.assert_array_equal(out["intent_counts"][0], [0, 0, 1, 1])
@@ -81,7 +81,7 @@ def test_pad_mode_keeps_impressions_without_trigger_and_cap_counts():
     assert stats["users_without_profile"] == 1 and list(cols["user_gender"]) == [0, 0]
     # without request ids and without a trigger every impression is its own request
     assert len(set(cols["request_id"])) == 2
-    out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5)
+    out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5, prior_half_life_s=DAY)
     assert out["intent_counts"].sum() == 0 and out["explicit_mask"].sum() == 0
     np.testing.assert_array_equal(out["hist_item_ids"][0], [3, 2, 0])  # capped: item 1 dropped
 
@@ -95,3 +95,37 @@ def test_each_impression_gets_its_split():
     no_valid, _, _ = label_user(1, imps, behs, None, _items(), _settings(no_trigger="pad",
                                 eval_from_ts=T0 + 2 * H), ["f.csv"])
     assert list(no_valid["_split"]) == [0, 0, 0, 2]
+
+
+def test_prior_intent_hand_computed():
+    """prior_intent = the user's clicks with a trigger strictly before the request's first
+    impression, by level, weighted 2^(-age / half-life), normalised; a click without a trigger
+    (request D, padded) has no level and never counts."""
+    behs = _behs([(1, T0 - 30, "click"), (1, T0 + DAY - 30, "click"), (1, T0 + 2 * DAY - 30, "click"),
+                  (1, T0 + 4 * DAY - 30, "click")])
+    imps = _imps([(2, T0, 1, "A"), (3, T0 + 5, 1, "A"), (4, T0 + 6, 0, "A"),   # levels 3, 2, 0
+                  (2, T0 + DAY, 1, "B"), (3, T0 + DAY + 10, 0, "B"),          # levels 3, 2
+                  (4, T0 + 2 * DAY, 1, "C"),                                  # level 0
+                  (2, T0 + 3 * DAY, 1, "D"),                                  # no trigger
+                  (2, T0 + 4 * DAY, 0, "E")])
+    cols, _, _ = label_user(7, imps, behs, None, _items(),
+                            _settings(no_trigger="pad", eval_from_ts=T0 + 99 * DAY), [])
+    assert list(cols["has_trigger"]) == [1, 1, 1, 1, 1, 1, 0, 1]
+    out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5, prior_half_life_s=DAY)
+    np.testing.assert_array_equal(out["trigger_target_level"][:6], [3, 2, 0, 3, 2, 0])
+
+    def dist(weights):  # level -> weight
+        w = np.zeros(4)
+        for level, value in weights:
+            w[level] += value
+        return w / w.sum()
+
+    # Seen from B: A's two clicks, 1 day and 1 day - 5 s old; from C also B's click; from D and
+    # E also C's click (never D's own, which has no trigger).
+    want_b = dist([(3, 2.0 ** -1), (2, 2.0 ** (-(DAY - 5) / DAY))])
+    want_c = dist([(3, 2.0 ** -2), (2, 2.0 ** (-(2 * DAY - 5) / DAY)), (3, 2.0 ** -1)])
+    want_d = dist([(3, 2.0 ** -3), (2, 2.0 ** (-(3 * DAY - 5) / DAY)), (3, 2.0 ** -2), (0, 2.0 ** -1)])
+    want_e = dist([(3, 2.0 ** -4), (2, 2.0 ** (-(4 * DAY - 5) / DAY)), (3, 2.0 ** -3), (0, 2.0 ** -2)])
+    want = np.array([np.zeros(4)] * 3 + [want_b] * 2 + [want_c, want_d, want_e])
+    np.testing.assert_allclose(out["prior_intent"], want, rtol=1e-6, atol=1e-7)
+    assert out["prior_intent"].dtype == np.float32

@@ -138,6 +138,15 @@ def test_union_takes_the_member_that_fits():
     assert load_config(None, ["pipeline.trigger_window=2h"]).pipeline.trigger_window == "2h"
 
 
+def test_prior_intent_half_life_option():
+    cfg = load_config(None, ["pipeline.prior_intent_half_life=12h"]).pipeline
+    assert cfg.prior_intent_half_life_s == 12 * 3600
+    assert PipelineConfig().prior_intent_half_life_s == 7 * 86400
+    for bad in ("soon", "0d", "-3d"):
+        with pytest.raises(ValueError, match=f"pipeline.prior_intent_half_life: .*{bad}"):
+            PipelineConfig(prior_intent_half_life=bad).validate()
+
+
 def test_parse_duration():
     assert parse_duration("4h") == 14400 and parse_duration("30m") == 1800
     assert parse_duration("14d") == 14 * 86400 and parse_duration(90) == 90
