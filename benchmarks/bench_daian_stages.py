@@ -1,12 +1,14 @@
 """DAIAN's eval quality after stage 2 and after stage 3 on MovieLens (ml-latest-small).
 
     PYTHONPATH=<checkout> python benchmarks/bench_daian_stages.py --work DIR [--label NAME]
-        [--input /work/shared/data/ml-latest-small] [--seed 0] [--epochs 2] [--batch-size 1024]
+        [--input ../shared/data/ml-latest-small] [--seed 0] [--epochs 2] [--batch-size 1024]
         [--emb-dim 16] [--att-units 32] [--tower 128,64] [--set pipeline.k=v ...]
 
-Steps: ``tirec pipeline --format movielens --set pipeline.eval_days=365`` (the split is passed
-explicitly, so runs of different checkouts share it) -> DAIAN's three stages with the fixed
-config above (``tirec.models.train.train_run``) -> exact eval AUC / GAUC / logloss:
+Steps: ``tirec pipeline --format movielens`` (plus the ``--set`` overrides; pass the split
+explicitly when comparing checkouts: the old main took ``--set pipeline.eval_days=365``, today's
+the same split as ``--set pipeline.split=days --set pipeline.eval_days=365 --set
+pipeline.valid_days=0``) -> DAIAN's three stages with the fixed config above
+(``tirec.models.train.train_run``) -> exact eval AUC / GAUC / logloss:
 
 * **after stage 2**: the stage-2 weights (``RUN/stage_2/weights``) in stage 2 with stage 2's
   inputs (``model._stage_inputs(x, y)`` on each eval batch), i.e. what stage 2 optimised;
@@ -37,8 +39,7 @@ def run_pipeline(args, data_dir: str) -> float:
     if os.path.exists(os.path.join(data_dir, "spec.json")):
         return float("nan")
     cmd = [sys.executable, "-m", "tirec.cli", "pipeline", "--input", args.input, "--format",
-           "movielens", "--out", data_dir, "--set", "pipeline.eval_days=365",
-           "--set", f"pipeline.seed={args.seed}"]
+           "movielens", "--out", data_dir, "--set", f"pipeline.seed={args.seed}"]
     for o in args.overrides:
         cmd += ["--set", o]
     t0 = time.time()
@@ -94,7 +95,8 @@ def stage2_metrics(run_dir: str, data_dir: str, batch_size: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", default="/work/shared/data/ml-latest-small")
+    ap.add_argument("--input", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                    "shared", "data", "ml-latest-small"))
     ap.add_argument("--work", required=True)
     ap.add_argument("--label", default="", help="name of this run in the table (e.g. before/after)")
     ap.add_argument("--seed", type=int, default=0)
@@ -126,7 +128,7 @@ def main() -> None:
         stats = json.load(fh)
     result = {
         "label": args.label, "input": args.input, "seed": args.seed,
-        "pipeline": {"eval_days": 365, "overrides": args.overrides, "written": stats["written"],
+        "pipeline": {"overrides": args.overrides, "split": stats.get("split"), "written": stats["written"],
                      "ctr": stats["ctr"], "seconds": round(pipeline_s, 1)},
         "model": {"emb_dim": args.emb_dim, "att_units": args.att_units, "tower": args.tower},
         "train": {"batch_size": args.batch_size, "epochs_per_stage": args.epochs,
