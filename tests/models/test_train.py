@@ -93,6 +93,38 @@ def test_daian_stages_train_the_right_variables(tiny_data):
         assert bool(moved - uim) == expect_rest, stage
 
 
+def test_l2_penalises_the_dense_kernels_the_stage_trains(tiny_data):
+    spec = load_data_spec(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    model = build_model("daian", spec, _cfg("model.l2=0.1").model, ids, vecs)
+    x, y = _batch(tiny_data, spec)
+    model(dict(x, true_intent=y["intent"]))  # build
+    kernels = model.l2_kernels()
+    assert len(kernels) > 10 and all(k.name.endswith("/kernel:0") for k in kernels)
+    assert not {id(k) for k in kernels} & {id(w) for w in model.embed.weights + model.items.weights}
+
+    def penalty(variables):
+        return 0.1 * sum(float(np.sum(np.square(k.numpy()))) for k in variables)
+
+    uim = {id(v) for v in model.uim_variables()}
+    for stage, chosen in ((STAGE_JOINT, kernels), (STAGE_UIM, [k for k in kernels if id(k) in uim]),
+                          (STAGE_DIE, [k for k in kernels if id(k) not in uim])):
+        model.set_stage(stage)
+        main, rest = model._trainable_split()
+        assert 0 < len(chosen) and float(model.regularization_loss(main + rest)) == pytest.approx(penalty(chosen),
+                                                                                                   rel=1e-5)
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.01), uim_optimizer=tf.keras.optimizers.SGD(0.01))
+    want = penalty([k for k in kernels if id(k) not in uim])  # stage 2 (the last set), before the update
+    logs = model.train_step((x, y))
+    assert float(logs["reg_loss"]) == pytest.approx(want, rel=1e-5)
+    off = build_model("din", spec, _cfg().model, ids, vecs)
+    off(x)
+    assert float(off.regularization_loss(off.trainable_variables)) == 0.0
+    assert "reg_loss" not in {m.name for m in off.metrics}
+    with pytest.raises(ValueError, match="model.l2: must be a finite number >= 0"):
+        _cfg("model.l2=-1").model.validate()
+
+
 def test_stage2_leakage_guard_removes_the_own_click(tiny_data):
     spec = load_data_spec(tiny_data)
     ids, vecs, _ = load_item_vectors(tiny_data)
@@ -406,3 +438,128 @@ def test_shuffle_block_keeps_runs_of_records_and_drops_none(tiny_data, block):
         make_dataset(tiny_data, "train", spec, 64, shuffle_buffer=100, shuffle_block=0)
     with pytest.raises(ValueError, match="train.shuffle_block"):
         _cfg("train.shuffle_block=0").train.validate()
+
+
+# ---- validation split, best checkpoint, input checks --------------------------------------------
+
+def test_valid_split_selects_the_best_epoch_never_eval(tiny_data_valid, tmp_path):
+    """With a valid split every epoch is validated on it; RUN/best holds the epoch with the best
+    val_auc, and that value is the model's AUC on valid (not on eval)."""
+    cfg = _cfg("train.three_stage=false", "train.epochs=3", "train.early_stopping_patience=1",
+               "train.learning_rate=0.5")
+    run = str(tmp_path / "r")
+    metrics = train_run(tiny_data_valid, "din", run, cfg.model, cfg.train)
+    history = metrics["history"]["joint"]
+    assert metrics["valid_split"] is True
+    best = json.load(open(os.path.join(run, "best", "best.json")))
+    assert best == metrics["best_checkpoint"]
+    assert (best["stage"], best["monitor"]) == (STAGE_JOINT, "val_auc")
+    assert best["epoch"] == int(np.argmax(history["val_auc"]))
+    assert best["value"] == pytest.approx(max(history["val_auc"]))
+
+    def streaming_auc(model, split):
+        spec = load_data_spec(tiny_data_valid)
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+        ds = make_dataset(tiny_data_valid, split, spec, 256)
+        return model.evaluate(ds, verbose=0, return_dict=True)["auc"]
+
+    model, _, _ = load_run(run, checkpoint="best")
+    assert streaming_auc(model, "valid") == pytest.approx(best["value"], abs=1e-5)
+    assert abs(streaming_auc(model, "eval") - best["value"]) > 1e-3  # valid and eval differ here
+    final, _, _ = load_run(run)  # early stopping restored the best epoch's weights
+    assert streaming_auc(final, "valid") == pytest.approx(best["value"], abs=1e-5)
+
+
+def test_no_valid_split_no_best_checkpoint_and_early_stopping_is_an_error(tiny_data, tmp_path):
+    cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
+    run = str(tmp_path / "r")
+    metrics = train_run(tiny_data, "din", run, cfg.model, cfg.train)
+    assert metrics["valid_split"] is False and "best_checkpoint" not in metrics
+    assert not os.path.exists(os.path.join(run, "best"))
+    assert not any(k.startswith("val_") for k in metrics["history"]["joint"])  # eval is never a validation set
+    with pytest.raises(FileNotFoundError, match="has no best checkpoint.*use --checkpoint last"):
+        load_run(run, checkpoint="best")
+    stopping = _cfg("train.three_stage=false", "train.early_stopping_patience=2")
+    other = str(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"train.early_stopping_patience=2 needs a valid split, and .*/valid/ "
+                                         r"is absent"):
+        train_run(tiny_data, "din", other, stopping.model, stopping.train)
+    assert not os.path.exists(other)  # checked before anything was written
+    with pytest.raises(ValueError, match="train.early_stopping_patience: must be an integer >= 0"):
+        _cfg("train.early_stopping_patience=-1").train.validate()
+
+
+def _copy_data(src, dst, change):
+    import shutil
+
+    shutil.copytree(src, dst)
+    change(dst)
+    return str(dst)
+
+
+def _empty_split(split):
+    def change(d):
+        for f in os.listdir(os.path.join(d, split)):
+            with tf.io.TFRecordWriter(os.path.join(d, split, f), tf.io.TFRecordOptions(compression_type="GZIP")):
+                pass
+    return change
+
+
+def _stats_valid(d):
+    stats = json.load(open(os.path.join(d, "stats.json")))
+    stats["written"]["valid"] = 10
+    json.dump(stats, open(os.path.join(d, "stats.json"), "w"))
+
+
+@pytest.mark.parametrize("case,change,message", [
+    ("no_dir", None, r"--data .*/no_dir: no such directory"),
+    ("no_spec", lambda d: os.remove(os.path.join(d, "spec.json")), r"no_spec/spec.json not found"),
+    ("no_train", lambda d: __import__("shutil").rmtree(os.path.join(d, "train")), r"no_train/train/ is missing"),
+    ("no_shards", lambda d: [os.remove(os.path.join(d, "eval", f)) for f in os.listdir(os.path.join(d, "eval"))],
+     r"no_shards/eval/ holds no \*.tfrecord.gz shards"),
+    ("empty_train", _empty_split("train"), r"empty_train/train/ has no records \(1 empty shard\(s\)\)"),
+    ("empty_eval", _empty_split("eval"), r"empty_eval/eval/ has no records"),
+    ("valid_missing", _stats_valid, r"valid_missing/valid/ is missing, but .*stats.json counts 10 valid records"),
+])
+def test_train_cli_checks_its_input_first(tiny_data, tmp_path, caplog, case, change, message):
+    """`tirec train` on bad input: exit 2 and one error line, before anything is built or written."""
+    from tirec import cli
+
+    data = str(tmp_path / case) if change is None else _copy_data(tiny_data, tmp_path / case, change)
+    run = tmp_path / "run"
+    caplog.clear()
+    assert cli.main(["train", "--data", data, "--model", "din", "--out", str(run)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert __import__("re").search(message, errors[0]), errors[0]
+    assert not run.exists()
+
+
+def test_train_cli_rejects_a_run_folder_of_other_data(tiny_data, tmp_path, caplog):
+    from tirec import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    import dataclasses
+
+    dataclasses.replace(load_data_spec(tiny_data), intent_levels=4).save(str(run / "spec.json"))
+    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--out", str(run)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert f"--out {run} holds a run on other data: its spec.json differs from {tiny_data}/spec.json: " \
+           f"intent_levels: 4 != 6" in errors[0]
+    assert sorted(os.listdir(run)) == ["spec.json"]  # nothing else written
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="the machine has a GPU to mirror over")
+def test_mirrored_without_gpu_needs_cpu_replicas(tiny_data, tmp_path, caplog):
+    from tirec import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--out", str(run),
+                     "--strategy", "mirrored"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert "--strategy mirrored: this machine has no GPU, so it would train one replica; pass " \
+           "--cpu-replicas N (train.cpu_replicas)" in errors[0]
+    assert not run.exists()
