@@ -496,7 +496,7 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, bs: dict, ou
         buckets[f] = _next_pow2(2 * len(np.unique(prep.items.fields[f])))
     spec = dataclasses.replace(
         spec, sim_range=(float(lo), float(hi)), explicit_threshold=float(tau),
-    ).with_tables([TableSpec(k, v, spec.table(k).dim, spec.table(k).shards) for k, v in buckets.items()])
+    ).with_tables([TableSpec(k, v) for k, v in buckets.items()])
     spec.save(f"{out}/spec.json")
 
     written = bs.get("written", {"train": 0, "eval": 0})
