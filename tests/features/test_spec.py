@@ -1,5 +1,6 @@
 """FeatureSpec: validation, JSON round trip, diff, parse dict."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_tables_state_only_the_bucket_count_and_old_spec_files_load(tmp_path):
     old["tables"] = [dict(t, dim=16, shards=1) for t in old["tables"]]
     old["tables"][0].update(dim=8, shards=4)  # never read by any model
     path = tmp_path / "spec.json"
-    path.write_text(__import__("json").dumps(old))
+    path.write_text(json.dumps(old))
     assert FeatureSpec.load(str(path)) == spec
     old["tables"][0]["shards"] = 0
     with pytest.raises(ValueError, match="TableSpec 'item': shards must be a positive integer; received shards=0"):

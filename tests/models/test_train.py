@@ -2,6 +2,8 @@
 import collections
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -490,8 +492,6 @@ def test_no_valid_split_no_best_checkpoint_and_early_stopping_is_an_error(tiny_d
 
 
 def _copy_data(src, dst, change):
-    import shutil
-
     shutil.copytree(src, dst)
     change(dst)
     return str(dst)
@@ -511,16 +511,19 @@ def _stats_valid(d):
     json.dump(stats, open(os.path.join(d, "stats.json"), "w"))
 
 
-@pytest.mark.parametrize("case,change,message", [
+INPUT_CASES = [
     ("no_dir", None, r"--data .*/no_dir: no such directory"),
     ("no_spec", lambda d: os.remove(os.path.join(d, "spec.json")), r"no_spec/spec.json not found"),
-    ("no_train", lambda d: __import__("shutil").rmtree(os.path.join(d, "train")), r"no_train/train/ is missing"),
+    ("no_train", lambda d: shutil.rmtree(os.path.join(d, "train")), r"no_train/train/ is missing"),
     ("no_shards", lambda d: [os.remove(os.path.join(d, "eval", f)) for f in os.listdir(os.path.join(d, "eval"))],
      r"no_shards/eval/ holds no \*.tfrecord.gz shards"),
     ("empty_train", _empty_split("train"), r"empty_train/train/ has no records \(1 empty shard\(s\)\)"),
     ("empty_eval", _empty_split("eval"), r"empty_eval/eval/ has no records"),
     ("valid_missing", _stats_valid, r"valid_missing/valid/ is missing, but .*stats.json counts 10 valid records"),
-])
+]
+
+
+@pytest.mark.parametrize("case,change,message", INPUT_CASES, ids=[c[0] for c in INPUT_CASES])
 def test_train_cli_checks_its_input_first(tiny_data, tmp_path, caplog, case, change, message):
     """`tirec train` on bad input: exit 2 and one error line, before anything is built or written."""
     from tirec import cli
@@ -531,7 +534,7 @@ def test_train_cli_checks_its_input_first(tiny_data, tmp_path, caplog, case, cha
     assert cli.main(["train", "--data", data, "--model", "din", "--out", str(run)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
-    assert __import__("re").search(message, errors[0]), errors[0]
+    assert re.search(message, errors[0]), errors[0]
     assert not run.exists()
 
 
