@@ -164,16 +164,23 @@ def test_daian_ablations_build_and_step(tiny_data, switch):
     assert np.isfinite(float(logs["loss"]))
 
 
-def test_three_stage_run_resumes_and_rejects_other_data(tiny_data, tmp_path):
-    cfg = _cfg("train.steps_per_epoch=2")
+def test_three_stage_run_resumes_and_rejects_other_data(tiny_data, tiny_data_valid, tmp_path):
+    cfg = _cfg("train.steps_per_epoch=2", "train.epochs=2", "train.early_stopping_patience=1")
     run = str(tmp_path / "r")
-    first = train_run(tiny_data, "daian", run, cfg.model, cfg.train)
+    first = train_run(tiny_data_valid, "daian", run, cfg.model, cfg.train)
     assert set(first["history"]) == {"uim_pretrain", "die_pretrain", "joint"}
     for k in (1, 2, 3):
         assert os.path.exists(os.path.join(run, f"stage_{k}", "done"))
-    again = train_run(tiny_data, "daian", run, cfg.model, cfg.train)
+    # every stage validated on valid (stage 1 on its intent KL loss); the best checkpoint is the
+    # final stage's
+    for stage in first["history"].values():
+        assert {"val_loss", "val_auc"} <= set(stage) and 1 <= len(stage["val_loss"]) <= 2
+    assert first["best_checkpoint"]["stage"] == STAGE_JOINT and first["best_checkpoint"]["monitor"] == "val_auc"
+    assert sorted(os.listdir(run)).count("best") == 1 and not os.path.exists(os.path.join(run, "stage_1", "best"))
+    again = train_run(tiny_data_valid, "daian", run, cfg.model, cfg.train)
     assert all(h == {"skipped": True} for h in again["history"].values())
     assert again["auc"] == pytest.approx(first["auc"], abs=1e-6)
+    assert again["best_checkpoint"] == first["best_checkpoint"]
     other = tmp_path / "other"
     other.mkdir()
     spec = load_data_spec(tiny_data)
