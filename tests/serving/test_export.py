@@ -203,7 +203,8 @@ def test_export_checkpoint_best_or_last(run, exported, tmp_path, caplog):
 
     base = str(tmp_path / "models")
     # the fixture's data has no valid split: no best checkpoint
-    assert cli.main(["export", "--model-dir", run["run"], "--out", base, "--name", "m", "--checkpoint", "best"]) == 2
+    assert cli.main(["export", "--model-dir", run["run"], "--out", base, "--name", "m",
+                     "--checkpoint", "best"]) == 2
     assert "has no best checkpoint" in caplog.text and "use --checkpoint last" in caplog.text
     # a run whose best checkpoint holds other weights than its final ones
     run_dir = str(tmp_path / "run")
