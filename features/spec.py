@@ -29,34 +29,47 @@ SPEC_VERSION = 1
 DTYPES = ("int64", "float32", "string")
 KINDS = ("scalar", "sequence", "vector")
 ROLES = ("label", "feature", "intent", "meta")
+LEGACY_TABLE_KEYS = ("dim", "shards")  # in spec.json files of older tirec versions; see TableSpec.from_dict
 
 
 @dataclasses.dataclass(frozen=True)
 class TableSpec:
-    """An embedding table: raw ids are hashed into ``num_buckets`` rows of width ``dim``.
+    """An embedding table of the data: raw ids are hashed into ``num_buckets`` rows.
+
+    The bucket count is a property of the data (the pipeline sizes it from the distinct ids it
+    saw). The row width and the row sharding are model choices and live in the model config
+    (``model.emb_dim``, ``model.table_shards``), not here.
 
     Args:
       name: table name referenced by :attr:`Feature.table`.
       num_buckets: hash bucket count (rows of the table).
-      dim: embedding width.
-      shards: number of row shards (variables) the table is split into.
     """
 
     name: str
     num_buckets: int
-    dim: int = 16
-    shards: int = 1
 
     def __post_init__(self):
         _check_name("TableSpec.name", self.name)
-        for field in ("num_buckets", "dim", "shards"):
-            value = getattr(self, field)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TableSpec {self.name!r}: {field} must be a positive integer; "
-                                 f"received {field}={value!r}")
-        if self.shards > self.num_buckets:
-            raise ValueError(f"TableSpec {self.name!r}: shards={self.shards} exceeds "
-                             f"num_buckets={self.num_buckets}")
+        value = self.num_buckets
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"TableSpec {self.name!r}: num_buckets must be a positive integer; "
+                             f"received num_buckets={value!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TableSpec":
+        """A table from its ``spec.json`` entry. Entries written before the width and sharding
+        moved to the model config also carry ``dim`` and ``shards``: no model ever read them,
+        so they are accepted (when positive integers) and left out."""
+        d = dict(d)
+        for legacy in LEGACY_TABLE_KEYS:
+            value = d.pop(legacy, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TableSpec {d.get('name')!r}: {legacy} must be a positive integer; "
+                                 f"received {legacy}={value!r}")
+        extra = sorted(set(d) - {"name", "num_buckets"})
+        if extra:
+            raise ValueError(f"TableSpec {d.get('name')!r}: unknown keys {extra}")
+        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +213,7 @@ class FeatureSpec:
             raise ValueError(f"spec.json has unknown keys {extra}")
         return cls(
             features=tuple(Feature(**f) for f in d["features"]),
-            tables=tuple(TableSpec(**t) for t in d.get("tables", ())),
+            tables=tuple(TableSpec.from_dict(t) for t in d.get("tables", ())),
             label=d.get("label", "label"),
             intent_levels=int(d.get("intent_levels", 6)),
             sim_range=tuple(d.get("sim_range", (-1.0, 1.0))),
@@ -280,8 +293,7 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
                      intent_levels: int = 6, max_seq_len: int = 50,
                      sim_range: tuple[float, float] = (-1.0, 1.0),
                      explicit_threshold: float | None = None,
-                     buckets: Mapping[str, int] | None = None,
-                     dims: Mapping[str, int] | None = None) -> FeatureSpec:
+                     buckets: Mapping[str, int] | None = None) -> FeatureSpec:
     """The standard TIR record schema written by ``tirec pipeline``.
 
     Columns (L = ``max_seq_len``, n = ``intent_levels``):
@@ -312,7 +324,6 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
     if explicit_threshold is None:
         explicit_threshold = transforms.explicit_threshold(intent_levels, min(2, intent_levels), lo, hi)
     buckets = dict(buckets or {})
-    dims = dict(dims or {})
     L, n = max_seq_len, intent_levels
 
     def scalar(name, dtype="int64", table=None, role="feature"):
@@ -358,7 +369,7 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
     if unknown:
         raise ValueError(f"bucket counts given for unknown tables {unknown}; tables: {sorted(tables)}")
     table_specs = tuple(
-        TableSpec(name, int(buckets.get(name, default)), int(dims.get(name, 16)))
+        TableSpec(name, int(buckets.get(name, default)))
         for name, default in tables.items())
     return FeatureSpec(features=tuple(feats), tables=table_specs, label="label",
                        intent_levels=n, sim_range=(lo, hi),

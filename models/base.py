@@ -19,9 +19,13 @@ its layers compute in bfloat16 while every variable (embedding tables and the fr
 table included) stays float32; the frozen multimodal vectors, the similarities and the explicit
 mask built from them, softmaxes, losses, metrics and the ``ctr``/``intent`` outputs are float32.
 
-Loss scaling: each replica computes the mean loss of its local batch and divides it by the
-number of replicas, so that the all-reduced (summed) gradients equal the gradient of the global
-mean loss.
+Loss: a step minimises the stage's data loss (the mean over the global batch, see
+:func:`global_batch_mean`) plus every regulariser (:meth:`TirModel.regularization_loss`: the
+layers' ``add_loss`` terms and ``model.l2`` on the Dense kernels). Loss scaling: ``train_step``
+divides that whole sum, in one place, by the number of replicas in sync; each replica sees its
+share of the global batch and the replicas' gradients are summed, so the update equals the one
+of a single device on the global batch (each regulariser counts once). The ``loss`` metric is
+the data loss; ``reg_loss`` (only with ``model.l2`` > 0) is the regularisation.
 """
 from __future__ import annotations
 
@@ -207,6 +211,7 @@ class TirModel(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss", dtype="float32")
         self.auc_tracker = keras.metrics.AUC(name="auc", num_thresholds=2000, dtype="float32")
         self.kl_tracker = keras.metrics.Mean(name="intent_kl", dtype="float32")
+        self.reg_tracker = keras.metrics.Mean(name="reg_loss", dtype="float32")
         self.uim_optimizer = None
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -227,7 +232,8 @@ class TirModel(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.auc_tracker, self.kl_tracker]
+        regularised = self.model_config.l2 > 0
+        return [self.loss_tracker, self.auc_tracker, self.kl_tracker] + ([self.reg_tracker] if regularised else [])
 
     # ---- forward ------------------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -256,17 +262,39 @@ class TirModel(keras.Model):
 
     # ---- losses -------------------------------------------------------------------------------
     def _stage_loss(self, x, y, outputs):
-        n_rep = tf.distribute.get_strategy().num_replicas_in_sync
-        label = tf.cast(y["ctr"], tf.float32)
+        """The stage's data loss (see :func:`global_batch_mean`): the mean intent KL over the
+        labelled requests in stage 1, the mean click BCE otherwise."""
         if self.stage == STAGE_UIM:
             true = self.intent_target(y["intent"])
-            kl = intent_kl(true, outputs["intent"])
             has = tf.cast(tf.reduce_sum(true, axis=-1) > 0, tf.float32)
-            loss = tf.math.divide_no_nan(tf.reduce_sum(kl * has), tf.reduce_sum(has))
-            return loss, loss / n_rep
-        bce = keras.losses.binary_crossentropy(label, outputs["ctr"])
-        loss = tf.reduce_mean(bce)
-        return loss, loss / n_rep
+            return global_batch_mean(intent_kl(true, outputs["intent"]), has)
+        label = tf.cast(y["ctr"], tf.float32)
+        return global_batch_mean(keras.losses.binary_crossentropy(label, outputs["ctr"]))
+
+    def l2_kernels(self) -> list:
+        """The kernels of the model's Dense layers: the weights ``model.l2`` penalises."""
+        kernels, seen = [], set()
+        for layer in self.submodules:
+            kernel = getattr(layer, "kernel", None) if isinstance(layer, keras.layers.Dense) else None
+            if kernel is not None and id(kernel) not in seen:
+                seen.add(id(kernel))
+                kernels.append(kernel)
+        return kernels
+
+    def regularization_loss(self, variables) -> tf.Tensor:
+        """Everything added to the data loss, as a float32 scalar: the layers' ``add_loss``
+        terms plus ``model.l2 * sum(W**2)`` over the Dense kernels among ``variables`` (the
+        ones the stage trains; a frozen kernel would only add a constant)."""
+        terms = [tf.cast(t, tf.float32) for t in self.losses]
+        if self.model_config.l2 > 0:
+            ids = {id(v) for v in variables}
+            # A kernel partitioned by ParameterServerStrategy is trained (and penalised) as its parts.
+            parts = [p for k in self.l2_kernels() for p in (getattr(k, "variables", None) or [k])
+                     if id(k) in ids or id(p) in ids]
+            if parts:
+                squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(p, tf.float32))) for p in parts])
+                terms.append(float(self.model_config.l2) * squares)
+        return tf.add_n(terms) if terms else tf.zeros([], tf.float32)
 
     def _stage_inputs(self, x, y):
         """The inputs of the current stage, in training and validation alike.
@@ -294,10 +322,12 @@ class TirModel(keras.Model):
         x = self._stage_inputs(x, y)
         with tf.GradientTape() as tape:
             outputs = self(x, training=True)
-            loss, scaled = self._stage_loss(x, y, outputs)
-            if self.losses:
-                scaled += tf.add_n(self.losses)
-        main, uim = self._trainable_split()
+            main, uim = self._trainable_split()
+            loss = self._stage_loss(x, y, outputs)
+            reg = self.regularization_loss(main + uim)
+            # The one place the loss is scaled: the replicas' gradients are summed, so each
+            # replica's whole objective (data loss + regularisation) is divided by their number.
+            scaled = (loss + reg) / tf.distribute.get_strategy().num_replicas_in_sync
         grads = tape.gradient(scaled, main + uim)
         uim_opt = self.uim_optimizer if (self.stage == STAGE_JOINT and self.uim_optimizer is not None) \
             else self.optimizer
@@ -311,17 +341,20 @@ class TirModel(keras.Model):
             self.optimizer.apply_gradients(main_pairs)
         if uim_pairs:
             uim_opt.apply_gradients(uim_pairs)
-        return self._update_metrics(loss, y, outputs)
+        return self._update_metrics(loss, reg, y, outputs)
 
     def test_step(self, data):
         x, y = data
         x = self._stage_inputs(x, y)
         outputs = self(x, training=False)
-        loss, _ = self._stage_loss(x, y, outputs)
-        return self._update_metrics(loss, y, outputs)
+        main, uim = self._trainable_split()
+        return self._update_metrics(self._stage_loss(x, y, outputs), self.regularization_loss(main + uim),
+                                    y, outputs)
 
-    def _update_metrics(self, loss, y, outputs):
+    def _update_metrics(self, loss, reg, y, outputs):
         self.loss_tracker.update_state(loss)
+        if self.model_config.l2 > 0:
+            self.reg_tracker.update_state(reg)
         self.auc_tracker.update_state(y["ctr"], outputs["ctr"])
         if "intent" in outputs:
             true = self.intent_target(y["intent"])
@@ -343,6 +376,26 @@ class TirModel(keras.Model):
         model_config = model_config_from_dict(config.pop("model_config"))
         with precision_scope(config.pop("precision", "float32")):
             return cls(spec=spec, model_config=model_config, **config)
+
+
+def global_batch_mean(values: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
+    """The weighted mean of ``values`` over the global batch, as this replica's loss term.
+
+    ``sum(weights * values)`` over the local batch divided by ``sum(weights)`` over the global
+    batch (an all-reduce over the replicas in sync), times the number of replicas: once
+    ``train_step`` divides every replica's loss by that number, the replicas' terms add up to
+    the exact global mean however the batch is split (uneven last batch, labelled requests
+    spread unevenly). It is the plain local mean without several replicas, and 0 when the
+    weights sum to 0.
+    """
+    values = tf.cast(values, tf.float32)
+    weights = tf.ones_like(values) if weights is None else tf.cast(weights, tf.float32)
+    total, count = tf.reduce_sum(values * weights), tf.reduce_sum(weights)
+    ctx = tf.distribute.get_replica_context()
+    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+    if replicas > 1:
+        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count) / replicas
+    return tf.math.divide_no_nan(total, count)
 
 
 def intent_kl(true: tf.Tensor, pred: tf.Tensor, eps: float = 1e-8) -> tf.Tensor:

@@ -24,6 +24,10 @@ class ModelConfig:
       tower: MLP tower sizes.
       activation: ``relu`` or ``dice`` in the tower.
       dropout: tower dropout.
+      l2: weight of an L2 penalty ``l2 * sum(W**2)`` on the kernels of the model's Dense
+        layers (tower, attention, gate, UIM and I2E projections; not on biases, embedding
+        tables or the frozen item table), summed over the kernels the current stage trains and
+        added to the stage's data loss. 0 (default) = off.
       use_uim / use_die / use_sein: DAIAN ablation switches (MODELS.md §1.9).
       uim_hidden: UIM MLP sizes (then n levels).
       uim_attention: the UIM's history pooling ``h_S`` (MODELS.md §1.2): ``din``
@@ -64,6 +68,7 @@ class ModelConfig:
     tower: tuple[int, ...] = (512, 256, 128)
     activation: str = "relu"
     dropout: float = 0.0
+    l2: float = 0.0
     use_uim: bool = True
     use_die: bool = True
     use_sein: bool = True
@@ -93,6 +98,8 @@ class ModelConfig:
             bad("activation", "must be relu or dice")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
+        if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not 0.0 <= self.l2 < float("inf"):
+            bad("l2", "must be a finite number >= 0 (0 = off)")
         if self.uim_attention not in ("din", "mhta"):
             bad("uim_attention", "must be din or mhta")
         if self.i2e_fusion not in ("concat", "add"):
@@ -128,7 +135,9 @@ class TrainConfig:
       three_stage: DAIAN's UIM pretrain -> DIE pretrain -> joint schedule (MODELS.md §1.8).
       uim_lr_scale: the UIM's learning-rate factor in stage 3.
       strategy: ``default``, ``mirrored``, ``multiworker`` (TF_CONFIG) or ``ps`` (TF_CONFIG).
-      cpu_replicas: logical CPU devices for ``mirrored`` when there is no GPU (0 = off).
+      cpu_replicas: logical CPU devices for ``mirrored`` when there is no GPU. 0 (default)
+        with ``mirrored`` on a machine without a GPU is an error naming ``--cpu-replicas``
+        (1 = knowingly one replica); ignored, with a warning, when there are GPUs.
       steps_per_epoch: cap on steps per epoch (0 = the whole data; ``ps`` needs a value).
       shuffle_buffer: records shuffled before batching (0 = off).
       shuffle_block: consecutive records of a shard that are shuffled as one unit (1 = each
@@ -137,7 +146,9 @@ class TrainConfig:
         candidates, and ``model.request_dedup`` runs the request-level blocks far fewer times
         (``benchmarks/bench_train.py``: DAIAN 755 -> 426 ms/step against blocks of 1);
         batches hold fewer distinct users.
-      early_stopping_patience: epochs without eval-AUC gain before stopping (0 = off).
+      early_stopping_patience: epochs without gain on the ``valid`` split (AUC; DAIAN's
+        stage 1: intent KL loss) before a stage stops and keeps its best epoch's weights
+        (0 = off). Needs the pipeline's ``valid`` split; never selects on ``eval``.
       backup_every_steps: BackupAndRestore frequency; a killed run resumes from the last backup
         step of the interrupted epoch.
       seed: random seed.
@@ -184,6 +195,9 @@ class TrainConfig:
         if isinstance(self.shuffle_block, bool) or not isinstance(self.shuffle_block, int) \
                 or self.shuffle_block < 1:
             bad("shuffle_block", "must be an integer >= 1")
+        if isinstance(self.early_stopping_patience, bool) or not isinstance(self.early_stopping_patience, int) \
+                or self.early_stopping_patience < 0:
+            bad("early_stopping_patience", "must be an integer >= 0 (0 = off)")
         if self.backup_every_steps < 1:
             bad("backup_every_steps", "must be >= 1")
         if not 0 < self.uim_lr_scale <= 1:

@@ -8,6 +8,7 @@ plus ``intent`` features so DAIAN's stage 2 can feed the ground truth), ``target
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 
@@ -28,6 +29,61 @@ def load_data_spec(data_dir: str) -> FeatureSpec:
         return FeatureSpec.from_json(fh.read())
 
 
+def check_data(data_dir: str) -> tuple[FeatureSpec, bool]:
+    """Checks a pipeline output folder before anything is built; returns its FeatureSpec and
+    whether it has a ``valid`` split.
+
+    ``train/`` and ``eval/`` must hold records. ``valid/`` (the pipeline's validation window
+    before eval) is optional: absent when the pipeline wrote none (switched off, or data from
+    before it existed), but when present, or when ``stats.json`` counts valid records, it must
+    hold records too. Reads no TensorFlow graph or device, so it can run before
+    ``tf.distribute`` configures logical devices.
+
+    Raises:
+      FileNotFoundError / ValueError: one line naming the folder and what is wrong.
+    """
+    if not tf.io.gfile.isdir(data_dir):
+        raise FileNotFoundError(f"--data {data_dir}: no such directory (expected a `tirec pipeline` "
+                                f"output folder: spec.json, train/, eval/)")
+    spec = load_data_spec(data_dir)
+    stats = os.path.join(data_dir, "stats.json")
+    written = {}
+    if tf.io.gfile.exists(stats):
+        with tf.io.gfile.GFile(stats) as fh:
+            written = json.load(fh).get("written", {})
+    for split in ("train", "eval"):
+        _check_split(data_dir, split)
+    has_valid = tf.io.gfile.isdir(os.path.join(data_dir, "valid"))
+    if not has_valid and int(written.get("valid", 0)) > 0:
+        raise FileNotFoundError(f"{os.path.join(data_dir, 'valid')}/ is missing, but {stats} counts "
+                                f"{written['valid']} valid records")
+    if has_valid:
+        _check_split(data_dir, "valid")
+    return spec, has_valid
+
+
+def _check_split(data_dir: str, split: str) -> None:
+    path = os.path.join(data_dir, split)
+    if not tf.io.gfile.isdir(path):
+        raise FileNotFoundError(f"{path}/ is missing: --data must be a `tirec pipeline` output folder "
+                                f"(spec.json, train/, eval/)")
+    files = sorted(tf.io.gfile.glob(os.path.join(path, "*.tfrecord.gz")))
+    if not files:
+        raise FileNotFoundError(f"{path}/ holds no *.tfrecord.gz shards")
+    if not any(_has_records(f) for f in files):
+        raise ValueError(f"{path}/ has no records ({len(files)} empty shard(s)): the pipeline wrote "
+                         f"no {split} rows; check its stats.json (dropped rows, dead letters)")
+
+
+def _has_records(path: str) -> bool:
+    """Whether a GZIP TFRecord shard holds at least one record (reads only its first byte)."""
+    with tf.io.gfile.GFile(path, "rb") as raw:
+        if raw.size() == 0:
+            return False
+        with gzip.GzipFile(fileobj=raw) as fh:
+            return bool(fh.read(1))
+
+
 def shard_files(data_dir: str, split: str) -> list[str]:
     files = sorted(tf.io.gfile.glob(os.path.join(data_dir, split, "*.tfrecord.gz")))
     if not files:
@@ -43,7 +99,7 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
 
     Args:
       data_dir: the pipeline output folder.
-      split: ``train`` or ``eval``.
+      split: ``train``, ``valid`` or ``eval``.
       spec: the FeatureSpec to parse with.
       batch_size: batch size (per replica when ``input_context`` is given).
       shuffle_buffer: records to shuffle (0 = keep the file order, deterministic).

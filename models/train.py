@@ -8,10 +8,19 @@ an interrupted epoch), and writes ``RUN/``:
     RUN/config.json       resolved model + train config
     RUN/spec.json         the FeatureSpec the model was trained with
     RUN/items.npz         the multimodal item table baked into the model
-    RUN/stage_<k>/        weights after stage k (+ ``done`` marker), best weights on eval AUC
+    RUN/stage_<k>/        weights after stage k (+ ``done`` marker)
+    RUN/best/             with a ``valid`` split: weights of the final stage's epoch with the best
+                          validation AUC (``best.json``: stage, epoch, monitor, value)
     RUN/final/            final weights
     RUN/logs/             TensorBoard
     RUN/metrics.json      exact eval metrics (AUC, GAUC, logloss, intent KL/JS)
+
+Validation: when the data has a ``valid`` split (the pipeline's time window before eval), every
+epoch is validated on it; the best checkpoint and early stopping monitor ``val_auc`` (DAIAN's
+stage 1: ``val_loss``, the intent KL) on ``valid``, never on ``eval``. Without one there is no
+per-epoch validation, no best checkpoint, and ``train.early_stopping_patience`` > 0 is an error.
+The final metrics are always the eval split's, from the final weights; ``tirec export
+--checkpoint best`` exports the best ones.
 """
 from __future__ import annotations
 
@@ -31,13 +40,15 @@ from tirec.models import metrics as M
 from tirec.models.base import (STAGE_DIE, STAGE_JOINT, STAGE_UIM, check_stage_inputs, model_input_names,
                                 precision_scope, stage_input_names)
 from tirec.models.config import ModelConfig, TrainConfig, check_precision, model_config_from_dict
-from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+from tirec.models.data import check_data, load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder
 
 keras = tf.keras
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = {STAGE_UIM: "uim_pretrain", STAGE_DIE: "die_pretrain", STAGE_JOINT: "joint"}
+CHECKPOINTS = ("last", "best")
+BEST_RECORD = "best.json"
 
 
 # ---- strategies ------------------------------------------------------------------------------
@@ -62,18 +73,30 @@ def make_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
     if cfg.strategy == "default":
         return tf.distribute.get_strategy()
     if cfg.strategy == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
-            return tf.distribute.MirroredStrategy([d.name for d in gpus])
-        configure_cpu_replicas(cfg.cpu_replicas)
-        cpus = tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+        return _mirrored(cfg)
     if cfg.strategy == "multiworker":
         _require_tf_config("multiworker")
         return tf.distribute.MultiWorkerMirroredStrategy()
     _require_tf_config("ps")
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     return ps_strategy(resolver)
+
+
+def _mirrored(cfg: TrainConfig) -> tf.distribute.MirroredStrategy:
+    """MirroredStrategy over every GPU, else over ``cfg.cpu_replicas`` logical CPU devices; on
+    a machine without a GPU an unset ``cpu_replicas`` is an error rather than one silent replica."""
+    if tf.config.list_physical_devices("GPU"):  # physical: does not start the runtime
+        gpus = tf.config.list_logical_devices("GPU")
+        if cfg.cpu_replicas:
+            log.warning("--cpu-replicas %d ignored: mirroring over %d GPU(s)", cfg.cpu_replicas, len(gpus))
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    if cfg.cpu_replicas < 1:
+        raise ValueError("--strategy mirrored: this machine has no GPU, so it would train one replica; "
+                         "pass --cpu-replicas N (train.cpu_replicas) to mirror over N logical CPU "
+                         "devices (N=1: one replica, knowingly), or use --strategy default")
+    configure_cpu_replicas(cfg.cpu_replicas)
+    cpus = tf.config.list_logical_devices("CPU")[:cfg.cpu_replicas]
+    return tf.distribute.MirroredStrategy([d.name for d in cpus])
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -156,7 +179,9 @@ def stages_for(model, cfg: TrainConfig) -> list[int]:
     return [STAGE_UIM, STAGE_DIE, STAGE_JOINT] if (has_intent and cfg.three_stage) else [STAGE_JOINT]
 
 
-def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool):
+def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool, has_valid: bool):
+    """The train dataset (or DatasetCreator under ParameterServerStrategy) and the valid one
+    (None without a ``valid`` split)."""
     keep = set(names) | stage_input_names()
 
     def select(x, y):
@@ -178,8 +203,35 @@ def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool):
         train = keras.utils.experimental.DatasetCreator(train_fn)
     else:
         train = train_fn()
-    evald = make_dataset(data_dir, "eval", spec, cfg.batch_size, workers=workers).map(select)
-    return train, evald
+    valid = make_dataset(data_dir, "valid", spec, cfg.batch_size, workers=workers).map(select) \
+        if has_valid else None
+    return train, valid
+
+
+def _check_run_dir(run_dir: str, spec: FeatureSpec, data_dir: str) -> None:
+    """A run folder that already holds a spec (a resumed run) must have been trained on data
+    with the same spec."""
+    path = os.path.join(run_dir, "spec.json")
+    if tf.io.gfile.exists(path):
+        diff = FeatureSpec.load(path).diff(spec)
+        if diff:
+            raise ValueError(f"--out {run_dir} holds a run on other data: its spec.json differs from "
+                             f"{os.path.join(data_dir, 'spec.json')}: {'; '.join(diff)}; "
+                             f"train into a new --out folder")
+
+
+def _check_validation(cfg: TrainConfig, data_dir: str, has_valid: bool, strategy=None) -> None:
+    """Early stopping needs per-epoch validation on a valid split."""
+    if not cfg.early_stopping_patience:
+        return
+    if not has_valid:
+        raise ValueError(f"train.early_stopping_patience={cfg.early_stopping_patience} needs a valid split, "
+                         f"and {os.path.join(data_dir, 'valid')}/ is absent (early stopping never selects "
+                         f"on eval): run the pipeline with its validation window, or set "
+                         f"train.early_stopping_patience=0")
+    if cfg.strategy == "ps" or isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+        raise ValueError("train.early_stopping_patience: --strategy ps runs no per-epoch validation; "
+                         "set train.early_stopping_patience=0")
 
 
 def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConfig,
@@ -193,17 +245,18 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     model_cfg = dataclasses.replace(model_cfg, name=model_name)
     model_cfg.validate()
     builder = get_builder(model_name)  # fail early on an unknown name
-    spec = load_data_spec(data_dir)
-    check_stage_inputs(spec.names, stages_for(builder, train_cfg))  # before the run folder is touched
+    # Check the input before building anything: one clear line per problem.
+    spec, has_valid = check_data(data_dir)
+    check_stage_inputs(spec.names, stages_for(builder, train_cfg))
+    _check_run_dir(run_dir, spec, data_dir)
+    _check_validation(train_cfg, data_dir, has_valid, strategy)
     strategy = strategy or make_strategy(train_cfg)
     if not is_chief(strategy):
         # Multi-worker: every worker runs the same program; only the chief owns RUN/.
         run_dir = os.path.join(run_dir, f".worker_{strategy.cluster_resolver.task_id}")
     tf.io.gfile.makedirs(run_dir)
     spec_path = os.path.join(run_dir, "spec.json")
-    if tf.io.gfile.exists(spec_path):
-        FeatureSpec.load(spec_path).check_compatible(spec, what="data")
-    else:
+    if not tf.io.gfile.exists(spec_path):
         spec.save(spec_path)
     _write_json(os.path.join(run_dir, "config.json"),
                 {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
@@ -220,17 +273,20 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     names = model_input_names(spec)
     steps = _steps_per_epoch(data_dir, train_cfg, strategy)
     # With a known epoch length the data repeats and fit counts the steps.
-    train_ds, eval_ds = _datasets(strategy, data_dir, spec, train_cfg, names, repeat=steps is not None)
+    train_ds, valid_ds = _datasets(strategy, data_dir, spec, train_cfg, names, repeat=steps is not None,
+                                   has_valid=has_valid)
+    if not has_valid:
+        log.info("no valid split in %s: no per-epoch validation and no best checkpoint", data_dir)
     # Build the variables before fit (BackupAndRestore and checkpoints need them).
     x, _ = next(iter(make_dataset(data_dir, "eval", spec, 2)))
     with strategy.scope():
         model({k: v for k, v in x.items() if k in names})
     history = {}
-    for stage in stages_for(model, train_cfg):
-        history[STAGE_NAMES[stage]] = _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir,
-                                                   train_cfg, single=len(stages_for(model, train_cfg)) == 1,
-                                                   extra=callbacks or [],
-                                                   steps_per_epoch=steps)
+    stages = stages_for(model, train_cfg)
+    for stage in stages:
+        history[STAGE_NAMES[stage]] = _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir,
+                                                   train_cfg, single=len(stages) == 1, final=stage == stages[-1],
+                                                   extra=callbacks or [], steps_per_epoch=steps)
     model.set_stage(STAGE_JOINT)
     final = os.path.join(run_dir, "final", "weights")
     model.save_weights(final)
@@ -238,6 +294,10 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     metrics["history"] = history
     metrics["strategy"] = type(strategy).__name__
     metrics["replicas"] = strategy.num_replicas_in_sync
+    metrics["valid_split"] = has_valid
+    best = os.path.join(run_dir, "best", BEST_RECORD)
+    if tf.io.gfile.exists(best):
+        metrics["best_checkpoint"] = _read_json(best)
     metrics["embedding"] = item_meta.get("provider", "")
     _write_json(os.path.join(run_dir, "metrics.json"), metrics)
     return metrics
@@ -260,8 +320,43 @@ def _steps_per_epoch(data_dir: str, cfg: TrainConfig, strategy) -> int | None:
     return -(-n // cfg.batch_size) if n else None
 
 
-def _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir, cfg: TrainConfig, single: bool,
-                 extra: list, steps_per_epoch: int | None):
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best validation ``monitor`` in ``DIR/weights``
+    and that epoch's record in ``DIR/best.json`` (stage, epoch, monitor, value). A resumed stage
+    starts from the recorded best, so a worse epoch after a restart does not replace it.
+
+    Args:
+      directory: the checkpoint folder (``RUN/best``).
+      monitor: a key of the epoch logs, ``val_auc`` or ``val_loss``.
+      mode: ``max`` or ``min``.
+      stage: the training stage (recorded; a record of another stage is not resumed from).
+    """
+
+    def __init__(self, directory: str, monitor: str, mode: str, stage: int):
+        super().__init__()
+        self.directory, self.monitor, self.mode, self.stage = directory, monitor, mode, stage
+        self.best = None
+        record = os.path.join(directory, BEST_RECORD)
+        if tf.io.gfile.exists(record):
+            previous = _read_json(record)
+            if previous.get("stage") == stage and previous.get("monitor") == monitor:
+                self.best = previous["value"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise KeyError(f"best checkpoint: {self.monitor!r} is not in the epoch logs {sorted(logs)}")
+        value = float(logs[self.monitor])
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if np.isfinite(value) and better:
+            self.best = value
+            self.model.save_weights(os.path.join(self.directory, "weights"))
+            _write_json(os.path.join(self.directory, BEST_RECORD),
+                        {"stage": self.stage, "epoch": epoch, "monitor": self.monitor, "value": value})
+
+
+def _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir, cfg: TrainConfig, single: bool,
+                 final: bool, extra: list, steps_per_epoch: int | None):
     name = STAGE_NAMES[stage]
     stage_dir = os.path.join(run_dir, f"stage_{stage}")
     done = os.path.join(stage_dir, "done")
@@ -280,27 +375,30 @@ def _train_stage(model, stage, strategy, train_ds, eval_ds, run_dir, cfg: TrainC
     monitor = "val_loss" if stage == STAGE_UIM else "val_auc"
     mode = "min" if stage == STAGE_UIM else "max"
     ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+    # With ParameterServerStrategy there is no per-epoch validation (the coordinator has no
+    # validation loop for remote datasets).
+    validate = valid_ds is not None and not ps
     callbacks = [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs", name))]
     if not ps:
         # With ParameterServerStrategy the per-batch logs are remote values (TerminateOnNaN
-        # cannot read them), the coordinator reschedules work of failed workers, stage
-        # checkpoints cover a coordinator restart, and there is no eval data to select on.
+        # cannot read them), the coordinator reschedules work of failed workers, and stage
+        # checkpoints cover a coordinator restart.
         callbacks += [
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.BackupAndRestore(
                 os.path.join(run_dir, "backup", name), delete_checkpoint=True,
                 save_freq=cfg.backup_every_steps if steps_per_epoch else "epoch"),
-            keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "best"), monitor=monitor,
-                                            mode=mode, save_best_only=True, save_weights_only=True),
         ]
-    if cfg.early_stopping_patience:
+    if validate and final:
+        callbacks.append(BestCheckpoint(os.path.join(run_dir, "best"), monitor, mode, stage))
+    if validate and cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                        patience=cfg.early_stopping_patience,
                                                        restore_best_weights=True))
     callbacks += list(extra)
     t0 = time.time()
     interactive = sys.stdout.isatty() or bool(os.environ.get("TIREC_PROGRESS"))
-    hist = model.fit(train_ds, validation_data=None if ps else eval_ds, epochs=cfg.epochs,
+    hist = model.fit(train_ds, validation_data=valid_ds if validate else None, epochs=cfg.epochs,
                      steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                      verbose=1 if interactive else 2)  # a progress bar on a terminal
     model.save_weights(weights)
@@ -341,13 +439,40 @@ def evaluate_model(model, data_dir: str, spec: FeatureSpec, batch_size: int = 40
                          intent_true=p.get("intent_true"), intent_pred=p.get("intent_pred"))
 
 
-def load_run(run_dir: str, precision: str | None = "float32"):
-    """Rebuilds a trained run's model from its config, spec, item table and final weights.
+def checkpoint_prefix(run_dir: str, checkpoint: str = "last") -> str:
+    """The weights prefix of a run's ``last`` (final) or ``best`` checkpoint.
 
-    ``precision``: the compute precision of the rebuilt model, ``float32`` (default, whatever
-    the run trained in: the weights are float32) or ``mixed_bfloat16``; None takes the run's
-    ``train.precision``.
+    ``best`` is the final stage's epoch with the best validation AUC (``RUN/best``), written only
+    when the run's data had a ``valid`` split.
     """
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}; received {checkpoint!r}")
+    if checkpoint == "last":
+        return os.path.join(run_dir, "final", "weights")
+    if not tf.io.gfile.exists(os.path.join(run_dir, "best", BEST_RECORD)):
+        raise FileNotFoundError(f"{run_dir} has no best checkpoint ({os.path.join(run_dir, 'best')}/): it "
+                                f"is written only when the training data has a valid split; use "
+                                f"--checkpoint last")
+    return os.path.join(run_dir, "best", "weights")
+
+
+def best_record(run_dir: str) -> dict:
+    """``RUN/best/best.json``: the stage, epoch, monitor and value of the best checkpoint."""
+    checkpoint_prefix(run_dir, "best")  # a clear error when there is none
+    return _read_json(os.path.join(run_dir, "best", BEST_RECORD))
+
+
+def load_run(run_dir: str, precision: str | None = "float32", checkpoint: str = "last"):
+    """Rebuilds a trained run's model from its config, spec, item table and weights.
+
+    Args:
+      run_dir: a ``tirec train`` run folder.
+      precision: the compute precision of the rebuilt model, ``float32`` (default, whatever
+        the run trained in: the weights are float32) or ``mixed_bfloat16``; None takes the run's
+        ``train.precision``.
+      checkpoint: ``last`` (the final weights, default) or ``best`` (see :func:`checkpoint_prefix`).
+    """
+    weights = checkpoint_prefix(run_dir, checkpoint)
     with tf.io.gfile.GFile(os.path.join(run_dir, "config.json")) as fh:
         cfg = json.load(fh)
     spec = FeatureSpec.load(os.path.join(run_dir, "spec.json"))
@@ -358,7 +483,7 @@ def load_run(run_dir: str, precision: str | None = "float32"):
     if precision is None:
         precision = cfg.get("train", {}).get("precision", "float32")
     model = build_model(model_cfg.name, spec, model_cfg, ids, vectors, precision)
-    model.load_weights(os.path.join(run_dir, "final", "weights")).expect_partial()
+    model.load_weights(weights).expect_partial()
     return model, spec, cfg
 
 

@@ -648,7 +648,7 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
         buckets[f] = _next_pow2(2 * len(np.unique(prep.items.fields[f])))
     spec = dataclasses.replace(
         spec, sim_range=(float(lo), float(hi)), explicit_threshold=float(tau),
-    ).with_tables([TableSpec(k, v, spec.table(k).dim, spec.table(k).shards) for k, v in buckets.items()])
+    ).with_tables([TableSpec(k, v) for k, v in buckets.items()])
     spec.save(f"{out}/spec.json")
 
     written = {k: int(bs.get("written", {}).get(k, 0)) for k in SPLITS}

@@ -1,6 +1,6 @@
 """SavedModel export of a trained run, in the layout TF Serving loads.
 
-    tirec export --model-dir RUN --out BASE --name NAME [--version V] [--data T]
+    tirec export --model-dir RUN --out BASE --name NAME [--version V] [--data T] [--checkpoint last|best]
 
 writes ``BASE/NAME/<V>/`` (``V`` an integer, by default one more than the newest version
 there) with these signatures, all returning float32:
@@ -35,8 +35,13 @@ pipeline-only columns may be present and are ignored, so the pipeline's own reco
 as they are). Raw ids are hashed inside the graph; the multimodal item table is a variable of the
 model, so the export is self-contained and reloads with plain ``tf.saved_model.load``.
 
+The weights are the run's final ones (``--checkpoint last``, default) or its best checkpoint
+(``--checkpoint best``: the final stage's epoch with the best AUC on the ``valid`` split, which
+the run has only when its data had one).
+
 Also written: ``assets/spec.json`` and ``assets/config.json`` (the FeatureSpec and resolved
-config, tracked SavedModel assets) and ``assets.extra/tf_serving_warmup_requests``
+config plus ``checkpoint``, the exported weights: ``last``, or ``best`` with its epoch record;
+tracked SavedModel assets) and ``assets.extra/tf_serving_warmup_requests``
 (``PredictionLog`` records built from the first eval rows of the run's data), which TF Serving
 replays before it marks the version available.
 
@@ -56,7 +61,7 @@ import tensorflow as tf
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import model_input_names
 from tirec.models.data import shard_files
-from tirec.models.train import load_run
+from tirec.models.train import best_record, load_run
 from tirec.serving.inference import WARMUP_FILE
 from tirec.serving.servable import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD  # noqa: F401
 
@@ -252,7 +257,7 @@ def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
 
 
 def export_run(run_dir: str, base: str, name: str, version: int | None = None,
-               data_dir: str | None = None, warmup_rows: int = 8) -> str:
+               data_dir: str | None = None, warmup_rows: int = 8, checkpoint: str = "last") -> str:
     """Exports a trained run as ``base/name/<version>/``; returns that path.
 
     Args:
@@ -263,6 +268,8 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
       data_dir: pipeline output whose eval rows make the warmup requests; default the run's
         training data (``config.json`` ``data``).
       warmup_rows: eval rows to use in warmup requests; 0 writes no warmup file.
+      checkpoint: ``last`` (the final weights) or ``best`` (the run's best checkpoint on the
+        valid split; an error when the run has none).
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"export: --name must be a plain folder name; received name={name!r}")
@@ -275,7 +282,8 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
     if tf.io.gfile.exists(final):
         raise ValueError(f"export: version {version} already exists at {final}; "
                          f"versions are immutable, pick a new one (next free: {next_version(model_base)})")
-    model, spec, cfg = load_run(run_dir)
+    model, spec, cfg = load_run(run_dir, checkpoint=checkpoint)
+    cfg = dict(cfg, checkpoint={"name": checkpoint, **(best_record(run_dir) if checkpoint == "best" else {})})
     examples: list[bytes] = []
     if warmup_rows > 0:
         data_dir = data_dir or cfg.get("data")
@@ -307,5 +315,5 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
             if tf.io.gfile.exists(tmp):
                 tf.io.gfile.rmtree(tmp) if "://" in tmp else shutil.rmtree(tmp, ignore_errors=True)
             raise
-    log.info("exported %s as %s version %d", run_dir, name, version)
+    log.info("exported %s (%s weights) as %s version %d", run_dir, checkpoint, name, version)
     return final

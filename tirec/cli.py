@@ -6,7 +6,7 @@ Entry functions only wire flags into the typed config and delegate to the packag
     tirec pipeline --input D --format synthetic --out T [--intent-levels 6] [Beam flags ...]
     tirec train --data T --model daian --out RUN [--strategy mirrored --cpu-replicas 2]
     tirec evaluate --data T --model-dir RUN [--baseline OTHER_RUN]
-    tirec export --model-dir RUN --out BASE --name NAME [--version V]
+    tirec export --model-dir RUN --out BASE --name NAME [--version V] [--checkpoint last|best]
     tirec serving-config --out DIR --model NAME=/models/NAME [...]
     tirec serve --model-base-path BASE/NAME --model-name NAME [--port 8500] [--rest-port 8501]
     tirec make-request --data T --out request.json
@@ -180,13 +180,17 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model on pipeline TFRecords",
         description="Train a registered model (din, daian) on the output of `tirec pipeline`. "
-                    "DAIAN runs its three stages unless --set train.three_stage=false.")
-    p.add_argument("--data", required=True, help="pipeline output folder (spec.json, train/, eval/)")
+                    "DAIAN runs its three stages unless --set train.three_stage=false. With a "
+                    "valid/ split every epoch is validated on it and RUN/best/ keeps the best "
+                    "epoch of the final stage; final metrics are on eval/.")
+    p.add_argument("--data", required=True,
+                   help="pipeline output folder (spec.json, train/, eval/, optional valid/)")
     p.add_argument("--model", required=True, help="registered model name, e.g. din or daian")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, metrics.json)")
     p.add_argument("--strategy", choices=("default", "mirrored", "multiworker", "ps"))
     p.add_argument("--cpu-replicas", type=int,
-                   help="logical CPU devices for --strategy mirrored without GPUs")
+                   help="logical CPU devices for --strategy mirrored without GPUs (required there; "
+                        "1 = one replica)")
     p.add_argument("--epochs", type=int, help="epochs per stage (default 1)")
     p.add_argument("--batch-size", type=int, help="global batch size (default 4096)")
     p.add_argument("--steps-per-epoch", type=int, help="cap steps per epoch (required for ps)")
@@ -258,13 +262,18 @@ def _add_export(sub) -> None:
     p.add_argument("--version", type=int, help="integer version (default: newest + 1)")
     p.add_argument("--data", help="pipeline output for warmup rows (default: the run's data)")
     p.add_argument("--warmup-rows", type=int, default=8, help="eval rows in warmup requests (0: none)")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="weights to export: last = the final ones (default); best = the final "
+                        "stage's epoch with the best validation AUC (needs a run trained with a "
+                        "valid split)")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args, _extra) -> int:
     from tirec.serving.export import export_run
 
-    path = export_run(args.model_dir, args.out, args.name, args.version, args.data, args.warmup_rows)
+    path = export_run(args.model_dir, args.out, args.name, args.version, args.data, args.warmup_rows,
+                      checkpoint=args.checkpoint)
     print(path)
     return 0
 

@@ -99,19 +99,21 @@ class HashedEmbedding(keras.layers.Layer):
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
 
     @classmethod
-    def from_table_spec(cls, table: TableSpec, **kwargs) -> "HashedEmbedding":
+    def from_table_spec(cls, table: TableSpec, dim: int, shards: int = 1, **kwargs) -> "HashedEmbedding":
         """Builds the layer of a :class:`~tirec.features.spec.TableSpec`.
 
         Args:
-          table: the table spec (``num_buckets``, ``dim``, ``shards``; ``name`` becomes the
-            layer name unless ``name`` is passed).
+          table: the table spec (``num_buckets``; ``name`` becomes the layer name unless
+            ``name`` is passed).
+          dim: embedding width (a model choice, e.g. ``model.emb_dim``).
+          shards: row shards (e.g. ``model.table_shards``), at most ``num_buckets``.
           **kwargs: further constructor arguments (``hashing``, ``embeddings_initializer``...).
         """
         if not isinstance(table, TableSpec):
             raise ValueError(f"HashedEmbedding.from_table_spec: `table` must be a TableSpec. "
                              f"Received: table={table!r}")
         kwargs.setdefault("name", table.name)
-        return cls(num_buckets=table.num_buckets, dim=table.dim, shards=table.shards, **kwargs)
+        return cls(num_buckets=table.num_buckets, dim=dim, shards=shards, **kwargs)
 
     def build(self, input_shape=None):
         # Under a mixed precision policy the table stays a float32 variable that is not cast as a

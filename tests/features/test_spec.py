@@ -1,5 +1,6 @@
 """FeatureSpec: validation, JSON round trip, diff, parse dict."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -32,6 +33,29 @@ def test_json_round_trip_and_equality(tmp_path):
     back = FeatureSpec.load(path)
     assert back == spec
     assert back.diff(spec) == []
+
+
+def test_tables_state_only_the_bucket_count_and_old_spec_files_load(tmp_path):
+    """Embedding width and sharding are model settings (model.emb_dim, model.table_shards), so
+    a table is a name and a bucket count; spec.json files written with the former ``dim`` and
+    ``shards`` keys still load, to the same spec, and bad values there are still refused."""
+    spec = _spec()
+    assert [f.name for f in dataclasses.fields(TableSpec)] == ["name", "num_buckets"]
+    assert all(set(t) == {"name", "num_buckets"} for t in spec.to_dict()["tables"])
+    old = spec.to_dict()
+    old["tables"] = [dict(t, dim=16, shards=1) for t in old["tables"]]
+    old["tables"][0].update(dim=8, shards=4)  # never read by any model
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(old))
+    assert FeatureSpec.load(str(path)) == spec
+    old["tables"][0]["shards"] = 0
+    with pytest.raises(ValueError, match="TableSpec 'item': shards must be a positive integer; received shards=0"):
+        FeatureSpec.from_dict(old)
+    old["tables"][0].update(shards=1, rows=3)
+    with pytest.raises(ValueError, match=r"TableSpec 'item': unknown keys \['rows'\]"):
+        FeatureSpec.from_dict(old)
+    with pytest.raises(TypeError):
+        TableSpec("item", 8, 16)  # no width here: it is model.emb_dim
 
 
 def test_diff_names_each_difference():

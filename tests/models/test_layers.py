@@ -113,12 +113,12 @@ def test_shard_gradients_are_indexed_slices():
 
 
 def test_from_table_spec():
-    emb = HashedEmbedding.from_table_spec(TableSpec("item", num_buckets=100, dim=8, shards=4))
+    emb = HashedEmbedding.from_table_spec(TableSpec("item", num_buckets=100), dim=8, shards=4)
     assert (emb.name, emb.num_buckets, emb.dim, emb.shards) == ("item", 100, 8, 4)
     assert emb(tf.constant([[3, 4]], tf.int64)).shape == (1, 2, 8)
     assert len(emb.trainable_weights) == 4
-    other = HashedEmbedding.from_table_spec(TableSpec("user", 50, 4), name="user_table", hashing="mod")
-    assert (other.name, other.hashing) == ("user_table", "mod")
+    other = HashedEmbedding.from_table_spec(TableSpec("user", 50), 4, name="user_table", hashing="mod")
+    assert (other.name, other.hashing, other.dim, other.shards) == ("user_table", "mod", 4, 1)
 
 
 def test_hashed_embedding_under_mirrored_strategy():
@@ -632,7 +632,7 @@ def test_frozen_item_table_set_table_empty_and_unset():
     (lambda: HashedEmbedding(10, 4, shards=0), "shards"),
     (lambda: HashedEmbedding(10, 4, shards=11), "shards"),
     (lambda: HashedEmbedding(10, 4, hashing="md5"), "hashing"),
-    (lambda: HashedEmbedding.from_table_spec({"name": "item"}), "table"),
+    (lambda: HashedEmbedding.from_table_spec({"name": "item"}, 8), "table"),
     (lambda: Dice(epsilon=0.0), "epsilon"),
     (lambda: Dice(axis=1.5), "axis"),
     (lambda: Dice(momentum=1.0), "momentum"),

@@ -2,6 +2,8 @@
 import collections
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -93,6 +95,38 @@ def test_daian_stages_train_the_right_variables(tiny_data):
         assert bool(moved - uim) == expect_rest, stage
 
 
+def test_l2_penalises_the_dense_kernels_the_stage_trains(tiny_data):
+    spec = load_data_spec(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    model = build_model("daian", spec, _cfg("model.l2=0.1").model, ids, vecs)
+    x, y = _batch(tiny_data, spec)
+    model(x)  # build
+    kernels = model.l2_kernels()
+    assert len(kernels) > 10 and all(k.name.endswith("/kernel:0") for k in kernels)
+    assert not {id(k) for k in kernels} & {id(w) for w in model.embed.weights + model.items.weights}
+
+    def penalty(variables):
+        return 0.1 * sum(float(np.sum(np.square(k.numpy()))) for k in variables)
+
+    uim = {id(v) for v in model.uim_variables()}
+    for stage, chosen in ((STAGE_JOINT, kernels), (STAGE_UIM, [k for k in kernels if id(k) in uim]),
+                          (STAGE_DIE, [k for k in kernels if id(k) not in uim])):
+        model.set_stage(stage)
+        main, rest = model._trainable_split()
+        assert 0 < len(chosen) and float(model.regularization_loss(main + rest)) == pytest.approx(penalty(chosen),
+                                                                                                   rel=1e-5)
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.01), uim_optimizer=tf.keras.optimizers.SGD(0.01))
+    want = penalty([k for k in kernels if id(k) not in uim])  # stage 2 (the last set), before the update
+    logs = model.train_step((x, y))
+    assert float(logs["reg_loss"]) == pytest.approx(want, rel=1e-5)
+    off = build_model("din", spec, _cfg().model, ids, vecs)
+    off(x)
+    assert float(off.regularization_loss(off.trainable_variables)) == 0.0
+    assert "reg_loss" not in {m.name for m in off.metrics}
+    with pytest.raises(ValueError, match="model.l2: must be a finite number >= 0"):
+        _cfg("model.l2=-1").model.validate()
+
+
 def _fed_intents(model, x, y):
     """The intent tensors DAIAN's I2E receives in a train step and in a validation step."""
     seen = []
@@ -153,15 +187,22 @@ def test_daian_ablations_build_and_step(tiny_data, switch):
 
 
 def test_three_stage_run_resumes_and_rejects_other_data(tiny_data, tmp_path):
-    cfg = _cfg("train.steps_per_epoch=2")
+    cfg = _cfg("train.steps_per_epoch=2", "train.epochs=2", "train.early_stopping_patience=1")
     run = str(tmp_path / "r")
     first = train_run(tiny_data, "daian", run, cfg.model, cfg.train)
     assert set(first["history"]) == {"uim_pretrain", "die_pretrain", "joint"}
     for k in (1, 2, 3):
         assert os.path.exists(os.path.join(run, f"stage_{k}", "done"))
+    # every stage validated on valid (stage 1 on its intent KL loss); the best checkpoint is the
+    # final stage's
+    for stage in first["history"].values():
+        assert {"val_loss", "val_auc"} <= set(stage) and 1 <= len(stage["val_loss"]) <= 2
+    assert first["best_checkpoint"]["stage"] == STAGE_JOINT and first["best_checkpoint"]["monitor"] == "val_auc"
+    assert sorted(os.listdir(run)).count("best") == 1 and not os.path.exists(os.path.join(run, "stage_1", "best"))
     again = train_run(tiny_data, "daian", run, cfg.model, cfg.train)
     assert all(h == {"skipped": True} for h in again["history"].values())
     assert again["auc"] == pytest.approx(first["auc"], abs=1e-6)
+    assert again["best_checkpoint"] == first["best_checkpoint"]
     other = tmp_path / "other"
     other.mkdir()
     spec = load_data_spec(tiny_data)
@@ -469,3 +510,130 @@ def test_shuffle_block_keeps_runs_of_records_and_drops_none(tiny_data, block):
         make_dataset(tiny_data, "train", spec, 64, shuffle_buffer=100, shuffle_block=0)
     with pytest.raises(ValueError, match="train.shuffle_block"):
         _cfg("train.shuffle_block=0").train.validate()
+
+
+# ---- validation split, best checkpoint, input checks --------------------------------------------
+
+def test_valid_split_selects_the_best_epoch_never_eval(tiny_data, tmp_path):
+    """With a valid split every epoch is validated on it; RUN/best holds the epoch with the best
+    val_auc, and that value is the model's AUC on valid (not on eval)."""
+    cfg = _cfg("train.three_stage=false", "train.epochs=3", "train.early_stopping_patience=1",
+               "train.learning_rate=0.5")
+    run = str(tmp_path / "r")
+    metrics = train_run(tiny_data, "din", run, cfg.model, cfg.train)
+    history = metrics["history"]["joint"]
+    assert metrics["valid_split"] is True
+    best = json.load(open(os.path.join(run, "best", "best.json")))
+    assert best == metrics["best_checkpoint"]
+    assert (best["stage"], best["monitor"]) == (STAGE_JOINT, "val_auc")
+    assert best["epoch"] == int(np.argmax(history["val_auc"]))
+    assert best["value"] == pytest.approx(max(history["val_auc"]))
+
+    def streaming_auc(model, split):
+        spec = load_data_spec(tiny_data)
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+        ds = make_dataset(tiny_data, split, spec, 256)
+        return model.evaluate(ds, verbose=0, return_dict=True)["auc"]
+
+    model, _, _ = load_run(run, checkpoint="best")
+    assert streaming_auc(model, "valid") == pytest.approx(best["value"], abs=1e-5)
+    assert abs(streaming_auc(model, "eval") - best["value"]) > 1e-3  # valid and eval differ here
+    final, _, _ = load_run(run)  # early stopping restored the best epoch's weights
+    assert streaming_auc(final, "valid") == pytest.approx(best["value"], abs=1e-5)
+
+
+def test_no_valid_split_no_best_checkpoint_and_early_stopping_is_an_error(tiny_data_no_valid, tmp_path):
+    tiny_data = tiny_data_no_valid
+    cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
+    run = str(tmp_path / "r")
+    metrics = train_run(tiny_data, "din", run, cfg.model, cfg.train)
+    assert metrics["valid_split"] is False and "best_checkpoint" not in metrics
+    assert not os.path.exists(os.path.join(run, "best"))
+    assert not any(k.startswith("val_") for k in metrics["history"]["joint"])  # eval is never a validation set
+    with pytest.raises(FileNotFoundError, match="has no best checkpoint.*use --checkpoint last"):
+        load_run(run, checkpoint="best")
+    stopping = _cfg("train.three_stage=false", "train.early_stopping_patience=2")
+    other = str(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"train.early_stopping_patience=2 needs a valid split, and .*/valid/ "
+                                         r"is absent"):
+        train_run(tiny_data, "din", other, stopping.model, stopping.train)
+    assert not os.path.exists(other)  # checked before anything was written
+    with pytest.raises(ValueError, match="train.early_stopping_patience: must be an integer >= 0"):
+        _cfg("train.early_stopping_patience=-1").train.validate()
+
+
+def _copy_data(src, dst, change):
+    shutil.copytree(src, dst)
+    change(dst)
+    return str(dst)
+
+
+def _empty_split(split):
+    def change(d):
+        for f in os.listdir(os.path.join(d, split)):
+            with tf.io.TFRecordWriter(os.path.join(d, split, f), tf.io.TFRecordOptions(compression_type="GZIP")):
+                pass
+    return change
+
+
+def _valid_removed(d):
+    """The valid split's folder goes while stats.json still counts its records."""
+    assert json.load(open(os.path.join(d, "stats.json")))["written"]["valid"] > 0
+    shutil.rmtree(os.path.join(d, "valid"))
+
+
+INPUT_CASES = [
+    ("no_dir", None, r"--data .*/no_dir: no such directory"),
+    ("no_spec", lambda d: os.remove(os.path.join(d, "spec.json")), r"no_spec/spec.json not found"),
+    ("no_train", lambda d: shutil.rmtree(os.path.join(d, "train")), r"no_train/train/ is missing"),
+    ("no_shards", lambda d: [os.remove(os.path.join(d, "eval", f)) for f in os.listdir(os.path.join(d, "eval"))],
+     r"no_shards/eval/ holds no \*.tfrecord.gz shards"),
+    ("empty_train", _empty_split("train"), r"empty_train/train/ has no records \(1 empty shard\(s\)\)"),
+    ("empty_eval", _empty_split("eval"), r"empty_eval/eval/ has no records"),
+    ("valid_missing", _valid_removed, r"valid_missing/valid/ is missing, but .*stats.json counts \d+ valid records"),
+]
+
+
+@pytest.mark.parametrize("case,change,message", INPUT_CASES, ids=[c[0] for c in INPUT_CASES])
+def test_train_cli_checks_its_input_first(tiny_data, tmp_path, caplog, case, change, message):
+    """`tirec train` on bad input: exit 2 and one error line, before anything is built or written."""
+    from tirec import cli
+
+    data = str(tmp_path / case) if change is None else _copy_data(tiny_data, tmp_path / case, change)
+    run = tmp_path / "run"
+    caplog.clear()
+    assert cli.main(["train", "--data", data, "--model", "din", "--out", str(run)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert re.search(message, errors[0]), errors[0]
+    assert not run.exists()
+
+
+def test_train_cli_rejects_a_run_folder_of_other_data(tiny_data, tmp_path, caplog):
+    from tirec import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    import dataclasses
+
+    dataclasses.replace(load_data_spec(tiny_data), intent_levels=4).save(str(run / "spec.json"))
+    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--out", str(run)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert f"--out {run} holds a run on other data: its spec.json differs from {tiny_data}/spec.json: " \
+           f"intent_levels: 4 != 6" in errors[0]
+    assert sorted(os.listdir(run)) == ["spec.json"]  # nothing else written
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="the machine has a GPU to mirror over")
+def test_mirrored_without_gpu_needs_cpu_replicas(tiny_data, tmp_path, caplog):
+    from tirec import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--out", str(run),
+                     "--strategy", "mirrored"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert "--strategy mirrored: this machine has no GPU, so it would train one replica; pass " \
+           "--cpu-replicas N (train.cpu_replicas)" in errors[0]
+    assert not run.exists()

@@ -11,6 +11,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from tirec.config import load_config
 from tirec.models.base import model_input_names
+from tirec.models.data import make_dataset
 from tirec.models.train import load_run, train_run
 from tirec.pipeline import job, synthetic
 from tirec.pipeline.config import PipelineConfig
@@ -184,3 +185,50 @@ def test_request_round_trip_and_errors(run, exported):
     no_trigger = {**req, "trigger": None}
     f = C.request_features(spec, no_trigger)
     assert f["has_trigger"].tolist() == [0] * len(req["candidates"])
+
+
+def _exported_weights(path, n):
+    """The model's weights in an export, in the order of the Keras model's ``variables``."""
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    assert f"model/variables/{n}/.ATTRIBUTES/VARIABLE_VALUE" not in reader.get_variable_to_shape_map()
+    return [reader.get_tensor(f"model/variables/{i}/.ATTRIBUTES/VARIABLE_VALUE") for i in range(n)]
+
+
+def test_export_checkpoint_best_or_last(run, exported, tmp_path, caplog):
+    """`tirec export --checkpoint best` exports the run's best checkpoint, `last` (default) its
+    final weights; a run without a best checkpoint is refused, naming the flag."""
+    import shutil
+
+    from tirec import cli
+
+    base = str(tmp_path / "models")
+    # a run without a best checkpoint (trained without a valid split)
+    no_best = str(tmp_path / "no_best")
+    shutil.copytree(run["run"], no_best)
+    shutil.rmtree(os.path.join(no_best, "best"))
+    assert cli.main(["export", "--model-dir", no_best, "--out", base, "--name", "m",
+                     "--checkpoint", "best"]) == 2
+    assert "has no best checkpoint" in caplog.text and "use --checkpoint last" in caplog.text
+    # a run whose best checkpoint holds other weights than its final ones
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(run["run"], run_dir)
+    model, spec, _ = load_run(run_dir)
+    x, _ = next(iter(make_dataset(run["data"], "eval", spec, 4)))
+    model({k: v for k, v in x.items() if k in model_input_names(spec)})  # build: the weights load
+    last = [v.numpy() for v in model.variables]
+    assert last
+    for v in model.trainable_variables:
+        v.assign_add(tf.fill(v.shape, 0.25))
+    model.save_weights(os.path.join(run_dir, "best", "weights"))
+    record = {"stage": 3, "epoch": 1, "monitor": "val_auc", "value": 0.61}
+    json.dump(record, open(os.path.join(run_dir, "best", "best.json"), "w"))
+    best = [v.numpy() for v in model.variables]
+    assert any(not np.array_equal(a, b) for a, b in zip(best, last))
+    assert cli.main(["export", "--model-dir", run_dir, "--out", base, "--name", "best", "--warmup-rows", "0",
+                     "--checkpoint", "best"]) == 0
+    # the default (the `exported` fixture, same run): last
+    for path, want, name in ((os.path.join(base, "best", "1"), best, "best"), (exported, last, "last")):
+        for i, (got, w) in enumerate(zip(_exported_weights(path, len(want)), want)):
+            np.testing.assert_array_equal(got, w, err_msg=f"{name} variable {i}")
+        assets = json.load(open(os.path.join(path, "assets", "config.json")))
+        assert assets["checkpoint"] == ({"name": "best", **record} if name == "best" else {"name": "last"})
