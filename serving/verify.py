@@ -1,9 +1,11 @@
 """Serving parity: the served model must score eval rows as the trained run does offline.
 
     tirec verify-serving --target 127.0.0.1:8500 --model NAME --model-dir RUN [--data T] [--rows N]
+        [--checkpoint last|best]
 
 Scores the first N eval rows through the server (``serving_default``, serialized tf.Examples)
-and offline (the run's Keras model rebuilt by :func:`tirec.models.train.load_run`), and compares
+and offline (the run's Keras model rebuilt by :func:`tirec.models.train.load_run` with the
+weights the model was exported from: ``last`` or ``best``, as for ``tirec export``), and compares
 the click probability (and the intent distribution of intent models). Fails, naming the rows,
 when any absolute difference exceeds the tolerance (default 1e-6).
 """
@@ -34,14 +36,14 @@ def offline_scores(model, spec, records: list[bytes], batch_size: int = 1024) ->
 
 def verify_serving(target: str, model_name: str, run_dir: str, data_dir: str | None = None,
                    rows: int = 2000, batch_size: int = 256, tolerance: float = 1e-6,
-                   version: int | None = None) -> dict:
+                   version: int | None = None, checkpoint: str = "last") -> dict:
     """Compares served and offline scores of eval rows; returns a report dict.
 
     The report has ``rows``, ``max_abs_diff`` per output, ``version`` (what the server answered
     with) and ``bad_rows`` (index, request id, output, served, offline) for every row over the
     tolerance; ``ok`` is True when there are none.
     """
-    model, spec, cfg = load_run(run_dir)
+    model, spec, cfg = load_run(run_dir, checkpoint=checkpoint)
     data_dir = data_dir or cfg.get("data")
     if not data_dir:
         raise ValueError("verify-serving: the run records no data folder; pass --data T")

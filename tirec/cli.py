@@ -378,6 +378,8 @@ def _add_verify_serving(sub) -> None:
     p.add_argument("--rows", type=int, default=2000, help="eval rows to compare")
     p.add_argument("--version", type=int, help="pin a version")
     p.add_argument("--tolerance", type=float, default=1e-6)
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="the weights the served model was exported with (as for `tirec export`)")
     p.set_defaults(func=_run_verify_serving)
 
 
@@ -385,7 +387,7 @@ def _run_verify_serving(args, _extra) -> int:
     from tirec.serving.verify import verify_serving
 
     report = verify_serving(args.target, args.model, args.model_dir, args.data, args.rows,
-                            tolerance=args.tolerance, version=args.version)
+                            tolerance=args.tolerance, version=args.version, checkpoint=args.checkpoint)
     print(json.dumps(report, indent=2))
     if not report["ok"]:
         log.error("served scores differ from offline scores on %d row(s), e.g. %s",

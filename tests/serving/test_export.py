@@ -232,3 +232,36 @@ def test_export_checkpoint_best_or_last(run, exported, tmp_path, caplog):
             np.testing.assert_array_equal(got, w, err_msg=f"{name} variable {i}")
         assets = json.load(open(os.path.join(path, "assets", "config.json")))
         assert assets["checkpoint"] == ({"name": "best", **record} if name == "best" else {"name": "last"})
+    _verify_against(os.path.join(base, "best", "1"), run_dir, run["data"])
+
+
+def _verify_against(version_dir, run_dir, data_dir):
+    """verify-serving compares a best-checkpoint export with the run's best weights: it passes
+    with ``checkpoint="best"`` and reports the mismatch against the final weights."""
+    from tirec.serving import verify
+
+    signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+
+    class InProcessClient:  # stands in for the gRPC client: scores with the exported model
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def predict(self, examples):
+            out = {k: v.numpy() for k, v in signature(examples=tf.constant(examples)).items()}
+            return {**out, "_version": 1}
+
+    real = verify.PredictClient
+    verify.PredictClient = InProcessClient
+    try:
+        best = verify.verify_serving("in-process", "best", run_dir, data_dir, rows=64, checkpoint="best")
+        last = verify.verify_serving("in-process", "best", run_dir, data_dir, rows=64)
+    finally:
+        verify.PredictClient = real
+    assert best["ok"] and best["rows"] == 64
+    assert not last["ok"] and last["bad_rows"]
