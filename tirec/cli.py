@@ -79,7 +79,7 @@ def _drop_beam_gcp_notice(record: logging.LogRecord) -> bool:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (sections: generator, pipeline)")
+    p.add_argument("--config", help="YAML config file (sections: generator, pipeline, model, train)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set pipeline.max_seq_len=30 (repeatable)")
 
