@@ -25,15 +25,33 @@ def _run(cmd: list[str]) -> None:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr[-4000:]}")
 
 
-def _eval_columns(data_dir: str, spec, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Columns of the eval split in the order ``predict_eval`` reads it (file order)."""
-    from tirec.models.data import make_dataset
+def _eval_predictions(model, data_dir: str, spec, batch_size: int = 4096) -> dict[str, np.ndarray]:
+    """DAIAN's intent output on every eval record, with the record's user, request, level and
+    ground-truth intent (the records parsed whole, so the meta column ``request_id`` is there)."""
+    import tensorflow as tf
 
-    out = {n: [] for n in names}
-    for x, _ in make_dataset(data_dir, "eval", spec, 4096):
-        for n in names:
-            out[n].append(x[n].numpy().reshape(-1))
-    return {n: np.concatenate(v) for n, v in out.items()}
+    from tirec.models.base import model_input_names
+    from tirec.models.data import shard_files
+
+    names = model_input_names(spec)
+    parse = spec.parse_example_spec()
+
+    @tf.function
+    def step(batch):
+        x = tf.io.parse_example(batch, parse)
+        out = model({k: v for k, v in x.items() if k in names}, training=False)
+        return x, out["intent"]
+
+    cols = {k: [] for k in ("user_id", "request_id", "level", "intent_true", "intent_pred")}
+    records = tf.data.TFRecordDataset(shard_files(data_dir, "eval"), compression_type="GZIP")
+    for batch in records.batch(batch_size):
+        x, intent = step(batch)
+        cols["user_id"].append(x["user_id"].numpy().reshape(-1))
+        cols["request_id"].append(x["request_id"].numpy().reshape(-1))
+        cols["level"].append(x["trigger_target_level"].numpy().reshape(-1))
+        cols["intent_true"].append(model.intent_target(x["intent_dist"]).numpy())
+        cols["intent_pred"].append(intent.numpy())
+    return {k: np.concatenate(v) for k, v in cols.items()}
 
 
 def reachable_levels(request_ids: np.ndarray, levels: np.ndarray, n_levels: int) -> np.ndarray:
@@ -75,13 +93,10 @@ def planted_intent_js(data_dir: str, raw_dir: str, run_dir: str) -> dict:
     import pandas as pd
 
     from tirec.models import metrics as M
-    from tirec.models.train import load_run, predict_eval
+    from tirec.models.train import load_run
 
     model, spec, _ = load_run(run_dir)
-    pred = predict_eval(model, data_dir, spec, 4096)
-    cols = _eval_columns(data_dir, spec, ("user_id", "request_id", "trigger_target_level"))
-    if not np.array_equal(cols["user_id"], pred["user_id"]):
-        raise SystemExit("eval rows were read in a different order than predict_eval's")
+    pred = _eval_predictions(model, data_dir, spec)
     users = pred["user_id"]
     uniq, inv = np.unique(users, return_inverse=True)
     n = pred["intent_pred"].shape[1]
@@ -94,7 +109,7 @@ def planted_intent_js(data_dir: str, raw_dir: str, run_dir: str) -> dict:
     out = {"all": float(js.mean()), "users": int(len(uniq))}
     has = pred["intent_true"].sum(axis=1) > 0
     label = pred["intent_true"][has]
-    reach = reachable_levels(cols["request_id"], cols["trigger_target_level"], n)[has]
+    reach = reachable_levels(pred["request_id"], pred["level"], n)[has]
     scores = {
         "request_js": M.js_divergence(label, pred["intent_pred"][has]),
         "oracle_request_js": M.js_divergence(label, planted[inv][has]),
