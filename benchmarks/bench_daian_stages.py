@@ -11,15 +11,17 @@ pipeline.valid_days=0``) -> DAIAN's three stages with the fixed config above
 (``tirec.models.train.train_run``) -> exact eval AUC / GAUC / logloss:
 
 * **after stage 2**: the stage-2 weights (``RUN/stage_2/weights``) in stage 2 with stage 2's
-  inputs (``model._stage_inputs(x, y)`` on each eval batch), i.e. what stage 2 optimised;
+  inputs (``model.stage_forward(x)`` on each eval batch; ``model._stage_inputs(x, y)`` on older
+  checkouts), i.e. what stage 2 optimised;
 * **after stage 3**: the final model (``train_run``'s own metrics).
 
 Also reports the per-epoch validation AUC of every stage, the wall time of the pipeline and of
 the training, and a leak diagnostic: the eval AUC of the single feature "the intent fed in stage
 2 is empty" as a click score (0.5 when that input says nothing about the row's label).
 
-The script runs on any checkout whose stage 2 goes through ``TirModel._stage_inputs``: it reads
-the fed intent from ``true_intent`` (the old leave-one-out input) or ``prior_intent``. Writes
+The script runs on any checkout whose stage 2 goes through ``TirModel.stage_forward`` or
+``TirModel._stage_inputs``: it reads the fed intent from ``true_intent`` (the old leave-one-out
+input) or ``prior_intent``. Writes
 ``WORK/result.json`` and prints a Markdown table.
 """
 from __future__ import annotations
@@ -71,13 +73,15 @@ def stage2_metrics(run_dir: str, data_dir: str, batch_size: int) -> dict:
     model.set_stage(STAGE_DIE)
     names = set(model_input_names(spec))
 
+    staged = hasattr(model, "stage_forward")  # the stage feeds its inputs to forward
+
     @tf.function
     def step(x):
-        return model(x, training=False)
+        return model.stage_forward(x, training=False) if staged else model(x, training=False)
 
     out = {"label": [], "prob": [], "user": [], "empty": []}
     for x, y in make_dataset(data_dir, "eval", spec, batch_size):
-        x_stage = model._stage_inputs(x, y)
+        x_stage = x if staged else model._stage_inputs(x, y)
         intent = fed_intent(x_stage)
         keep = names | (set(x_stage) - set(x)) | {"prior_intent"}
         pred = step({k: v for k, v in x_stage.items() if k in keep})

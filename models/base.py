@@ -5,13 +5,15 @@ TIR model uses (MODELS.md §0): the user ``E_u``, context ``E_c``, trigger ``e_t
 ``e_i`` (``[id ‖ side fields]``) and the behaviour sequence ``E_S`` with its mask. Tables are
 declared by the spec; target, trigger and history ids share the ``item`` table.
 
-:class:`TirModel` is the Keras model base. It owns the losses (BCE on the click, KL on the intent
-distribution with unlabelled requests masked out), their per-replica scaling, a streaming AUC
-for progress display, and DAIAN's stage switch: stage ``1`` trains the intent model alone on
-KL, stage ``2`` trains the rest on BCE with a label-free intent fed in (the record's
-``prior_intent``: the user's click levels before the request, MODELS.md §1.1), stage ``3``
-trains everything on BCE with a second, slower optimizer for the intent model (MODELS.md §1.8).
-Single-stage models always run in stage ``3`` semantics with one optimizer.
+:class:`TirModel` is the Keras model base. Its losses belong to task layers
+(:mod:`tirec.models.tasks`: BCE on the click with AUC, KL on the intent distribution with
+unlabelled requests masked out), and a training :class:`Stage` is data: which tasks count, which
+variable groups train with which optimizers, and which record columns it feeds in. DAIAN's
+stages (MODELS.md §1.8): stage ``1`` trains the intent model alone on KL, stage ``2`` trains the
+rest on BCE with a label-free intent fed in (the record's ``prior_intent``: the user's click
+levels before the request, MODELS.md §1.1), stage ``3`` trains everything on BCE with a second,
+slower optimizer for the intent model. Single-stage models always run in stage ``3`` with one
+learning rate. Keras' train and test functions are traced once per stage.
 
 Precision: a model takes the Keras global dtype policy in force when it is built (see
 :func:`precision_scope`, used by ``tirec.models.train.build_model``). Under ``mixed_bfloat16``
@@ -19,17 +21,19 @@ its layers compute in bfloat16 while every variable (embedding tables and the fr
 table included) stays float32; the frozen multimodal vectors, the similarities and the explicit
 mask built from them, softmaxes, losses, metrics and the ``ctr``/``intent`` outputs are float32.
 
-Loss: a step minimises the stage's data loss (the mean over the global batch, see
-:func:`global_batch_mean`) plus every regulariser (:meth:`TirModel.regularization_loss`: the
-layers' ``add_loss`` terms and ``model.l2`` on the Dense kernels). Loss scaling: ``train_step``
-divides that whole sum, in one place, by the number of replicas in sync; each replica sees its
-share of the global batch and the replicas' gradients are summed, so the update equals the one
-of a single device on the global batch (each regulariser counts once). The ``loss`` metric is
-the data loss; ``reg_loss`` (only with ``model.l2`` > 0) is the regularisation.
+Loss: a step minimises the stage's data loss (the weighted sum of its tasks' losses, each the
+mean over the global batch, see ``tasks.global_batch_mean``) plus every regulariser
+(:meth:`TirModel.regularization_loss`: the layers' ``add_loss`` terms and ``model.l2`` on the
+Dense kernels the stage trains). Loss scaling: ``tasks.replica_objective`` divides that whole
+sum, in one place, by the number of replicas in sync; each replica sees its share of the global
+batch and the replicas' gradients are summed, so the update equals the one of a single device
+on the global batch (each regulariser counts once). The ``loss`` metric is the data loss;
+``reg_loss`` (only with ``model.l2`` > 0) is the regularisation.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +42,7 @@ from tirec.features.spec import FeatureSpec
 from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
 from tirec.models.layers import FrozenItemTable, HashedEmbedding
 from tirec.models.layers.sequence import unique_rows
+from tirec.models.tasks import CTR, INTENT, CtrTask, IntentTask, replica_objective
 
 keras = tf.keras
 
@@ -65,6 +70,64 @@ def check_stage_inputs(columns, stages) -> None:
             f"DAIAN's stage 2 feeds the record column(s) {missing} as its intent input, and these "
             f"records lack them (written by an older `tirec pipeline`): re-run `tirec pipeline`, or "
             f"train with --set train.three_stage=false")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training stage, as data: everything a train or validation step does differently in it.
+
+    A model's train and test functions are traced once per stage (keyed by the Stage, which is
+    hashable), so switching stages needs no ``compile()``.
+
+    Attributes:
+      number: 1, 2 or 3: the run folder's ``stage_<number>/`` and the ``stage`` of ``best.json``.
+      name: the stage's name in the history, the logs and the backup folders.
+      tasks: ``(task name, weight)`` pairs (``ctr``, ``intent``: ``tirec.models.tasks``); the
+        stage's data loss is their weighted sum. The model's other tasks update only their metrics.
+      train: ``(variable group, learning-rate scale)`` pairs: the groups the stage trains
+        (``uim``: the intent model's variables; ``main``: every other trainable variable), in
+        this order, each with an optimizer of its own (the base learning rate times the scale,
+        see :meth:`TirModel.compile`).
+      feeds: record columns the stage passes to ``forward`` as keyword inputs of the same name
+        (stage 2: ``prior_intent``, the label-free intent that replaces the UIM's prediction).
+      monitor: the validation metric the best checkpoint and early stopping watch.
+      mode: ``max`` or ``min``: which way ``monitor`` improves.
+    """
+
+    number: int
+    name: str
+    tasks: tuple[tuple[str, float], ...]
+    train: tuple[tuple[str, float], ...]
+    feeds: tuple[str, ...] = ()
+    monitor: str = "val_auc"
+    mode: str = "max"
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(g for g, _ in self.train)
+
+
+VARIABLE_GROUPS = ("main", "uim")
+UIM_PRETRAIN = Stage(STAGE_UIM, "uim_pretrain", tasks=((INTENT, 1.0),), train=(("uim", 1.0),),
+                     monitor="val_loss", mode="min")
+DIE_PRETRAIN = Stage(STAGE_DIE, "die_pretrain", tasks=((CTR, 1.0),), train=(("main", 1.0),),
+                     feeds=STAGE_INPUTS[STAGE_DIE])
+
+
+def joint_stage(uim_lr_scale: float = 1.0) -> Stage:
+    """Stage 3: everything on the click loss, the UIM at ``uim_lr_scale`` times the learning
+    rate (MODELS.md §1.8; 1.0 for a single-stage run)."""
+    return Stage(STAGE_JOINT, "joint", tasks=((CTR, 1.0),), train=(("main", 1.0), ("uim", float(uim_lr_scale))))
+
+
+def as_stage(stage) -> Stage:
+    """``stage`` itself, or the default :class:`Stage` of a stage number (1, 2 or 3)."""
+    if isinstance(stage, Stage):
+        return stage
+    defaults = {STAGE_UIM: UIM_PRETRAIN, STAGE_DIE: DIE_PRETRAIN, STAGE_JOINT: joint_stage()}
+    if isinstance(stage, bool) or stage not in defaults:
+        raise ValueError(f"stage must be 1, 2, 3 or a Stage; received stage={stage!r}")
+    return defaults[stage]
 
 
 @contextlib.contextmanager
@@ -183,12 +246,27 @@ class FeatureEmbedder(keras.layers.Layer):
                 "shards": self.shards, "context": self.context}
 
 
-class TirModel(keras.Model):
-    """Base of the registered models: staged losses, per-replica scaling, two optimizers.
+class _StageCache:
+    """Per-stage state Keras must not track (a plain object): the traced train and test
+    functions keyed by ``(kind, Stage)``, and the learning-rate scale each stage optimizer was
+    made with."""
 
-    Subclasses implement ``forward(inputs, training) -> {"ctr": [B, 1] probability, optionally
-    "intent": [B, n]}`` and may put intent-model layers under ``self.uim`` (a Layer) so stage 3
-    can give them their own optimizer.
+    def __init__(self):
+        self.functions, self.scales = {}, {}
+
+
+class TirModel(keras.Model):
+    """Base of the registered models: tasks, training stages, per-replica scaling.
+
+    Subclasses implement ``forward(inputs, training, **feeds) -> {"ctr": [B, 1] probability,
+    optionally "intent": [B, n]}`` (``feeds``: the keyword inputs their stages feed, see
+    :class:`Stage`) and may put intent-model layers under ``self.uim`` (a Layer): the ``uim``
+    variable group, which stages train apart from the rest (``main``).
+
+    The losses belong to the tasks (``self.tasks``: ``ctr``, plus ``intent`` for a model with
+    an intent output; :mod:`tirec.models.tasks`); the stage (:meth:`set_stage`) says which of
+    them count, which variable groups train and with which optimizers. Keras' train and test
+    functions are traced once per stage, so a stage switch needs no ``compile()``.
     """
 
     has_intent = False
@@ -205,42 +283,142 @@ class TirModel(keras.Model):
         self.spec = spec
         self.model_config = model_config
         self.num_items, self.item_dim = int(num_items), int(item_dim)
-        self.stage = STAGE_JOINT
+        self.stage = joint_stage()
         self.items = FrozenItemTable(num_items=self.num_items, dim=self.item_dim, name="items",
                                      dtype="float32")
+        self.tasks = {CTR: CtrTask()}
+        if self.has_intent:
+            self.tasks[INTENT] = IntentTask()
         self.loss_tracker = keras.metrics.Mean(name="loss", dtype="float32")
-        self.auc_tracker = keras.metrics.AUC(name="auc", num_thresholds=2000, dtype="float32")
-        self.kl_tracker = keras.metrics.Mean(name="intent_kl", dtype="float32")
         self.reg_tracker = keras.metrics.Mean(name="reg_loss", dtype="float32")
         self.uim_optimizer = None
+        self._make_optimizer = None
+        self._stage_optimizers = {}
+        self._cache = _StageCache()
 
     # ---- set-up -------------------------------------------------------------------------------
     def set_item_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Loads the pipeline's multimodal vectors into the frozen item table."""
         self.items.set_table(ids, vectors)
 
-    def set_stage(self, stage: int) -> None:
-        if stage not in (STAGE_UIM, STAGE_DIE, STAGE_JOINT):
-            raise ValueError(f"stage must be 1, 2 or 3; received stage={stage!r}")
-        if stage != STAGE_JOINT and not self.has_intent:
+    def set_stage(self, stage) -> None:
+        """Makes ``stage`` (a :class:`Stage`, or a stage number for its default) the one the
+        next train and validation steps run in."""
+        stage = as_stage(stage)
+        if stage.number != STAGE_JOINT and not self.has_intent:
             raise ValueError(f"{type(self).__name__} has no intent model; only stage 3 applies")
+        unknown = sorted({t for t, _ in stage.tasks} - set(self.tasks))
+        if unknown:
+            raise ValueError(f"stage {stage.name}: {type(self).__name__} has no task {unknown}; "
+                             f"its tasks are {sorted(self.tasks)}")
+        groups = sorted(set(stage.groups) - set(VARIABLE_GROUPS))
+        if groups:
+            raise ValueError(f"stage {stage.name}: unknown variable group(s) {groups}; "
+                             f"valid: {list(VARIABLE_GROUPS)}")
         self.stage = stage
 
-    def compile(self, optimizer, uim_optimizer=None, **kwargs):
-        super().compile(optimizer=optimizer, **kwargs)
+    def compile(self, optimizer=None, uim_optimizer=None, make_optimizer=None, **kwargs):
+        """Configures training (the Keras ``compile`` arguments in ``kwargs``).
+
+        Args:
+          optimizer: an optimizer for every stage: it trains every variable group, except that
+            in a stage that trains several groups ``uim_optimizer`` (when given) trains ``uim``.
+            The stages' learning-rate scales do not apply to instances.
+          uim_optimizer: see ``optimizer``.
+          make_optimizer: instead of instances, a callable ``lr_scale -> a new optimizer``:
+            every (stage, variable group) gets an optimizer of its own, made (under the
+            model's strategy) when the stage is first used, with the stage's scale.
+        """
+        if (optimizer is None) == (make_optimizer is None):
+            raise ValueError("compile: pass either optimizer (with an optional uim_optimizer) or "
+                             "make_optimizer")
+        self._make_optimizer = make_optimizer
+        self._stage_optimizers = {}
+        self._cache = _StageCache()
         self.uim_optimizer = uim_optimizer
+        if make_optimizer is not None:
+            optimizer = self._use_stage_optimizers(self.stage)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def stage_optimizers(self, stage=None) -> dict:
+        """``{variable group: optimizer}`` of ``stage`` (default: the current one)."""
+        stage = self.stage if stage is None else as_stage(stage)
+        if self._make_optimizer is None:
+            several = len(stage.train) > 1 and self.uim_optimizer is not None
+            return {g: self.uim_optimizer if (g == "uim" and several) else self.optimizer for g in stage.groups}
+        out = {}
+        for group, scale in stage.train:
+            key = f"{stage.name}_{group}"
+            if key not in self._stage_optimizers:
+                with self.distribute_strategy.scope():
+                    self._stage_optimizers[key] = self._make_optimizer(scale)
+                self._cache.scales[key] = scale
+            elif self._cache.scales[key] != scale:
+                raise ValueError(f"stage {stage.name}: its {group} optimizer was made for learning-rate scale "
+                                 f"{self._cache.scales[key]}, and this stage asks for {scale}: give a stage "
+                                 f"of other settings another name, or set_stage before compile")
+            out[group] = self._stage_optimizers[key]
+        return out
+
+    def _use_stage_optimizers(self, stage: Stage):
+        """With ``make_optimizer``: points ``optimizer`` (the ``main`` group's, else the only
+        one) and ``uim_optimizer`` (the ``uim`` group's beside ``main``) at ``stage``'s, where
+        Keras callbacks and checkpoints look for them. Returns ``optimizer``."""
+        optimizers = self.stage_optimizers(stage)
+        main = optimizers.get("main", next(iter(optimizers.values())))
+        if self._make_optimizer is not None:
+            self.optimizer = main
+            self.uim_optimizer = optimizers.get("uim") if "main" in optimizers else None
+        return main
+
+    def make_train_function(self, force=False):
+        """Keras' train function for the current stage, traced once per stage."""
+        self._use_stage_optimizers(self.stage)
+        return self._stage_function("train", super().make_train_function, force)
+
+    def make_test_function(self, force=False):
+        """Keras' test function for the current stage, traced once per stage."""
+        return self._stage_function("test", super().make_test_function, force)
+
+    def _stage_function(self, kind: str, make, force: bool):
+        """Keras' ``make_<kind>_function`` for the current stage, made once per stage (and
+        the traced ``train_tf_function`` TensorBoard logs with it)."""
+        key, attr = (kind, self.stage), f"{kind}_function"
+        if force or key not in self._cache.functions:
+            setattr(self, attr, None)  # Keras returns its cached function otherwise
+            function = make(force=True)
+            self._cache.functions[key] = (function, getattr(self, "train_tf_function", None))
+        function, traced = self._cache.functions[key]
+        setattr(self, attr, function)
+        if kind == "train":
+            self.train_tf_function = traced
+        return function
 
     @property
     def metrics(self):
         regularised = self.model_config.l2 > 0
-        return [self.loss_tracker, self.auc_tracker, self.kl_tracker] + ([self.reg_tracker] if regularised else [])
+        tasks = [self.tasks[CTR].auc] + ([self.tasks[INTENT].kl] if INTENT in self.tasks else [])
+        return [self.loss_tracker] + tasks + ([self.reg_tracker] if regularised else [])
 
     # ---- forward ------------------------------------------------------------------------------
-    def call(self, inputs, training=False):
-        return self.forward(inputs, training=training)
+    def call(self, inputs, training=False, **feeds):
+        return self.forward(inputs, training=training, **feeds)
 
-    def forward(self, inputs, training=False):
+    def forward(self, inputs, training=False, **feeds):
         raise TypeError(f"{type(self).__name__} must define forward()")
+
+    def stage_forward(self, x, stage=None, training=False):
+        """The outputs for the batch ``x`` (record columns) in ``stage`` (default: the current
+        one), with the stage's feeds passed to ``forward``, in training and validation alike.
+
+        Stage 2 feeds DAIAN ``x["prior_intent"]`` as its intent input: the user's time-decayed
+        click levels before the request, written by the pipeline. It carries no label of the
+        row's own request (the request's own click distribution, or that minus the row's own
+        click, would: MODELS.md §1.1); no stage feeds a target.
+        """
+        stage = self.stage if stage is None else as_stage(stage)
+        check_stage_inputs(x, [stage.number])
+        return self(x, training=training, **{name: x[name] for name in stage.feeds})
 
     def request_rows(self, inputs):
         """The request-level inputs (:func:`request_input_names`), one row per distinct request
@@ -260,16 +438,35 @@ class TirModel(keras.Model):
         uim = getattr(self, "uim", None)
         return list(uim.trainable_variables) if uim is not None else []
 
+    def variable_groups(self) -> dict[str, list]:
+        """``{"main": [...], "uim": [...]}``: the trainable variables of each group."""
+        uim = self.uim_variables()
+        ids = {id(v) for v in uim}
+        return {"main": [v for v in self.trainable_variables if id(v) not in ids], "uim": uim}
+
+    def trained_variables(self, stage=None) -> list:
+        """The variables ``stage`` (default: the current one) trains, group by group."""
+        stage = self.stage if stage is None else as_stage(stage)
+        groups = self.variable_groups()
+        return [v for g in stage.groups for v in groups[g]]
+
     # ---- losses -------------------------------------------------------------------------------
-    def _stage_loss(self, x, y, outputs):
-        """The stage's data loss (see :func:`global_batch_mean`): the mean intent KL over the
-        labelled requests in stage 1, the mean click BCE otherwise."""
-        if self.stage == STAGE_UIM:
-            true = self.intent_target(y["intent"])
-            has = tf.cast(tf.reduce_sum(true, axis=-1) > 0, tf.float32)
-            return global_batch_mean(intent_kl(true, outputs["intent"]), has)
-        label = tf.cast(y["ctr"], tf.float32)
-        return global_batch_mean(keras.losses.binary_crossentropy(label, outputs["ctr"]))
+    def task_losses(self, y, outputs) -> dict[str, tf.Tensor]:
+        """Every task's data loss on the batch (and its metrics updated): ``ctr`` from the click
+        label, ``intent`` from the intent label projected by :meth:`intent_target`."""
+        losses = {CTR: self.tasks[CTR](y["ctr"], outputs["ctr"])}
+        if INTENT in self.tasks and "intent" in outputs:
+            losses[INTENT] = self.tasks[INTENT](self.intent_target(y["intent"]), outputs["intent"])
+        return losses
+
+    @staticmethod
+    def stage_loss(stage: Stage, losses: dict) -> tf.Tensor:
+        """The stage's data loss: the weighted sum of its tasks' losses."""
+        missing = [t for t, _ in stage.tasks if t not in losses]
+        if missing:
+            raise ValueError(f"stage {stage.name} counts task(s) {missing}, and the model gave no such "
+                             f"output; outputs with a task: {sorted(losses)}")
+        return tf.add_n([weight * losses[task] for task, weight in stage.tasks])
 
     def l2_kernels(self) -> list:
         """The kernels of the model's Dense layers: the weights ``model.l2`` penalises."""
@@ -296,75 +493,54 @@ class TirModel(keras.Model):
                 terms.append(float(self.model_config.l2) * squares)
         return tf.add_n(terms) if terms else tf.zeros([], tf.float32)
 
-    def _stage_inputs(self, x, y):
-        """The inputs of the current stage, in training and validation alike.
-
-        Stage 2 feeds DAIAN ``x["prior_intent"]`` as its intent input: the user's time-decayed
-        click levels before the request, written by the pipeline. It carries no label of the
-        row's own request (the request's own click distribution, or that minus the row's own
-        click, would: MODELS.md §1.1), so the targets ``y`` are never read.
-        """
-        check_stage_inputs(x, [self.stage])
-        return x
-
-    def _trainable_split(self):
-        uim = self.uim_variables()
-        uim_ids = {id(v) for v in uim}
-        rest = [v for v in self.trainable_variables if id(v) not in uim_ids]
-        if self.stage == STAGE_UIM:
-            return [], uim
-        if self.stage == STAGE_DIE:
-            return rest, []
-        return rest, uim
-
+    # ---- steps --------------------------------------------------------------------------------
     def train_step(self, data):
         x, y = data
-        x = self._stage_inputs(x, y)
+        stage = self.stage  # one train function per stage: see make_train_function
         with tf.GradientTape() as tape:
-            outputs = self(x, training=True)
-            main, uim = self._trainable_split()
-            loss = self._stage_loss(x, y, outputs)
-            reg = self.regularization_loss(main + uim)
-            # The one place the loss is scaled: the replicas' gradients are summed, so each
-            # replica's whole objective (data loss + regularisation) is divided by their number.
-            scaled = (loss + reg) / tf.distribute.get_strategy().num_replicas_in_sync
-        grads = tape.gradient(scaled, main + uim)
-        uim_opt = self.uim_optimizer if (self.stage == STAGE_JOINT and self.uim_optimizer is not None) \
-            else self.optimizer
-        # Variables the loss does not reach get no update (e.g. the UIM when use_die=false:
-        # nothing downstream reads its intent); an optimizer with nothing to do is skipped.
-        main_pairs = [(g, v) for g, v in zip(grads[:len(main)], main) if g is not None]
-        uim_pairs = [(g, v) for g, v in zip(grads[len(main):], uim) if g is not None]
-        if uim_opt is self.optimizer:
-            main_pairs, uim_pairs = main_pairs + uim_pairs, []
-        if main_pairs:
-            self.optimizer.apply_gradients(main_pairs)
-        if uim_pairs:
-            uim_opt.apply_gradients(uim_pairs)
-        return self._update_metrics(loss, reg, y, outputs)
+            outputs = self.stage_forward(x, stage, training=True)
+            variables = self.trained_variables(stage)  # after the forward pass has built them
+            loss = self.stage_loss(stage, self.task_losses(y, outputs))
+            reg = self.regularization_loss(variables)
+            objective = replica_objective(loss, reg)
+        self._apply_gradients(stage, tape.gradient(objective, variables))
+        return self._update_metrics(loss, reg)
+
+    def _apply_gradients(self, stage: Stage, grads) -> None:
+        """Applies each group's gradients with its optimizer (one call per optimizer).
+
+        Variables the loss does not reach get no update (e.g. the UIM when use_die=false:
+        nothing downstream reads its intent); an optimizer with nothing to do is skipped.
+        """
+        optimizers, groups = self.stage_optimizers(stage), self.variable_groups()
+        pairs, grads = {}, iter(grads)
+        for group in stage.groups:
+            opt = optimizers[group]
+            if self._make_optimizer is None and hasattr(opt, "build"):
+                with tf.init_scope():  # an instance may train other groups in another stage
+                    opt.build(self.trainable_variables)
+            batch = [(g, v) for v, g in zip(groups[group], grads) if g is not None]
+            pairs.setdefault(id(opt), (opt, []))[1].extend(batch)
+        for opt, batch in pairs.values():
+            if batch:
+                opt.apply_gradients(batch)
 
     def test_step(self, data):
         x, y = data
-        x = self._stage_inputs(x, y)
-        outputs = self(x, training=False)
-        main, uim = self._trainable_split()
-        return self._update_metrics(self._stage_loss(x, y, outputs), self.regularization_loss(main + uim),
-                                    y, outputs)
+        stage = self.stage
+        outputs = self.stage_forward(x, stage, training=False)
+        loss = self.stage_loss(stage, self.task_losses(y, outputs))
+        return self._update_metrics(loss, self.regularization_loss(self.trained_variables(stage)))
 
-    def _update_metrics(self, loss, reg, y, outputs):
+    def _update_metrics(self, loss, reg):
+        """The model-level metrics (the tasks updated theirs): ``loss``, the stage's data loss,
+        and ``reg_loss``, the regularisation (with ``model.l2`` > 0)."""
         self.loss_tracker.update_state(loss)
         if self.model_config.l2 > 0:
             self.reg_tracker.update_state(reg)
-        self.auc_tracker.update_state(y["ctr"], outputs["ctr"])
-        if "intent" in outputs:
-            true = self.intent_target(y["intent"])
-            has = tf.cast(tf.reduce_sum(true, axis=-1) > 0, tf.float32)
-            self.kl_tracker.update_state(intent_kl(true, outputs["intent"]), sample_weight=has)
         return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):
-        import dataclasses
-
         return {"spec_json": self.spec.to_json(), "model_config": dataclasses.asdict(self.model_config),
                 "num_items": self.num_items, "item_dim": self.item_dim, "name": self.name,
                 "precision": self.precision}
@@ -376,31 +552,3 @@ class TirModel(keras.Model):
         model_config = model_config_from_dict(config.pop("model_config"))
         with precision_scope(config.pop("precision", "float32")):
             return cls(spec=spec, model_config=model_config, **config)
-
-
-def global_batch_mean(values: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
-    """The weighted mean of ``values`` over the global batch, as this replica's loss term.
-
-    ``sum(weights * values)`` over the local batch divided by ``sum(weights)`` over the global
-    batch (an all-reduce over the replicas in sync), times the number of replicas: once
-    ``train_step`` divides every replica's loss by that number, the replicas' terms add up to
-    the exact global mean however the batch is split (uneven last batch, labelled requests
-    spread unevenly). It is the plain local mean without several replicas, and 0 when the
-    weights sum to 0.
-    """
-    values = tf.cast(values, tf.float32)
-    weights = tf.ones_like(values) if weights is None else tf.cast(weights, tf.float32)
-    total, count = tf.reduce_sum(values * weights), tf.reduce_sum(weights)
-    ctx = tf.distribute.get_replica_context()
-    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-    if replicas > 1:
-        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count) / replicas
-    return tf.math.divide_no_nan(total, count)
-
-
-def intent_kl(true: tf.Tensor, pred: tf.Tensor, eps: float = 1e-8) -> tf.Tensor:
-    """Row-wise KL(true ‖ pred) in nats; rows of zeros give 0."""
-    true = tf.cast(true, tf.float32)
-    pred = tf.clip_by_value(tf.cast(pred, tf.float32), eps, 1.0)
-    return tf.reduce_sum(tf.where(true > 0, true * (tf.math.log(tf.maximum(true, eps)) - tf.math.log(pred)),
-                                  0.0), axis=-1)

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import STAGE_DIE, FeatureEmbedder, TirModel
+from tirec.models.base import FeatureEmbedder, TirModel
 from tirec.models.config import ModelConfig
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
@@ -181,7 +181,9 @@ class DAIAN(TirModel):
                               max_len=max_len)
         return seq, tf.sequence_mask(lengths, width)
 
-    def forward(self, inputs, training=False):
+    def forward(self, inputs, training=False, prior_intent=None):
+        """``prior_intent``: [B, n] the intent I2E and IA2N read instead of the UIM's (stage 2
+        feeds the record's label-free ``prior_intent``, ``TirModel.stage_forward``)."""
         c = self.model_config
         dtype = self.layer_dtype
         # Request-level blocks run on `rows` (one per distinct request with
@@ -204,11 +206,11 @@ class DAIAN(TirModel):
         v_din = self.din_att(e["target"], hist, mask, training=training)
         parts = [expand(r["user"]), e["context"], e["target"], trigger, v_din]
         if c.use_die:
-            if self.stage == STAGE_DIE:
-                # Stage 2 feeds the label-free prior intent (TirModel._stage_inputs). It is
+            if prior_intent is not None:
+                # Stage 2 feeds the label-free prior intent (TirModel.stage_forward). It is
                 # per request, but requests with equal model inputs may differ in it (e.g. no
                 # trigger and no history at two times), so I2E runs per sample here.
-                intent = self.intent_target(inputs["prior_intent"])
+                intent = self.intent_target(prior_intent)
                 v_imp = self.i2e_att(self._i2e_query(trigger, intent), hist, mask)
             else:
                 intent = pred_intent

@@ -37,8 +37,8 @@ import tensorflow as tf
 
 from tirec.features.spec import FeatureSpec
 from tirec.models import metrics as M
-from tirec.models.base import (STAGE_DIE, STAGE_JOINT, STAGE_UIM, check_stage_inputs, model_input_names,
-                                precision_scope, stage_input_names)
+from tirec.models.base import (DIE_PRETRAIN, UIM_PRETRAIN, Stage, check_stage_inputs, joint_stage,
+                                model_input_names, precision_scope, stage_input_names)
 from tirec.models.config import ModelConfig, TrainConfig, check_precision, model_config_from_dict
 from tirec.models.data import check_data, load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder
@@ -46,7 +46,6 @@ from tirec.models.registry import get_builder
 keras = tf.keras
 log = logging.getLogger(__name__)
 
-STAGE_NAMES = {STAGE_UIM: "uim_pretrain", STAGE_DIE: "die_pretrain", STAGE_JOINT: "joint"}
 CHECKPOINTS = ("last", "best")
 BEST_RECORD = "best.json"
 
@@ -173,10 +172,17 @@ def _optimizer(cfg: TrainConfig, scale: float = 1.0):
     return keras.optimizers.Adam(learning_rate=lr)
 
 
+def training_stages(model, cfg: TrainConfig) -> list[Stage]:
+    """The stages ``model`` (a model, or its registered builder) trains in under ``cfg``: DAIAN's
+    three (the joint one with ``cfg.uim_lr_scale``), else the joint stage at one learning rate."""
+    if getattr(model, "has_intent", False) and cfg.three_stage:
+        return [UIM_PRETRAIN, DIE_PRETRAIN, joint_stage(cfg.uim_lr_scale)]
+    return [joint_stage()]
+
+
 def stages_for(model, cfg: TrainConfig) -> list[int]:
-    """The stages ``model`` (a model, or its registered builder) trains in under ``cfg``."""
-    has_intent = getattr(model, "has_intent", False)
-    return [STAGE_UIM, STAGE_DIE, STAGE_JOINT] if (has_intent and cfg.three_stage) else [STAGE_JOINT]
+    """The numbers of :func:`training_stages`."""
+    return [stage.number for stage in training_stages(model, cfg)]
 
 
 def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool, has_valid: bool):
@@ -282,12 +288,15 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     with strategy.scope():
         model({k: v for k, v in x.items() if k in names})
     history = {}
-    stages = stages_for(model, train_cfg)
+    stages = training_stages(model, train_cfg)
+    with strategy.scope():
+        # One compile for every stage: each stage gets its own optimizers and traced functions.
+        model.set_stage(stages[0])
+        model.compile(make_optimizer=lambda scale: _optimizer(train_cfg, scale), steps_per_execution=1)
     for stage in stages:
-        history[STAGE_NAMES[stage]] = _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir,
-                                                   train_cfg, single=len(stages) == 1, final=stage == stages[-1],
-                                                   extra=callbacks or [], steps_per_epoch=steps)
-    model.set_stage(STAGE_JOINT)
+        history[stage.name] = _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir, train_cfg,
+                                           final=stage == stages[-1], extra=callbacks or [], steps_per_epoch=steps)
+    model.set_stage(stages[-1])  # the joint stage
     final = os.path.join(run_dir, "final", "weights")
     model.save_weights(final)
     metrics = evaluate_model(model, data_dir, spec, train_cfg.batch_size)
@@ -355,10 +364,10 @@ class BestCheckpoint(keras.callbacks.Callback):
                         {"stage": self.stage, "epoch": epoch, "monitor": self.monitor, "value": value})
 
 
-def _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir, cfg: TrainConfig, single: bool,
-                 final: bool, extra: list, steps_per_epoch: int | None):
-    name = STAGE_NAMES[stage]
-    stage_dir = os.path.join(run_dir, f"stage_{stage}")
+def _train_stage(model, stage: Stage, strategy, train_ds, valid_ds, run_dir, cfg: TrainConfig, final: bool,
+                 extra: list, steps_per_epoch: int | None):
+    name = stage.name
+    stage_dir = os.path.join(run_dir, f"stage_{stage.number}")
     done = os.path.join(stage_dir, "done")
     weights = os.path.join(stage_dir, "weights")
     if tf.io.gfile.exists(done):
@@ -366,14 +375,9 @@ def _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir, cfg: Train
         model.set_stage(stage)
         model.load_weights(weights)
         return {"skipped": True}
-    log.info("stage %d (%s)", stage, name)
+    log.info("stage %d (%s)", stage.number, name)
     model.set_stage(stage)
-    with strategy.scope():
-        uim_scale = 1.0 if single else cfg.uim_lr_scale
-        model.compile(optimizer=_optimizer(cfg), uim_optimizer=_optimizer(cfg, uim_scale),
-                      steps_per_execution=1)
-    monitor = "val_loss" if stage == STAGE_UIM else "val_auc"
-    mode = "min" if stage == STAGE_UIM else "max"
+    monitor, mode = stage.monitor, stage.mode
     ps = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
     # With ParameterServerStrategy there is no per-epoch validation (the coordinator has no
     # validation loop for remote datasets).
@@ -390,7 +394,7 @@ def _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir, cfg: Train
                 save_freq=cfg.backup_every_steps if steps_per_epoch else "epoch"),
         ]
     if validate and final:
-        callbacks.append(BestCheckpoint(os.path.join(run_dir, "best"), monitor, mode, stage))
+        callbacks.append(BestCheckpoint(os.path.join(run_dir, "best"), monitor, mode, stage.number))
     if validate and cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                        patience=cfg.early_stopping_patience,
