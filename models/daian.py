@@ -19,14 +19,14 @@ Modules (MODELS.md §1; [X] marks reconstructions, each a ModelConfig switch):
   ``α = ‖sg(h_id)‖ / (‖sg(h_id)‖ + ‖e_s‖ + ε)``, ``e_sim = α h_id + (1-α) e_s``.
 * **IA2N** (§1.6) — Gate NU over ``[e_sim ‖ sg(ŷ)]`` gives ``[w_exp ‖ w_imp]``;
   ``u_exp = w_exp ⊙ v_exp``, ``u_imp = w_imp ⊙ v_imp``.
-* **Stage 2** (§1.8) — I2E and IA2N read the record's ``prior_intent`` instead of ``ŷ`` [X]: the
-  user's time-decayed click levels before the request, which holds no label of the row's own
-  request (feeding the request's own ground truth, even minus the row's click, leaks the label,
-  §1.1).
+* **Stage 2** (§1.8) — I2E and IA2N read the record's ``prior_intent`` (which the stage feeds
+  to ``forward``) instead of ``ŷ`` [X]: the user's time-decayed click levels before the
+  request, which holds no label of the row's own request (feeding the request's own ground
+  truth, even minus the row's click, leaks the label, §1.1).
 * **Prediction** (§1.7) — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN ‖ u_exp ‖ u_imp ‖ e_sim ‖ s_sem]))``.
 
 Outputs ``{"ctr": [B, 1], "intent": [B, k]}`` (k = n, or 2 without the UIM), float32 under
-mixed precision too. Training stages are handled by :class:`tirec.models.base.TirModel`.
+mixed precision too. Losses and training stages are handled by :class:`tirec.models.base.TirModel`.
 """
 from __future__ import annotations
 
@@ -182,84 +182,117 @@ class DAIAN(TirModel):
         return seq, tf.sequence_mask(lengths, width)
 
     def forward(self, inputs, training=False, prior_intent=None):
-        """``prior_intent``: [B, n] the intent I2E and IA2N read instead of the UIM's (stage 2
-        feeds the record's label-free ``prior_intent``, ``TirModel.stage_forward``)."""
+        """The outputs for a batch, in the steps of MODELS.md §1.
+
+        1. Request-level embeddings and the UIM's intent ŷ, once per distinct request with
+           ``model.request_dedup`` (``expand`` gathers them back to the candidates).
+        2. The semantic similarity ``s_sem`` of trigger and target (§1.5 Eq.11).
+        3. The DIN interest ``v_DIN`` (the base model).
+        4. DIE: the implicit interest ``v_imp`` (I2E, §1.3) and the explicit one ``v_exp`` (§1.4).
+        5. SEIN: the enhanced similarity ``e_sim`` (§1.5) and the IA2N gate on v_exp, v_imp (§1.6).
+        6. The tower (§1.7).
+
+        Args:
+          prior_intent: [B, n] the intent I2E and IA2N read instead of ŷ: stage 2 feeds the
+            record's label-free ``prior_intent`` (``TirModel.stage_forward``); None: ŷ.
+        """
         c = self.model_config
-        dtype = self.layer_dtype
-        # Request-level blocks run on `rows` (one per distinct request with
-        # model.request_dedup); `expand` gathers their outputs back to the candidates.
-        rows, expand = self.request_rows(inputs)
+        rows, expand = self.request_rows(inputs)  # 1.
         r = self.embed.request(rows)
         e = self.embed.impression(inputs)
-        has_trig = tf.cast(inputs["has_trigger"], tf.bool)
         pred_intent_r = self.uim(rows, training=training)
         pred_intent = expand(pred_intent_r)
-        hist, mask = expand(r["hist"]), expand(r["mask"])
-        trigger = expand(r["trigger"])
-
-        # Multimodal vectors from the frozen table (unknown items: zero vector -> similarity 0).
-        # Float32 whatever the precision, so the explicit mask and the buckets do not move.
-        m_t, _ = self.items(inputs["trigger_item_id"])
-        m_i, _ = self.items(inputs["target_item_id"])
-        s_sem = tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * tf.cast(has_trig[:, None], tf.float32)
-
-        v_din = self.din_att(e["target"], hist, mask, training=training)
-        parts = [expand(r["user"]), e["context"], e["target"], trigger, v_din]
-        if c.use_die:
-            if prior_intent is not None:
-                # Stage 2 feeds the label-free prior intent (TirModel.stage_forward). It is
-                # per request, but requests with equal model inputs may differ in it (e.g. no
-                # trigger and no history at two times), so I2E runs per sample here.
-                intent = self.intent_target(prior_intent)
-                v_imp = self.i2e_att(self._i2e_query(trigger, intent), hist, mask)
-            else:
-                intent = pred_intent
-                v_imp = expand(self.i2e_att(self._i2e_query(r["trigger"], pred_intent_r), r["hist"], r["mask"]))
-            m_hist, _ = self.items(rows["hist_item_ids"])
-            m_t_r, _ = self.items(rows["trigger_item_id"])
-            hist_sim = tf.reduce_sum(m_hist * m_t_r[:, None, :], axis=-1)
-            explicit = r["mask"] & (hist_sim >= self.tau) & tf.cast(rows["has_trigger"], tf.bool)[:, None]
-            max_len = c.explicit_len if c.explicit_len < self.spec.max_seq_len else None
-            if c.request_dedup:
-                # MHSA(E_S') once per request; the target attention per sample.
-                seq, seq_mask = self._explicit_sequences(r["hist"], explicit, max_len)
-                seq, seq_mask = expand(seq), expand(seq_mask)
-                folded = self.exp_target.fold_query(e["target"], self.exp_self.units)
-                _, pooled = self.exp_target.pool(folded, seq, seq_mask)
-                v_exp = self.exp_target.project(pooled, tf.reduce_any(seq_mask, axis=1))
-            else:
-                v_exp = self._explicit_interest(e["target"], hist, explicit, max_len)
+        sample = {k: expand(r[k]) for k in ("hist", "mask", "trigger")}  # per candidate
+        s_sem = self._semantic_similarity(inputs)  # 2.
+        v_din = self.din_att(e["target"], sample["hist"], sample["mask"], training=training)  # 3.
+        parts = [expand(r["user"]), e["context"], e["target"], sample["trigger"], v_din]
+        intent = pred_intent
+        if c.use_die:  # 4.
+            intent, v_imp = self._implicit_interest(r, sample, expand, pred_intent_r, prior_intent)
+            v_exp = self._explicit_interest_of(rows, r, e, sample, expand)
             u_exp, u_imp = v_exp, v_imp
-        else:
-            intent = pred_intent
-        if c.use_sein:
-            p_t = self.proj(tf.stop_gradient(expand(r["trigger_id"])), training=training)
-            p_i = self.proj(tf.stop_gradient(e["target_id"]), training=training)
-            h_id = p_t * p_i
-            bucket = tf.clip_by_value(
-                tf.cast(tf.floor((s_sem[:, 0] - self.sim_lo) / (self.sim_hi - self.sim_lo) * c.sim_bins),
-                        tf.int32), 0, c.sim_bins - 1)
-            e_s = self.sim_bins(bucket)
-            n_id = tf.norm(tf.stop_gradient(tf.cast(h_id, tf.float32)), axis=-1, keepdims=True)
-            n_s = tf.norm(tf.cast(e_s, tf.float32), axis=-1, keepdims=True)
-            if c.sim_fusion == "norm_ratio":
-                alpha = tf.cast(n_id / (n_id + n_s + 1e-8), dtype)
-                e_sim = alpha * h_id + (1.0 - alpha) * e_s
-            else:
-                e_sim = h_id + tf.cast(tf.math.divide_no_nan(n_id, n_s), dtype) * e_s
+        if c.use_sein:  # 5.
+            e_sim = self._enhanced_similarity(r, e, expand, s_sem, training)
             parts.append(e_sim)
             if c.use_die:
-                gate_in = [e_sim, tf.stop_gradient(tf.cast(intent, dtype))]
-                if c.gate_inputs == "intent_interest":
-                    gate_in += [tf.stop_gradient(v_imp), tf.stop_gradient(v_exp)]
-                w = self.gate(tf.concat(gate_in, axis=-1))
-                w_exp, w_imp = tf.split(w, 2, axis=-1)
-                u_exp, u_imp = w_exp * v_exp, w_imp * v_imp
+                u_exp, u_imp = self._ia2n(e_sim, intent, v_imp, v_exp)
         if c.use_die:
             parts += [u_exp, u_imp]
         parts.append(s_sem)
-        logit = self.tower(tf.concat([tf.cast(p, dtype) for p in parts], axis=-1), training=training)
+        logit = self.tower(tf.concat([tf.cast(p, self.layer_dtype) for p in parts], axis=-1),  # 6.
+                           training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32)), "intent": pred_intent}
+
+    def _semantic_similarity(self, inputs):
+        """s_sem = cos(m_t, m_i) [B, 1] (0 without a trigger) from the frozen multimodal table.
+
+        Unknown items have a zero vector, hence similarity 0. Float32 whatever the precision,
+        so the explicit mask and the buckets do not move.
+        """
+        has_trig = tf.cast(inputs["has_trigger"], tf.bool)
+        m_t, _ = self.items(inputs["trigger_item_id"])
+        m_i, _ = self.items(inputs["target_item_id"])
+        return tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * tf.cast(has_trig[:, None], tf.float32)
+
+    def _implicit_interest(self, r, sample, expand, pred_intent_r, prior_intent):
+        """(the intent fed to I2E and IA2N per sample, v_imp = MHTA(q_I, E_S)) (§1.3); ``r``
+        holds the request-level embeddings, ``sample`` their per-candidate copies.
+
+        With ``prior_intent`` (stage 2) I2E runs per sample: the prior intent is per request,
+        but requests with equal model inputs may differ in it (e.g. no trigger and no history
+        at two times). Otherwise it runs once per request on ŷ.
+        """
+        if prior_intent is not None:
+            intent = self.intent_target(prior_intent)
+            query = self._i2e_query(sample["trigger"], intent)
+            return intent, self.i2e_att(query, sample["hist"], sample["mask"])
+        v_imp = self.i2e_att(self._i2e_query(r["trigger"], pred_intent_r), r["hist"], r["mask"])
+        return expand(pred_intent_r), expand(v_imp)
+
+    def _explicit_interest_of(self, rows, r, e, sample, expand):
+        """v_exp = MHTA(e_i, MHSA(E_S')) (§1.4): S' = the behaviours whose multimodal
+        similarity to the trigger is >= tau, at most ``explicit_len`` of them."""
+        c = self.model_config
+        m_hist, _ = self.items(rows["hist_item_ids"])
+        m_t_r, _ = self.items(rows["trigger_item_id"])
+        hist_sim = tf.reduce_sum(m_hist * m_t_r[:, None, :], axis=-1)
+        explicit = r["mask"] & (hist_sim >= self.tau) & tf.cast(rows["has_trigger"], tf.bool)[:, None]
+        max_len = c.explicit_len if c.explicit_len < self.spec.max_seq_len else None
+        if not c.request_dedup:
+            return self._explicit_interest(e["target"], sample["hist"], explicit, max_len)
+        # MHSA(E_S') once per request; the target attention per sample.
+        seq, seq_mask = self._explicit_sequences(r["hist"], explicit, max_len)
+        seq, seq_mask = expand(seq), expand(seq_mask)
+        folded = self.exp_target.fold_query(e["target"], self.exp_self.units)
+        _, pooled = self.exp_target.pool(folded, seq, seq_mask)
+        return self.exp_target.project(pooled, tf.reduce_any(seq_mask, axis=1))
+
+    def _enhanced_similarity(self, r, e, expand, s_sem, training):
+        """e_sim (§1.5): h_id = p_t ⊙ p_i with p_x = MLP(sg(e_x^id)) (Eq.12), e_s = the
+        embedding of s_sem's bucket (Eq.13), fused by their norms (Eq.14, ``sim_fusion``)."""
+        c = self.model_config
+        p_t = self.proj(tf.stop_gradient(expand(r["trigger_id"])), training=training)
+        p_i = self.proj(tf.stop_gradient(e["target_id"]), training=training)
+        h_id = p_t * p_i
+        bucket = tf.clip_by_value(
+            tf.cast(tf.floor((s_sem[:, 0] - self.sim_lo) / (self.sim_hi - self.sim_lo) * c.sim_bins),
+                    tf.int32), 0, c.sim_bins - 1)
+        e_s = self.sim_bins(bucket)
+        n_id = tf.norm(tf.stop_gradient(tf.cast(h_id, tf.float32)), axis=-1, keepdims=True)
+        n_s = tf.norm(tf.cast(e_s, tf.float32), axis=-1, keepdims=True)
+        if c.sim_fusion == "norm_ratio":
+            alpha = tf.cast(n_id / (n_id + n_s + 1e-8), self.layer_dtype)
+            return alpha * h_id + (1.0 - alpha) * e_s
+        return h_id + tf.cast(tf.math.divide_no_nan(n_id, n_s), self.layer_dtype) * e_s
+
+    def _ia2n(self, e_sim, intent, v_imp, v_exp):
+        """(u_exp, u_imp) = (w_exp ⊙ v_exp, w_imp ⊙ v_imp), [w_exp ‖ w_imp] the Gate NU over
+        [e_sim ‖ sg(intent)] (+ sg(v_imp), sg(v_exp) with ``gate_inputs=intent_interest``) (§1.6)."""
+        gate_in = [e_sim, tf.stop_gradient(tf.cast(intent, self.layer_dtype))]
+        if self.model_config.gate_inputs == "intent_interest":
+            gate_in += [tf.stop_gradient(v_imp), tf.stop_gradient(v_exp)]
+        w_exp, w_imp = tf.split(self.gate(tf.concat(gate_in, axis=-1)), 2, axis=-1)
+        return w_exp * v_exp, w_imp * v_imp
 
     def _i2e_query(self, trigger, intent):
         """I2E's query (MODELS.md §1.3): W[e_t ‖ ŷ] or e_t + Wŷ."""
