@@ -75,7 +75,7 @@ STEP_SCRIPT = textwrap.dedent("""
     x = {k: v for k, v in x.items() if k in set(names) | stage_input_names()}
     mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     out = {"replicas": mirrored.num_replicas_in_sync}
-    for name, stage in (("din", 3), ("daian", 3), ("daian", 1)):
+    for name, stage in (("din", 3), ("daian", 3), ("daian", 2), ("daian", 1)):
         weights, init = {}, None
         for label, strategy in (("one", tf.distribute.get_strategy()), ("mirrored", mirrored)):
             with strategy.scope():
@@ -102,16 +102,17 @@ STEP_SCRIPT = textwrap.dedent("""
 def test_mirrored_sgd_step_equals_one_device_with_l2(tiny_data):
     """One SGD step on the same global batch from the same weights: MirroredStrategy over 2
     logical CPUs gives the single-device weights. The whole loss (data loss + model.l2) is
-    scaled once by the replicas; the odd batch (64 + 63 rows) checks the data loss is the
-    global-batch mean (DIN, DAIAN stage 3 with its second optimizer, DAIAN stage 1's intent KL
-    over the labelled requests)."""
+    scaled once by the replicas (tasks.replica_objective); the odd batch (64 + 63 rows) checks
+    each task's loss is the global-batch mean (DIN, DAIAN stage 3 with its second optimizer,
+    DAIAN stage 2 with the prior intent fed in, DAIAN stage 1's intent KL over the labelled
+    requests)."""
     sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.sim_bins=5"]
     res = subprocess.run([sys.executable, "-c", STEP_SCRIPT, tiny_data, "127"] + sets,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out.pop("replicas") == 2
-    assert set(out) == {"din_stage3", "daian_stage3", "daian_stage1"}
+    assert set(out) == {"din_stage3", "daian_stage3", "daian_stage2", "daian_stage1"}
     for case, variables in out.items():
         moved = 0.0
         for name, w in variables.items():
@@ -120,6 +121,82 @@ def test_mirrored_sgd_step_equals_one_device_with_l2(tiny_data):
             np.testing.assert_allclose(mirrored, one, rtol=1e-5, atol=1e-6, err_msg=f"{case} {name}")
             moved = max(moved, float(np.abs(one - np.asarray(w["start"])).max()))
         assert moved > 0.1, case  # the step did move the weights: the comparison is not vacuous
+
+
+STAGES_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    from tirec.models.train import configure_cpu_replicas
+    configure_cpu_replicas(2)  # before TensorFlow initialises
+    import numpy as np
+    import tensorflow as tf
+    from tirec.config import load_config
+    from tirec.models.base import model_input_names, stage_input_names
+    from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+    from tirec.models.train import build_model
+    data, batch = sys.argv[1], int(sys.argv[2])
+    cfg = load_config(None, sys.argv[3:])
+    spec = load_data_spec(data)
+    ids, vecs, _ = load_item_vectors(data)
+    names = model_input_names(spec)
+    x, y = next(iter(make_dataset(data, "train", spec, batch)))
+    x = {k: v for k, v in x.items() if k in set(names) | stage_input_names()}
+    mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    out, init = {"replicas": mirrored.num_replicas_in_sync}, None
+    for label, strategy in (("one", tf.distribute.get_strategy()), ("mirrored", mirrored)):
+        with strategy.scope():
+            model = build_model("daian", spec, cfg.model, ids, vecs)
+            model({k: v for k, v in x.items() if k in names})
+            init = model.get_weights() if init is None else init
+            model.set_weights(init)
+            # compiled once, one fit per stage; mirrored: traced train functions (the single device
+            # runs eagerly, a quicker reference with the same numbers; its traced stage switch is
+            # tests/models/test_tasks.py's)
+            # Adagrad (the default; its accumulators are per variable) for every stage's groups;
+            # stage 3's UIM gradients come through I2E and are tiny: a large UIM rate makes every
+            # one of them change its float32 weight
+            model.compile(optimizer=tf.keras.optimizers.Adagrad(0.5),
+                          uim_optimizer=tf.keras.optimizers.Adagrad(20.0), run_eagerly=label == "one")
+        uim = {id(v) for v in model.uim_variables()}
+        out[label] = {"names": [v.name for v in model.trainable_variables], "stages": [],
+                      "uim": [i for i, v in enumerate(model.trainable_variables) if id(v) in uim]}
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+        for stage in (1, 2, 3):
+            model.set_stage(stage)
+            before = [v.numpy().copy() for v in model.trainable_variables]
+            model.fit(data, epochs=1, verbose=0)
+            moved = [i for i, (v, b) in enumerate(zip(model.trainable_variables, before))
+                     if not np.array_equal(v.numpy(), b)]
+            out[label]["stages"].append({"stage": stage, "moved": moved,
+                                         "weights": [v.numpy().tolist() for v in model.trainable_variables]})
+    print(json.dumps(out))
+""")
+
+
+def test_mirrored_stage_switch_without_compile_moves_exactly_the_stage_variables(tiny_data):
+    """DAIAN compiled once and fitted one step per stage (1 -> 2 -> 3) with MirroredStrategy over
+    2 logical CPUs (traced) and on one device (eager): each stage moves exactly its variable
+    groups (1: the UIM, 2: the rest, 3: all), and after every stage the mirrored weights equal
+    the single-device ones (same initial weights, Adagrad, model.l2 on, a 64 + 63 row batch)."""
+    sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.sim_bins=5"]
+    res = subprocess.run([sys.executable, "-c", STAGES_SCRIPT, tiny_data, "127"] + sets,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2
+    assert out["one"]["names"] == out["mirrored"]["names"]
+    names = out["one"]["names"]
+    for label in ("one", "mirrored"):
+        uim, every = set(out[label]["uim"]), set(range(len(names)))
+        assert uim and every - uim
+        want = {1: uim, 2: every - uim, 3: every}
+        for step in out[label]["stages"]:
+            wrong = set(step["moved"]) ^ want[step["stage"]]
+            assert not wrong, (label, step["stage"], sorted(names[i] for i in wrong))
+    for one, mirrored in zip(out["one"]["stages"], out["mirrored"]["stages"]):
+        for name, w1, wm in zip(names, one["weights"], mirrored["weights"]):
+            np.testing.assert_allclose(np.asarray(wm), np.asarray(w1), rtol=1e-5, atol=1e-6,
+                                       err_msg=f"stage {one['stage']} {name}")
 
 
 PS_SCRIPT = textwrap.dedent("""
