@@ -154,7 +154,7 @@ def build_inputs(records: list[bytes], spec: FeatureSpec, signatures: list[str])
                 arrays = {"examples": np.array(rows, dtype=object)}
             elif sig == "rank":
                 parsed = {k: v.numpy() for k, v in tf.io.parse_example(tf.constant(rows), parse).items()}
-                arrays = {k: np.array(v, dtype=object) for k, v in rank_inputs(parsed).items()}
+                arrays = {k: np.array(v, dtype=object) for k, v in rank_inputs(parsed, spec).items()}
             else:
                 arrays = {k: v.numpy() for k, v in tf.io.parse_example(tf.constant(rows), parse).items()}
             request = predict_pb2.PredictRequest()

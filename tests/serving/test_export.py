@@ -146,7 +146,7 @@ def test_request_round_trip_and_errors(run, exported):
 
     # The compact `rank` form (one context example + one small example per candidate) scores the
     # same, for many candidates and for one, and is much smaller on the wire.
-    rank = C.rank_inputs(feats)
+    rank = C.rank_inputs(feats, spec)
     assert len(rank["context"]) == 1 and len(rank["candidates"]) == len(rows)
     got = loaded.signatures["rank"](context=tf.constant(rank["context"]),
                                     candidates=tf.constant(rank["candidates"]))
