@@ -182,7 +182,7 @@ def stages_for(model, cfg: TrainConfig) -> list[int]:
 def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool, has_valid: bool):
     """The train dataset (or DatasetCreator under ParameterServerStrategy) and the valid one
     (None without a ``valid`` split)."""
-    keep = set(names) | stage_input_names()
+    keep = set(names) | stage_input_names(spec)
 
     def select(x, y):
         return {k: v for k, v in x.items() if k in keep}, y
@@ -247,7 +247,7 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     builder = get_builder(model_name)  # fail early on an unknown name
     # Check the input before building anything: one clear line per problem.
     spec, has_valid = check_data(data_dir)
-    check_stage_inputs(spec.names, stages_for(builder, train_cfg))
+    check_stage_inputs(spec, stages_for(builder, train_cfg))
     _check_run_dir(run_dir, spec, data_dir)
     _check_validation(train_cfg, data_dir, has_valid, strategy)
     strategy = strategy or make_strategy(train_cfg)

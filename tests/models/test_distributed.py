@@ -72,7 +72,7 @@ STEP_SCRIPT = textwrap.dedent("""
     ids, vecs, _ = load_item_vectors(data)
     names = model_input_names(spec)
     x, y = next(iter(make_dataset(data, "train", spec, batch)))
-    x = {k: v for k, v in x.items() if k in set(names) | stage_input_names()}
+    x = {k: v for k, v in x.items() if k in set(names) | stage_input_names(spec)}
     mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     out = {"replicas": mirrored.num_replicas_in_sync}
     for name, stage in (("din", 3), ("daian", 3), ("daian", 1)):

@@ -240,7 +240,7 @@ def test_records_without_prior_intent(tiny_data, tmp_path, caplog):
     one_stage = _cfg("train.three_stage=false").train
     assert stages_for(registry.get_builder("daian"), one_stage) == [STAGE_JOINT]
     for name, train_cfg in (("din", _cfg().train), ("daian", one_stage)):
-        check_stage_inputs(old_spec.names, stages_for(registry.get_builder(name), train_cfg))
+        check_stage_inputs(old_spec, stages_for(registry.get_builder(name), train_cfg))
     # DAIAN's stage 3 (and validation) on a batch of the old columns.
     ids, vecs, _ = load_item_vectors(str(old))
     model = build_model("daian", old_spec, _cfg().model, ids, vecs)
