@@ -61,6 +61,7 @@ import zlib
 
 import numpy as np
 
+from tirec.features.spec import PREFIXES
 from tirec.pipeline import embeddings as emb
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import (ITEM_FIELDS, Prepared, SourceFormat, build_item_table, dedupe,
@@ -94,7 +95,7 @@ BEHAVIOR_LOG = TableSchema("behaviours", (
     Column("brand", "str", required=False, default=""),
 ))
 USER_PROFILE = TableSchema("users", (Column("user_id", "id", source="userid"),),
-                           extra_int_prefix="user_")
+                           extra_int_prefix=PREFIXES["user"])
 AD_FEATURE = TableSchema("ad_feature", (
     Column("item_id", "id", source="adgroup_id"), Column("cate_id", "id"),
     Column("campaign_id", "id"), Column("customer", "id"),

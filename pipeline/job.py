@@ -174,7 +174,7 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
         trigger_from=prep.trigger_from, no_trigger=cfg.no_trigger,
         max_events_per_user=cfg.max_events_per_user, eval_from_ts=plan.eval_from_ts,
         item_fields=prep.item_fields, user_fields=prep.user_fields,
-        context_fields=prep.context_fields, valid_from_ts=plan.valid_from_ts)
+        context_fields=prep.context_fields, valid_from_ts=plan.valid_from_ts, spec=spec)
     with beam.Pipeline(runner=runner, options=PipelineOptions(flags=flags)) as p:
         blocks, deads, stats = [], [], []
         for table, paths in prep.files.items():
@@ -318,7 +318,7 @@ class _LabelFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("dead", {
                     "table": "users", "reason": "duplicate_id", "field": "user_id", "value": str(user),
                     "file": self.files[int(prof["_file"][i])], "row": int(prof["_row"][i])})
-            profile = {k: v[0] for k, v in prof.items() if k.startswith("user_")}
+            profile = {f.name: prof[f.name][0] for f in s.spec.select(group="user") if f.name in prof}
             labeling._add(stats, "users_with_profile", 1)
         if self.user_hook is not None:
             imps, hook_stats = self.user_hook(user, behs, self.items)
