@@ -23,8 +23,9 @@ Each feature also says what it describes, so no package parses a feature name:
 * ``history``: for the history group, the name of the behaviour sequence the column belongs to.
   A spec may hold several (e.g. real-time, short- and long-term views), each with its own name
   and length; the standard records have one, ``hist``;
-* ``model_input``: whether a model reads the column (it is then an input of every serving
-  signature); the other columns are written for training targets, analysis and bookkeeping.
+* ``model_input``: whether the column is a model input (an input of every serving signature,
+  sent by the client); the other columns are written for training targets, analysis and
+  bookkeeping.
 
 :meth:`FeatureSpec.select` is how every package asks, e.g. ``spec.select(group="history")``,
 ``spec.select(scope="request", model_input=True)``. ``spec.json`` stores every attribute
@@ -128,7 +129,8 @@ class Feature:
       field: the attribute within the group (``item_id``, ``cate_id``, ``ts``, ...); required for
         a model input of an item group.
       history: the behaviour sequence of a history column (required there, None elsewhere).
-      model_input: a model reads it (and every serving signature takes it).
+      model_input: a model input: every serving signature takes it, a client sends it and the
+        models may read it (``impression_ts`` is one that today's models do not read).
     """
 
     name: str
