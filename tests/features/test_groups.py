@@ -30,6 +30,7 @@ def test_standard_spec_groups_scopes_and_fields():
                                                                                   "trigger_item_id"]
     assert _names(spec.select(group="history", field="cate_id")) == ["hist_cate_id"]
     assert _names(spec.select(group="intent")) == ["intent_counts", "intent_dist", "prior_intent"]
+    assert _names(spec.select(field=("counts", "level"))) == ["trigger_target_level", "intent_counts"]
     assert spec.select(group="label")[0].name == spec.label
     assert spec.histories() == {"hist": 10}
     # The model inputs are what the serving signatures took before the groups existed.
