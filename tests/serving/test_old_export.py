@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from google.protobuf import json_format
 
 from tirec.features.spec import FeatureSpec
@@ -25,14 +26,18 @@ def _old():
     return FeatureSpec.load(spec_path), request, old_feats, old_ctr
 
 
-def test_old_export_loads_and_serves_a_request_built_from_its_spec():
+@pytest.fixture(scope="module")
+def servable():
+    return Servable.load("din", 1, EXPORT)
+
+
+def test_old_export_loads_and_serves_a_request_built_from_its_spec(servable):
     spec, request, old_feats, old_ctr = _old()
     feats = C.request_features(spec, request)
     assert set(feats) == set(old_feats)
     for name, value in old_feats.items():
         np.testing.assert_array_equal(feats[name], value, err_msg=name)
         assert feats[name].dtype == value.dtype, name
-    servable = Servable.load("din", 1, EXPORT)
     examples = np.array(C.to_examples(feats), dtype=object)
     rank = {k: np.array(v, dtype=object) for k, v in C.rank_inputs(feats, spec).items()}
     for signature, inputs in (("serving_default", {"examples": examples}), ("predict", feats),
@@ -44,11 +49,10 @@ def test_old_export_loads_and_serves_a_request_built_from_its_spec():
     assert set(servable.signature("predict").inputs) == {f.name for f in spec.select(model_input=True)}
 
 
-def test_client_schema_from_the_old_signature_matches_the_old_spec():
+def test_client_schema_from_the_old_signature_matches_the_old_spec(servable):
     """A client without the spec reads the schema from the served `predict` signature; the groups
     it derives from the input names agree with those of the old spec."""
     spec, request, old_feats, _ = _old()
-    servable = Servable.load("din", 1, EXPORT)
     sig = json_format.MessageToDict(servable.signature("predict"))
     from_sig = C.RequestSchema.from_signature(sig)
     from_spec = C.RequestSchema.from_spec(spec)
