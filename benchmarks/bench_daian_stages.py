@@ -110,14 +110,15 @@ def main() -> None:
     args = ap.parse_args()
 
     import tirec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-    from tirec.models.config import ModelConfig, TrainConfig
+    from tirec.models.config import TrainConfig, model_config_from_dict
     from tirec.models.train import train_run
 
     os.makedirs(args.work, exist_ok=True)
     data_dir, run_dir = os.path.join(args.work, "tfr"), os.path.join(args.work, "daian")
     pipeline_s = run_pipeline(args, data_dir)
-    model_cfg = ModelConfig(name="daian", emb_dim=args.emb_dim, att_units=args.att_units,
-                            tower=tuple(int(v) for v in args.tower.split(",")))
+    model_cfg = model_config_from_dict({"name": "daian", "emb_dim": args.emb_dim,
+                                        "tower": [int(v) for v in args.tower.split(",")],
+                                        "daian": {"att_units": args.att_units}})
     train_cfg = TrainConfig(batch_size=args.batch_size, epochs=args.epochs, seed=args.seed)
     t0 = time.time()
     final = train_run(data_dir, "daian", run_dir, model_cfg, train_cfg)

@@ -105,7 +105,7 @@ ROUND_WARMUP = 2  # untimed requests per client when a side resumes in a later r
 GOAL_P50_OVERHEAD_MS = 1.0
 GOAL_P99_RATIO = 2.0
 TRAIN_ARGS = ["--model", "daian", "--epochs", "1", "--batch-size", "1024",
-              "--set", "model.att_units=32", "--set", "model.tower=[128,64]",
+              "--set", "model.daian.att_units=32", "--set", "model.tower=[128,64]",
               "--set", "train.steps_per_epoch=5"]
 
 

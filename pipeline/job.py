@@ -99,13 +99,12 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
       progress: called with each entry of :data:`STAGES` as it starts.
 
     Raises:
-      ValueError: a bad config value, a flag no Beam options class defines, an ``OUT`` that is
+      ValueError: a flag no Beam options class defines, an ``OUT`` that is
         not a pipeline output, or (:class:`~tirec.pipeline.split.SplitError`) a split that would
         be empty, naming the option to change.
       AccountingError: the row accounting does not balance.
     """
     progress = progress or (lambda stage: None)
-    cfg.validate()
     flags, runner = _beam_flags(beam_args or [])
     t0 = time.time()
     out = cfg.out.rstrip("/")

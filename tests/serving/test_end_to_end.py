@@ -20,13 +20,13 @@ from tirec import cli
 from tirec.serving import client as C
 from tirec.serving.export import export_run, read_eval_records
 
-TINY = ["--set", "model.emb_dim=4", "--set", "model.att_units=8", "--set", "model.att_heads=2",
-        "--set", "model.tower=[16,8]", "--set", "model.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
-        "--set", "model.sim_bins=5", "--set", "train.shuffle_buffer=1000",
+TINY = ["--set", "model.emb_dim=4", "--set", "model.daian.att_units=8", "--set", "model.daian.att_heads=2",
+        "--set", "model.tower=[16,8]", "--set", "model.daian.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
+        "--set", "model.daian.sim_bins=5", "--set", "train.shuffle_buffer=1000",
         "--set", "train.steps_per_epoch=2",
         # 2 length groups: export and serving go through the bucketed graphs (both branches of
         # their tf.cond) without tracing 16 copies of each attention block
-        "--set", "model.explicit_buckets=2", "--set", "model.hist_buckets=2"]
+        "--set", "model.daian.explicit_buckets=2", "--set", "model.hist_buckets=2"]
 
 
 def _serve(base: str, log_path: str) -> tuple[subprocess.Popen, int, int]:

@@ -19,10 +19,10 @@ from tirec.serving import client as C
 from tirec.serving import export as E
 from tirec.serving.verify import offline_scores
 
-SMALL = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
-         "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
+SMALL = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
+         "model.daian.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.daian.sim_bins=5",
          "train.batch_size=256", "train.shuffle_buffer=1000", "train.three_stage=false",
-         "train.steps_per_epoch=2", "model.explicit_buckets=1",
+         "train.steps_per_epoch=2", "model.daian.explicit_buckets=1",
          "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
 
 
