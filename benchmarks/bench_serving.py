@@ -130,7 +130,7 @@ def ensure_run(work: str) -> str:
         shutil.rmtree(data, ignore_errors=True)
         _cli(["pipeline", "--input", raw, "--format", "synthetic", "--out", data])
     shutil.rmtree(run, ignore_errors=True)
-    _cli(["train", "--data", data, "--out", run, *TRAIN_ARGS])
+    _cli(["train", "--data", data, "--run", run, *TRAIN_ARGS])
     print(f"built {run} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return run
 

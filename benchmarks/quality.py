@@ -146,7 +146,7 @@ def main() -> None:
             run = f"{base}/{name}"
             if not os.path.exists(f"{run}/metrics.json"):
                 sets = [x for o in args.overrides for x in ("--set", o)]
-                _run(tirec + ["train", "--data", f"{base}/tfr", "--model", name, "--out", run,
+                _run(tirec + ["train", "--data", f"{base}/tfr", "--model", name, "--run", run,
                               "--epochs", str(args.epochs), "--set", f"train.seed={seed}"] + sets)
             with open(f"{run}/metrics.json") as fh:
                 m = json.load(fh)

@@ -215,9 +215,9 @@ def _check_run_dir(run_dir: str, spec: FeatureSpec, data_dir: str) -> None:
     if tf.io.gfile.exists(path):
         diff = FeatureSpec.load(path).diff(spec)
         if diff:
-            raise ValueError(f"--out {run_dir} holds a run on other data: its spec.json differs from "
+            raise ValueError(f"--run {run_dir} holds a run on other data: its spec.json differs from "
                              f"{os.path.join(data_dir, 'spec.json')}: {'; '.join(diff)}; "
-                             f"train into a new --out folder")
+                             f"train into a new --run folder")
 
 
 def _check_validation(cfg: TrainConfig, data_dir: str, has_valid: bool, strategy=None) -> None:

@@ -1,6 +1,6 @@
 """SavedModel export of a trained run, in the layout TF Serving loads.
 
-    tirec export --model-dir RUN --out BASE --name NAME [--version V] [--data T] [--checkpoint last|best]
+    tirec export --run RUN --out BASE --model-name NAME [--version V] [--data T] [--checkpoint last|best]
 
 writes ``BASE/NAME/<V>/`` (``V`` an integer, by default one more than the newest version
 there) with these signatures, all returning float32:
@@ -272,7 +272,7 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
         valid split; an error when the run has none).
     """
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"export: --name must be a plain folder name; received name={name!r}")
+        raise ValueError(f"export: --model-name must be a plain folder name; received name={name!r}")
     model_base = os.path.join(base, name)
     if version is None:
         version = next_version(model_base)

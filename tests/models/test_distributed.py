@@ -42,7 +42,7 @@ def _free_ports(n):
 
 def test_mirrored_two_cpu_replicas_all_three_stages(tiny_data, tmp_path):
     run = tmp_path / "run"
-    res = subprocess.run(_tirec() + ["train", "--data", tiny_data, "--model", "daian", "--out", str(run),
+    res = subprocess.run(_tirec() + ["train", "--data", tiny_data, "--model", "daian", "--run", str(run),
                                      "--strategy", "mirrored", "--cpu-replicas", "2", "--epochs", "1"] + SMALL,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -183,7 +183,7 @@ def test_multiworker_two_local_processes(tiny_data, tmp_path):
         env = _env()
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
         procs.append(subprocess.Popen(
-            _tirec() + ["train", "--data", tiny_data, "--model", "din", "--out", str(run),
+            _tirec() + ["train", "--data", tiny_data, "--model", "din", "--run", str(run),
                         "--strategy", "multiworker", "--steps-per-epoch", "3"] + SMALL,
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=600) for p in procs]

@@ -232,7 +232,7 @@ def test_records_without_prior_intent(tiny_data, tmp_path, caplog):
     old_spec.save(str(old / "spec.json"))
     run = tmp_path / "run"
     sets = [x for o in SMALL + ["train.steps_per_epoch=1"] for x in ("--set", o)]
-    assert cli.main(["train", "--data", str(old), "--model", "daian", "--out", str(run)] + sets) == 2
+    assert cli.main(["train", "--data", str(old), "--model", "daian", "--run", str(run)] + sets) == 2
     errors = [r.getMessage() for r in caplog.records if r.name == "tirec" and r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert "['prior_intent']" in errors[0] and "re-run `tirec pipeline`" in errors[0]
@@ -262,7 +262,7 @@ def test_evaluate_cli_with_baseline(tiny_data, tmp_path, capsys):
     base = train_run(tiny_data, "din", str(tmp_path / "din"), cfg.model, cfg.train)
     train_run(tiny_data, "daian", str(tmp_path / "daian"), cfg.model, cfg.train)
     capsys.readouterr()  # drop the training progress output
-    assert cli.main(["evaluate", "--data", tiny_data, "--model-dir", str(tmp_path / "daian"),
+    assert cli.main(["evaluate", "--data", tiny_data, "--run", str(tmp_path / "daian"),
                      "--baseline", str(tmp_path / "din")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rela_impr_auc"] == pytest.approx(M.rela_impr(out["auc"], base["auc"]))
@@ -602,7 +602,7 @@ def test_train_cli_checks_its_input_first(tiny_data, tmp_path, caplog, case, cha
     data = str(tmp_path / case) if change is None else _copy_data(tiny_data, tmp_path / case, change)
     run = tmp_path / "run"
     caplog.clear()
-    assert cli.main(["train", "--data", data, "--model", "din", "--out", str(run)]) == 2
+    assert cli.main(["train", "--data", data, "--model", "din", "--run", str(run)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert re.search(message, errors[0]), errors[0]
@@ -617,10 +617,10 @@ def test_train_cli_rejects_a_run_folder_of_other_data(tiny_data, tmp_path, caplo
     import dataclasses
 
     dataclasses.replace(load_data_spec(tiny_data), intent_levels=4).save(str(run / "spec.json"))
-    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--out", str(run)]) == 2
+    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--run", str(run)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
-    assert f"--out {run} holds a run on other data: its spec.json differs from {tiny_data}/spec.json: " \
+    assert f"--run {run} holds a run on other data: its spec.json differs from {tiny_data}/spec.json: " \
            f"intent_levels: 4 != 6" in errors[0]
     assert sorted(os.listdir(run)) == ["spec.json"]  # nothing else written
 
@@ -630,7 +630,7 @@ def test_mirrored_without_gpu_needs_cpu_replicas(tiny_data, tmp_path, caplog):
     from tirec import cli
 
     run = tmp_path / "run"
-    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--out", str(run),
+    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--run", str(run),
                      "--strategy", "mirrored"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1, errors
