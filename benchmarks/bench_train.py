@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
+from tirec.features.jsonio import write_json  # noqa: E402
 from tirec.features.spec import TableSpec  # noqa: E402
 from tirec.models.base import STAGE_JOINT, model_input_names, request_input_names  # noqa: E402
 from tirec.models.config import PRECISIONS, ModelConfig, TrainConfig, model_config_from_dict  # noqa: E402
@@ -260,8 +261,7 @@ def main() -> None:
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
         out["big_table"] = json.loads(lines[-1]) if lines else {"error": res.stderr[-2000:]}
     print(json.dumps(out, indent=2))
-    with open(f"{args.work}/bench_train.json", "w") as fh:
-        json.dump(out, fh, indent=2)
+    write_json(f"{args.work}/bench_train.json", out)
 
 
 if __name__ == "__main__":

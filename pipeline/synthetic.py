@@ -77,6 +77,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from tirec.features.jsonio import write_json
+
 log = logging.getLogger(__name__)
 
 DAY = 86_400
@@ -745,9 +747,7 @@ def generate(cfg: GeneratorConfig, out_dir: str,
     files += [rel(users_w.path), rel(truth_w.path)]
 
     cfg_path = os.path.join(out_dir, "generator_config.json")
-    with open(cfg_path, "w", encoding="utf-8") as fh:
-        json.dump(dataclasses.asdict(cfg), fh, indent=2, sort_keys=True)
-        fh.write("\n")
+    write_json(cfg_path, dataclasses.asdict(cfg), sort_keys=True)
     files.append(rel(cfg_path))
 
     summary = {

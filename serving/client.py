@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from tirec.features.jsonio import read_text
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import context_fields, item_fields, model_input_names, user_fields
 
@@ -371,8 +372,7 @@ def load_request(path: str) -> dict:
     """Reads a TIR request JSON file (``-`` for stdin)."""
     import sys
 
-    text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
     try:
-        return json.loads(text)
+        return json.loads(sys.stdin.read()) if path == "-" else json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"request: {path} is not valid JSON: {err}") from None

@@ -58,6 +58,7 @@ import uuid
 
 import tensorflow as tf
 
+from tirec.features.jsonio import write_json
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import model_input_names
 from tirec.models.data import shard_files
@@ -297,9 +298,7 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
         spec_path = os.path.join(scratch, "spec.json")
         spec.save(spec_path)
         cfg_path = os.path.join(scratch, "config.json")
-        with open(cfg_path, "w") as fh:
-            import json
-            json.dump(cfg, fh, indent=2)
+        write_json(cfg_path, cfg)
         module = ServingModule(model, spec, assets={"spec": spec_path, "config": cfg_path})
         try:
             tf.saved_model.save(module, tmp, signatures=module.signatures())

@@ -330,14 +330,14 @@ def _add_make_request(sub) -> None:
 
 
 def _run_make_request(args, _extra) -> int:
+    from tirec.features.jsonio import write_json
     from tirec.models.data import load_data_spec
     from tirec.serving.client import request_from_records
     from tirec.serving.export import read_eval_records
 
     spec = load_data_spec(args.data)
     req = request_from_records(spec, read_eval_records(args.data, args.rows), args.request_id)
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(req, fh, indent=1)
+    write_json(args.out, req, indent=1)
     print(f"{args.out}: user {req['user']['user_id']}, {len(req['history'])} history items, "
           f"{len(req['candidates'])} candidates")
     return 0
