@@ -24,6 +24,15 @@ def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
+def exists(path: str) -> bool:
+    """True when the local or remote file or folder ``path`` exists."""
+    if is_remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
 def read_text(path: str) -> str:
     """The UTF-8 text of a local or remote file."""
     if is_remote(path):

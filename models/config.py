@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping
 
-from tirec.features.config_io import SECTIONS, from_dict, load
+from tirec.features.config_io import RUN_CONFIG, SECTIONS, from_dict, load
+from tirec.features.jsonio import exists
 
 STRATEGIES = ("default", "mirrored", "multiworker", "ps")
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -230,7 +231,13 @@ class RunConfig:
 def load_run_config(run_dir: str) -> RunConfig:
     """A run folder's ``config.json``, read by the one config loader. A file written before the
     model sections existed (DAIAN's settings flat in ``model``) loads the same (quietly: the
-    user did not write it)."""
+    user did not write it).
+
+    Raises:
+      FileNotFoundError: naming ``run_dir`` when it holds no ``config.json``.
+    """
+    if not exists(f"{run_dir.rstrip('/')}/{RUN_CONFIG}"):
+        raise FileNotFoundError(f"{run_dir}: not a `tirec train` run folder (it has no {RUN_CONFIG})")
     return load(RunConfig, run_dir, quiet=True)
 
 

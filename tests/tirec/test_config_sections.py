@@ -148,8 +148,10 @@ def test_run_config_written_and_read_by_the_one_loader(tmp_path, capsys):
     cfg = load_run_config(str(tmp_path / "run"))
     write_json(str(tmp_path / "run" / "config.json"), to_dict(cfg))
     assert load_run_config(str(tmp_path / "run")) == cfg
-    with pytest.raises(FileNotFoundError, match="not a run folder"):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: not a `tirec train` run folder"):
         load_run_config(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not a `tirec train` run folder"):
+        load_run_config(str(tmp_path / "missing"))
     assert capsys.readouterr().err == ""
 
 
