@@ -47,6 +47,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from tirec.features.jsonio import read_json, write_json
+
 SPEC_VERSION = 2
 LEGACY_SPEC_VERSION = 1  # no groups: they are derived from the column names (derive_groups)
 DTYPES = ("int64", "float32", "string")
@@ -347,11 +349,11 @@ class FeatureSpec:
 
     def save(self, path: str) -> None:
         """Writes ``spec.json`` (any filesystem Beam can write when the path is remote)."""
-        _write_text(path, self.to_json() + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> "FeatureSpec":
-        return cls.from_json(_read_text(path))
+        return cls.from_dict(read_json(path))
 
     def diff(self, other: "FeatureSpec") -> list[str]:
         """Human-readable differences; empty when the specs are equal."""
@@ -649,24 +651,3 @@ def _check_name(what: str, name: Any) -> None:
     if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
         raise ValueError(f"{what} must be a non-empty identifier of letters, digits and '_'; "
                          f"received {name!r}")
-
-
-def _write_text(path: str, text: str) -> None:
-    if "://" in path:  # remote (gs://, s3://, hdfs://): TensorFlow's filesystem layer
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "w") as fh:
-            fh.write(text)
-    else:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-
-def _read_text(path: str) -> str:
-    if "://" in path:
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "r") as fh:
-            return fh.read()
-    with open(path, encoding="utf-8") as fh:
-        return fh.read()

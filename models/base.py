@@ -34,6 +34,7 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
+from tirec.features.config_io import to_dict
 from tirec.features.spec import ITEM_ID, FeatureSpec, standard_column
 from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
 from tirec.models.layers import FrozenItemTable, HashedEmbedding
@@ -402,9 +403,7 @@ class TirModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):
-        import dataclasses
-
-        return {"spec_json": self.spec.to_json(), "model_config": dataclasses.asdict(self.model_config),
+        return {"spec_json": self.spec.to_json(), "model_config": to_dict(self.model_config),
                 "num_items": self.num_items, "item_dim": self.item_dim, "name": self.name,
                 "precision": self.precision}
 

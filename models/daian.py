@@ -1,6 +1,7 @@
 """DAIAN (arXiv 2602.13971): distribution-aware intent modeling on top of DIN.
 
-Modules (MODELS.md §1; [X] marks reconstructions, each a ModelConfig switch):
+Modules (MODELS.md §1; [X] marks reconstructions, each a switch of :class:`DaianConfig`, the
+``model.daian`` config section):
 
 * **UIM** (§1.2) — its own embedding tables; ``h_S = DinAttention(e_t, E_S)`` (or
   ``MHTA(e_t, E_S)`` with ``uim_attention=mhta``, [X], cheaper),
@@ -30,6 +31,8 @@ mixed precision too. Training stages are handled by :class:`tirec.models.base.Ti
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -43,6 +46,71 @@ from tirec.models.layers.sequence import keep_first, length_bucketed, real_lengt
 from tirec.models.registry import register_model
 
 keras = tf.keras
+
+
+@dataclasses.dataclass(frozen=True)
+class DaianConfig:
+    """DAIAN's own settings, the ``model.daian`` config section (validated when built). The
+    settings it shares with every model (``emb_dim``, ``tower``, ``din_hidden``,
+    ``hist_buckets``, ``request_dedup``, ...) are in the common ``model`` section.
+
+    Args:
+      att_units / att_heads: multi-head attention size (I2E, explicit branch, the IA2N gate and
+        the UIM's ``mhta`` pooling).
+      use_uim / use_die / use_sein: ablation switches (MODELS.md §1.9).
+      uim_hidden: UIM MLP sizes (then n levels).
+      uim_attention: the UIM's history pooling ``h_S`` (MODELS.md §1.2): ``din``
+        (DinAttention(e_t, E_S), default) or ``mhta`` ([X] MultiHeadTargetAttention with
+        att_units x att_heads; 10-17 % less DAIAN step time at the paper config, other
+        numerics).
+      i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), MODELS.md §1.3.
+      sim_bins: buckets of the semantic similarity embedding (§1.5).
+      sim_fusion: ``norm_ratio`` or ``additive`` (§1.5 variant).
+      gate_inputs: ``intent`` (x = [e_sim ‖ sg(y)]) or ``intent_interest`` (also sg(v_imp), sg(v_exp)).
+      gamma: Gate NU scale.
+      explicit_len: [X] cap on the explicit subsequence ``S'`` (MODELS.md §1.4, ``L' = 50``):
+        keep its first (most recent) ``explicit_len`` behaviours. At or above the sequence
+        length it changes nothing.
+      explicit_buckets: how the explicit branch (MHSA + MHTA over ``S'``) runs; the outputs
+        are the same up to float rounding: ``0`` on the padded history (the straightforward
+        path), ``1`` on ``S'`` compacted to the batch's longest, ``k > 1`` on ``k`` groups of
+        samples of similar ``|S'|`` (the fastest; see ``tirec.models.layers.sequence``).
+    """
+
+    att_units: int = 128
+    att_heads: int = 4
+    use_uim: bool = True
+    use_die: bool = True
+    use_sein: bool = True
+    uim_hidden: tuple[int, ...] = (256, 128)
+    uim_attention: str = "din"
+    i2e_fusion: str = "concat"
+    sim_bins: int = 20
+    sim_fusion: str = "norm_ratio"
+    gate_inputs: str = "intent"
+    gamma: float = 2.0
+    explicit_len: int = 50
+    explicit_buckets: int = 16
+
+    def __post_init__(self) -> None:
+        def bad(field, why):
+            raise ValueError(f"model.daian.{field}: {why}; received {getattr(self, field)!r}")
+
+        if self.att_units % self.att_heads:
+            bad("att_units", f"must be divisible by att_heads={self.att_heads}")
+        choices = {"uim_attention": ("din", "mhta"), "i2e_fusion": ("concat", "add"),
+                   "sim_fusion": ("norm_ratio", "additive"), "gate_inputs": ("intent", "intent_interest")}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                bad(field, f"must be {' or '.join(allowed)}")
+        if self.sim_bins < 2:
+            bad("sim_bins", "must be >= 2")
+        if isinstance(self.explicit_len, bool) or not isinstance(self.explicit_len, int) \
+                or self.explicit_len < 1:
+            bad("explicit_len", "must be an integer >= 1")
+        if isinstance(self.explicit_buckets, bool) or not isinstance(self.explicit_buckets, int) \
+                or self.explicit_buckets < 0:
+            bad("explicit_buckets", "must be an integer >= 0 (0 = no compaction)")
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -99,13 +167,14 @@ class DAIAN(TirModel):
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
-        c = model_config
+        c, d = model_config, model_config.section("daian")
+        self.daian_config = d  # DAIAN's own settings (model.daian.*)
         n = spec.intent_levels
         lo, hi = spec.sim_range
         self.tau = float(spec.explicit_threshold)
         self.sim_lo, self.sim_hi = lo, hi
         # Projection of the n-level ground truth onto the UIM's output space.
-        if c.use_uim:
+        if d.use_uim:
             proj = np.eye(n, dtype=np.float32)
         else:
             level_lo = transforms.bin_edges(n, lo, hi)[:-1]
@@ -114,23 +183,23 @@ class DAIAN(TirModel):
         self.intent_projection = tf.constant(proj)
         k = proj.shape[1]
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
-        self.uim = UserIntentModel(spec.to_json(), c.emb_dim, c.table_shards, c.uim_hidden, k,
-                                   scalar=not c.use_uim, attention=c.uim_attention,
-                                   att_units=c.att_units, att_heads=c.att_heads,
+        self.uim = UserIntentModel(spec.to_json(), c.emb_dim, c.table_shards, d.uim_hidden, k,
+                                   scalar=not d.use_uim, attention=d.uim_attention,
+                                   att_units=d.att_units, att_heads=d.att_heads,
                                    length_buckets=c.hist_buckets, name="uim")
         act = "dice" if c.activation == "dice" else "sigmoid"
         self.din_att = DinAttention(hidden_units=c.din_hidden, activation=act, length_buckets=c.hist_buckets,
                                     name="din_attention")
-        if c.use_die:
+        if d.use_die:
             self.i2e_query = keras.layers.Dense(self.embed.item_dim, name="i2e_query")
-            self.i2e_att = MultiHeadTargetAttention(c.att_units, c.att_heads, name="i2e_mhta")
-            self.exp_self = MultiHeadSelfAttention(c.att_units, c.att_heads, name="explicit_mhsa")
-            self.exp_target = MultiHeadTargetAttention(c.att_units, c.att_heads, name="explicit_mhta")
-        if c.use_sein:
+            self.i2e_att = MultiHeadTargetAttention(d.att_units, d.att_heads, name="i2e_mhta")
+            self.exp_self = MultiHeadSelfAttention(d.att_units, d.att_heads, name="explicit_mhsa")
+            self.exp_target = MultiHeadTargetAttention(d.att_units, d.att_heads, name="explicit_mhta")
+        if d.use_sein:
             self.proj = MLP((item_dim, item_dim), output_logit=False, name="id_projection")
-            self.sim_bins = keras.layers.Embedding(c.sim_bins, item_dim, name="sim_bin_embedding")
-            if c.use_die:
-                self.gate = GateNU((c.att_units,), 2 * c.att_units, gamma=c.gamma, name="ia2n_gate")
+            self.sim_bins = keras.layers.Embedding(d.sim_bins, item_dim, name="sim_bin_embedding")
+            if d.use_die:
+                self.gate = GateNU((d.att_units,), 2 * d.att_units, gamma=d.gamma, name="ia2n_gate")
         self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
                          name="tower")
 
@@ -147,7 +216,7 @@ class DAIAN(TirModel):
 
     def _explicit_interest(self, target, hist, explicit, max_len):
         """v_exp with one row per sample: MHSA and pooling per group of rows of similar |S'|."""
-        c = self.model_config
+        c = self.daian_config
         self._build_explicit(hist, explicit)
         # The per-row steps of the target attention run once on the whole batch; only the
         # self-attention and the pooling run per group of rows of similar |S'|.
@@ -165,7 +234,7 @@ class DAIAN(TirModel):
     def _explicit_sequences(self, hist, explicit, max_len):
         """MHSA(E_S') of every row: ``([n, W, units], mask [n, W])``, S' compacted to the front
         (W = the longest |S'|) unless ``explicit_buckets=0`` (then the padded positions)."""
-        c = self.model_config
+        c = self.daian_config
         self._build_explicit(hist, explicit)
         if c.explicit_buckets == 0:
             mask = keep_first(explicit, max_len)
@@ -182,7 +251,7 @@ class DAIAN(TirModel):
         return seq, tf.sequence_mask(lengths, width)
 
     def forward(self, inputs, training=False):
-        c = self.model_config
+        c = self.daian_config
         dtype = self.layer_dtype
         # Request-level blocks run on `rows` (one per distinct request with
         # model.request_dedup); `expand` gathers their outputs back to the candidates.
@@ -218,7 +287,7 @@ class DAIAN(TirModel):
             hist_sim = tf.reduce_sum(m_hist * m_t_r[:, None, :], axis=-1)
             explicit = r["mask"] & (hist_sim >= self.tau) & tf.cast(rows["has_trigger"], tf.bool)[:, None]
             max_len = c.explicit_len if c.explicit_len < self.spec.max_seq_len else None
-            if c.request_dedup:
+            if self.model_config.request_dedup:
                 # MHSA(E_S') once per request; the target attention per sample.
                 seq, seq_mask = self._explicit_sequences(r["hist"], explicit, max_len)
                 seq, seq_mask = expand(seq), expand(seq_mask)
@@ -262,12 +331,12 @@ class DAIAN(TirModel):
     def _i2e_query(self, trigger, intent):
         """I2E's query (MODELS.md §1.3): W[e_t ‖ ŷ] or e_t + Wŷ."""
         intent = tf.cast(intent, self.layer_dtype)
-        if self.model_config.i2e_fusion == "concat":
+        if self.daian_config.i2e_fusion == "concat":
             return self.i2e_query(tf.concat([trigger, intent], axis=-1))
         return trigger + self.i2e_query(intent)
 
 
-@register_model("daian")
+@register_model("daian", DaianConfig)
 def build_daian(spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int) -> DAIAN:
     return DAIAN(spec, model_config, num_items, item_dim, name="daian")
 

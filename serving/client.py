@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from tirec.features.jsonio import read_text
 from tirec.features.spec import (ITEM_GROUPS, ITEM_ID, Feature, FeatureSpec, derive_groups,
                                  history_lengths, select_features)
 
@@ -451,8 +452,7 @@ def load_request(path: str) -> dict:
     """Reads a TIR request JSON file (``-`` for stdin)."""
     import sys
 
-    text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
     try:
-        return json.loads(text)
+        return json.loads(sys.stdin.read()) if path == "-" else json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"request: {path} is not valid JSON: {err}") from None

@@ -1,6 +1,6 @@
 """SavedModel export of a trained run, in the layout TF Serving loads.
 
-    tirec export --model-dir RUN --out BASE --name NAME [--version V] [--data T] [--checkpoint last|best]
+    tirec export --run RUN --out BASE --model-name NAME [--version V] [--data T] [--checkpoint last|best]
 
 writes ``BASE/NAME/<V>/`` (``V`` an integer, by default one more than the newest version
 there) with these signatures, all returning float32:
@@ -58,6 +58,7 @@ import uuid
 
 import tensorflow as tf
 
+from tirec.features.jsonio import write_json
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import model_input_names
 from tirec.models.data import shard_files
@@ -272,7 +273,7 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
         valid split; an error when the run has none).
     """
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"export: --name must be a plain folder name; received name={name!r}")
+        raise ValueError(f"export: --model-name must be a plain folder name; received name={name!r}")
     model_base = os.path.join(base, name)
     if version is None:
         version = next_version(model_base)
@@ -297,9 +298,7 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
         spec_path = os.path.join(scratch, "spec.json")
         spec.save(spec_path)
         cfg_path = os.path.join(scratch, "config.json")
-        with open(cfg_path, "w") as fh:
-            import json
-            json.dump(cfg, fh, indent=2)
+        write_json(cfg_path, cfg)
         module = ServingModule(model, spec, assets={"spec": spec_path, "config": cfg_path})
         try:
             tf.saved_model.save(module, tmp, signatures=module.signatures())

@@ -12,10 +12,10 @@ import textwrap
 import numpy as np
 import pytest
 
-SMALL = ["--set", "model.emb_dim=4", "--set", "model.att_units=8", "--set", "model.att_heads=2",
-         "--set", "model.tower=[16,8]", "--set", "model.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
+SMALL = ["--set", "model.emb_dim=4", "--set", "model.daian.att_units=8", "--set", "model.daian.att_heads=2",
+         "--set", "model.tower=[16,8]", "--set", "model.daian.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
          "--set", "train.batch_size=128", "--set", "train.shuffle_buffer=0",
-         "--set", "model.explicit_buckets=1", "--set", "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
+         "--set", "model.daian.explicit_buckets=1", "--set", "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
 
 
 def _env():
@@ -42,7 +42,7 @@ def _free_ports(n):
 
 def test_mirrored_two_cpu_replicas_all_three_stages(tiny_data, tmp_path):
     run = tmp_path / "run"
-    res = subprocess.run(_tirec() + ["train", "--data", tiny_data, "--model", "daian", "--out", str(run),
+    res = subprocess.run(_tirec() + ["train", "--data", tiny_data, "--model", "daian", "--run", str(run),
                                      "--strategy", "mirrored", "--cpu-replicas", "2", "--epochs", "1"] + SMALL,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -105,7 +105,7 @@ def test_mirrored_sgd_step_equals_one_device_with_l2(tiny_data):
     scaled once by the replicas; the odd batch (64 + 63 rows) checks the data loss is the
     global-batch mean (DIN, DAIAN stage 3 with its second optimizer, DAIAN stage 1's intent KL
     over the labelled requests)."""
-    sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.sim_bins=5"]
+    sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.daian.sim_bins=5"]
     res = subprocess.run([sys.executable, "-c", STEP_SCRIPT, tiny_data, "127"] + sets,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -183,7 +183,7 @@ def test_multiworker_two_local_processes(tiny_data, tmp_path):
         env = _env()
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
         procs.append(subprocess.Popen(
-            _tirec() + ["train", "--data", tiny_data, "--model", "din", "--out", str(run),
+            _tirec() + ["train", "--data", tiny_data, "--model", "din", "--run", str(run),
                         "--strategy", "multiworker", "--steps-per-epoch", "3"] + SMALL,
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=600) for p in procs]

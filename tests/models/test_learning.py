@@ -11,9 +11,9 @@ from tirec.models.train import build_model, evaluate_model, train_run
 from tirec.pipeline import job, synthetic
 from tirec.pipeline.config import PipelineConfig
 
-SETTINGS = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
-            "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
-            "model.explicit_buckets=1", "model.hist_buckets=1", "train.three_stage=false",
+SETTINGS = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
+            "model.daian.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.daian.sim_bins=5",
+            "model.daian.explicit_buckets=1", "model.hist_buckets=1", "train.three_stage=false",
             "train.batch_size=256", "train.epochs=1", "train.optimizer=adam", "train.learning_rate=0.01",
             "train.seed=0"]
 
