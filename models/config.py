@@ -1,7 +1,8 @@
 """Typed configuration of models and training (the ``model:`` and ``train:`` config sections).
 
-Defaults follow the DAIAN paper (MODELS.md §0, §1): batch 4096, Adagrad lr 0.05, tower
-512-256-128, attention 128 units x 4 heads, sequence length 50 (from the FeatureSpec).
+Defaults follow the DAIAN paper (docs/models.md#optimisers-and-defaults): batch 4096, Adagrad
+lr 0.05, tower 512-256-128, attention 128 units x 4 heads, sequence length 50 (from the
+FeatureSpec).
 """
 from __future__ import annotations
 
@@ -28,20 +29,21 @@ class ModelConfig:
         layers (tower, attention, gate, UIM and I2E projections; not on biases, embedding
         tables or the frozen item table), summed over the kernels the current stage trains and
         added to the stage's data loss. 0 (default) = off.
-      use_uim / use_die / use_sein: DAIAN ablation switches (MODELS.md §1.9).
+      use_uim / use_die / use_sein: DAIAN ablation switches (docs/models.md#ablation-switches).
       uim_hidden: UIM MLP sizes (then n levels).
-      uim_attention: the UIM's history pooling ``h_S`` (MODELS.md §1.2): ``din``
+      uim_attention: the UIM's history pooling ``h_S`` (docs/models.md#uim): ``din``
         (DinAttention(e_t, E_S), default) or ``mhta`` ([X] MultiHeadTargetAttention with
         att_units x att_heads; 10-17 % less DAIAN step time at the paper config, other
         numerics).
-      i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), MODELS.md §1.3.
-      sim_bins: buckets of the semantic similarity embedding (§1.5).
-      sim_fusion: ``norm_ratio`` or ``additive`` (§1.5 variant).
+      i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), docs/models.md#i2e.
+      sim_bins: buckets of the semantic similarity embedding
+        (docs/models.md#hybrid-similarity-enhancer).
+      sim_fusion: ``norm_ratio`` or ``additive`` (the same section's variant).
       gate_inputs: ``intent`` (x = [e_sim ‖ sg(y)]) or ``intent_interest`` (also sg(v_imp), sg(v_exp)).
       gamma: Gate NU scale.
-      explicit_len: [X] cap on the explicit subsequence ``S'`` (MODELS.md §1.4, ``L' = 50``):
-        keep its first (most recent) ``explicit_len`` behaviours. At or above the sequence
-        length it changes nothing.
+      explicit_len: [X] cap on the explicit subsequence ``S'``
+        (docs/models.md#explicit-intent-subsequence, ``L' = 50``): keep its first (most
+        recent) ``explicit_len`` behaviours. At or above the sequence length it changes nothing.
       hist_buckets: how DIN attention (DIN's, DAIAN's and the UIM's ``din`` pooling) runs over
         the behaviour sequence; the outputs are the same up to float rounding: ``0`` on the
         padded sequence, ``k >= 1`` on the real behaviours compacted into ``k`` groups of
@@ -132,7 +134,8 @@ class TrainConfig:
       epochs: epochs per stage (DAIAN trains three stages; ``three_stage=false`` one).
       learning_rate: Adagrad learning rate.
       optimizer: ``adagrad`` or ``adam``.
-      three_stage: DAIAN's UIM pretrain -> DIE pretrain -> joint schedule (MODELS.md §1.8).
+      three_stage: DAIAN's UIM pretrain -> DIE pretrain -> joint schedule
+        (docs/models.md#three-training-stages).
       uim_lr_scale: the UIM's learning-rate factor in stage 3.
       strategy: ``default``, ``mirrored``, ``multiworker`` (TF_CONFIG) or ``ps`` (TF_CONFIG).
       cpu_replicas: logical CPU devices for ``mirrored`` when there is no GPU. 0 (default)

@@ -1,4 +1,4 @@
-"""DIN (Zhou et al., KDD 2018): the base model and first TIR baseline (MODELS.md §3.1).
+"""DIN (Zhou et al., KDD 2018): the base model and first TIR baseline (docs/models.md#din).
 
 The user interest vector is a DIN attention pooling of the behaviour sequence with the target
 as query (un-normalised weights); for TIR the trigger embedding joins the tower input (as in

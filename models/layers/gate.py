@@ -1,4 +1,4 @@
-"""GateNU: PEPNet's gate neural unit (MODELS.md §1.6 and §4)."""
+"""GateNU: PEPNet's gate neural unit (docs/models.md#gate-nu)."""
 from __future__ import annotations
 
 import numbers

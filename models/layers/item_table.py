@@ -33,7 +33,9 @@ def _check_table(ids, vectors) -> tuple[np.ndarray, np.ndarray]:
 
 @keras.utils.register_keras_serializable(package="tirec")
 class FrozenItemTable(keras.layers.Layer):
-    """A frozen ``item id -> vector`` table (e.g. the multimodal item vectors ``m``, MODELS.md §1.1).
+    """A frozen ``item id -> vector`` table, e.g. the multimodal item vectors ``m``.
+
+    See docs/models.md#similarity-levels.
 
     The ids (int64 ``[N]``, kept sorted) and vectors (float32 ``[N, d]``) are non-trainable
     variables, so they are saved with the SavedModel and restored by loading weights; lookup is a

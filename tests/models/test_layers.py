@@ -348,7 +348,8 @@ def test_mhsa_matches_numpy_and_ignores_padding(d):
 # ---- fast attention paths equal the straightforward computation --------------------------------
 
 def _straight_mhta(layer, query, keys, mask):
-    """MHTA as MODELS.md §0 writes it: project K and V, masked softmax, zero rows without keys."""
+    """MHTA as docs/models.md#multi-head-target-attention writes it: project K and V, masked
+    softmax, zero rows without keys."""
     from tirec.models.layers._common import masked_softmax, merge_heads, split_heads
     q = split_heads(layer.query_dense(query), layer.heads)
     k = split_heads(layer.key_dense(keys), layer.heads)
