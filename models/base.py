@@ -35,12 +35,11 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
 from tirec.models.layers import FrozenItemTable, HashedEmbedding
 from tirec.models.layers.sequence import unique_rows
-
-keras = tf.keras
 
 STAGE_UIM, STAGE_DIE, STAGE_JOINT = 1, 2, 3
 # Record columns a stage reads besides the model inputs: stage 2 feeds ``prior_intent``.

@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import STAGE_DIE, FeatureEmbedder, TirModel
@@ -42,8 +43,6 @@ from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttenti
                                  MultiHeadTargetAttention)
 from tirec.models.layers.sequence import keep_first, length_bucketed, real_lengths
 from tirec.models.registry import register_model
-
-keras = tf.keras
 
 
 @keras.utils.register_keras_serializable(package="tirec")

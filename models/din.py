@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP, DinAttention
 from tirec.models.registry import register_model
-
-keras = tf.keras
 
 
 @keras.utils.register_keras_serializable(package="tirec")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
-import tf_keras as keras
 
+from tirec.compat import keras
 from tirec.models.layers._common import (attention_bias, check_positive_int, check_units,
                                          layer_norm, masked_softmax, merge_heads, sequence_mask,
                                          softmax_with_bias, split_heads)

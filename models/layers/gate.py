@@ -4,8 +4,8 @@ from __future__ import annotations
 import numbers
 
 import tensorflow as tf
-import tf_keras as keras
 
+from tirec.compat import keras
 from tirec.models.layers._common import check_positive_int, check_units, fresh_initializer
 
 

@@ -5,7 +5,8 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
+
+from tirec.compat import keras
 
 # Fills the id slots of a table whose contents were never set, so that no real id matches.
 _UNSET_ID = np.iinfo(np.int64).max

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numbers
 
 import tensorflow as tf
-import tf_keras as keras
 
+from tirec.compat import keras
 from tirec.models.layers._common import check_units, fresh_initializer
 from tirec.models.layers.dice import activation_layer, apply_activation, check_activation
 

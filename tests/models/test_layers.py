@@ -7,7 +7,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
 
 
 def _two_logical_cpus() -> None:
@@ -25,6 +24,7 @@ def _two_logical_cpus() -> None:
 
 _two_logical_cpus()
 
+from tirec.compat import keras  # noqa: E402
 from tirec.features.spec import TableSpec  # noqa: E402
 from tirec.models.layers import (MLP, Dice, DinAttention, FrozenItemTable, GateNU,  # noqa: E402
                                  HashedEmbedding, MultiHeadSelfAttention, MultiHeadTargetAttention,
