@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
+from tirec.compat import keras  # noqa: E402
 from tirec.features.jsonio import write_json  # noqa: E402
 from tirec.features.spec import TableSpec  # noqa: E402
 from tirec.models.base import STAGE_JOINT, model_input_names, request_input_names  # noqa: E402
@@ -121,8 +122,8 @@ def build_step(name: str, data: str, precision: str, x, y, **overrides):
     ids, vecs, _ = load_item_vectors(data)
     model = build_model(name, spec, model_config(name, **overrides), ids, vecs, precision)
     model.set_stage(STAGE_JOINT)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05),
-                  uim_optimizer=tf.keras.optimizers.Adagrad(0.005))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05),
+                  uim_optimizer=keras.optimizers.Adagrad(0.005))
     step = tf.function(model.train_step)
     for _ in range(2):
         float(step((x, y))["loss"])
@@ -197,7 +198,7 @@ def big_table_child(data: str, steps: int) -> None:
     spec = spec.with_tables([TableSpec("item", 1 << 24, item.dim, 8)])
     ids, vecs, _ = load_item_vectors(data)
     model = build_model("din", spec, ModelConfig(name="din", table_shards=8), ids, vecs)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05))
     names = set(model_input_names(spec))
     ds = make_dataset(data, "train", spec, BATCH).map(lambda a, b: ({k: v for k, v in a.items() if k in names}, b))
     t = time.perf_counter()

@@ -455,10 +455,10 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
         before the request's earliest impression time ``T``, per level, each weighted
         ``2 ** (-(T - t) / pipeline.prior_intent_half_life)`` and normalised to sum 1; all zero
         when there is none. No label of the row's own request enters it: DAIAN's stage 2 feeds
-        it as the intent input (MODELS.md §1.1). One caveat: without request ids and with
-        triggers taken from impression clicks (Alimama), a request is (user, trigger), so an
-        earlier impression's label can decide which request, and trigger, later impressions
-        get; that is the user's past, not the row's own label. Role ``intent``, like
+        it as the intent input (docs/models.md#prior-intent). One caveat: without request ids
+        and with triggers taken from impression clicks (Alimama), a request is (user, trigger),
+        so an earlier impression's label can decide which request, and trigger, later
+        impressions get; that is the user's past, not the row's own label. Role ``intent``, like
         ``intent_counts`` / ``intent_dist``: training reads it, serving inputs never include it.
       * ``hist_item_ids``, ``hist_ts`` (0 = padding), ``hist_btag``, ``hist_len``,
         ``hist_trigger_sim`` and ``explicit_mask`` (1 where the behaviour's similarity to the

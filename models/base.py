@@ -1,16 +1,17 @@
 """Shared model scaffolding: feature embedding from the FeatureSpec and a staged CTR model.
 
 :class:`FeatureEmbedder` turns the raw id features of a batch into the field embeddings every
-TIR model uses (MODELS.md §0): the user ``E_u``, context ``E_c``, trigger ``e_t`` and target
-``e_i`` (``[id ‖ side fields]``) and the behaviour sequence ``E_S`` with its mask. Tables are
-declared by the spec; target, trigger and history ids share the ``item`` table.
+TIR model uses (docs/models.md#feature-embeddings): the user ``E_u``, context ``E_c``, trigger
+``e_t`` and target ``e_i`` (``[id ‖ side fields]``) and the behaviour sequence ``E_S`` with its
+mask. Tables are declared by the spec; target, trigger and history ids share the ``item`` table.
 
 :class:`TirModel` is the Keras model base. It owns the losses (BCE on the click, KL on the intent
 distribution with unlabelled requests masked out), their per-replica scaling, a streaming AUC
 for progress display, and DAIAN's stage switch: stage ``1`` trains the intent model alone on
 KL, stage ``2`` trains the rest on BCE with a label-free intent fed in (the record's
-``prior_intent``: the user's click levels before the request, MODELS.md §1.1), stage ``3``
-trains everything on BCE with a second, slower optimizer for the intent model (MODELS.md §1.8).
+``prior_intent``: the user's click levels before the request, docs/models.md#prior-intent),
+stage ``3`` trains everything on BCE with a second, slower optimizer for the intent model
+(docs/models.md#three-training-stages).
 Single-stage models always run in stage ``3`` semantics with one optimizer.
 
 Precision: a model takes the Keras global dtype policy in force when it is built (see
@@ -34,13 +35,12 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.features.config_io import to_dict
 from tirec.features.spec import ITEM_ID, FeatureSpec, standard_column
 from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
 from tirec.models.layers import FrozenItemTable, HashedEmbedding
 from tirec.models.layers.sequence import unique_rows
-
-keras = tf.keras
 
 STAGE_UIM, STAGE_DIE, STAGE_JOINT = 1, 2, 3
 # The intent columns (their ``field`` in the spec's intent group) a stage reads besides the model
@@ -342,7 +342,7 @@ class TirModel(keras.Model):
         Stage 2 feeds DAIAN ``x["prior_intent"]`` as its intent input: the user's time-decayed
         click levels before the request, written by the pipeline. It carries no label of the
         row's own request (the request's own click distribution, or that minus the row's own
-        click, would: MODELS.md §1.1), so the targets ``y`` are never read.
+        click, would: docs/models.md#prior-intent), so the targets ``y`` are never read.
         """
         check_stage_inputs(self.spec, [self.stage], x)
         return x

@@ -1,7 +1,7 @@
 """Typed configuration of models and training (the ``model:`` and ``train:`` config sections).
 
 Each section validates itself when it is built (``__post_init__``). Defaults follow the DAIAN
-paper (MODELS.md §0, §1): batch 4096, Adagrad lr 0.05, tower 512-256-128, attention 128 units x
+paper (docs/models.md#optimisers-and-defaults): batch 4096, Adagrad lr 0.05, tower 512-256-128, attention 128 units x
 4 heads (``model.daian``), sequence length 50 (from the FeatureSpec).
 """
 from __future__ import annotations
@@ -138,7 +138,8 @@ class TrainConfig:
       epochs: epochs per stage (DAIAN trains three stages; ``three_stage=false`` one).
       learning_rate: Adagrad learning rate.
       optimizer: ``adagrad`` or ``adam``.
-      three_stage: DAIAN's UIM pretrain -> DIE pretrain -> joint schedule (MODELS.md §1.8).
+      three_stage: DAIAN's UIM pretrain -> DIE pretrain -> joint schedule
+        (docs/models.md#three-training-stages).
       uim_lr_scale: the UIM's learning-rate factor in stage 3.
       strategy: ``default``, ``mirrored``, ``multiworker`` (TF_CONFIG) or ``ps`` (TF_CONFIG).
       cpu_replicas: logical CPU devices for ``mirrored`` when there is no GPU. 0 (default)

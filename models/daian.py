@@ -1,30 +1,30 @@
 """DAIAN (arXiv 2602.13971): distribution-aware intent modeling on top of DIN.
 
-Modules (MODELS.md §1; [X] marks reconstructions, each a switch of :class:`DaianConfig`, the
+Modules (docs/models.md#daian, with the paper's equation numbers; [X] marks reconstructions, each a switch of :class:`DaianConfig`, the
 ``model.daian`` config section):
 
-* **UIM** (§1.2) — its own embedding tables; ``h_S = DinAttention(e_t, E_S)`` (or
+* **UIM** (Eq. 2-5) — its own embedding tables; ``h_S = DinAttention(e_t, E_S)`` (or
   ``MHTA(e_t, E_S)`` with ``uim_attention=mhta``, [X], cheaper),
   ``ŷ = softmax(MLP([E_u ‖ h_S ‖ e_t]))`` over the n similarity levels. ``use_uim=False``
   replaces it by a scalar sigmoid intent (DIHN style) read as the 2-bin distribution
   [below tau, at/above tau].
-* **I2E** (§1.3) — ``q_I = W[e_t ‖ ŷ]`` (``i2e_fusion=concat``) or ``e_t + Wŷ`` (``add``);
+* **I2E** (Eq. 6-8) — ``q_I = W[e_t ‖ ŷ]`` (``i2e_fusion=concat``) or ``e_t + Wŷ`` (``add``);
   ``v_imp = MHTA(q_I, E_S)``.
-* **Explicit intent** (§1.4) — behaviours whose multimodal similarity to the trigger is >= tau
+* **Explicit intent** (Eq. 9-10) — behaviours whose multimodal similarity to the trigger is >= tau
   (computed in the graph from the frozen multimodal table, tau from the FeatureSpec), at most
   ``explicit_len`` of them (the most recent); ``v_exp = MHTA(e_i, MHSA(E_S'))``, 0 when S' is
   empty. ``S'`` is compacted and the samples grouped by ``|S'|`` (``explicit_buckets``), which
   changes only the speed (``tirec.models.layers.sequence``).
-* **Hybrid similarity enhancer** (§1.5) — ``s_sem = cos(m_t, m_i)``; ``h_id = p_t ⊙ p_i`` with
-  ``p_x = MLP(sg(e_x^id))``; ``e_s = Emb(bucket(s_sem))``; norm-ratio fusion
+* **Hybrid similarity enhancer** (Eq. 11-14) — ``s_sem = cos(m_t, m_i)``;
+  ``h_id = p_t ⊙ p_i`` with ``p_x = MLP(sg(e_x^id))``; ``e_s = Emb(bucket(s_sem))``; norm-ratio fusion
   ``α = ‖sg(h_id)‖ / (‖sg(h_id)‖ + ‖e_s‖ + ε)``, ``e_sim = α h_id + (1-α) e_s``.
-* **IA2N** (§1.6) — Gate NU over ``[e_sim ‖ sg(ŷ)]`` gives ``[w_exp ‖ w_imp]``;
+* **IA2N** (Eq. 15-18) — Gate NU over ``[e_sim ‖ sg(ŷ)]`` gives ``[w_exp ‖ w_imp]``;
   ``u_exp = w_exp ⊙ v_exp``, ``u_imp = w_imp ⊙ v_imp``.
-* **Stage 2** (§1.8) — I2E and IA2N read the record's ``prior_intent`` instead of ``ŷ`` [X]: the
-  user's time-decayed click levels before the request, which holds no label of the row's own
-  request (feeding the request's own ground truth, even minus the row's click, leaks the label,
-  §1.1).
-* **Prediction** (§1.7) — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN ‖ u_exp ‖ u_imp ‖ e_sim ‖ s_sem]))``.
+* **Stage 2** (training, Eq. 19-21) — I2E and IA2N read the record's ``prior_intent``
+  instead of ``ŷ`` [X]: the user's time-decayed click levels before the request, which holds no
+  label of the row's own request (feeding the request's own ground truth, even minus the row's
+  click, leaks the label: docs/models.md#prior-intent).
+* **Prediction** [X] — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN ‖ u_exp ‖ u_imp ‖ e_sim ‖ s_sem]))``.
 
 Outputs ``{"ctr": [B, 1], "intent": [B, k]}`` (k = n, or 2 without the UIM), float32 under
 mixed precision too. Training stages are handled by :class:`tirec.models.base.TirModel`.
@@ -36,6 +36,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import STAGE_DIE, FeatureEmbedder, TirModel
@@ -44,8 +45,6 @@ from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttenti
                                  MultiHeadTargetAttention)
 from tirec.models.layers.sequence import keep_first, length_bucketed, real_lengths
 from tirec.models.registry import register_model
-
-keras = tf.keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,18 +56,20 @@ class DaianConfig:
     Args:
       att_units / att_heads: multi-head attention size (I2E, explicit branch, the IA2N gate and
         the UIM's ``mhta`` pooling).
-      use_uim / use_die / use_sein: ablation switches (MODELS.md §1.9).
+      use_uim / use_die / use_sein: ablation switches (docs/models.md#ablation-switches).
       uim_hidden: UIM MLP sizes (then n levels).
-      uim_attention: the UIM's history pooling ``h_S`` (MODELS.md §1.2): ``din``
+      uim_attention: the UIM's history pooling ``h_S`` (docs/models.md#uim): ``din``
         (DinAttention(e_t, E_S), default) or ``mhta`` ([X] MultiHeadTargetAttention with
         att_units x att_heads; 10-17 % less DAIAN step time at the paper config, other
         numerics).
-      i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), MODELS.md §1.3.
-      sim_bins: buckets of the semantic similarity embedding (§1.5).
-      sim_fusion: ``norm_ratio`` or ``additive`` (§1.5 variant).
+      i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), docs/models.md#i2e.
+      sim_bins: buckets of the semantic similarity embedding
+        (docs/models.md#hybrid-similarity-enhancer).
+      sim_fusion: ``norm_ratio`` or ``additive`` (the same section's variant).
       gate_inputs: ``intent`` (x = [e_sim ‖ sg(y)]) or ``intent_interest`` (also sg(v_imp), sg(v_exp)).
       gamma: Gate NU scale.
-      explicit_len: [X] cap on the explicit subsequence ``S'`` (MODELS.md §1.4, ``L' = 50``):
+      explicit_len: [X] cap on the explicit subsequence ``S'``
+        (docs/models.md#explicit-intent-subsequence, ``L' = 50``):
         keep its first (most recent) ``explicit_len`` behaviours. At or above the sequence
         length it changes nothing.
       explicit_buckets: how the explicit branch (MHSA + MHTA over ``S'``) runs; the outputs
@@ -119,7 +120,7 @@ class UserIntentModel(keras.layers.Layer):
 
     Has its own embedding tables (its objective differs from the CTR objective). ``attention``
     picks ``h_S``: ``din`` (DinAttention, the default) or ``mhta`` (MultiHeadTargetAttention with
-    ``att_units`` x ``att_heads``), the two options of MODELS.md §1.2.
+    ``att_units`` x ``att_heads``), the two options of docs/models.md#uim.
     """
 
     def __init__(self, spec_json: str, emb_dim: int, shards: int, hidden: tuple, out_dim: int,
@@ -208,8 +209,9 @@ class DAIAN(TirModel):
         return tf.matmul(tf.cast(dist, tf.float32), self.intent_projection)
 
     def _explicit_pool(self, rows, sequences, mask):
-        """Per-position part of v_exp = MHTA(e_i, MHSA(E_S')) for a group of samples (MODELS.md
-        §1.4): the target attention's pooled keys over the self-attended S'."""
+        """Per-position part of v_exp = MHTA(e_i, MHSA(E_S')) for a group of samples
+        (docs/models.md#explicit-intent): the target attention's pooled keys over the
+        self-attended S'."""
         (q_keys, q_bias), (hist,) = rows, sequences
         _, pooled = self.exp_target.pool((q_keys, q_bias), self.exp_self(hist, mask), mask)
         return pooled
@@ -329,7 +331,7 @@ class DAIAN(TirModel):
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32)), "intent": pred_intent}
 
     def _i2e_query(self, trigger, intent):
-        """I2E's query (MODELS.md §1.3): W[e_t ‖ ŷ] or e_t + Wŷ."""
+        """I2E's query (docs/models.md#i2e): W[e_t ‖ ŷ] or e_t + Wŷ."""
         intent = tf.cast(intent, self.layer_dtype)
         if self.daian_config.i2e_fusion == "concat":
             return self.i2e_query(tf.concat([trigger, intent], axis=-1))

@@ -1,4 +1,4 @@
-"""DIN (Zhou et al., KDD 2018): the base model and first TIR baseline (MODELS.md §3.1).
+"""DIN (Zhou et al., KDD 2018): the base model and first TIR baseline (docs/models.md#din).
 
 The user interest vector is a DIN attention pooling of the behaviour sequence with the target
 as query (un-normalised weights); for TIR the trigger embedding joins the tower input (as in
@@ -10,13 +10,12 @@ import dataclasses
 
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP, DinAttention
 from tirec.models.registry import register_model
-
-keras = tf.keras
 
 
 @dataclasses.dataclass(frozen=True)

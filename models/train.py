@@ -34,6 +34,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.features.config_io import to_dict
 from tirec.features.jsonio import read_json, write_json
 from tirec.features.spec import FeatureSpec
@@ -44,7 +45,6 @@ from tirec.models.config import ModelConfig, RunConfig, TrainConfig, check_preci
 from tirec.models.data import check_data, load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder
 
-keras = tf.keras
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = {STAGE_UIM: "uim_pretrain", STAGE_DIE: "die_pretrain", STAGE_JOINT: "joint"}
@@ -263,7 +263,7 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     np.savez(buf, ids=item_ids, vectors=item_vectors)
     with tf.io.gfile.GFile(os.path.join(run_dir, "items.npz"), "wb") as fh:
         fh.write(buf.getvalue())
-    tf.keras.utils.set_random_seed(train_cfg.seed)
+    keras.utils.set_random_seed(train_cfg.seed)
     log.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
     with strategy.scope():
         model = build_model(model_name, spec, model_cfg, item_ids, item_vectors, train_cfg.precision)

@@ -11,7 +11,7 @@ Input files (CSV as published; sharded, Parquet or JSONL copies work too, see
   ``"new_user_class_level "`` with a trailing space; names are whitespace-stripped);
 * ``behavior_log``: ``user,time_stamp,btag,cate,brand`` (pv/cart/fav/buy events, no item id).
 
-Conversion (``docs/MODELS.md`` section 0, "Alimama preprocessing"):
+Conversion (docs/models.md#alimama-conversion):
 
 * **Impressions** = ``raw_sample``: ``user_id`` <- ``user``, ``item_id`` <- ``adgroup_id``,
   ``ts`` <- ``time_stamp``, ``label`` <- ``clk``. A row must have ``clk + nonclk == 1``

@@ -280,7 +280,7 @@ def prior_intent(cols: dict, level: np.ndarray, n_levels: int, half_life_s: int)
     ``2 ** (-(T_r - t) / half_life_s)``; all zeros when there is none
     (:func:`tirec.features.transforms.decayed_level_distribution`). Every click of ``r`` is at or
     after ``T_r``, so no label of the row's own request enters: DAIAN's stage 2 feeds this as
-    its intent input (MODELS.md §1.1).
+    its intent input (docs/models.md#prior-intent).
 
     Args:
       cols: whole users' labeled columns (``user_id``, ``_request``, ``impression_ts``,

@@ -62,6 +62,7 @@ STEP_SCRIPT = textwrap.dedent("""
     configure_cpu_replicas(2)  # before TensorFlow initialises
     import numpy as np
     import tensorflow as tf
+    from tirec.compat import keras
     from tirec.config import load_config
     from tirec.models.base import model_input_names, stage_input_names
     from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
@@ -86,8 +87,8 @@ STEP_SCRIPT = textwrap.dedent("""
                 model.set_stage(stage)
                 # plain SGD for both optimizers (DAIAN's UIM has its own in stage 3); eager: no
                 # tracing, a few seconds (the traced step gives the same weights)
-                model.compile(optimizer=tf.keras.optimizers.SGD(0.5),
-                              uim_optimizer=tf.keras.optimizers.SGD(0.2), run_eagerly=True)
+                model.compile(optimizer=keras.optimizers.SGD(0.5),
+                              uim_optimizer=keras.optimizers.SGD(0.2), run_eagerly=True)
             model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch), epochs=1, verbose=0)
             weights[label] = [v.numpy() for v in model.trainable_variables]
             start = dict(zip([v.name for v in model.weights], init))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.config import load_config
 from tirec.models.data import load_data_spec, load_item_vectors
 from tirec.models.train import build_model, evaluate_model, train_run
@@ -50,7 +51,7 @@ def test_model_learns_the_planted_signal(planted_data, tmp_path, name):
     # a run whose updates never arrive ends with), score below the threshold.
     spec = load_data_spec(planted_data)
     ids, vecs, _ = load_item_vectors(planted_data)
-    tf.keras.utils.set_random_seed(cfg.train.seed)
+    keras.utils.set_random_seed(cfg.train.seed)
     untrained = build_model(name, spec, cfg.model, ids, vecs)
     ok, auc = learned(untrained, planted_data, name)
     assert not ok, auc

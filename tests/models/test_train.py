@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.config import load_config
 from tirec.models import registry
 from tirec.models.base import STAGE_DIE, STAGE_JOINT, STAGE_UIM, model_input_names
@@ -86,8 +87,8 @@ def test_daian_stages_train_the_right_variables(tiny_data):
     for stage, expect_uim, expect_rest in ((STAGE_UIM, True, False), (STAGE_DIE, False, True),
                                            (STAGE_JOINT, True, True)):
         model.set_stage(stage)
-        model.compile(optimizer=tf.keras.optimizers.Adagrad(0.5),
-                      uim_optimizer=tf.keras.optimizers.Adagrad(0.05))
+        model.compile(optimizer=keras.optimizers.Adagrad(0.5),
+                      uim_optimizer=keras.optimizers.Adagrad(0.05))
         before = snapshot()
         model.train_step((x, y))
         moved = changed(before)
@@ -115,7 +116,7 @@ def test_l2_penalises_the_dense_kernels_the_stage_trains(tiny_data):
         main, rest = model._trainable_split()
         assert 0 < len(chosen) and float(model.regularization_loss(main + rest)) == pytest.approx(penalty(chosen),
                                                                                                    rel=1e-5)
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.01), uim_optimizer=tf.keras.optimizers.SGD(0.01))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), uim_optimizer=keras.optimizers.SGD(0.01))
     want = penalty([k for k in kernels if id(k) not in uim])  # stage 2 (the last set), before the update
     logs = model.train_step((x, y))
     assert float(logs["reg_loss"]) == pytest.approx(want, rel=1e-5)
@@ -156,7 +157,7 @@ def test_stage2_intent_input_ignores_the_labels(tiny_data):
     assert float(tf.reduce_sum(y["ctr"])) > 0
     model({k: v for k, v in x.items() if k in model_input_names(spec)})
     model.set_stage(STAGE_DIE)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05))
     flipped = {**y, "ctr": 1.0 - y["ctr"]}
     fed, fed_flipped = _fed_intents(model, x, y), _fed_intents(model, x, flipped)
     assert len(fed) == len(fed_flipped) == 2
@@ -180,8 +181,8 @@ def test_daian_ablations_build_and_step(tiny_data, switch):
     k = 2 if switch == "model.daian.use_uim=false" else spec.intent_levels
     assert out["intent"].shape == (64, k)
     np.testing.assert_allclose(out["intent"].numpy().sum(axis=1), 1.0, atol=1e-5)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05),
-                  uim_optimizer=tf.keras.optimizers.Adagrad(0.005))  # as train_run compiles it
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05),
+                  uim_optimizer=keras.optimizers.Adagrad(0.005))  # as train_run compiles it
     logs = model.train_step((x, y))
     assert np.isfinite(float(logs["loss"]))
 
@@ -246,7 +247,7 @@ def test_records_without_prior_intent(tiny_data, tmp_path, caplog):
     model = build_model("daian", old_spec, _cfg().model, ids, vecs)
     x, y = _batch(str(old), old_spec)
     assert "prior_intent" not in x
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05))
     assert np.isfinite(float(model.train_step((x, y))["loss"]))
     assert np.isfinite(float(model.test_step((x, y))["loss"]))
     model.set_stage(STAGE_DIE)
@@ -275,7 +276,7 @@ class _Interrupt(Exception):
     pass
 
 
-class _StopAt(tf.keras.callbacks.Callback):
+class _StopAt(keras.callbacks.Callback):
     """Counts the batches a fit runs and kills the run at batch ``at`` of epoch ``epoch``."""
 
     def __init__(self, at=None, epoch=0):
@@ -317,7 +318,7 @@ def test_run_killed_mid_epoch_resumes_from_its_backup(tiny_data, tmp_path):
 def _daian_outputs_and_grads(model, x, y):
     with tf.GradientTape() as tape:
         out = model(x, training=True)
-        loss = tf.reduce_mean(tf.keras.losses.binary_crossentropy(y["ctr"], out["ctr"]))
+        loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out["ctr"]))
     grads = tape.gradient(loss, model.trainable_variables)
     return out, {v.name: tf.convert_to_tensor(g).numpy() for v, g in zip(model.trainable_variables, grads)
                  if g is not None}
@@ -460,7 +461,7 @@ def test_daian_trains_under_mixed_bfloat16_and_reloads(tiny_data, tmp_path):
     assert full.precision == "float32"
     np.testing.assert_allclose(out["ctr"].numpy(), full(x, training=False)["ctr"].numpy(), atol=0.03)
 
-    mixed.compile(optimizer=tf.keras.optimizers.Adagrad(0.05), uim_optimizer=tf.keras.optimizers.Adagrad(0.005))
+    mixed.compile(optimizer=keras.optimizers.Adagrad(0.05), uim_optimizer=keras.optimizers.Adagrad(0.005))
     for _ in range(3):
         logs = mixed.train_step((x, y))
         assert np.isfinite(float(logs["loss"]))
@@ -531,7 +532,7 @@ def test_valid_split_selects_the_best_epoch_never_eval(tiny_data, tmp_path):
 
     def streaming_auc(model, split):
         spec = load_data_spec(tiny_data)
-        model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
         ds = make_dataset(tiny_data, split, spec, 256)
         return model.evaluate(ds, verbose=0, return_dict=True)["auc"]
 
