@@ -27,10 +27,10 @@ demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/tirec generate --out $(DEMO_DIR)/raw --users 300 --seed 7
 	$(VENV)/bin/tirec pipeline --input $(DEMO_DIR)/raw --format synthetic --out $(DEMO_DIR)/tfrecords
-	$(VENV)/bin/tirec train --data $(DEMO_DIR)/tfrecords --model daian --out $(DEMO_DIR)/daian \
-	    --epochs 1 --batch-size 1024 --set model.att_units=32 --set 'model.tower=[128,64]' \
-	    --set model.hist_buckets=4 --set model.explicit_buckets=4
-	$(VENV)/bin/tirec export --model-dir $(DEMO_DIR)/daian --out $(DEMO_DIR)/models --name daian
+	$(VENV)/bin/tirec train --data $(DEMO_DIR)/tfrecords --model daian --run $(DEMO_DIR)/daian \
+	    --epochs 1 --batch-size 1024 --set model.daian.att_units=32 --set 'model.tower=[128,64]' \
+	    --set model.hist_buckets=4 --set model.daian.explicit_buckets=4
+	$(VENV)/bin/tirec export --run $(DEMO_DIR)/daian --out $(DEMO_DIR)/models --model-name daian
 	$(VENV)/bin/tirec make-request --data $(DEMO_DIR)/tfrecords --out $(DEMO_DIR)/request.json
 	$(MAKE) --no-print-directory serve-demo
 
@@ -47,8 +47,8 @@ serve-demo: $(STAMP)
 	if [ -z "$$port" ]; then echo "tirec serve did not start; see $(DEMO_DIR)/serve.log" >&2; \
 	    tail -20 $(DEMO_DIR)/serve.log >&2; exit 1; fi; \
 	cat $$out; \
-	$(VENV)/bin/tirec query --target 127.0.0.1:$$port --model daian --input $(DEMO_DIR)/request.json --top 10; \
-	$(VENV)/bin/tirec verify-serving --target 127.0.0.1:$$port --model daian --model-dir $(DEMO_DIR)/daian \
+	$(VENV)/bin/tirec query --target 127.0.0.1:$$port --model-name daian --input $(DEMO_DIR)/request.json --top 10; \
+	$(VENV)/bin/tirec verify-serving --target 127.0.0.1:$$port --model-name daian --run $(DEMO_DIR)/daian \
 	    --rows 500
 
 test: $(STAMP)

@@ -114,22 +114,23 @@ def main() -> None:
     args = ap.parse_args()
 
     import tirec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-    from tirec.models.config import ModelConfig, TrainConfig
+    from tirec.features.jsonio import read_json, write_json
+    from tirec.models.config import TrainConfig, model_config_from_dict
     from tirec.models.train import train_run
 
     os.makedirs(args.work, exist_ok=True)
     data_dir, run_dir = os.path.join(args.work, "tfr"), os.path.join(args.work, "daian")
     pipeline_s = run_pipeline(args, data_dir)
-    model_cfg = ModelConfig(name="daian", emb_dim=args.emb_dim, att_units=args.att_units,
-                            tower=tuple(int(v) for v in args.tower.split(",")))
+    model_cfg = model_config_from_dict({"name": "daian", "emb_dim": args.emb_dim,
+                                        "tower": [int(v) for v in args.tower.split(",")],
+                                        "daian": {"att_units": args.att_units}})
     train_cfg = TrainConfig(batch_size=args.batch_size, epochs=args.epochs, seed=args.seed)
     t0 = time.time()
     final = train_run(data_dir, "daian", run_dir, model_cfg, train_cfg)
     train_s = time.time() - t0
     t0 = time.time()
     s2 = stage2_metrics(run_dir, data_dir, args.batch_size)
-    with open(os.path.join(data_dir, "stats.json")) as fh:
-        stats = json.load(fh)
+    stats = read_json(os.path.join(data_dir, "stats.json"))
     result = {
         "label": args.label, "input": args.input, "seed": args.seed,
         "pipeline": {"overrides": args.overrides, "split": stats.get("split"), "written": stats["written"],
@@ -143,8 +144,7 @@ def main() -> None:
         "val_auc_per_epoch": {stage: h.get("val_auc") for stage, h in final["history"].items()},
         "stage2_eval_seconds": round(time.time() - t0, 1),
     }
-    with open(os.path.join(args.work, "result.json"), "w") as fh:
-        json.dump(result, fh, indent=2)
+    write_json(os.path.join(args.work, "result.json"), result)
     print("| run | stage-2 AUC | stage-2 GAUC | stage-3 AUC | stage-3 GAUC | 'fed intent empty' AUC "
           "| val AUC per epoch (stage 2; stage 3) |\n|---|---|---|---|---|---|---|")
     hist = result["val_auc_per_epoch"]

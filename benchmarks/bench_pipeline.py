@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference  # noqa: E402
+from tirec.features.jsonio import read_json, write_json  # noqa: E402
 
 REQUESTS_PER_USER = 8 * 1.2 * 20  # generator defaults: days x requests/day x page size
 
@@ -126,8 +127,7 @@ def main() -> None:
     beam = [f"--direct_running_mode={args.mode}", f"--direct_num_workers={args.workers}"]
     seconds, peak = _run_measured([tirec, "pipeline", "--input", raw, "--format", "synthetic",
                                    "--out", out] + beam)
-    with open(f"{out}/stats.json") as fh:
-        stats = json.load(fh)
+    stats = read_json(f"{out}/stats.json")
     imps_in = stats["rows_in"]["impressions"]
 
     t = time.perf_counter()
@@ -164,8 +164,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     print(json.dumps(summary, indent=2))
-    with open(f"{args.work}/bench_pipeline.json", "w") as fh:
-        json.dump(summary, fh, indent=2)
+    write_json(f"{args.work}/bench_pipeline.json", summary)
     if missing or trig_mismatch or hist_mismatch or max_diff > 1e-6:
         raise SystemExit("parity check FAILED")
 

@@ -86,7 +86,9 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from tirec import cli  # noqa: E402
+from tirec.features.jsonio import write_json  # noqa: E402
 from tirec.features.spec import FeatureSpec  # noqa: E402
+from tirec.models.config import load_run_config  # noqa: E402
 from tirec.serving.client import rank_inputs  # noqa: E402
 from tirec.serving.export import export_run, model_parse_spec, read_eval_records  # noqa: E402
 
@@ -105,7 +107,7 @@ ROUND_WARMUP = 2  # untimed requests per client when a side resumes in a later r
 GOAL_P50_OVERHEAD_MS = 1.0
 GOAL_P99_RATIO = 2.0
 TRAIN_ARGS = ["--model", "daian", "--epochs", "1", "--batch-size", "1024",
-              "--set", "model.att_units=32", "--set", "model.tower=[128,64]",
+              "--set", "model.daian.att_units=32", "--set", "model.tower=[128,64]",
               "--set", "train.steps_per_epoch=5"]
 
 
@@ -130,14 +132,13 @@ def ensure_run(work: str) -> str:
         shutil.rmtree(data, ignore_errors=True)
         _cli(["pipeline", "--input", raw, "--format", "synthetic", "--out", data])
     shutil.rmtree(run, ignore_errors=True)
-    _cli(["train", "--data", data, "--out", run, *TRAIN_ARGS])
+    _cli(["train", "--data", data, "--run", run, *TRAIN_ARGS])
     print(f"built {run} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return run
 
 
 def run_data_dir(run: str) -> str:
-    with open(os.path.join(run, "config.json")) as fh:
-        data = json.load(fh).get("data")
+    data = load_run_config(run).data
     if not data:
         raise SystemExit(f"{run}/config.json records no data folder")
     return data
@@ -154,7 +155,7 @@ def build_inputs(records: list[bytes], spec: FeatureSpec, signatures: list[str])
                 arrays = {"examples": np.array(rows, dtype=object)}
             elif sig == "rank":
                 parsed = {k: v.numpy() for k, v in tf.io.parse_example(tf.constant(rows), parse).items()}
-                arrays = {k: np.array(v, dtype=object) for k, v in rank_inputs(parsed).items()}
+                arrays = {k: np.array(v, dtype=object) for k, v in rank_inputs(parsed, spec).items()}
             else:
                 arrays = {k: v.numpy() for k, v in tf.io.parse_example(tf.constant(rows), parse).items()}
             request = predict_pb2.PredictRequest()
@@ -566,8 +567,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t_total, 1),
     }
     print(json.dumps(summary, indent=2))
-    with open(f"{args.work}/bench_serving.json", "w") as fh:
-        json.dump(summary, fh, indent=2)
+    write_json(f"{args.work}/bench_serving.json", summary)
 
 
 if __name__ == "__main__":

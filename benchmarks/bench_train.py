@@ -4,8 +4,8 @@
         [--steps 5] [--set KEY=VALUE ...] [--users 2000] [--work DIR] [--skip-big-table]
         [--shuffle-block N]
 
-``--set`` overrides a ``model.`` setting of DAIAN (e.g. ``--set explicit_len=20 --set
-uim_attention=mhta``); DIN always runs with the defaults.
+``--set`` overrides a setting of DAIAN, shared (``model.``) or its own (``model.daian.``), e.g.
+``--set explicit_len=20 --set uim_attention=mhta``; DIN always runs with the defaults.
 
 Measures, for DIN and DAIAN (joint stage, the heaviest), at batch 4096, Adagrad 0.05, tower
 512-256-128, attention 128 x 4, sequence length 50, at each precision (``train.precision``:
@@ -41,10 +41,14 @@ import time
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import dataclasses  # noqa: E402
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
+from tirec.compat import keras  # noqa: E402
+from tirec.features.jsonio import write_json  # noqa: E402
 from tirec.features.spec import TableSpec  # noqa: E402
 from tirec.models.base import STAGE_JOINT, model_input_names, request_input_names  # noqa: E402
 from tirec.models.config import PRECISIONS, ModelConfig, TrainConfig, model_config_from_dict  # noqa: E402
@@ -104,14 +108,22 @@ def batch_stats(data: str, x) -> dict:
     return {"distinct_requests": int(first.shape[0]), "distinct_users": int(len(np.unique(x["user_id"].numpy())))}
 
 
+def model_config(name: str, **settings) -> ModelConfig:
+    """The ModelConfig of model ``name`` with ``settings``: the shared ones in the common
+    ``model`` section, the others in ``model.<name>``."""
+    shared = {f.name for f in dataclasses.fields(ModelConfig)}
+    own = {k: v for k, v in settings.items() if k not in shared}
+    return model_config_from_dict({"name": name, **{k: v for k, v in settings.items() if k in shared}, name: own})
+
+
 def build_step(name: str, data: str, precision: str, x, y, **overrides):
     """A traced joint-stage train step of ``name`` at ``precision`` (run twice: trace + build)."""
     spec = load_data_spec(data)
     ids, vecs, _ = load_item_vectors(data)
-    model = build_model(name, spec, model_config_from_dict({"name": name, **overrides}), ids, vecs, precision)
+    model = build_model(name, spec, model_config(name, **overrides), ids, vecs, precision)
     model.set_stage(STAGE_JOINT)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05),
-                  uim_optimizer=tf.keras.optimizers.Adagrad(0.005))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05),
+                  uim_optimizer=keras.optimizers.Adagrad(0.005))
     step = tf.function(model.train_step)
     for _ in range(2):
         float(step((x, y))["loss"])
@@ -142,10 +154,9 @@ def bench_models(data: str, precisions: list[str], steps: int, rounds: int,
     for name in ("din", "daian"):
         spec = load_data_spec(data)
         ids, vecs, _ = load_item_vectors(data)
-        padded = build_model(name, spec, model_config_from_dict({"name": name, **overrides[name],
-                                                                  "explicit_buckets": 0,
-                                                                  "hist_buckets": 0,
-                                                                  "request_dedup": False}), ids, vecs)
+        unbucketed = {"explicit_buckets": 0} if name == "daian" else {}
+        padded = build_model(name, spec, model_config(name, **overrides[name], **unbucketed, hist_buckets=0,
+                                                      request_dedup=False), ids, vecs)
         flops[name] = _forward_flops(padded, x)
     out = {"timed_batch": {"shuffle_buffer": TRAIN.shuffle_buffer, "shuffle_block": shuffle_block,
                            **batch_stats(data, x)}}
@@ -187,7 +198,7 @@ def big_table_child(data: str, steps: int) -> None:
     spec = spec.with_tables([TableSpec("item", 1 << 24, item.dim, 8)])
     ids, vecs, _ = load_item_vectors(data)
     model = build_model("din", spec, ModelConfig(name="din", table_shards=8), ids, vecs)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05))
     names = set(model_input_names(spec))
     ds = make_dataset(data, "train", spec, BATCH).map(lambda a, b: ({k: v for k, v in a.items() if k in names}, b))
     t = time.perf_counter()
@@ -251,8 +262,7 @@ def main() -> None:
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
         out["big_table"] = json.loads(lines[-1]) if lines else {"error": res.stderr[-2000:]}
     print(json.dumps(out, indent=2))
-    with open(f"{args.work}/bench_train.json", "w") as fh:
-        json.dump(out, fh, indent=2)
+    write_json(f"{args.work}/bench_train.json", out)
 
 
 if __name__ == "__main__":

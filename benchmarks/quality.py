@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from tirec.features.jsonio import read_json, write_json
+
 
 def _run(cmd: list[str]) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -146,10 +148,9 @@ def main() -> None:
             run = f"{base}/{name}"
             if not os.path.exists(f"{run}/metrics.json"):
                 sets = [x for o in args.overrides for x in ("--set", o)]
-                _run(tirec + ["train", "--data", f"{base}/tfr", "--model", name, "--out", run,
+                _run(tirec + ["train", "--data", f"{base}/tfr", "--model", name, "--run", run,
                               "--epochs", str(args.epochs), "--set", f"train.seed={seed}"] + sets)
-            with open(f"{run}/metrics.json") as fh:
-                m = json.load(fh)
+            m = read_json(f"{run}/metrics.json")
             if name == "daian":
                 m["planted_js"] = planted_intent_js(f"{base}/tfr", f"{base}/raw", run)
             rows[name].append(m)
@@ -171,8 +172,7 @@ def main() -> None:
         summary[f"rela_impr_{key}_pct"] = [float(np.mean(impr)), float(np.std(impr))]
     summary["daian_beats_din"] = {key: [bool(d[key] > b[key]) for d, b in zip(rows["daian"], rows["din"])]
                                   for key in ("auc", "gauc")}
-    with open(f"{args.work}/quality.json", "w") as fh:
-        json.dump(summary, fh, indent=2)
+    write_json(f"{args.work}/quality.json", summary)
     def ms(pair):
         return f"{pair[0]:.4f} ± {pair[1]:.4f}"
 

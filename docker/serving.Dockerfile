@@ -4,7 +4,7 @@
 #   docker build -f docker/serving.Dockerfile -t tirec-serving:0.1.0 .
 # Bake exported models into the image (a folder inside the build context holding NAME/<version>/;
 # demo_out/ and out/ are excluded by .dockerignore, so export elsewhere, e.g. docker/models):
-#   tirec export --model-dir RUN --out docker/models --name daian
+#   tirec export --run RUN --out docker/models --model-name daian
 #   docker build -f docker/serving.Dockerfile --build-arg MODEL_DIR=docker/models -t tirec-serving .
 # Or mount the model base folder at run time (it hides what was baked in):
 #   docker run -p 8500:8500 -p 8501:8501 -v "$PWD/serving_models:/models:ro" tirec-serving:0.1.0

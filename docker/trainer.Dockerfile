@@ -4,9 +4,9 @@
 #   docker build -f docker/trainer.Dockerfile -t tirec-trainer:0.1.0 .
 # Run any subcommand; the entrypoint is `tirec`:
 #   docker run --rm -v "$PWD/work:/work" tirec-trainer:0.1.0 \
-#       train --data /work/tfrecords --model daian --out /work/runs/daian
+#       train --data /work/tfrecords --model daian --run /work/runs/daian
 #   docker run --rm -v "$PWD/work:/work" -v "$PWD/serving_models:/models" tirec-trainer:0.1.0 \
-#       export --model-dir /work/runs/daian --out /models --name daian
+#       export --run /work/runs/daian --out /models --model-name daian
 FROM python:3.11-slim
 
 ENV TF_USE_LEGACY_KERAS=1 \

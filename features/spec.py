@@ -10,6 +10,28 @@ Embedding tables (:class:`TableSpec`) are declared apart from features: target, 
 history item ids all name the table ``item``, by reference rather than by a name prefix. Ids stay
 raw in the records; hashing into ``num_buckets`` rows happens inside the TF graph.
 
+Each feature also says what it describes, so no package parses a feature name:
+
+* ``group``: ``user``, ``context``, ``trigger``, ``target``, ``history``, ``label``, ``intent``
+  (the intent supervision and inputs: ``intent_counts``, ``intent_dist``, ``prior_intent``) or
+  ``meta`` (bookkeeping and analysis columns such as ``request_id``, ``trigger_target_sim``);
+* ``scope``: ``request`` (one value for every candidate of a request: sent once by a client and in
+  the ``rank`` signature's context example) or ``candidate`` (one value per candidate);
+* ``field``: what the column holds within its group; for the item groups (target, trigger,
+  history) the item attribute (``item_id``, ``cate_id``, ...), for a history also ``ts`` (the
+  behaviour time, 0 = padding), for the trigger ``present`` (``has_trigger``);
+* ``history``: for the history group, the name of the behaviour sequence the column belongs to.
+  A spec may hold several (e.g. real-time, short- and long-term views), each with its own name
+  and length; the standard records have one, ``hist``;
+* ``model_input``: whether the column is a model input (an input of every serving signature,
+  sent by the client); the other columns are written for training targets, analysis and
+  bookkeeping.
+
+:meth:`FeatureSpec.select` is how every package asks, e.g. ``spec.select(group="history")``,
+``spec.select(scope="request", model_input=True)``. ``spec.json`` stores every attribute
+(format version 2); a version-1 file, written before the groups existed, still loads: its groups
+are derived from the standard column names, once, by :func:`derive_groups`.
+
 Example:
   >>> spec = tir_feature_spec(item_fields=("cate_id",), user_fields=("gender",))
   >>> spec.feature("hist_item_ids").length
@@ -25,10 +47,27 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-SPEC_VERSION = 1
+from tirec.features.jsonio import read_json, write_json
+
+SPEC_VERSION = 2
+LEGACY_SPEC_VERSION = 1  # no groups: they are derived from the column names (derive_groups)
 DTYPES = ("int64", "float32", "string")
 KINDS = ("scalar", "sequence", "vector")
 ROLES = ("label", "feature", "intent", "meta")
+GROUPS = ("user", "context", "trigger", "target", "history", "label", "intent", "meta")
+SCOPES = ("request", "candidate")
+ITEM_GROUPS = ("target", "trigger", "history")  # groups whose columns describe an item
+INPUT_GROUPS = ("user", "context", "trigger", "target", "history")  # groups a model may read
+ITEM_ID = "item_id"  # the field of an item group's id column
+HISTORY = "hist"  # the name of the standard records' behaviour sequence
+# The fixed scope of a group (context, intent and meta columns may be either).
+GROUP_SCOPES = {"user": "request", "trigger": "request", "history": "request",
+                "target": "candidate", "label": "candidate"}
+# The standard records name a field's column ``<prefix><field>`` (e.g. ``target_cate_id``); raw
+# input headers use the same prefixes (``ctx_<f>`` impression columns). Only this module reads
+# them: everything else asks the spec.
+PREFIXES = {"user": "user_", "context": "ctx_", "target": "target_", "trigger": "trigger_",
+            "history": "hist_"}
 LEGACY_TABLE_KEYS = ("dim", "shards")  # in spec.json files of older tirec versions; see TableSpec.from_dict
 
 
@@ -83,8 +122,17 @@ class Feature:
         ``vector`` (a fixed-width value such as the intent distribution).
       length: fixed number of values per record.
       table: the embedding table the ids are looked up in, or None.
-      role: ``label``, ``feature`` (model input), ``intent`` (intent supervision) or ``meta``
-        (bookkeeping: request id, timestamps).
+      role: ``label``, ``feature`` (a model input or a derived column), ``intent`` (intent
+        supervision and inputs) or ``meta`` (bookkeeping: request id, timestamps); the columns a
+        training batch parses.
+      group: what the column describes (:data:`GROUPS`, module docstring).
+      scope: ``request`` or ``candidate`` (:data:`SCOPES`); fixed for the user, trigger, history,
+        target and label groups.
+      field: the attribute within the group (``item_id``, ``cate_id``, ``ts``, ...); required for
+        a model input of an item group.
+      history: the behaviour sequence of a history column (required there, None elsewhere).
+      model_input: a model input: every serving signature takes it, a client sends it and the
+        models may read it (``impression_ts`` is one that today's models do not read).
     """
 
     name: str
@@ -93,6 +141,11 @@ class Feature:
     length: int = 1
     table: str | None = None
     role: str = "feature"
+    group: str = "meta"
+    scope: str = "candidate"
+    field: str | None = None
+    history: str | None = None
+    model_input: bool = False
 
     def __post_init__(self):
         _check_name("Feature.name", self.name)
@@ -113,6 +166,36 @@ class Feature:
         if self.table is not None and self.dtype != "int64":
             raise ValueError(f"Feature {self.name!r}: only int64 ids can read table {self.table!r}; "
                              f"received dtype={self.dtype!r}")
+        self._check_group()
+
+    def _check_group(self) -> None:
+        """The group attributes agree with each other and with ``role``."""
+        def bad(what):
+            raise ValueError(f"Feature {self.name!r}: {what}")
+
+        if self.group not in GROUPS:
+            bad(f"group must be one of {GROUPS}; received group={self.group!r}")
+        if self.scope not in SCOPES:
+            bad(f"scope must be one of {SCOPES}; received scope={self.scope!r}")
+        fixed = GROUP_SCOPES.get(self.group)
+        if fixed is not None and self.scope != fixed:
+            bad(f"a {self.group} column has scope {fixed!r}; received scope={self.scope!r}")
+        for role in ("label", "intent"):
+            if (self.role == role) != (self.group == role):
+                bad(f"role {role!r} goes with group {role!r}; received role={self.role!r}, "
+                    f"group={self.group!r}")
+        if (self.group == "history") != (self.history is not None):
+            bad(f"a history column names its behaviour sequence, and only it; received "
+                f"group={self.group!r}, history={self.history!r}")
+        if self.history is not None:
+            _check_name("Feature.history", self.history)
+        if not isinstance(self.model_input, bool):
+            bad(f"model_input must be true or false; received model_input={self.model_input!r}")
+        if self.model_input and self.group not in INPUT_GROUPS:
+            bad(f"a model input belongs to one of the groups {INPUT_GROUPS}; received "
+                f"group={self.group!r}")
+        if self.model_input and self.group in ITEM_GROUPS and self.field is None:
+            bad(f"a model input of the {self.group} group names the item field it holds (field=...)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +240,7 @@ class FeatureSpec:
                                  f"not declare; declared tables: {sorted(table_names)}")
         if self.label not in names:
             raise ValueError(f"FeatureSpec: label {self.label!r} is not a feature")
+        self._check_groups()
         lo, hi = self.sim_range
         if not hi > lo:
             raise ValueError(f"FeatureSpec: sim_range needs lo < hi; received {self.sim_range}")
@@ -166,10 +250,38 @@ class FeatureSpec:
             raise ValueError(f"FeatureSpec: unsupported version {self.version}; "
                              f"this tirec reads version {SPEC_VERSION}")
 
+    def _check_groups(self) -> None:
+        """Fields are unique within a group (and history); a history's sequences share a length."""
+        seen: dict = {}
+        for f in self.features:
+            if f.field is None:
+                continue
+            key = (f.group, f.history, f.field)
+            if key in seen:
+                raise ValueError(f"FeatureSpec: features {seen[key]!r} and {f.name!r} both hold field "
+                                 f"{f.field!r} of group {f.group!r}"
+                                 + (f" (history {f.history!r})" if f.history else ""))
+            seen[key] = f.name
+        lengths: dict = {}
+        for f in self.select(group="history", kind="sequence"):
+            first = lengths.setdefault(f.history, (f.name, f.length))
+            if f.length != first[1]:
+                raise ValueError(f"FeatureSpec: history {f.history!r} mixes sequence lengths: "
+                                 f"{first[0]!r} has {first[1]}, {f.name!r} has {f.length}")
+
     # ---- lookups -------------------------------------------------------------------------
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    def select(self, **where: Any) -> tuple[Feature, ...]:
+        """The features whose attributes match ``where``, in spec order: the one way to ask
+        (:func:`select_features`), e.g. ``spec.select(group="history")``."""
+        return select_features(self.features, **where)
+
+    def histories(self) -> dict[str, int]:
+        """The behaviour sequences, ``{history name: length}``, in spec order."""
+        return history_lengths(self.features)
 
     def feature(self, name: str) -> Feature:
         for f in self.features:
@@ -206,20 +318,26 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSpec":
+        """A spec from its ``spec.json`` form; a version-1 file gets its groups derived from the
+        column names (:func:`derive_groups`) and loads as the current version."""
         known = {"version", "label", "intent_levels", "sim_range", "explicit_threshold",
                  "max_seq_len", "tables", "features"}
         extra = sorted(set(d) - known)
         if extra:
             raise ValueError(f"spec.json has unknown keys {extra}")
+        version = int(d.get("version", SPEC_VERSION))
+        features = d["features"]
+        if version == LEGACY_SPEC_VERSION:
+            features, version = derive_groups(features), SPEC_VERSION
         return cls(
-            features=tuple(Feature(**f) for f in d["features"]),
+            features=tuple(_feature_from_dict(f) for f in features),
             tables=tuple(TableSpec.from_dict(t) for t in d.get("tables", ())),
             label=d.get("label", "label"),
             intent_levels=int(d.get("intent_levels", 6)),
             sim_range=tuple(d.get("sim_range", (-1.0, 1.0))),
             explicit_threshold=float(d.get("explicit_threshold", 1.0 / 3.0)),
             max_seq_len=int(d.get("max_seq_len", 50)),
-            version=int(d.get("version", SPEC_VERSION)),
+            version=version,
         )
 
     def to_json(self) -> str:
@@ -231,11 +349,11 @@ class FeatureSpec:
 
     def save(self, path: str) -> None:
         """Writes ``spec.json`` (any filesystem Beam can write when the path is remote)."""
-        _write_text(path, self.to_json() + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> "FeatureSpec":
-        return cls.from_json(_read_text(path))
+        return cls.from_dict(read_json(path))
 
     def diff(self, other: "FeatureSpec") -> list[str]:
         """Human-readable differences; empty when the specs are equal."""
@@ -288,6 +406,37 @@ class FeatureSpec:
         return out
 
 
+def select_features(features: Iterable[Feature], **where: Any) -> tuple[Feature, ...]:
+    """The ``features`` whose attributes match ``where``, in their order.
+
+    Each keyword is a :class:`Feature` attribute; its value is the wanted value or a
+    tuple / list / set of accepted values. For example ``group="history"``,
+    ``scope="request", model_input=True``, ``group=("target", "trigger"), field="item_id"``.
+
+    Raises:
+      ValueError: for an unknown attribute, or a group or scope value that does not exist.
+    """
+    attrs = {f.name for f in dataclasses.fields(Feature)}
+    unknown = sorted(set(where) - attrs)
+    if unknown:
+        raise ValueError(f"FeatureSpec.select: unknown attributes {unknown}; known: {sorted(attrs)}")
+    wanted = {k: set(v) if isinstance(v, (tuple, list, set, frozenset)) else {v}
+              for k, v in where.items()}
+    for key, allowed in (("group", GROUPS), ("scope", SCOPES)):
+        bad = sorted(str(v) for v in wanted.get(key, ()) if v not in allowed)
+        if bad:
+            raise ValueError(f"FeatureSpec.select: {key} must be one of {allowed}; received {bad}")
+    return tuple(f for f in features if all(getattr(f, k) in v for k, v in wanted.items()))
+
+
+def history_lengths(features: Iterable[Feature]) -> dict[str, int]:
+    """``{history name: sequence length}`` of the behaviour sequences among ``features``."""
+    out: dict[str, int] = {}
+    for f in select_features(features, group="history", kind="sequence"):
+        out.setdefault(f.history, f.length)
+    return out
+
+
 def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "price_bucket"),
                      user_fields: Sequence[str] = (), context_fields: Sequence[str] = (),
                      intent_levels: int = 6, max_seq_len: int = 50,
@@ -306,10 +455,10 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
         before the request's earliest impression time ``T``, per level, each weighted
         ``2 ** (-(T - t) / pipeline.prior_intent_half_life)`` and normalised to sum 1; all zero
         when there is none. No label of the row's own request enters it: DAIAN's stage 2 feeds
-        it as the intent input (MODELS.md §1.1). One caveat: without request ids and with
-        triggers taken from impression clicks (Alimama), a request is (user, trigger), so an
-        earlier impression's label can decide which request, and trigger, later impressions
-        get; that is the user's past, not the row's own label. Role ``intent``, like
+        it as the intent input (docs/models.md#prior-intent). One caveat: without request ids
+        and with triggers taken from impression clicks (Alimama), a request is (user, trigger),
+        so an earlier impression's label can decide which request, and trigger, later
+        impressions get; that is the user's past, not the row's own label. Role ``intent``, like
         ``intent_counts`` / ``intent_dist``: training reads it, serving inputs never include it.
       * ``hist_item_ids``, ``hist_ts`` (0 = padding), ``hist_btag``, ``hist_len``,
         ``hist_trigger_sim`` and ``explicit_mask`` (1 where the behaviour's similarity to the
@@ -325,46 +474,24 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
         explicit_threshold = transforms.explicit_threshold(intent_levels, min(2, intent_levels), lo, hi)
     buckets = dict(buckets or {})
     L, n = max_seq_len, intent_levels
-
-    def scalar(name, dtype="int64", table=None, role="feature"):
-        return Feature(name, dtype, "scalar", 1, table, role)
-
-    def seq(name, dtype="int64", table=None):
-        return Feature(name, dtype, "sequence", L, table, "feature")
-
-    feats = [
-        scalar("label", role="label"),
-        scalar("user_id", table="user"),
-        scalar("request_id", "string", role="meta"),
-        scalar("impression_ts", role="meta"),
-        scalar("target_item_id", table="item"),
-        scalar("trigger_item_id", table="item"),
-        scalar("has_trigger"),
-        scalar("trigger_ts", role="meta"),
-        scalar("trigger_target_sim", "float32"),
-        scalar("trigger_target_level"),
-        Feature("intent_counts", "int64", "vector", n, None, "intent"),
-        Feature("intent_dist", "float32", "vector", n, None, "intent"),
-        Feature("prior_intent", "float32", "vector", n, None, "intent"),
-        seq("hist_item_ids", table="item"),
-        seq("hist_ts"),
-        seq("hist_btag", table="btag"),
-        scalar("hist_len"),
-        seq("hist_trigger_sim", "float32"),
-        seq("explicit_mask"),
-    ]
+    lengths = {"scalar": 1, "sequence": L, "vector": n}
+    feats = [Feature(name, dtype, kind, lengths[kind], table, role, **_CORE[name])
+             for name, dtype, kind, table, role in _CORE_COLUMNS]
     tables = {"item": 1 << 20, "user": 1 << 18, "btag": 16, "ctx_hour": 24, "ctx_dow": 7}
     for f in item_fields:
-        feats += [scalar(f"target_{f}", table=f), scalar(f"trigger_{f}", table=f), seq(f"hist_{f}", table=f)]
+        feats += [Feature(name, "int64", "sequence" if group == "history" else "scalar",
+                          L if group == "history" else 1, f, **_side_field(group, f))
+                  for group, name in ((g, PREFIXES[g] + f) for g in ("target", "trigger", "history"))]
         tables[f] = 1 << 14
     for f in user_fields:
-        feats.append(scalar(f"user_{f}", table=f"user_{f}"))
-        tables[f"user_{f}"] = 256
-    for f in ("hour", "dow"):
-        feats.append(scalar(f"ctx_{f}", table=f"ctx_{f}"))
+        name = PREFIXES["user"] + f
+        feats.append(Feature(name, "int64", table=name, **_side_field("user", f)))
+        tables[name] = 256
+    feats += [Feature(name, "int64", table=name, **_CORE[name]) for name in _TIME_COLUMNS]
     for f in context_fields:
-        feats.append(scalar(f"ctx_{f}", table=f"ctx_{f}"))
-        tables[f"ctx_{f}"] = 256
+        name = PREFIXES["context"] + f
+        feats.append(Feature(name, "int64", table=name, **_side_field("context", f)))
+        tables[name] = 256
     unknown = sorted(set(buckets) - set(tables))
     if unknown:
         raise ValueError(f"bucket counts given for unknown tables {unknown}; tables: {sorted(tables)}")
@@ -376,28 +503,151 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
                        explicit_threshold=float(explicit_threshold), max_seq_len=L)
 
 
+# The fixed columns of the standard records (name, dtype, kind, table, role), in order; the
+# item and user side fields follow them, then _TIME_COLUMNS and the context fields
+# (tir_feature_spec; run folders compare specs in order, so the order stays).
+_CORE_COLUMNS = (
+    ("label", "int64", "scalar", None, "label"),
+    ("user_id", "int64", "scalar", "user", "feature"),
+    ("request_id", "string", "scalar", None, "meta"),
+    ("impression_ts", "int64", "scalar", None, "meta"),
+    ("target_item_id", "int64", "scalar", "item", "feature"),
+    ("trigger_item_id", "int64", "scalar", "item", "feature"),
+    ("has_trigger", "int64", "scalar", None, "feature"),
+    ("trigger_ts", "int64", "scalar", None, "meta"),
+    ("trigger_target_sim", "float32", "scalar", None, "feature"),
+    ("trigger_target_level", "int64", "scalar", None, "feature"),
+    ("intent_counts", "int64", "vector", None, "intent"),
+    ("intent_dist", "float32", "vector", None, "intent"),
+    ("prior_intent", "float32", "vector", None, "intent"),
+    ("hist_item_ids", "int64", "sequence", "item", "feature"),
+    ("hist_ts", "int64", "sequence", None, "feature"),
+    ("hist_btag", "int64", "sequence", "btag", "feature"),
+    ("hist_len", "int64", "scalar", None, "feature"),
+    ("hist_trigger_sim", "float32", "sequence", None, "feature"),
+    ("explicit_mask", "int64", "sequence", None, "feature"),
+)
+# The impression time's context columns (after the user fields; their tables are fixed-size).
+_TIME_COLUMNS = ("ctx_hour", "ctx_dow")
+
+
+def _attrs(group, scope, field=None, model_input=False):
+    return {"group": group, "scope": scope, "field": field,
+            "history": HISTORY if group == "history" else None, "model_input": model_input}
+
+
+# The group attributes of each fixed column. ``impression_ts`` is a serving input (the client
+# sends it with the context) that today's models do not read; the columns that are not model
+# inputs are the training targets and what the pipeline's statistics and analyses read.
+_CORE = {
+    "label": _attrs("label", "candidate"),
+    "user_id": _attrs("user", "request", model_input=True),
+    "request_id": _attrs("meta", "request"),
+    "impression_ts": _attrs("context", "request", model_input=True),
+    "target_item_id": _attrs("target", "candidate", ITEM_ID, True),
+    "trigger_item_id": _attrs("trigger", "request", ITEM_ID, True),
+    "has_trigger": _attrs("trigger", "request", "present", True),
+    "trigger_ts": _attrs("trigger", "request", "ts"),
+    "trigger_target_sim": _attrs("meta", "candidate", "sim"),
+    "trigger_target_level": _attrs("meta", "candidate", "level"),
+    "intent_counts": _attrs("intent", "request", "counts"),
+    "intent_dist": _attrs("intent", "request", "dist"),
+    "prior_intent": _attrs("intent", "request", "prior"),
+    "hist_item_ids": _attrs("history", "request", ITEM_ID, True),
+    "hist_ts": _attrs("history", "request", "ts", True),
+    "hist_btag": _attrs("history", "request", "btag"),
+    "hist_len": _attrs("history", "request", "len"),
+    "hist_trigger_sim": _attrs("history", "request", "trigger_sim"),
+    "explicit_mask": _attrs("history", "request", "explicit"),
+    "ctx_hour": _attrs("context", "request", model_input=True),
+    "ctx_dow": _attrs("context", "request", model_input=True),
+}
+
+
+def _side_field(group: str, field: str) -> dict:
+    """The group attributes of side field ``field`` of ``group`` (a model input)."""
+    return _attrs(group, GROUP_SCOPES.get(group, "request"),
+                  field if group in ITEM_GROUPS else None, True)
+
+
+def raw_field(group: str, column: str) -> str | None:
+    """The field a raw input column holds for ``group`` by the naming convention
+    (:data:`PREFIXES`: ``ctx_device`` is context field ``device``), or None when it follows none.
+    Readers use it for undeclared raw headers; the records' columns are found with
+    :meth:`FeatureSpec.select`."""
+    prefix = PREFIXES[group]
+    return column[len(prefix):] if column.startswith(prefix) and len(column) > len(prefix) else None
+
+
+def standard_column(group: str, field: str) -> str | None:
+    """The column of the standard records (:func:`tir_feature_spec`) that holds ``field`` of
+    ``group`` among its fixed columns, or None; for messages about records that lack it."""
+    for name, attrs in _CORE.items():
+        if attrs["group"] == group and attrs["field"] == field:
+            return name
+    return None
+
+
+_GROUP_KEYS = ("group", "scope", "field", "history", "model_input")
+
+
+def derive_groups(features: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The group attributes of columns named by the standard convention, for features written
+    before the spec carried them (``spec.json`` version 1, or a served model's input names).
+
+    The one place a feature name is parsed: the fixed columns of :func:`tir_feature_spec` by
+    name, and its side fields by prefix (:data:`PREFIXES`), where an item side field is one
+    with a ``target_<f>`` column. The result equals what :func:`tir_feature_spec` writes today.
+
+    Args:
+      features: dicts with at least ``name`` (a version-1 ``spec.json`` entry).
+
+    Returns:
+      copies of the dicts with ``group``, ``scope``, ``field``, ``history`` and ``model_input``.
+
+    Raises:
+      ValueError: naming a feature whose group its name does not tell, or one that already
+        carries group attributes.
+    """
+    names = [f["name"] for f in features]
+    item_fields = {raw_field("target", n) for n in names if n not in _CORE} - {None}
+    out = []
+    for f in features:
+        name = f["name"]
+        given = sorted(k for k in _GROUP_KEYS if k in f)
+        if given:
+            raise ValueError(f"spec.json version {LEGACY_SPEC_VERSION}: feature {name!r} carries "
+                             f"{given}, which only version {SPEC_VERSION} files have")
+        attrs = _CORE.get(name) or _derived_side_field(name, item_fields)
+        out.append({**f, **attrs})
+    return out
+
+
+def _derived_side_field(name: str, item_fields: set) -> dict:
+    for group in ("target", "trigger", "history"):
+        field = raw_field(group, name)
+        if field in item_fields:
+            return _side_field(group, field)
+    for group in ("user", "context"):
+        if raw_field(group, name) is not None:
+            return _side_field(group, name)
+    raise ValueError(
+        f"spec.json version {LEGACY_SPEC_VERSION}: the group of feature {name!r} does not follow "
+        f"from its name (known: the columns of tir_feature_spec, and {sorted(PREFIXES.values())} "
+        f"side fields); write the spec again with version {SPEC_VERSION}, which states each "
+        f"feature's group, scope and field")
+
+
+def _feature_from_dict(d: Mapping[str, Any]) -> Feature:
+    """A feature from its ``spec.json`` entry; unknown keys are named."""
+    known = {f.name for f in dataclasses.fields(Feature)}
+    extra = sorted(set(d) - known)
+    if extra:
+        raise ValueError(f"spec.json: feature {d.get('name')!r} has unknown keys {extra}")
+    return Feature(**d)
+
+
 def _check_name(what: str, name: Any) -> None:
     if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
         raise ValueError(f"{what} must be a non-empty identifier of letters, digits and '_'; "
                          f"received {name!r}")
-
-
-def _write_text(path: str, text: str) -> None:
-    if "://" in path:  # remote (gs://, s3://, hdfs://): TensorFlow's filesystem layer
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "w") as fh:
-            fh.write(text)
-    else:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-
-def _read_text(path: str) -> str:
-    if "://" in path:
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "r") as fh:
-            return fh.read()
-    with open(path, encoding="utf-8") as fh:
-        return fh.read()

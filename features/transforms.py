@@ -7,7 +7,7 @@ Conventions:
   * Timestamps are integer Unix seconds.
   * Levels are 0-based: level ``j`` covers ``[lo + j*delta, lo + (j+1)*delta)`` with
     ``delta = (hi - lo) / n``; the top edge ``hi`` belongs to the last level and values outside
-    ``[lo, hi]`` are clipped into the first / last level (MODELS.md §1.1).
+    ``[lo, hi]`` are clipped into the first / last level (docs/models.md#similarity-levels).
   * A trigger is the user's most recent click **strictly before** the query time and **at most**
     ``window`` seconds before it: ``query_ts - window <= click_ts < query_ts`` (DIHN's rule; a
     click exactly ``window`` seconds earlier still counts).
@@ -49,7 +49,9 @@ def bin_edges(n_levels: int, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
 
 
 def quantile_range(sims: np.ndarray, q_lo: float = 0.005, q_hi: float = 0.995) -> tuple[float, float]:
-    """The ``[lo, hi]`` binning range from training similarities (MODELS.md §1.1 option).
+    """The ``[lo, hi]`` binning range from training similarities.
+
+    The ``pipeline.sim_range=quantile`` option of docs/models.md#similarity-levels.
 
     Raises:
       ValueError: when ``sims`` is empty or the quantiles collapse to one value.
@@ -90,7 +92,9 @@ def explicit_threshold(n_levels: int, top_levels: int = 2, lo: float = -1.0, hi:
 
 
 def intent_distribution(levels: np.ndarray, labels: np.ndarray, n_levels: int) -> np.ndarray:
-    """Ground-truth intent distribution of one request (MODELS.md §1.1, Eq. 1).
+    """Ground-truth intent distribution of one request (DAIAN Eq. 1).
+
+    See docs/models.md#intent-distribution.
 
     ``y_j = c_j / C`` with ``C`` the request's clicks and ``c_j`` the clicks in level ``j``; all
     zeros when the request has no click.
@@ -158,7 +162,7 @@ def decayed_level_distribution(query_ts: np.ndarray, click_ts: np.ndarray, click
     For a query at time ``T``, the clicks with ``t < T`` weigh ``2 ** (-(T - t) / half_life_s)``;
     ``out[q, j]`` is the weight of those in level ``j`` over the weight of all of them, and the
     row is all zeros when no click is earlier than ``T``. This is DAIAN's label-free stage-2
-    intent input ``prior_intent`` (MODELS.md §1.1, §1.8) when the queries are one user's
+    intent input ``prior_intent`` (docs/models.md#prior-intent) when the queries are one user's
     requests (``T`` = the request's first impression time) and the clicks that user's clicks
     with a trigger: a click at or after ``T`` (every click of the request itself) never enters.
 
@@ -218,7 +222,9 @@ def decayed_level_distribution(query_ts: np.ndarray, click_ts: np.ndarray, click
 
 
 def explicit_mask(hist_sims: np.ndarray, hist_valid: np.ndarray, tau: float) -> np.ndarray:
-    """Which history positions belong to the explicit-intent subsequence (MODELS.md §1.4).
+    """Which history positions belong to the explicit-intent subsequence.
+
+    See docs/models.md#explicit-intent-subsequence.
 
     A behaviour is explicit when it is a real (non-padding) position and its multimodal
     similarity to the trigger is at least ``tau``.

@@ -1,17 +1,17 @@
 """Shared model scaffolding: feature embedding from the FeatureSpec and a staged CTR model.
 
 :class:`FeatureEmbedder` turns the raw id features of a batch into the field embeddings every
-TIR model uses (MODELS.md §0): the user ``E_u``, context ``E_c``, trigger ``e_t`` and target
-``e_i`` (``[id ‖ side fields]``) and the behaviour sequence ``E_S`` with its mask. Tables are
-declared by the spec; target, trigger and history ids share the ``item`` table.
+TIR model uses (docs/models.md#feature-embeddings): the user ``E_u``, context ``E_c``, trigger
+``e_t`` and target ``e_i`` (``[id ‖ side fields]``) and the behaviour sequence ``E_S`` with its
+mask. Tables are declared by the spec; target, trigger and history ids share the ``item`` table.
 
 :class:`TirModel` is the Keras model base. Its losses belong to task layers
 (:mod:`tirec.models.tasks`: BCE on the click with AUC, KL on the intent distribution with
 unlabelled requests masked out), and a training :class:`Stage` is data: which tasks count, which
 variable groups train with which optimizers, and which record columns it feeds in. DAIAN's
-stages (MODELS.md §1.8): stage ``1`` trains the intent model alone on KL, stage ``2`` trains the
+stages (docs/models.md#three-training-stages): stage ``1`` trains the intent model alone on KL, stage ``2`` trains the
 rest on BCE with a label-free intent fed in (the record's ``prior_intent``: the user's click
-levels before the request, MODELS.md §1.1), stage ``3`` trains everything on BCE with a second,
+levels before the request, docs/models.md#prior-intent), stage ``3`` trains everything on BCE with a second,
 slower optimizer for the intent model. Single-stage models always run in stage ``3`` with one
 learning rate. Keras' train and test functions are traced once per stage.
 
@@ -38,33 +38,38 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tirec.features.spec import FeatureSpec
+from tirec.compat import keras
+from tirec.features.config_io import to_dict
+from tirec.features.spec import ITEM_ID, FeatureSpec, standard_column
 from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
 from tirec.models.layers import FrozenItemTable, HashedEmbedding
 from tirec.models.layers.sequence import unique_rows
 from tirec.models.tasks import CTR, INTENT, CtrTask, IntentTask, replica_objective
 
-keras = tf.keras
-
 STAGE_UIM, STAGE_DIE, STAGE_JOINT = 1, 2, 3
-# Record columns a stage reads besides the model inputs: stage 2 feeds ``prior_intent``.
-STAGE_INPUTS = {STAGE_DIE: ("prior_intent",)}
+# The intent columns (their ``field`` in the spec's intent group) a stage reads besides the model
+# inputs: stage 2 feeds the prior intent (``prior_intent`` in the standard records).
+STAGE_INPUTS = {STAGE_DIE: ("prior",)}
 
 
-def stage_input_names() -> set[str]:
-    """Every record column some stage reads besides :func:`model_input_names`."""
-    return {n for names in STAGE_INPUTS.values() for n in names}
+def stage_input_names(spec: FeatureSpec) -> set[str]:
+    """Every record column some stage reads besides :func:`model_input_names`, per the spec."""
+    fields = {f for names in STAGE_INPUTS.values() for f in names}
+    return {f.name for f in spec.select(group="intent", field=fields)}
 
 
-def check_stage_inputs(columns, stages) -> None:
-    """Raises ValueError when ``columns`` (the records' column names, e.g. ``spec.names``, or a
-    batch's keys) lack one that one of ``stages`` reads.
+def check_stage_inputs(spec: FeatureSpec, stages, columns=None) -> None:
+    """Raises ValueError when the spec (or ``columns``, e.g. a batch's keys, when given) lacks a
+    column one of ``stages`` reads.
 
     Records written before ``prior_intent`` existed have no label-free stage-2 intent input;
     DAIAN's three-stage training must stop before it starts instead of failing in a trace.
     """
-    columns = set(columns)
-    missing = sorted({n for s in stages for n in STAGE_INPUTS.get(s, ()) if n not in columns})
+    fields = {f for s in stages for f in STAGE_INPUTS.get(s, ())}
+    found = {f.field: f.name for f in spec.select(group="intent", field=fields)}
+    missing = sorted(standard_column("intent", f) or f"intent field {f!r}" for f in fields - set(found))
+    if columns is not None:
+        missing += sorted(n for n in found.values() if n not in set(columns))
     if missing:
         raise ValueError(
             f"DAIAN's stage 2 feeds the record column(s) {missing} as its intent input, and these "
@@ -88,8 +93,9 @@ class Stage:
         (``uim``: the intent model's variables; ``main``: every other trainable variable), in
         this order, each with an optimizer of its own (the base learning rate times the scale,
         see :meth:`TirModel.compile`).
-      feeds: record columns the stage passes to ``forward`` as keyword inputs of the same name
-        (stage 2: ``prior_intent``, the label-free intent that replaces the UIM's prediction).
+      feeds: ``(keyword, intent field)`` pairs: the record column of the spec's intent group with
+        that ``field`` is passed to ``forward`` as that keyword (stage 2: ``prior_intent`` from
+        the ``prior`` field, the label-free intent that replaces the UIM's prediction).
       monitor: the validation metric the best checkpoint and early stopping watch.
       mode: ``max`` or ``min``: which way ``monitor`` improves.
     """
@@ -98,7 +104,7 @@ class Stage:
     name: str
     tasks: tuple[tuple[str, float], ...]
     train: tuple[tuple[str, float], ...]
-    feeds: tuple[str, ...] = ()
+    feeds: tuple[tuple[str, str], ...] = ()
     monitor: str = "val_auc"
     mode: str = "max"
 
@@ -111,12 +117,12 @@ VARIABLE_GROUPS = ("main", "uim")
 UIM_PRETRAIN = Stage(STAGE_UIM, "uim_pretrain", tasks=((INTENT, 1.0),), train=(("uim", 1.0),),
                      monitor="val_loss", mode="min")
 DIE_PRETRAIN = Stage(STAGE_DIE, "die_pretrain", tasks=((CTR, 1.0),), train=(("main", 1.0),),
-                     feeds=STAGE_INPUTS[STAGE_DIE])
+                     feeds=(("prior_intent", "prior"),))
 
 
 def joint_stage(uim_lr_scale: float = 1.0) -> Stage:
     """Stage 3: everything on the click loss, the UIM at ``uim_lr_scale`` times the learning
-    rate (MODELS.md §1.8; 1.0 for a single-stage run)."""
+    rate (docs/models.md#three-training-stages; 1.0 for a single-stage run)."""
     return Stage(STAGE_JOINT, "joint", tasks=((CTR, 1.0),), train=(("main", 1.0), ("uim", float(uim_lr_scale))))
 
 
@@ -143,36 +149,58 @@ def precision_scope(precision: str = "float32"):
         keras.mixed_precision.set_global_policy(previous)
 
 
+# The groups FeatureEmbedder.request embeds: the same for every candidate of a request, so a
+# model may compute them once per distinct request (``model.request_dedup``). The context is
+# request-scoped too, but embedded per row with the target: training rows of one request may
+# differ in it (e.g. the impression hour).
+REQUEST_GROUPS = ("user", "trigger", "history")
+
+
+def _embedded(spec: FeatureSpec, group: str) -> list:
+    """The model inputs of ``group`` that read an embedding table, in spec order."""
+    return [f for f in spec.select(group=group, model_input=True) if f.table is not None]
+
+
 def item_fields(spec: FeatureSpec) -> list[str]:
-    """Item side fields present in the spec (``target_<f>`` columns, ``f`` != item_id)."""
-    return [f.name[len("target_"):] for f in spec.features
-            if f.name.startswith("target_") and f.name != "target_item_id"]
-
-
-def user_fields(spec: FeatureSpec) -> list[str]:
-    return [f.name for f in spec.features if f.name.startswith("user_") and f.name != "user_id"]
-
-
-def context_fields(spec: FeatureSpec) -> list[str]:
-    return [f.name for f in spec.features if f.name.startswith("ctx_")]
+    """Item side fields the models embed: the target's table fields other than the id."""
+    return [f.field for f in _embedded(spec, "target") if f.field != ITEM_ID]
 
 
 def request_input_names(spec: FeatureSpec) -> list[str]:
-    """The inputs shared by every candidate of a request: user, trigger and history fields."""
-    names = ["user_id", "trigger_item_id", "has_trigger", "hist_item_ids", "hist_ts"] + user_fields(spec)
-    for f in item_fields(spec):
-        names += [f"trigger_{f}", f"hist_{f}"]
-    return names
+    """The inputs shared by every candidate of a request: the :data:`REQUEST_GROUPS` inputs."""
+    return [f.name for f in spec.select(group=REQUEST_GROUPS, model_input=True)]
 
 
 def model_input_names(spec: FeatureSpec) -> list[str]:
     """The raw features a served model needs (no labels, no pipeline-only columns)."""
-    names = ["user_id", "target_item_id", "trigger_item_id", "has_trigger", "hist_item_ids", "hist_ts",
-             "impression_ts"]
-    names += user_fields(spec) + context_fields(spec)
-    for f in item_fields(spec):
-        names += [f"target_{f}", f"trigger_{f}", f"hist_{f}"]
-    return names
+    return [f.name for f in spec.select(model_input=True)]
+
+
+def item_columns(spec: FeatureSpec, group: str, history: str | None = None) -> list[str]:
+    """The columns of one item view (the target, the trigger or a history) in embedding order:
+    the id, then :func:`item_fields`.
+
+    Raises:
+      ValueError: naming the view and the item field it lacks.
+    """
+    out = []
+    for field in [ITEM_ID] + item_fields(spec):
+        found = spec.select(group=group, history=history, field=field, model_input=True)
+        if not found:
+            view = f"history {history!r}" if history else f"the {group}"
+            raise ValueError(f"FeatureSpec: {view} has no model input of item field {field!r} "
+                             f"(the target has it; every item view embeds the same fields)")
+        out.append(found[0].name)
+    return out
+
+
+def history_time(spec: FeatureSpec, history: str) -> str:
+    """The behaviour-time column of ``history`` (field ``ts``; 0 marks padding)."""
+    found = spec.select(group="history", history=history, field="ts", model_input=True)
+    if not found:
+        raise ValueError(f"FeatureSpec: history {history!r} has no model input of field 'ts' "
+                         f"(its behaviour times, 0 = padding), which gives the sequence mask")
+    return found[0].name
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -185,10 +213,15 @@ class FeatureEmbedder(keras.layers.Layer):
       shards: row shards per table.
       context: embed the context fields (the UIM does not use them).
 
+    What it embeds comes from the spec (:meth:`FeatureSpec.select`): every model input with a
+    table of the user and context groups; for the target, the trigger and each behaviour sequence
+    (history group) the item id and the target's item side fields, looked up by ``field``.
+
     Output (dict): ``user`` [B, Du], ``context`` [B, Dc], ``target`` / ``trigger`` [B, D],
     ``target_id`` / ``trigger_id`` [B, emb_dim] (the id part), ``hist`` [B, L, D], ``mask``
-    [B, L] bool (real history positions). ``request()`` gives the request-level entries
-    (user, trigger, history) and ``impression()`` the per-candidate ones (target, context), so
+    [B, L] bool (real history positions) of the spec's first behaviour sequence, and
+    ``histories`` (every sequence by name). ``request()`` gives the request-level entries
+    (user, trigger, histories) and ``impression()`` the per-candidate ones (target, context), so
     a model can embed the request-level inputs once per distinct request.
     """
 
@@ -197,40 +230,47 @@ class FeatureEmbedder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.spec_json, self.emb_dim, self.shards, self.context = spec_json, emb_dim, shards, context
         spec = FeatureSpec.from_json(spec_json)
+        if not spec.histories():
+            raise ValueError("FeatureEmbedder: the spec has no behaviour sequence (group 'history')")
         self._item_fields = item_fields(spec)
-        self._user_fields = user_fields(spec)
-        self._ctx_fields = context_fields(spec) if context else []
-        needed = {"item", "user"} | set(self._item_fields)
-        needed |= {spec.feature(f).table for f in self._user_fields + self._ctx_fields}
+        self._user = [f.name for f in _embedded(spec, "user")]
+        self._ctx = [f.name for f in _embedded(spec, "context")] if context else []
+        self._target = item_columns(spec, "target")
+        self._trigger = item_columns(spec, "trigger")
+        self._histories = {h: (item_columns(spec, "history", h), history_time(spec, h))
+                           for h in spec.histories()}
+        self._table_of = {f.name: f.table for f in spec.features if f.table}
+        needed = {self._table_of[n] for n in self._user + self._ctx + self._target + self._trigger}
+        needed |= {self._table_of[n] for cols, _ in self._histories.values() for n in cols}
         self.tables = {
             t.name: HashedEmbedding(t.num_buckets, emb_dim, shards=min(shards, t.num_buckets),
                                     name=f"{self.name}_{t.name}")
             for t in spec.tables if t.name in needed}
-        self._table_of = {f.name: f.table for f in spec.features if f.table}
 
     def _embed(self, inputs, name):
         return self.tables[self._table_of[name]](inputs[name])
 
-    def _item(self, inputs, prefix):
-        ids = "hist_item_ids" if prefix == "hist" else f"{prefix}_item_id"
-        id_emb = self._embed(inputs, ids)
-        parts = [id_emb] + [self._embed(inputs, f"{prefix}_{f}") for f in self._item_fields]
-        return tf.concat(parts, axis=-1), id_emb
+    def _item(self, inputs, columns):
+        """``[id ‖ side fields]`` of one item view, and the id part."""
+        parts = [self._embed(inputs, n) for n in columns]
+        return tf.concat(parts, axis=-1), parts[0]
 
     def request(self, inputs):
-        """The request-level part: ``user``, ``trigger``, ``trigger_id``, ``hist``, ``mask``
-        (reads only :func:`request_input_names`)."""
-        trigger, trigger_id = self._item(inputs, "trigger")
-        hist, _ = self._item(inputs, "hist")
-        user = tf.concat([self._embed(inputs, "user_id")]
-                         + [self._embed(inputs, f) for f in self._user_fields], axis=-1)
+        """The request-level part (reads only :func:`request_input_names`): ``user``,
+        ``trigger``, ``trigger_id``, ``hist`` and ``mask`` of the first behaviour sequence, and
+        ``histories``: ``{name: (E_S [B, L, D], mask [B, L])}`` for every sequence of the spec."""
+        trigger, trigger_id = self._item(inputs, self._trigger)
+        histories = {h: (self._item(inputs, cols)[0], inputs[ts] > 0)
+                     for h, (cols, ts) in self._histories.items()}
+        hist, mask = next(iter(histories.values()))
+        user = tf.concat([self._embed(inputs, n) for n in self._user], axis=-1)
         return {"user": user, "trigger": trigger, "trigger_id": trigger_id, "hist": hist,
-                "mask": inputs["hist_ts"] > 0}
+                "mask": mask, "histories": histories}
 
     def impression(self, inputs):
         """The per-candidate part: ``target``, ``target_id``, ``context``."""
-        target, target_id = self._item(inputs, "target")
-        ctx = [self._embed(inputs, f) for f in self._ctx_fields]
+        target, target_id = self._item(inputs, self._target)
+        ctx = [self._embed(inputs, n) for n in self._ctx]
         context = tf.concat(ctx, axis=-1) if ctx else tf.zeros([tf.shape(target)[0], 0], target.dtype)
         return {"target": target, "target_id": target_id, "context": context}
 
@@ -414,11 +454,16 @@ class TirModel(keras.Model):
         Stage 2 feeds DAIAN ``x["prior_intent"]`` as its intent input: the user's time-decayed
         click levels before the request, written by the pipeline. It carries no label of the
         row's own request (the request's own click distribution, or that minus the row's own
-        click, would: MODELS.md §1.1); no stage feeds a target.
+        click, would: docs/models.md#prior-intent); no stage feeds a target.
         """
         stage = self.stage if stage is None else as_stage(stage)
-        check_stage_inputs(x, [stage.number])
-        return self(x, training=training, **{name: x[name] for name in stage.feeds})
+        check_stage_inputs(self.spec, [stage.number], x)
+        return self(x, training=training, **{keyword: x[self._intent_column(field)]
+                                             for keyword, field in stage.feeds})
+
+    def _intent_column(self, field: str) -> str:
+        """The record column of the spec's intent group with ``field`` (e.g. ``prior``)."""
+        return self.spec.select(group="intent", field=field)[0].name
 
     def request_rows(self, inputs):
         """The request-level inputs (:func:`request_input_names`), one row per distinct request
@@ -541,7 +586,7 @@ class TirModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):
-        return {"spec_json": self.spec.to_json(), "model_config": dataclasses.asdict(self.model_config),
+        return {"spec_json": self.spec.to_json(), "model_config": to_dict(self.model_config),
                 "num_items": self.num_items, "item_dim": self.item_dim, "name": self.name,
                 "precision": self.precision}
 

@@ -1,26 +1,58 @@
 """Typed configuration of models and training (the ``model:`` and ``train:`` config sections).
 
-Defaults follow the DAIAN paper (MODELS.md §0, §1): batch 4096, Adagrad lr 0.05, tower
-512-256-128, attention 128 units x 4 heads, sequence length 50 (from the FeatureSpec).
+Each section validates itself when it is built (``__post_init__``). Defaults follow the DAIAN
+paper (docs/models.md#optimisers-and-defaults): batch 4096, Adagrad lr 0.05, tower 512-256-128, attention 128 units x
+4 heads (``model.daian``), sequence length 50 (from the FeatureSpec).
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar, Mapping
+
+from tirec.features.config_io import RUN_CONFIG, SECTIONS, from_dict, load
+from tirec.features.jsonio import exists
 
 STRATEGIES = ("default", "mirrored", "multiworker", "ps")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
+# The DAIAN settings that lived in the common section before each model had its own: read
+# under their old names with a deprecation line (and from old runs' config.json, quietly).
+DAIAN_MOVED = ("att_units", "att_heads", "use_uim", "use_die", "use_sein", "uim_hidden", "uim_attention",
+               "i2e_fusion", "sim_bins", "sim_fusion", "gate_inputs", "gamma", "explicit_len",
+               "explicit_buckets")
+
+
+def _model_sections():
+    from tirec.models import registry  # TensorFlow-free; model modules load on first lookup
+
+    return registry.model_names, registry.config_class
+
+
+def _registered_names() -> list[str]:
+    return _model_sections()[0]()
+
+
+def _registered_class(name: str) -> type:
+    return _model_sections()[1](name)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture settings shared by all registered models.
+    """The ``model:`` section: the settings every registered model shares, and one sub-section
+    per model with its own settings.
+
+    A model reads the shared settings as attributes (``model_config.emb_dim``) and its own with
+    ``model_config.section("daian")`` (the frozen dataclass it registered, see
+    :mod:`tirec.models.registry`): ``model.daian.uim_attention`` in YAML and ``--set``. A model
+    section not given is that dataclass's defaults. Shared are the settings that the model base
+    (:class:`tirec.models.base.TirModel`, the embedder) or every model reads.
 
     Args:
       name: registered model name (``din``, ``daian``).
       emb_dim: width of every id embedding (per field); an item is ``[id ‖ side fields]``.
       table_shards: row shards per embedding table (ParameterServer: the partitioner decides).
-      din_hidden: DIN attention FFN sizes.
-      att_units / att_heads: multi-head attention size.
+      din_hidden: DIN attention FFN sizes (DIN's attention, and DAIAN's and its UIM's).
       tower: MLP tower sizes.
       activation: ``relu`` or ``dice`` in the tower.
       dropout: tower dropout.
@@ -28,63 +60,37 @@ class ModelConfig:
         layers (tower, attention, gate, UIM and I2E projections; not on biases, embedding
         tables or the frozen item table), summed over the kernels the current stage trains and
         added to the stage's data loss. 0 (default) = off.
-      use_uim / use_die / use_sein: DAIAN ablation switches (MODELS.md §1.9).
-      uim_hidden: UIM MLP sizes (then n levels).
-      uim_attention: the UIM's history pooling ``h_S`` (MODELS.md §1.2): ``din``
-        (DinAttention(e_t, E_S), default) or ``mhta`` ([X] MultiHeadTargetAttention with
-        att_units x att_heads; 10-17 % less DAIAN step time at the paper config, other
-        numerics).
-      i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), MODELS.md §1.3.
-      sim_bins: buckets of the semantic similarity embedding (§1.5).
-      sim_fusion: ``norm_ratio`` or ``additive`` (§1.5 variant).
-      gate_inputs: ``intent`` (x = [e_sim ‖ sg(y)]) or ``intent_interest`` (also sg(v_imp), sg(v_exp)).
-      gamma: Gate NU scale.
-      explicit_len: [X] cap on the explicit subsequence ``S'`` (MODELS.md §1.4, ``L' = 50``):
-        keep its first (most recent) ``explicit_len`` behaviours. At or above the sequence
-        length it changes nothing.
       hist_buckets: how DIN attention (DIN's, DAIAN's and the UIM's ``din`` pooling) runs over
         the behaviour sequence; the outputs are the same up to float rounding: ``0`` on the
         padded sequence, ``k >= 1`` on the real behaviours compacted into ``k`` groups of
         samples of similar length (faster when histories are shorter than ``L``; not used with
         ``activation=dice``, whose statistics would become per group).
-      explicit_buckets: how the explicit branch (MHSA + MHTA over ``S'``) runs; the outputs
-        are the same up to float rounding: ``0`` on the padded history (the straightforward
-        path), ``1`` on ``S'`` compacted to the batch's longest, ``k > 1`` on ``k`` groups of
-        samples of similar ``|S'|`` (the fastest; see ``tirec.models.layers.sequence``).
       request_dedup: run the request-level blocks (history and user embeddings; DAIAN's UIM,
         I2E and explicit self-attention) once per distinct request of the batch and gather
         their outputs back to the candidates; the outputs are the same up to float rounding.
         The saving grows with the candidates per request a batch holds: many with
         ``train.shuffle_block`` > 1 (the default) or ``train.shuffle_buffer=0``, few with a
         record-level shuffle (``train.shuffle_block=1``).
+      sections: the model sub-sections given, by model name (``model.<name>.*``).
     """
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {key: f"daian.{key}" for key in DAIAN_MOVED}
 
     name: str = "daian"
     emb_dim: int = 16
     table_shards: int = 1
     din_hidden: tuple[int, ...] = (80, 40)
-    att_units: int = 128
-    att_heads: int = 4
     tower: tuple[int, ...] = (512, 256, 128)
     activation: str = "relu"
     dropout: float = 0.0
     l2: float = 0.0
-    use_uim: bool = True
-    use_die: bool = True
-    use_sein: bool = True
-    uim_hidden: tuple[int, ...] = (256, 128)
-    uim_attention: str = "din"
-    i2e_fusion: str = "concat"
-    sim_bins: int = 20
-    sim_fusion: str = "norm_ratio"
-    gate_inputs: str = "intent"
-    gamma: float = 2.0
-    explicit_len: int = 50
-    explicit_buckets: int = 16
     hist_buckets: int = 16
     request_dedup: bool = True
+    sections: Mapping[str, Any] = dataclasses.field(
+        default_factory=dict, hash=False,
+        metadata={SECTIONS: (_registered_names, _registered_class)})
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         def bad(field, why):
             raise ValueError(f"model.{field}: {why}; received {getattr(self, field)!r}")
 
@@ -92,35 +98,35 @@ class ModelConfig:
             bad("emb_dim", "must be >= 1")
         if self.table_shards < 1:
             bad("table_shards", "must be >= 1")
-        if self.att_units % self.att_heads:
-            bad("att_units", f"must be divisible by att_heads={self.att_heads}")
         if self.activation not in ("relu", "dice"):
             bad("activation", "must be relu or dice")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
         if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not 0.0 <= self.l2 < float("inf"):
             bad("l2", "must be a finite number >= 0 (0 = off)")
-        if self.uim_attention not in ("din", "mhta"):
-            bad("uim_attention", "must be din or mhta")
-        if self.i2e_fusion not in ("concat", "add"):
-            bad("i2e_fusion", "must be concat or add")
-        if self.sim_fusion not in ("norm_ratio", "additive"):
-            bad("sim_fusion", "must be norm_ratio or additive")
-        if self.gate_inputs not in ("intent", "intent_interest"):
-            bad("gate_inputs", "must be intent or intent_interest")
-        if self.sim_bins < 2:
-            bad("sim_bins", "must be >= 2")
         if not self.tower:
             bad("tower", "needs at least one layer")
-        if isinstance(self.explicit_len, bool) or not isinstance(self.explicit_len, int) \
-                or self.explicit_len < 1:
-            bad("explicit_len", "must be an integer >= 1")
-        for field in ("explicit_buckets", "hist_buckets"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                bad(field, "must be an integer >= 0 (0 = no compaction)")
+        if isinstance(self.hist_buckets, bool) or not isinstance(self.hist_buckets, int) or self.hist_buckets < 0:
+            bad("hist_buckets", "must be an integer >= 0 (0 = no compaction)")
         if not isinstance(self.request_dedup, bool):
             bad("request_dedup", "must be true or false")
+        for name, section in self.sections.items():
+            expected = _registered_class(name)  # an unknown model name fails listing the valid ones
+            if not isinstance(section, expected):
+                raise ValueError(f"model.{name}: expected a {expected.__name__}; received {section!r}")
+
+    def section(self, name: str | None = None) -> Any:
+        """The settings of model ``name`` (default: ``self.name``): the ``model.<name>``
+        sub-section given, else its registered dataclass's defaults."""
+        name = name or self.name
+        if name in self.sections:
+            return self.sections[name]
+        return _registered_class(name)()
+
+    def resolved(self) -> "ModelConfig":
+        """This config with the section of model ``name`` filled in (its defaults when not
+        given), as a run records it in ``config.json``."""
+        return dataclasses.replace(self, sections={**self.sections, self.name: self.section()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +138,8 @@ class TrainConfig:
       epochs: epochs per stage (DAIAN trains three stages; ``three_stage=false`` one).
       learning_rate: Adagrad learning rate.
       optimizer: ``adagrad`` or ``adam``.
-      three_stage: DAIAN's UIM pretrain -> DIE pretrain -> joint schedule (MODELS.md §1.8).
+      three_stage: DAIAN's UIM pretrain -> DIE pretrain -> joint schedule
+        (docs/models.md#three-training-stages).
       uim_lr_scale: the UIM's learning-rate factor in stage 3.
       strategy: ``default``, ``mirrored``, ``multiworker`` (TF_CONFIG) or ``ps`` (TF_CONFIG).
       cpu_replicas: logical CPU devices for ``mirrored`` when there is no GPU. 0 (default)
@@ -174,7 +181,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "float32"
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         def bad(field, why):
             raise ValueError(f"train.{field}: {why}; received {getattr(self, field)!r}")
 
@@ -212,10 +219,29 @@ def check_precision(precision, what: str = "precision") -> str:
     return precision
 
 
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A training run's ``RUN/config.json``: the resolved model and train sections and the data
+    folder it trained on."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    data: str = ""
+
+
+def load_run_config(run_dir: str) -> RunConfig:
+    """A run folder's ``config.json``, read by the one config loader. A file written before the
+    model sections existed (DAIAN's settings flat in ``model``) loads the same (quietly: the
+    user did not write it).
+
+    Raises:
+      FileNotFoundError: naming ``run_dir`` when it holds no ``config.json``.
+    """
+    if not exists(f"{run_dir.rstrip('/')}/{RUN_CONFIG}"):
+        raise FileNotFoundError(f"{run_dir}: not a `tirec train` run folder (it has no {RUN_CONFIG})")
+    return load(RunConfig, run_dir, quiet=True)
+
+
 def model_config_from_dict(d: dict) -> ModelConfig:
-    """A ModelConfig from a plain dict (JSON lists become the tuples the fields declare)."""
-    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"model config: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
-    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    """A ModelConfig from a plain dict (``to_dict`` of one, or an older flat one)."""
+    return from_dict(ModelConfig, d, "model")

@@ -1,38 +1,42 @@
 """DAIAN (arXiv 2602.13971): distribution-aware intent modeling on top of DIN.
 
-Modules (MODELS.md §1; [X] marks reconstructions, each a ModelConfig switch):
+Modules (docs/models.md#daian, with the paper's equation numbers; [X] marks reconstructions, each a switch of :class:`DaianConfig`, the
+``model.daian`` config section):
 
-* **UIM** (§1.2) — its own embedding tables; ``h_S = DinAttention(e_t, E_S)`` (or
+* **UIM** (Eq. 2-5) — its own embedding tables; ``h_S = DinAttention(e_t, E_S)`` (or
   ``MHTA(e_t, E_S)`` with ``uim_attention=mhta``, [X], cheaper),
   ``ŷ = softmax(MLP([E_u ‖ h_S ‖ e_t]))`` over the n similarity levels. ``use_uim=False``
   replaces it by a scalar sigmoid intent (DIHN style) read as the 2-bin distribution
   [below tau, at/above tau].
-* **I2E** (§1.3) — ``q_I = W[e_t ‖ ŷ]`` (``i2e_fusion=concat``) or ``e_t + Wŷ`` (``add``);
+* **I2E** (Eq. 6-8) — ``q_I = W[e_t ‖ ŷ]`` (``i2e_fusion=concat``) or ``e_t + Wŷ`` (``add``);
   ``v_imp = MHTA(q_I, E_S)``.
-* **Explicit intent** (§1.4) — behaviours whose multimodal similarity to the trigger is >= tau
+* **Explicit intent** (Eq. 9-10) — behaviours whose multimodal similarity to the trigger is >= tau
   (computed in the graph from the frozen multimodal table, tau from the FeatureSpec), at most
   ``explicit_len`` of them (the most recent); ``v_exp = MHTA(e_i, MHSA(E_S'))``, 0 when S' is
   empty. ``S'`` is compacted and the samples grouped by ``|S'|`` (``explicit_buckets``), which
   changes only the speed (``tirec.models.layers.sequence``).
-* **Hybrid similarity enhancer** (§1.5) — ``s_sem = cos(m_t, m_i)``; ``h_id = p_t ⊙ p_i`` with
-  ``p_x = MLP(sg(e_x^id))``; ``e_s = Emb(bucket(s_sem))``; norm-ratio fusion
+* **Hybrid similarity enhancer** (Eq. 11-14) — ``s_sem = cos(m_t, m_i)``;
+  ``h_id = p_t ⊙ p_i`` with ``p_x = MLP(sg(e_x^id))``; ``e_s = Emb(bucket(s_sem))``; norm-ratio fusion
   ``α = ‖sg(h_id)‖ / (‖sg(h_id)‖ + ‖e_s‖ + ε)``, ``e_sim = α h_id + (1-α) e_s``.
-* **IA2N** (§1.6) — Gate NU over ``[e_sim ‖ sg(ŷ)]`` gives ``[w_exp ‖ w_imp]``;
+* **IA2N** (Eq. 15-18) — Gate NU over ``[e_sim ‖ sg(ŷ)]`` gives ``[w_exp ‖ w_imp]``;
   ``u_exp = w_exp ⊙ v_exp``, ``u_imp = w_imp ⊙ v_imp``.
-* **Stage 2** (§1.8) — I2E and IA2N read the record's ``prior_intent`` (which the stage feeds
-  to ``forward``) instead of ``ŷ`` [X]: the user's time-decayed click levels before the
-  request, which holds no label of the row's own request (feeding the request's own ground
-  truth, even minus the row's click, leaks the label, §1.1).
-* **Prediction** (§1.7) — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN ‖ u_exp ‖ u_imp ‖ e_sim ‖ s_sem]))``.
+* **Stage 2** (training, Eq. 19-21) — I2E and IA2N read the record's ``prior_intent`` (which
+  the stage feeds to ``forward``) instead of ``ŷ`` [X]: the user's time-decayed click levels before the request, which holds no
+  label of the row's own request (feeding the request's own ground truth, even minus the row's
+  click, leaks the label: docs/models.md#prior-intent).
+* **Prediction** [X] — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN ‖ u_exp ‖ u_imp ‖ e_sim ‖ s_sem]))``.
 
 Outputs ``{"ctr": [B, 1], "intent": [B, k]}`` (k = n, or 2 without the UIM), float32 under
 mixed precision too. Losses and training stages are handled by :class:`tirec.models.base.TirModel`.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel
@@ -42,7 +46,72 @@ from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttenti
 from tirec.models.layers.sequence import keep_first, length_bucketed, real_lengths
 from tirec.models.registry import register_model
 
-keras = tf.keras
+
+@dataclasses.dataclass(frozen=True)
+class DaianConfig:
+    """DAIAN's own settings, the ``model.daian`` config section (validated when built). The
+    settings it shares with every model (``emb_dim``, ``tower``, ``din_hidden``,
+    ``hist_buckets``, ``request_dedup``, ...) are in the common ``model`` section.
+
+    Args:
+      att_units / att_heads: multi-head attention size (I2E, explicit branch, the IA2N gate and
+        the UIM's ``mhta`` pooling).
+      use_uim / use_die / use_sein: ablation switches (docs/models.md#ablation-switches).
+      uim_hidden: UIM MLP sizes (then n levels).
+      uim_attention: the UIM's history pooling ``h_S`` (docs/models.md#uim): ``din``
+        (DinAttention(e_t, E_S), default) or ``mhta`` ([X] MultiHeadTargetAttention with
+        att_units x att_heads; 10-17 % less DAIAN step time at the paper config, other
+        numerics).
+      i2e_fusion: ``concat`` (q = W[e_t ‖ y]) or ``add`` (q = e_t + W y), docs/models.md#i2e.
+      sim_bins: buckets of the semantic similarity embedding
+        (docs/models.md#hybrid-similarity-enhancer).
+      sim_fusion: ``norm_ratio`` or ``additive`` (the same section's variant).
+      gate_inputs: ``intent`` (x = [e_sim ‖ sg(y)]) or ``intent_interest`` (also sg(v_imp), sg(v_exp)).
+      gamma: Gate NU scale.
+      explicit_len: [X] cap on the explicit subsequence ``S'``
+        (docs/models.md#explicit-intent-subsequence, ``L' = 50``):
+        keep its first (most recent) ``explicit_len`` behaviours. At or above the sequence
+        length it changes nothing.
+      explicit_buckets: how the explicit branch (MHSA + MHTA over ``S'``) runs; the outputs
+        are the same up to float rounding: ``0`` on the padded history (the straightforward
+        path), ``1`` on ``S'`` compacted to the batch's longest, ``k > 1`` on ``k`` groups of
+        samples of similar ``|S'|`` (the fastest; see ``tirec.models.layers.sequence``).
+    """
+
+    att_units: int = 128
+    att_heads: int = 4
+    use_uim: bool = True
+    use_die: bool = True
+    use_sein: bool = True
+    uim_hidden: tuple[int, ...] = (256, 128)
+    uim_attention: str = "din"
+    i2e_fusion: str = "concat"
+    sim_bins: int = 20
+    sim_fusion: str = "norm_ratio"
+    gate_inputs: str = "intent"
+    gamma: float = 2.0
+    explicit_len: int = 50
+    explicit_buckets: int = 16
+
+    def __post_init__(self) -> None:
+        def bad(field, why):
+            raise ValueError(f"model.daian.{field}: {why}; received {getattr(self, field)!r}")
+
+        if self.att_units % self.att_heads:
+            bad("att_units", f"must be divisible by att_heads={self.att_heads}")
+        choices = {"uim_attention": ("din", "mhta"), "i2e_fusion": ("concat", "add"),
+                   "sim_fusion": ("norm_ratio", "additive"), "gate_inputs": ("intent", "intent_interest")}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                bad(field, f"must be {' or '.join(allowed)}")
+        if self.sim_bins < 2:
+            bad("sim_bins", "must be >= 2")
+        if isinstance(self.explicit_len, bool) or not isinstance(self.explicit_len, int) \
+                or self.explicit_len < 1:
+            bad("explicit_len", "must be an integer >= 1")
+        if isinstance(self.explicit_buckets, bool) or not isinstance(self.explicit_buckets, int) \
+                or self.explicit_buckets < 0:
+            bad("explicit_buckets", "must be an integer >= 0 (0 = no compaction)")
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -51,7 +120,7 @@ class UserIntentModel(keras.layers.Layer):
 
     Has its own embedding tables (its objective differs from the CTR objective). ``attention``
     picks ``h_S``: ``din`` (DinAttention, the default) or ``mhta`` (MultiHeadTargetAttention with
-    ``att_units`` x ``att_heads``), the two options of MODELS.md §1.2.
+    ``att_units`` x ``att_heads``), the two options of docs/models.md#uim.
     """
 
     def __init__(self, spec_json: str, emb_dim: int, shards: int, hidden: tuple, out_dim: int,
@@ -99,13 +168,14 @@ class DAIAN(TirModel):
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
-        c = model_config
+        c, d = model_config, model_config.section("daian")
+        self.daian_config = d  # DAIAN's own settings (model.daian.*)
         n = spec.intent_levels
         lo, hi = spec.sim_range
         self.tau = float(spec.explicit_threshold)
         self.sim_lo, self.sim_hi = lo, hi
         # Projection of the n-level ground truth onto the UIM's output space.
-        if c.use_uim:
+        if d.use_uim:
             proj = np.eye(n, dtype=np.float32)
         else:
             level_lo = transforms.bin_edges(n, lo, hi)[:-1]
@@ -114,23 +184,23 @@ class DAIAN(TirModel):
         self.intent_projection = tf.constant(proj)
         k = proj.shape[1]
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
-        self.uim = UserIntentModel(spec.to_json(), c.emb_dim, c.table_shards, c.uim_hidden, k,
-                                   scalar=not c.use_uim, attention=c.uim_attention,
-                                   att_units=c.att_units, att_heads=c.att_heads,
+        self.uim = UserIntentModel(spec.to_json(), c.emb_dim, c.table_shards, d.uim_hidden, k,
+                                   scalar=not d.use_uim, attention=d.uim_attention,
+                                   att_units=d.att_units, att_heads=d.att_heads,
                                    length_buckets=c.hist_buckets, name="uim")
         act = "dice" if c.activation == "dice" else "sigmoid"
         self.din_att = DinAttention(hidden_units=c.din_hidden, activation=act, length_buckets=c.hist_buckets,
                                     name="din_attention")
-        if c.use_die:
+        if d.use_die:
             self.i2e_query = keras.layers.Dense(self.embed.item_dim, name="i2e_query")
-            self.i2e_att = MultiHeadTargetAttention(c.att_units, c.att_heads, name="i2e_mhta")
-            self.exp_self = MultiHeadSelfAttention(c.att_units, c.att_heads, name="explicit_mhsa")
-            self.exp_target = MultiHeadTargetAttention(c.att_units, c.att_heads, name="explicit_mhta")
-        if c.use_sein:
+            self.i2e_att = MultiHeadTargetAttention(d.att_units, d.att_heads, name="i2e_mhta")
+            self.exp_self = MultiHeadSelfAttention(d.att_units, d.att_heads, name="explicit_mhsa")
+            self.exp_target = MultiHeadTargetAttention(d.att_units, d.att_heads, name="explicit_mhta")
+        if d.use_sein:
             self.proj = MLP((item_dim, item_dim), output_logit=False, name="id_projection")
-            self.sim_bins = keras.layers.Embedding(c.sim_bins, item_dim, name="sim_bin_embedding")
-            if c.use_die:
-                self.gate = GateNU((c.att_units,), 2 * c.att_units, gamma=c.gamma, name="ia2n_gate")
+            self.sim_bins = keras.layers.Embedding(d.sim_bins, item_dim, name="sim_bin_embedding")
+            if d.use_die:
+                self.gate = GateNU((d.att_units,), 2 * d.att_units, gamma=d.gamma, name="ia2n_gate")
         self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
                          name="tower")
 
@@ -139,15 +209,16 @@ class DAIAN(TirModel):
         return tf.matmul(tf.cast(dist, tf.float32), self.intent_projection)
 
     def _explicit_pool(self, rows, sequences, mask):
-        """Per-position part of v_exp = MHTA(e_i, MHSA(E_S')) for a group of samples (MODELS.md
-        §1.4): the target attention's pooled keys over the self-attended S'."""
+        """Per-position part of v_exp = MHTA(e_i, MHSA(E_S')) for a group of samples
+        (docs/models.md#explicit-intent): the target attention's pooled keys over the
+        self-attended S'."""
         (q_keys, q_bias), (hist,) = rows, sequences
         _, pooled = self.exp_target.pool((q_keys, q_bias), self.exp_self(hist, mask), mask)
         return pooled
 
     def _explicit_interest(self, target, hist, explicit, max_len):
         """v_exp with one row per sample: MHSA and pooling per group of rows of similar |S'|."""
-        c = self.model_config
+        c = self.daian_config
         self._build_explicit(hist, explicit)
         # The per-row steps of the target attention run once on the whole batch; only the
         # self-attention and the pooling run per group of rows of similar |S'|.
@@ -165,7 +236,7 @@ class DAIAN(TirModel):
     def _explicit_sequences(self, hist, explicit, max_len):
         """MHSA(E_S') of every row: ``([n, W, units], mask [n, W])``, S' compacted to the front
         (W = the longest |S'|) unless ``explicit_buckets=0`` (then the padded positions)."""
-        c = self.model_config
+        c = self.daian_config
         self._build_explicit(hist, explicit)
         if c.explicit_buckets == 0:
             mask = keep_first(explicit, max_len)
@@ -182,21 +253,21 @@ class DAIAN(TirModel):
         return seq, tf.sequence_mask(lengths, width)
 
     def forward(self, inputs, training=False, prior_intent=None):
-        """The outputs for a batch, in the steps of MODELS.md §1.
+        """The outputs for a batch, in the steps of docs/models.md#daian.
 
         1. Request-level embeddings and the UIM's intent ŷ, once per distinct request with
            ``model.request_dedup`` (``expand`` gathers them back to the candidates).
-        2. The semantic similarity ``s_sem`` of trigger and target (§1.5 Eq.11).
+        2. The semantic similarity ``s_sem`` of trigger and target (Eq. 11, docs/models.md#hybrid-similarity-enhancer).
         3. The DIN interest ``v_DIN`` (the base model).
-        4. DIE: the implicit interest ``v_imp`` (I2E, §1.3) and the explicit one ``v_exp`` (§1.4).
-        5. SEIN: the enhanced similarity ``e_sim`` (§1.5) and the IA2N gate on v_exp, v_imp (§1.6).
-        6. The tower (§1.7).
+        4. DIE: the implicit interest ``v_imp`` (docs/models.md#i2e) and the explicit one ``v_exp`` (docs/models.md#explicit-intent).
+        5. SEIN: the enhanced similarity ``e_sim`` (docs/models.md#hybrid-similarity-enhancer) and the IA2N gate on v_exp, v_imp (docs/models.md#ia2n).
+        6. The tower (docs/models.md#daian-prediction).
 
         Args:
           prior_intent: [B, n] the intent I2E and IA2N read instead of ŷ: stage 2 feeds the
             record's label-free ``prior_intent`` (``TirModel.stage_forward``); None: ŷ.
         """
-        c = self.model_config
+        c = self.daian_config
         rows, expand = self.request_rows(inputs)  # 1.
         r = self.embed.request(rows)
         e = self.embed.impression(inputs)
@@ -235,8 +306,8 @@ class DAIAN(TirModel):
         return tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * tf.cast(has_trig[:, None], tf.float32)
 
     def _implicit_interest(self, r, sample, expand, pred_intent_r, prior_intent):
-        """(the intent fed to I2E and IA2N per sample, v_imp = MHTA(q_I, E_S)) (§1.3); ``r``
-        holds the request-level embeddings, ``sample`` their per-candidate copies.
+        """(the intent fed to I2E and IA2N per sample, v_imp = MHTA(q_I, E_S))
+        (docs/models.md#i2e); ``r`` holds the request-level embeddings, ``sample`` their per-candidate copies.
 
         With ``prior_intent`` (stage 2) I2E runs per sample: the prior intent is per request,
         but requests with equal model inputs may differ in it (e.g. no trigger and no history
@@ -250,15 +321,15 @@ class DAIAN(TirModel):
         return expand(pred_intent_r), expand(v_imp)
 
     def _explicit_interest_of(self, rows, r, e, sample, expand):
-        """v_exp = MHTA(e_i, MHSA(E_S')) (§1.4): S' = the behaviours whose multimodal
-        similarity to the trigger is >= tau, at most ``explicit_len`` of them."""
-        c = self.model_config
+        """v_exp = MHTA(e_i, MHSA(E_S')) (docs/models.md#explicit-intent): S' = the behaviours whose
+        multimodal similarity to the trigger is >= tau, at most ``explicit_len`` of them."""
+        c = self.daian_config
         m_hist, _ = self.items(rows["hist_item_ids"])
         m_t_r, _ = self.items(rows["trigger_item_id"])
         hist_sim = tf.reduce_sum(m_hist * m_t_r[:, None, :], axis=-1)
         explicit = r["mask"] & (hist_sim >= self.tau) & tf.cast(rows["has_trigger"], tf.bool)[:, None]
         max_len = c.explicit_len if c.explicit_len < self.spec.max_seq_len else None
-        if not c.request_dedup:
+        if not self.model_config.request_dedup:
             return self._explicit_interest(e["target"], sample["hist"], explicit, max_len)
         # MHSA(E_S') once per request; the target attention per sample.
         seq, seq_mask = self._explicit_sequences(r["hist"], explicit, max_len)
@@ -268,9 +339,9 @@ class DAIAN(TirModel):
         return self.exp_target.project(pooled, tf.reduce_any(seq_mask, axis=1))
 
     def _enhanced_similarity(self, r, e, expand, s_sem, training):
-        """e_sim (§1.5): h_id = p_t ⊙ p_i with p_x = MLP(sg(e_x^id)) (Eq.12), e_s = the
-        embedding of s_sem's bucket (Eq.13), fused by their norms (Eq.14, ``sim_fusion``)."""
-        c = self.model_config
+        """e_sim (docs/models.md#hybrid-similarity-enhancer): h_id = p_t ⊙ p_i with
+        p_x = MLP(sg(e_x^id)) (Eq.12), e_s = the embedding of s_sem's bucket (Eq.13), fused by their norms (Eq.14, ``sim_fusion``)."""
+        c = self.daian_config
         p_t = self.proj(tf.stop_gradient(expand(r["trigger_id"])), training=training)
         p_i = self.proj(tf.stop_gradient(e["target_id"]), training=training)
         h_id = p_t * p_i
@@ -287,22 +358,23 @@ class DAIAN(TirModel):
 
     def _ia2n(self, e_sim, intent, v_imp, v_exp):
         """(u_exp, u_imp) = (w_exp ⊙ v_exp, w_imp ⊙ v_imp), [w_exp ‖ w_imp] the Gate NU over
-        [e_sim ‖ sg(intent)] (+ sg(v_imp), sg(v_exp) with ``gate_inputs=intent_interest``) (§1.6)."""
+        [e_sim ‖ sg(intent)] (+ sg(v_imp), sg(v_exp) with ``gate_inputs=intent_interest``)
+        (docs/models.md#ia2n)."""
         gate_in = [e_sim, tf.stop_gradient(tf.cast(intent, self.layer_dtype))]
-        if self.model_config.gate_inputs == "intent_interest":
+        if self.daian_config.gate_inputs == "intent_interest":
             gate_in += [tf.stop_gradient(v_imp), tf.stop_gradient(v_exp)]
         w_exp, w_imp = tf.split(self.gate(tf.concat(gate_in, axis=-1)), 2, axis=-1)
         return w_exp * v_exp, w_imp * v_imp
 
     def _i2e_query(self, trigger, intent):
-        """I2E's query (MODELS.md §1.3): W[e_t ‖ ŷ] or e_t + Wŷ."""
+        """I2E's query (docs/models.md#i2e): W[e_t ‖ ŷ] or e_t + Wŷ."""
         intent = tf.cast(intent, self.layer_dtype)
-        if self.model_config.i2e_fusion == "concat":
+        if self.daian_config.i2e_fusion == "concat":
             return self.i2e_query(tf.concat([trigger, intent], axis=-1))
         return trigger + self.i2e_query(intent)
 
 
-@register_model("daian")
+@register_model("daian", DaianConfig)
 def build_daian(spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int) -> DAIAN:
     return DAIAN(spec, model_config, num_items, item_dim, name="daian")
 

@@ -9,12 +9,12 @@ plus ``intent`` features so DAIAN's stage 2 can feed the ground truth), ``target
 from __future__ import annotations
 
 import gzip
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from tirec.features.jsonio import read_json
 from tirec.features.spec import FeatureSpec
 
 SPEC_FILE = "spec.json"
@@ -49,8 +49,7 @@ def check_data(data_dir: str) -> tuple[FeatureSpec, bool]:
     stats = os.path.join(data_dir, "stats.json")
     written = {}
     if tf.io.gfile.exists(stats):
-        with tf.io.gfile.GFile(stats) as fh:
-            written = json.load(fh).get("written", {})
+        written = read_json(stats).get("written", {})
     for split in ("train", "eval"):
         _check_split(data_dir, split)
     has_valid = tf.io.gfile.isdir(os.path.join(data_dir, "valid"))
@@ -181,6 +180,5 @@ def load_item_vectors(data_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
         vectors = np.load(fh).astype(np.float32)
     meta = {}
     if tf.io.gfile.exists(os.path.join(base, "meta.json")):
-        with tf.io.gfile.GFile(os.path.join(base, "meta.json")) as fh:
-            meta = json.load(fh)
+        meta = read_json(os.path.join(base, "meta.json"))
     return ids.astype(np.int64), vectors, meta

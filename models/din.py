@@ -1,4 +1,4 @@
-"""DIN (Zhou et al., KDD 2018): the base model and first TIR baseline (MODELS.md §3.1).
+"""DIN (Zhou et al., KDD 2018): the base model and first TIR baseline (docs/models.md#din).
 
 The user interest vector is a DIN attention pooling of the behaviour sequence with the target
 as query (un-normalised weights); for TIR the trigger embedding joins the tower input (as in
@@ -6,15 +6,24 @@ DAIAN's baseline).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP, DinAttention
 from tirec.models.registry import register_model
 
-keras = tf.keras
+
+@dataclasses.dataclass(frozen=True)
+class DinConfig:
+    """DIN's own settings, the ``model.din`` config section: none today. Everything DIN reads
+    (``emb_dim``, ``table_shards``, ``din_hidden``, ``hist_buckets``, ``tower``, ``activation``,
+    ``dropout``, ``l2``, ``request_dedup``) DAIAN reads too, so it is in the common ``model``
+    section; a setting only DIN would read goes here."""
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -45,6 +54,6 @@ class DIN(TirModel):
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 
 
-@register_model("din")
+@register_model("din", DinConfig)
 def build_din(spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int) -> DIN:
     return DIN(spec, model_config, num_items, item_dim, name="din")

@@ -1,4 +1,4 @@
-"""Exact offline CTR metrics over a whole eval set (MODELS.md §0, "Metrics").
+"""Exact offline CTR metrics over a whole eval set (docs/models.md#metrics).
 
 Every metric here is computed exactly in numpy, not approximated by a streaming histogram:
 
@@ -257,7 +257,7 @@ def gauc(labels, scores, groups) -> tuple[float, dict]:
     """Group (user) AUC: per-user AUC weighted by the user's number of impressions.
 
     ``GAUC = Σ_u n_u · AUC_u / Σ_u n_u`` over the users who have both a positive and a
-    negative sample. Users whose samples are all one class are skipped (MODELS.md §0).
+    negative sample. Users whose samples are all one class are skipped (docs/models.md#metrics).
 
     Args:
         labels: 1-D array of 0/1.
@@ -313,7 +313,9 @@ def logloss(labels, probs, eps: float = 1e-7) -> float:
 
 
 def rela_impr(metric_model: float, metric_base: float) -> float:
-    """RelaImpr of an AUC-like metric over a base, in percent (MODELS.md §0, Eq.24).
+    """RelaImpr of an AUC-like metric over a base, in percent (DAIAN Eq. 24).
+
+    See docs/models.md#metrics.
 
     ``RelaImpr = ((metric_model - 0.5) / (metric_base - 0.5) - 1) · 100``. For example, GAUC
     0.6382 against a base of 0.6432 gives about -3.49 %.
@@ -411,7 +413,7 @@ def intent_metrics(true_dist, pred_dist, eps: float = 1e-8) -> dict:
     """Intent fit: mean KL(true ‖ pred) and mean JS over the labelled requests.
 
     A row whose true distribution sums to 0 is a request without clicks. It has no intent
-    label and is skipped (MODELS.md §1.1).
+    label and is skipped (docs/models.md#intent-distribution).
 
     Args:
         true_dist: Array ``(rows, n)`` of ground-truth intent distributions (all-zero rows

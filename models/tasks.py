@@ -4,8 +4,8 @@ A task is a layer called with a batch's labels and the model's predictions; it r
 task's data loss, the mean over the *global* batch (:func:`global_batch_mean`), and updates
 its metrics:
 
-* :class:`CtrTask` (a ``tfrs.tasks.Ranking``): binary cross-entropy on the click (MODELS.md §0,
-  DAIAN Eq.21) and a streaming ``auc``.
+* :class:`CtrTask` (a ``tfrs.tasks.Ranking``): binary cross-entropy on the click 
+  (docs/models.md#losses, DAIAN Eq.21) and a streaming ``auc``.
 * :class:`IntentTask`: KL(y^I ‖ ŷ^I) over the intent levels (DAIAN Eq.19), requests without a
   click (all-zero label rows) masked out of the loss and of its ``intent_kl`` metric.
 
@@ -27,7 +27,8 @@ import contextlib
 import tensorflow as tf
 from tensorflow_recommenders import tasks as tfrs_tasks
 
-keras = tf.keras
+from tirec.compat import keras
+
 
 CTR, INTENT = "ctr", "intent"
 
@@ -110,7 +111,7 @@ class CtrTask(tfrs_tasks.Ranking):
 
 
 class IntentTask(keras.layers.Layer, tfrs_tasks.Task):
-    """The intent task: KL(y^I ‖ ŷ^I) over the levels, unlabelled requests masked (MODELS.md §1.8).
+    """The intent task: KL(y^I ‖ ŷ^I) over the levels, unlabelled requests masked (docs/models.md#losses).
 
     Called with the ground-truth distribution in the model's intent output space [B, k] (rows
     of zeros: requests without a click) and the predicted one [B, k]. The loss is the mean KL

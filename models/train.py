@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import os
 import sys
@@ -35,15 +34,17 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tirec.compat import keras
+from tirec.features.config_io import to_dict
+from tirec.features.jsonio import read_json, write_json
 from tirec.features.spec import FeatureSpec
 from tirec.models import metrics as M
 from tirec.models.base import (DIE_PRETRAIN, UIM_PRETRAIN, Stage, check_stage_inputs, joint_stage,
                                 model_input_names, precision_scope, stage_input_names)
-from tirec.models.config import ModelConfig, TrainConfig, check_precision, model_config_from_dict
+from tirec.models.config import ModelConfig, RunConfig, TrainConfig, check_precision, load_run_config
 from tirec.models.data import check_data, load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder
 
-keras = tf.keras
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("last", "best")
@@ -157,7 +158,6 @@ def build_model(name: str, spec: FeatureSpec, model_cfg: ModelConfig, item_ids: 
     ``precision`` (``float32`` or ``mixed_bfloat16``) is the Keras dtype policy its layers
     compute in; variables are float32 either way, so weights load across precisions.
     """
-    model_cfg.validate()
     check_precision(precision, "precision")
     with precision_scope(precision):
         model = get_builder(name)(spec, model_cfg, len(item_ids), item_vectors.shape[1])
@@ -188,7 +188,7 @@ def stages_for(model, cfg: TrainConfig) -> list[int]:
 def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool, has_valid: bool):
     """The train dataset (or DatasetCreator under ParameterServerStrategy) and the valid one
     (None without a ``valid`` split)."""
-    keep = set(names) | stage_input_names()
+    keep = set(names) | stage_input_names(spec)
 
     def select(x, y):
         return {k: v for k, v in x.items() if k in keep}, y
@@ -221,9 +221,9 @@ def _check_run_dir(run_dir: str, spec: FeatureSpec, data_dir: str) -> None:
     if tf.io.gfile.exists(path):
         diff = FeatureSpec.load(path).diff(spec)
         if diff:
-            raise ValueError(f"--out {run_dir} holds a run on other data: its spec.json differs from "
+            raise ValueError(f"--run {run_dir} holds a run on other data: its spec.json differs from "
                              f"{os.path.join(data_dir, 'spec.json')}: {'; '.join(diff)}; "
-                             f"train into a new --out folder")
+                             f"train into a new --run folder")
 
 
 def _check_validation(cfg: TrainConfig, data_dir: str, has_valid: bool, strategy=None) -> None:
@@ -247,13 +247,11 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
 
     ``callbacks`` are added to every stage's ``fit`` (after the built-in ones).
     """
-    train_cfg.validate()
-    model_cfg = dataclasses.replace(model_cfg, name=model_name)
-    model_cfg.validate()
+    model_cfg = dataclasses.replace(model_cfg, name=model_name).resolved()
     builder = get_builder(model_name)  # fail early on an unknown name
     # Check the input before building anything: one clear line per problem.
     spec, has_valid = check_data(data_dir)
-    check_stage_inputs(spec.names, stages_for(builder, train_cfg))
+    check_stage_inputs(spec, stages_for(builder, train_cfg))
     _check_run_dir(run_dir, spec, data_dir)
     _check_validation(train_cfg, data_dir, has_valid, strategy)
     strategy = strategy or make_strategy(train_cfg)
@@ -264,15 +262,14 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     spec_path = os.path.join(run_dir, "spec.json")
     if not tf.io.gfile.exists(spec_path):
         spec.save(spec_path)
-    _write_json(os.path.join(run_dir, "config.json"),
-                {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
-                 "data": data_dir})
+    write_json(os.path.join(run_dir, "config.json"),
+               to_dict(RunConfig(model=model_cfg, train=train_cfg, data=data_dir)))
     item_ids, item_vectors, item_meta = load_item_vectors(data_dir)
     buf = io.BytesIO()
     np.savez(buf, ids=item_ids, vectors=item_vectors)
     with tf.io.gfile.GFile(os.path.join(run_dir, "items.npz"), "wb") as fh:
         fh.write(buf.getvalue())
-    tf.keras.utils.set_random_seed(train_cfg.seed)
+    keras.utils.set_random_seed(train_cfg.seed)
     log.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
     with strategy.scope():
         model = build_model(model_name, spec, model_cfg, item_ids, item_vectors, train_cfg.precision)
@@ -306,9 +303,9 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     metrics["valid_split"] = has_valid
     best = os.path.join(run_dir, "best", BEST_RECORD)
     if tf.io.gfile.exists(best):
-        metrics["best_checkpoint"] = _read_json(best)
+        metrics["best_checkpoint"] = read_json(best)
     metrics["embedding"] = item_meta.get("provider", "")
-    _write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    write_json(os.path.join(run_dir, "metrics.json"), metrics)
     return metrics
 
 
@@ -325,7 +322,7 @@ def _steps_per_epoch(data_dir: str, cfg: TrainConfig, strategy) -> int | None:
     stats = os.path.join(data_dir, "stats.json")
     if not tf.io.gfile.exists(stats):
         return None
-    n = int(_read_json(stats).get("written", {}).get("train", 0))
+    n = int(read_json(stats).get("written", {}).get("train", 0))
     return -(-n // cfg.batch_size) if n else None
 
 
@@ -347,7 +344,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best = None
         record = os.path.join(directory, BEST_RECORD)
         if tf.io.gfile.exists(record):
-            previous = _read_json(record)
+            previous = read_json(record)
             if previous.get("stage") == stage and previous.get("monitor") == monitor:
                 self.best = previous["value"]
 
@@ -360,7 +357,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         if np.isfinite(value) and better:
             self.best = value
             self.model.save_weights(os.path.join(self.directory, "weights"))
-            _write_json(os.path.join(self.directory, BEST_RECORD),
+            write_json(os.path.join(self.directory, BEST_RECORD),
                         {"stage": self.stage, "epoch": epoch, "monitor": self.monitor, "value": value})
 
 
@@ -463,7 +460,7 @@ def checkpoint_prefix(run_dir: str, checkpoint: str = "last") -> str:
 def best_record(run_dir: str) -> dict:
     """``RUN/best/best.json``: the stage, epoch, monitor and value of the best checkpoint."""
     checkpoint_prefix(run_dir, "best")  # a clear error when there is none
-    return _read_json(os.path.join(run_dir, "best", BEST_RECORD))
+    return read_json(os.path.join(run_dir, "best", BEST_RECORD))
 
 
 def load_run(run_dir: str, precision: str | None = "float32", checkpoint: str = "last"):
@@ -477,18 +474,16 @@ def load_run(run_dir: str, precision: str | None = "float32", checkpoint: str = 
       checkpoint: ``last`` (the final weights, default) or ``best`` (see :func:`checkpoint_prefix`).
     """
     weights = checkpoint_prefix(run_dir, checkpoint)
-    with tf.io.gfile.GFile(os.path.join(run_dir, "config.json")) as fh:
-        cfg = json.load(fh)
+    run_cfg = load_run_config(run_dir)
     spec = FeatureSpec.load(os.path.join(run_dir, "spec.json"))
     with tf.io.gfile.GFile(os.path.join(run_dir, "items.npz"), "rb") as fh:
         z = np.load(io.BytesIO(fh.read()))
         ids, vectors = z["ids"], z["vectors"]
-    model_cfg = model_config_from_dict(cfg["model"])
     if precision is None:
-        precision = cfg.get("train", {}).get("precision", "float32")
-    model = build_model(model_cfg.name, spec, model_cfg, ids, vectors, precision)
+        precision = run_cfg.train.precision
+    model = build_model(run_cfg.model.name, spec, run_cfg.model, ids, vectors, precision)
     model.load_weights(weights).expect_partial()
-    return model, spec, cfg
+    return model, spec, to_dict(run_cfg)
 
 
 def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
@@ -498,30 +493,12 @@ def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
     load_data_spec(data_dir).check_compatible(spec, what="data")
     metrics = evaluate_model(model, data_dir, spec, batch_size)
     if baseline_dir:
-        base = _read_json(os.path.join(baseline_dir, "metrics.json"))
+        base = read_json(os.path.join(baseline_dir, "metrics.json"))
         metrics["baseline"] = baseline_dir
         for key in ("auc", "gauc"):
             metrics[f"rela_impr_{key}"] = M.rela_impr(metrics[key], base[key])
-    previous = _read_json(os.path.join(run_dir, "metrics.json")) if tf.io.gfile.exists(
+    previous = read_json(os.path.join(run_dir, "metrics.json")) if tf.io.gfile.exists(
         os.path.join(run_dir, "metrics.json")) else {}
     previous.update(metrics)
-    _write_json(os.path.join(run_dir, "metrics.json"), previous)
+    write_json(os.path.join(run_dir, "metrics.json"), previous)
     return metrics
-
-
-def _write_json(path: str, obj) -> None:
-    with tf.io.gfile.GFile(path, "w") as fh:
-        fh.write(json.dumps(obj, indent=2, default=_json_default))
-
-
-def _read_json(path: str):
-    with tf.io.gfile.GFile(path) as fh:
-        return json.load(fh)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

@@ -11,7 +11,7 @@ Input files (CSV as published; sharded, Parquet or JSONL copies work too, see
   ``"new_user_class_level "`` with a trailing space; names are whitespace-stripped);
 * ``behavior_log``: ``user,time_stamp,btag,cate,brand`` (pv/cart/fav/buy events, no item id).
 
-Conversion (``docs/MODELS.md`` section 0, "Alimama preprocessing"):
+Conversion (docs/models.md#alimama-conversion):
 
 * **Impressions** = ``raw_sample``: ``user_id`` <- ``user``, ``item_id`` <- ``adgroup_id``,
   ``ts`` <- ``time_stamp``, ``label`` <- ``clk``. A row must have ``clk + nonclk == 1``
@@ -61,6 +61,7 @@ import zlib
 
 import numpy as np
 
+from tirec.features.spec import PREFIXES
 from tirec.pipeline import embeddings as emb
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import (ITEM_FIELDS, Prepared, SourceFormat, build_item_table, dedupe,
@@ -94,7 +95,7 @@ BEHAVIOR_LOG = TableSchema("behaviours", (
     Column("brand", "str", required=False, default=""),
 ))
 USER_PROFILE = TableSchema("users", (Column("user_id", "id", source="userid"),),
-                           extra_int_prefix="user_")
+                           extra_int_prefix=PREFIXES["user"])
 AD_FEATURE = TableSchema("ad_feature", (
     Column("item_id", "id", source="adgroup_id"), Column("cate_id", "id"),
     Column("campaign_id", "id"), Column("customer", "id"),

@@ -1,4 +1,7 @@
-"""Typed configuration of the feature pipeline (the ``pipeline:`` section of a tirec config)."""
+"""Typed configuration of the feature pipeline (the ``pipeline:`` section of a tirec config).
+
+A config validates itself when it is built (``__post_init__``): one that exists is valid.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -131,8 +134,9 @@ class PipelineConfig:
     def history_s(self) -> int:
         return self.history_days * 86400
 
-    def validate(self) -> None:
-        """Raises ValueError naming the first bad field and its value."""
+    def __post_init__(self) -> None:
+        """Validates the config as it is built: raises ValueError naming the first bad field
+        and its value."""
         def bad(field, why):
             raise ValueError(f"pipeline.{field}: {why}; received {getattr(self, field)!r}")
 

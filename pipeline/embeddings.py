@@ -39,6 +39,8 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from tirec.features.jsonio import read_json, write_json
+
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("precomputed", "tfidf-svd", "cooccurrence-svd", "minilm")
@@ -128,9 +130,7 @@ class EmbeddingArtifact:
         with _open_write(_join(directory, "vectors.npy")) as fh:
             np.save(fh, self.vectors, allow_pickle=False)
         meta = {"provider": self.provider, "dim": self.dim, "count": len(self), "info": self.info}
-        with _open_write(_join(directory, "meta.json")) as fh:
-            fh.write(json.dumps(meta, indent=2, sort_keys=True, default=_json_default)
-                     .encode("utf-8"))
+        write_json(_join(directory, "meta.json"), meta, sort_keys=True)
 
     @classmethod
     def load(cls, directory: str) -> "EmbeddingArtifact":
@@ -139,8 +139,7 @@ class EmbeddingArtifact:
         Raises:
           ValueError: when the files disagree with each other or with ``meta.json``.
         """
-        with _open_read(_join(directory, "meta.json")) as fh:
-            meta = json.loads(fh.read().decode("utf-8"))
+        meta = read_json(_join(directory, "meta.json"))
         with _open_read(_join(directory, "ids.npy")) as fh:
             ids = np.load(fh, allow_pickle=False)
         with _open_read(_join(directory, "vectors.npy")) as fh:
@@ -942,14 +941,6 @@ def _text(v: Any) -> str | None:
 
 def _short(s: str, limit: int = _VALUE_LIMIT) -> str:
     return s if len(s) <= limit else s[:limit] + "..."
-
-
-def _json_default(o: Any):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _join(directory: str, name: str) -> str:

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from tirec.features.spec import PREFIXES, raw_field
 from tirec.pipeline import embeddings as emb
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.io import Column, TableSchema, dead_letter, discover, read_chunks
@@ -54,11 +55,11 @@ class SourceFormat:
 IMPRESSIONS = TableSchema("impressions", (
     Column("user_id", "id"), Column("item_id", "id"), Column("ts", "ts"), Column("label", "label"),
     Column("request_id", "str", required=False, default=""),
-), extra_int_prefix="", extra_match="ctx_")
+), extra_int_prefix="", extra_match=PREFIXES["context"])
 BEHAVIOURS = TableSchema("behaviours", (
     Column("user_id", "id"), Column("item_id", "id"), Column("ts", "ts"), Column("btag", "str"),
 ))
-USERS = TableSchema("users", (Column("user_id", "id"),), extra_int_prefix="user_")
+USERS = TableSchema("users", (Column("user_id", "id"),), extra_int_prefix=PREFIXES["user"])
 ITEMS = TableSchema("items", (
     Column("item_id", "id"), Column("cate_id", "id"), Column("brand_id", "id"),
     Column("price_bucket", "int"), Column("text", "str", required=False),
@@ -92,8 +93,7 @@ class GenericFormat(SourceFormat):
             files=files, schemas={"impressions": IMPRESSIONS, "behaviours": BEHAVIOURS, "users": USERS},
             items=items, item_fields=ITEM_FIELDS + extra,
             user_fields=tuple(header_fields(files["users"], USERS)),
-            context_fields=tuple(c[len("ctx_"):] for c in header_fields(files["impressions"], IMPRESSIONS)
-                                 if c.startswith("ctx_")),
+            context_fields=context_fields(header_fields(files["impressions"], IMPRESSIONS)),
             trigger_from="behaviours" if cfg.trigger_from == "auto" else cfg.trigger_from,
             embedding_info=info, dead=dead, rows_in=rows_in)
 
@@ -113,6 +113,12 @@ class GenericFormat(SourceFormat):
             return fn(ids, list(texts), **kwargs), {}
         sequences = behaviour_sequences(files["behaviours"], BEHAVIOURS, cfg.chunk_rows)
         return emb.cooccurrence_svd(sequences, dim=cfg.emb_dim, seed=cfg.seed), {}
+
+
+def context_fields(columns: list[str]) -> tuple[str, ...]:
+    """The context fields named by raw impression columns (``ctx_<f>``, the features' convention:
+    :func:`tirec.features.spec.raw_field`)."""
+    return tuple(f for f in (raw_field("context", c) for c in columns) if f)
 
 
 def header_fields(paths: list[str], schema: TableSchema) -> list[str]:

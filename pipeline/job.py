@@ -44,6 +44,7 @@ import numpy as np
 
 from tirec.features import transforms
 from tirec.features.example import ExampleEncoder
+from tirec.features.jsonio import read_json, write_json
 from tirec.features.spec import FeatureSpec, TableSpec, tir_feature_spec
 from tirec.pipeline import labeling
 from tirec.pipeline.config import PipelineConfig
@@ -99,13 +100,12 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
       progress: called with each entry of :data:`STAGES` as it starts.
 
     Raises:
-      ValueError: a bad config value, a flag no Beam options class defines, an ``OUT`` that is
+      ValueError: a flag no Beam options class defines, an ``OUT`` that is
         not a pipeline output, or (:class:`~tirec.pipeline.split.SplitError`) a split that would
         be empty, naming the option to change.
       AccountingError: the row accounting does not balance.
     """
     progress = progress or (lambda stage: None)
-    cfg.validate()
     flags, runner = _beam_flags(beam_args or [])
     t0 = time.time()
     out = cfg.out.rstrip("/")
@@ -156,7 +156,7 @@ def _run_job(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, out: str, fla
     progress(STAGES[2])
     _pipeline(cfg, prep, plan, spec, out, items_path, flags, runner)
     progress(STAGES[3])
-    beam_stats = _read_json(f"{out}/_beam_stats.json")
+    beam_stats = read_json(f"{out}/_beam_stats.json")
     _remove(f"{out}/_beam_stats.json")
     return _finish(cfg, prep, spec, plan, beam_stats, out, time.time() - t0)
 
@@ -174,7 +174,7 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
         trigger_from=prep.trigger_from, no_trigger=cfg.no_trigger,
         max_events_per_user=cfg.max_events_per_user, eval_from_ts=plan.eval_from_ts,
         item_fields=prep.item_fields, user_fields=prep.user_fields,
-        context_fields=prep.context_fields, valid_from_ts=plan.valid_from_ts)
+        context_fields=prep.context_fields, valid_from_ts=plan.valid_from_ts, spec=spec)
     with beam.Pipeline(runner=runner, options=PipelineOptions(flags=flags)) as p:
         blocks, deads, stats = [], [], []
         for table, paths in prep.files.items():
@@ -228,7 +228,7 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
         _ = ((stats + [dead_counts, _range_stat(p, lo, hi, bounds)])
              | "stats:flatten" >> beam.Flatten()
              | "stats:merge" >> beam.CombineGlobally(_MergeStats())
-             | "stats:write" >> beam.Map(_write_json, f"{out}/_beam_stats.json"))
+             | "stats:write" >> beam.Map(lambda merged, path: write_json(path, merged), f"{out}/_beam_stats.json"))
 
 
 def _range_stat(p, lo: float, hi: float, bounds):
@@ -318,7 +318,7 @@ class _LabelFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("dead", {
                     "table": "users", "reason": "duplicate_id", "field": "user_id", "value": str(user),
                     "file": self.files[int(prof["_file"][i])], "row": int(prof["_row"][i])})
-            profile = {k: v[0] for k, v in prof.items() if k.startswith("user_")}
+            profile = {f.name: prof[f.name][0] for f in s.spec.select(group="user") if f.name in prof}
             labeling._add(stats, "users_with_profile", 1)
         if self.user_hook is not None:
             imps, hook_stats = self.user_hook(user, behs, self.items)
@@ -718,8 +718,8 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
     stats["split"]["warnings"] += warnings
     for note in warnings:
         log.warning("split: %s", note)
-    _write_json(stats, f"{out}/stats.json")
-    _write_json(dataclasses.asdict(cfg), f"{out}/config.json")
+    write_json(f"{out}/stats.json", stats)
+    write_json(f"{out}/config.json", dataclasses.asdict(cfg))
     return stats
 
 
@@ -809,28 +809,6 @@ def _save_artifact(prep: Prepared, directory: str) -> None:
     EmbeddingArtifact(ids=prep.items.ids, vectors=prep.items.vectors,
                       provider=prep.embedding_info.get("provider", ""),
                       info=prep.embedding_info).save(directory)
-
-
-def _write_json(obj, path: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.create(path) as fh:
-        fh.write(json.dumps(obj, indent=2, default=_json_default).encode("utf-8"))
-
-
-def _read_json(path: str):
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as fh:
-        return json.loads(fh.read().decode("utf-8"))
-
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    return str(o)
 
 
 def _remove(path: str) -> None:

@@ -24,6 +24,7 @@ import zlib
 import numpy as np
 
 from tirec.features import transforms
+from tirec.features.spec import HISTORY, FeatureSpec, tir_feature_spec
 from tirec.pipeline import split as splits
 from tirec.pipeline.io import dead_letter
 from tirec.pipeline.items import ItemTable
@@ -46,7 +47,11 @@ def encode_btags(tags: np.ndarray, click_btags: tuple[str, ...]) -> tuple[np.nda
 
 @dataclasses.dataclass(frozen=True)
 class LabelSettings:
-    """Constants of the labeling step (resolved from :class:`PipelineConfig`)."""
+    """Constants of the labeling step (resolved from :class:`PipelineConfig`).
+
+    ``spec`` is the record schema the columns are filled for (the job passes the one it
+    writes); without it, the standard schema of the reader's item, user and context fields.
+    """
 
     intent_levels: int
     trigger_window_s: int
@@ -61,6 +66,14 @@ class LabelSettings:
     user_fields: tuple[str, ...]
     context_fields: tuple[str, ...]
     valid_from_ts: int | None = None  # impressions in [valid_from_ts, eval_from_ts) are valid
+    spec: FeatureSpec | None = None
+
+    def __post_init__(self):
+        if self.spec is None:
+            object.__setattr__(self, "spec", tir_feature_spec(
+                item_fields=self.item_fields, user_fields=self.user_fields,
+                context_fields=self.context_fields, intent_levels=self.intent_levels,
+                max_seq_len=self.max_seq_len))
 
 
 def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict | None,
@@ -187,19 +200,47 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
         "_file": imps.get("_file", np.full(n_imp, -1, np.int64)),
         "_row": imps.get("_row", np.full(n_imp, -1, np.int64)),
     }
-    for f in s.item_fields:
-        col = items.fields[f]
-        cols[f"target_{f}"] = col[tgt_row]
-        cols[f"trigger_{f}"] = np.where(has_trig, col[trg_row], 0)
-        cols[f"hist_{f}"] = hist_of(col[beh_item_row]) if behs["ts"].shape[0] else np.zeros((n_imp, L), np.int64)
-    for f in s.user_fields:
-        value = 0 if profile is None else int(profile.get(f"user_{f}", 0))
-        cols[f"user_{f}"] = np.full(n_imp, value, dtype=np.int64)
-    for f in s.context_fields:
-        cols[f"ctx_{f}"] = imps.get(f"ctx_{f}", np.zeros(n_imp, dtype=np.int64)).astype(np.int64)
+    item_values = {"target": lambda col: col[tgt_row],
+                   "trigger": lambda col: np.where(has_trig, col[trg_row], 0),
+                   "history": lambda col: hist_of(col[beh_item_row]) if behs["ts"].shape[0]
+                   else np.zeros((n_imp, L), np.int64)}
+    cols.update(side_fields(s.spec, cols, n_imp, items, item_values, profile, imps))
     if profile is None and n_imp:
         _add(stats, "users_without_profile", 1)
     return cols, dead, stats
+
+
+def side_fields(spec: FeatureSpec, cols: dict, n_imp: int, items: ItemTable, item_values: dict,
+                profile: dict | None, imps: dict) -> dict:
+    """The spec's model inputs that ``cols`` does not hold yet, each from its group's source:
+    an item group's field from the item table (``item_values[group]`` picks the rows), a user
+    column from the profile (0 without one), a context column from the impression row (0 when
+    the input has no such column).
+
+    Raises:
+      ValueError: naming a column whose group has no source here (or of a behaviour sequence
+        other than ``hist``), or an item field the item table lacks.
+    """
+    out = {}
+    for f in spec.select(model_input=True):
+        if f.name in cols:
+            continue
+        if f.group == "history" and f.history != HISTORY:
+            raise ValueError(f"spec column {f.name!r} belongs to behaviour sequence {f.history!r}; "
+                             f"labeling builds the sequence {HISTORY!r} only")
+        if f.group in item_values:
+            if f.field not in items.fields:
+                raise ValueError(f"spec column {f.name!r} holds item field {f.field!r}, which the "
+                                 f"item table lacks; its fields: {sorted(items.fields)}")
+            out[f.name] = item_values[f.group](items.fields[f.field])
+        elif f.group == "user":
+            value = 0 if profile is None else int(profile.get(f.name, 0))
+            out[f.name] = np.full(n_imp, value, dtype=np.int64)
+        elif f.group == "context":
+            out[f.name] = imps.get(f.name, np.zeros(n_imp, dtype=np.int64)).astype(np.int64)
+        else:
+            raise ValueError(f"spec column {f.name!r} (group {f.group!r}) has no source in labeling")
+    return out
 
 
 def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float, *,
@@ -239,7 +280,7 @@ def prior_intent(cols: dict, level: np.ndarray, n_levels: int, half_life_s: int)
     ``2 ** (-(T_r - t) / half_life_s)``; all zeros when there is none
     (:func:`tirec.features.transforms.decayed_level_distribution`). Every click of ``r`` is at or
     after ``T_r``, so no label of the row's own request enters: DAIAN's stage 2 feeds this as
-    its intent input (MODELS.md §1.1).
+    its intent input (docs/models.md#prior-intent).
 
     Args:
       cols: whole users' labeled columns (``user_id``, ``_request``, ``impression_ts``,

@@ -77,6 +77,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from tirec.features.jsonio import write_json
+
 log = logging.getLogger(__name__)
 
 DAY = 86_400
@@ -157,8 +159,8 @@ class GeneratorConfig:
         """The resolved number of items (``items``, or the auto value when it is 0)."""
         return self.items if self.items > 0 else max(500, self.users * 4)
 
-    def validate(self) -> None:
-        """Checks every field.
+    def __post_init__(self) -> None:
+        """Checks every field as the config is built.
 
         Raises:
           ValueError: naming the first bad field and its value.
@@ -559,7 +561,6 @@ def iter_chunks(cfg: GeneratorConfig, world: Optional[_World] = None,
       world: a prebuilt :func:`build_world` result (built from ``cfg`` when None).
       bias: the click bias (calibrated with :func:`calibrate_bias` when None).
     """
-    cfg.validate()
     world = world if world is not None else build_world(cfg)
     bias = calibrate_bias(world, cfg) if bias is None else bias
     for index, lo in enumerate(range(0, cfg.users, cfg.chunk_users)):
@@ -681,7 +682,7 @@ def generate(cfg: GeneratorConfig, out_dir: str,
     """Writes the synthetic TIR tables under ``out_dir``.
 
     Args:
-      cfg: the generator config (validated here).
+      cfg: the generator config (valid: it validates itself when built).
       out_dir: output directory (created; outputs of an earlier run are replaced).
       progress: called with the number of users finished after each chunk.
 
@@ -689,12 +690,8 @@ def generate(cfg: GeneratorConfig, out_dir: str,
       A summary: ``rows`` per table, ``ctr``, ``users``, ``items``, ``requests``,
       ``requests_with_click``, ``click_bias``, ``files`` (paths relative to ``out_dir``) and
       ``seconds``.
-
-    Raises:
-      ValueError: for an invalid config (see :meth:`GeneratorConfig.validate`).
     """
     t0 = time.time()
-    cfg.validate()
     fmt = cfg.format
     os.makedirs(out_dir, exist_ok=True)
     _clear_outputs(out_dir)
@@ -750,9 +747,7 @@ def generate(cfg: GeneratorConfig, out_dir: str,
     files += [rel(users_w.path), rel(truth_w.path)]
 
     cfg_path = os.path.join(out_dir, "generator_config.json")
-    with open(cfg_path, "w", encoding="utf-8") as fh:
-        json.dump(dataclasses.asdict(cfg), fh, indent=2, sort_keys=True)
-        fh.write("\n")
+    write_json(cfg_path, dataclasses.asdict(cfg), sort_keys=True)
     files.append(rel(cfg_path))
 
     summary = {

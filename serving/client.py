@@ -6,16 +6,22 @@ Uses only the official ``tensorflow_serving.apis`` stubs, so it talks to the rea
 A **TIR request** (JSON) describes one user visit and the candidates to rank::
 
     {
-      "user":       {"user_id": 17, "user_gender": 1, ...},          # user_id + the spec's user_* fields
-      "context":    {"impression_ts": 1700000000, "ctx_hour": 13, ...},  # + the spec's ctx_* fields
+      "user":       {"user_id": 17, "user_gender": 1, ...},          # the spec's user group
+      "context":    {"impression_ts": 1700000000, "ctx_hour": 13, ...},  # its request-scoped context
       "trigger":    {"item_id": 5, "cate_id": 2, "brand_id": 40, "price_bucket": 3},  # or null
       "history":    [{"item_id": 3, "ts": 1699990000, "cate_id": 2, ...}, ...],  # most recent first
+      "histories":  {"long": [...]},                                 # only for further sequences
       "candidates": [{"item_id": 9, "cate_id": 4, ...}, ...]
     }
 
-Items carry ``item_id`` plus every item side field of the FeatureSpec (``cate_id``, ...);
-history items also carry ``ts`` (seconds). A missing field is an error naming it. A history
-longer than the model's sequence length keeps its most recent entries (logged).
+Which keys each object needs comes from the FeatureSpec's groups (:meth:`FeatureSpec.select`):
+the user and context objects hold their group's model inputs by feature name; items (the
+trigger, history entries, candidates) hold ``item_id`` plus every item side field by field name
+(``cate_id``, ...), history entries also ``ts`` (seconds); a candidate-scoped input of another
+group (none in the standard records) is a candidate key by feature name. ``history`` is the
+spec's first behaviour sequence, ``histories`` the others by name. A missing field is an error
+naming it. A history longer than the model's sequence length keeps its most recent entries
+(logged).
 
     client = PredictClient("127.0.0.1:8500", "daian")
     ranked = client.rank(request)   # [(candidate, score), ...] best first; the request schema
@@ -29,8 +35,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tirec.features.spec import FeatureSpec
-from tirec.models.base import context_fields, item_fields, model_input_names, user_fields
+from tirec.features.jsonio import read_text
+from tirec.features.spec import (ITEM_GROUPS, ITEM_ID, Feature, FeatureSpec, derive_groups,
+                                 history_lengths, select_features)
 
 log = logging.getLogger(__name__)
 
@@ -54,43 +61,66 @@ def _field(obj: Mapping, key: str, where: str) -> int:
 
 
 class RequestSchema:
-    """What a served model needs from a TIR request: its input names, dtypes and sequence length.
+    """What a served model needs from a TIR request: its inputs with their groups, dtypes and
+    sequence lengths.
 
     Built from a FeatureSpec (:meth:`from_spec`), or from the served model itself
     (:meth:`from_signature`, the ``predict`` signature of GetModelMetadata), so a client needs no
-    local files to query a server.
+    local files to query a server. A signature carries only input names, so there the groups
+    follow from the standard column names (:func:`tirec.features.spec.derive_groups`); a model
+    whose spec names its columns otherwise is queried with its spec.
+
+    Args:
+      features: the model inputs (``FeatureSpec.select(model_input=True)``).
+
+    Raises:
+      ValueError: when the inputs lack a target item id or a behaviour sequence (not a TIR model).
     """
 
-    def __init__(self, dtypes: Mapping[str, str], seq_len: int):
-        self.dtypes = dict(dtypes)
-        self.seq_len = int(seq_len)
-        names = list(self.dtypes)
-        need = {"user_id", "impression_ts", "has_trigger", "trigger_item_id", "target_item_id",
-                "hist_item_ids", "hist_ts"}
-        missing = sorted(need - set(names))
-        if missing:
-            raise ValueError(f"RequestSchema: not a TIR model; inputs {missing} are missing from {names}")
-        self.user_fields = [n for n in names if n.startswith("user_") and n != "user_id"]
-        self.context_fields = [n for n in names if n.startswith("ctx_")]
-        self.item_fields = [n[len("target_"):] for n in names
-                            if n.startswith("target_") and n != "target_item_id"]
+    def __init__(self, features: Sequence[Feature]):
+        self.features = tuple(f for f in features if f.model_input)
+        self.dtypes = {f.name: f.dtype for f in self.features}
+        self.histories = history_lengths(self.features)
+        if not self.select(group="target", field=ITEM_ID) or not self.histories:
+            raise ValueError(f"RequestSchema: not a TIR model; its inputs {list(self.dtypes)} hold no "
+                             f"target item id or no behaviour sequence")
+        self.seq_len = next(iter(self.histories.values()))
+        self.item_fields = [f.field for f in self.select(group="target") if f.field != ITEM_ID]
+
+    def select(self, **where) -> tuple[Feature, ...]:
+        """The inputs matching ``where`` (:meth:`FeatureSpec.select`)."""
+        return select_features(self.features, **where)
+
+    @staticmethod
+    def key(feature: Feature) -> str:
+        """The key of ``feature`` in its request object: the item field for items (trigger,
+        history entries, candidates), the feature name for the user and context objects."""
+        return feature.field if feature.group in ITEM_GROUPS else feature.name
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec) -> "RequestSchema":
-        return cls({n: spec.feature(n).dtype for n in model_input_names(spec)}, spec.max_seq_len)
+        return cls(spec.select(model_input=True))
 
     @classmethod
     def from_signature(cls, signature_def: Mapping[str, Any]) -> "RequestSchema":
         """From the JSON form of a SignatureDef (``PredictClient.metadata()["signature_def"]
         ["signatureDef"]["predict"]``)."""
-        dtypes, seq_len = {}, 0
         names = {"DT_INT64": "int64", "DT_FLOAT": "float32", "DT_STRING": "string"}
+        entries = []
         for name, info in signature_def.get("inputs", {}).items():
-            dtypes[name] = names.get(info.get("dtype"), info.get("dtype"))
             dims = info.get("tensorShape", {}).get("dim", [])
-            if len(dims) == 2:
-                seq_len = int(dims[1]["size"])
-        return cls(dtypes, seq_len)
+            kind, length = ("sequence", int(dims[1]["size"])) if len(dims) == 2 else ("scalar", 1)
+            entries.append({"name": name, "dtype": names.get(info.get("dtype"), info.get("dtype")),
+                            "kind": kind, "length": length})
+        try:
+            derived = derive_groups(entries)
+        except ValueError as err:
+            raise ValueError(f"RequestSchema: not a TIR model with standard input names ({err}); "
+                             f"pass the model's spec instead") from None
+        return cls([Feature(**d) for d in derived])
+
+
+_REQUEST_KEYS = ("user", "context", "trigger", "history", "histories", "candidates")
 
 
 def request_features(schema: RequestSchema | FeatureSpec, request: Mapping[str, Any]
@@ -98,70 +128,108 @@ def request_features(schema: RequestSchema | FeatureSpec, request: Mapping[str, 
     """The model inputs of every candidate of a TIR request, one row per candidate.
 
     Returns one numpy array per model input: ``[C]`` for scalars, ``[C, L]`` for sequences
-    (zero-padded), in the model's dtypes.
+    (zero-padded), in the model's dtypes. The steps: check the request's shape, read the
+    request-level values (user, context, trigger), the behaviour sequences and the candidates,
+    then repeat the request-level values for every candidate.
 
     Raises:
       ValueError: naming the field for a missing or mistyped field, or no candidates.
     """
     if isinstance(schema, FeatureSpec):
         schema = RequestSchema.from_spec(schema)
+    candidates = _check_request(request)
+    shared = {**_request_values(schema, request), **_sequences(schema, request)}
+    per_candidate = _candidate_values(schema, candidates)
+    return _rows(schema, shared, per_candidate, len(candidates))
+
+
+def _check_request(request: Any) -> Sequence:
+    """The request's candidates, after checking its top-level shape."""
     if not isinstance(request, Mapping):
         raise ValueError(f"request: must be a JSON object; received {type(request).__name__}")
-    unknown = sorted(set(request) - {"user", "context", "trigger", "history", "candidates"})
+    unknown = sorted(set(request) - set(_REQUEST_KEYS))
     if unknown:
-        raise ValueError(f"request: unknown keys {unknown}; expected user, context, trigger, "
-                         f"history, candidates")
+        raise ValueError(f"request: unknown keys {unknown}; expected {', '.join(_REQUEST_KEYS)}")
     cands = request.get("candidates")
-    if not isinstance(cands, Sequence) or isinstance(cands, (str, bytes)) or not cands:
+    if not _is_list(cands) or not cands:
         raise ValueError(f"request: candidates must be a non-empty list; received {cands!r}")
-    L = schema.seq_len
-    fields = schema.item_fields
-    user = request.get("user", {})
-    ctx = request.get("context", {})
-    row: dict[str, Any] = {"user_id": _field(user, "user_id", "user"),
-                           "impression_ts": _field(ctx, "impression_ts", "context")}
-    for f in schema.user_fields:
-        row[f] = _field(user, f, "user")
-    for f in schema.context_fields:
-        row[f] = _field(ctx, f, "context")
+    return cands
 
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _request_values(schema: RequestSchema, request: Mapping) -> dict[str, int]:
+    """One value per request-level scalar input: the user and context objects by feature name,
+    the trigger by item field (all 0 without a trigger; field ``present`` says which)."""
+    out = {}
+    for group in ("user", "context"):
+        obj = request.get(group, {})
+        for f in schema.select(group=group, scope="request"):
+            out[f.name] = _field(obj, f.name, group)
     trigger = request.get("trigger")
-    row["has_trigger"] = int(trigger is not None)
-    row["trigger_item_id"] = 0 if trigger is None else _field(trigger, "item_id", "trigger")
-    for f in fields:
-        row[f"trigger_{f}"] = 0 if trigger is None else _field(trigger, f, "trigger")
+    for f in schema.select(group="trigger"):
+        if f.field == "present":
+            out[f.name] = int(trigger is not None)
+        else:
+            out[f.name] = 0 if trigger is None else _field(trigger, f.field, "trigger")
+    return out
 
-    history = request.get("history") or []
-    if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
-        raise ValueError(f"request: history must be a list; received {history!r}")
-    if len(history) > L:
-        log.warning("request: history has %d entries; keeping the %d most recent", len(history), L)
-        history = history[:L]
-    seq = {k: np.zeros(L, np.int64) for k in ["hist_item_ids", "hist_ts"] + [f"hist_{f}" for f in fields]}
-    for i, h in enumerate(history):
-        where = f"history[{i}]"
-        seq["hist_item_ids"][i] = _field(h, "item_id", where)
-        ts = _field(h, "ts", where)
-        if ts <= 0:
-            raise ValueError(f"request: {where}.ts must be > 0 (0 marks padding); received {ts}")
-        seq["hist_ts"][i] = ts
-        for f in fields:
-            seq[f"hist_{f}"][i] = _field(h, f, where)
 
-    n = len(cands)
+def _sequences(schema: RequestSchema, request: Mapping) -> dict[str, np.ndarray]:
+    """The ``[L]`` columns of every behaviour sequence: the first from ``history``, the others
+    from ``histories[name]``; entries by item field, most recent first, zero-padded."""
+    extra = request.get("histories") or {}
+    names = list(schema.histories)
+    if not isinstance(extra, Mapping) or set(extra) - set(names[1:]):
+        raise ValueError(f"request: histories must map the model's further behaviour sequences "
+                         f"{names[1:]} to lists; received {extra!r}")
+    out = {}
+    for i, name in enumerate(names):
+        entries = request.get("history") if i == 0 else extra.get(name)
+        where = "history" if i == 0 else f"histories.{name}"
+        out.update(_history(schema, name, entries or [], where))
+    return out
+
+
+def _history(schema: RequestSchema, name: str, entries: Any, where: str) -> dict[str, np.ndarray]:
+    L = schema.histories[name]
+    if not _is_list(entries):
+        raise ValueError(f"request: {where} must be a list; received {entries!r}")
+    if len(entries) > L:
+        log.warning("request: %s has %d entries; keeping the %d most recent", where, len(entries), L)
+        entries = entries[:L]
+    feats = schema.select(group="history", history=name)
+    seq = {f.name: np.zeros(L, np.float32 if f.dtype == "float32" else np.int64) for f in feats}
+    for i, entry in enumerate(entries):
+        for f in feats:
+            value = _field(entry, f.field, f"{where}[{i}]")
+            if f.field == "ts" and value <= 0:
+                raise ValueError(f"request: {where}[{i}].ts must be > 0 (0 marks padding); "
+                                 f"received {value}")
+            seq[f.name][i] = value
+    return seq
+
+
+def _candidate_values(schema: RequestSchema, candidates: Sequence) -> dict[str, list]:
+    """The candidate-level inputs, one value per candidate (the target's by item field)."""
+    return {f.name: [_field(c, schema.key(f), f"candidates[{i}]") for i, c in enumerate(candidates)]
+            for f in schema.select(scope="candidate")}
+
+
+def _rows(schema: RequestSchema, shared: Mapping, per_candidate: Mapping, n: int
+          ) -> dict[str, np.ndarray]:
+    """Every input as ``[n]`` or ``[n, L]`` in its dtype, request-level values repeated."""
     out: dict[str, np.ndarray] = {}
     for name, kind in schema.dtypes.items():
         dtype = np.float32 if kind == "float32" else np.int64
-        if name in seq:
-            out[name] = np.tile(seq[name][None, :], (n, 1)).astype(dtype)
-        elif name.startswith("target_"):
-            f = "item_id" if name == "target_item_id" else name[len("target_"):]
-            out[name] = np.array([_field(c, f, f"candidates[{i}]") for i, c in enumerate(cands)], dtype)
-        elif name in row:
-            out[name] = np.full(n, row[name], dtype)
+        if name in per_candidate:
+            out[name] = np.asarray(per_candidate[name], dtype)
+        elif np.ndim(shared[name]):
+            out[name] = np.tile(np.asarray(shared[name])[None, :], (n, 1)).astype(dtype)
         else:
-            raise ValueError(f"request: the model needs input {name!r}, which a TIR request does not "
-                             f"describe")
+            out[name] = np.full(n, shared[name], dtype)
     return out
 
 
@@ -186,16 +254,19 @@ def to_examples(features: Mapping[str, np.ndarray]) -> list[bytes]:
     return out
 
 
-def rank_inputs(features: Mapping[str, np.ndarray]) -> dict[str, list[bytes]]:
+def rank_inputs(features: Mapping[str, np.ndarray], schema: RequestSchema | FeatureSpec
+                ) -> dict[str, list[bytes]]:
     """Inputs of the ``rank`` signature for one request's :func:`request_features`.
 
     Returns ``{"context": [one serialized tf.Example], "candidates": [one per candidate]}``: the
-    context example holds every input but the ``target_*`` ones (taken from the first row: they
-    are the same for every candidate of a request), each candidate example its ``target_*``
-    inputs.
+    context example holds every request-scoped input (taken from the first row: they are the
+    same for every candidate of a request), each candidate example its candidate-scoped inputs.
     """
-    context = {k: v[:1] for k, v in features.items() if not k.startswith("target_")}
-    candidates = {k: v for k, v in features.items() if k.startswith("target_")}
+    if isinstance(schema, FeatureSpec):
+        schema = RequestSchema.from_spec(schema)
+    per_candidate = {f.name for f in schema.select(scope="candidate")}
+    context = {k: v[:1] for k, v in features.items() if k not in per_candidate}
+    candidates = {k: v for k, v in features.items() if k in per_candidate}
     return {"context": to_examples(context), "candidates": to_examples(candidates)}
 
 
@@ -217,21 +288,29 @@ def request_from_records(spec: FeatureSpec, records: Sequence[bytes],
     rows = np.flatnonzero(rids == request_id)
     if rows.size == 0:
         raise ValueError(f"request_from_records: request_id={request_id!r} not in the records")
-    r = rows[0]
-    fields = item_fields(spec)
-    hist_n = int((cols["hist_ts"][r] > 0).sum())
+    schema, r = RequestSchema.from_spec(spec), rows[0]
+
+    def obj(feats, row, pos=None):
+        return {schema.key(f): (cols[f.name][row] if pos is None else cols[f.name][row][pos]).item()
+                for f in feats if f.field != "present"}
+
+    present = schema.select(group="trigger", field="present")
+    has_trigger = bool(cols[present[0].name][r]) if present else True
+    histories = {}
+    for name in schema.histories:
+        feats = schema.select(group="history", history=name)
+        ts = cols[schema.select(group="history", history=name, field="ts")[0].name][r]
+        histories[name] = [obj(feats, r, i) for i in range(int((ts > 0).sum()))]
+    first, *others = histories
     req = {
-        "user": {"user_id": int(cols["user_id"][r]), **{f: int(cols[f][r]) for f in user_fields(spec)}},
-        "context": {"impression_ts": int(cols["impression_ts"][r]),
-                    **{f: int(cols[f][r]) for f in context_fields(spec)}},
-        "trigger": None if not cols["has_trigger"][r] else {
-            "item_id": int(cols["trigger_item_id"][r]),
-            **{f: int(cols[f"trigger_{f}"][r]) for f in fields}},
-        "history": [{"item_id": int(cols["hist_item_ids"][r][i]), "ts": int(cols["hist_ts"][r][i]),
-                     **{f: int(cols[f"hist_{f}"][r][i]) for f in fields}} for i in range(hist_n)],
-        "candidates": [{"item_id": int(cols["target_item_id"][i]),
-                        **{f: int(cols[f"target_{f}"][i]) for f in fields}} for i in rows],
+        "user": obj(schema.select(group="user"), r),
+        "context": obj(schema.select(group="context", scope="request"), r),
+        "trigger": obj(schema.select(group="trigger"), r) if has_trigger else None,
+        "history": histories[first],
+        "candidates": [obj(schema.select(scope="candidate"), i) for i in rows],
     }
+    if others:
+        req["histories"] = {name: histories[name] for name in others}
     return req
 
 
@@ -327,11 +406,13 @@ class PredictClient:
 
         ``schema`` defaults to the served model's own (one GetModelMetadata call).
         """
-        feats = request_features(schema if schema is not None else self.schema(), request)
+        schema = schema if schema is not None else self.schema()
+        feats = request_features(schema, request)
         if signature == "predict":
             out = self.predict(tensors=feats, signature=signature)
         elif signature == "rank":
-            out = self.predict(tensors={k: np.array(v, dtype=object) for k, v in rank_inputs(feats).items()},
+            inputs = rank_inputs(feats, schema)
+            out = self.predict(tensors={k: np.array(v, dtype=object) for k, v in inputs.items()},
                                signature=signature)
         else:
             out = self.predict(examples=to_examples(feats), signature=signature)
@@ -371,8 +452,7 @@ def load_request(path: str) -> dict:
     """Reads a TIR request JSON file (``-`` for stdin)."""
     import sys
 
-    text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
     try:
-        return json.loads(text)
+        return json.loads(sys.stdin.read()) if path == "-" else json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"request: {path} is not valid JSON: {err}") from None

@@ -1,6 +1,6 @@
 """SavedModel export of a trained run, in the layout TF Serving loads.
 
-    tirec export --model-dir RUN --out BASE --name NAME [--version V] [--data T] [--checkpoint last|best]
+    tirec export --run RUN --out BASE --model-name NAME [--version V] [--data T] [--checkpoint last|best]
 
 writes ``BASE/NAME/<V>/`` (``V`` an integer, by default one more than the newest version
 there) with these signatures, all returning float32:
@@ -21,9 +21,9 @@ signature           inputs                       outputs
 =================== ============================ =====================================================
 
 ``rank`` is the compact form of a TIR request: ``context`` is one serialized ``tf.Example`` with
-everything the candidates share (user, context, trigger, history: every model input but the
-``target_*`` ones), ``candidates`` one small ``tf.Example`` per candidate with its ``target_*``
-features; the graph repeats the context for every candidate. For 200 candidates with a
+everything the candidates share (the spec's request-scoped model inputs: user, context, trigger,
+history), ``candidates`` one small ``tf.Example`` per candidate with its candidate-scoped inputs
+(the target's); the graph repeats the context for every candidate. For 200 candidates with a
 50-behaviour history the request is about 15x smaller than 200 full examples (23 kB vs
 342 kB measured on the demo data), and the graph
 parses the history once. ``context`` may also hold one example per candidate (what request
@@ -58,6 +58,7 @@ import uuid
 
 import tensorflow as tf
 
+from tirec.features.jsonio import write_json
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import model_input_names
 from tirec.models.data import shard_files
@@ -87,8 +88,8 @@ def model_parse_spec(spec: FeatureSpec) -> dict:
 
 
 def candidate_inputs(spec: FeatureSpec) -> list[str]:
-    """The model inputs that describe a candidate (``target_*``); the rest is request context."""
-    return [n for n in model_input_names(spec) if n.startswith("target_")]
+    """The model inputs of scope ``candidate`` (the target's); the rest is request context."""
+    return [f.name for f in spec.select(model_input=True, scope="candidate")]
 
 
 class ServingModule(tf.Module):
@@ -272,7 +273,7 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
         valid split; an error when the run has none).
     """
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"export: --name must be a plain folder name; received name={name!r}")
+        raise ValueError(f"export: --model-name must be a plain folder name; received name={name!r}")
     model_base = os.path.join(base, name)
     if version is None:
         version = next_version(model_base)
@@ -297,9 +298,7 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
         spec_path = os.path.join(scratch, "spec.json")
         spec.save(spec_path)
         cfg_path = os.path.join(scratch, "config.json")
-        with open(cfg_path, "w") as fh:
-            import json
-            json.dump(cfg, fh, indent=2)
+        write_json(cfg_path, cfg)
         module = ServingModule(model, spec, assets={"spec": spec_path, "config": cfg_path})
         try:
             tf.saved_model.save(module, tmp, signatures=module.signatures())

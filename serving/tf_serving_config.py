@@ -1,6 +1,6 @@
 """Configuration files for the real ``tensorflow_model_server`` (TF Serving).
 
-    tirec serving-config --out CONFIG_DIR --model daian=/models/daian \\
+    tirec serving-config --out CONFIG_DIR --served-model daian=/models/daian \\
         --versions daian=1,2 --label daian:stable=1 --label daian:canary=2 --max-batch-size 1024
 
 writes three text-format protobuf files into ``CONFIG_DIR``:
@@ -56,6 +56,8 @@ from typing import Mapping, Sequence
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from google.protobuf.message import Message
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
+
+from tirec.features.config_io import DeprecatedFlag
 
 log = logging.getLogger(__name__)
 
@@ -434,13 +436,16 @@ def tf_serving_command(config_dir: str, batching: bool = True, monitoring: bool 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``tirec serving-config`` flags to ``parser``.
 
-    Per-model flags name their model first, so they stay unambiguous with several ``--model``.
+    Per-model flags name their model first, so they stay unambiguous with several
+    ``--served-model``. ``--model``, its old spelling, still works with a deprecation line
+    (``--model`` names an architecture in the other commands).
     """
     parser.add_argument("--out", required=True, help="folder for the config files")
-    parser.add_argument("--model", dest="models", action="append", required=True,
+    parser.add_argument("--served-model", dest="models", action="append", default=[],
                         metavar="NAME=BASE_PATH",
-                        help="served model and its absolute base path as the server sees it "
-                             "(repeatable)")
+                        help="served model name and its absolute base path as the server sees it "
+                             "(required; repeatable)")
+    parser.add_argument("--model", dest="models", action=DeprecatedFlag, new="--served-model", append=True)
     parser.add_argument("--latest", action="append", default=[], metavar="NAME=N",
                         help="serve the N newest versions of NAME (the default policy, N=1)")
     parser.add_argument("--versions", action="append", default=[], metavar="NAME=V1,V2",
@@ -472,6 +477,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     Raises:
         ValueError: naming the flag and the value, for a malformed or inconsistent flag.
     """
+    if not args.models:
+        raise ValueError("serving-config: --served-model NAME=BASE_PATH is required (repeatable)")
     models = _models_from_args(args)
     batching = None if args.no_batching else BatchingConfig(
         max_batch_size=args.max_batch_size, batch_timeout_micros=args.batch_timeout_micros,
@@ -491,15 +498,15 @@ def run_from_args(args: argparse.Namespace) -> int:
 def _models_from_args(args: argparse.Namespace) -> list[ServedModel]:
     base_paths = {}
     for spec in args.models:
-        name, base_path = _split(spec, "=", "--model", "NAME=BASE_PATH")
+        name, base_path = _split(spec, "=", "--served-model", "NAME=BASE_PATH")
         if name in base_paths:
-            raise ValueError(f"--model: names must be unique; received {name!r} twice")
+            raise ValueError(f"--served-model: names must be unique; received {name!r} twice")
         base_paths[name] = base_path
     policies = {name: {} for name in base_paths}
 
     def set_policy(flag, name, **policy):
         if name not in policies:
-            raise ValueError(f"{flag}: unknown model {name!r}; declared with --model: "
+            raise ValueError(f"{flag}: unknown model {name!r}; declared with --served-model: "
                              f"{', '.join(base_paths)}")
         if "policy" in policies[name]:
             raise ValueError(f"{flag}: model {name!r} already has policy "
@@ -520,7 +527,7 @@ def _models_from_args(args: argparse.Namespace) -> list[ServedModel]:
         name_label, version = _split(spec, "=", "--label", "NAME:LABEL=VERSION")
         name, label = _split(name_label, ":", "--label", "NAME:LABEL=VERSION")
         if name not in labels:
-            raise ValueError(f"--label: unknown model {name!r}; declared with --model: "
+            raise ValueError(f"--label: unknown model {name!r}; declared with --served-model: "
                              f"{', '.join(base_paths)}")
         labels[name][label] = _int("--label", version)
     return [ServedModel(name, base_paths[name], labels=labels[name], **policies[name])

@@ -1,6 +1,6 @@
 """Serving parity: the served model must score eval rows as the trained run does offline.
 
-    tirec verify-serving --target 127.0.0.1:8500 --model NAME --model-dir RUN [--data T] [--rows N]
+    tirec verify-serving --target 127.0.0.1:8500 --model-name NAME --run RUN [--data T] [--rows N]
         [--checkpoint last|best]
 
 Scores the first N eval rows through the server (``serving_default``, serialized tf.Examples)

@@ -4,14 +4,20 @@ Entry functions only wire flags into the typed config and delegate to the packag
 
     tirec generate --out D --users 300 --seed 7
     tirec pipeline --input D --format synthetic --out T [--intent-levels 6] [Beam flags ...]
-    tirec train --data T --model daian --out RUN [--strategy mirrored --cpu-replicas 2]
-    tirec evaluate --data T --model-dir RUN [--baseline OTHER_RUN]
-    tirec export --model-dir RUN --out BASE --name NAME [--version V] [--checkpoint last|best]
-    tirec serving-config --out DIR --model NAME=/models/NAME [...]
+    tirec train --data T --model daian --run RUN [--strategy mirrored --cpu-replicas 2]
+    tirec evaluate --data T --run RUN [--baseline OTHER_RUN]
+    tirec export --run RUN --out BASE --model-name NAME [--version V] [--checkpoint last|best]
+    tirec serving-config --out DIR --served-model NAME=/models/NAME [...]
     tirec serve --model-base-path BASE/NAME --model-name NAME [--port 8500] [--rest-port 8501]
     tirec make-request --data T --out request.json
-    tirec query --target 127.0.0.1:8500 --model NAME --input request.json
-    tirec verify-serving --target 127.0.0.1:8500 --model NAME --model-dir RUN
+    tirec query --target 127.0.0.1:8500 --model-name NAME --input request.json
+    tirec verify-serving --target 127.0.0.1:8500 --model-name NAME --run RUN
+
+Flag names agree across commands: ``--run`` is a training run folder, ``--model`` an
+architecture (``din``, ``daian``), ``--model-name`` a served model's name, and
+``serving-config --served-model NAME=BASE_PATH`` a served model's name and base path. The old
+spellings (``train --out``, ``--model-dir``, ``export --name``, ``--model`` of ``query``,
+``verify-serving`` and ``serving-config``) still work and print one deprecation line to stderr.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import sys
 
 import tirec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tirec.config import load_config
+from tirec.features.config_io import DeprecatedFlag
 
 log = logging.getLogger("tirec")
 
@@ -78,6 +85,21 @@ def _drop_beam_gcp_notice(record: logging.LogRecord) -> bool:
     return "apitools not found" not in record.getMessage()
 
 
+def _flag(p: argparse.ArgumentParser, new: str, old: tuple[str, ...], required: bool = False,
+          **kwargs) -> None:
+    """Adds flag ``new`` and its old spellings ``old`` (deprecated aliases, hidden from help;
+    giving both is an error)."""
+    group = p.add_mutually_exclusive_group(required=required)
+    action = group.add_argument(new, **kwargs)
+    for alias in old:
+        group.add_argument(alias, dest=action.dest, action=DeprecatedFlag, new=new,
+                           type=kwargs.get("type"))
+
+
+def _run_flag(p: argparse.ArgumentParser, old: tuple[str, ...], help: str) -> None:
+    _flag(p, "--run", old, required=True, metavar="RUN", help=help)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (sections: generator, pipeline, model, train)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -104,7 +126,6 @@ def _run_generate(args, _extra) -> int:
         if getattr(args, flag) is not None:
             overrides.append(f"generator.{key}={getattr(args, flag)}")
     cfg = load_config(args.config, overrides).generator
-    cfg.validate()
     bar = _progress(total=cfg.users, unit="user", desc="generate")
     summary = synthetic.generate(cfg, args.out, progress=bar.update if bar else None)
     if bar:
@@ -185,8 +206,8 @@ def _add_train(sub) -> None:
                     "epoch of the final stage; final metrics are on eval/.")
     p.add_argument("--data", required=True,
                    help="pipeline output folder (spec.json, train/, eval/, optional valid/)")
-    p.add_argument("--model", required=True, help="registered model name, e.g. din or daian")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, metrics.json)")
+    p.add_argument("--model", required=True, help="architecture: a registered model name, e.g. din or daian")
+    _run_flag(p, ("--out",), "run folder (checkpoints, logs, config.json, metrics.json)")
     p.add_argument("--strategy", choices=("default", "mirrored", "multiworker", "ps"))
     p.add_argument("--cpu-replicas", type=int,
                    help="logical CPU devices for --strategy mirrored without GPUs (required there; "
@@ -205,15 +226,13 @@ def _run_train(args, _extra) -> int:
         if value is not None:
             overrides.append(f"train.{flag}={value}")
     cfg = load_config(args.config, overrides)
-    cfg.train.validate()
-    cfg.model.validate()
     if cfg.train.strategy == "mirrored":
         from tirec.models.train import configure_cpu_replicas
 
         configure_cpu_replicas(cfg.train.cpu_replicas)  # before TensorFlow starts its runtime
     from tirec.models.train import train_run
 
-    metrics = train_run(args.data, args.model, args.out, cfg.model, cfg.train)
+    metrics = train_run(args.data, args.model, args.run, cfg.model, cfg.train)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2, default=str))
     return 0
 
@@ -223,7 +242,7 @@ def _add_evaluate(sub) -> None:
                        description="AUC, GAUC, logloss (and intent KL/JS) over the whole eval "
                                    "split; RelaImpr against --baseline. Writes RUN/metrics.json.")
     p.add_argument("--data", required=True, help="pipeline output folder")
-    p.add_argument("--model-dir", required=True, help="run folder written by `tirec train`")
+    _run_flag(p, ("--model-dir",), "run folder written by `tirec train`")
     p.add_argument("--baseline", help="another run folder to compute RelaImpr against")
     p.add_argument("--batch-size", type=int, default=4096)
     p.set_defaults(func=_run_evaluate)
@@ -232,7 +251,7 @@ def _add_evaluate(sub) -> None:
 def _run_evaluate(args, _extra) -> int:
     from tirec.models.train import evaluate_run
 
-    metrics = evaluate_run(args.data, args.model_dir, args.baseline, args.batch_size)
+    metrics = evaluate_run(args.data, args.run, args.baseline, args.batch_size)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 
@@ -256,9 +275,9 @@ def _add_export(sub) -> None:
                        description="Writes BASE/NAME/<version>/ with serving_default (serialized "
                                    "tf.Example), predict (raw tensors), classify and regress "
                                    "signatures, assets and warmup requests.")
-    p.add_argument("--model-dir", required=True, help="run folder written by `tirec train`")
+    _run_flag(p, ("--model-dir",), "run folder written by `tirec train`")
     p.add_argument("--out", required=True, help="model base folder (holds NAME/<version>/)")
-    p.add_argument("--name", required=True, help="served model name")
+    _flag(p, "--model-name", ("--name",), required=True, metavar="NAME", help="served model name")
     p.add_argument("--version", type=int, help="integer version (default: newest + 1)")
     p.add_argument("--data", help="pipeline output for warmup rows (default: the run's data)")
     p.add_argument("--warmup-rows", type=int, default=8, help="eval rows in warmup requests (0: none)")
@@ -272,7 +291,7 @@ def _add_export(sub) -> None:
 def _run_export(args, _extra) -> int:
     from tirec.serving.export import export_run
 
-    path = export_run(args.model_dir, args.out, args.name, args.version, args.data, args.warmup_rows,
+    path = export_run(args.run, args.out, args.model_name, args.version, args.data, args.warmup_rows,
                       checkpoint=args.checkpoint)
     print(path)
     return 0
@@ -311,14 +330,14 @@ def _add_make_request(sub) -> None:
 
 
 def _run_make_request(args, _extra) -> int:
+    from tirec.features.jsonio import write_json
     from tirec.models.data import load_data_spec
     from tirec.serving.client import request_from_records
     from tirec.serving.export import read_eval_records
 
     spec = load_data_spec(args.data)
     req = request_from_records(spec, read_eval_records(args.data, args.rows), args.request_id)
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(req, fh, indent=1)
+    write_json(args.out, req, indent=1)
     print(f"{args.out}: user {req['user']['user_id']}, {len(req['history'])} history items, "
           f"{len(req['candidates'])} candidates")
     return 0
@@ -330,7 +349,7 @@ def _add_query(sub) -> None:
                                    "and prints the candidates ranked by click probability. Works "
                                    "against `tirec serve` and the real tensorflow_model_server.")
     p.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port")
-    p.add_argument("--model", required=True, help="served model name")
+    _flag(p, "--model-name", ("--model",), required=True, metavar="NAME", help="served model name")
     p.add_argument("--input", required=True, help="request JSON file (- for stdin)")
     p.add_argument("--version", type=int, help="pin a version")
     p.add_argument("--label", help="pin a version label, e.g. stable")
@@ -351,7 +370,7 @@ def _run_query(args, _extra) -> int:
 
     request = load_request(args.input)
     try:
-        with PredictClient(args.target, args.model, args.version, args.label, args.timeout) as client:
+        with PredictClient(args.target, args.model_name, args.version, args.label, args.timeout) as client:
             ranked = client.rank(request, signature=args.signature)
     except grpc.RpcError as err:
         log.error("%s: %s", err.code().name, err.details())
@@ -372,8 +391,8 @@ def _add_verify_serving(sub) -> None:
                        description="Scores eval rows through the server and offline; fails naming "
                                    "the rows if any differ by more than --tolerance.")
     p.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port")
-    p.add_argument("--model", required=True, help="served model name")
-    p.add_argument("--model-dir", required=True, help="the run the served model was exported from")
+    _flag(p, "--model-name", ("--model",), required=True, metavar="NAME", help="served model name")
+    _run_flag(p, ("--model-dir",), "the run the served model was exported from")
     p.add_argument("--data", help="pipeline output (default: the run's data)")
     p.add_argument("--rows", type=int, default=2000, help="eval rows to compare")
     p.add_argument("--version", type=int, help="pin a version")
@@ -386,7 +405,7 @@ def _add_verify_serving(sub) -> None:
 def _run_verify_serving(args, _extra) -> int:
     from tirec.serving.verify import verify_serving
 
-    report = verify_serving(args.target, args.model, args.model_dir, args.data, args.rows,
+    report = verify_serving(args.target, args.model_name, args.run, args.data, args.rows,
                             tolerance=args.tolerance, version=args.version, checkpoint=args.checkpoint)
     print(json.dumps(report, indent=2))
     if not report["ok"]:

@@ -1,4 +1,4 @@
-"""Keras 2 (tf-keras) layers shared by the TIR models (MODELS.md §0, §3.1, §4).
+"""Keras 2 (tf-keras) layers shared by the TIR models (docs/models.md#building-blocks).
 
 Every layer is registered for serialization under the package ``"tirec"`` and has a complete
 ``get_config``, so a SavedModel reloads without ``custom_objects``. Sequence masks are explicit

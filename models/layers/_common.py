@@ -8,7 +8,8 @@ import numbers
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
-import tf_keras as keras
+
+from tirec.compat import keras
 
 
 def check_positive_int(layer: str, name: str, value: Any) -> int:

@@ -1,4 +1,6 @@
-"""Attention blocks of MODELS.md §0: the DIN unit, multi-head target and self attention.
+"""Attention blocks: the DIN unit, multi-head target and self attention.
+
+See docs/models.md#building-blocks.
 
 Every layer takes its mask as an explicit call argument: a ``[B, L]`` tensor, bool or 0/1
 integers, True (non-zero) at real positions. ``None`` means every position is real. Padded
@@ -9,8 +11,8 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
-import tf_keras as keras
 
+from tirec.compat import keras
 from tirec.models.layers._common import (attention_bias, check_positive_int, check_units,
                                          layer_norm, masked_softmax, merge_heads, sequence_mask,
                                          softmax_with_bias, split_heads)
@@ -31,7 +33,7 @@ def _check_rank(layer: str, name: str, x: tf.Tensor, rank: int) -> None:
 
 @keras.utils.register_keras_serializable(package="tirec")
 class DinAttention(keras.layers.Layer):
-    """DIN's local activation unit (Zhou et al., KDD 2018), as in MODELS.md §0 / §3.1.
+    """DIN's local activation unit (Zhou et al., KDD 2018), docs/models.md#din-attention-unit.
 
     For each position ``k``: ``a_k = FFN([q, k_k, q - k_k, q * k_k])``, an MLP
     ``hidden_units -> 1`` with a linear last layer. The scores are **not** softmax-normalised
@@ -157,7 +159,7 @@ class DinAttention(keras.layers.Layer):
 
 @keras.utils.register_keras_serializable(package="tirec")
 class MultiHeadTargetAttention(keras.layers.Layer):
-    """Multi-head target attention (MHTA, MODELS.md §0).
+    """Multi-head target attention (MHTA, docs/models.md#multi-head-target-attention).
 
     ``head_h = softmax((q W_h^Q)(K W_h^K)^T / sqrt(d_h) + mask) (K W_h^V)`` and
     ``output = [head_1 ‖ ... ‖ head_H] W^O`` with ``d_h = units / heads``. Padded keys get zero
@@ -279,7 +281,9 @@ class MultiHeadTargetAttention(keras.layers.Layer):
 
 @keras.utils.register_keras_serializable(package="tirec")
 class MultiHeadSelfAttention(keras.layers.Layer):
-    """Transformer multi-head self attention with a key mask (MHSA, MODELS.md §0).
+    """Transformer multi-head self attention with a key mask (MHSA).
+
+    See docs/models.md#multi-head-self-attention.
 
     ``Y = softmax(Q K^T / sqrt(d_h) + key_mask) V`` per head, heads concatenated and projected by
     ``W^O`` to ``units``. With ``residual`` the input is added (first projected to ``units`` by a

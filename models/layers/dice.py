@@ -5,8 +5,8 @@ import numbers
 from typing import Sequence
 
 import tensorflow as tf
-import tf_keras as keras
 
+from tirec.compat import keras
 from tirec.models.layers._common import cond_training, low_precision
 
 # Activation names handled by a layer of their own rather than by ``keras.activations.get``.

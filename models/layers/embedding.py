@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import tensorflow as tf
-import tf_keras as keras
 
+from tirec.compat import keras
 from tirec.features.spec import TableSpec
 from tirec.models.layers._common import check_positive_int, fresh_initializer
 

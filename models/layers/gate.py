@@ -1,11 +1,11 @@
-"""GateNU: PEPNet's gate neural unit (MODELS.md §1.6 and §4)."""
+"""GateNU: PEPNet's gate neural unit (docs/models.md#gate-nu)."""
 from __future__ import annotations
 
 import numbers
 
 import tensorflow as tf
-import tf_keras as keras
 
+from tirec.compat import keras
 from tirec.models.layers._common import check_positive_int, check_units, fresh_initializer
 
 

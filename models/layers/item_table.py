@@ -5,7 +5,8 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
+
+from tirec.compat import keras
 
 # Fills the id slots of a table whose contents were never set, so that no real id matches.
 _UNSET_ID = np.iinfo(np.int64).max
@@ -33,7 +34,9 @@ def _check_table(ids, vectors) -> tuple[np.ndarray, np.ndarray]:
 
 @keras.utils.register_keras_serializable(package="tirec")
 class FrozenItemTable(keras.layers.Layer):
-    """A frozen ``item id -> vector`` table (e.g. the multimodal item vectors ``m``, MODELS.md §1.1).
+    """A frozen ``item id -> vector`` table, e.g. the multimodal item vectors ``m``.
+
+    See docs/models.md#similarity-levels.
 
     The ids (int64 ``[N]``, kept sorted) and vectors (float32 ``[N, d]``) are non-trainable
     variables, so they are saved with the SavedModel and restored by loading weights; lookup is a

@@ -1,11 +1,14 @@
-"""MLP: the prediction tower of MODELS.md §0 (Dense -> [BatchNorm] -> activation -> [Dropout])."""
+"""MLP: the prediction tower, Dense -> [BatchNorm] -> activation -> [Dropout].
+
+See docs/models.md#tower.
+"""
 from __future__ import annotations
 
 import numbers
 
 import tensorflow as tf
-import tf_keras as keras
 
+from tirec.compat import keras
 from tirec.models.layers._common import check_units, fresh_initializer
 from tirec.models.layers.dice import activation_layer, apply_activation, check_activation
 
@@ -14,7 +17,7 @@ from tirec.models.layers.dice import activation_layer, apply_activation, check_a
 class MLP(keras.layers.Layer):
     """A feed-forward tower: per hidden layer ``Dense -> [BatchNorm] -> activation -> [Dropout]``.
 
-    With ``output_logit=True`` a linear ``Dense(1)`` follows (the CTR logit, MODELS.md §0:
+    With ``output_logit=True`` a linear ``Dense(1)`` follows (the CTR logit, docs/models.md#tower:
     512-256-128 -> 1). Every hidden layer, the last included, is activated; ``output_logit=False``
     returns the last hidden layer.
 

@@ -5,9 +5,10 @@ the real positions, and has no positional encoding, so it can run on any re-arra
 row that keeps the real positions in their order and drops padding. Two re-arrangements:
 
 * :func:`compact_positions` moves every row's real positions to the front (stable, so in their
-  original order: MODELS.md §1.4's ``S'`` "in original order, re-padded") and cuts the width to
-  the longest row. Optionally it keeps only the first ``max_len`` real positions (the most
-  recent ones: sequences are most recent first).
+  original order, as the explicit-intent subsequence ``S'`` keeps them:
+  docs/models.md#explicit-intent-subsequence) and cuts the width to the longest row.
+  Optionally it keeps only the first ``max_len`` real positions (the most recent ones:
+  sequences are most recent first).
 * :func:`length_bucketed` sorts the rows by their number of real positions, splits them into
   ``buckets`` groups of equal size and runs a block on each group cut to that group's longest
   row, then puts the outputs back in the original row order. Padding work (the ``[B, H, L, L]``

@@ -12,10 +12,10 @@ import textwrap
 import numpy as np
 import pytest
 
-SMALL = ["--set", "model.emb_dim=4", "--set", "model.att_units=8", "--set", "model.att_heads=2",
-         "--set", "model.tower=[16,8]", "--set", "model.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
+SMALL = ["--set", "model.emb_dim=4", "--set", "model.daian.att_units=8", "--set", "model.daian.att_heads=2",
+         "--set", "model.tower=[16,8]", "--set", "model.daian.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
          "--set", "train.batch_size=128", "--set", "train.shuffle_buffer=0",
-         "--set", "model.explicit_buckets=1", "--set", "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
+         "--set", "model.daian.explicit_buckets=1", "--set", "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
 
 
 def _env():
@@ -42,7 +42,7 @@ def _free_ports(n):
 
 def test_mirrored_two_cpu_replicas_all_three_stages(tiny_data, tmp_path):
     run = tmp_path / "run"
-    res = subprocess.run(_tirec() + ["train", "--data", tiny_data, "--model", "daian", "--out", str(run),
+    res = subprocess.run(_tirec() + ["train", "--data", tiny_data, "--model", "daian", "--run", str(run),
                                      "--strategy", "mirrored", "--cpu-replicas", "2", "--epochs", "1"] + SMALL,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -62,6 +62,7 @@ STEP_SCRIPT = textwrap.dedent("""
     configure_cpu_replicas(2)  # before TensorFlow initialises
     import numpy as np
     import tensorflow as tf
+    from tirec.compat import keras
     from tirec.config import load_config
     from tirec.models.base import model_input_names, stage_input_names
     from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
@@ -72,7 +73,7 @@ STEP_SCRIPT = textwrap.dedent("""
     ids, vecs, _ = load_item_vectors(data)
     names = model_input_names(spec)
     x, y = next(iter(make_dataset(data, "train", spec, batch)))
-    x = {k: v for k, v in x.items() if k in set(names) | stage_input_names()}
+    x = {k: v for k, v in x.items() if k in set(names) | stage_input_names(spec)}
     mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     out = {"replicas": mirrored.num_replicas_in_sync}
     for name, stage in (("din", 3), ("daian", 3), ("daian", 2), ("daian", 1)):
@@ -86,8 +87,8 @@ STEP_SCRIPT = textwrap.dedent("""
                 model.set_stage(stage)
                 # plain SGD for both optimizers (DAIAN's UIM has its own in stage 3); eager: no
                 # tracing, a few seconds (the traced step gives the same weights)
-                model.compile(optimizer=tf.keras.optimizers.SGD(0.5),
-                              uim_optimizer=tf.keras.optimizers.SGD(0.2), run_eagerly=True)
+                model.compile(optimizer=keras.optimizers.SGD(0.5),
+                              uim_optimizer=keras.optimizers.SGD(0.2), run_eagerly=True)
             model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch), epochs=1, verbose=0)
             weights[label] = [v.numpy() for v in model.trainable_variables]
             start = dict(zip([v.name for v in model.weights], init))
@@ -106,7 +107,7 @@ def test_mirrored_sgd_step_equals_one_device_with_l2(tiny_data):
     each task's loss is the global-batch mean (DIN, DAIAN stage 3 with its second optimizer,
     DAIAN stage 2 with the prior intent fed in, DAIAN stage 1's intent KL over the labelled
     requests)."""
-    sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.sim_bins=5"]
+    sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.daian.sim_bins=5"]
     res = subprocess.run([sys.executable, "-c", STEP_SCRIPT, tiny_data, "127"] + sets,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -178,7 +179,7 @@ def test_mirrored_stage_switch_without_compile_moves_exactly_the_stage_variables
     2 logical CPUs (traced) and on one device (eager): each stage moves exactly its variable
     groups (1: the UIM, 2: the rest, 3: all), and after every stage the mirrored weights equal
     the single-device ones (same initial weights, Adagrad, model.l2 on, a 64 + 63 row batch)."""
-    sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.sim_bins=5"]
+    sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.daian.sim_bins=5"]
     res = subprocess.run([sys.executable, "-c", STAGES_SCRIPT, tiny_data, "127"] + sets,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -260,7 +261,7 @@ def test_multiworker_two_local_processes(tiny_data, tmp_path):
         env = _env()
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
         procs.append(subprocess.Popen(
-            _tirec() + ["train", "--data", tiny_data, "--model", "din", "--out", str(run),
+            _tirec() + ["train", "--data", tiny_data, "--model", "din", "--run", str(run),
                         "--strategy", "multiworker", "--steps-per-epoch", "3"] + SMALL,
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=600) for p in procs]

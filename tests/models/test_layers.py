@@ -7,7 +7,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
 
 
 def _two_logical_cpus() -> None:
@@ -25,6 +24,7 @@ def _two_logical_cpus() -> None:
 
 _two_logical_cpus()
 
+from tirec.compat import keras  # noqa: E402
 from tirec.features.spec import TableSpec  # noqa: E402
 from tirec.models.layers import (MLP, Dice, DinAttention, FrozenItemTable, GateNU,  # noqa: E402
                                  HashedEmbedding, MultiHeadSelfAttention, MultiHeadTargetAttention,
@@ -348,7 +348,8 @@ def test_mhsa_matches_numpy_and_ignores_padding(d):
 # ---- fast attention paths equal the straightforward computation --------------------------------
 
 def _straight_mhta(layer, query, keys, mask):
-    """MHTA as MODELS.md §0 writes it: project K and V, masked softmax, zero rows without keys."""
+    """MHTA as docs/models.md#multi-head-target-attention writes it: project K and V, masked
+    softmax, zero rows without keys."""
     from tirec.models.layers._common import masked_softmax, merge_heads, split_heads
     q = split_heads(layer.query_dense(query), layer.heads)
     k = split_heads(layer.key_dense(keys), layer.heads)

@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.config import load_config
 from tirec.models.data import load_data_spec, load_item_vectors
 from tirec.models.train import build_model, evaluate_model, train_run
 from tirec.pipeline import job, synthetic
 from tirec.pipeline.config import PipelineConfig
 
-SETTINGS = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
-            "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
-            "model.explicit_buckets=1", "model.hist_buckets=1", "train.three_stage=false",
+SETTINGS = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
+            "model.daian.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.daian.sim_bins=5",
+            "model.daian.explicit_buckets=1", "model.hist_buckets=1", "train.three_stage=false",
             "train.batch_size=256", "train.epochs=1", "train.optimizer=adam", "train.learning_rate=0.01",
             "train.seed=0"]
 
@@ -50,7 +51,7 @@ def test_model_learns_the_planted_signal(planted_data, tmp_path, name):
     # a run whose updates never arrive ends with), score below the threshold.
     spec = load_data_spec(planted_data)
     ids, vecs, _ = load_item_vectors(planted_data)
-    tf.keras.utils.set_random_seed(cfg.train.seed)
+    keras.utils.set_random_seed(cfg.train.seed)
     untrained = build_model(name, spec, cfg.model, ids, vecs)
     ok, auc = learned(untrained, planted_data, name)
     assert not ok, auc

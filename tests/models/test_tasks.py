@@ -7,6 +7,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tirec.compat import keras
+
 from tirec.config import load_config
 from tirec.models import registry
 from tirec.models.base import DIE_PRETRAIN, STAGE_DIE, STAGE_JOINT, STAGE_UIM, UIM_PRETRAIN, Stage, \
@@ -15,9 +17,9 @@ from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
 from tirec.models.tasks import CtrTask, IntentTask, replica_objective
 from tirec.models.train import build_model, training_stages
 
-SMALL = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
-         "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
-         "model.explicit_buckets=1", "model.hist_buckets=1"]
+SMALL = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
+         "model.daian.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.daian.sim_bins=5",
+         "model.daian.explicit_buckets=1", "model.hist_buckets=1"]
 
 
 def _cfg(*extra):
@@ -74,9 +76,9 @@ def test_stage_weights_pick_the_counted_tasks(tiny_data):
     """A stage's data loss is the weighted sum of the tasks it names: a joint stage that also
     counts the intent KL at 0.5 reports BCE + 0.5 KL; the plain joint stage BCE only."""
     model, x, y = _model_and_batch(tiny_data)
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
     outputs = model.stage_forward(x)
-    bce = float(tf.reduce_mean(tf.keras.losses.binary_crossentropy(y["ctr"], outputs["ctr"])))
+    bce = float(tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], outputs["ctr"])))
     true = model.intent_target(y["intent"]).numpy()
     labelled = true.sum(axis=1) > 0
     pred = np.clip(outputs["intent"].numpy(), 1e-8, 1.0)
@@ -110,7 +112,7 @@ def test_stages_switch_without_compile_and_move_exactly_their_variables(tiny_dat
     assert uim and every - uim
     # stage 3's UIM gradients come through I2E and are tiny: a large UIM rate makes every one of
     # them change its float32 weight
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.5), uim_optimizer=tf.keras.optimizers.SGD(20.0))
+    model.compile(optimizer=keras.optimizers.SGD(0.5), uim_optimizer=keras.optimizers.SGD(20.0))
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(128)
     for stage, want in ((STAGE_UIM, uim), (STAGE_DIE, every - uim), (STAGE_JOINT, every), (STAGE_UIM, uim)):
         model.set_stage(stage)
@@ -130,7 +132,7 @@ def test_each_stage_gets_its_own_optimizers_with_its_learning_rate_scale(tiny_da
     stages = training_stages(model, cfg)
     assert stages == [UIM_PRETRAIN, DIE_PRETRAIN, joint_stage(0.1)] and stages[2].train == (("main", 1.0), ("uim", 0.1))
     model.set_stage(stages[0])  # as train_run: compile makes the current stage's optimizers
-    model.compile(make_optimizer=lambda scale: tf.keras.optimizers.SGD(0.5 * scale))
+    model.compile(make_optimizer=lambda scale: keras.optimizers.SGD(0.5 * scale))
     seen = {}
     for stage in stages:
         optimizers = model.stage_optimizers(stage)
@@ -147,7 +149,7 @@ def test_each_stage_gets_its_own_optimizers_with_its_learning_rate_scale(tiny_da
     for scale in (1.0, 0.1):  # the UIM on its KL loss (large gradients) at two scales
         model.set_weights(start)
         model.set_stage(dataclasses.replace(UIM_PRETRAIN, name=f"uim_at_{scale}", train=(("uim", scale),)))
-        model.compile(make_optimizer=lambda s: tf.keras.optimizers.SGD(0.5 * s))
+        model.compile(make_optimizer=lambda s: keras.optimizers.SGD(0.5 * s))
         model.train_step((x, y))
         steps[scale] = [v.numpy() - w for v, w in zip(model.uim_variables(), _uim_start(model, start))]
     for full, scaled, w in zip(steps[1.0], steps[0.1], _uim_start(model, start)):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tirec.compat import keras
 from tirec.config import load_config
 from tirec.models import registry
 from tirec.models.base import STAGE_DIE, STAGE_JOINT, STAGE_UIM, model_input_names
@@ -16,13 +17,13 @@ from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
 from tirec.models.train import build_model, evaluate_run, load_run, train_run
 
 
-SMALL = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
-         "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
+SMALL = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
+         "model.daian.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.daian.sim_bins=5",
          "train.batch_size=256", "train.shuffle_buffer=1000",
          # one compacted group: the 16-bucket graphs trace 16 copies (slow to build in tiny runs);
          # test_daian_explicit_buckets_equal_the_padded_path and
          # test_hist_buckets_equal_the_padded_path check the buckets
-         "model.explicit_buckets=1", "model.hist_buckets=1"]
+         "model.daian.explicit_buckets=1", "model.hist_buckets=1"]
 
 
 def _cfg(*extra):
@@ -86,8 +87,8 @@ def test_daian_stages_train_the_right_variables(tiny_data):
     for stage, expect_uim, expect_rest in ((STAGE_UIM, True, False), (STAGE_DIE, False, True),
                                            (STAGE_JOINT, True, True)):
         model.set_stage(stage)
-        model.compile(optimizer=tf.keras.optimizers.Adagrad(0.5),
-                      uim_optimizer=tf.keras.optimizers.Adagrad(0.05))
+        model.compile(optimizer=keras.optimizers.Adagrad(0.5),
+                      uim_optimizer=keras.optimizers.Adagrad(0.05))
         before = snapshot()
         model.train_step((x, y))
         moved = changed(before)
@@ -115,7 +116,7 @@ def test_l2_penalises_the_dense_kernels_the_stage_trains(tiny_data):
         trained = model.trained_variables()
         assert 0 < len(chosen) and float(model.regularization_loss(trained)) == pytest.approx(penalty(chosen),
                                                                                                rel=1e-5)
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.01), uim_optimizer=tf.keras.optimizers.SGD(0.01))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), uim_optimizer=keras.optimizers.SGD(0.01))
     want = penalty([k for k in kernels if id(k) not in uim])  # stage 2 (the last set), before the update
     logs = model.train_step((x, y))
     assert float(logs["reg_loss"]) == pytest.approx(want, rel=1e-5)
@@ -124,7 +125,7 @@ def test_l2_penalises_the_dense_kernels_the_stage_trains(tiny_data):
     assert float(off.regularization_loss(off.trainable_variables)) == 0.0
     assert "reg_loss" not in {m.name for m in off.metrics}
     with pytest.raises(ValueError, match="model.l2: must be a finite number >= 0"):
-        _cfg("model.l2=-1").model.validate()
+        _cfg("model.l2=-1")
 
 
 def _fed_intents(model, x, y):
@@ -156,7 +157,7 @@ def test_stage2_intent_input_ignores_the_labels(tiny_data):
     assert float(tf.reduce_sum(y["ctr"])) > 0
     model({k: v for k, v in x.items() if k in model_input_names(spec)})
     model.set_stage(STAGE_DIE)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05))
     flipped = {**y, "ctr": 1.0 - y["ctr"]}
     fed, fed_flipped = _fed_intents(model, x, y), _fed_intents(model, x, flipped)
     assert len(fed) == len(fed_flipped) == 2
@@ -166,10 +167,10 @@ def test_stage2_intent_input_ignores_the_labels(tiny_data):
         np.testing.assert_array_equal(a, x["prior_intent"].numpy())
 
 
-@pytest.mark.parametrize("switch", ["model.use_uim=false", "model.use_die=false", "model.use_sein=false",
-                                    "model.i2e_fusion=add", "model.sim_fusion=additive",
-                                    "model.gate_inputs=intent_interest", "model.uim_attention=mhta",
-                                    "model.explicit_len=2"])
+@pytest.mark.parametrize("switch", ["model.daian.use_uim=false", "model.daian.use_die=false",
+                                    "model.daian.use_sein=false", "model.daian.i2e_fusion=add",
+                                    "model.daian.sim_fusion=additive", "model.daian.gate_inputs=intent_interest",
+                                    "model.daian.uim_attention=mhta", "model.daian.explicit_len=2"])
 def test_daian_ablations_build_and_step(tiny_data, switch):
     spec = load_data_spec(tiny_data)
     ids, vecs, _ = load_item_vectors(tiny_data)
@@ -177,11 +178,11 @@ def test_daian_ablations_build_and_step(tiny_data, switch):
     model = build_model("daian", spec, cfg.model, ids, vecs)
     x, y = _batch(tiny_data, spec)
     out = model(x)
-    k = 2 if switch == "model.use_uim=false" else spec.intent_levels
+    k = 2 if switch == "model.daian.use_uim=false" else spec.intent_levels
     assert out["intent"].shape == (64, k)
     np.testing.assert_allclose(out["intent"].numpy().sum(axis=1), 1.0, atol=1e-5)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05),
-                  uim_optimizer=tf.keras.optimizers.Adagrad(0.005))  # as train_run compiles it
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05),
+                  uim_optimizer=keras.optimizers.Adagrad(0.005))  # as train_run compiles it
     logs = model.train_step((x, y))
     assert np.isfinite(float(logs["loss"]))
 
@@ -232,7 +233,7 @@ def test_records_without_prior_intent(tiny_data, tmp_path, caplog):
     old_spec.save(str(old / "spec.json"))
     run = tmp_path / "run"
     sets = [x for o in SMALL + ["train.steps_per_epoch=1"] for x in ("--set", o)]
-    assert cli.main(["train", "--data", str(old), "--model", "daian", "--out", str(run)] + sets) == 2
+    assert cli.main(["train", "--data", str(old), "--model", "daian", "--run", str(run)] + sets) == 2
     errors = [r.getMessage() for r in caplog.records if r.name == "tirec" and r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert "['prior_intent']" in errors[0] and "re-run `tirec pipeline`" in errors[0]
@@ -240,13 +241,13 @@ def test_records_without_prior_intent(tiny_data, tmp_path, caplog):
     one_stage = _cfg("train.three_stage=false").train
     assert stages_for(registry.get_builder("daian"), one_stage) == [STAGE_JOINT]
     for name, train_cfg in (("din", _cfg().train), ("daian", one_stage)):
-        check_stage_inputs(old_spec.names, stages_for(registry.get_builder(name), train_cfg))
+        check_stage_inputs(old_spec, stages_for(registry.get_builder(name), train_cfg))
     # DAIAN's stage 3 (and validation) on a batch of the old columns.
     ids, vecs, _ = load_item_vectors(str(old))
     model = build_model("daian", old_spec, _cfg().model, ids, vecs)
     x, y = _batch(str(old), old_spec)
     assert "prior_intent" not in x
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05))
     assert np.isfinite(float(model.train_step((x, y))["loss"]))
     assert np.isfinite(float(model.test_step((x, y))["loss"]))
     model.set_stage(STAGE_DIE)
@@ -262,7 +263,7 @@ def test_evaluate_cli_with_baseline(tiny_data, tmp_path, capsys):
     base = train_run(tiny_data, "din", str(tmp_path / "din"), cfg.model, cfg.train)
     train_run(tiny_data, "daian", str(tmp_path / "daian"), cfg.model, cfg.train)
     capsys.readouterr()  # drop the training progress output
-    assert cli.main(["evaluate", "--data", tiny_data, "--model-dir", str(tmp_path / "daian"),
+    assert cli.main(["evaluate", "--data", tiny_data, "--run", str(tmp_path / "daian"),
                      "--baseline", str(tmp_path / "din")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rela_impr_auc"] == pytest.approx(M.rela_impr(out["auc"], base["auc"]))
@@ -275,7 +276,7 @@ class _Interrupt(Exception):
     pass
 
 
-class _StopAt(tf.keras.callbacks.Callback):
+class _StopAt(keras.callbacks.Callback):
     """Counts the batches a fit runs and kills the run at batch ``at`` of epoch ``epoch``."""
 
     def __init__(self, at=None, epoch=0):
@@ -317,7 +318,7 @@ def test_run_killed_mid_epoch_resumes_from_its_backup(tiny_data, tmp_path):
 def _daian_outputs_and_grads(model, x, y):
     with tf.GradientTape() as tape:
         out = model.stage_forward(x, training=True)  # with the stage's feeds
-        loss = tf.reduce_mean(tf.keras.losses.binary_crossentropy(y["ctr"], out["ctr"]))
+        loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out["ctr"]))
     grads = tape.gradient(loss, model.trainable_variables)
     return out, {v.name: tf.convert_to_tensor(g).numpy() for v, g in zip(model.trainable_variables, grads)
                  if g is not None}
@@ -367,8 +368,8 @@ def test_daian_explicit_buckets_equal_the_padded_path(tiny_data, explicit_len, d
     """explicit_buckets only changes the speed: same outputs and gradients as the padded path
     (explicit_buckets=0), with and without an explicit_len cap, with the self-attention run
     per request (request_dedup) or per sample."""
-    _assert_buckets_match_padded(tiny_data, "daian", "model.explicit_buckets",
-                                 f"model.explicit_len={explicit_len}", f"model.request_dedup={str(dedup).lower()}")
+    _assert_buckets_match_padded(tiny_data, "daian", "model.daian.explicit_buckets",
+                                 f"model.daian.explicit_len={explicit_len}", f"model.request_dedup={str(dedup).lower()}")
 
 
 @pytest.mark.parametrize("name", ["din", "daian"])
@@ -391,14 +392,14 @@ def test_request_dedup_equals_per_sample(tiny_data, name, stage):
     from tirec.models.layers.sequence import unique_rows
 
     x = _assert_variants_match(tiny_data, name, [["model.request_dedup=false"], ["model.request_dedup=true"],
-                                                 ["model.request_dedup=true", "model.explicit_buckets=3",
+                                                 ["model.request_dedup=true", "model.daian.explicit_buckets=3",
                                                   "model.hist_buckets=3"]], stage=stage)
     # the batch (records in request order) does hold several samples per request
     spec = load_data_spec(tiny_data)
     first, index = unique_rows([x[n] for n in request_input_names(spec)])
     assert 1 < first.shape[0] < index.shape[0] // 2
     with pytest.raises(ValueError, match="model.request_dedup: expected true/false; received 1"):
-        _cfg("model.request_dedup=1").model.validate()
+        _cfg("model.request_dedup=1")
 
 
 @pytest.mark.parametrize("dedup", [True, False])
@@ -408,7 +409,7 @@ def test_daian_explicit_len_keeps_the_most_recent(tiny_data, dedup):
     ids, vecs, _ = load_item_vectors(tiny_data)
     x, _ = _batch(tiny_data, spec, n=128)
     x = {k: v for k, v in x.items() if k in model_input_names(spec)}
-    model = build_model("daian", spec, _cfg("model.explicit_len=2", f"model.request_dedup={str(dedup).lower()}").model,
+    model = build_model("daian", spec, _cfg("model.daian.explicit_len=2", f"model.request_dedup={str(dedup).lower()}").model,
                         ids, vecs)
     model(x)
     captured = {}
@@ -423,16 +424,16 @@ def test_daian_explicit_len_keeps_the_most_recent(tiny_data, dedup):
     lengths = np.concatenate([t.numpy() for t in captured["lengths"]])
     assert lengths.max() <= 2 and (lengths == 2).any()
     with pytest.raises(ValueError, match="explicit_len"):
-        _cfg("model.explicit_len=0").model.validate()
+        _cfg("model.daian.explicit_len=0")
     with pytest.raises(ValueError, match="explicit_buckets"):
-        _cfg("model.explicit_buckets=-1").model.validate()
+        _cfg("model.daian.explicit_buckets=-1")
     with pytest.raises(ValueError, match="hist_buckets"):
-        _cfg("model.hist_buckets=-1").model.validate()
+        _cfg("model.hist_buckets=-1")
 
 
 def test_train_precision_is_validated():
     with pytest.raises(ValueError, match="train.precision: must be one of float32, mixed_bfloat16"):
-        _cfg("train.precision=mixed_float16").train.validate()
+        _cfg("train.precision=mixed_float16")
     with pytest.raises(ValueError, match="precision"):
         build_model("din", None, _cfg().model, np.zeros(0), np.zeros([0, 4]), precision="bf16")
 
@@ -459,7 +460,7 @@ def test_daian_trains_under_mixed_bfloat16_and_reloads(tiny_data, tmp_path):
     assert full.precision == "float32"
     np.testing.assert_allclose(out["ctr"].numpy(), full(x, training=False)["ctr"].numpy(), atol=0.03)
 
-    mixed.compile(optimizer=tf.keras.optimizers.Adagrad(0.05), uim_optimizer=tf.keras.optimizers.Adagrad(0.005))
+    mixed.compile(optimizer=keras.optimizers.Adagrad(0.05), uim_optimizer=keras.optimizers.Adagrad(0.005))
     for _ in range(3):
         logs = mixed.train_step((x, y))
         assert np.isfinite(float(logs["loss"]))
@@ -508,7 +509,7 @@ def test_shuffle_block_keeps_runs_of_records_and_drops_none(tiny_data, block):
     with pytest.raises(ValueError, match="shuffle_block must be an integer >= 1; received 0"):
         make_dataset(tiny_data, "train", spec, 64, shuffle_buffer=100, shuffle_block=0)
     with pytest.raises(ValueError, match="train.shuffle_block"):
-        _cfg("train.shuffle_block=0").train.validate()
+        _cfg("train.shuffle_block=0")
 
 
 # ---- validation split, best checkpoint, input checks --------------------------------------------
@@ -530,7 +531,7 @@ def test_valid_split_selects_the_best_epoch_never_eval(tiny_data, tmp_path):
 
     def streaming_auc(model, split):
         spec = load_data_spec(tiny_data)
-        model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
         ds = make_dataset(tiny_data, split, spec, 256)
         return model.evaluate(ds, verbose=0, return_dict=True)["auc"]
 
@@ -558,7 +559,7 @@ def test_no_valid_split_no_best_checkpoint_and_early_stopping_is_an_error(tiny_d
         train_run(tiny_data, "din", other, stopping.model, stopping.train)
     assert not os.path.exists(other)  # checked before anything was written
     with pytest.raises(ValueError, match="train.early_stopping_patience: must be an integer >= 0"):
-        _cfg("train.early_stopping_patience=-1").train.validate()
+        _cfg("train.early_stopping_patience=-1")
 
 
 def _copy_data(src, dst, change):
@@ -601,7 +602,7 @@ def test_train_cli_checks_its_input_first(tiny_data, tmp_path, caplog, case, cha
     data = str(tmp_path / case) if change is None else _copy_data(tiny_data, tmp_path / case, change)
     run = tmp_path / "run"
     caplog.clear()
-    assert cli.main(["train", "--data", data, "--model", "din", "--out", str(run)]) == 2
+    assert cli.main(["train", "--data", data, "--model", "din", "--run", str(run)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert re.search(message, errors[0]), errors[0]
@@ -616,10 +617,10 @@ def test_train_cli_rejects_a_run_folder_of_other_data(tiny_data, tmp_path, caplo
     import dataclasses
 
     dataclasses.replace(load_data_spec(tiny_data), intent_levels=4).save(str(run / "spec.json"))
-    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--out", str(run)]) == 2
+    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--run", str(run)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
-    assert f"--out {run} holds a run on other data: its spec.json differs from {tiny_data}/spec.json: " \
+    assert f"--run {run} holds a run on other data: its spec.json differs from {tiny_data}/spec.json: " \
            f"intent_levels: 4 != 6" in errors[0]
     assert sorted(os.listdir(run)) == ["spec.json"]  # nothing else written
 
@@ -629,7 +630,7 @@ def test_mirrored_without_gpu_needs_cpu_replicas(tiny_data, tmp_path, caplog):
     from tirec import cli
 
     run = tmp_path / "run"
-    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--out", str(run),
+    assert cli.main(["train", "--data", tiny_data, "--model", "din", "--run", str(run),
                      "--strategy", "mirrored"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1, errors

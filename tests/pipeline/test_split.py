@@ -134,7 +134,7 @@ def test_profile_memory_is_bounded_and_counts_are_kept():
 ])
 def test_split_options_are_checked(kw, field):
     with pytest.raises(ValueError, match=f"pipeline.{field}"):
-        PipelineConfig(**kw).validate()
+        PipelineConfig(**kw)
 
 
 # ---- end to end: each reader on a short time span -----------------------------------------------

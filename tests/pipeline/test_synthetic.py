@@ -316,10 +316,6 @@ def test_stale_files_of_another_format_are_removed(tmp_path):
     ("noise_frac", 1.5), ("specific_frac", -0.1), ("drift", 2.0), ("target_ctr", 0.0),
     ("format", "xml"), ("chunk_users", 0), ("users", "many"), ("target_ctr", float("nan")),
 ])
-def test_invalid_config_names_the_field(tmp_path, field, value):
-    cfg = GeneratorConfig(**{field: value})
+def test_invalid_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=rf"GeneratorConfig\.{field}="):
-        cfg.validate()
-    with pytest.raises(ValueError, match=field):
-        synthetic.generate(cfg, str(tmp_path))
-    assert not os.listdir(tmp_path)
+        GeneratorConfig(**{field: value})  # validated when built: no invalid config exists

@@ -170,7 +170,7 @@ def test_compose_model_paths_agree_with_models_config():
     # The configs the server reads are the shipped ones, mounted where the flags expect them.
     assert serving_mounts[CONFIG_DIR_IN_IMAGE] == "./serving_config"
     config = tsc.load_model_server_config(str(DOCKER / "serving_config" / tsc.MODELS_FILE))
-    names = re.findall(r"--name (\S+)", " ".join(services["trainer"]["command"]))
+    names = re.findall(r"--model-name (\S+)", " ".join(services["trainer"]["command"]))
     for model in config.model_config_list.config:
         assert model.base_path == f"{model_mount}/{model.name}"
     assert names == [m.name for m in config.model_config_list.config]
@@ -180,9 +180,9 @@ def test_shipped_serving_configs_are_what_the_cli_writes(tmp_path, capsys):
     # docker/README.md documents this command for docker/serving_config/.
     parser = argparse.ArgumentParser()
     tsc.add_arguments(parser)
-    assert tsc.run_from_args(parser.parse_args(["--out", str(tmp_path), "--model",
+    assert tsc.run_from_args(parser.parse_args(["--out", str(tmp_path), "--served-model",
                                                 "daian=/models/daian"])) == 0
     for name in (tsc.MODELS_FILE, tsc.BATCHING_FILE, tsc.MONITORING_FILE):
         assert (DOCKER / "serving_config" / name).read_text() == (tmp_path / name).read_text(), name
-    assert "tirec serving-config --out docker/serving_config --model daian=/models/daian" in (
+    assert "tirec serving-config --out docker/serving_config --served-model daian=/models/daian" in (
         DOCKER / "README.md").read_text()

@@ -20,13 +20,13 @@ from tirec import cli
 from tirec.serving import client as C
 from tirec.serving.export import export_run, read_eval_records
 
-TINY = ["--set", "model.emb_dim=4", "--set", "model.att_units=8", "--set", "model.att_heads=2",
-        "--set", "model.tower=[16,8]", "--set", "model.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
-        "--set", "model.sim_bins=5", "--set", "train.shuffle_buffer=1000",
+TINY = ["--set", "model.emb_dim=4", "--set", "model.daian.att_units=8", "--set", "model.daian.att_heads=2",
+        "--set", "model.tower=[16,8]", "--set", "model.daian.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
+        "--set", "model.daian.sim_bins=5", "--set", "train.shuffle_buffer=1000",
         "--set", "train.steps_per_epoch=2",
         # 2 length groups: export and serving go through the bucketed graphs (both branches of
         # their tf.cond) without tracing 16 copies of each attention block
-        "--set", "model.explicit_buckets=2", "--set", "model.hist_buckets=2"]
+        "--set", "model.daian.explicit_buckets=2", "--set", "model.hist_buckets=2"]
 
 
 def _serve(base: str, log_path: str) -> tuple[subprocess.Popen, int, int]:
@@ -57,9 +57,9 @@ def test_generate_pipeline_train_export_serve_query(tmp_path, capsys):
     assert cli.main(["generate", "--out", raw, "--users", "30", "--seed", "4"]) == 0
     assert cli.main(["pipeline", "--input", raw, "--format", "synthetic", "--out", data,
                      "--set", "pipeline.max_seq_len=10"]) == 0
-    assert cli.main(["train", "--data", data, "--model", "daian", "--out", run, "--batch-size", "256",
+    assert cli.main(["train", "--data", data, "--model", "daian", "--run", run, "--batch-size", "256",
                      *TINY]) == 0
-    assert cli.main(["export", "--model-dir", run, "--out", base, "--name", "daian"]) == 0
+    assert cli.main(["export", "--run", run, "--out", base, "--model-name", "daian"]) == 0
     assert cli.main(["make-request", "--data", data, "--out", str(tmp_path / "request.json")]) == 0
     capsys.readouterr()
 
@@ -86,7 +86,7 @@ def test_generate_pipeline_train_export_serve_query(tmp_path, capsys):
         assert status["model_version_status"][0]["state"] == "AVAILABLE"
 
         # `tirec query` ranks the request's candidates by score, best first.
-        assert cli.main(["query", "--target", target, "--model", "daian",
+        assert cli.main(["query", "--target", target, "--model-name", "daian",
                          "--input", str(tmp_path / "request.json"), "--json"]) == 0
         ranked = json.loads(capsys.readouterr().out)
         request = json.load(open(tmp_path / "request.json"))
@@ -100,7 +100,7 @@ def test_generate_pipeline_train_export_serve_query(tmp_path, capsys):
                 np.testing.assert_allclose([s for _, s in other], scores, atol=1e-6, err_msg=signature)
 
         # Parity of served and offline scores over the eval rows.
-        assert cli.main(["verify-serving", "--target", target, "--model", "daian", "--model-dir", run,
+        assert cli.main(["verify-serving", "--target", target, "--model-name", "daian", "--run", run,
                          "--rows", "300"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["ok"] and report["max_abs_diff"]["ctr"] <= 1e-6 and report["versions"] == [1]
@@ -132,8 +132,8 @@ def test_generate_pipeline_train_export_serve_query(tmp_path, capsys):
         assert errors == []
         assert versions and versions[-1] == 2 and 1 in versions
         capsys.readouterr()
-        assert cli.main(["verify-serving", "--target", target, "--model", "daian",
-                         "--model-dir", run, "--rows", "100", "--version", "2"]) == 0
+        assert cli.main(["verify-serving", "--target", target, "--model-name", "daian",
+                         "--run", run, "--rows", "100", "--version", "2"]) == 0
         assert json.loads(capsys.readouterr().out)["versions"] == [2]
     finally:
         proc.send_signal(signal.SIGTERM)

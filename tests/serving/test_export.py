@@ -19,10 +19,10 @@ from tirec.serving import client as C
 from tirec.serving import export as E
 from tirec.serving.verify import offline_scores
 
-SMALL = ["model.emb_dim=4", "model.att_units=8", "model.att_heads=2", "model.tower=[16,8]",
-         "model.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.sim_bins=5",
+SMALL = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
+         "model.daian.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.daian.sim_bins=5",
          "train.batch_size=256", "train.shuffle_buffer=1000", "train.three_stage=false",
-         "train.steps_per_epoch=2", "model.explicit_buckets=1",
+         "train.steps_per_epoch=2", "model.daian.explicit_buckets=1",
          "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
 
 
@@ -66,7 +66,7 @@ def test_layout_versions_and_method_names(run, exported):
     assert not os.path.exists(os.path.join(second, "assets.extra"))
     with pytest.raises(ValueError, match="version 1 already exists"):
         E.export_run(run["run"], run["base"], "daian", version=1)
-    with pytest.raises(ValueError, match="--name must be a plain folder name"):
+    with pytest.raises(ValueError, match="--model-name must be a plain folder name"):
         E.export_run(run["run"], run["base"], "a/b")
     assert sorted(os.listdir(os.path.join(run["base"], "daian"))) == ["1", "2"]
 
@@ -146,7 +146,7 @@ def test_request_round_trip_and_errors(run, exported):
 
     # The compact `rank` form (one context example + one small example per candidate) scores the
     # same, for many candidates and for one, and is much smaller on the wire.
-    rank = C.rank_inputs(feats)
+    rank = C.rank_inputs(feats, spec)
     assert len(rank["context"]) == 1 and len(rank["candidates"]) == len(rows)
     got = loaded.signatures["rank"](context=tf.constant(rank["context"]),
                                     candidates=tf.constant(rank["candidates"]))
@@ -206,7 +206,7 @@ def test_export_checkpoint_best_or_last(run, exported, tmp_path, caplog):
     no_best = str(tmp_path / "no_best")
     shutil.copytree(run["run"], no_best)
     shutil.rmtree(os.path.join(no_best, "best"))
-    assert cli.main(["export", "--model-dir", no_best, "--out", base, "--name", "m",
+    assert cli.main(["export", "--run", no_best, "--out", base, "--model-name", "m",
                      "--checkpoint", "best"]) == 2
     assert "has no best checkpoint" in caplog.text and "use --checkpoint last" in caplog.text
     # a run whose best checkpoint holds other weights than its final ones
@@ -224,7 +224,7 @@ def test_export_checkpoint_best_or_last(run, exported, tmp_path, caplog):
     json.dump(record, open(os.path.join(run_dir, "best", "best.json"), "w"))
     best = [v.numpy() for v in model.variables]
     assert any(not np.array_equal(a, b) for a, b in zip(best, last))
-    assert cli.main(["export", "--model-dir", run_dir, "--out", base, "--name", "best", "--warmup-rows", "0",
+    assert cli.main(["export", "--run", run_dir, "--out", base, "--model-name", "best", "--warmup-rows", "0",
                      "--checkpoint", "best"]) == 0
     # the default (the `exported` fixture, same run): last
     for path, want, name in ((os.path.join(base, "best", "1"), best, "best"), (exported, last, "last")):

@@ -167,8 +167,8 @@ def _run(argv):
 
 def test_cli_writes_per_model_policies_and_labels(tmp_path, capsys):
     out = tmp_path / "cfg"
-    code = _run(["--out", str(out), "--model", "daian=/models/daian", "--model", "din=/models/din",
-                 "--model", "gap=/models/gap", "--versions", "daian=1,2", "--label", "daian:stable=1",
+    code = _run(["--out", str(out), "--served-model", "daian=/models/daian", "--served-model", "din=/models/din",
+                 "--served-model", "gap=/models/gap", "--versions", "daian=1,2", "--label", "daian:stable=1",
                  "--label", "daian:canary=2", "--latest", "din=2", "--all-versions", "gap",
                  "--max-batch-size", "256", "--allowed-batch-sizes", "64,256",
                  "--num-batch-threads", "3", "--monitoring-path", "/prom"])
@@ -187,22 +187,22 @@ def test_cli_writes_per_model_policies_and_labels(tmp_path, capsys):
 
 
 def test_cli_defaults_and_no_batching(tmp_path, capsys):
-    assert _run(["--out", str(tmp_path), "--model", "m=/models/m", "--no-batching"]) == 0
+    assert _run(["--out", str(tmp_path), "--served-model", "m=/models/m", "--no-batching"]) == 0
     assert not (tmp_path / "batching.config").exists()
     config = tsc.load_model_server_config(str(tmp_path / "models.config")).model_config_list.config[0]
     assert config.model_version_policy.latest.num_versions == 1
 
 
 def test_cli_label_override_flag(tmp_path):
-    argv = ["--out", str(tmp_path), "--model", "m=/models/m", "--label", "m:stable=4"]
+    argv = ["--out", str(tmp_path), "--served-model", "m=/models/m", "--label", "m:stable=4"]
     with pytest.raises(ValueError, match="label 'stable' points to version 4"):
         _run(argv)
     assert _run(argv + ["--allow-version-labels-for-unavailable-models"]) == 0
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["--model", "m"], "--model: expected NAME=BASE_PATH; received 'm'"),
-    (["--model", "m=/other"], "--model: names must be unique; received 'm' twice"),
+    (["--served-model", "m"], "--served-model: expected NAME=BASE_PATH; received 'm'"),
+    (["--served-model", "m=/other"], "--served-model: names must be unique; received 'm' twice"),
     (["--latest", "x=2"], "--latest: unknown model 'x'"),
     (["--latest", "m=two"], "--latest: expected an integer; received 'two'"),
     (["--latest", "m=0"], "latest=0"),
@@ -214,4 +214,4 @@ def test_cli_label_override_flag(tmp_path):
 ])
 def test_cli_rejects_bad_flags(tmp_path, extra, match):
     with pytest.raises(ValueError, match=re.escape(match)):
-        _run(["--out", str(tmp_path), "--model", "m=/models/m"] + extra)
+        _run(["--out", str(tmp_path), "--served-model", "m=/models/m"] + extra)

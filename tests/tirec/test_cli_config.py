@@ -68,7 +68,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="key.sub=value"):
         load_config(None, ["pipeline.max_seq_len"])
     with pytest.raises(ValueError, match="pipeline.no_trigger"):
-        PipelineConfig(no_trigger="keep").validate()
+        PipelineConfig(no_trigger="keep")
 
 
 @pytest.mark.parametrize("flag,hint", [
@@ -144,7 +144,7 @@ def test_prior_intent_half_life_option():
     assert PipelineConfig().prior_intent_half_life_s == 7 * 86400
     for bad in ("soon", "0d", "-3d"):
         with pytest.raises(ValueError, match=f"pipeline.prior_intent_half_life: .*{bad}"):
-            PipelineConfig(prior_intent_half_life=bad).validate()
+            PipelineConfig(prior_intent_half_life=bad)
 
 
 def test_parse_duration():

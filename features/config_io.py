@@ -1,0 +1,311 @@
+"""Typed configuration: the one loader of YAML files, ``--set`` overrides and ``config.json``.
+
+A config section is a frozen dataclass that checks its own values in ``__post_init__``, so a
+config that exists is valid. :func:`load` reads a YAML file, a JSON file or a run folder's
+``config.json`` (JSON is YAML), applies dotted ``key.sub=value`` overrides (values parsed as
+YAML) and builds the dataclass with :func:`from_dict`, which checks every key (an unknown key
+fails naming the key, its value and the valid keys) and every value's type (no conversion
+between kinds: a number is not a string), then lets the dataclass validate. :func:`to_dict` is
+the inverse: the mapping :func:`from_dict` reads back (what ``config.json`` holds).
+
+Two extensions serve sections whose layout grows or moves:
+
+* A field whose metadata holds :data:`SECTIONS` (``(names, config_class)``: the valid names and
+  the dataclass of each) takes the section's other keys as named sub-sections: ``model.daian.*``
+  becomes ``sections["daian"] = DaianConfig(...)``. :func:`to_dict` writes them back inline.
+* A class attribute ``MOVED_KEYS = {"old_key": "sub.new_key"}`` keeps old keys loading: each is
+  moved to its new place, and one deprecation line (:func:`deprecated`) names old and new keys;
+  a run folder's ``config.json``, which the user did not write, is read without it.
+
+This module is in ``features/``, the bottom layer, so every package reads its settings (and a
+run's ``config.json``) through it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+import types
+import typing
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from tirec.features.jsonio import is_remote, read_text
+
+SECTIONS = "tirec.sections"
+RUN_CONFIG = "config.json"
+
+
+def deprecated(message: str) -> None:
+    """Prints one deprecation line to stderr (a CLI flag or config key that still works)."""
+    print(f"tirec: deprecated: {message}", file=sys.stderr)
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of a command-line flag: stores (or, with ``append=True``, appends) its
+    value where the new flag does, prints one :func:`deprecated` line naming the new flag, and is
+    hidden from ``--help``.
+
+    Example: ``p.add_argument("--model-dir", dest="run", action=DeprecatedFlag, new="--run")``.
+    """
+
+    def __init__(self, option_strings, dest, new: str, append: bool = False, **kwargs):
+        self.new, self.append = new, append
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecated(f"{option_string} is now {self.new}")
+        if self.append:
+            values = list(getattr(namespace, self.dest, None) or []) + [values]
+        setattr(namespace, self.dest, values)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, plus the floats YAML 1.2 and JSON write without a dot (``1e-05``,
+    which PyYAML would read as a string)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    """``text`` parsed as YAML (JSON included)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader)
+
+
+def read_mapping(source: str) -> dict:
+    """The mapping in a YAML or JSON file, or in a run folder's ``config.json``.
+
+    Raises:
+      FileNotFoundError: naming ``source`` when it does not exist.
+      ValueError: when the file's top level is not a mapping.
+    """
+    path = _config_file(source)
+    raw = parse_yaml(read_text(path)) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path}: the top level must be a mapping; received {type(raw).__name__}")
+    return raw
+
+
+def _config_file(source: str) -> str:
+    if is_remote(source):
+        import tensorflow as tf
+
+        isdir, exists = tf.io.gfile.isdir(source), tf.io.gfile.exists(source)
+    else:
+        isdir, exists = os.path.isdir(source), os.path.exists(source)
+    if isdir:
+        path = f"{source.rstrip('/')}/{RUN_CONFIG}"
+        if not is_remote(path) and not os.path.exists(path):
+            raise FileNotFoundError(f"config {source}: a folder without {RUN_CONFIG} (not a run folder)")
+        return path
+    if not exists:
+        raise FileNotFoundError(f"config {source}: no such file or folder")
+    return source
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """``raw`` with each ``key.sub=value`` of ``overrides`` set (value parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = parse_yaml(value)
+    return raw
+
+
+def load(cls: type, source: str | None = None, overrides: Sequence[str] = (), where: str = "",
+         quiet: bool = False) -> Any:
+    """Dataclass ``cls`` from ``source`` (a YAML/JSON file or a run folder; optional) with
+    ``overrides`` applied.
+
+    Args:
+      quiet: do not print the deprecation line for moved keys (for a ``config.json`` that an
+        older tirec wrote: the user cannot and need not change it).
+    """
+    raw = read_mapping(source) if source else {}
+    moved: list[tuple[str, str]] = []
+    cfg = from_dict(cls, apply_overrides(raw, overrides), where, moved=moved)
+    if moved and not quiet:
+        report_moved(moved, source)
+    return cfg
+
+
+def report_moved(moved: list[tuple[str, str]], source: str | None = None) -> None:
+    """One deprecation line naming every moved key read and its new name."""
+    pairs = ", ".join(f"{old} is now {new}" for old, new in moved)
+    deprecated(f"config key(s) {pairs}{f' (in {source})' if source else ''}; the old names still "
+               f"load but will be removed")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], where: str = "",
+              moved: list[tuple[str, str]] | None = None) -> Any:
+    """Builds dataclass ``cls`` from a mapping, checking keys and coercing types.
+
+    Args:
+      where: the dotted path of the section, for messages (``model``).
+      moved: collects ``(old, new)`` for each key read under its old name (see the module
+        docstring); None prints the deprecation line at once.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where or cls.__name__}: expected a mapping; received {data!r}")
+    report = moved is None
+    moved = [] if moved is None else moved
+    known, sections, open_field = _split_keys(cls, _move_keys(cls, data, where, moved), where)
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, _join(where, name), moved) for name, value in known.items()}
+    if open_field is not None:
+        config_class = open_field.metadata[SECTIONS][1]
+        kwargs[open_field.name] = {
+            name: from_dict(config_class(name), {} if value is None else value, _join(where, name), moved)
+            for name, value in sections.items()}
+    cfg = cls(**kwargs)
+    if report and moved:
+        report_moved(moved)
+    return cfg
+
+
+def _split_keys(cls: type, data: dict, where: str):
+    """``(fields, sub-sections, the sections field or None)`` of ``data``.
+
+    Raises:
+      ValueError: naming each unknown key with its value, and the valid keys.
+    """
+    fields = {f.name for f in dataclasses.fields(cls) if SECTIONS not in f.metadata}
+    open_field = next((f for f in dataclasses.fields(cls) if SECTIONS in f.metadata), None)
+    names = open_field.metadata[SECTIONS][0]() if open_field is not None and set(data) - fields else []
+    known = {k: v for k, v in data.items() if k in fields}
+    sections = {k: v for k, v in data.items() if k not in fields and k in names}
+    unknown = {k: v for k, v in data.items() if k not in fields and k not in names}
+    if unknown:
+        valid = sorted(fields) + [f"{name}.*" for name in names]
+        shown = ", ".join(f"{_join(where, k)}={v!r}" for k, v in sorted(unknown.items(), key=lambda kv: str(kv[0])))
+        raise ValueError(f"{where or cls.__name__}: unknown key(s) {sorted(map(str, unknown))} (received "
+                         f"{shown}); valid keys: {valid}")
+    return known, sections, open_field
+
+
+def _move_keys(cls: type, data: Mapping[str, Any], where: str, moved: list) -> dict:
+    """``data`` with the keys of ``cls.MOVED_KEYS`` moved to their new dotted place."""
+    renames = getattr(cls, "MOVED_KEYS", {})
+    data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for old in [k for k in data if k in renames]:
+        *path, leaf = renames[old].split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{_join(where, part)}: expected a mapping; received {node!r}")
+        if leaf in node:
+            raise ValueError(f"{_join(where, old)} and {_join(where, renames[old])} are both set: "
+                             f"{_join(where, old)} is the old name of {_join(where, renames[old])}; "
+                             f"keep only the new one")
+        node[leaf] = data.pop(old)
+        moved.append((_join(where, old), _join(where, renames[old])))
+    return data
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def to_dict(cfg: Any) -> dict:
+    """The plain mapping of a config dataclass, as :func:`from_dict` reads it back (sub-sections
+    inline under their names, tuples as lists)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if SECTIONS in f.metadata:
+            out.update({name: to_dict(section) for name, section in value.items()})
+        else:
+            out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+_SCALARS = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(tp, value, where: str, moved: list):
+    """``value`` as type ``tp``: no conversion between kinds (a number is not a string).
+
+    Raises:
+      ValueError: naming the key, the value with its type, and the type expected.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, {} if value is None else value, where, moved)
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(args, value, where, moved)
+    if origin is tuple:
+        return _coerce_tuple(args, value, where, moved)
+    if tp not in _SCALARS:
+        return value
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) or (isinstance(v, float) and v.is_integer()),
+        float: lambda v: isinstance(v, (int, float)),
+        str: lambda v: isinstance(v, str),
+    }[tp](value) and (tp is bool or not isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"{where}: expected {_SCALARS[tp]}; received {_shown(value)}")
+    return tp(value)
+
+
+def _coerce_union(args: tuple, value, where: str, moved: list):
+    """The first member type of a Union that accepts ``value`` as it is."""
+    if value is None and type(None) in args:
+        return None
+    members = [a for a in args if a is not type(None)]
+    for member in members:
+        try:
+            return _coerce(member, value, where, moved)
+        except ValueError:
+            continue
+    expected = " or ".join(_expected(a) for a in args)
+    raise ValueError(f"{where}: expected {expected}; received {_shown(value)}")
+
+
+def _coerce_tuple(args: tuple, value, where: str, moved: list) -> tuple:
+    if isinstance(value, str):  # "click,pv" -> ("click", "pv")
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: expected {_expected(tuple[args])}; received {_shown(value)}")
+    if args and args[-1] is not Ellipsis and len(args) != len(value):
+        raise ValueError(f"{where}: expected {len(args)} values; received {_shown(value)}")
+    types_ = [args[0]] * len(value) if args and args[-1] is Ellipsis else list(args)
+    return tuple(_coerce(t, v, f"{where}[{i}]", moved) for i, (t, v) in enumerate(zip(types_, value)))
+
+
+def _expected(tp) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return f"a list of {_expected(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in typing.get_args(tp))
+    return _SCALARS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _shown(value) -> str:
+    return f"{value!r} ({type(value).__name__})"

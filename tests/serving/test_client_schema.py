@@ -1,0 +1,98 @@
+"""The client's request schema comes from the FeatureSpec's groups: which object of a TIR request
+holds which input, which inputs go once per request (the `rank` context) and which per candidate,
+and every behaviour sequence of the spec."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tirec.features.spec import Feature, tir_feature_spec
+from tirec.serving import client as C
+
+
+def _spec():
+    """The standard records plus a second behaviour sequence ``long`` (length 6) and a
+    candidate-scoped context field ``ctx_slot`` (the candidate's position on the page)."""
+    base = tir_feature_spec(item_fields=("cate_id",), context_fields=("scene",), max_seq_len=3)
+    seq = dict(kind="sequence", length=6, group="history", scope="request", history="long", model_input=True)
+    extra = (Feature("long_item_ids", "int64", table="item", field="item_id", **seq),
+             Feature("long_ts", "int64", field="ts", **seq),
+             Feature("long_cate_id", "int64", table="cate_id", field="cate_id", **seq),
+             Feature("ctx_slot", "int64", table="item", group="context", scope="candidate", model_input=True))
+    return dataclasses.replace(base, features=base.features + extra)
+
+
+def _request():
+    return {
+        "user": {"user_id": 7},
+        "context": {"impression_ts": 1000, "ctx_hour": 3, "ctx_dow": 1, "ctx_scene": 2},
+        "trigger": {"item_id": 5, "cate_id": 50},
+        "history": [{"item_id": 4, "ts": 900, "cate_id": 40}],
+        "histories": {"long": [{"item_id": 3, "ts": 800, "cate_id": 30},
+                               {"item_id": 2, "ts": 700, "cate_id": 20}]},
+        "candidates": [{"item_id": 9, "cate_id": 90, "ctx_slot": 0},
+                       {"item_id": 8, "cate_id": 80, "ctx_slot": 1}],
+    }
+
+
+def test_request_features_follow_the_spec_groups():
+    spec = _spec()
+    feats = C.request_features(spec, _request())
+    assert set(feats) == {f.name for f in spec.select(model_input=True)}
+    assert feats["target_item_id"].tolist() == [9, 8] and feats["ctx_slot"].tolist() == [0, 1]
+    assert feats["trigger_cate_id"].tolist() == [50, 50] and feats["has_trigger"].tolist() == [1, 1]
+    assert feats["ctx_scene"].tolist() == [2, 2]
+    assert feats["hist_item_ids"].tolist() == [[4, 0, 0]] * 2
+    assert feats["long_item_ids"].tolist() == [[3, 2, 0, 0, 0, 0]] * 2
+    assert feats["long_cate_id"][0].tolist() == [30, 20, 0, 0, 0, 0]
+    assert feats["long_ts"].dtype == np.int64 and feats["long_ts"].shape == (2, 6)
+    no_trigger = C.request_features(spec, {**_request(), "trigger": None})
+    assert no_trigger["has_trigger"].tolist() == [0, 0] and no_trigger["trigger_cate_id"].tolist() == [0, 0]
+
+
+def test_request_errors_name_the_field():
+    spec = _spec()
+    bad = _request()
+    del bad["candidates"][1]["ctx_slot"]
+    with pytest.raises(ValueError, match=r"candidates\[1\]\.ctx_slot is missing"):
+        C.request_features(spec, bad)
+    bad = _request()
+    bad["histories"]["long"][1]["ts"] = 0
+    with pytest.raises(ValueError, match=r"histories\.long\[1\]\.ts must be > 0"):
+        C.request_features(spec, bad)
+    with pytest.raises(ValueError, match=r"histories must map the model's further behaviour sequences \['long'\]"):
+        C.request_features(spec, {**_request(), "histories": {"short": []}})
+    with pytest.raises(ValueError, match=r"unknown keys \['extra'\]"):
+        C.request_features(spec, {**_request(), "extra": 1})
+    with pytest.raises(ValueError, match=r"RequestSchema: not a TIR model"):
+        C.RequestSchema.from_signature({"inputs": {"x": {"dtype": "DT_FLOAT"}}})
+
+
+def test_rank_inputs_split_by_scope():
+    """The request-scoped inputs go once in the context example, the candidate-scoped ones (the
+    target's and the candidate-scoped context field) in each candidate's."""
+    spec = _spec()
+    feats = C.request_features(spec, _request())
+    rank = C.rank_inputs(feats, spec)
+    assert len(rank["context"]) == 1 and len(rank["candidates"]) == 2
+    context = tf.train.Example.FromString(rank["context"][0]).features.feature
+    cand = tf.train.Example.FromString(rank["candidates"][1]).features.feature
+    assert set(cand) == {"target_item_id", "target_cate_id", "ctx_slot"}
+    assert cand["ctx_slot"].int64_list.value == [1]
+    assert set(context) == set(feats) - set(cand)
+    assert list(context["long_item_ids"].int64_list.value) == [3, 2, 0, 0, 0, 0]
+
+
+def test_request_round_trips_through_records():
+    """request_from_records rebuilds the request from the records the client's features encode."""
+    spec = _spec()
+    feats = C.request_features(spec, _request())
+    n = len(feats["target_item_id"])
+    rows = {**feats, "request_id": np.array([b"r1"] * n, dtype=object), "label": np.zeros(n, np.int64)}
+    for f in spec.features:
+        if f.name not in rows:
+            shape = (n,) if f.kind == "scalar" else (n, f.length)
+            rows[f.name] = np.zeros(shape, np.float32 if f.dtype == "float32" else np.int64)
+    back = C.request_from_records(spec, C.to_examples(rows))
+    assert back == _request()

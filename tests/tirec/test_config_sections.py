@@ -1,0 +1,174 @@
+"""Config sections: one per model, validation when built, old keys and old run folders."""
+import dataclasses
+import pathlib
+import shutil
+
+import pytest
+
+from tirec.config import load_config
+from tirec.features.config_io import from_dict, to_dict
+from tirec.models import registry
+from tirec.models.config import (DAIAN_MOVED, ModelConfig, RunConfig, TrainConfig, load_run_config,
+                                 model_config_from_dict)
+from tirec.pipeline.config import PipelineConfig
+from tirec.pipeline.synthetic import GeneratorConfig
+
+# RUN/config.json of a `tirec train --model daian` run by main at e5603a7 (before the model
+# sections), with non-default DAIAN settings (see tests/fixtures/README.md).
+OLD_RUN = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "run_e5603a7"
+
+
+def test_each_model_has_its_own_section(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  emb_dim: 8\n  tower: [32, 16]\n  daian:\n    uim_attention: mhta\n")
+    cfg = load_config(str(path), ["model.daian.att_units=64", "model.daian.att_heads=8"]).model
+    assert cfg.emb_dim == 8 and cfg.tower == (32, 16)  # shared settings stay in `model`
+    daian = cfg.section("daian")
+    assert type(daian).__name__ == "DaianConfig" and dataclasses.is_dataclass(daian)
+    assert (daian.uim_attention, daian.att_units, daian.att_heads) == ("mhta", 64, 8)
+    assert daian.use_uim is True  # not given: the registered class's default
+    assert cfg.section("din") == registry.config_class("din")()
+    assert cfg.section() == daian  # the section of model.name (default daian)
+    assert to_dict(cfg)["daian"]["uim_attention"] == "mhta"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        daian.att_units = 1
+
+
+def test_a_model_registers_its_class_with_its_own_config(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_CONFIGS", dict(registry._CONFIGS))
+
+    @dataclasses.dataclass(frozen=True)
+    class ToyConfig:
+        depth: int = 2
+
+        def __post_init__(self):
+            if self.depth < 1:
+                raise ValueError(f"model.toy.depth: must be >= 1; received {self.depth!r}")
+
+    @registry.register_model("toy", ToyConfig)
+    def build_toy(spec, model_config, num_items, item_dim):
+        return model_config.section("toy")
+
+    cfg = load_config(None, ["model.name=toy", "model.toy.depth=5"]).model
+    assert registry.get_builder("toy")(None, cfg, 0, 0) == ToyConfig(depth=5)
+    with pytest.raises(ValueError, match=r"model.toy.depth: expected an integer; received 'x' \(str\)"):
+        load_config(None, ["model.toy.depth=x"])
+    with pytest.raises(ValueError, match="model.toy.depth: must be >= 1; received 0"):
+        load_config(None, ["model.toy.depth=0"])
+    with pytest.raises(TypeError, match="frozen dataclass"):
+        registry.register_model("loose", dict)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.daian.uim_atention=mhta",
+     "model.daian: unknown key(s) ['uim_atention'] (received model.daian.uim_atention='mhta'); valid keys: "),
+    ("model.dinn.emb_dim=4", "model: unknown key(s) ['dinn'] (received model.dinn={'emb_dim': 4}); valid keys: "),
+    ("model.embdim=4", "model: unknown key(s) ['embdim'] (received model.embdim=4); valid keys: "),
+    ("train.batchsize=8", "train: unknown key(s) ['batchsize'] (received train.batchsize=8); valid keys: "),
+])
+def test_unknown_keys_name_key_value_and_the_valid_keys(override, message):
+    with pytest.raises(ValueError) as exc:
+        load_config(None, [override])
+    text = str(exc.value)
+    assert text.startswith(message), text
+    if override.startswith("model.daian"):
+        assert "'uim_attention'" in text and "'att_units'" in text
+    elif override.startswith("model."):
+        assert "'emb_dim'" in text and "'daian.*'" in text and "'din.*'" in text
+    else:
+        assert "'batch_size'" in text
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: ModelConfig(l2=-1.0), "model.l2: must be a finite number >= 0 (0 = off); received -1.0"),
+    (lambda: ModelConfig(hist_buckets=-1), "model.hist_buckets: must be an integer >= 0"),
+    (lambda: registry.config_class("daian")(uim_attention="lstm"),
+     "model.daian.uim_attention: must be din or mhta; received 'lstm'"),
+    (lambda: registry.config_class("daian")(att_units=10, att_heads=4),
+     "model.daian.att_units: must be divisible by att_heads=4; received 10"),
+    (lambda: TrainConfig(batch_size=0), "train.batch_size: must be >= 1; received 0"),
+    (lambda: PipelineConfig(no_trigger="keep"), "pipeline.no_trigger: must be 'drop' or 'pad'"),
+    (lambda: GeneratorConfig(users=0), "GeneratorConfig.users=0: must be >= 1"),
+    (lambda: ModelConfig(sections={"dinn": object()}), "unknown model 'dinn'; valid models: ['daian', 'din']"),
+    (lambda: ModelConfig(sections={"din": registry.config_class("daian")()}),
+     "model.din: expected a DinConfig; received DaianConfig("),
+])
+def test_a_config_is_validated_when_it_is_built(build, message):
+    with pytest.raises(ValueError) as exc:
+        build()
+    assert message in str(exc.value)
+
+
+def test_validation_errors_come_from_the_loader():
+    with pytest.raises(ValueError, match="model.daian.explicit_len: must be an integer >= 1; received 0"):
+        load_config(None, ["model.daian.explicit_len=0"])
+    with pytest.raises(ValueError, match="train.precision: must be one of float32, mixed_bfloat16"):
+        load_config(None, ["train.precision=mixed_float16"])
+
+
+def test_old_flat_keys_load_with_one_deprecation_line(capsys):
+    cfg = load_config(None, ["model.uim_attention=mhta", "model.att_units=64", "model.emb_dim=8"]).model
+    daian = cfg.section("daian")
+    assert (daian.uim_attention, daian.att_units, cfg.emb_dim) == ("mhta", 64, 8)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("tirec: deprecated: config key(s) ")
+    assert "model.uim_attention is now model.daian.uim_attention" in err[0]
+    assert "model.att_units is now model.daian.att_units" in err[0]
+    load_config(None, ["model.daian.uim_attention=mhta", "model.emb_dim=8"])
+    assert capsys.readouterr().err == ""  # the new names print nothing
+
+
+def test_an_old_key_and_its_new_name_together_are_an_error():
+    with pytest.raises(ValueError, match="model.sim_bins and model.daian.sim_bins are both set"):
+        load_config(None, ["model.sim_bins=5", "model.daian.sim_bins=7"])
+
+
+def test_old_run_config_json_loads_quietly(capsys):
+    """A run folder written by main before the model sections: its flat DAIAN keys land in
+    model.daian, with no deprecation line (the user did not write that file)."""
+    cfg = load_run_config(str(OLD_RUN))
+    assert capsys.readouterr().err == ""
+    assert cfg.model.name == "daian" and cfg.data.endswith("tfr")
+    assert (cfg.model.emb_dim, cfg.model.tower, cfg.model.hist_buckets) == (4, (16, 8), 1)
+    daian = cfg.model.section()
+    assert (daian.uim_attention, daian.att_units, daian.att_heads, daian.gate_inputs, daian.explicit_len) == \
+        ("mhta", 8, 2, "intent_interest", 7)
+    assert (cfg.train.batch_size, cfg.train.three_stage, cfg.train.steps_per_epoch) == (256, False, 1)
+    # Written back in the new layout, it reads the same.
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg
+    assert set(to_dict(cfg)["model"]) == {f.name for f in dataclasses.fields(ModelConfig)} - {"sections"} | {"daian"}
+
+
+def test_run_config_written_and_read_by_the_one_loader(tmp_path, capsys):
+    from tirec.features.jsonio import write_json
+
+    shutil.copytree(OLD_RUN, tmp_path / "run")
+    cfg = load_run_config(str(tmp_path / "run"))
+    write_json(str(tmp_path / "run" / "config.json"), to_dict(cfg))
+    assert load_run_config(str(tmp_path / "run")) == cfg
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: not a `tirec train` run folder"):
+        load_run_config(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not a `tirec train` run folder"):
+        load_run_config(str(tmp_path / "missing"))
+    assert capsys.readouterr().err == ""
+
+
+def test_model_config_round_trips_and_reads_old_flat_dicts():
+    cfg = load_config(None, ["model.name=din", "model.daian.use_sein=false", "model.l2=0.1"]).model
+    assert model_config_from_dict(to_dict(cfg)) == cfg
+    flat = {"name": "daian", "emb_dim": 4, **{k: getattr(cfg.section("daian"), k) for k in DAIAN_MOVED}}
+    assert model_config_from_dict(flat).section("daian") == cfg.section("daian")
+    resolved = dataclasses.replace(cfg, sections={}).resolved()
+    assert set(resolved.sections) == {"din"}  # a run records its model's full section
+
+
+def test_floats_without_a_dot_are_numbers(tmp_path):
+    """JSON writes 1e-05 (config.json of a run with model.l2=0.00001); PyYAML alone reads it
+    as a string."""
+    assert load_config(None, ["model.l2=1e-5"]).model.l2 == 1e-5
+    path = tmp_path / "config.json"
+    path.write_text('{"model": {"l2": 1e-05, "daian": {"gamma": 2E+1}}}')
+    cfg = load_config(str(path)).model
+    assert cfg.l2 == 1e-5 and cfg.section("daian").gamma == 20.0
