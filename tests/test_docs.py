@@ -150,7 +150,7 @@ def test_every_config_key_in_docs_exists():
     code = re.findall(r"`([^`]+)`", _doc())  # inline code spans ...
     code += [line for line in _doc().splitlines() if line.startswith("    ")]  # ... and code blocks
     keys = {section + rest for span in code for section, rest in CONFIG_KEY.findall(span)}
-    assert {"model.use_uim", "model.i2e_fusion", "train.three_stage", "pipeline.intent_levels"} <= keys, \
+    assert {"model.daian.use_uim", "model.daian.i2e_fusion", "train.three_stage", "pipeline.intent_levels"} <= keys, \
         sorted(keys)
     bad = []
     for key in sorted(keys):
