@@ -141,7 +141,7 @@ STAGES_SCRIPT = textwrap.dedent("""
     ids, vecs, _ = load_item_vectors(data)
     names = model_input_names(spec)
     x, y = next(iter(make_dataset(data, "train", spec, batch)))
-    x = {k: v for k, v in x.items() if k in set(names) | stage_input_names()}
+    x = {k: v for k, v in x.items() if k in set(names) | stage_input_names(spec)}
     mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     out, init = {"replicas": mirrored.num_replicas_in_sync}, None
     for label, strategy in (("one", tf.distribute.get_strategy()), ("mirrored", mirrored)):
