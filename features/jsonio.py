@@ -5,9 +5,10 @@ Every package writes its small JSON files (``stats.json``, ``config.json``, ``me
 :func:`read_json`, so they agree on the encoding (UTF-8, numpy scalars and arrays as plain
 numbers and lists) and on atomicity: a local file is written to a temporary name next to it and
 renamed into place, so a reader (or a run killed mid-write) sees the old file or the new one,
-never half of one. A remote path (``gs://``, ``s3://``, ``hdfs://``) goes through TensorFlow's
-filesystem layer, imported only then; such object stores publish an object whole when it is
-closed. This module sits in ``features/``, the bottom layer, so every package may import it.
+never half of one. A remote path (``gs://``, ``s3://``, ``hdfs://``) goes through Beam's
+``FileSystems`` (the layer the pipeline writes its records with, so every store the job can write
+to works here too), or TensorFlow's ``tf.io.gfile`` where Beam is not installed; either is imported
+only then. Object stores publish an object whole when it is closed. This module sits in ``features/``, the bottom layer, so every package may import it.
 """
 from __future__ import annotations
 
@@ -20,38 +21,63 @@ import numpy as np
 
 
 def is_remote(path: str) -> bool:
-    """True for a URI (``gs://...``) that TensorFlow's filesystem layer handles."""
+    """True for a URI (``gs://...``, ``s3://...``): a path for a filesystem layer, not ``open``."""
     return "://" in str(path)
+
+
+def _beam_filesystems():
+    """Beam's ``FileSystems``, or None where Beam is not installed (e.g. a serving image)."""
+    try:
+        from apache_beam.io.filesystems import FileSystems
+    except ImportError:
+        return None
+    return FileSystems
 
 
 def exists(path: str) -> bool:
     """True when the local or remote file or folder ``path`` exists."""
-    if is_remote(path):
-        import tensorflow as tf
+    if not is_remote(path):
+        return os.path.exists(path)
+    fs = _beam_filesystems()
+    if fs is not None:
+        return fs.exists(path)
+    import tensorflow as tf
 
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
+    return tf.io.gfile.exists(path)
 
 
 def read_text(path: str) -> str:
     """The UTF-8 text of a local or remote file."""
-    if is_remote(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "r") as fh:
+    if not is_remote(path):
+        with open(path, encoding="utf-8") as fh:
             return fh.read()
-    with open(path, encoding="utf-8") as fh:
+    fs = _beam_filesystems()
+    if fs is not None:
+        with fs.open(path) as fh:
+            return fh.read().decode("utf-8")
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "r") as fh:
         return fh.read()
+
+
+def _write_remote(path: str, text: str) -> None:
+    fs = _beam_filesystems()
+    if fs is not None:
+        with fs.create(path) as fh:
+            fh.write(text.encode("utf-8"))
+        return
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as fh:
+        fh.write(text)
 
 
 def write_text(path: str, text: str) -> None:
     """Writes ``text`` as UTF-8, atomically for a local file (temporary file, then rename)."""
     path = str(path)
     if is_remote(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "w") as fh:
-            fh.write(text)
+        _write_remote(path, text)
         return
     # A unique name in the same folder (os.replace is atomic within a file system), created
     # with the usual permissions (the umask's, as a plain open() would give).

@@ -1,5 +1,6 @@
 """The one JSON file helper: encoding, atomic local writes, and that the packages use it."""
 import ast
+import io
 import json
 import os
 import pathlib
@@ -54,3 +55,36 @@ def test_packages_read_and_write_json_files_through_the_helper():
                         and isinstance(node.value, ast.Name) and node.value.id == "json":
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} json.{node.attr}")
     assert not offenders, offenders
+
+
+class _MemoryFileSystems:
+    """Stands in for Beam's FileSystems: an object store held in a dict."""
+
+    def __init__(self):
+        self.objects = {}
+
+    def exists(self, path):
+        return path in self.objects
+
+    def create(self, path):
+        store = self.objects
+
+        class Writer(io.BytesIO):
+            def close(self):
+                store[path] = self.getvalue()
+                super().close()
+        return Writer()
+
+    def open(self, path):
+        return io.BytesIO(self.objects[path])
+
+
+def test_remote_paths_go_through_beams_filesystems(monkeypatch):
+    """s3:// and hdfs:// are served by Beam's FileSystems (as the pipeline's records are), not by
+    tf.io.gfile, which cannot open them without tensorflow-io."""
+    fs = _MemoryFileSystems()
+    monkeypatch.setattr(jsonio, "_beam_filesystems", lambda: fs)
+    jsonio.write_json("s3://bucket/run/stats.json", {"rows": np.int64(3)})
+    assert json.loads(fs.objects["s3://bucket/run/stats.json"]) == {"rows": 3}
+    assert jsonio.exists("s3://bucket/run/stats.json") and not jsonio.exists("s3://bucket/other.json")
+    assert jsonio.read_json("s3://bucket/run/stats.json") == {"rows": 3}
