@@ -348,7 +348,7 @@ class FeatureSpec:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str) -> None:
-        """Writes ``spec.json`` (any filesystem Beam can write when the path is remote)."""
+        """Writes ``spec.json`` (remote paths through Beam's filesystems, see :mod:`tirec.features.jsonio`)."""
         write_json(path, self.to_dict())
 
     @classmethod

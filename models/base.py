@@ -47,25 +47,28 @@ from tirec.models.layers.sequence import unique_rows
 from tirec.models.tasks import CTR, INTENT, CtrTask, IntentTask, replica_objective
 
 STAGE_UIM, STAGE_DIE, STAGE_JOINT = 1, 2, 3
-# The intent columns (their ``field`` in the spec's intent group) a stage reads besides the model
-# inputs: stage 2 feeds the prior intent (``prior_intent`` in the standard records).
-STAGE_INPUTS = {STAGE_DIE: ("prior",)}
 
 
-def stage_input_names(spec: FeatureSpec) -> set[str]:
-    """Every record column some stage reads besides :func:`model_input_names`, per the spec."""
-    fields = {f for names in STAGE_INPUTS.values() for f in names}
-    return {f.name for f in spec.select(group="intent", field=fields)}
+def _feed_fields(stages) -> set[str]:
+    """The intent fields (``field`` in the spec's intent group) that ``stages`` (Stages or stage
+    numbers) feed to ``forward`` besides the model inputs (stage 2: ``prior``)."""
+    return {field for stage in stages for _, field in as_stage(stage).feeds}
+
+
+def stage_input_names(spec: FeatureSpec, stages=(STAGE_UIM, STAGE_DIE, STAGE_JOINT)) -> set[str]:
+    """The record columns ``stages`` (default: DAIAN's three) read besides
+    :func:`model_input_names`, per the spec."""
+    return {f.name for f in spec.select(group="intent", field=_feed_fields(stages))}
 
 
 def check_stage_inputs(spec: FeatureSpec, stages, columns=None) -> None:
     """Raises ValueError when the spec (or ``columns``, e.g. a batch's keys, when given) lacks a
-    column one of ``stages`` reads.
+    column one of ``stages`` (Stages or stage numbers) feeds.
 
     Records written before ``prior_intent`` existed have no label-free stage-2 intent input;
     DAIAN's three-stage training must stop before it starts instead of failing in a trace.
     """
-    fields = {f for s in stages for f in STAGE_INPUTS.get(s, ())}
+    fields = _feed_fields(stages)
     found = {f.field: f.name for f in spec.select(group="intent", field=fields)}
     missing = sorted(standard_column("intent", f) or f"intent field {f!r}" for f in fields - set(found))
     if columns is not None:

@@ -39,7 +39,7 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel
+from tirec.models.base import FeatureEmbedder, TirModel, item_columns
 from tirec.models.config import ModelConfig
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
@@ -159,6 +159,27 @@ class UserIntentModel(keras.layers.Layer):
                 "att_heads": self.att_heads, "length_buckets": self.length_buckets}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Columns:
+    target: str
+    trigger: str
+    history: str
+    has_trigger: str
+
+
+def _read_columns(spec: FeatureSpec) -> _Columns:
+    """The columns DAIAN reads besides the embedder's, found by group and field: the item ids
+    of the target, the trigger and the first behaviour sequence (the one the embedder's mask
+    describes), and the trigger's ``present`` flag."""
+    present = spec.select(group="trigger", field="present", model_input=True)
+    if not present:
+        raise ValueError("FeatureSpec: DAIAN needs a trigger input of field 'present' (has_trigger: "
+                         "0 when the impression has no trigger)")
+    first = next(iter(spec.histories()))
+    return _Columns(target=item_columns(spec, "target")[0], trigger=item_columns(spec, "trigger")[0],
+                    history=item_columns(spec, "history", first)[0], has_trigger=present[0].name)
+
+
 @keras.utils.register_keras_serializable(package="tirec")
 class DAIAN(TirModel):
     """DAIAN: UIM + DIE (I2E, explicit intent) + SEIN (hybrid similarity enhancer, IA2N)."""
@@ -170,6 +191,7 @@ class DAIAN(TirModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c, d = model_config, model_config.section("daian")
         self.daian_config = d  # DAIAN's own settings (model.daian.*)
+        self.columns = _read_columns(spec)
         n = spec.intent_levels
         lo, hi = spec.sim_range
         self.tau = float(spec.explicit_threshold)
@@ -300,9 +322,10 @@ class DAIAN(TirModel):
         Unknown items have a zero vector, hence similarity 0. Float32 whatever the precision,
         so the explicit mask and the buckets do not move.
         """
-        has_trig = tf.cast(inputs["has_trigger"], tf.bool)
-        m_t, _ = self.items(inputs["trigger_item_id"])
-        m_i, _ = self.items(inputs["target_item_id"])
+        col = self.columns
+        has_trig = tf.cast(inputs[col.has_trigger], tf.bool)
+        m_t, _ = self.items(inputs[col.trigger])
+        m_i, _ = self.items(inputs[col.target])
         return tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * tf.cast(has_trig[:, None], tf.float32)
 
     def _implicit_interest(self, r, sample, expand, pred_intent_r, prior_intent):
@@ -324,10 +347,11 @@ class DAIAN(TirModel):
         """v_exp = MHTA(e_i, MHSA(E_S')) (docs/models.md#explicit-intent): S' = the behaviours whose
         multimodal similarity to the trigger is >= tau, at most ``explicit_len`` of them."""
         c = self.daian_config
-        m_hist, _ = self.items(rows["hist_item_ids"])
-        m_t_r, _ = self.items(rows["trigger_item_id"])
+        col = self.columns
+        m_hist, _ = self.items(rows[col.history])
+        m_t_r, _ = self.items(rows[col.trigger])
         hist_sim = tf.reduce_sum(m_hist * m_t_r[:, None, :], axis=-1)
-        explicit = r["mask"] & (hist_sim >= self.tau) & tf.cast(rows["has_trigger"], tf.bool)[:, None]
+        explicit = r["mask"] & (hist_sim >= self.tau) & tf.cast(rows[col.has_trigger], tf.bool)[:, None]
         max_len = c.explicit_len if c.explicit_len < self.spec.max_seq_len else None
         if not self.model_config.request_dedup:
             return self._explicit_interest(e["target"], sample["hist"], explicit, max_len)

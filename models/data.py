@@ -2,9 +2,10 @@
 
 ``make_dataset`` lists ``DATA/<split>/*.tfrecord.gz``, reads the shards with a parallel
 interleave, shuffles, batches, parses whole batches with ``tf.io.parse_example`` and prefetches.
-Elements are ``(features, targets)``: ``features`` holds the model inputs (role ``feature``,
-plus ``intent`` features so DAIAN's stage 2 can feed the ground truth), ``targets`` holds
-``ctr`` (the label, float32 ``[B, 1]``) and ``intent`` (the request's intent distribution).
+Elements are ``(features, targets)``: ``features`` holds the model inputs (role ``feature``)
+and the intent group's columns (DAIAN's stage 2 feeds the label-free ``prior_intent`` from
+them), ``targets`` holds ``ctr`` (the label, float32 ``[B, 1]``) and ``intent`` (the request's
+intent distribution: the intent group's ``dist`` column; the models never read it as an input).
 """
 from __future__ import annotations
 
@@ -143,11 +144,12 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
         ds = ds.repeat()
     parse = spec.parse_example_spec(roles=("label", "feature", "intent"))
     label = spec.label
+    intent = spec.select(group="intent", field="dist")[0].name
 
     def split_targets(batch):
         batch = tf.io.parse_example(batch, parse)
         y = tf.cast(tf.expand_dims(batch.pop(label), -1), tf.float32)
-        return batch, {"ctr": y, "intent": batch["intent_dist"]}
+        return batch, {"ctr": y, "intent": batch[intent]}
 
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(split_targets, num_parallel_calls=tf.data.AUTOTUNE)

@@ -185,10 +185,10 @@ def stages_for(model, cfg: TrainConfig) -> list[int]:
     return [stage.number for stage in training_stages(model, cfg)]
 
 
-def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, repeat: bool, has_valid: bool):
+def _datasets(strategy, data_dir, spec, cfg: TrainConfig, names, stages, repeat: bool, has_valid: bool):
     """The train dataset (or DatasetCreator under ParameterServerStrategy) and the valid one
     (None without a ``valid`` split)."""
-    keep = set(names) | stage_input_names(spec)
+    keep = set(names) | stage_input_names(spec, stages)
 
     def select(x, y):
         return {k: v for k, v in x.items() if k in keep}, y
@@ -251,7 +251,8 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     builder = get_builder(model_name)  # fail early on an unknown name
     # Check the input before building anything: one clear line per problem.
     spec, has_valid = check_data(data_dir)
-    check_stage_inputs(spec, stages_for(builder, train_cfg))
+    stages = training_stages(builder, train_cfg)
+    check_stage_inputs(spec, stages)
     _check_run_dir(run_dir, spec, data_dir)
     _check_validation(train_cfg, data_dir, has_valid, strategy)
     strategy = strategy or make_strategy(train_cfg)
@@ -276,7 +277,7 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     names = model_input_names(spec)
     steps = _steps_per_epoch(data_dir, train_cfg, strategy)
     # With a known epoch length the data repeats and fit counts the steps.
-    train_ds, valid_ds = _datasets(strategy, data_dir, spec, train_cfg, names, repeat=steps is not None,
+    train_ds, valid_ds = _datasets(strategy, data_dir, spec, train_cfg, names, stages, repeat=steps is not None,
                                    has_valid=has_valid)
     if not has_valid:
         log.info("no valid split in %s: no per-epoch validation and no best checkpoint", data_dir)
@@ -285,7 +286,6 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     with strategy.scope():
         model({k: v for k, v in x.items() if k in names})
     history = {}
-    stages = training_stages(model, train_cfg)
     with strategy.scope():
         # One compile for every stage: each stage gets its own optimizers and traced functions.
         model.set_stage(stages[0])

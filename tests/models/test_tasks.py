@@ -162,3 +162,18 @@ def _uim_start(model, start):
     """The initial values of the UIM's variables within ``model.get_weights()``-ordered ``start``."""
     position = {id(w): i for i, w in enumerate(model.weights)}
     return [start[position[id(v)]] for v in model.uim_variables()]
+
+
+def test_stage_columns_follow_the_stages_feeds(tiny_data):
+    """The columns kept for training and checked before it are those the stages feed, read from
+    the spec: a stage without feeds needs no prior_intent; DAIAN's stage 2 needs it."""
+    from tirec.models.base import check_stage_inputs, stage_input_names
+
+    spec = load_data_spec(tiny_data)
+    old = dataclasses.replace(spec, features=tuple(f for f in spec.features if f.name != "prior_intent"))
+    no_feed = Stage(STAGE_DIE, "die_without_feed", tasks=(("ctr", 1.0),), train=(("main", 1.0),))
+    check_stage_inputs(old, [no_feed, joint_stage()])
+    assert stage_input_names(spec, [no_feed, joint_stage()]) == set()
+    assert stage_input_names(spec, [UIM_PRETRAIN, DIE_PRETRAIN]) == {"prior_intent"}
+    with pytest.raises(ValueError, match="prior_intent"):
+        check_stage_inputs(old, [DIE_PRETRAIN])
