@@ -51,6 +51,7 @@ from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import Prepared, get_format
 from tirec.pipeline.io import dead_letter, read_chunks, write_jsonl
 from tirec.pipeline.items import ItemTable
+from tirec.pipeline.reasons import DeadReason, Drop
 from tirec.pipeline.split import (SPLITS, TRAIN, SplitError, SplitPlan, SplitSettings, TimeProfile,
                                   plan_split)
 
@@ -316,7 +317,7 @@ class _LabelFn(beam.DoFn):
             n_prof = len(prof["_row"])
             for i in range(1, n_prof):
                 yield beam.pvalue.TaggedOutput("dead", {
-                    "table": "users", "reason": "duplicate_id", "field": "user_id", "value": str(user),
+                    "table": "users", "reason": DeadReason.DUPLICATE_ID.value, "field": "user_id", "value": str(user),
                     "file": self.files[int(prof["_file"][i])], "row": int(prof["_row"][i])})
             profile = {f.name: prof[f.name][0] for f in s.spec.select(group="user") if f.name in prof}
             labeling._add(stats, "users_with_profile", 1)
@@ -327,9 +328,8 @@ class _LabelFn(beam.DoFn):
         _merge_into(stats, st)
         for d in dead:
             yield beam.pvalue.TaggedOutput("dead", d)
-        for key in ("impressions_dropped_no_trigger", "impressions_dropped_user_cap",
-                    "behaviours_dropped_user_cap"):
-            _count(key, stats.get(key, 0))
+        for drop in Drop:
+            _count(drop.value, stats.get(drop.value, 0))
         if len(cols["label"]):
             labeling._add(stats, "users_labeled", 1)
             yield cols
@@ -371,7 +371,7 @@ class _FinalizeFn(beam.DoFn):
             for i, (feature, value) in sorted(bad.items()):
                 f = int(cols["_file"][i])
                 yield beam.pvalue.TaggedOutput("dead", dead_letter(
-                    "impressions", "non_finite_feature", field=feature, value=value,
+                    "impressions", DeadReason.NON_FINITE_FEATURE, field=feature, value=value,
                     file=self.files[f] if 0 <= f < len(self.files) else None,
                     row=int(cols["_row"][i]) if cols["_row"][i] >= 0 else None))
             keep = np.ones(len(split), dtype=bool)
@@ -487,8 +487,8 @@ def _latest(blocks: list[dict], cap: int, stats: dict, tag: str) -> dict:
     n = len(merged["ts"])
     order = np.argsort(merged["ts"], kind="stable")[n - cap:]
     order.sort()
-    key = "impressions_dropped_user_cap" if tag == IMP else "behaviours_dropped_user_cap"
-    labeling._add(stats, key, n - cap)
+    drop = Drop.IMPRESSIONS_USER_CAP if tag == IMP else Drop.BEHAVIOURS_USER_CAP
+    labeling._add(stats, drop.value, n - cap)
     return {k: v[order] for k, v in merged.items()}
 
 
@@ -660,9 +660,7 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
     rows_in = dict(bs.get("rows_in", {}))
     rows_in.update(prep.rows_in)
     imp_in = rows_in.get("impressions", 0)
-    dead_imp = sum(v for k, v in dead.items() if k.startswith("impressions/"))
-    drops = {k: int(bs.get(k, 0)) for k in ("impressions_dropped_no_trigger", "impressions_dropped_user_cap",
-                                              "behaviours_dropped_user_cap")}
+    drops = {d.value: int(bs.get(d.value, 0)) for d in Drop}
     total_written = sum(written.values())
     mass = np.asarray(bs.get("intent_mass", np.zeros(n)), dtype=np.float64)
     req_click = int(bs.get("requests_with_click", 0))
@@ -704,15 +702,8 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
         imp_total = sum(stats["impressions_generated"].values())
     else:
         imp_total = imp_in
-    dropped = drops["impressions_dropped_no_trigger"] + drops["impressions_dropped_user_cap"]
-    acc = {"impressions_in": int(imp_total), "written": int(total_written), "dropped": int(dropped),
-           "deadlettered": int(dead_imp)}
-    acc["balanced"] = acc["impressions_in"] == acc["written"] + acc["dropped"] + acc["deadlettered"]
-    beh_in = rows_in.get("behaviours", 0)
-    dead_beh = sum(v for k, v in dead.items() if k.startswith("behaviours/"))
-    acc["behaviours_balanced"] = beh_in == (stats["behaviours_used"] + dead_beh
-                                            + drops["behaviours_dropped_user_cap"])
-    stats["accounting"] = acc
+    stats["accounting"] = row_accounting(imp_total, rows_in.get("behaviours", 0), total_written,
+                                         stats["behaviours_used"], dead, drops)
     errors, warnings = plan.written_issues(written)
     stats["split"]["errors"] = errors
     stats["split"]["warnings"] += warnings
@@ -721,6 +712,44 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
     write_json(f"{out}/stats.json", stats)
     write_json(f"{out}/config.json", dataclasses.asdict(cfg))
     return stats
+
+
+def row_accounting(impressions_in: int, behaviours_in: int, written: int, behaviours_used: int,
+                   dead: dict, drops: dict) -> dict:
+    """The row balance of a run (``stats.json``'s ``accounting``).
+
+    Every impression read (or generated) is written, dropped or dead-lettered; every behaviour
+    read is used, dropped or dead-lettered. Drops are summed over :class:`Drop` by the table
+    each drops from, dead letters by the table their ``"<table>/<reason>"`` key names, so any
+    declared drop or dead-letter reason enters the balance.
+
+    Args:
+      impressions_in: impressions read, or generated by a format that derives them.
+      behaviours_in: behaviour rows read.
+      written: records written over all splits.
+      behaviours_used: behaviours kept for labeling.
+      dead: dead-letter counts by ``"<table>/<reason>"``.
+      drops: counts by :class:`Drop` value.
+
+    Returns:
+      ``{"impressions_in", "written", "dropped", "deadlettered", "balanced",
+      "behaviours_balanced"}``.
+
+    Raises:
+      ValueError: a ``drops`` key that is not a :class:`Drop` value.
+    """
+    def dropped(table: str) -> int:
+        return sum(int(n) for d, n in drops.items() if Drop(d).table == table)
+
+    def deadlettered(table: str) -> int:
+        return sum(int(n) for k, n in dead.items() if k.startswith(f"{table}/"))
+
+    acc = {"impressions_in": int(impressions_in), "written": int(written),
+           "dropped": dropped("impressions"), "deadlettered": deadlettered("impressions")}
+    acc["balanced"] = acc["impressions_in"] == acc["written"] + acc["dropped"] + acc["deadlettered"]
+    acc["behaviours_balanced"] = int(behaviours_in) == (int(behaviours_used) + dropped("behaviours")
+                                                        + deadlettered("behaviours"))
+    return acc
 
 
 def _check_outputs(stats: dict, plan: SplitPlan, work: str) -> None:

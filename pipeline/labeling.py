@@ -28,6 +28,7 @@ from tirec.features.spec import HISTORY, FeatureSpec, tir_feature_spec
 from tirec.pipeline import split as splits
 from tirec.pipeline.io import dead_letter
 from tirec.pipeline.items import ItemTable
+from tirec.pipeline.reasons import DeadReason, Drop
 
 BTAG_IDS = {"click": 1, "pv": 1, "cart": 2, "fav": 3, "buy": 4, "rate": 5}
 
@@ -144,8 +145,8 @@ def _usable_events(imps: dict | None, behs: dict | None, items: ItemTable, s: La
     behs = _sorted(behs or _empty_behs(), "ts")
     _add(stats, "impressions_grouped", len(imps["ts"]))
     _add(stats, "behaviours_grouped", len(behs["ts"]))
-    imps = _cap(imps, s.max_events_per_user, stats, "impressions_dropped_user_cap")
-    behs = _cap(behs, s.max_events_per_user, stats, "behaviours_dropped_user_cap")
+    imps = _cap(imps, s.max_events_per_user, stats, Drop.IMPRESSIONS_USER_CAP)
+    behs = _cap(behs, s.max_events_per_user, stats, Drop.BEHAVIOURS_USER_CAP)
     imps = _drop_unknown(imps, items, "impressions", dead, files, stats)
     behs = _drop_unknown(behs, items, "behaviours", dead, files, stats)
     _add(stats, "behaviours_used", len(behs["ts"]))
@@ -167,7 +168,7 @@ def find_triggers(imps: dict, behs: dict, s: LabelSettings, stats: dict) -> tupl
     trig = transforms.assign_triggers(click_ts, query_ts, s.trigger_window_s)
     has_trig = trig >= 0
     if s.no_trigger == "drop":
-        _add(stats, "impressions_dropped_no_trigger", int((~has_trig).sum()))
+        _add(stats, Drop.IMPRESSIONS_NO_TRIGGER.value, int((~has_trig).sum()))
         imps = {k: v[has_trig] for k, v in imps.items()}
         trig, has_rid, has_trig = trig[has_trig], has_rid[has_trig], has_trig[has_trig]
     trig_item = np.where(has_trig, click_item[np.maximum(trig, 0)] if click_item.size else 0, 0)
@@ -419,11 +420,11 @@ def _sorted(cols: dict, key: str) -> dict:
     return {k: v[order] for k, v in cols.items()}
 
 
-def _cap(cols: dict, cap: int, stats: dict, counter: str) -> dict:
+def _cap(cols: dict, cap: int, stats: dict, drop: Drop) -> dict:
     n = len(cols["ts"])
     if n <= cap:
         return cols
-    _add(stats, counter, n - cap)
+    _add(stats, drop.value, n - cap)
     return {k: v[n - cap:] for k, v in cols.items()}
 
 
@@ -433,7 +434,7 @@ def _drop_unknown(cols: dict, items: ItemTable, table: str, dead: list, files: l
     if found.all():
         return cols
     for i in np.flatnonzero(~found):
-        dead.append(dead_letter(table, "unknown_item", field="item_id", value=int(cols["item_id"][i]),
+        dead.append(dead_letter(table, DeadReason.UNKNOWN_ITEM, field="item_id", value=int(cols["item_id"][i]),
                                 file=files[int(cols["_file"][i])] if "_file" in cols else None,
                                 row=int(cols["_row"][i]) if "_row" in cols else None))
     return {k: v[found] for k, v in cols.items()}
