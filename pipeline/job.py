@@ -637,74 +637,31 @@ def _next_pow2(x: int) -> int:
 
 def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitPlan, bs: dict,
             out: str, seconds: float) -> dict:
-    lo, hi = bs.get("_sim_range", [[cfg.sim_lo, cfg.sim_hi]])[0]
-    n = cfg.intent_levels
-    tau = cfg.explicit_threshold if cfg.explicit_threshold is not None else \
-        transforms.explicit_threshold(n, cfg.explicit_top_levels, lo, hi)
-    # Hash bucket counts: twice the distinct ids seen, rounded up to a power of two.
-    n_users = max(int(bs.get("users_labeled", 0)), bs.get("rows_in", {}).get("users", 0))
-    buckets = {"item": _next_pow2(2 * len(prep.items.ids)), "user": _next_pow2(2 * n_users)}
-    for f in prep.item_fields:
-        buckets[f] = _next_pow2(2 * len(np.unique(prep.items.fields[f])))
-    spec = dataclasses.replace(
-        spec, sim_range=(float(lo), float(hi)), explicit_threshold=float(tau),
-    ).with_tables([TableSpec(k, v) for k, v in buckets.items()])
-    spec.save(f"{out}/spec.json")
+    """Writes ``spec.json``, ``stats.json`` and ``config.json`` from the Beam job's merged stats
+    ``bs`` and returns the stats.
 
-    written = {k: int(bs.get("written", {}).get(k, 0)) for k in SPLITS}
-    clicks = {k: int(bs.get("clicks", {}).get(k, 0)) for k in SPLITS}
-    dead = dict(sorted(bs.get("deadletter", {}).items()))
-    for d in prep.dead:
-        key = f"{d['table']}/{d['reason']}"
-        dead[key] = dead.get(key, 0) + 1
-    rows_in = dict(bs.get("rows_in", {}))
-    rows_in.update(prep.rows_in)
-    imp_in = rows_in.get("impressions", 0)
-    drops = {d.value: int(bs.get(d.value, 0)) for d in Drop}
-    total_written = sum(written.values())
-    mass = np.asarray(bs.get("intent_mass", np.zeros(n)), dtype=np.float64)
-    req_click = int(bs.get("requests_with_click", 0))
-    stats = {
-        "format": cfg.format,
-        "input": cfg.input,
-        "seconds": round(seconds, 2),
-        "rows_in": rows_in,
-        "written": written,
-        "deadletter": dead,
-        "deadletter_total": int(sum(dead.values())),
-        "dropped": drops,
-        "ctr": {k: (clicks[k] / written[k] if written[k] else 0.0) for k in SPLITS},
-        "clicks": clicks,
-        "requests": int(bs.get("requests", 0)),
-        "requests_with_click": req_click,
-        "impressions_with_trigger": int(bs.get("with_trigger", 0)),
-        "intent_histogram": (mass / req_click).round(6).tolist() if req_click else [0.0] * n,
-        "level_histogram_all": np.asarray(bs.get("level_hist_all", np.zeros(n))).astype(int).tolist(),
-        "level_histogram_clicked": np.asarray(bs.get("level_hist_clicked", np.zeros(n))).astype(int).tolist(),
-        "seq_len_histogram": {"bin_upper_edges": [int(np.ceil(i * cfg.max_seq_len / 10)) for i in range(11)],
-                              "counts": np.asarray(bs.get("seq_len_hist", np.zeros(11))).astype(int).tolist()},
-        "explicit_len_histogram": np.asarray(bs.get("explicit_len_hist", np.zeros(11))).astype(int).tolist(),
-        "behaviours_used": int(bs.get("behaviours_used", 0)),
-        "users_with_profile": int(bs.get("users_with_profile", 0)),
-        "users_without_profile": int(bs.get("users_without_profile", 0)),
-        "eval_from_ts": int(plan.eval_from_ts),
-        "split": plan.to_stats(written),
-        "sim_range": [float(lo), float(hi)],
-        "explicit_threshold": float(tau),
-        "embedding": prep.embedding_info,
-        "notes": prep.notes,
-    }
+    Steps: 1. the binning range and explicit threshold; 2. the final spec (with them and the
+    hash-table sizes); 3. the counts and histograms; 4. the row accounting; 5. the split's
+    errors and warnings on what was written.
+    """
+    lo, hi = bs.get("_sim_range", [[cfg.sim_lo, cfg.sim_hi]])[0]
+    tau = cfg.explicit_threshold if cfg.explicit_threshold is not None else \
+        transforms.explicit_threshold(cfg.intent_levels, cfg.explicit_top_levels, lo, hi)
+    _final_spec(spec, prep, bs, lo, hi, tau).save(f"{out}/spec.json")
+    stats = _counts(cfg, prep, plan, bs, seconds)
+    stats.update({"sim_range": [float(lo), float(hi)], "explicit_threshold": float(tau),
+                  "embedding": prep.embedding_info, "notes": prep.notes})
     # Row accounting: every impression is written, dropped (counted, documented) or dead-lettered.
     # Formats whose impressions are generated per user (MovieLens) account for generated ones.
-    derived = prep.user_hook is not None
-    if derived:
+    if prep.user_hook is not None:
         stats["impressions_generated"] = {k: int(v) for k, v in bs.get("generated", {}).items()}
         imp_total = sum(stats["impressions_generated"].values())
     else:
-        imp_total = imp_in
-    stats["accounting"] = row_accounting(imp_total, rows_in.get("behaviours", 0), total_written,
-                                         stats["behaviours_used"], dead, drops)
-    errors, warnings = plan.written_issues(written)
+        imp_total = stats["rows_in"].get("impressions", 0)
+    stats["accounting"] = row_accounting(imp_total, stats["rows_in"].get("behaviours", 0),
+                                         sum(stats["written"].values()), stats["behaviours_used"],
+                                         stats["deadletter"], stats["dropped"])
+    errors, warnings = plan.written_issues(stats["written"])
     stats["split"]["errors"] = errors
     stats["split"]["warnings"] += warnings
     for note in warnings:
@@ -712,6 +669,77 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
     write_json(f"{out}/stats.json", stats)
     write_json(f"{out}/config.json", dataclasses.asdict(cfg))
     return stats
+
+
+def _final_spec(spec: FeatureSpec, prep: Prepared, bs: dict, lo: float, hi: float,
+                tau: float) -> FeatureSpec:
+    """``spec`` with the binning range, the explicit threshold and the hash-table sizes: twice
+    the distinct ids seen, rounded up to a power of two."""
+    n_users = max(int(bs.get("users_labeled", 0)), bs.get("rows_in", {}).get("users", 0))
+    buckets = {"item": _next_pow2(2 * len(prep.items.ids)), "user": _next_pow2(2 * n_users)}
+    for f in prep.item_fields:
+        buckets[f] = _next_pow2(2 * len(np.unique(prep.items.fields[f])))
+    return dataclasses.replace(
+        spec, sim_range=(float(lo), float(hi)), explicit_threshold=float(tau),
+    ).with_tables([TableSpec(k, v) for k, v in buckets.items()])
+
+
+def _counts(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, bs: dict, seconds: float) -> dict:
+    """The stats' row counts (in, written, dead-lettered, dropped), clicks, requests, users and
+    histograms, from the Beam job's ``bs`` and the launcher's ``prep``."""
+    written = {k: int(bs.get("written", {}).get(k, 0)) for k in SPLITS}
+    clicks = {k: int(bs.get("clicks", {}).get(k, 0)) for k in SPLITS}
+    dead = _dead_counts(bs, prep)
+    rows_in = dict(bs.get("rows_in", {}))
+    rows_in.update(prep.rows_in)
+    req_click = int(bs.get("requests_with_click", 0))
+    return {
+        "format": cfg.format,
+        "input": cfg.input,
+        "seconds": round(seconds, 2),
+        "rows_in": rows_in,
+        "written": written,
+        "deadletter": dead,
+        "deadletter_total": int(sum(dead.values())),
+        "dropped": {d.value: int(bs.get(d.value, 0)) for d in Drop},
+        "ctr": {k: (clicks[k] / written[k] if written[k] else 0.0) for k in SPLITS},
+        "clicks": clicks,
+        "requests": int(bs.get("requests", 0)),
+        "requests_with_click": req_click,
+        "impressions_with_trigger": int(bs.get("with_trigger", 0)),
+        **_histograms(bs, cfg.intent_levels, cfg.max_seq_len, req_click),
+        "behaviours_used": int(bs.get("behaviours_used", 0)),
+        "users_with_profile": int(bs.get("users_with_profile", 0)),
+        "users_without_profile": int(bs.get("users_without_profile", 0)),
+        "eval_from_ts": int(plan.eval_from_ts),
+        "split": plan.to_stats(written),
+    }
+
+
+def _dead_counts(bs: dict, prep: Prepared) -> dict:
+    """Dead-letter counts by ``"<table>/<reason>"``: the Beam job's, then the launcher's."""
+    dead = dict(sorted(bs.get("deadletter", {}).items()))
+    for d in prep.dead:
+        key = f"{d['table']}/{d['reason']}"
+        dead[key] = dead.get(key, 0) + 1
+    return dead
+
+
+def _histograms(bs: dict, n: int, max_seq_len: int, req_click: int) -> dict:
+    """The intent, level, sequence-length and explicit-length histograms of the stats."""
+    mass = np.asarray(bs.get("intent_mass", np.zeros(n)), dtype=np.float64)
+
+    def ints(key: str, size: int) -> list:
+        return np.asarray(bs.get(key, np.zeros(size))).astype(int).tolist()
+
+    return {
+        "intent_histogram": (mass / req_click).round(6).tolist() if req_click else [0.0] * n,
+        "level_histogram_all": ints("level_hist_all", n),
+        "level_histogram_clicked": ints("level_hist_clicked", n),
+        "seq_len_histogram": {"bin_upper_edges": [int(np.ceil(i * max_seq_len / 10)) for i in range(11)],
+                              "counts": ints("seq_len_hist", 11)},
+        "explicit_len_histogram": ints("explicit_len_hist", 11),
+    }
 
 
 def row_accounting(impressions_in: int, behaviours_in: int, written: int, behaviours_used: int,
