@@ -106,17 +106,15 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
         be empty, naming the option to change.
       AccountingError: the row accounting does not balance.
     """
+    # 1. refuse unknown Beam flags and an OUT that is not a pipeline output, before any work
     progress = progress or (lambda stage: None)
     flags, runner = _beam_flags(beam_args or [])
     t0 = time.time()
     out = cfg.out.rstrip("/")
     _check_out(out)
-    fmt = get_format(cfg.format)
-    progress(STAGES[0])
-    log.info("preparing item table and embeddings (%s format)", cfg.format)
-    prep = fmt.prepare(cfg)
-    progress(STAGES[1])
-    plan = _plan_split(cfg, prep)
+    # 2. item table, embeddings and the split plan
+    prep, plan = _prepare(cfg, progress)
+    # 3. the Beam job into a temporary folder, then the checks
     work = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         stats = _run_job(cfg, prep, plan, work, flags, runner, progress, t0)
@@ -124,9 +122,21 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
     except BaseException:
         log.error("pipeline failed: nothing was published to %s; partial output in %s", out, work)
         raise
+    # 4. publish
     _publish(work, out)
     log.info("published %s", out)
     return stats
+
+
+def _prepare(cfg: PipelineConfig, progress: Callable[[str], None]) -> tuple[Prepared, SplitPlan]:
+    """The launcher's work before the Beam job: the format's item table and embeddings, then
+    the split plan."""
+    fmt = get_format(cfg.format)
+    progress(STAGES[0])
+    log.info("preparing item table and embeddings (%s format)", cfg.format)
+    prep = fmt.prepare(cfg)
+    progress(STAGES[1])
+    return prep, _plan_split(cfg, prep)
 
 
 def _plan_split(cfg: PipelineConfig, prep: Prepared) -> SplitPlan:
