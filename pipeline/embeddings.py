@@ -40,6 +40,7 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from tirec.features.jsonio import read_json, write_json
+from tirec.pipeline.reasons import dead_reason
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,9 @@ class DeadLetter:
     row: int | None = None
     file: str | None = None
     raw: str | None = None
+
+    def __post_init__(self):
+        self.reason = dead_reason(self.reason)
 
     def to_dict(self) -> dict:
         """The dead-letter record written as a JSON line under ``OUT/deadletter/``."""

@@ -22,6 +22,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from tirec.pipeline.reasons import dead_reason
+
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".csv", ".csv.gz", ".parquet", ".jsonl", ".jsonl.gz", ".json")
@@ -89,8 +91,12 @@ class Chunk:
 
 def dead_letter(table: str, reason: str, *, field: str | None = None, value=None,
                 file: str | None = None, row: int | None = None, raw: str | None = None) -> dict:
-    """One dead-letter record (written as a JSON line under ``OUT/deadletter/``)."""
-    rec = {"table": table, "reason": reason, "field": field,
+    """One dead-letter record (written as a JSON line under ``OUT/deadletter/``).
+
+    Raises:
+      ValueError: ``reason`` is not a :class:`~tirec.pipeline.reasons.DeadReason`.
+    """
+    rec = {"table": table, "reason": dead_reason(reason), "field": field,
            "value": None if value is None else _short(value), "file": file, "row": row}
     if raw is not None:
         rec["raw"] = _short(raw, 500)

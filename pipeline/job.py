@@ -51,6 +51,7 @@ from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import Prepared, get_format
 from tirec.pipeline.io import dead_letter, read_chunks, write_jsonl
 from tirec.pipeline.items import ItemTable
+from tirec.pipeline.reasons import DeadReason, Drop
 from tirec.pipeline.split import (SPLITS, TRAIN, SplitError, SplitPlan, SplitSettings, TimeProfile,
                                   plan_split)
 
@@ -105,17 +106,15 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
         be empty, naming the option to change.
       AccountingError: the row accounting does not balance.
     """
+    # 1. refuse unknown Beam flags and an OUT that is not a pipeline output, before any work
     progress = progress or (lambda stage: None)
     flags, runner = _beam_flags(beam_args or [])
     t0 = time.time()
     out = cfg.out.rstrip("/")
     _check_out(out)
-    fmt = get_format(cfg.format)
-    progress(STAGES[0])
-    log.info("preparing item table and embeddings (%s format)", cfg.format)
-    prep = fmt.prepare(cfg)
-    progress(STAGES[1])
-    plan = _plan_split(cfg, prep)
+    # 2. item table, embeddings and the split plan
+    prep, plan = _prepare(cfg, progress)
+    # 3. the Beam job into a temporary folder, then the checks
     work = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         stats = _run_job(cfg, prep, plan, work, flags, runner, progress, t0)
@@ -123,9 +122,21 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
     except BaseException:
         log.error("pipeline failed: nothing was published to %s; partial output in %s", out, work)
         raise
+    # 4. publish
     _publish(work, out)
     log.info("published %s", out)
     return stats
+
+
+def _prepare(cfg: PipelineConfig, progress: Callable[[str], None]) -> tuple[Prepared, SplitPlan]:
+    """The launcher's work before the Beam job: the format's item table and embeddings, then
+    the split plan."""
+    fmt = get_format(cfg.format)
+    progress(STAGES[0])
+    log.info("preparing item table and embeddings (%s format)", cfg.format)
+    prep = fmt.prepare(cfg)
+    progress(STAGES[1])
+    return prep, _plan_split(cfg, prep)
 
 
 def _plan_split(cfg: PipelineConfig, prep: Prepared) -> SplitPlan:
@@ -316,7 +327,7 @@ class _LabelFn(beam.DoFn):
             n_prof = len(prof["_row"])
             for i in range(1, n_prof):
                 yield beam.pvalue.TaggedOutput("dead", {
-                    "table": "users", "reason": "duplicate_id", "field": "user_id", "value": str(user),
+                    "table": "users", "reason": DeadReason.DUPLICATE_ID.value, "field": "user_id", "value": str(user),
                     "file": self.files[int(prof["_file"][i])], "row": int(prof["_row"][i])})
             profile = {f.name: prof[f.name][0] for f in s.spec.select(group="user") if f.name in prof}
             labeling._add(stats, "users_with_profile", 1)
@@ -327,9 +338,8 @@ class _LabelFn(beam.DoFn):
         _merge_into(stats, st)
         for d in dead:
             yield beam.pvalue.TaggedOutput("dead", d)
-        for key in ("impressions_dropped_no_trigger", "impressions_dropped_user_cap",
-                    "behaviours_dropped_user_cap"):
-            _count(key, stats.get(key, 0))
+        for drop in Drop:
+            _count(drop.value, stats.get(drop.value, 0))
         if len(cols["label"]):
             labeling._add(stats, "users_labeled", 1)
             yield cols
@@ -371,7 +381,7 @@ class _FinalizeFn(beam.DoFn):
             for i, (feature, value) in sorted(bad.items()):
                 f = int(cols["_file"][i])
                 yield beam.pvalue.TaggedOutput("dead", dead_letter(
-                    "impressions", "non_finite_feature", field=feature, value=value,
+                    "impressions", DeadReason.NON_FINITE_FEATURE, field=feature, value=value,
                     file=self.files[f] if 0 <= f < len(self.files) else None,
                     row=int(cols["_row"][i]) if cols["_row"][i] >= 0 else None))
             keep = np.ones(len(split), dtype=bool)
@@ -487,8 +497,8 @@ def _latest(blocks: list[dict], cap: int, stats: dict, tag: str) -> dict:
     n = len(merged["ts"])
     order = np.argsort(merged["ts"], kind="stable")[n - cap:]
     order.sort()
-    key = "impressions_dropped_user_cap" if tag == IMP else "behaviours_dropped_user_cap"
-    labeling._add(stats, key, n - cap)
+    drop = Drop.IMPRESSIONS_USER_CAP if tag == IMP else Drop.BEHAVIOURS_USER_CAP
+    labeling._add(stats, drop.value, n - cap)
     return {k: v[order] for k, v in merged.items()}
 
 
@@ -637,83 +647,31 @@ def _next_pow2(x: int) -> int:
 
 def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitPlan, bs: dict,
             out: str, seconds: float) -> dict:
-    lo, hi = bs.get("_sim_range", [[cfg.sim_lo, cfg.sim_hi]])[0]
-    n = cfg.intent_levels
-    tau = cfg.explicit_threshold if cfg.explicit_threshold is not None else \
-        transforms.explicit_threshold(n, cfg.explicit_top_levels, lo, hi)
-    # Hash bucket counts: twice the distinct ids seen, rounded up to a power of two.
-    n_users = max(int(bs.get("users_labeled", 0)), bs.get("rows_in", {}).get("users", 0))
-    buckets = {"item": _next_pow2(2 * len(prep.items.ids)), "user": _next_pow2(2 * n_users)}
-    for f in prep.item_fields:
-        buckets[f] = _next_pow2(2 * len(np.unique(prep.items.fields[f])))
-    spec = dataclasses.replace(
-        spec, sim_range=(float(lo), float(hi)), explicit_threshold=float(tau),
-    ).with_tables([TableSpec(k, v) for k, v in buckets.items()])
-    spec.save(f"{out}/spec.json")
+    """Writes ``spec.json``, ``stats.json`` and ``config.json`` from the Beam job's merged stats
+    ``bs`` and returns the stats.
 
-    written = {k: int(bs.get("written", {}).get(k, 0)) for k in SPLITS}
-    clicks = {k: int(bs.get("clicks", {}).get(k, 0)) for k in SPLITS}
-    dead = dict(sorted(bs.get("deadletter", {}).items()))
-    for d in prep.dead:
-        key = f"{d['table']}/{d['reason']}"
-        dead[key] = dead.get(key, 0) + 1
-    rows_in = dict(bs.get("rows_in", {}))
-    rows_in.update(prep.rows_in)
-    imp_in = rows_in.get("impressions", 0)
-    dead_imp = sum(v for k, v in dead.items() if k.startswith("impressions/"))
-    drops = {k: int(bs.get(k, 0)) for k in ("impressions_dropped_no_trigger", "impressions_dropped_user_cap",
-                                              "behaviours_dropped_user_cap")}
-    total_written = sum(written.values())
-    mass = np.asarray(bs.get("intent_mass", np.zeros(n)), dtype=np.float64)
-    req_click = int(bs.get("requests_with_click", 0))
-    stats = {
-        "format": cfg.format,
-        "input": cfg.input,
-        "seconds": round(seconds, 2),
-        "rows_in": rows_in,
-        "written": written,
-        "deadletter": dead,
-        "deadletter_total": int(sum(dead.values())),
-        "dropped": drops,
-        "ctr": {k: (clicks[k] / written[k] if written[k] else 0.0) for k in SPLITS},
-        "clicks": clicks,
-        "requests": int(bs.get("requests", 0)),
-        "requests_with_click": req_click,
-        "impressions_with_trigger": int(bs.get("with_trigger", 0)),
-        "intent_histogram": (mass / req_click).round(6).tolist() if req_click else [0.0] * n,
-        "level_histogram_all": np.asarray(bs.get("level_hist_all", np.zeros(n))).astype(int).tolist(),
-        "level_histogram_clicked": np.asarray(bs.get("level_hist_clicked", np.zeros(n))).astype(int).tolist(),
-        "seq_len_histogram": {"bin_upper_edges": [int(np.ceil(i * cfg.max_seq_len / 10)) for i in range(11)],
-                              "counts": np.asarray(bs.get("seq_len_hist", np.zeros(11))).astype(int).tolist()},
-        "explicit_len_histogram": np.asarray(bs.get("explicit_len_hist", np.zeros(11))).astype(int).tolist(),
-        "behaviours_used": int(bs.get("behaviours_used", 0)),
-        "users_with_profile": int(bs.get("users_with_profile", 0)),
-        "users_without_profile": int(bs.get("users_without_profile", 0)),
-        "eval_from_ts": int(plan.eval_from_ts),
-        "split": plan.to_stats(written),
-        "sim_range": [float(lo), float(hi)],
-        "explicit_threshold": float(tau),
-        "embedding": prep.embedding_info,
-        "notes": prep.notes,
-    }
+    Steps: 1. the binning range and explicit threshold; 2. the final spec (with them and the
+    hash-table sizes); 3. the counts and histograms; 4. the row accounting; 5. the split's
+    errors and warnings on what was written.
+    """
+    lo, hi = bs.get("_sim_range", [[cfg.sim_lo, cfg.sim_hi]])[0]
+    tau = cfg.explicit_threshold if cfg.explicit_threshold is not None else \
+        transforms.explicit_threshold(cfg.intent_levels, cfg.explicit_top_levels, lo, hi)
+    _final_spec(spec, prep, bs, lo, hi, tau).save(f"{out}/spec.json")
+    stats = _counts(cfg, prep, plan, bs, seconds)
+    stats.update({"sim_range": [float(lo), float(hi)], "explicit_threshold": float(tau),
+                  "embedding": prep.embedding_info, "notes": prep.notes})
     # Row accounting: every impression is written, dropped (counted, documented) or dead-lettered.
     # Formats whose impressions are generated per user (MovieLens) account for generated ones.
-    derived = prep.user_hook is not None
-    if derived:
+    if prep.user_hook is not None:
         stats["impressions_generated"] = {k: int(v) for k, v in bs.get("generated", {}).items()}
         imp_total = sum(stats["impressions_generated"].values())
     else:
-        imp_total = imp_in
-    dropped = drops["impressions_dropped_no_trigger"] + drops["impressions_dropped_user_cap"]
-    acc = {"impressions_in": int(imp_total), "written": int(total_written), "dropped": int(dropped),
-           "deadlettered": int(dead_imp)}
-    acc["balanced"] = acc["impressions_in"] == acc["written"] + acc["dropped"] + acc["deadlettered"]
-    beh_in = rows_in.get("behaviours", 0)
-    dead_beh = sum(v for k, v in dead.items() if k.startswith("behaviours/"))
-    acc["behaviours_balanced"] = beh_in == (stats["behaviours_used"] + dead_beh
-                                            + drops["behaviours_dropped_user_cap"])
-    stats["accounting"] = acc
-    errors, warnings = plan.written_issues(written)
+        imp_total = stats["rows_in"].get("impressions", 0)
+    stats["accounting"] = row_accounting(imp_total, stats["rows_in"].get("behaviours", 0),
+                                         sum(stats["written"].values()), stats["behaviours_used"],
+                                         stats["deadletter"], stats["dropped"])
+    errors, warnings = plan.written_issues(stats["written"])
     stats["split"]["errors"] = errors
     stats["split"]["warnings"] += warnings
     for note in warnings:
@@ -721,6 +679,115 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
     write_json(f"{out}/stats.json", stats)
     write_json(f"{out}/config.json", dataclasses.asdict(cfg))
     return stats
+
+
+def _final_spec(spec: FeatureSpec, prep: Prepared, bs: dict, lo: float, hi: float,
+                tau: float) -> FeatureSpec:
+    """``spec`` with the binning range, the explicit threshold and the hash-table sizes: twice
+    the distinct ids seen, rounded up to a power of two."""
+    n_users = max(int(bs.get("users_labeled", 0)), bs.get("rows_in", {}).get("users", 0))
+    buckets = {"item": _next_pow2(2 * len(prep.items.ids)), "user": _next_pow2(2 * n_users)}
+    for f in prep.item_fields:
+        buckets[f] = _next_pow2(2 * len(np.unique(prep.items.fields[f])))
+    return dataclasses.replace(
+        spec, sim_range=(float(lo), float(hi)), explicit_threshold=float(tau),
+    ).with_tables([TableSpec(k, v) for k, v in buckets.items()])
+
+
+def _counts(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, bs: dict, seconds: float) -> dict:
+    """The stats' row counts (in, written, dead-lettered, dropped), clicks, requests, users and
+    histograms, from the Beam job's ``bs`` and the launcher's ``prep``."""
+    written = {k: int(bs.get("written", {}).get(k, 0)) for k in SPLITS}
+    clicks = {k: int(bs.get("clicks", {}).get(k, 0)) for k in SPLITS}
+    dead = _dead_counts(bs, prep)
+    rows_in = dict(bs.get("rows_in", {}))
+    rows_in.update(prep.rows_in)
+    req_click = int(bs.get("requests_with_click", 0))
+    return {
+        "format": cfg.format,
+        "input": cfg.input,
+        "seconds": round(seconds, 2),
+        "rows_in": rows_in,
+        "written": written,
+        "deadletter": dead,
+        "deadletter_total": int(sum(dead.values())),
+        "dropped": {d.value: int(bs.get(d.value, 0)) for d in Drop},
+        "ctr": {k: (clicks[k] / written[k] if written[k] else 0.0) for k in SPLITS},
+        "clicks": clicks,
+        "requests": int(bs.get("requests", 0)),
+        "requests_with_click": req_click,
+        "impressions_with_trigger": int(bs.get("with_trigger", 0)),
+        **_histograms(bs, cfg.intent_levels, cfg.max_seq_len, req_click),
+        "behaviours_used": int(bs.get("behaviours_used", 0)),
+        "users_with_profile": int(bs.get("users_with_profile", 0)),
+        "users_without_profile": int(bs.get("users_without_profile", 0)),
+        "eval_from_ts": int(plan.eval_from_ts),
+        "split": plan.to_stats(written),
+    }
+
+
+def _dead_counts(bs: dict, prep: Prepared) -> dict:
+    """Dead-letter counts by ``"<table>/<reason>"``: the Beam job's, then the launcher's."""
+    dead = dict(sorted(bs.get("deadletter", {}).items()))
+    for d in prep.dead:
+        key = f"{d['table']}/{d['reason']}"
+        dead[key] = dead.get(key, 0) + 1
+    return dead
+
+
+def _histograms(bs: dict, n: int, max_seq_len: int, req_click: int) -> dict:
+    """The intent, level, sequence-length and explicit-length histograms of the stats."""
+    mass = np.asarray(bs.get("intent_mass", np.zeros(n)), dtype=np.float64)
+
+    def ints(key: str, size: int) -> list:
+        return np.asarray(bs.get(key, np.zeros(size))).astype(int).tolist()
+
+    return {
+        "intent_histogram": (mass / req_click).round(6).tolist() if req_click else [0.0] * n,
+        "level_histogram_all": ints("level_hist_all", n),
+        "level_histogram_clicked": ints("level_hist_clicked", n),
+        "seq_len_histogram": {"bin_upper_edges": [int(np.ceil(i * max_seq_len / 10)) for i in range(11)],
+                              "counts": ints("seq_len_hist", 11)},
+        "explicit_len_histogram": ints("explicit_len_hist", 11),
+    }
+
+
+def row_accounting(impressions_in: int, behaviours_in: int, written: int, behaviours_used: int,
+                   dead: dict, drops: dict) -> dict:
+    """The row balance of a run (``stats.json``'s ``accounting``).
+
+    Every impression read (or generated) is written, dropped or dead-lettered; every behaviour
+    read is used, dropped or dead-lettered. Drops are summed over :class:`Drop` by the table
+    each drops from, dead letters by the table their ``"<table>/<reason>"`` key names, so any
+    declared drop or dead-letter reason enters the balance.
+
+    Args:
+      impressions_in: impressions read, or generated by a format that derives them.
+      behaviours_in: behaviour rows read.
+      written: records written over all splits.
+      behaviours_used: behaviours kept for labeling.
+      dead: dead-letter counts by ``"<table>/<reason>"``.
+      drops: counts by :class:`Drop` value.
+
+    Returns:
+      ``{"impressions_in", "written", "dropped", "deadlettered", "balanced",
+      "behaviours_balanced"}``.
+
+    Raises:
+      ValueError: a ``drops`` key that is not a :class:`Drop` value.
+    """
+    def dropped(table: str) -> int:
+        return sum(int(n) for d, n in drops.items() if Drop(d).table == table)
+
+    def deadlettered(table: str) -> int:
+        return sum(int(n) for k, n in dead.items() if k.startswith(f"{table}/"))
+
+    acc = {"impressions_in": int(impressions_in), "written": int(written),
+           "dropped": dropped("impressions"), "deadlettered": deadlettered("impressions")}
+    acc["balanced"] = acc["impressions_in"] == acc["written"] + acc["dropped"] + acc["deadlettered"]
+    acc["behaviours_balanced"] = int(behaviours_in) == (int(behaviours_used) + dropped("behaviours")
+                                                        + deadlettered("behaviours"))
+    return acc
 
 
 def _check_outputs(stats: dict, plan: SplitPlan, work: str) -> None:

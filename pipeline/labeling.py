@@ -28,6 +28,7 @@ from tirec.features.spec import HISTORY, FeatureSpec, tir_feature_spec
 from tirec.pipeline import split as splits
 from tirec.pipeline.io import dead_letter
 from tirec.pipeline.items import ItemTable
+from tirec.pipeline.reasons import DeadReason, Drop
 
 BTAG_IDS = {"click": 1, "pv": 1, "cart": 2, "fav": 3, "buy": 4, "rate": 5}
 
@@ -76,6 +77,20 @@ class LabelSettings:
                 max_seq_len=self.max_seq_len))
 
 
+@dataclasses.dataclass(frozen=True)
+class Triggers:
+    """Each kept impression's trigger (step 3), aligned with the impression rows.
+
+    ``item`` and ``ts`` are 0 where ``has_trigger`` is False; ``has_request_id`` marks the
+    impressions whose input names their request.
+    """
+
+    has_trigger: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    has_request_id: np.ndarray
+
+
 def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict | None,
                items: ItemTable, s: LabelSettings, files: list[str]) -> tuple[dict, list, dict]:
     """Labels one user's impressions.
@@ -100,99 +115,167 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
     """
     stats: dict = {}
     dead: list = []
+    imps, behs = _usable_events(imps, behs, items, s, files, stats, dead)       # steps 1-2
+    imps, trig = find_triggers(imps, behs, s, stats)                             # step 3
+    req_key = request_keys(user_id, imps["ts"], imps.get("request_id"), trig)
+    rows = history_rows(behs["ts"], imps["ts"], s.history_s, s.max_seq_len)    # step 4
+    tgt_row, _ = items.index(imps["item_id"])
+    trg_row, _ = items.index(trig.item)
+    beh_row, _ = items.index(behs["item_id"])
+    sim, hist_sim = similarities(items.vectors, tgt_row, trg_row, beh_row, rows,   # step 5
+                                 trig.has_trigger)
+    cols = {**_impression_columns(user_id, imps, trig, req_key, sim),
+            **_history_columns(behs, rows, hist_sim),
+            **_context_columns(imps, req_key, s)}
+    item_values = {"target": lambda col: col[tgt_row],
+                   "trigger": lambda col: np.where(trig.has_trigger, col[trg_row], 0),
+                   "history": lambda col: (_hist_values(col[beh_row], rows) if beh_row.size
+                                           else np.zeros(rows.shape, np.int64))}
+    cols.update(side_fields(s.spec, cols, len(imps["ts"]), items, item_values, profile, imps))
+    if profile is None and len(imps["ts"]):
+        _add(stats, "users_without_profile", 1)
+    return cols, dead, stats
+
+
+def _usable_events(imps: dict | None, behs: dict | None, items: ItemTable, s: LabelSettings,
+                   files: list[str], stats: dict, dead: list) -> tuple[dict, dict]:
+    """Steps 1-2: the user's events sorted by time, capped (most recent kept, the rest
+    counted) and without unknown items (dead-lettered)."""
     imps = _sorted(imps or _empty_imps(), "ts")
     behs = _sorted(behs or _empty_behs(), "ts")
     _add(stats, "impressions_grouped", len(imps["ts"]))
     _add(stats, "behaviours_grouped", len(behs["ts"]))
-
-    # 1. caps (keep the most recent events)
-    imps = _cap(imps, s.max_events_per_user, stats, "impressions_dropped_user_cap")
-    behs = _cap(behs, s.max_events_per_user, stats, "behaviours_dropped_user_cap")
-
-    # 2. unknown items
+    imps = _cap(imps, s.max_events_per_user, stats, Drop.IMPRESSIONS_USER_CAP)
+    behs = _cap(behs, s.max_events_per_user, stats, Drop.BEHAVIOURS_USER_CAP)
     imps = _drop_unknown(imps, items, "impressions", dead, files, stats)
     behs = _drop_unknown(behs, items, "behaviours", dead, files, stats)
     _add(stats, "behaviours_used", len(behs["ts"]))
+    return imps, behs
 
-    # 3. triggers
+
+def find_triggers(imps: dict, behs: dict, s: LabelSettings, stats: dict) -> tuple[dict, Triggers]:
+    """Step 3: each impression's trigger, the most recent click strictly before its request's
+    time and at most ``s.trigger_window_s`` earlier.
+
+    With ``s.no_trigger == "drop"`` the impressions without one are removed (counted as
+    ``impressions_dropped_no_trigger``); with ``"pad"`` they stay with ``has_trigger`` False.
+
+    Returns:
+      ``(impressions kept, their triggers)``.
+    """
     click_ts, click_item = _clicks(imps, behs, s)
-    n_imp = len(imps["ts"])
-    rid = imps.get("request_id")
-    has_rid = (np.array([bool(r) for r in rid], dtype=bool) if rid is not None
-               else np.zeros(n_imp, dtype=bool))
-    query_ts = imps["ts"].copy()
-    if has_rid.any():
-        # A request shares one trigger, found at the request's first impression time.
-        keys = rid[has_rid].astype(str)
-        uniq, inv = np.unique(keys, return_inverse=True)
-        first = np.full(uniq.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(first, inv, imps["ts"][has_rid])
-        query_ts[has_rid] = first[inv]
+    has_rid, query_ts = request_query_ts(imps["ts"], imps.get("request_id"))
     trig = transforms.assign_triggers(click_ts, query_ts, s.trigger_window_s)
     has_trig = trig >= 0
     if s.no_trigger == "drop":
-        _add(stats, "impressions_dropped_no_trigger", int((~has_trig).sum()))
-        keep = has_trig
-        imps = {k: v[keep] for k, v in imps.items()}
-        trig, has_trig, has_rid, query_ts = trig[keep], has_trig[keep], has_rid[keep], query_ts[keep]
-        n_imp = len(imps["ts"])
-        rid = imps.get("request_id")
+        _add(stats, Drop.IMPRESSIONS_NO_TRIGGER.value, int((~has_trig).sum()))
+        imps = {k: v[has_trig] for k, v in imps.items()}
+        trig, has_rid, has_trig = trig[has_trig], has_rid[has_trig], has_trig[has_trig]
     trig_item = np.where(has_trig, click_item[np.maximum(trig, 0)] if click_item.size else 0, 0)
     trig_ts = np.where(has_trig, click_ts[np.maximum(trig, 0)] if click_ts.size else 0, 0)
+    return imps, Triggers(has_trigger=has_trig, item=trig_item, ts=trig_ts, has_request_id=has_rid)
 
-    # request keys
-    req_key = np.empty(n_imp, dtype=object)
-    for i in range(n_imp):
-        if has_rid[i]:
-            req_key[i] = str(rid[i])
-        elif has_trig[i]:
-            req_key[i] = f"u{user_id}:t{trig_item[i]}@{trig_ts[i]}"
+
+def request_query_ts(ts: np.ndarray, request_id: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(has request id, trigger query time)`` of each impression.
+
+    A request shares one trigger, found at the request's first impression time; an impression
+    without a request id (None column, or an empty id) is queried at its own time.
+    """
+    n = len(ts)
+    has_rid = (np.array([bool(r) for r in request_id], dtype=bool) if request_id is not None
+               else np.zeros(n, dtype=bool))
+    query_ts = ts.copy()
+    if has_rid.any():
+        uniq, inv = np.unique(request_id[has_rid].astype(str), return_inverse=True)
+        first = np.full(uniq.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, inv, ts[has_rid])
+        query_ts[has_rid] = first[inv]
+    return has_rid, query_ts
+
+
+def request_keys(user_id: int, ts: np.ndarray, request_id: np.ndarray | None,
+                 trig: Triggers) -> np.ndarray:
+    """Each impression's request key (object array of str).
+
+    The input's request id where it has one; else the user and trigger
+    (``u<user>:t<item>@<trigger ts>``), so that impressions sharing a trigger form one request;
+    else ``u<user>:none@<impression ts>``, one request per impression time.
+    """
+    keys = np.empty(len(ts), dtype=object)
+    for i in range(len(ts)):
+        if trig.has_request_id[i]:
+            keys[i] = str(request_id[i])
+        elif trig.has_trigger[i]:
+            keys[i] = f"u{user_id}:t{trig.item[i]}@{trig.ts[i]}"
         else:
-            req_key[i] = f"u{user_id}:none@{imps['ts'][i]}"
-    if n_imp:
-        _, req_idx = np.unique(req_key.astype(str), return_inverse=True)
-    else:
-        req_idx = np.zeros(0, dtype=np.int64)
+            keys[i] = f"u{user_id}:none@{ts[i]}"
+    return keys
 
-    # 4. history
-    L = s.max_seq_len
-    start, end = transforms.history_window(behs["ts"], imps["ts"], s.history_s, L)
-    hist_rows = transforms.gather_history(np.arange(len(behs["ts"])), start, end, L, pad=-1)
-    hist_valid = hist_rows >= 0
-    safe = np.maximum(hist_rows, 0)
-    beh_item_row, _ = items.index(behs["item_id"])
 
-    def hist_of(values, pad=0):
-        if values.shape[0] == 0:
-            return np.full((n_imp, L), pad, dtype=values.dtype)
-        return np.where(hist_valid, values[safe], pad)
+def history_rows(beh_ts: np.ndarray, imp_ts: np.ndarray, history_s: int, max_len: int) -> np.ndarray:
+    """Step 4: int64 ``[impressions, max_len]``, the behaviour rows of each impression's history
+    (strictly before it, within ``history_s``, most recent first, the ``max_len`` most recent),
+    -1 padded."""
+    start, end = transforms.history_window(beh_ts, imp_ts, history_s, max_len)
+    return transforms.gather_history(np.arange(len(beh_ts)), start, end, max_len, pad=-1)
 
-    # 5. similarities (vectors are L2-normalised or zero, so a dot product is the cosine)
-    tgt_row, _ = items.index(imps["item_id"])
-    trg_row, _ = items.index(trig_item)
-    vec = items.vectors
+
+def similarities(vec: np.ndarray, tgt_row: np.ndarray, trg_row: np.ndarray, beh_row: np.ndarray,
+                 hist_rows: np.ndarray, has_trig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step 5: ``(trigger-target cosine [n], trigger-behaviour cosine [n, L])``, 0 without a
+    trigger or a history entry (vectors are L2-normalised or zero, so a dot product is the
+    cosine)."""
     sim = np.where(has_trig, np.clip(np.einsum("ij,ij->i", vec[trg_row], vec[tgt_row]), -1, 1), 0.0)
-    hist_sim = np.zeros((n_imp, L), dtype=np.float32)
-    if n_imp and behs["ts"].shape[0]:
+    hist_sim = np.zeros(hist_rows.shape, dtype=np.float32)
+    if hist_rows.shape[0] and beh_row.shape[0]:
         utrig, tinv = np.unique(trg_row, return_inverse=True)
-        sims_tb = np.clip(vec[utrig] @ vec[beh_item_row].T, -1, 1)  # [unique triggers, behaviours]
-        hist_sim = np.where(hist_valid & has_trig[:, None], sims_tb[tinv[:, None], safe], 0.0)
+        sims_tb = np.clip(vec[utrig] @ vec[beh_row].T, -1, 1)  # [unique triggers, behaviours]
+        valid = (hist_rows >= 0) & has_trig[:, None]
+        hist_sim = np.where(valid, sims_tb[tinv[:, None], np.maximum(hist_rows, 0)], 0.0)
+    return sim, hist_sim
 
-    cols = {
+
+def _hist_values(values: np.ndarray, rows: np.ndarray, pad=0) -> np.ndarray:
+    """``values`` of the behaviour ``rows`` (-1 = padding, filled with ``pad``)."""
+    if values.shape[0] == 0:
+        return np.full(rows.shape, pad, dtype=values.dtype)
+    return np.where(rows >= 0, values[np.maximum(rows, 0)], pad)
+
+
+def _impression_columns(user_id: int, imps: dict, trig: Triggers, req_key: np.ndarray,
+                        sim: np.ndarray) -> dict:
+    """The label, ids, and trigger columns of each kept impression."""
+    return {
         "label": imps["label"].astype(np.int64),
-        "user_id": np.full(n_imp, user_id, dtype=np.int64),
+        "user_id": np.full(len(imps["ts"]), user_id, dtype=np.int64),
         "request_id": np.array([str(k).encode("utf-8") for k in req_key], dtype=object),
         "impression_ts": imps["ts"],
         "target_item_id": imps["item_id"],
-        "trigger_item_id": trig_item.astype(np.int64),
-        "has_trigger": has_trig.astype(np.int64),
-        "trigger_ts": trig_ts.astype(np.int64),
+        "trigger_item_id": trig.item.astype(np.int64),
+        "has_trigger": trig.has_trigger.astype(np.int64),
+        "trigger_ts": trig.ts.astype(np.int64),
         "trigger_target_sim": sim.astype(np.float32),
-        "hist_item_ids": hist_of(behs["item_id"]),
-        "hist_ts": hist_of(behs["ts"]),
-        "hist_btag": hist_of(behs["btag_id"]),
-        "hist_len": hist_valid.sum(axis=1).astype(np.int64),
+    }
+
+
+def _history_columns(behs: dict, rows: np.ndarray, hist_sim: np.ndarray) -> dict:
+    """The ``hist_*`` sequence columns gathered from the behaviour ``rows``."""
+    return {
+        "hist_item_ids": _hist_values(behs["item_id"], rows),
+        "hist_ts": _hist_values(behs["ts"], rows),
+        "hist_btag": _hist_values(behs["btag_id"], rows),
+        "hist_len": (rows >= 0).sum(axis=1).astype(np.int64),
         "hist_trigger_sim": hist_sim.astype(np.float32),
+    }
+
+
+def _context_columns(imps: dict, req_key: np.ndarray, s: LabelSettings) -> dict:
+    """The time context, and the private request index, split and provenance columns."""
+    n_imp = len(imps["ts"])
+    req_idx = (np.unique(req_key.astype(str), return_inverse=True)[1] if n_imp
+               else np.zeros(0, dtype=np.int64))
+    return {
         "ctx_hour": (imps["ts"] // 3600) % 24,
         "ctx_dow": (imps["ts"] // 86400 + 3) % 7,  # 1970-01-01 was a Thursday; Monday = 0
         "_request": req_idx.astype(np.int64),
@@ -200,14 +283,6 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
         "_file": imps.get("_file", np.full(n_imp, -1, np.int64)),
         "_row": imps.get("_row", np.full(n_imp, -1, np.int64)),
     }
-    item_values = {"target": lambda col: col[tgt_row],
-                   "trigger": lambda col: np.where(has_trig, col[trg_row], 0),
-                   "history": lambda col: hist_of(col[beh_item_row]) if behs["ts"].shape[0]
-                   else np.zeros((n_imp, L), np.int64)}
-    cols.update(side_fields(s.spec, cols, n_imp, items, item_values, profile, imps))
-    if profile is None and n_imp:
-        _add(stats, "users_without_profile", 1)
-    return cols, dead, stats
 
 
 def side_fields(spec: FeatureSpec, cols: dict, n_imp: int, items: ItemTable, item_values: dict,
@@ -345,11 +420,11 @@ def _sorted(cols: dict, key: str) -> dict:
     return {k: v[order] for k, v in cols.items()}
 
 
-def _cap(cols: dict, cap: int, stats: dict, counter: str) -> dict:
+def _cap(cols: dict, cap: int, stats: dict, drop: Drop) -> dict:
     n = len(cols["ts"])
     if n <= cap:
         return cols
-    _add(stats, counter, n - cap)
+    _add(stats, drop.value, n - cap)
     return {k: v[n - cap:] for k, v in cols.items()}
 
 
@@ -359,7 +434,7 @@ def _drop_unknown(cols: dict, items: ItemTable, table: str, dead: list, files: l
     if found.all():
         return cols
     for i in np.flatnonzero(~found):
-        dead.append(dead_letter(table, "unknown_item", field="item_id", value=int(cols["item_id"][i]),
+        dead.append(dead_letter(table, DeadReason.UNKNOWN_ITEM, field="item_id", value=int(cols["item_id"][i]),
                                 file=files[int(cols["_file"][i])] if "_file" in cols else None,
                                 row=int(cols["_row"][i]) if "_row" in cols else None))
     return {k: v[found] for k, v in cols.items()}

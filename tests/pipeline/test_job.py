@@ -58,6 +58,24 @@ def test_layout_and_stats(run):
     assert set(stats["written"]) == set(stats["clicks"]) == set(stats["ctr"]) == {"train", "valid", "eval"}
 
 
+def test_stats_json_keys_stay(run):
+    # dashboards read stats.json by these keys, in this order; drops by their historical names
+    _, out, _ = run
+    with open(f"{out}/stats.json") as fh:
+        on_disk = json.load(fh)
+    assert list(on_disk) == [
+        "format", "input", "seconds", "rows_in", "written", "deadletter", "deadletter_total",
+        "dropped", "ctr", "clicks", "requests", "requests_with_click", "impressions_with_trigger",
+        "intent_histogram", "level_histogram_all", "level_histogram_clicked", "seq_len_histogram",
+        "explicit_len_histogram", "behaviours_used", "users_with_profile", "users_without_profile",
+        "eval_from_ts", "split", "sim_range", "explicit_threshold", "embedding", "notes",
+        "accounting"]
+    assert list(on_disk["dropped"]) == ["impressions_dropped_no_trigger",
+                                        "impressions_dropped_user_cap", "behaviours_dropped_user_cap"]
+    assert list(on_disk["accounting"]) == ["impressions_in", "written", "dropped", "deadlettered",
+                                           "balanced", "behaviours_balanced"]
+
+
 def test_every_record_keeps_the_invariants(run):
     raw, out, stats = run
     spec = FeatureSpec.load(f"{out}/spec.json")
