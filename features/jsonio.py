@@ -5,10 +5,11 @@ Every package writes its small JSON files (``stats.json``, ``config.json``, ``me
 :func:`read_json`, so they agree on the encoding (UTF-8, numpy scalars and arrays as plain
 numbers and lists) and on atomicity: a local file is written to a temporary name next to it and
 renamed into place, so a reader (or a run killed mid-write) sees the old file or the new one,
-never half of one. A remote path (``gs://``, ``s3://``, ``hdfs://``) goes through Beam's
-``FileSystems`` (the layer the pipeline writes its records with, so every store the job can write
-to works here too), or TensorFlow's ``tf.io.gfile`` where Beam is not installed; either is imported
-only then. Object stores publish an object whole when it is closed. This module sits in ``features/``, the bottom layer, so every package may import it.
+never half of one. A remote path (``gs://``, ``s3://``, ``hdfs://``) goes through the filesystem
+layer registered with :func:`use_filesystem` (the pipeline registers Beam's ``FileSystems``, which
+it writes its records with, so every store the job can write to works here too), else through
+TensorFlow's ``tf.io.gfile``, imported only then. Object stores publish an object whole when it
+is closed. This module sits in ``features/``, the bottom layer, so every package may import it.
 """
 from __future__ import annotations
 
@@ -25,13 +26,20 @@ def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
+_REMOTE = None  # the registered remote filesystem layer (use_filesystem), else tf.io.gfile
+
+
+def use_filesystem(filesystems) -> None:
+    """Sends remote paths through ``filesystems``: an object with Beam ``FileSystems``' ``exists``,
+    ``open`` and ``create`` (binary streams). The Beam pipeline registers Beam's own, so this
+    bottom layer need not import Beam."""
+    global _REMOTE
+    _REMOTE = filesystems
+
+
 def _beam_filesystems():
-    """Beam's ``FileSystems``, or None where Beam is not installed (e.g. a serving image)."""
-    try:
-        from apache_beam.io.filesystems import FileSystems
-    except ImportError:
-        return None
-    return FileSystems
+    """The registered remote filesystem layer, or None (then ``tf.io.gfile``)."""
+    return _REMOTE
 
 
 def exists(path: str) -> bool:

@@ -40,11 +40,12 @@ import uuid
 from typing import Callable
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
 from tirec.features import transforms
 from tirec.features.example import ExampleEncoder
-from tirec.features.jsonio import read_json, write_json
+from tirec.features.jsonio import read_json, use_filesystem, write_json
 from tirec.features.spec import FeatureSpec, TableSpec, tir_feature_spec
 from tirec.pipeline import labeling
 from tirec.pipeline.config import PipelineConfig
@@ -54,6 +55,10 @@ from tirec.pipeline.items import ItemTable
 from tirec.pipeline.reasons import DeadReason, Drop
 from tirec.pipeline.split import (SPLITS, TRAIN, SplitError, SplitPlan, SplitSettings, TimeProfile,
                                   plan_split)
+
+# The job's JSON outputs (stats.json, config.json, meta.json) go where its records go: remote
+# paths through Beam's filesystems (s3, hdfs, gs), as before the one JSON helper.
+use_filesystem(FileSystems)
 
 log = logging.getLogger(__name__)
 
@@ -840,7 +845,6 @@ def _publish(work: str, out: str) -> None:
 def _publish_files(work: str, out: str) -> None:
     """File-by-file publishing (object stores): delete the old files, move the new ones,
     ``stats.json`` last."""
-    from apache_beam.io.filesystems import FileSystems
 
     old = _files_under(out)
     if old:
@@ -854,14 +858,12 @@ def _publish_files(work: str, out: str) -> None:
 
 
 def _files_under(folder: str) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
 
     found = FileSystems.match([f"{folder}/**"])[0].metadata_list
     return sorted(m.path for m in found)
 
 
 def _rmtree(path: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
 
     if "://" not in path:
         shutil.rmtree(path, ignore_errors=True)
@@ -879,7 +881,6 @@ def _save_artifact(prep: Prepared, directory: str) -> None:
 
 
 def _remove(path: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
 
     FileSystems.delete([path])
 

@@ -79,12 +79,21 @@ class _MemoryFileSystems:
         return io.BytesIO(self.objects[path])
 
 
-def test_remote_paths_go_through_beams_filesystems(monkeypatch):
-    """s3:// and hdfs:// are served by Beam's FileSystems (as the pipeline's records are), not by
-    tf.io.gfile, which cannot open them without tensorflow-io."""
+def test_remote_paths_go_through_the_registered_filesystems(monkeypatch):
+    """s3:// and hdfs:// are served by the registered layer (the pipeline registers Beam's
+    FileSystems, as its records are written with), not by tf.io.gfile, which cannot open them
+    without tensorflow-io."""
+    monkeypatch.setattr(jsonio, "_REMOTE", None)
     fs = _MemoryFileSystems()
-    monkeypatch.setattr(jsonio, "_beam_filesystems", lambda: fs)
+    jsonio.use_filesystem(fs)
     jsonio.write_json("s3://bucket/run/stats.json", {"rows": np.int64(3)})
     assert json.loads(fs.objects["s3://bucket/run/stats.json"]) == {"rows": 3}
     assert jsonio.exists("s3://bucket/run/stats.json") and not jsonio.exists("s3://bucket/other.json")
     assert jsonio.read_json("s3://bucket/run/stats.json") == {"rows": 3}
+
+
+def test_the_pipeline_registers_beams_filesystems():
+    from apache_beam.io.filesystems import FileSystems
+
+    import tirec.pipeline.job  # noqa: F401  (registers on import)
+    assert jsonio._REMOTE is FileSystems
