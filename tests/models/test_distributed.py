@@ -55,7 +55,9 @@ def test_mirrored_two_cpu_replicas_all_three_stages(tiny_data, tmp_path):
         assert (run / f"stage_{k}" / "done").exists()
 
 
-STEP_SCRIPT = textwrap.dedent("""
+# The scripts' shared start: 2 logical CPUs, one batch of the tiny data (argv: data, batch size,
+# --set overrides), the model inputs plus the stage columns, and a MirroredStrategy over both CPUs.
+BATCH_PREAMBLE = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     from tirec.models.train import configure_cpu_replicas
@@ -75,6 +77,9 @@ STEP_SCRIPT = textwrap.dedent("""
     x, y = next(iter(make_dataset(data, "train", spec, batch)))
     x = {k: v for k, v in x.items() if k in set(names) | stage_input_names(spec)}
     mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+""")
+
+STEP_SCRIPT = BATCH_PREAMBLE + textwrap.dedent("""
     out = {"replicas": mirrored.num_replicas_in_sync}
     for name, stage in (("din", 3), ("daian", 3), ("daian", 2), ("daian", 1)):
         weights, init = {}, None
@@ -124,25 +129,7 @@ def test_mirrored_sgd_step_equals_one_device_with_l2(tiny_data):
         assert moved > 0.1, case  # the step did move the weights: the comparison is not vacuous
 
 
-STAGES_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    from tirec.models.train import configure_cpu_replicas
-    configure_cpu_replicas(2)  # before TensorFlow initialises
-    import numpy as np
-    import tensorflow as tf
-    from tirec.config import load_config
-    from tirec.models.base import model_input_names, stage_input_names
-    from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
-    from tirec.models.train import build_model
-    data, batch = sys.argv[1], int(sys.argv[2])
-    cfg = load_config(None, sys.argv[3:])
-    spec = load_data_spec(data)
-    ids, vecs, _ = load_item_vectors(data)
-    names = model_input_names(spec)
-    x, y = next(iter(make_dataset(data, "train", spec, batch)))
-    x = {k: v for k, v in x.items() if k in set(names) | stage_input_names(spec)}
-    mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+STAGES_SCRIPT = BATCH_PREAMBLE + textwrap.dedent("""
     out, init = {"replicas": mirrored.num_replicas_in_sync}, None
     for label, strategy in (("one", tf.distribute.get_strategy()), ("mirrored", mirrored)):
         with strategy.scope():
