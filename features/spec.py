@@ -59,7 +59,9 @@ SCOPES = ("request", "candidate")
 ITEM_GROUPS = ("target", "trigger", "history")  # groups whose columns describe an item
 INPUT_GROUPS = ("user", "context", "trigger", "target", "history")  # groups a model may read
 ITEM_ID = "item_id"  # the field of an item group's id column
-HISTORY = "hist"  # the name of the standard records' behaviour sequence
+HISTORY = "hist"  # the name of the standard records' behaviour sequence (GAP-Net's short-term view)
+REALTIME = "rt"  # the real-time view: the clicks of the last hours, trigger first (pipeline.views)
+LONG_TERM = "lt"  # the long-term view: behaviours over the whole log window (pipeline.views)
 # The fixed scope of a group (context, intent and meta columns may be either).
 GROUP_SCOPES = {"user": "request", "trigger": "request", "history": "request",
                 "target": "candidate", "label": "candidate"}
@@ -282,6 +284,22 @@ class FeatureSpec:
     def histories(self) -> dict[str, int]:
         """The behaviour sequences, ``{history name: length}``, in spec order."""
         return history_lengths(self.features)
+
+    def keep_histories(self, names: Iterable[str]) -> "FeatureSpec":
+        """A copy without the columns of the behaviour sequences not in ``names`` (in spec
+        order). A model reads its own spec narrowed this way, so records that carry extra
+        sequences (e.g. GAP-Net's views) stay readable by every model, and a model that does not
+        read a sequence neither parses nor serves it.
+
+        Raises:
+          ValueError: naming the sequences of ``names`` the spec lacks.
+        """
+        names = set(names)
+        missing = sorted(names - set(self.histories()))
+        if missing:
+            raise ValueError(f"FeatureSpec: no behaviour sequence {missing}; it has {list(self.histories())}")
+        keep = tuple(f for f in self.features if f.group != "history" or f.history in names)
+        return dataclasses.replace(self, features=keep)
 
     def feature(self, name: str) -> Feature:
         for f in self.features:

@@ -11,6 +11,12 @@ The built-in model modules are listed in ``BUILTIN_MODULES`` and imported on the
 explicit list, no directory scanning; importing them loads TensorFlow, which the config and CLI
 should not pay for up front: only a config that names a model section, or a run, imports them).
 An unknown name fails with the list of valid names.
+
+Behaviour sequences: records may carry several (``hist``, and with ``pipeline.views`` GAP-Net's
+real-time ``rt`` and long-term ``lt`` views). A model registers which it reads (``histories``:
+``"first"``, the spec's first sequence, or ``"all"``); :func:`model_spec` narrows a data spec to
+them, and that narrowed spec is the model's schema everywhere (the run's ``spec.json``, parsing,
+the serving signatures), so a model never parses nor serves a sequence it does not read.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from typing import Callable
 
 _REGISTRY: dict[str, Callable] = {}
 _CONFIGS: dict[str, type] = {}
+_HISTORIES: dict[str, str] = {}
+HISTORY_CHOICES = ("first", "all")
 BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian")
 
 
@@ -29,17 +37,22 @@ def _load_builtins() -> None:
         importlib.import_module(module)
 
 
-def register_model(name: str, config: type) -> Callable:
+def register_model(name: str, config: type, histories: str = "first") -> Callable:
     """Decorator registering a model builder under ``name`` with ``config``, the frozen
-    dataclass of its ``model.<name>`` settings (validated in its ``__post_init__``)."""
+    dataclass of its ``model.<name>`` settings (validated in its ``__post_init__``), and the
+    behaviour sequences it reads: ``histories="first"`` (the spec's first one) or ``"all"``."""
     if not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
         raise TypeError(f"register_model({name!r}): config must be a frozen dataclass; received {config!r}")
+    if histories not in HISTORY_CHOICES:
+        raise ValueError(f"register_model({name!r}): histories must be one of {HISTORY_CHOICES}; "
+                         f"received {histories!r}")
 
     def wrap(builder: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
             raise ValueError(f"model name {name!r} is already registered")
         _REGISTRY[name] = builder
         _CONFIGS[name] = config
+        _HISTORIES[name] = histories
         return builder
 
     return wrap
@@ -60,6 +73,15 @@ def config_class(name: str) -> type:
     """The settings dataclass registered with model ``name`` (its ``model.<name>`` section)."""
     _check(name)
     return _CONFIGS[name]
+
+
+def model_spec(name: str, spec):
+    """``spec`` (a FeatureSpec) narrowed to the behaviour sequences model ``name`` reads: the
+    schema the model trains, evaluates and serves with."""
+    _check(name)
+    if _HISTORIES[name] == "all" or not spec.histories():
+        return spec
+    return spec.keep_histories([next(iter(spec.histories()))])
 
 
 def _check(name: str) -> None:

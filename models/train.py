@@ -43,7 +43,7 @@ from tirec.models.base import (DIE_PRETRAIN, UIM_PRETRAIN, Stage, check_stage_in
                                 model_input_names, precision_scope, stage_input_names)
 from tirec.models.config import ModelConfig, RunConfig, TrainConfig, check_precision, load_run_config
 from tirec.models.data import check_data, load_data_spec, load_item_vectors, make_dataset
-from tirec.models.registry import get_builder
+from tirec.models.registry import get_builder, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,8 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     model_cfg = dataclasses.replace(model_cfg, name=model_name).resolved()
     builder = get_builder(model_name)  # fail early on an unknown name
     # Check the input before building anything: one clear line per problem.
-    spec, has_valid = check_data(data_dir)
+    data_spec, has_valid = check_data(data_dir)
+    spec = model_spec(model_name, data_spec)  # the sequences the model reads (its run spec.json)
     stages = training_stages(builder, train_cfg)
     check_stage_inputs(spec, stages)
     _check_run_dir(run_dir, spec, data_dir)
@@ -489,8 +490,8 @@ def load_run(run_dir: str, precision: str | None = "float32", checkpoint: str = 
 def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
                  batch_size: int = 4096) -> dict:
     """``tirec evaluate``: exact metrics of a run on ``data_dir``'s eval split (+ RelaImpr)."""
-    model, spec, _ = load_run(run_dir)
-    load_data_spec(data_dir).check_compatible(spec, what="data")
+    model, spec, cfg = load_run(run_dir)
+    model_spec(cfg["model"]["name"], load_data_spec(data_dir)).check_compatible(spec, what="data")
     metrics = evaluate_model(model, data_dir, spec, batch_size)
     if baseline_dir:
         base = read_json(os.path.join(baseline_dir, "metrics.json"))

@@ -112,3 +112,18 @@ def test_feature_group_attributes_are_checked():
     with pytest.raises(ValueError, match=r"'x': group must be one of"):
         Feature("x", "int64", group="item")
     assert TableSpec("t", 3).num_buckets == 3
+
+
+def test_keep_histories_drops_the_other_sequences_columns_and_names_a_missing_one():
+    base = tir_feature_spec(item_fields=("cate_id",), max_seq_len=5)
+    long = (Feature("long_item_ids", "int64", "sequence", 20, "item", group="history", scope="request",
+                    field="item_id", history="long", model_input=True),
+            Feature("long_ts", "int64", "sequence", 20, group="history", scope="request", field="ts",
+                    history="long", model_input=True))
+    spec = dataclasses.replace(base, features=base.features + long)
+    narrowed = spec.keep_histories(["hist"])
+    assert narrowed == base and narrowed.histories() == {"hist": 5}
+    assert spec.keep_histories(["hist", "long"]) == spec
+    assert spec.keep_histories(["long"]).histories() == {"long": 20}
+    with pytest.raises(ValueError, match=r"no behaviour sequence \['rt'\]; it has \['hist', 'long'\]"):
+        spec.keep_histories(["hist", "rt"])

@@ -60,6 +60,33 @@ def test_a_model_registers_its_class_with_its_own_config(monkeypatch):
         registry.register_model("loose", dict)
 
 
+def test_a_model_reads_the_sequences_it_registers(monkeypatch):
+    """``model_spec`` narrows a data spec with extra sequences to the ones the model reads: the
+    first for ``histories="first"`` (DIN, DAIAN), every one for ``"all"``."""
+    from tirec.features.spec import Feature, tir_feature_spec
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_CONFIGS", dict(registry._CONFIGS))
+    monkeypatch.setattr(registry, "_HISTORIES", dict(registry._HISTORIES))
+
+    @dataclasses.dataclass(frozen=True)
+    class ViewsConfig:
+        pass
+
+    registry.register_model("views_toy", ViewsConfig, histories="all")(lambda *a: None)
+    base = tir_feature_spec(max_seq_len=5)
+    rt = (Feature("rt_item_ids", "int64", "sequence", 3, "item", group="history", scope="request",
+                  field="item_id", history="rt", model_input=True),
+          Feature("rt_ts", "int64", "sequence", 3, group="history", scope="request", field="ts",
+                  history="rt", model_input=True))
+    spec = dataclasses.replace(base, features=base.features + rt)
+    assert registry.model_spec("din", spec) == base
+    assert registry.model_spec("daian", spec) == base
+    assert registry.model_spec("views_toy", spec) == spec
+    with pytest.raises(ValueError, match="histories must be one of"):
+        registry.register_model("bad", ViewsConfig, histories="some")
+
+
 @pytest.mark.parametrize("override,message", [
     ("model.daian.uim_atention=mhta",
      "model.daian: unknown key(s) ['uim_atention'] (received model.daian.uim_atention='mhta'); valid keys: "),
