@@ -460,7 +460,8 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
                      intent_levels: int = 6, max_seq_len: int = 50,
                      sim_range: tuple[float, float] = (-1.0, 1.0),
                      explicit_threshold: float | None = None,
-                     buckets: Mapping[str, int] | None = None) -> FeatureSpec:
+                     buckets: Mapping[str, int] | None = None, views: bool = False,
+                     realtime_len: int = 10, long_seq_len: int = 200) -> FeatureSpec:
     """The standard TIR record schema written by ``tirec pipeline``.
 
     Columns (L = ``max_seq_len``, n = ``intent_levels``):
@@ -484,6 +485,12 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
       * ``target_<f>``, ``trigger_<f>``, ``hist_<f>`` for each item side field ``f``.
       * ``user_<f>`` for each user profile field, ``ctx_<f>`` for each context field, plus
         ``ctx_hour`` and ``ctx_dow`` from the impression time.
+      * With ``views`` (``pipeline.views``, GAP-Net's behaviour views), last, for each view
+        ``v`` of :data:`REALTIME` (``rt``, length ``realtime_len``) and :data:`LONG_TERM`
+        (``lt``, length ``long_seq_len``): ``<v>_item_ids``, ``<v>_ts`` (0 = padding),
+        ``<v>_<f>`` for each item side field (model inputs) and ``<v>_len`` (not a model
+        input), most recent first; their behaviour sequence (``Feature.history``) is ``v``.
+        ``hist_*`` is the short-term view. Without ``views`` the spec is the same as ever.
     """
     from tirec.features import transforms
 
@@ -510,6 +517,9 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
         name = PREFIXES["context"] + f
         feats.append(Feature(name, "int64", table=name, **_side_field("context", f)))
         tables[name] = 256
+    if views:
+        feats += view_features(REALTIME, realtime_len, item_fields)
+        feats += view_features(LONG_TERM, long_seq_len, item_fields)
     unknown = sorted(set(buckets) - set(tables))
     if unknown:
         raise ValueError(f"bucket counts given for unknown tables {unknown}; tables: {sorted(tables)}")
@@ -519,6 +529,26 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
     return FeatureSpec(features=tuple(feats), tables=table_specs, label="label",
                        intent_levels=n, sim_range=(lo, hi),
                        explicit_threshold=float(explicit_threshold), max_seq_len=L)
+
+
+def view_features(view: str, length: int, item_fields: Sequence[str]) -> list[Feature]:
+    """The columns of behaviour view ``view`` (history ``view``, ``length`` long): item ids,
+    times, each item side field (its table is the field's, as for ``hist_<f>``) and the length.
+
+    Raises:
+      ValueError: naming the view when ``length`` is not a positive integer.
+    """
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"behaviour view {view!r}: length must be a positive integer; "
+                         f"received {length!r}")
+    seq = {"kind": "sequence", "length": int(length), "group": "history", "scope": "request",
+           "history": view}
+    return ([Feature(f"{view}_item_ids", "int64", table="item", field=ITEM_ID, model_input=True, **seq),
+             Feature(f"{view}_ts", "int64", field="ts", model_input=True, **seq)]
+            + [Feature(f"{view}_{f}", "int64", table=f, field=f, model_input=True, **seq)
+               for f in item_fields]
+            + [Feature(f"{view}_len", "int64", group="history", scope="request", field="len",
+                       history=view)])
 
 
 # The fixed columns of the standard records (name, dtype, kind, table, role), in order; the

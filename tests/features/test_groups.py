@@ -127,3 +127,27 @@ def test_keep_histories_drops_the_other_sequences_columns_and_names_a_missing_on
     assert spec.keep_histories(["long"]).histories() == {"long": 20}
     with pytest.raises(ValueError, match=r"no behaviour sequence \['rt'\]; it has \['hist', 'long'\]"):
         spec.keep_histories(["hist", "rt"])
+
+
+def test_views_add_the_realtime_and_long_term_sequences_last():
+    plain = tir_feature_spec(item_fields=("cate_id", "brand_id"), max_seq_len=5)
+    spec = tir_feature_spec(item_fields=("cate_id", "brand_id"), max_seq_len=5, views=True,
+                            realtime_len=3, long_seq_len=40)
+    assert spec.histories() == {"hist": 5, "rt": 3, "lt": 40}
+    assert spec.names[:len(plain.names)] == plain.names and spec.tables == plain.tables
+    assert spec.keep_histories(["hist"]) == plain  # what DIN and DAIAN read
+    for view, length in (("rt", 3), ("lt", 40)):
+        cols = spec.select(history=view)
+        assert _names(cols) == [f"{view}_item_ids", f"{view}_ts", f"{view}_cate_id", f"{view}_brand_id",
+                                f"{view}_len"]
+        assert {(f.group, f.scope, f.role) for f in cols} == {("history", "request", "feature")}
+        assert [f.field for f in cols] == ["item_id", "ts", "cate_id", "brand_id", "len"]
+        assert [f.table for f in cols] == ["item", None, "cate_id", "brand_id", None]
+        assert [f.model_input for f in cols] == [True, True, True, True, False]
+        assert [f.length for f in cols] == [length] * 4 + [1]
+        # the same tables and fields as the short-term view's columns
+        hist = {f.field: f.table for f in spec.select(history="hist")}
+        assert all(hist[f.field] == f.table for f in cols if f.field not in ("ts", "len"))
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match=r"behaviour view 'lt': length must be a positive integer; received 0"):
+        tir_feature_spec(views=True, long_seq_len=0)
