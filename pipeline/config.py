@@ -62,7 +62,18 @@ class PipelineConfig:
       trigger_window: how far back a click may be to serve as trigger: ``'4h'``, ``'30m'`` or
         seconds.
       history_days: behaviour history span in days.
-      max_seq_len: behaviour sequence length L.
+      max_seq_len: behaviour sequence length L (the ``hist_*`` columns: GAP-Net's short-term
+        view).
+      views: also write GAP-Net's real-time (``rt_*``) and long-term (``lt_*``) behaviour views
+        (:func:`tirec.features.spec.tir_feature_spec`, ``pipeline/SCHEMA.md``). Off by default:
+        they grow every record by ``realtime_len + long_seq_len`` ids per column (measured in
+        benchmarks/RESULTS.md); models that read only ``hist`` (DIN, DAIAN) ignore them.
+      realtime_window: ``views``: how far back (before the request's trigger query time) a click
+        may be to enter the real-time view, a duration like ``trigger_window``; at least
+        ``trigger_window``, so that the trigger is always the view's first entry.
+      realtime_len: ``views``: the real-time view's length (the most recent clicks).
+      long_seq_len: ``views``: the long-term view's length (the most recent behaviours over the
+        whole log, no day limit).
       explicit_top_levels: tau defaults to the lower edge of this many top levels.
       explicit_threshold: an explicit tau, overriding ``explicit_top_levels``.
       split: how impressions are split by time into train / valid / eval
@@ -102,6 +113,10 @@ class PipelineConfig:
     trigger_window: str | int = "4h"
     history_days: int = 14
     max_seq_len: int = 50
+    views: bool = False
+    realtime_window: str | int = "4h"
+    realtime_len: int = 10
+    long_seq_len: int = 200
     explicit_top_levels: int = 2
     explicit_threshold: float | None = None
     split: str = "auto"
@@ -125,6 +140,10 @@ class PipelineConfig:
     @property
     def trigger_window_s(self) -> int:
         return parse_duration(self.trigger_window, "trigger_window")
+
+    @property
+    def realtime_window_s(self) -> int:
+        return parse_duration(self.realtime_window, "pipeline.realtime_window")
 
     @property
     def prior_intent_half_life_s(self) -> int:
@@ -154,6 +173,7 @@ class PipelineConfig:
             bad("history_days", "must be >= 1")
         if self.max_seq_len < 1:
             bad("max_seq_len", "must be >= 1")
+        self._validate_views(bad)
         if not 1 <= self.explicit_top_levels <= self.intent_levels:
             bad("explicit_top_levels", f"must be in [1, intent_levels={self.intent_levels}]")
         if self.explicit_threshold is not None and not -1.0 <= self.explicit_threshold <= 1.0:
@@ -178,6 +198,19 @@ class PipelineConfig:
         if self.movielens.negatives_per_rating < 0:
             raise ValueError("pipeline.movielens.negatives_per_rating: must be >= 0; received "
                              f"{self.movielens.negatives_per_rating!r}")
+
+    def _validate_views(self, bad) -> None:
+        if not isinstance(self.views, bool):
+            bad("views", "must be true or false")
+        for field in ("realtime_len", "long_seq_len"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(field, "must be an integer >= 1")
+        if self.views and self.realtime_window_s < self.trigger_window_s:
+            bad("realtime_window", f"must be at least pipeline.trigger_window "
+                                   f"({self.trigger_window!r}) when views are on, so that the "
+                                   f"trigger is the real-time view's first entry")
+        self.realtime_window_s  # parses or raises
 
     def _validate_split(self, bad) -> None:
         if self.split not in ("auto", "days", "fraction"):

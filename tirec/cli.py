@@ -149,6 +149,14 @@ def _add_pipeline(sub) -> argparse.ArgumentParser:
     p.add_argument("--trigger-window", help="trigger window, e.g. 4h (default)")
     p.add_argument("--max-seq-len", type=int, help="behaviour sequence length (default 50)")
     p.add_argument("--history-days", type=int, help="history span in days (default 14)")
+    p.add_argument("--views", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write GAP-Net's real-time (rt_*) and long-term (lt_*) behaviour "
+                        "views (default off: they grow every record)")
+    p.add_argument("--realtime-window",
+                   help="with --views: click window of the real-time view, e.g. 4h (default); "
+                        "at least --trigger-window")
+    p.add_argument("--long-seq-len", type=int,
+                   help="with --views: long-term view length, over the whole log (default 200)")
     p.add_argument("--embedding-provider",
                    choices=("auto", "precomputed", "tfidf-svd", "cooccurrence-svd", "minilm"))
     p.add_argument("--no-trigger", choices=("drop", "pad"), help="impressions without a trigger")
@@ -162,7 +170,8 @@ def _run_pipeline(args, beam_args) -> int:
 
     overrides = list(args.overrides)
     for flag in ("input", "format", "out", "intent_levels", "trigger_window", "max_seq_len",
-                 "history_days", "embedding_provider", "no_trigger"):
+                 "history_days", "embedding_provider", "no_trigger", "views", "realtime_window",
+                 "long_seq_len"):
         value = getattr(args, flag)
         if value is not None:  # strings quoted, so that e.g. --out 2024 stays a string
             overrides.append(f"pipeline.{flag}={json.dumps(value) if isinstance(value, str) else value}")

@@ -109,6 +109,39 @@ def test_pipeline_flag_values_stay_strings(tmp_path, monkeypatch):
     assert seen["cfg"].trigger_window_s == 3600
 
 
+def test_view_flags_map_onto_the_pipeline_config(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cfg, beam_args, progress=None):
+        seen["cfg"] = cfg
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(job, "run", fake_run)
+    base = ["pipeline", "--input", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert cli.main(base + ["--views", "--realtime-window", "6h", "--long-seq-len", "120",
+                            "--set", "pipeline.realtime_len=7"]) == 2
+    cfg = seen["cfg"]
+    assert (cfg.views, cfg.realtime_window_s, cfg.long_seq_len, cfg.realtime_len) == (True, 6 * 3600, 120, 7)
+    assert cli.main(base) == 2
+    assert (seen["cfg"].views, seen["cfg"].realtime_window_s, seen["cfg"].realtime_len,
+            seen["cfg"].long_seq_len) == (False, 4 * 3600, 10, 200)  # the defaults
+    assert cli.main(base + ["--set", "pipeline.views=true", "--no-views"]) == 2 and not seen["cfg"].views
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--long-seq-len", "0"], "pipeline.long_seq_len: must be an integer >= 1; received 0"),
+    (["--set", "pipeline.realtime_len=-1"], "pipeline.realtime_len: must be an integer >= 1; received -1"),
+    (["--views", "--realtime-window", "4x"], "pipeline.realtime_window: cannot parse duration '4x'"),
+    (["--views", "--realtime-window", "1h"],
+     "pipeline.realtime_window: must be at least pipeline.trigger_window ('4h') when views are on"),
+    (["--set", "pipeline.views=maybe"], "pipeline.views: expected true/false; received 'maybe'"),
+])
+def test_bad_view_values_exit_2_naming_the_option(tmp_path, caplog, argv, message):
+    code = cli.main(["pipeline", "--input", str(tmp_path), "--out", str(tmp_path / "o")] + argv)
+    assert code == 2 and message in caplog.text
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("override,message", [
     ("pipeline.max_seq_len=abc", "pipeline.max_seq_len: expected an integer; received 'abc' (str)"),
     ("pipeline.max_seq_len=2.5", "pipeline.max_seq_len: expected an integer; received 2.5 (float)"),
