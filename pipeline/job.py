@@ -46,7 +46,7 @@ import numpy as np
 from tirec.features import transforms
 from tirec.features.example import ExampleEncoder
 from tirec.features.jsonio import read_json, use_filesystem, write_json
-from tirec.features.spec import FeatureSpec, TableSpec, tir_feature_spec
+from tirec.features.spec import HISTORY, REALTIME, FeatureSpec, TableSpec, tir_feature_spec
 from tirec.pipeline import labeling
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import Prepared, get_format
@@ -190,7 +190,8 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
         trigger_from=prep.trigger_from, no_trigger=cfg.no_trigger,
         max_events_per_user=cfg.max_events_per_user, eval_from_ts=plan.eval_from_ts,
         item_fields=prep.item_fields, user_fields=prep.user_fields,
-        context_fields=prep.context_fields, valid_from_ts=plan.valid_from_ts, spec=spec)
+        context_fields=prep.context_fields, valid_from_ts=plan.valid_from_ts, spec=spec,
+        realtime_window_s=cfg.realtime_window_s)
     with beam.Pipeline(runner=runner, options=PipelineOptions(flags=flags)) as p:
         blocks, deads, stats = [], [], []
         for table, paths in prep.files.items():
@@ -393,6 +394,7 @@ class _FinalizeFn(beam.DoFn):
             keep[list(bad)] = False
             out, split = {k: v[keep] for k, v in out.items()}, split[keep]
         stats.update(_record_stats(out, split, self.spec.max_seq_len))
+        stats.update(_view_stats(out, self.spec))
         for k, name in enumerate(SPLITS):
             mask = split == k
             _count(f"written_{name}", int(mask.sum()))
@@ -527,6 +529,22 @@ def _record_stats(out: dict, split: np.ndarray, max_len: int) -> dict:
     }
 
 
+def _view_stats(out: dict, spec: FeatureSpec) -> dict:
+    """Per behaviour view other than ``hist`` (``pipeline.views``): rows whose view is not
+    empty, the sum of lengths and the length histogram by tenths of the view's length."""
+    lengths = {v: n for v, n in spec.histories().items() if v != HISTORY}
+    if not lengths:
+        return {}
+    stats: dict = {"view_non_empty": {}, "view_len_sum": {}, "view_len_hist": {}}
+    for view, max_len in lengths.items():
+        n = out[spec.select(group="history", history=view, field="len")[0].name]
+        stats["view_non_empty"][view] = int((n > 0).sum())
+        stats["view_len_sum"][view] = int(n.sum())
+        bins = np.minimum(np.ceil(n * 10 / max_len), 10).astype(np.int64)
+        stats["view_len_hist"][view] = np.bincount(bins, minlength=SEQ_HIST_BINS)
+    return stats
+
+
 def _merge_into(acc: dict, x: dict) -> None:
     for k, v in x.items():
         if isinstance(v, dict):
@@ -643,7 +661,9 @@ def _spec(cfg: PipelineConfig, prep: Prepared, lo: float, hi: float) -> FeatureS
                             context_fields=prep.context_fields, intent_levels=cfg.intent_levels,
                             max_seq_len=cfg.max_seq_len, sim_range=(lo, hi),
                             explicit_threshold=cfg.explicit_threshold if cfg.explicit_threshold is not None
-                            else transforms.explicit_threshold(cfg.intent_levels, cfg.explicit_top_levels, lo, hi))
+                            else transforms.explicit_threshold(cfg.intent_levels, cfg.explicit_top_levels, lo, hi),
+                            views=cfg.views, realtime_len=cfg.realtime_len,
+                            long_seq_len=cfg.long_seq_len)
 
 
 def _next_pow2(x: int) -> int:
@@ -664,6 +684,8 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
         transforms.explicit_threshold(cfg.intent_levels, cfg.explicit_top_levels, lo, hi)
     _final_spec(spec, prep, bs, lo, hi, tau).save(f"{out}/spec.json")
     stats = _counts(cfg, prep, plan, bs, seconds)
+    if cfg.views:
+        stats = _with_view_stats(stats, spec, bs, cfg.realtime_window_s)
     stats.update({"sim_range": [float(lo), float(hi)], "explicit_threshold": float(tau),
                   "embedding": prep.embedding_info, "notes": prep.notes})
     # Row accounting: every impression is written, dropped (counted, documented) or dead-lettered.
@@ -729,6 +751,32 @@ def _counts(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, bs: dict, seco
         "eval_from_ts": int(plan.eval_from_ts),
         "split": plan.to_stats(written),
     }
+
+
+def _with_view_stats(stats: dict, spec: FeatureSpec, bs: dict, realtime_window_s: int) -> dict:
+    """``stats`` with a ``views`` entry after the sequence histograms (``pipeline.views``): per
+    view its length, rows written with a non-empty view, the mean length and the length
+    histogram (upper bin edges by tenths of the length, as ``seq_len_histogram``)."""
+    written = sum(stats["written"].values())
+    views = {}
+    for view, max_len in spec.histories().items():
+        if view == HISTORY:
+            continue
+        views[view] = {
+            "max_len": int(max_len),
+            "rows_non_empty": int(bs.get("view_non_empty", {}).get(view, 0)),
+            "mean_len": round(int(bs.get("view_len_sum", {}).get(view, 0)) / written, 4) if written else 0.0,
+            "len_histogram": {"bin_upper_edges": [int(np.ceil(i * max_len / 10)) for i in range(11)],
+                              "counts": np.asarray(bs.get("view_len_hist", {}).get(
+                                  view, np.zeros(SEQ_HIST_BINS))).astype(int).tolist()}}
+    if REALTIME in views:
+        views[REALTIME]["window_s"] = int(realtime_window_s)
+    out = {}
+    for key, value in stats.items():
+        out[key] = value
+        if key == "explicit_len_histogram":
+            out["views"] = views
+    return out
 
 
 def _dead_counts(bs: dict, prep: Prepared) -> dict:

@@ -8,7 +8,11 @@ test and to read. One call handles all events of one user:
 3. find each request's trigger: the most recent click strictly before the request time and at
    most ``trigger_window`` earlier (:func:`tirec.features.transforms.assign_triggers`);
 4. gather each impression's history: behaviours strictly before the impression, within
-   ``history_days``, most recent first, at most ``max_seq_len``;
+   ``history_days``, most recent first, at most ``max_seq_len``; and the behaviour views the
+   spec holds (``pipeline.views``, :func:`view_rows`): the real-time view (the trigger
+   candidate clicks strictly before the request's trigger query time, within
+   ``realtime_window``) and the long-term view (behaviours strictly before the impression, no
+   time limit);
 5. cosine similarities of trigger vs target and trigger vs each behaviour.
 
 :func:`finalize` then bins the similarities into levels, computes each request's intent
@@ -24,7 +28,7 @@ import zlib
 import numpy as np
 
 from tirec.features import transforms
-from tirec.features.spec import HISTORY, FeatureSpec, tir_feature_spec
+from tirec.features.spec import HISTORY, ITEM_ID, LONG_TERM, REALTIME, FeatureSpec, tir_feature_spec
 from tirec.pipeline import split as splits
 from tirec.pipeline.io import dead_letter
 from tirec.pipeline.items import ItemTable
@@ -51,7 +55,11 @@ class LabelSettings:
     """Constants of the labeling step (resolved from :class:`PipelineConfig`).
 
     ``spec`` is the record schema the columns are filled for (the job passes the one it
-    writes); without it, the standard schema of the reader's item, user and context fields.
+    writes); without it, the standard schema of the reader's item, user and context fields. The
+    behaviour views labeling builds, and their lengths, are the spec's (``rt``, ``lt``:
+    :func:`tirec.features.spec.tir_feature_spec` with ``views``); ``realtime_window_s`` is the
+    real-time view's click window, at least ``trigger_window_s`` so that the trigger is its
+    first entry.
     """
 
     intent_levels: int
@@ -68,6 +76,7 @@ class LabelSettings:
     context_fields: tuple[str, ...]
     valid_from_ts: int | None = None  # impressions in [valid_from_ts, eval_from_ts) are valid
     spec: FeatureSpec | None = None
+    realtime_window_s: int = 4 * 3600
 
     def __post_init__(self):
         if self.spec is None:
@@ -75,6 +84,10 @@ class LabelSettings:
                 item_fields=self.item_fields, user_fields=self.user_fields,
                 context_fields=self.context_fields, intent_levels=self.intent_levels,
                 max_seq_len=self.max_seq_len))
+        if REALTIME in self.spec.histories() and self.realtime_window_s < self.trigger_window_s:
+            raise ValueError(f"realtime_window_s={self.realtime_window_s} is shorter than "
+                             f"trigger_window_s={self.trigger_window_s}: the real-time view would "
+                             f"miss triggers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +95,18 @@ class Triggers:
     """Each kept impression's trigger (step 3), aligned with the impression rows.
 
     ``item`` and ``ts`` are 0 where ``has_trigger`` is False; ``has_request_id`` marks the
-    impressions whose input names their request.
+    impressions whose input names their request. ``query_ts`` is each impression's trigger
+    query time (:func:`request_query_ts`); ``click_ts`` / ``click_item`` are the candidate
+    clicks the triggers were chosen from, sorted by time (the real-time view's events).
     """
 
     has_trigger: np.ndarray
     item: np.ndarray
     ts: np.ndarray
     has_request_id: np.ndarray
+    query_ts: np.ndarray | None = None
+    click_ts: np.ndarray | None = None
+    click_item: np.ndarray | None = None
 
 
 def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict | None,
@@ -119,6 +137,7 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
     imps, trig = find_triggers(imps, behs, s, stats)                             # step 3
     req_key = request_keys(user_id, imps["ts"], imps.get("request_id"), trig)
     rows = history_rows(behs["ts"], imps["ts"], s.history_s, s.max_seq_len)    # step 4
+    views = view_rows(s.spec, behs, imps["ts"], trig, s.realtime_window_s)
     tgt_row, _ = items.index(imps["item_id"])
     trg_row, _ = items.index(trig.item)
     beh_row, _ = items.index(behs["item_id"])
@@ -126,11 +145,13 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
                                  trig.has_trigger)
     cols = {**_impression_columns(user_id, imps, trig, req_key, sim),
             **_history_columns(behs, rows, hist_sim),
+            **view_columns(s.spec, views),
             **_context_columns(imps, req_key, s)}
     item_values = {"target": lambda col: col[tgt_row],
                    "trigger": lambda col: np.where(trig.has_trigger, col[trg_row], 0),
-                   "history": lambda col: (_hist_values(col[beh_row], rows) if beh_row.size
-                                           else np.zeros(rows.shape, np.int64))}
+                   HISTORY: lambda col: (_hist_values(col[beh_row], rows) if beh_row.size
+                                         else np.zeros(rows.shape, np.int64))}
+    item_values.update({v: _view_values(items, view) for v, view in views.items()})
     cols.update(side_fields(s.spec, cols, len(imps["ts"]), items, item_values, profile, imps))
     if profile is None and len(imps["ts"]):
         _add(stats, "users_without_profile", 1)
@@ -170,10 +191,12 @@ def find_triggers(imps: dict, behs: dict, s: LabelSettings, stats: dict) -> tupl
     if s.no_trigger == "drop":
         _add(stats, Drop.IMPRESSIONS_NO_TRIGGER.value, int((~has_trig).sum()))
         imps = {k: v[has_trig] for k, v in imps.items()}
-        trig, has_rid, has_trig = trig[has_trig], has_rid[has_trig], has_trig[has_trig]
+        trig, has_rid, query_ts = trig[has_trig], has_rid[has_trig], query_ts[has_trig]
+        has_trig = has_trig[has_trig]
     trig_item = np.where(has_trig, click_item[np.maximum(trig, 0)] if click_item.size else 0, 0)
     trig_ts = np.where(has_trig, click_ts[np.maximum(trig, 0)] if click_ts.size else 0, 0)
-    return imps, Triggers(has_trigger=has_trig, item=trig_item, ts=trig_ts, has_request_id=has_rid)
+    return imps, Triggers(has_trigger=has_trig, item=trig_item, ts=trig_ts, has_request_id=has_rid,
+                          query_ts=query_ts, click_ts=click_ts, click_item=click_item)
 
 
 def request_query_ts(ts: np.ndarray, request_id: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -213,12 +236,72 @@ def request_keys(user_id: int, ts: np.ndarray, request_id: np.ndarray | None,
     return keys
 
 
-def history_rows(beh_ts: np.ndarray, imp_ts: np.ndarray, history_s: int, max_len: int) -> np.ndarray:
+def history_rows(beh_ts: np.ndarray, imp_ts: np.ndarray, history_s: int | None,
+                 max_len: int) -> np.ndarray:
     """Step 4: int64 ``[impressions, max_len]``, the behaviour rows of each impression's history
     (strictly before it, within ``history_s``, most recent first, the ``max_len`` most recent),
-    -1 padded."""
-    start, end = transforms.history_window(beh_ts, imp_ts, history_s, max_len)
+    -1 padded. ``history_s`` None: no time limit (the long-term view). ``beh_ts`` is sorted."""
+    if history_s is None:
+        if max_len <= 0:
+            raise ValueError(f"max_len must be positive; received max_len={max_len}")
+        end = np.searchsorted(np.asarray(beh_ts, np.int64), np.asarray(imp_ts, np.int64), side="left")
+        start = np.maximum(end - max_len, 0)
+    else:
+        start, end = transforms.history_window(beh_ts, imp_ts, history_s, max_len)
     return transforms.gather_history(np.arange(len(beh_ts)), start, end, max_len, pad=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """A behaviour view's events (``item``, ``ts``, sorted by time) and each impression's rows
+    into them (``rows`` ``[impressions, L]``, most recent first, -1 padded)."""
+
+    rows: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+
+
+def view_rows(spec: FeatureSpec, behs: dict, imp_ts: np.ndarray, trig: Triggers,
+              realtime_window_s: int) -> dict[str, View]:
+    """Step 4, GAP-Net's views (those ``spec`` holds, at its lengths).
+
+    * ``rt`` (:data:`REALTIME`): the clicks triggers are chosen from (``trig.click_ts``, the
+      same source as the trigger) strictly before the request's trigger query time
+      ``trig.query_ts``, at most ``realtime_window_s`` earlier. The trigger is the most recent
+      of them, so it is the first entry of every row with a trigger.
+    * ``lt`` (:data:`LONG_TERM`): the behaviours strictly before the impression, over the whole
+      log (no time limit).
+    """
+    lengths = spec.histories()
+    out = {}
+    if REALTIME in lengths:
+        out[REALTIME] = View(history_rows(trig.click_ts, trig.query_ts, realtime_window_s,
+                                          lengths[REALTIME]), trig.click_item, trig.click_ts)
+    if LONG_TERM in lengths:
+        out[LONG_TERM] = View(history_rows(behs["ts"], imp_ts, None, lengths[LONG_TERM]),
+                              behs["item_id"], behs["ts"])
+    return out
+
+
+def view_columns(spec: FeatureSpec, views: dict[str, View]) -> dict:
+    """Each view's item id, time (0 = padding) and length columns, found in ``spec`` by field
+    (its item side fields come from :func:`side_fields`)."""
+    out = {}
+    for name, view in views.items():
+        for f in spec.select(group="history", history=name):
+            if f.field == ITEM_ID:
+                out[f.name] = _hist_values(view.item.astype(np.int64), view.rows)
+            elif f.field == "ts":
+                out[f.name] = _hist_values(view.ts.astype(np.int64), view.rows)
+            elif f.field == "len":
+                out[f.name] = (view.rows >= 0).sum(axis=1).astype(np.int64)
+    return out
+
+
+def _view_values(items: ItemTable, view: View):
+    """``item_values`` entry of a view: an item table column gathered at its rows."""
+    event_row, _ = items.index(view.item)
+    return lambda col: _hist_values(col[event_row], view.rows)
 
 
 def similarities(vec: np.ndarray, tgt_row: np.ndarray, trg_row: np.ndarray, beh_row: np.ndarray,
@@ -288,26 +371,29 @@ def _context_columns(imps: dict, req_key: np.ndarray, s: LabelSettings) -> dict:
 def side_fields(spec: FeatureSpec, cols: dict, n_imp: int, items: ItemTable, item_values: dict,
                 profile: dict | None, imps: dict) -> dict:
     """The spec's model inputs that ``cols`` does not hold yet, each from its group's source:
-    an item group's field from the item table (``item_values[group]`` picks the rows), a user
-    column from the profile (0 without one), a context column from the impression row (0 when
-    the input has no such column).
+    an item group's field from the item table (``item_values[group]`` picks the rows; for the
+    history group ``item_values[<behaviour sequence>]``), a user column from the profile (0
+    without one), a context column from the impression row (0 when the input has no such
+    column).
 
     Raises:
       ValueError: naming a column whose group has no source here (or of a behaviour sequence
-        other than ``hist``), or an item field the item table lacks.
+        labeling does not build), or an item field the item table lacks.
     """
     out = {}
     for f in spec.select(model_input=True):
         if f.name in cols:
             continue
-        if f.group == "history" and f.history != HISTORY:
+        source = f.history if f.group == "history" else f.group
+        if f.group == "history" and source not in item_values:
             raise ValueError(f"spec column {f.name!r} belongs to behaviour sequence {f.history!r}; "
-                             f"labeling builds the sequence {HISTORY!r} only")
-        if f.group in item_values:
+                             f"labeling builds the sequence {HISTORY!r} and, with pipeline.views, "
+                             f"{REALTIME!r} and {LONG_TERM!r}")
+        if source in item_values:
             if f.field not in items.fields:
                 raise ValueError(f"spec column {f.name!r} holds item field {f.field!r}, which the "
                                  f"item table lacks; its fields: {sorted(items.fields)}")
-            out[f.name] = item_values[f.group](items.fields[f.field])
+            out[f.name] = item_values[source](items.fields[f.field])
         elif f.group == "user":
             value = 0 if profile is None else int(profile.get(f.name, 0))
             out[f.name] = np.full(n_imp, value, dtype=np.int64)
