@@ -66,8 +66,9 @@ class PipelineConfig:
         view).
       views: also write GAP-Net's real-time (``rt_*``) and long-term (``lt_*``) behaviour views
         (:func:`tirec.features.spec.tir_feature_spec`, ``pipeline/SCHEMA.md``). Off by default:
-        they grow every record by ``realtime_len + long_seq_len`` ids per column (measured in
-        benchmarks/RESULTS.md); models that read only ``hist`` (DIN, DAIAN) ignore them.
+        they add ``realtime_len + long_seq_len`` values to each of their id, time and side-field
+        columns, which makes every record several times larger and the job slower; models that
+        read only ``hist`` (DIN, DAIAN) neither parse nor serve them.
       realtime_window: ``views``: how far back (before the request's trigger query time) a click
         may be to enter the real-time view, a duration like ``trigger_window``; at least
         ``trigger_window``, so that the trigger is always the view's first entry.

@@ -442,6 +442,9 @@ def summarize(stats: dict) -> str:
         f"fallback items {stats['embedding'].get('fallback_items')}",
         f"  accounting:     {stats['accounting']}",
     ]
+    for view, v in stats.get("views", {}).items():
+        lines.insert(-1, f"  view {view}:        mean length {v['mean_len']} of {v['max_len']}, "
+                         f"{v['rows_non_empty']} rows non-empty")
     return "\n".join(lines)
 
 

@@ -24,11 +24,13 @@ def _view_columns(names) -> list:
     return sorted(n for n in names if n.startswith(("rt_", "lt_")))
 
 
-def test_din_trains_and_exports_on_records_with_views_without_reading_them(tmp_path):
+def test_din_trains_and_exports_on_records_with_views_without_reading_them(tmp_path, capsys):
     raw, data, run = str(tmp_path / "raw"), str(tmp_path / "tfr"), str(tmp_path / "run")
     synthetic.generate(synthetic.GeneratorConfig(users=20, seed=4, days=4), raw)
     assert cli.main(["pipeline", "--input", raw, "--format", "synthetic", "--out", data, "--views",
                      "--max-seq-len", "10", "--long-seq-len", "30"]) == 0
+    printed = capsys.readouterr().out
+    assert "view rt:" in printed and "mean length" in printed and "of 30" in printed
     data_spec = FeatureSpec.load(f"{data}/spec.json")
     assert set(data_spec.histories()) == {"hist", "rt", "lt"}
     assert len(_view_columns(data_spec.names)) == 12  # ids, ts, 3 side fields, len; twice
