@@ -1,6 +1,6 @@
 """Feature-pipeline benchmark: synthetic impressions end to end on DirectRunner, vs a pandas reference.
 
-    python benchmarks/bench_pipeline.py [--impressions 1000000] [--workers 2] [--work DIR]
+    python benchmarks/bench_pipeline.py [--impressions 1000000] [--workers 2] [--work DIR] [--views]
 
 Steps:
   1. ``tirec generate`` enough users for about ``--impressions`` impressions (Parquet).
@@ -11,9 +11,15 @@ Steps:
      history length, explicit-mask count and history item ids from the TFRecords must equal the
      reference's (max abs difference of the distributions reported).
 
-Prints a JSON summary (impressions/s of both, the ratio, peak RSS, parity) and writes it to
-``--work/bench_pipeline.json``. Goals from the issue: >= 20,000 impressions/s and within 5x of
-the reference.
+``--views`` runs the pipeline with ``--views`` (GAP-Net's ``rt_*`` / ``lt_*`` columns at their
+defaults); the reference and the parity check are the same, since the other columns do not
+change. Run once with and once without it on the same ``--work`` (the generated input is
+reused) to compare speed and size.
+
+Prints a JSON summary (impressions/s of both, the ratio, peak RSS, parity, the output's GZIP
+bytes and the mean serialized record size) and writes it to ``--work/bench_pipeline.json``
+(``bench_pipeline_views.json`` with ``--views``). Goals from the issue: >= 20,000
+impressions/s and within 5x of the reference.
 """
 from __future__ import annotations
 
@@ -90,6 +96,9 @@ def _records_by_request(out_dir: str, n_levels: int) -> dict:
     files = sorted(f for split in ("train", "valid", "eval") for f in glob.glob(f"{out_dir}/{split}/*.tfrecord.gz"))
     ds = (tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
           .batch(8192).map(lambda x: tf.io.parse_example(x, parse)))
+    sizes = (tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
+             .batch(8192).map(lambda x: tf.reduce_sum(tf.strings.length(x))))
+    record_bytes = int(sum(int(b) for b in sizes.as_numpy_iterator()))
     out, n = {}, 0
     for batch in ds.as_numpy_iterator():
         exp = batch["explicit_mask"].sum(axis=1)
@@ -103,7 +112,7 @@ def _records_by_request(out_dir: str, n_levels: int) -> dict:
             rec[3] += int(exp[i])
             rec[4] += int(items[i])
             n += 1
-    return out, n
+    return out, n, record_bytes
 
 
 def main() -> None:
@@ -113,6 +122,8 @@ def main() -> None:
     ap.add_argument("--mode", default="multi_processing", choices=("multi_processing", "in_memory"))
     ap.add_argument("--work", default="/tmp/tirec_bench_pipeline")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--views", action="store_true",
+                    help="run the pipeline with --views (GAP-Net's rt_*/lt_* columns)")
     args = ap.parse_args()
 
     raw, out = f"{args.work}/raw", f"{args.work}/out"
@@ -125,8 +136,11 @@ def main() -> None:
         print(f"generated {users} users in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     subprocess.run(["rm", "-rf", out], check=True)
     beam = [f"--direct_running_mode={args.mode}", f"--direct_num_workers={args.workers}"]
+    views = ["--views"] if args.views else []
     seconds, peak = _run_measured([tirec, "pipeline", "--input", raw, "--format", "synthetic",
-                                   "--out", out] + beam)
+                                   "--out", out] + views + beam)
+    output_gz = sum(os.path.getsize(f) for split in ("train", "valid", "eval")
+                    for f in glob.glob(f"{out}/{split}/*.tfrecord.gz"))
     stats = read_json(f"{out}/stats.json")
     imps_in = stats["rows_in"]["impressions"]
 
@@ -134,7 +148,7 @@ def main() -> None:
     ref = reference.label_requests(raw)
     ref_seconds = time.perf_counter() - t
 
-    recs, n_records = _records_by_request(out, 6)
+    recs, n_records, record_bytes = _records_by_request(out, 6)
     ref_map = {r.request_id: r for r in ref.itertuples(index=False)}
     missing = sorted(set(ref_map) ^ set(recs))
     trig_mismatch, hist_mismatch, max_diff = 0, 0, 0.0
@@ -153,6 +167,10 @@ def main() -> None:
         "pipeline_seconds": round(seconds, 2),
         "pipeline_impressions_per_s": round(imps_in / seconds),
         "pipeline_peak_rss_gib": round(peak / 2**30, 2),
+        "views": bool(args.views),
+        "output_bytes_gz": output_gz,
+        "output_bytes_gz_per_record": round(output_gz / max(1, n_records), 1),
+        "record_bytes_mean": round(record_bytes / max(1, n_records), 1),
         "reference_seconds": round(ref_seconds, 2),
         "reference_impressions_per_s": round(imps_in / ref_seconds),
         "slowdown_vs_reference": round(seconds / ref_seconds, 2),
@@ -164,7 +182,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     print(json.dumps(summary, indent=2))
-    write_json(f"{args.work}/bench_pipeline.json", summary)
+    write_json(f"{args.work}/bench_pipeline{'_views' if args.views else ''}.json", summary)
     if missing or trig_mismatch or hist_mismatch or max_diff > 1e-6:
         raise SystemExit("parity check FAILED")
 
