@@ -149,5 +149,5 @@ def test_views_add_the_realtime_and_long_term_sequences_last():
         hist = {f.field: f.table for f in spec.select(history="hist")}
         assert all(hist[f.field] == f.table for f in cols if f.field not in ("ts", "len"))
     assert FeatureSpec.from_json(spec.to_json()) == spec
-    with pytest.raises(ValueError, match=r"behaviour view 'lt': length must be a positive integer; received 0"):
+    with pytest.raises(ValueError, match=r"view 'lt': length must be a positive integer; received 0"):
         tir_feature_spec(views=True, long_seq_len=0)

@@ -229,7 +229,8 @@ def runs(tmp_path_factory):
     synthetic.generate(synthetic.GeneratorConfig(users=16, seed=5, days=4), raw)
     # a 20-minute trigger window leaves requests without a trigger (padded)
     common = dict(input=raw, format="synthetic", no_trigger="pad", max_seq_len=10, trigger_window="20m")
-    on = job.run(PipelineConfig(out=str(base / "on"), views=True, realtime_window="6h",
+    # small read chunks: a user's events reach the label step in several blocks
+    on = job.run(PipelineConfig(out=str(base / "on"), views=True, realtime_window="6h", chunk_rows=300,
                                 realtime_len=4, long_seq_len=30, **common))
     off = job.run(PipelineConfig(out=str(base / "off"), **common))
     return raw, str(base / "on"), on, str(base / "off"), off
@@ -280,7 +281,8 @@ def test_job_view_stats_and_the_other_columns_equal_a_run_without_views(runs):
     for k in plain:
         np.testing.assert_array_equal(r[k], plain[k], err_msg=k)
     written = sum(stats["written"].values())
-    assert "views" not in stats_off and list(stats)[list(stats).index("explicit_len_histogram") + 1] == "views"
+    keys = list(stats)
+    assert "views" not in stats_off and keys[keys.index("explicit_len_histogram") + 1] == "views"
     for view, length in (("rt", 4), ("lt", 30)):
         got = stats["views"][view]
         n = r[f"{view}_len"]
