@@ -8,7 +8,7 @@ and every report calls the model "GAP-Net (reconstructed)". Modules, each with a
 * **Views** — ``rt`` (real-time clicks, trigger first), ``st`` (the records' ``hist``) and
   ``lt`` (long-term). Records without ``rt`` get it cut from ``hist`` (its ``realtime_cut``
   most recent behaviours); a view the records lack otherwise is left out of the cascade. The
-  build logs which views are real, cut or absent (docs/models.md#gapnet-views).
+  build logs which views are real, cut or absent (docs/models.md#gap-net-views).
 * **ASGA** (micro) — PAFS, a SwiGLU sifting block (one for queries, one shared by every
   view's items), then per view a multi-head target attention with a ``softmax``, ``entmax15``,
   ``sparsemax`` or ``relu`` normaliser and the query-guided output gate QAOG
@@ -20,7 +20,7 @@ and every report calls the model "GAP-Net (reconstructed)". Modules, each with a
   concatenation of the views' reads (docs/models.md#cgdf).
 * **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_target ‖ e_trigger ‖ f ‖ q_last]))``.
 
-Speed (same outputs up to float rounding, docs/models.md#gapnet-speed): the views' item
+Speed (same outputs up to float rounding, docs/models.md#gap-net-speed): the views' item
 embeddings are sifted once per distinct request (``model.request_dedup``), and each view's
 attention runs on length groups of rows (``model.hist_buckets``). Outputs ``{"ctr": [B, 1]}``,
 float32 under mixed precision too.
@@ -52,7 +52,7 @@ VIEW_ORDER = (("rt", REALTIME), ("st", HISTORY), ("lt", LONG_TERM))
 
 @dataclasses.dataclass(frozen=True)
 class GapNetConfig:
-    """GAP-Net's own settings, the ``model.gapnet`` config section (docs/models.md#gapnet-switches).
+    """GAP-Net's own settings, the ``model.gapnet`` config section (docs/models.md#gap-net-switches).
     The shared ones (``emb_dim``, ``tower``, ``hist_buckets``, ``request_dedup``, ...) are in the
     common ``model`` section.
 
