@@ -20,9 +20,10 @@ and every report calls the model "GAP-Net (reconstructed)". Modules, each with a
   concatenation of the views' reads (docs/models.md#cgdf).
 * **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_target ‖ e_trigger ‖ f ‖ q_last]))``.
 
-Speed (same outputs up to float rounding, docs/models.md#gap-net-speed): the views' item
-embeddings are sifted once per distinct request (``model.request_dedup``), and each view's
-attention runs on length groups of rows (``model.hist_buckets``). Outputs ``{"ctr": [B, 1]}``,
+Speed (same outputs up to float rounding, docs/models.md#gap-net-speed): with
+``model.request_dedup`` the views' items are sifted once per distinct request and each view is
+read once per request by all its candidates (their queries side by side); each view's attention
+runs on length groups of rows (``model.hist_buckets``). Outputs ``{"ctr": [B, 1]}``,
 float32 under mixed precision too.
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ from tirec.models.config import ModelConfig
 from tirec.models.layers import ASGA, MLP, PAFS, ContextGatedFusion, QueryCalibration
 from tirec.models.layers.cascade import FUSIONS
 from tirec.models.layers.normalizers import NORMALIZERS
-from tirec.models.layers.sequence import compact_positions, length_bucketed
+from tirec.models.layers.sequence import (compact_positions, from_groups, group_slots, length_bucketed,
+                                          to_groups)
 from tirec.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -176,15 +178,18 @@ class GapNet(TirModel):
         """The steps of docs/models.md#gapnet: the views sifted once per distinct request, the
         cascade per candidate, the fusion and the tower."""
         g = self.gapnet_config
-        rows, expand = self.request_rows(inputs)
+        rows, index = self.request_groups(inputs)
         r = self.embed.request(rows)  # once per distinct request (model.request_dedup)
         e = self.embed.impression(inputs)
         views = self.request_views(r["histories"])
+        groups, expand = None, (lambda t: t)
+        if index is not None:
+            groups, expand = group_slots(index, tf.shape(r["user"])[0]), (lambda t: tf.gather(t, index))
         target, trigger = e["target"], expand(r["trigger"])
         query, reads = target, []
         for k, view in enumerate(self.views):
             keys, mask = views[view]
-            read = self.read_view(k, query if g.use_gcqc else target, expand(keys), expand(mask))
+            read = self.read_view(k, query if g.use_gcqc else target, keys, mask, groups)
             reads.append(read)
             if g.use_gcqc:
                 query = self.calibration[k](query, read, trigger)
@@ -212,14 +217,30 @@ class GapNet(TirModel):
             out[view] = (keys, mask)
         return out
 
-    def read_view(self, k: int, query, keys, mask):
-        """ASGA_k(query, view): PAFS on the query, then the gated attention; the per-position
-        pooling runs on length groups of rows (``model.hist_buckets``)."""
-        att = self.attention[k]
+    def read_view(self, k: int, query, keys, mask, groups=None):
+        """ASGA_k(query, view) ``[B, units]``: PAFS on the query, then the gated attention.
+
+        Args:
+          query: ``[B, D]`` per candidate.
+          keys, mask: the view, ``[B, L, D]`` and ``[B, L]``, or with ``groups`` one row per
+            distinct request, ``[U, L, D]`` and ``[U, L]``.
+          groups: None, or ``group_slots`` of the candidates' requests: the candidates' folded
+            queries are laid out per request, ``[U, C * H, D]``, and each request's view is
+            read once by all of them (no per-candidate copy of the view).
+
+        The per-position pooling runs on length groups of rows (``model.hist_buckets``).
+        """
+        att, d = self.attention[k], keys.shape[-1]
         sifted = self.pafs_query(query) if self.gapnet_config.use_pafs else query
         if not att.built:  # its variables under its own name, before any tf.cond branch
             att(sifted[:1], keys[:1], mask[:1])
-        q_keys, q_bias = att.fold_query(sifted, keys.shape[-1])
+        q_keys, q_bias = att.fold_query(sifted, d)
+        any_real = tf.reduce_any(mask, axis=1)
+        if groups is not None:
+            (slots, width), n = groups, tf.shape(keys)[0]
+            q_keys = tf.reshape(to_groups(q_keys, slots, n, width), [n, width * att.heads, d])
+            q_bias = tf.reshape(to_groups(q_bias, slots, n, width), [n, width * att.heads])
+            any_real = tf.gather(any_real, slots[:, 0])
 
         def pool(rows, sequences, m):
             _, pooled, total = att.pool((rows[0], rows[1]), sequences[0], m)
@@ -227,7 +248,10 @@ class GapNet(TirModel):
 
         pooled, total = length_bucketed(pool, [q_keys, q_bias], [keys], mask,
                                         buckets=self.model_config.hist_buckets)
-        return att.project(pooled, total, sifted, tf.reduce_any(mask, axis=1))
+        if groups is not None:
+            pooled = from_groups(tf.reshape(pooled, [n, width, att.heads, d]), slots)
+            total = from_groups(tf.reshape(total, [n, width, att.heads]), slots)
+        return att.project(pooled, total, sifted, any_real)
 
 
 @register_model("gapnet", GapNetConfig, histories="all")

@@ -9,11 +9,12 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.config import load_config
-from tirec.models.base import model_input_names
+from tirec.models.base import model_input_names, request_input_names
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
 from tirec.models.gapnet import GapNetConfig, view_plan
 from tirec.models.layers import ASGA, PAFS, ContextGatedFusion, QueryCalibration
 from tirec.models.layers.normalizers import NORMALIZERS, attention_weights
+from tirec.models.layers.sequence import from_groups, group_slots, to_groups, unique_rows
 from tirec.models.train import build_model
 
 SMALL = ["model.emb_dim=4", "model.gapnet.att_units=8", "model.gapnet.att_heads=2", "model.tower=[16,8]",
@@ -218,6 +219,19 @@ def test_context_gated_fusion_hand_computed(mode):
         assert np.all(fuse(c, reads).numpy() == 0)
 
 
+def test_group_slots_lay_rows_out_per_group_and_back():
+    index = tf.constant([2, 0, 2, 1, 2, 0])
+    slots, width = group_slots(index, 4)
+    np.testing.assert_array_equal(slots.numpy(), [[2, 0], [0, 0], [2, 1], [1, 0], [2, 2], [0, 1]])
+    assert int(width) == 3
+    rows = tf.constant([[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]])
+    laid = to_groups(rows, slots, 4, width).numpy()
+    np.testing.assert_array_equal(laid[..., 0], [[2, 6, 0], [4, 0, 0], [1, 3, 5], [0, 0, 0]])
+    np.testing.assert_array_equal(from_groups(laid, slots).numpy(), rows.numpy())
+    empty, none = group_slots(tf.zeros([0], tf.int32), 0)
+    assert empty.shape == (0, 2) and int(none) == 0
+
+
 @pytest.mark.parametrize("layer", [PAFS(mult=3.0), ASGA(units=4, heads=2, norm="entmax15", use_gate=False),
                                    QueryCalibration(units=5), ContextGatedFusion(3, 4, "softmax", (2,))])
 def test_layers_serialize_round_trip(layer):
@@ -356,7 +370,7 @@ def test_static_query_reads_every_view_with_the_target(tiny_views_data):
     model(x)
     seen = []
     original = model.read_view
-    model.read_view = lambda k, q, keys, mask: seen.append(q.numpy()) or original(k, q, keys, mask)
+    model.read_view = lambda k, q, *args: seen.append(q.numpy()) or original(k, q, *args)
     model(x)
     target = model.embed.impression(x)["target"].numpy()
     assert len(seen) == 3 and all(np.array_equal(q, target) for q in seen)
@@ -388,6 +402,9 @@ def test_speed_paths_equal_the_straightforward_path(request, data, norm):
         model.set_weights(weights)
         results.append(_outputs_and_grads(model, x, y))
     want, want_grads = results[0]
+    # the batch (records in request order) does hold several candidates per request
+    first, index = unique_rows([x[n] for n in request_input_names(spec)])
+    assert 1 < first.shape[0] < index.shape[0] // 2
     for variant, (got, grads) in zip(variants[1:], results[1:]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(variant))
         assert set(grads) == set(want_grads)
