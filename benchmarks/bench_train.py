@@ -124,9 +124,11 @@ def model_config(name: str, **settings) -> ModelConfig:
 
 
 def with_views(spec, x, rt_len: int, lt_len: int):
-    """``spec`` and the batch ``x`` with GAP-Net's rt (the first ``rt_len`` ``hist`` positions)
-    and lt (``hist`` repeated to ``lt_len`` positions) views added, as the pipeline's view
-    columns (``rt_*``, ``lt_*``: the item fields and ``ts``)."""
+    """``spec`` and the batch ``x`` with GAP-Net's rt and lt views added, as the pipeline's view
+    columns (``rt_*``, ``lt_*``: the item fields and ``ts``): rt = the first ``rt_len`` ``hist``
+    positions; lt (``lt_len`` positions) = the request's ``hist`` followed by the ``hist`` of the
+    next distinct requests of the batch (other users' behaviours: the synthetic logs are too short
+    for 200 behaviours of one user), the same for every candidate of a request."""
     hist = [f for f in spec.select(group="history", history="hist", kind="sequence", model_input=True)
             if f.field in {"ts"} | {g.field for g in spec.select(group="target")}]
     features, x = list(spec.features), dict(x)
@@ -135,9 +137,17 @@ def with_views(spec, x, rt_len: int, lt_len: int):
             name = f"{view}_{f.name[len('hist_'):]}"
             features.append(Feature(name, f.dtype, "sequence", n, f.table, group="history", scope="request",
                                     field=f.field, history=view, model_input=True))
-            reps = -(-n // f.length)
-            x[name] = tf.tile(x[f.name], [1, reps])[:, :n]
+            x[name] = x[f.name][:, :n] if view == REALTIME else _long_view(spec, x, f.name, n)
     return dataclasses.replace(spec, features=tuple(features)), x
+
+
+def _long_view(spec, x, column: str, n: int):
+    """``column`` of every row's request followed by that of the next requests, cut to ``n``."""
+    first, index = unique_rows([x[c] for c in request_input_names(spec)])
+    per_request = tf.gather(x[column], first)
+    reps = -(-n // per_request.shape[1])
+    joined = tf.concat([tf.roll(per_request, -k, axis=0) for k in range(reps)], axis=1)[:, :n]
+    return tf.gather(joined, index)
 
 
 def build_step(name: str, data: str, precision: str, x, y, spec=None, **overrides):
@@ -203,7 +213,7 @@ def bench_models(data: str, precisions: list[str], steps: int, rounds: int,
     out = {"timed_batch": {"shuffle_buffer": TRAIN.shuffle_buffer, "shuffle_block": shuffle_block,
                            **batch_stats(data, x)}}
     if "gapnet_views" in cases:
-        out["timed_batch"]["gapnet_views"] = {"rt": views[0], "lt": views[1]}
+        out["timed_batch"]["gapnet_views"] = {"rt": views[0], "lt": views[1], **item_stats(cases["gapnet_views"])}
     for p in precisions:
         for v in cases:
             model, _ = variants[(p, v)]
@@ -221,6 +231,15 @@ def bench_models(data: str, precisions: list[str], steps: int, rounds: int,
                 out["mixed_bfloat16"][f"{v}_over_float32_din_step_time"] = round(
                     best[("mixed_bfloat16", v)] / best[("float32", "din")], 2)
     return out
+
+
+def item_stats(case) -> dict:
+    """Behaviour positions and distinct items of a batch's views, per distinct request (GAP-Net
+    sifts each distinct item once with ``model.request_dedup``)."""
+    _, spec, x = case
+    first, _ = unique_rows([x[c] for c in request_input_names(spec)])
+    ids = tf.concat([tf.reshape(tf.gather(x[f"{v}_item_ids"], first), [-1]) for v in ("rt", "hist", "lt")], 0)
+    return {"view_positions": int(ids.shape[0]), "distinct_items": int(tf.size(tf.unique(ids)[0]))}
 
 
 def x_of(cases: dict, variant: str) -> dict:

@@ -21,7 +21,7 @@ and every report calls the model "GAP-Net (reconstructed)". Modules, each with a
 * **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_target ‖ e_trigger ‖ f ‖ q_last]))``.
 
 Speed (same outputs up to float rounding, docs/models.md#gap-net-speed): with
-``model.request_dedup`` the views' items are sifted once per distinct request and each view is
+``model.request_dedup`` the views' items are sifted once per distinct item and each view is
 read once per request by all its candidates (their queries side by side); each view's attention
 runs on length groups of rows (``model.hist_buckets``). Outputs ``{"ctr": [B, 1]}``,
 float32 under mixed precision too.
@@ -36,13 +36,13 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import HISTORY, LONG_TERM, REALTIME, FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel
+from tirec.models.base import FeatureEmbedder, TirModel, item_columns
 from tirec.models.config import ModelConfig
 from tirec.models.layers import ASGA, MLP, PAFS, ContextGatedFusion, QueryCalibration
 from tirec.models.layers.cascade import FUSIONS
 from tirec.models.layers.normalizers import NORMALIZERS
 from tirec.models.layers.sequence import (compact_positions, from_groups, group_slots, length_bucketed,
-                                          to_groups)
+                                          to_groups, unique_rows)
 from tirec.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class GapNet(TirModel):
         rows, index = self.request_groups(inputs)
         r = self.embed.request(rows)  # once per distinct request (model.request_dedup)
         e = self.embed.impression(inputs)
-        views = self.request_views(r["histories"])
+        views = self.request_views(rows, r["histories"])
         groups, expand = None, (lambda t: t)
         if index is not None:
             groups, expand = group_slots(index, tf.shape(r["user"])[0]), (lambda t: tf.gather(t, index))
@@ -200,13 +200,11 @@ class GapNet(TirModel):
                            training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 
-    def request_views(self, histories) -> dict:
+    def request_views(self, rows, histories) -> dict:
         """``{view: (keys [U, L, D], mask [U, L])}``: each view's items, PAFS-sifted (one shared
-        block), from the request-level sequences; ``rt`` cut from ``hist`` where the plan says."""
-        sifted = {}
-        for sequence in dict.fromkeys(s for _, s, _ in self.plan):
-            items, mask = histories[sequence]
-            sifted[sequence] = (self.pafs_items(items) if self.gapnet_config.use_pafs else items, mask)
+        block), from the request-level inputs ``rows`` and their embedded sequences
+        ``histories``; ``rt`` cut from ``hist`` where the plan says."""
+        sifted = self.sift_items(rows, histories)
         out = {}
         for view, sequence, how in self.plan:
             keys, mask = sifted[sequence]
@@ -216,6 +214,27 @@ class GapNet(TirModel):
                 mask = tf.sequence_mask(lengths, tf.shape(positions)[1])
             out[view] = (keys, mask)
         return out
+
+    def sift_items(self, rows, histories) -> dict:
+        """``{sequence: (PAFS(E_S), mask)}`` for the sequences the views read. PAFS works item
+        by item: with ``model.request_dedup`` it runs once per distinct item (id and side
+        fields) of the batch's sequences, all views together."""
+        sequences = list(dict.fromkeys(s for _, s, _ in self.plan))
+        if not self.gapnet_config.use_pafs:
+            return {s: histories[s] for s in sequences}
+        if not self.model_config.request_dedup:
+            return {s: (self.pafs_items(histories[s][0]), histories[s][1]) for s in sequences}
+        columns = [item_columns(self.spec, "history", s) for s in sequences]
+        ids = [tf.concat([tf.reshape(rows[cols[i]], [-1]) for cols in columns], axis=0)
+               for i in range(len(columns[0]))]
+        first, index = unique_rows(ids)
+        d = self.embed.item_dim
+        flat = tf.concat([tf.reshape(histories[s][0], [-1, d]) for s in sequences], axis=0)
+        sifted = tf.gather(self.pafs_items(tf.gather(flat, first)), index)
+        sizes = [tf.size(histories[s][1]) for s in sequences]
+        parts = tf.split(sifted, tf.stack(sizes), axis=0, num=len(sequences))
+        return {s: (tf.reshape(part, tf.shape(histories[s][0])), histories[s][1])
+                for s, part in zip(sequences, parts)}
 
     def read_view(self, k: int, query, keys, mask, groups=None):
         """ASGA_k(query, view) ``[B, units]``: PAFS on the query, then the gated attention.

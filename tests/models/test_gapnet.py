@@ -276,7 +276,7 @@ def test_records_without_views_cut_rt_from_hist_and_say_so(tiny_data, caplog):
         model = _model(tiny_data, "model.gapnet.realtime_cut=3")
     assert "GAP-Net (reconstructed) views: rt: cut from 'hist' (its 3 most recent); st: 'hist' (10); " \
            "lt: absent (no 'lt' sequence)" in caplog.text
-    views = model.request_views(model.embed.request(x)["histories"])
+    views = model.request_views(x, model.embed.request(x)["histories"])
     keys, mask = views["rt"]
     hist_keys, hist_mask = views["st"]
     lengths = np.minimum(hist_mask.numpy().sum(axis=1), 3)
@@ -311,7 +311,7 @@ def test_empty_views_give_finite_outputs_and_gradients(tiny_views_data, norm):
     grads = tape.gradient(loss, model.trainable_variables)
     assert np.all(np.isfinite(out.numpy()))
     assert all(np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads if g is not None)
-    views = model.request_views(model.embed.request(x)["histories"])
+    views = model.request_views(x, model.embed.request(x)["histories"])
     for k, view in enumerate(model.views):  # an empty view reads exactly 0
         keys, mask = views[view]
         read = model.read_view(k, model.embed.impression(x)["target"], keys, mask).numpy()
