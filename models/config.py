@@ -66,7 +66,7 @@ class ModelConfig:
         samples of similar length (faster when histories are shorter than ``L``; not used with
         ``activation=dice``, whose statistics would become per group).
       request_dedup: run the request-level blocks (history and user embeddings; DAIAN's UIM,
-        I2E and explicit self-attention; GAP-Net's PAFS of the views' items) once per distinct request of the batch and gather
+        I2E and explicit self-attention; GAP-Net's views, their items sifted once per distinct item) once per distinct request of the batch and gather
         their outputs back to the candidates; the outputs are the same up to float rounding.
         The saving grows with the candidates per request a batch holds: many with
         ``train.shuffle_block`` > 1 (the default) or ``train.shuffle_buffer=0``, few with a
