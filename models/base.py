@@ -472,11 +472,20 @@ class TirModel(keras.Model):
         """The request-level inputs (:func:`request_input_names`), one row per distinct request
         of the batch with ``model.request_dedup``, and ``expand``, which maps a ``[U, ...]``
         result back to the batch's ``[B, ...]`` rows."""
+        rows, index = self.request_groups(inputs)
+        if index is None:
+            return rows, lambda t: t
+        return rows, lambda t: tf.gather(t, index)
+
+    def request_groups(self, inputs):
+        """``(rows, index)``: the request-level inputs, one row per distinct request with
+        ``model.request_dedup``, and int32 ``[B]`` the distinct request of every row (None
+        without ``model.request_dedup``: then ``rows`` are the batch's own)."""
         names = request_input_names(self.spec)
         if not self.model_config.request_dedup:
-            return {n: inputs[n] for n in names}, lambda t: t
+            return {n: inputs[n] for n in names}, None
         first, index = unique_rows([inputs[n] for n in names])
-        return {n: tf.gather(inputs[n], first) for n in names}, lambda t: tf.gather(t, index)
+        return {n: tf.gather(inputs[n], first) for n in names}, index
 
     def intent_target(self, dist: tf.Tensor) -> tf.Tensor:
         """The ground-truth intent in the model's intent output space (identity here)."""

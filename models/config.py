@@ -49,7 +49,7 @@ class ModelConfig:
     (:class:`tirec.models.base.TirModel`, the embedder) or every model reads.
 
     Args:
-      name: registered model name (``din``, ``daian``).
+      name: registered model name (``din``, ``daian``, ``gapnet``).
       emb_dim: width of every id embedding (per field); an item is ``[id ‖ side fields]``.
       table_shards: row shards per embedding table (ParameterServer: the partitioner decides).
       din_hidden: DIN attention FFN sizes (DIN's attention, and DAIAN's and its UIM's).
@@ -60,13 +60,13 @@ class ModelConfig:
         layers (tower, attention, gate, UIM and I2E projections; not on biases, embedding
         tables or the frozen item table), summed over the kernels the current stage trains and
         added to the stage's data loss. 0 (default) = off.
-      hist_buckets: how DIN attention (DIN's, DAIAN's and the UIM's ``din`` pooling) runs over
-        the behaviour sequence; the outputs are the same up to float rounding: ``0`` on the
+      hist_buckets: how DIN attention (DIN's, DAIAN's and the UIM's ``din`` pooling) and GAP-Net's
+        per-view attention run over the behaviour sequences; the outputs are the same up to float rounding: ``0`` on the
         padded sequence, ``k >= 1`` on the real behaviours compacted into ``k`` groups of
         samples of similar length (faster when histories are shorter than ``L``; not used with
         ``activation=dice``, whose statistics would become per group).
       request_dedup: run the request-level blocks (history and user embeddings; DAIAN's UIM,
-        I2E and explicit self-attention) once per distinct request of the batch and gather
+        I2E and explicit self-attention; GAP-Net's views, their items sifted once per distinct item) once per distinct request of the batch and gather
         their outputs back to the candidates; the outputs are the same up to float rounding.
         The saving grows with the candidates per request a batch holds: many with
         ``train.shuffle_block`` > 1 (the default) or ``train.shuffle_buffer=0``, few with a

@@ -27,7 +27,7 @@ _REGISTRY: dict[str, Callable] = {}
 _CONFIGS: dict[str, type] = {}
 _HISTORIES: dict[str, str] = {}
 HISTORY_CHOICES = ("first", "all")
-BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian")
+BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian", "tirec.models.gapnet")
 
 
 def _load_builtins() -> None:

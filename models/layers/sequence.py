@@ -164,3 +164,41 @@ def unique_rows(tensors: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
     distinct, index = tf.raw_ops.UniqueV2(x=tf.concat(columns, axis=1), axis=[0], out_idx=tf.int32)
     first = tf.math.unsorted_segment_min(tf.range(tf.shape(index)[0]), index, tf.shape(distinct)[0])
     return first, index
+
+
+def group_slots(index: tf.Tensor, groups) -> tuple[tf.Tensor, tf.Tensor]:
+    """Where each row goes in a ``[groups, C, ...]`` layout that holds the rows of each group
+    side by side (C = the largest group).
+
+    A block that pairs every row with its group's sequence (every candidate with its request's
+    history, :func:`unique_rows`) can then read each sequence once per group, as
+    ``[groups, C * ...]`` batched matmuls, instead of gathering a copy of it for every row.
+
+    Args:
+      index: int32 ``[B]``, the group of every row (in ``[0, groups)``).
+      groups: the number of groups U.
+
+    Returns:
+      ``(slots, width)``: int32 ``[B, 2]`` (group, position within the group) of every row, in
+      row order within a group, and C as an int32 scalar (0 for an empty batch).
+    """
+    index = tf.cast(index, tf.int32)
+    order = tf.argsort(index, stable=True)
+    sorted_index = tf.gather(index, order)
+    counts = tf.math.bincount(index, minlength=groups, maxlength=groups, dtype=tf.int32)
+    starts = tf.cumsum(counts, exclusive=True)
+    position = tf.range(tf.shape(index)[0]) - tf.gather(starts, sorted_index)
+    slots = tf.scatter_nd(order[:, None], tf.stack([sorted_index, position], axis=1),
+                          tf.stack([tf.shape(index)[0], 2]))
+    return slots, tf.reduce_max(tf.concat([counts, [0]], axis=0))
+
+
+def to_groups(t: tf.Tensor, slots: tf.Tensor, groups, width) -> tf.Tensor:
+    """``t`` ``[B, ...]`` laid out as ``[groups, width, ...]`` (zeros at empty slots)."""
+    shape = tf.concat([tf.stack([tf.cast(groups, tf.int32), tf.cast(width, tf.int32)]), tf.shape(t)[1:]], axis=0)
+    return tf.scatter_nd(slots, t, shape)
+
+
+def from_groups(t: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
+    """The rows ``[B, ...]`` back from a ``[groups, width, ...]`` layout (:func:`to_groups`)."""
+    return tf.gather_nd(t, slots)

@@ -24,3 +24,9 @@ def tiny_data(tmp_path_factory):
 def tiny_data_no_valid(tmp_path_factory):
     """The same logs split into train and eval only (``pipeline.valid_days=0``)."""
     return _tiny(tmp_path_factory, "tiny_no_valid", split="days", valid_days=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_views_data(tiny_data, tmp_path_factory, add_views):
+    """``tiny_data`` with the rt (4) and lt (20) views added by hand (tests/conftest.py)."""
+    return add_views(tiny_data, str(tmp_path_factory.mktemp("tiny_views") / "tfr"))

@@ -14,6 +14,8 @@ import pytest
 
 SMALL = ["--set", "model.emb_dim=4", "--set", "model.daian.att_units=8", "--set", "model.daian.att_heads=2",
          "--set", "model.tower=[16,8]", "--set", "model.daian.uim_hidden=[8]", "--set", "model.din_hidden=[8,4]",
+         "--set", "model.gapnet.att_units=8", "--set", "model.gapnet.att_heads=2",
+         "--set", "model.gapnet.cgdf_hidden=[4]",
          "--set", "train.batch_size=128", "--set", "train.shuffle_buffer=0",
          "--set", "model.daian.explicit_buckets=1", "--set", "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
 
@@ -81,7 +83,7 @@ BATCH_PREAMBLE = textwrap.dedent("""
 
 STEP_SCRIPT = BATCH_PREAMBLE + textwrap.dedent("""
     out = {"replicas": mirrored.num_replicas_in_sync}
-    for name, stage in (("din", 3), ("daian", 3), ("daian", 2), ("daian", 1)):
+    for name, stage in (("din", 3), ("gapnet", 3), ("daian", 3), ("daian", 2), ("daian", 1)):
         weights, init = {}, None
         for label, strategy in (("one", tf.distribute.get_strategy()), ("mirrored", mirrored)):
             with strategy.scope():
@@ -118,7 +120,7 @@ def test_mirrored_sgd_step_equals_one_device_with_l2(tiny_data):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out.pop("replicas") == 2
-    assert set(out) == {"din_stage3", "daian_stage3", "daian_stage2", "daian_stage1"}
+    assert set(out) == {"din_stage3", "gapnet_stage3", "daian_stage3", "daian_stage2", "daian_stage1"}
     for case, variables in out.items():
         moved = 0.0
         for name, w in variables.items():
@@ -198,7 +200,7 @@ PS_SCRIPT = textwrap.dedent("""
     from tirec.models.train import ps_strategy, build_model, server_config
     from tirec.models.train import train_run
     from tirec.models.data import load_data_spec, load_item_vectors
-    data, run, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3].split(",")]
+    data, run, ports, name = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3].split(",")], sys.argv[4]
     cluster = tf.train.ClusterSpec({"worker": [f"127.0.0.1:{p}" for p in ports[:2]],
                                     "ps": [f"127.0.0.1:{p}" for p in ports[2:]]})
     config = server_config(2)  # enough inter-op threads on a 2-core machine (else a deadlock)
@@ -207,15 +209,15 @@ PS_SCRIPT = textwrap.dedent("""
                for j, n in (("worker", 2), ("ps", 2)) for i in range(n)]
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(cluster, rpc_layer="grpc")
     strategy = ps_strategy(resolver, min_shard_bytes=1024)
-    cfg = load_config(None, sys.argv[4:])
-    metrics = train_run(data, "din", run, cfg.model, cfg.train, strategy=strategy)
+    cfg = load_config(None, sys.argv[5:])
+    metrics = train_run(data, name, run, cfg.model, cfg.train, strategy=strategy)
     spec = load_data_spec(data)
     ids, vecs, _ = load_item_vectors(data)
     from tirec.models.base import model_input_names
     from tirec.models.data import make_dataset
     x, _ = next(iter(make_dataset(data, "eval", spec, 2)))
     with strategy.scope():
-        model = build_model("din", spec, cfg.model, ids, vecs)
+        model = build_model(name, spec, cfg.model, ids, vecs)
         model({k: v for k, v in x.items() if k in model_input_names(spec)})
     table = model.embed.tables["item"]
     shards = [int(s.shape[0]) for v in table.weights for s in getattr(v, "variables", [v])]
@@ -225,12 +227,13 @@ PS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_parameter_server_in_process_cluster(tiny_data, tmp_path):
+@pytest.mark.parametrize("name", ["din", "gapnet"])
+def test_parameter_server_in_process_cluster(tiny_data, tmp_path, name):
     ports = _free_ports(4)
     sets = [a for a in SMALL if a != "--set"] + ["train.strategy=ps", "train.steps_per_epoch=3",
                                                    "train.three_stage=false"]
     res = subprocess.run([sys.executable, "-c", PS_SCRIPT, tiny_data, str(tmp_path / "run"),
-                          ",".join(map(str, ports))] + sets,
+                          ",".join(map(str, ports)), name] + sets,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -242,7 +245,8 @@ def test_parameter_server_in_process_cluster(tiny_data, tmp_path):
     assert (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_multiworker_two_local_processes(tiny_data, tmp_path):
+@pytest.mark.parametrize("name", ["din", "gapnet"])
+def test_multiworker_two_local_processes(tiny_data, tmp_path, name):
     ports = _free_ports(2)
     workers = [f"127.0.0.1:{p}" for p in ports]
     run = tmp_path / "run"
@@ -251,7 +255,7 @@ def test_multiworker_two_local_processes(tiny_data, tmp_path):
         env = _env()
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
         procs.append(subprocess.Popen(
-            _tirec() + ["train", "--data", tiny_data, "--model", "din", "--run", str(run),
+            _tirec() + ["train", "--data", tiny_data, "--model", name, "--run", str(run),
                         "--strategy", "multiworker", "--steps-per-epoch", "3"] + SMALL,
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=600) for p in procs]
