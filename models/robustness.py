@@ -212,9 +212,14 @@ class HistoryNoise:
         rows = np.full(items.shape, -1, dtype=np.int64)
         rows[real] = orig
         new_rows = rows.copy()
+        drawn: dict = {}  # the candidates of a request share its draws: computed once per batch
         for i in np.flatnonzero(n):
-            pos, draw = self._draws(keys[i], seq.name, np.flatnonzero(real[i]), int(n[i]))
-            draw += draw >= rows[i, pos]  # never the position's own item
+            real_pos = np.flatnonzero(real[i])
+            key = (keys[i], real_pos.tobytes())
+            if key not in drawn:
+                drawn[key] = self._draws(keys[i], seq.name, real_pos, int(n[i]))
+            pos, draw = drawn[key]
+            draw = draw + (draw >= rows[i, pos])  # never the position's own item
             new_rows[i, pos] = draw
         hit = new_rows != rows
         self.replaced[seq.name] += int(hit.sum())
