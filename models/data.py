@@ -94,7 +94,7 @@ def shard_files(data_dir: str, split: str) -> list[str]:
 def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, *,
                  shuffle_buffer: int = 0, shuffle_block: int = 1, seed: int = 0, repeat: bool = False,
                  drop_remainder: bool = False, input_context: tf.distribute.InputContext | None = None,
-                 workers: int = 1) -> tf.data.Dataset:
+                 workers: int = 1, extra_columns: tuple[str, ...] = ()) -> tf.data.Dataset:
     """Batched ``(features, targets)`` dataset of one split.
 
     Args:
@@ -113,6 +113,8 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
       input_context: from ``distribute_datasets_from_function``; shards files per input pipeline.
       workers: workers that will auto-shard this dataset (multi-worker training): with fewer
         files than workers it is sharded by record instead of by file.
+      extra_columns: further columns of any role to parse into ``features`` (e.g. the meta
+        column ``request_id``, which evaluation under noise keys its draws on).
     """
     files = shard_files(data_dir, split)
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -143,6 +145,7 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
     if repeat:
         ds = ds.repeat()
     parse = spec.parse_example_spec(roles=("label", "feature", "intent"))
+    parse.update({k: v for k, v in spec.parse_example_spec().items() if k in extra_columns})
     label = spec.label
     intent = spec.select(group="intent", field="dist")[0].name
 

@@ -39,6 +39,7 @@ from tirec.features.config_io import to_dict
 from tirec.features.jsonio import read_json, write_json
 from tirec.features.spec import FeatureSpec
 from tirec.models import metrics as M
+from tirec.models import robustness as R
 from tirec.models.base import (DIE_PRETRAIN, UIM_PRETRAIN, Stage, check_stage_inputs, joint_stage,
                                 model_input_names, precision_scope, stage_input_names)
 from tirec.models.config import ModelConfig, RunConfig, TrainConfig, check_precision, load_run_config
@@ -413,17 +414,30 @@ def _train_stage(model, stage: Stage, strategy, train_ds, valid_ds, run_dir, cfg
 
 # ---- evaluation -------------------------------------------------------------------------------
 
-def predict_eval(model, data_dir: str, spec: FeatureSpec, batch_size: int) -> dict[str, np.ndarray]:
-    """Predictions and the columns the metrics need, over the whole eval split."""
+def predict_eval(model, data_dir: str, spec: FeatureSpec, batch_size: int, noise=None,
+                 keep: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Predictions and the columns the metrics need, over the whole eval split.
+
+    Args:
+      noise: a :class:`tirec.models.robustness.HistoryNoise` applied to every batch before the
+        model reads it (``tirec evaluate --noise``), or None.
+      keep: further columns to return as read (clean, before any noise), e.g. the slices'.
+    """
     names = model_input_names(spec)
-    ds = make_dataset(data_dir, "eval", spec, batch_size)
-    out = {"label": [], "prob": [], "user_id": [], "intent_true": [], "intent_pred": []}
+    extra = tuple(keep) + ((noise.request,) if noise is not None else ())
+    ds = make_dataset(data_dir, "eval", spec, batch_size, extra_columns=extra)
+    out = {k: [] for k in ("label", "prob", "user_id", "intent_true", "intent_pred", *keep)}
 
     @tf.function
     def step(x):
         return model({k: v for k, v in x.items() if k in names}, training=False)
 
     for x, y in ds:
+        for k in keep:
+            if k != "user_id":
+                out[k].append(x[k].numpy())
+        if noise is not None:
+            x = {k: tf.constant(v) for k, v in noise({k: v.numpy() for k, v in x.items()}).items()}
         pred = step(x)
         out["label"].append(y["ctr"].numpy()[:, 0])
         out["prob"].append(pred["ctr"].numpy()[:, 0])
@@ -434,11 +448,20 @@ def predict_eval(model, data_dir: str, spec: FeatureSpec, batch_size: int) -> di
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
-def evaluate_model(model, data_dir: str, spec: FeatureSpec, batch_size: int = 4096) -> dict:
-    """Exact AUC, GAUC, logloss (and intent KL/JS for intent models) on the eval split."""
-    p = predict_eval(model, data_dir, spec, batch_size)
-    return M.ctr_metrics(p["label"].astype(np.int64), p["prob"], p["user_id"],
-                         intent_true=p.get("intent_true"), intent_pred=p.get("intent_pred"))
+def evaluate_model(model, data_dir: str, spec: FeatureSpec, batch_size: int = 4096, noise=None,
+                   slices: list[str] | tuple = ()) -> dict:
+    """Exact AUC, GAUC, logloss (and intent KL/JS for intent models) on the eval split; under
+    ``noise`` (a :class:`~tirec.models.robustness.HistoryNoise`) with its settings and counts
+    (``noise``), and with the metrics of each of ``slices`` (``slices``)."""
+    keep = tuple(dict.fromkeys(k for k in R.slice_columns(spec).values() if k)) if slices else ()
+    p = predict_eval(model, data_dir, spec, batch_size, noise=noise, keep=keep)
+    metrics = M.ctr_metrics(p["label"].astype(np.int64), p["prob"], p["user_id"],
+                            intent_true=p.get("intent_true"), intent_pred=p.get("intent_pred"))
+    if noise is not None:
+        metrics["noise"] = noise.summary()
+    if slices:
+        metrics["slices"] = R.evaluate_slices(spec, data_dir, p, list(slices))
+    return metrics
 
 
 def checkpoint_prefix(run_dir: str, checkpoint: str = "last") -> str:
@@ -488,11 +511,24 @@ def load_run(run_dir: str, precision: str | None = "float32", checkpoint: str = 
 
 
 def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
-                 batch_size: int = 4096) -> dict:
-    """``tirec evaluate``: exact metrics of a run on ``data_dir``'s eval split (+ RelaImpr)."""
+                 batch_size: int = 4096, noise: float | None = None, noise_seed: int = 0,
+                 slices: list[str] | tuple = ()) -> dict:
+    """``tirec evaluate``: exact metrics of a run on ``data_dir``'s eval split (+ RelaImpr).
+
+    Args:
+      noise: P, the percentage of every behaviour sequence's real positions replaced by random
+        catalogue items (:mod:`tirec.models.robustness`), or None for the clean records.
+      noise_seed: the seed of those draws.
+      slices: slice names (:data:`tirec.models.robustness.SLICES`; comma lists allowed).
+    """
+    slices = R.check_slices(slices)
+    percent = None if noise is None else R.check_percent(noise)
     model, spec, cfg = load_run(run_dir)
     model_spec(cfg["model"]["name"], load_data_spec(data_dir)).check_compatible(spec, what="data")
-    metrics = evaluate_model(model, data_dir, spec, batch_size)
+    history_noise = None
+    if percent is not None:
+        history_noise = R.HistoryNoise(spec, R.load_catalogue(data_dir), percent, noise_seed)
+    metrics = evaluate_model(model, data_dir, spec, batch_size, noise=history_noise, slices=slices)
     if baseline_dir:
         base = read_json(os.path.join(baseline_dir, "metrics.json"))
         metrics["baseline"] = baseline_dir
@@ -500,6 +536,8 @@ def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
             metrics[f"rela_impr_{key}"] = M.rela_impr(metrics[key], base[key])
     previous = read_json(os.path.join(run_dir, "metrics.json")) if tf.io.gfile.exists(
         os.path.join(run_dir, "metrics.json")) else {}
+    for key in ("noise", "slices"):  # describe this evaluation only
+        previous.pop(key, None)
     previous.update(metrics)
     write_json(os.path.join(run_dir, "metrics.json"), previous)
     return metrics

@@ -5,7 +5,7 @@ Entry functions only wire flags into the typed config and delegate to the packag
     tirec generate --out D --users 300 --seed 7
     tirec pipeline --input D --format synthetic --out T [--intent-levels 6] [Beam flags ...]
     tirec train --data T --model daian --run RUN [--strategy mirrored --cpu-replicas 2]
-    tirec evaluate --data T --run RUN [--baseline OTHER_RUN]
+    tirec evaluate --data T --run RUN [--baseline OTHER_RUN] [--noise P [--noise-seed S]] [--slice NAME ...]
     tirec export --run RUN --out BASE --model-name NAME [--version V] [--checkpoint last|best]
     tirec serving-config --out DIR --served-model NAME=/models/NAME [...]
     tirec serve --model-base-path BASE/NAME --model-name NAME [--port 8500] [--rest-port 8501]
@@ -254,13 +254,26 @@ def _add_evaluate(sub) -> None:
     _run_flag(p, ("--model-dir",), "run folder written by `tirec train`")
     p.add_argument("--baseline", help="another run folder to compute RelaImpr against")
     p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--noise", type=float, metavar="P",
+                   help="replace P %% (0-100) of every behaviour sequence's real positions with "
+                        "random catalogue items before scoring (robustness to interaction noise)")
+    p.add_argument("--noise-seed", type=int, metavar="S",
+                   help="seed of the --noise draws (default 0); the same seed and request get the "
+                        "same noisy history")
+    p.add_argument("--slice", action="append", default=[], metavar="NAME",
+                   help="also report the metrics of a label-free slice (repeatable, or a comma "
+                        "list): drift, no_drift, new_user, returning_user, no_history, "
+                        "intent_specific, intent_broad, trigger, no_trigger")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args, _extra) -> int:
     from tirec.models.train import evaluate_run
 
-    metrics = evaluate_run(args.data, args.run, args.baseline, args.batch_size)
+    if args.noise_seed is not None and args.noise is None:
+        raise ValueError(f"--noise-seed {args.noise_seed} needs --noise P")
+    metrics = evaluate_run(args.data, args.run, args.baseline, args.batch_size, noise=args.noise,
+                           noise_seed=args.noise_seed or 0, slices=args.slice)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 
