@@ -27,6 +27,7 @@ def tiny_data_no_valid(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_views_data(tiny_data, tmp_path_factory, add_views):
-    """``tiny_data`` with the rt (4) and lt (20) views added by hand (tests/conftest.py)."""
-    return add_views(tiny_data, str(tmp_path_factory.mktemp("tiny_views") / "tfr"))
+def tiny_views_data(tmp_path_factory):
+    """The same logs written with GAP-Net's views (``pipeline.views``): rt of at most 4 clicks,
+    lt of at most 20 behaviours."""
+    return _tiny(tmp_path_factory, "tiny_views", views=True, realtime_len=4, long_seq_len=20)

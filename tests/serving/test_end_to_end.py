@@ -149,7 +149,7 @@ GAPNET = ["--set", "model.emb_dim=4", "--set", "model.gapnet.att_units=8", "--se
           "--set", "train.steps_per_epoch=2", "--set", "model.gapnet.attention_norm=entmax15"]
 
 
-def test_gapnet_with_and_without_views_exports_serves_and_verifies(tmp_path, capsys, add_views):
+def test_gapnet_with_and_without_views_exports_serves_and_verifies(tmp_path, capsys):
     """GAP-Net (reconstructed) trained on today's records (rt cut from hist; one length group)
     and on records with real rt/lt views (two length groups: the exported graphs hold both
     branches of their tf.cond), served as versions 1 and 2 of one model (2 hot-loaded), each
@@ -158,7 +158,10 @@ def test_gapnet_with_and_without_views_exports_serves_and_verifies(tmp_path, cap
     assert cli.main(["generate", "--out", raw, "--users", "20", "--seed", "4"]) == 0
     assert cli.main(["pipeline", "--input", raw, "--format", "synthetic", "--out", plain,
                      "--set", "pipeline.max_seq_len=10"]) == 0
-    views = add_views(plain, str(tmp_path / "tfr_views"))
+    views = str(tmp_path / "tfr_views")
+    assert cli.main(["pipeline", "--input", raw, "--format", "synthetic", "--out", views, "--views",
+                     "--long-seq-len", "20", "--set", "pipeline.realtime_len=4",
+                     "--set", "pipeline.max_seq_len=10"]) == 0
     runs = {1: str(tmp_path / "run1"), 2: str(tmp_path / "run2")}
     for version, data in ((1, plain), (2, views)):
         assert cli.main(["train", "--data", data, "--model", "gapnet", "--run", runs[version], "--batch-size", "128",
