@@ -136,12 +136,7 @@ def test_generate_pipeline_train_export_serve_query(tmp_path, capsys):
                          "--run", run, "--rows", "100", "--version", "2"]) == 0
         assert json.loads(capsys.readouterr().out)["versions"] == [2]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        _stop(proc)
 
 
 GAPNET = ["--set", "model.emb_dim=4", "--set", "model.gapnet.att_units=8", "--set", "model.gapnet.att_heads=2",
@@ -182,12 +177,17 @@ def test_gapnet_with_and_without_views_exports_serves_and_verifies(tmp_path, cap
             report = json.loads(capsys.readouterr().out)
             assert report["ok"] and report["max_abs_diff"]["ctr"] <= 1e-6 and report["versions"] == [version]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server; it must exit cleanly (status 0) within 60 s, else it is killed."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _wait_for_version(target: str, name: str, version: int, records, seconds: float = 90) -> None:
