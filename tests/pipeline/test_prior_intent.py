@@ -23,21 +23,6 @@ ML_SMALL = os.path.normpath(os.environ.get("TIREC_ML_SMALL", ML_SMALL))
 HALF_LIFE = 3 * 86400
 
 
-def _read_users(cfg: PipelineConfig, prep, files: list[str], users: int) -> dict:
-    """The first ``users`` users' blocks, read like the job's read step."""
-    per_user: dict = {}
-    for table, paths in prep.files.items():
-        if not paths:
-            continue
-        read = job._ReadFn(job._TAGS[table], prep.schemas[table], cfg.chunk_rows,
-                           tuple(cfg.click_btags), prep.block_fns.get(table))
-        for path in paths:
-            for out in read.process((files.index(path), path)):
-                if isinstance(out, tuple):
-                    per_user.setdefault(out[0], []).append(out[1])
-    return {u: per_user[u] for u in sorted(per_user)[:users]}
-
-
 def _invert_labels(tagged: list, hook):
     """Blocks and user hook whose impression labels are all inverted."""
     tagged = [(tag, {**b, "label": 1 - b["label"]} if tag == job.IMP else b) for tag, b in tagged]
@@ -51,7 +36,7 @@ def _invert_labels(tagged: list, hook):
     return tagged, inverted
 
 
-def _label_users(cfg: PipelineConfig, tmp_path, users: int) -> list[dict]:
+def _label_users(cfg: PipelineConfig, tmp_path, users: int, read_users) -> list[dict]:
     """Each user's labeled columns (the job's label step), and a check that inverting every
     impression label changes nothing else (requests and triggers do not depend on labels)."""
     prep = get_format(cfg.format).prepare(cfg)
@@ -66,7 +51,7 @@ def _label_users(cfg: PipelineConfig, tmp_path, users: int) -> list[dict]:
         item_fields=prep.item_fields, user_fields=prep.user_fields,
         context_fields=prep.context_fields)
     out = []
-    for user, tagged in _read_users(cfg, prep, files, users).items():
+    for user, tagged in read_users(cfg, prep, files, users).items():
         cols = _label_one(settings, items_path, files, prep.user_hook, user, tagged)
         inv_tagged, inv_hook = _invert_labels(tagged, prep.user_hook)
         inv = _label_one(settings, items_path, files, inv_hook, user, inv_tagged)
@@ -137,11 +122,11 @@ def synthetic_raw(tmp_path_factory):
 
 
 @pytest.mark.parametrize("no_trigger", ["drop", "pad"])
-def test_prior_intent_ignores_the_own_request_labels_synthetic(synthetic_raw, tmp_path, no_trigger):
+def test_prior_intent_ignores_the_own_request_labels_synthetic(synthetic_raw, tmp_path, no_trigger, read_users):
     # A 20-minute trigger window leaves some requests without a trigger (padded or dropped).
     cfg = PipelineConfig(input=synthetic_raw, format="synthetic", no_trigger=no_trigger,
                          trigger_window="20m", max_seq_len=10)
-    users = _label_users(cfg, tmp_path, users=12)
+    users = _label_users(cfg, tmp_path, 12, read_users)
     seen = _check_flips(users, cfg.intent_levels, per_user=6, seed=1)
     assert seen["requests"] >= 50 and seen["with_prior"] >= 25 and seen["clicked_rows"] >= 10, seen
     assert (seen["no_trigger_rows"] > 0) == (no_trigger == "pad"), seen
@@ -150,9 +135,9 @@ def test_prior_intent_ignores_the_own_request_labels_synthetic(synthetic_raw, tm
 
 @pytest.mark.skipif(not os.path.isdir(ML_SMALL),
                     reason=f"MovieLens ml-latest-small not found at {ML_SMALL} (set TIREC_ML_SMALL)")
-def test_prior_intent_ignores_the_own_request_labels_movielens(tmp_path):
+def test_prior_intent_ignores_the_own_request_labels_movielens(tmp_path, read_users):
     cfg = PipelineConfig(input=ML_SMALL, format="movielens", no_trigger="pad", max_seq_len=10)
-    users = _label_users(cfg, tmp_path, users=30)
+    users = _label_users(cfg, tmp_path, 30, read_users)
     seen = _check_flips(users, cfg.intent_levels, per_user=4, seed=2)
     assert seen["requests"] >= 100 and seen["with_prior"] >= 50 and seen["clicked_rows"] >= 20, seen
     assert seen["no_trigger_rows"] > 0, seen

@@ -126,18 +126,6 @@ def test_views_follow_the_spec_and_a_short_realtime_window_is_refused():
 # ---- label flips: a request's own labels never reach its views ---------------------------------
 
 
-def _read_users(cfg, prep, files):
-    per_user: dict = {}
-    for table, paths in prep.files.items():
-        read = job._ReadFn(job._TAGS[table], prep.schemas[table], cfg.chunk_rows,
-                           tuple(cfg.click_btags), prep.block_fns.get(table))
-        for path in paths:
-            for out in read.process((files.index(path), path)):
-                if isinstance(out, tuple):
-                    per_user.setdefault(out[0], []).append(out[1])
-    return per_user
-
-
 def _flip(tagged, request, one=None):
     """The blocks with the labels of ``request``'s impressions flipped (only its ``one``-th)."""
     out = []
@@ -160,7 +148,7 @@ def flip_raw(tmp_path_factory):
 
 
 @pytest.mark.parametrize("trigger_from", ["behaviours", "impressions"])
-def test_flipping_a_requests_labels_leaves_its_views_unchanged(flip_raw, tmp_path, trigger_from):
+def test_flipping_a_requests_labels_leaves_its_views_unchanged(flip_raw, tmp_path, trigger_from, read_users):
     cfg = PipelineConfig(input=flip_raw, format="synthetic", views=True, realtime_len=5,
                          long_seq_len=40, realtime_window="2d", no_trigger="pad",
                          trigger_from=trigger_from, max_seq_len=10)
@@ -186,7 +174,7 @@ def test_flipping_a_requests_labels_leaves_its_views_unchanged(flip_raw, tmp_pat
     view_cols = [f.name for f in spec.select(history=("rt", "lt"))]
     rng = np.random.default_rng(3)
     seen = {"requests": 0, "flips": 0, "rt_non_empty": 0, "clicked": 0, "later_rt_moved": 0}
-    for user, tagged in sorted(_read_users(cfg, prep, files).items()):
+    for user, tagged in sorted(read_users(cfg, prep, files).items()):
         base = label(user, tagged)
         rid = np.array([x.decode() for x in base["request_id"]])
         for r in rng.permutation(np.unique(rid))[:8]:
