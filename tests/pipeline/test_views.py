@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tirec.features.spec import FeatureSpec, tir_feature_spec
-from tirec.pipeline import job, labeling, synthetic
+from tirec.pipeline import job, synthetic
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import get_format
 from tirec.pipeline.items import ItemTable
