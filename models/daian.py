@@ -398,7 +398,8 @@ class DAIAN(TirModel):
         return trigger + self.i2e_query(intent)
 
 
-@register_model("daian", DaianConfig)
+@register_model("daian", DaianConfig,
+                description="DAIAN (arXiv 2602.13971): intent distribution over trigger-target similarity levels, three-stage training")
 def build_daian(spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int) -> DAIAN:
     return DAIAN(spec, model_config, num_items, item_dim, name="daian")
 

@@ -54,6 +54,7 @@ class DIN(TirModel):
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 
 
-@register_model("din", DinConfig)
+@register_model("din", DinConfig,
+                description="DIN (KDD 2018): target attention over the behaviour sequence, trigger in the tower")
 def build_din(spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int) -> DIN:
     return DIN(spec, model_config, num_items, item_dim, name="din")

@@ -273,6 +273,7 @@ class GapNet(TirModel):
         return att.project(pooled, total, sifted, any_real)
 
 
-@register_model("gapnet", GapNetConfig, histories="all")
+@register_model("gapnet", GapNetConfig, histories="all",
+                description="GAP-Net (reconstructed, arXiv 2601.07613): gated attention over real-time, short- and long-term views")
 def build_gapnet(spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int) -> GapNet:
     return GapNet(spec, model_config, num_items, item_dim, name="gapnet")

@@ -5,7 +5,7 @@ model registers, with its builder, the frozen dataclass of its own settings: the
 ``model.<name>`` config section (``model.daian.uim_attention``), which the model reads with
 ``model_config.section("<name>")``; the settings every model shares stay in the common ``model``
 section (:class:`tirec.models.config.ModelConfig`). A new model is one module and one
-registration, plus its entry in ``BUILTIN_MODULES``.
+registration (with a one-line ``description``), plus its entry in ``BUILTIN_MODULES``.
 
 The built-in model modules are listed in ``BUILTIN_MODULES`` and imported on the first lookup (an
 explicit list, no directory scanning; importing them loads TensorFlow, which the config and CLI
@@ -26,6 +26,7 @@ from typing import Callable
 _REGISTRY: dict[str, Callable] = {}
 _CONFIGS: dict[str, type] = {}
 _HISTORIES: dict[str, str] = {}
+_DESCRIPTIONS: dict[str, str] = {}
 HISTORY_CHOICES = ("first", "all")
 BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian", "tirec.models.gapnet")
 
@@ -37,15 +38,19 @@ def _load_builtins() -> None:
         importlib.import_module(module)
 
 
-def register_model(name: str, config: type, histories: str = "first") -> Callable:
+def register_model(name: str, config: type, histories: str = "first", *, description: str) -> Callable:
     """Decorator registering a model builder under ``name`` with ``config``, the frozen
-    dataclass of its ``model.<name>`` settings (validated in its ``__post_init__``), and the
-    behaviour sequences it reads: ``histories="first"`` (the spec's first one) or ``"all"``."""
+    dataclass of its ``model.<name>`` settings (validated in its ``__post_init__``), the
+    behaviour sequences it reads (``histories="first"``, the spec's first one, or ``"all"``) and
+    a one-line ``description`` (what ``tirec models`` prints)."""
     if not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
         raise TypeError(f"register_model({name!r}): config must be a frozen dataclass; received {config!r}")
     if histories not in HISTORY_CHOICES:
         raise ValueError(f"register_model({name!r}): histories must be one of {HISTORY_CHOICES}; "
                          f"received {histories!r}")
+    if not isinstance(description, str) or not description.strip() or "\n" in description:
+        raise ValueError(f"register_model({name!r}): description must be one non-empty line; "
+                         f"received {description!r}")
 
     def wrap(builder: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
@@ -53,6 +58,7 @@ def register_model(name: str, config: type, histories: str = "first") -> Callabl
         _REGISTRY[name] = builder
         _CONFIGS[name] = config
         _HISTORIES[name] = histories
+        _DESCRIPTIONS[name] = description.strip()
         return builder
 
     return wrap
@@ -61,6 +67,12 @@ def register_model(name: str, config: type, histories: str = "first") -> Callabl
 def model_names() -> list[str]:
     _load_builtins()
     return sorted(_REGISTRY)
+
+
+def describe(name: str) -> str:
+    """The one-line description registered with model ``name``."""
+    _check(name)
+    return _DESCRIPTIONS[name]
 
 
 def get_builder(name: str) -> Callable:

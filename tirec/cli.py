@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_make_request(sub)
     _add_query(sub)
     _add_verify_serving(sub)
+    _add_models(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "pipeline":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -434,6 +435,22 @@ def _run_verify_serving(args, _extra) -> int:
         log.error("served scores differ from offline scores on %d row(s), e.g. %s",
                   len(report["bad_rows"]), report["bad_rows"][0])
         return 1
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the registered models with a one-line description",
+                       description="Every name `--model` / `model.name` accepts, with what it is.")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(_args, _extra) -> int:
+    from tirec.models.registry import describe, model_names
+
+    names = model_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {describe(name)}")
     return 0
 
 

@@ -21,6 +21,16 @@ def test_help_on_every_subcommand(argv, capsys):
     assert "usage: tirec" in capsys.readouterr().out
 
 
+def test_models_lists_every_registered_name_with_its_description(capsys):
+    from tirec.models.registry import describe, model_names
+
+    assert cli.main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == model_names()
+    for line, name in zip(lines, model_names()):
+        assert line.endswith(describe(name)) and describe(name)
+
+
 def test_generate_then_pipeline_through_the_cli(tmp_path, capsys):
     raw, out = tmp_path / "raw", tmp_path / "out"
     assert cli.main(["generate", "--out", str(raw), "--users", "20", "--seed", "5"]) == 0

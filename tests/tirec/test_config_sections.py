@@ -37,6 +37,7 @@ def test_each_model_has_its_own_section(tmp_path):
 def test_a_model_registers_its_class_with_its_own_config(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_CONFIGS", dict(registry._CONFIGS))
+    monkeypatch.setattr(registry, "_DESCRIPTIONS", dict(registry._DESCRIPTIONS))
 
     @dataclasses.dataclass(frozen=True)
     class ToyConfig:
@@ -46,7 +47,7 @@ def test_a_model_registers_its_class_with_its_own_config(monkeypatch):
             if self.depth < 1:
                 raise ValueError(f"model.toy.depth: must be >= 1; received {self.depth!r}")
 
-    @registry.register_model("toy", ToyConfig)
+    @registry.register_model("toy", ToyConfig, description="toy")
     def build_toy(spec, model_config, num_items, item_dim):
         return model_config.section("toy")
 
@@ -57,7 +58,9 @@ def test_a_model_registers_its_class_with_its_own_config(monkeypatch):
     with pytest.raises(ValueError, match="model.toy.depth: must be >= 1; received 0"):
         load_config(None, ["model.toy.depth=0"])
     with pytest.raises(TypeError, match="frozen dataclass"):
-        registry.register_model("loose", dict)
+        registry.register_model("loose", dict, description="loose")
+    with pytest.raises(ValueError, match="description must be one non-empty line; received ''"):
+        registry.register_model("mute", ToyConfig, description="")
 
 
 def test_a_model_reads_the_sequences_it_registers(monkeypatch):
@@ -67,13 +70,14 @@ def test_a_model_reads_the_sequences_it_registers(monkeypatch):
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_CONFIGS", dict(registry._CONFIGS))
+    monkeypatch.setattr(registry, "_DESCRIPTIONS", dict(registry._DESCRIPTIONS))
     monkeypatch.setattr(registry, "_HISTORIES", dict(registry._HISTORIES))
 
     @dataclasses.dataclass(frozen=True)
     class ViewsConfig:
         pass
 
-    registry.register_model("views_toy", ViewsConfig, histories="all")(lambda *a: None)
+    registry.register_model("views_toy", ViewsConfig, histories="all", description="views toy")(lambda *a: None)
     base = tir_feature_spec(max_seq_len=5)
     rt = (Feature("rt_item_ids", "int64", "sequence", 3, "item", group="history", scope="request",
                   field="item_id", history="rt", model_input=True),
@@ -84,7 +88,7 @@ def test_a_model_reads_the_sequences_it_registers(monkeypatch):
     assert registry.model_spec("daian", spec) == base
     assert registry.model_spec("views_toy", spec) == spec
     with pytest.raises(ValueError, match="histories must be one of"):
-        registry.register_model("bad", ViewsConfig, histories="some")
+        registry.register_model("bad", ViewsConfig, histories="some", description="bad")
 
 
 @pytest.mark.parametrize("override,message", [
