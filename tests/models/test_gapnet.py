@@ -331,6 +331,10 @@ ABLATIONS = {
     "model.gapnet.use_pafs=false": lambda full, ab: _kernel(full, "pafs") and not _kernel(ab, "pafs"),
     "model.gapnet.use_qaog=false": lambda full, ab: len(_kernel(full, "/gate/")) == 3 and not _kernel(ab, "/gate/"),
     "model.gapnet.use_gcqc=false": lambda full, ab: len(_kernel(full, "gcqc")) == 6 and not _kernel(ab, "gcqc"),
+    # no DIN read: no DIN attention unit, the tower reads one item-wide vector less
+    "model.gapnet.din_read=false": lambda full, ab: _kernel(full, "din_attention") and not _kernel(
+        ab, "din_attention") and _kernel(ab, "tower/dense_0")[0].shape[0] == _kernel(full, "tower/dense_0")[0].shape[0]
+        - full.embed.item_dim,
     # concat: no gates; the tower reads the three 8-wide reads instead of one fused read
     "model.gapnet.cgdf=concat": lambda full, ab: not _kernel(ab, "cgdf") and (
         _kernel(ab, "tower/dense_0")[0].shape[0] == _kernel(full, "tower/dense_0")[0].shape[0] + 16),
