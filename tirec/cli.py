@@ -12,6 +12,7 @@ Entry functions only wire flags into the typed config and delegate to the packag
     tirec make-request --data T --out request.json
     tirec query --target 127.0.0.1:8500 --model-name NAME --input request.json
     tirec verify-serving --target 127.0.0.1:8500 --model-name NAME --run RUN
+    tirec bench quality --out DIR [--models din,daian] [...]   (a source checkout's benchmarks/)
 
 Flag names agree across commands: ``--run`` is a training run folder, ``--model`` an
 architecture (``din``, ``daian``), ``--model-name`` a served model's name, and
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_query(sub)
     _add_verify_serving(sub)
     _add_models(sub)
+    _add_bench(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "pipeline":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -452,6 +454,34 @@ def _run_models(_args, _extra) -> int:
     for name in names:
         print(f"{name:<{width}}  {describe(name)}")
     return 0
+
+
+BENCHMARKS = ("quality",)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run a benchmark of a source checkout (benchmarks/bench_NAME.py)",
+                       description="Runs benchmarks/bench_NAME.py of the checkout this tirec runs from, "
+                                   "passing the remaining arguments through (`tirec bench quality --help`).")
+    p.add_argument("benchmark", choices=BENCHMARKS)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args, _extra) -> int:
+    """Loads the benchmark script by path (benchmarks/ is not part of the installed package, and
+    the CLI imports it only here)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        f"bench_{args.benchmark}.py")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"tirec bench {args.benchmark}: {path} not found; the benchmarks ship with "
+                                f"a source checkout of tirec, not with the installed package")
+    spec = importlib.util.spec_from_file_location(f"tirec_bench_{args.benchmark}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args.args)
 
 
 def summarize(stats: dict) -> str:

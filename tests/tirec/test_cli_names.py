@@ -135,7 +135,7 @@ OLD_KEYS = r"model\.(" + "|".join(DAIAN_MOVED) + r")="
 @pytest.mark.parametrize("path", ["Makefile", "docker/docker-compose.yml", "docker/README.md",
                                   "docker/trainer.Dockerfile", "docker/serving.Dockerfile",
                                   "docker/models/README.md", "benchmarks/bench_serving.py",
-                                  "benchmarks/quality.py"])
+                                  "benchmarks/bench_quality.py"])
 def test_shipped_commands_use_no_deprecated_spelling(path):
     """`make demo`, the Docker files and the benchmarks print no deprecation line."""
     text = (ROOT / path).read_text().replace("\\\n", " ")

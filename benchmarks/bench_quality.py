@@ -1,0 +1,473 @@
+"""Quality benchmark: every registered model on MovieLens and planted synthetic data.
+
+    tirec bench quality --out DIR [--models din,daian] [--seeds 1 2 3] [--lrs 0.01 0.05 0.1]
+        [--max-epochs 10] [--patience 1] [--datasets movielens synthetic] [--ablations]
+        [--users 1000] [--input ../shared/data/ml-latest-small] [--data NAME=DIR]
+        [--latency-runs 50] [--set k=v ...]
+    (the same as PYTHONPATH=<checkout> python benchmarks/bench_quality.py ...)
+
+Data sets (converted once into ``OUT/data/``, with GAP-Net's views; the other models do not read
+them). Every model trains on the same records and splits:
+
+* ``movielens``: ``tirec pipeline --format movielens`` of ``--input`` (read in place);
+* ``synthetic``: ``tirec generate --users U --seed 1`` -> ``tirec pipeline`` (the planted data:
+  clicks follow the trigger-candidate similarity level and the user's long-term interest).
+
+``--data NAME=DIR`` uses an existing pipeline output instead of converting (``NAME`` one of the
+data sets; a generator folder ``DIR/../raw`` adds DAIAN's planted-intent column on synthetic).
+
+Training, the same for every model: the paper config (the ``model`` / ``train`` defaults:
+emb 16, tower 512-256-128, batch 4096, Adagrad), plus the speed-only switches of
+:data:`SPEED` (same outputs up to float rounding) and ``--set`` overrides; at most
+``--max-epochs`` epochs per stage, each stage early-stopping on the pipeline's ``valid`` split
+(the window just before eval, never eval) with ``--patience``, keeping its best epoch. The
+learning rate is picked per (data set, model) from ``--lrs`` on the valid AUC of the first seed
+(its final stage's best epoch), then every seed trains at that rate. DAIAN's three stages share
+that procedure: each stage early-stops on valid (stage 1 on the intent loss, stages 2-3 on AUC)
+under the same cap, and the grid sets ``train.learning_rate``, the base rate of every stage (the
+UIM trains at ``train.uim_lr_scale`` times it in stage 3).
+
+Reported per (data set, model), mean ± std over the seeds: eval AUC, GAUC, logloss, RelaImpr vs
+DIN (from the mean AUCs: ``((AUC_m - 0.5) / (AUC_din - 0.5) - 1) * 100``), training seconds,
+trainable parameters, and the in-process serving latency of one request of 200 candidates: the
+median over ``--latency-runs`` calls of the in-memory model's ``rank`` signature (the function
+``tirec export`` saves, one context tf.Example + 200 candidate tf.Examples), after warm-up.
+
+``--ablations``: DAIAN on MovieLens at its picked learning rate, w/o UIM / DIE / SEIN
+(``model.daian.use_uim|use_die|use_sein=false``), w/o three-stage (``train.three_stage=false``),
+and n ∈ {2, 4, 6, 8} similarity levels (``pipeline.intent_levels``; the records change, so the
+pipeline reruns per n; n = 6 is the default data).
+
+Every run is cached as ``OUT/results/<data set>__<model>__seed<S>__lr<LR>.json``: a rerun
+resumes where it stopped and retrains nothing done. Writes ``OUT/bench_quality.md`` (tables),
+``OUT/bench_quality.csv`` (one row per data set and model) and ``OUT/bench_quality.json`` (the
+picks, the summary and every run's numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from robustness import LABELS, _run, _stat  # noqa: E402  (the sibling benchmark's pieces)
+
+SPEED = ["model.hist_buckets=1", "model.daian.explicit_buckets=1"]
+ABLATIONS = {"daian w/o UIM": ["model.daian.use_uim=false"], "daian w/o DIE": ["model.daian.use_die=false"],
+             "daian w/o SEIN": ["model.daian.use_sein=false"],
+             "daian w/o three-stage": ["train.three_stage=false"]}
+LEVELS = (2, 4, 6, 8)
+DEFAULT_LEVELS = 6  # pipeline.intent_levels' default: the plain data set
+CANDIDATES = 200
+COLUMNS = ["dataset", "model", "lr", "seeds", "auc_mean", "auc_std", "gauc_mean", "gauc_std", "logloss_mean",
+           "logloss_std", "rela_impr_auc_pct", "train_seconds_mean", "params", "latency_ms_median"]
+
+
+# ---- DAIAN's intent against the planted preference (synthetic data) -------------------------------
+
+def _eval_predictions(model, data_dir: str, spec, batch_size: int = 4096) -> dict[str, np.ndarray]:
+    """DAIAN's intent output on every eval record, with the record's user, request, level and
+    ground-truth intent (the records parsed whole, so the meta column ``request_id`` is there)."""
+    import tensorflow as tf
+
+    from tirec.models.base import model_input_names
+    from tirec.models.data import shard_files
+
+    names = model_input_names(spec)
+    parse = spec.parse_example_spec()
+
+    @tf.function
+    def step(batch):
+        x = tf.io.parse_example(batch, parse)
+        out = model({k: v for k, v in x.items() if k in names}, training=False)
+        return x, out["intent"]
+
+    cols = {k: [] for k in ("user_id", "request_id", "level", "intent_true", "intent_pred")}
+    records = tf.data.TFRecordDataset(shard_files(data_dir, "eval"), compression_type="GZIP")
+    for batch in records.batch(batch_size):
+        x, intent = step(batch)
+        cols["user_id"].append(x["user_id"].numpy().reshape(-1))
+        cols["request_id"].append(x["request_id"].numpy().reshape(-1))
+        cols["level"].append(x["trigger_target_level"].numpy().reshape(-1))
+        cols["intent_true"].append(model.intent_target(x["intent_dist"]).numpy())
+        cols["intent_pred"].append(intent.numpy())
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def reachable_levels(request_ids: np.ndarray, levels: np.ndarray, n_levels: int) -> np.ndarray:
+    """``[rows, n]`` bool: the levels that some candidate of the row's request has. A request's
+    click distribution can only put mass on these levels."""
+    _, req = np.unique(request_ids, return_inverse=True)
+    per_request = np.zeros((req.max() + 1 if req.size else 0, n_levels), dtype=bool)
+    per_request[req, levels] = True
+    return per_request[req]
+
+
+def restrict(dist: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``dist`` with the mass outside ``mask`` removed, renormalised (rows whose mask holds no
+    mass of ``dist`` become uniform over the mask)."""
+    kept = np.where(mask, dist, 0.0)
+    total = kept.sum(axis=1, keepdims=True)
+    uniform = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+    return np.where(total > 0, kept / np.where(total > 0, total, 1.0), uniform)
+
+
+def planted_intent_js(data_dir: str, raw_dir: str, run_dir: str) -> dict:
+    """DAIAN's intent against the generator's planted per-user preference (the true intent).
+
+    ``all`` / ``specific`` / ``broad``: JS of the prediction averaged per eval user to the
+    user's planted preference over the similarity levels, overall and by user type.
+
+    Per request (what ``tirec evaluate`` reports as ``intent_js``, over rows of requests with a
+    click): ``request_js*`` is the model against each request's empirical click distribution
+    (1-2 clicks, a noisy draw). Two reference predictors are scored the same way, so the
+    model's figure can be read against them; neither is a lower bound for every predictor:
+
+    * ``oracle_request_js*``: the planted preference itself. It is what a request-level
+      predictor (the UIM sees user, trigger and history, not the candidates) could know at
+      best about the user; it spreads mass over levels that no candidate of the request has.
+    * ``oracle_reachable_request_js*``: the planted preference restricted to the levels the
+      request's candidates reach, renormalised; what a predictor that also saw the candidates'
+      levels could know.
+    """
+    import pandas as pd
+
+    from tirec.models import metrics as M
+    from tirec.models.train import load_run
+
+    model, spec, _ = load_run(run_dir)
+    pred = _eval_predictions(model, data_dir, spec)
+    users = pred["user_id"]
+    uniq, inv = np.unique(users, return_inverse=True)
+    n = pred["intent_pred"].shape[1]
+    mean_pred = np.zeros((len(uniq), n))
+    np.add.at(mean_pred, inv, pred["intent_pred"])
+    mean_pred /= np.bincount(inv)[:, None]
+    truth = pd.read_parquet(f"{raw_dir}/ground_truth_intent.parquet").set_index("user_id").loc[uniq]
+    planted = truth[[f"pref_{j}" for j in range(n)]].to_numpy()
+    js = M.js_divergence(planted, mean_pred)
+    out = {"all": float(js.mean()), "users": int(len(uniq))}
+    has = pred["intent_true"].sum(axis=1) > 0
+    label = pred["intent_true"][has]
+    reach = reachable_levels(pred["request_id"], pred["level"], n)[has]
+    scores = {
+        "request_js": M.js_divergence(label, pred["intent_pred"][has]),
+        "oracle_request_js": M.js_divergence(label, planted[inv][has]),
+        "oracle_reachable_request_js": M.js_divergence(label, restrict(planted[inv][has], reach)),
+    }
+    request_type = truth["user_type"].to_numpy()[inv][has]
+    for key, values in scores.items():
+        out[key] = float(values.mean())
+    for kind in ("specific", "broad"):
+        sel = (truth["user_type"] == kind).to_numpy()
+        out[kind] = float(js[sel].mean()) if sel.any() else float("nan")
+        rsel = request_type == kind
+        for key, values in scores.items():
+            out[f"{key}_{kind}"] = float(values[rsel].mean()) if rsel.any() else float("nan")
+    return out
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def prepare(name: str, args, levels: int = DEFAULT_LEVELS) -> str:
+    """The pipeline output folder of data set ``name`` (``movielens`` with ``levels`` similarity
+    levels, or ``synthetic``), converted unless already there or given with ``--data``."""
+    if name in args.data and levels == DEFAULT_LEVELS:
+        return args.data[name]
+    folder = name if levels == DEFAULT_LEVELS else f"{name}_levels{levels}"
+    out = os.path.join(args.out, "data", folder)
+    if os.path.exists(os.path.join(out, "tfr", "spec.json")):
+        return os.path.join(out, "tfr")
+    tirec = [sys.executable, "-m", "tirec.cli"]
+    sets = ["--views", "--set", "pipeline.seed=0", "--set", f"pipeline.intent_levels={levels}"]
+    t0 = time.time()
+    if name == "synthetic":
+        _run(tirec + ["generate", "--out", f"{out}/raw", "--users", str(args.users), "--seed", "1"])
+        _run(tirec + ["pipeline", "--input", f"{out}/raw", "--format", "synthetic", "--out", f"{out}/tfr"] + sets)
+    elif name == "movielens":
+        _run(tirec + ["pipeline", "--input", args.input, "--format", "movielens", "--out", f"{out}/tfr"] + sets)
+    else:
+        raise SystemExit(f"--datasets: unknown data set {name!r}; valid: movielens, synthetic")
+    print(f"{folder}: converted in {time.time() - t0:.1f} s", file=sys.stderr)
+    return os.path.join(out, "tfr")
+
+
+def _check_valid(dataset: str, data_dir: str) -> None:
+    from tirec.models.data import check_data
+
+    if not check_data(data_dir)[1]:
+        raise SystemExit(f"data set {dataset} ({data_dir}) has no valid split: early stopping and the "
+                         f"learning-rate pick read valid, never eval; rerun the pipeline with its "
+                         f"validation window")
+
+
+# ---- one run ------------------------------------------------------------------------------------
+
+def result_path(out: str, dataset: str, label: str, seed: int, lr: float) -> str:
+    safe = label.replace("/", "").replace(" ", "_").replace("=", "")
+    return os.path.join(out, "results", f"{dataset}__{safe}__seed{seed}__lr{lr:g}.json")
+
+
+def latency_ms(model, spec, data_dir: str, runs: int) -> float:
+    """Median ms of one ``rank`` call (1 context + 200 candidate tf.Examples) of ``model``'s
+    serving module, in process, outputs materialized, after 3 warm-up calls."""
+    import tensorflow as tf
+
+    from tirec.serving.export import ServingModule, read_eval_records
+
+    records = read_eval_records(data_dir, CANDIDATES)
+    rank = ServingModule(model, spec).signatures()["rank"]
+    context, candidates = tf.constant(records[:1]), tf.constant((records * CANDIDATES)[:CANDIDATES])
+    times = []
+    for i in range(3 + runs):
+        t0 = time.perf_counter()
+        _ = {k: v.numpy() for k, v in rank(context=context, candidates=candidates).items()}
+        if i >= 3:
+            times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def run_one(data_dir: str, dataset: str, label: str, model: str, seed: int, lr: float, sets: list[str],
+            args) -> dict:
+    """Trains ``model`` (``label``: the model, or DAIAN's ablation) once and measures it."""
+    from tirec.compat import keras
+    from tirec.config import load_config
+    from tirec.features.spec import FeatureSpec
+    from tirec.models.train import train_run
+
+    class Keep(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            self.trained = self.model
+
+    run = os.path.join(args.out, "runs", os.path.basename(result_path(args.out, dataset, label, seed, lr))[:-5])
+    shutil.rmtree(run, ignore_errors=True)  # a run an interrupted invocation left: retrain it whole
+    config = (SPEED + [f"train.epochs={args.max_epochs}", f"train.early_stopping_patience={args.patience}",
+                       f"train.seed={seed}", f"train.learning_rate={lr}"] + list(args.overrides) + sets)
+    cfg = load_config(None, config)
+    keep = Keep()
+    t0 = time.time()
+    metrics = train_run(data_dir, model, run, cfg.model, cfg.train, callbacks=[keep])
+    train_s = time.time() - t0
+    net, spec = keep.trained, FeatureSpec.load(os.path.join(run, "spec.json"))
+    result = {"dataset": dataset, "label": label, "model": model, "seed": seed, "lr": lr, "config": config,
+              "auc": metrics["auc"], "gauc": metrics["gauc"], "logloss": metrics["logloss"],
+              "val_auc": metrics.get("best_checkpoint", {}).get("value"),
+              "epochs": {stage: len(h.get("loss", [])) for stage, h in metrics["history"].items()},
+              "train_seconds": round(train_s, 1),
+              "params": int(sum(np.prod(v.shape) for v in net.trainable_variables)),
+              "latency_ms": round(latency_ms(net, spec, data_dir, args.latency_runs), 3)}
+    for key in ("intent_js", "intent_kl"):
+        if key in metrics:
+            result[key] = metrics[key]
+    raw = os.path.join(os.path.dirname(data_dir.rstrip("/")), "raw")
+    if dataset == "synthetic" and getattr(net, "has_intent", False) \
+            and os.path.exists(os.path.join(raw, "ground_truth_intent.parquet")):
+        # Per user against the planted preference; the JSON keeps the per-request figures and
+        # the two oracle references too (see planted_intent_js).
+        result["planted_intent"] = planted_intent_js(data_dir, raw, run)
+        result["planted_intent_js"] = result["planted_intent"]["all"]
+    return result
+
+
+def cached(data_dir, dataset, label, model, seed, lr, sets, args) -> dict:
+    """The run's cached result, else the run (trained now and cached)."""
+    from tirec.features.jsonio import read_json, write_json
+
+    path = result_path(args.out, dataset, label, seed, lr)
+    if os.path.exists(path):
+        return read_json(path)
+    result = run_one(data_dir, dataset, label, model, seed, lr, sets, args)
+    write_json(path, result)
+    print(f"{dataset} {label} seed {seed} lr {lr:g}: val AUC {result['val_auc']} eval AUC {result['auc']:.4f} "
+          f"GAUC {result['gauc']:.4f} ({result['train_seconds']} s)", file=sys.stderr)
+    return result
+
+
+def pick_lr(data_dir, dataset, label, model, sets, args) -> tuple[float, dict]:
+    """The learning rate of ``--lrs`` with the best valid AUC at the first seed, and that AUC per
+    rate."""
+    grid = {lr: cached(data_dir, dataset, label, model, args.seeds[0], lr, sets, args)["val_auc"]
+            for lr in args.lrs}
+    scored = {lr: v for lr, v in grid.items() if v is not None and np.isfinite(v)}
+    if not scored:
+        raise SystemExit(f"{dataset} {label}: no valid AUC at any of --lrs {args.lrs}")
+    return max(scored, key=scored.get), grid
+
+
+# ---- tables -------------------------------------------------------------------------------------
+
+def summarize(results: list[dict], picks: dict, seeds: list[int]) -> list[dict]:
+    """One row per (data set, model or ablation) at its picked rate, in :data:`COLUMNS`.
+
+    RelaImpr is of the mean AUC over the seeds against DIN's mean AUC on the same data set
+    (DAIAN's ablations on ``movielens_levels<n>``: against DIN on ``movielens``); empty without
+    a DIN row."""
+    rows = []
+    for key, pick in picks.items():
+        dataset, label = key.split("|")
+        rs = [r for r in results if r["dataset"] == dataset and r["label"] == label
+              and r["lr"] == pick["lr"] and r["seed"] in seeds]
+        if not rs:
+            continue
+        (auc, auc_sd), (gauc, gauc_sd), (ll, ll_sd) = (_stat([r[k] for r in rs]) for k in ("auc", "gauc", "logloss"))
+        rows.append({"dataset": dataset, "model": label, "lr": pick["lr"], "seeds": len(rs), "auc_mean": auc,
+                     "auc_std": auc_sd, "gauc_mean": gauc, "gauc_std": gauc_sd, "logloss_mean": ll,
+                     "logloss_std": ll_sd, "rela_impr_auc_pct": None,
+                     "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
+                     "params": rs[0]["params"], "latency_ms_median": float(np.median([r["latency_ms"] for r in rs])),
+                     **({"planted_intent_js": _stat([r["planted_intent_js"] for r in rs])}
+                        if all("planted_intent_js" in r for r in rs) else {})})
+    base = {r["dataset"]: r["auc_mean"] for r in rows if r["model"] == "din"}
+    for r in rows:
+        din = base.get(r["dataset"].split("_levels")[0])
+        if din is not None:
+            r["rela_impr_auc_pct"] = rela_impr(r["auc_mean"], din)
+    return rows
+
+
+def rela_impr(auc: float, auc_din: float) -> float:
+    """RelaImpr in percent: ``((auc - 0.5) / (auc_din - 0.5) - 1) * 100``."""
+    return ((auc - 0.5) / (auc_din - 0.5) - 1.0) * 100.0
+
+
+def markdown(rows: list[dict], picks: dict, args) -> str:
+    """The results table, the learning-rate grid and the settings, in Markdown."""
+    def pm(r, key):
+        return f"{r[key + '_mean']:.4f} ± {r[key + '_std']:.4f}"
+
+    lines = [f"Eval metrics, mean ± std over seeds {args.seeds}; LR picked per (data set, model) from "
+             f"{[float(x) for x in args.lrs]} on the valid AUC of seed {args.seeds[0]}, then every seed at that LR "
+             f"(ablations: DAIAN's movielens LR). At most {args.max_epochs} epochs per stage, early stopping on "
+             f"valid (patience {args.patience}). Latency: in-process `rank` signature of the in-memory model, "
+             f"1 request of {CANDIDATES} candidates, median of {args.latency_runs} calls.", "",
+             "| data set | model | LR | seeds | AUC | GAUC | logloss | RelaImpr vs DIN (AUC) | train s | params "
+             "| latency ms (200 cand.) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        impr = "—" if r["rela_impr_auc_pct"] is None else f"{r['rela_impr_auc_pct']:+.2f} %"
+        lines.append(f"| {r['dataset']} | {LABELS.get(r['model'], r['model'])} | {r['lr']:g} | {r['seeds']} | "
+                     f"{pm(r, 'auc')} | {pm(r, 'gauc')} | {pm(r, 'logloss')} | {impr} | "
+                     f"{r['train_seconds_mean']:.0f} | {r['params']:,} | {r['latency_ms_median']:.2f} |")
+    planted = [r for r in rows if "planted_intent_js" in r]
+    if planted:
+        lines += ["", "Intent JS (per user) against the generator's planted preference: "
+                  + "; ".join(f"{LABELS.get(r['model'], r['model'])} {r['planted_intent_js'][0]:.4f} ± "
+                              f"{r['planted_intent_js'][1]:.4f}" for r in planted)]
+    lines += ["", f"**Valid AUC per learning rate (seed {args.seeds[0]})**", "",
+              "| data set | model | " + " | ".join(f"LR {x:g}" for x in args.lrs) + " |",
+              "|---|---|" + "---|" * len(args.lrs)]
+    for key, pick in picks.items():
+        dataset, label = key.split("|")
+        cells = [("—" if pick["grid"].get(str(lr)) is None else f"{pick['grid'][str(lr)]:.4f}")
+                 + (" *" if lr == pick["lr"] else "") for lr in args.lrs]
+        lines.append(f"| {dataset} | {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"Settings: {' '.join(SPEED + list(args.overrides)) or 'defaults'} (paper defaults otherwise)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: list[dict], picks: dict, results: list[dict], args) -> str:
+    from tirec.features.jsonio import write_json
+
+    text = markdown(rows, picks, args)
+    with open(os.path.join(args.out, "bench_quality.md"), "w") as fh:
+        fh.write(text)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with open(os.path.join(args.out, "bench_quality.csv"), "w") as fh:
+        fh.write(buf.getvalue())
+    write_json(os.path.join(args.out, "bench_quality.json"),
+               {"seeds": args.seeds, "lrs": list(args.lrs), "max_epochs": args.max_epochs,
+                "patience": args.patience, "overrides": list(args.overrides), "picks": picks,
+                "summary": rows, "runs": results})
+    return text
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="tirec bench quality", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="results, tables (and the converted data) go here")
+    ap.add_argument("--models", default="", help="comma list of registered models (default: all)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.05, 0.1],
+                    help="learning-rate grid (train.learning_rate), picked on valid AUC")
+    ap.add_argument("--max-epochs", type=int, default=10, help="epoch cap per stage")
+    ap.add_argument("--patience", type=int, default=1, help="early-stopping patience (epochs)")
+    ap.add_argument("--datasets", nargs="+", default=["movielens", "synthetic"])
+    ap.add_argument("--ablations", action="store_true", help="DAIAN's ablations on movielens")
+    ap.add_argument("--users", type=int, default=1000, help="synthetic users")
+    ap.add_argument("--input", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                     "shared", "data", "ml-latest-small"))
+    ap.add_argument("--data", action="append", default=[], metavar="NAME=DIR",
+                    help="use this pipeline output for data set NAME instead of converting")
+    ap.add_argument("--latency-runs", type=int, default=50)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides k=v")
+    args = ap.parse_args(argv)
+    from tirec.models.registry import model_names
+
+    known = model_names()
+    args.models = [m for m in args.models.split(",") if m] or known
+    unknown = [m for m in args.models if m not in known]
+    if unknown:
+        ap.error(f"--models: {','.join(unknown)} not registered; registered: {','.join(known)}")
+    for flag, value in (("--max-epochs", args.max_epochs), ("--latency-runs", args.latency_runs)):
+        if value < 1:
+            ap.error(f"{flag} must be >= 1; received {value}")
+    if args.patience < 1:
+        ap.error(f"--patience must be >= 1 (early stopping is part of the procedure); received {args.patience}")
+    if not all(lr > 0 for lr in args.lrs):
+        ap.error(f"--lrs must be > 0; received {args.lrs}")
+    data = {}
+    for item in args.data:
+        name, sep, path = item.partition("=")
+        if not sep or name not in ("movielens", "synthetic"):
+            ap.error(f"--data must be NAME=DIR with NAME movielens or synthetic; received {item!r}")
+        data[name] = path
+    args.data = data
+    if args.ablations and "daian" not in known:
+        ap.error("--ablations: DAIAN is not registered")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.makedirs(os.path.join(args.out, "results"), exist_ok=True)
+    picks: dict = {}
+    for dataset in args.datasets:
+        data_dir = prepare(dataset, args)
+        _check_valid(dataset, data_dir)
+        for model in args.models:
+            lr, grid = pick_lr(data_dir, dataset, model, model, [], args)
+            picks[f"{dataset}|{model}"] = {"lr": lr, "grid": {str(k): v for k, v in grid.items()}}
+            for seed in args.seeds:
+                cached(data_dir, dataset, model, model, seed, lr, [], args)
+    if args.ablations:
+        data_dir = prepare("movielens", args)
+        lr = picks.get("movielens|daian", {}).get("lr") or pick_lr(data_dir, "movielens", "daian", "daian", [],
+                                                                      args)[0]
+        variants = [("movielens", label, sets, data_dir) for label, sets in ABLATIONS.items()]
+        variants += [(f"movielens_levels{n}", f"daian n={n}", [], prepare("movielens", args, n)) for n in LEVELS
+                     if n != DEFAULT_LEVELS]
+        for dataset, label, sets, ddir in variants:
+            picks[f"{dataset}|{label}"] = {"lr": lr, "grid": {}, "from": "movielens|daian"}
+            for seed in args.seeds:
+                cached(ddir, dataset, label, "daian", seed, lr, sets, args)
+    from tirec.features.jsonio import read_json
+
+    results = [read_json(p) for p in sorted(glob.glob(os.path.join(args.out, "results", "*.json")))]
+    rows = summarize(results, picks, args.seeds)
+    print(write_outputs(rows, picks, results, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""benchmarks/bench_quality.py (`tirec bench quality`): a tiny real run of two models writes the
+Markdown / CSV / JSON with the documented columns and RelaImpr, a second run retrains nothing,
+and the learning-rate pick and the summary follow the documented procedure."""
+import csv
+import importlib.util
+import os
+import pathlib
+
+import pytest
+
+from tirec import cli
+from tirec.features.jsonio import read_json
+from tirec.pipeline import job, synthetic
+from tirec.pipeline.config import PipelineConfig
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
+TINY = ["model.emb_dim=4", "model.tower=[8]", "model.din_hidden=[4]", "model.daian.att_units=4",
+        "model.daian.att_heads=1", "model.daian.uim_hidden=[4]", "model.daian.sim_bins=3",
+        "train.steps_per_epoch=2", "train.batch_size=64", "train.shuffle_buffer=100"]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_quality_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """20 users of planted logs: the generator folder beside the pipeline output (``raw``), as
+    the benchmark converts them."""
+    base = tmp_path_factory.mktemp("bench_quality")
+    raw, out = str(base / "raw"), str(base / "tfr")
+    synthetic.generate(synthetic.GeneratorConfig(users=20, seed=4), raw)
+    job.run(PipelineConfig(input=raw, format="synthetic", out=out, max_seq_len=8))
+    return out
+
+
+def _argv(out, data):
+    argv = ["--out", out, "--models", "din,daian", "--seeds", "1", "--lrs", "0.05", "--max-epochs", "1",
+            "--datasets", "synthetic", "--data", f"synthetic={data}", "--latency-runs", "2"]
+    return argv + [x for s in TINY for x in ("--set", s)]
+
+
+def test_tiny_run_writes_the_tables_and_resumes_from_its_cache(tiny, tmp_path, capsys):
+    bench = _module()
+    out = str(tmp_path / "out")
+    assert bench.main(_argv(out, tiny)) == 0
+    runs = {r["label"]: r for r in read_json(os.path.join(out, "bench_quality.json"))["runs"]}
+    assert set(runs) == {"din", "daian"}
+    for r in runs.values():
+        assert r["seed"] == 1 and r["lr"] == 0.05 and r["params"] > 0 and r["latency_ms"] > 0
+        assert 0 < r["auc"] < 1 and r["val_auc"] is not None and r["train_seconds"] > 0
+        assert all(n == 1 for n in r["epochs"].values())  # the epoch cap, per stage
+    assert len(runs["daian"]["epochs"]) == 3 and len(runs["din"]["epochs"]) == 1  # DAIAN's three stages
+    assert "planted_intent_js" in runs["daian"] and "planted_intent_js" not in runs["din"]
+
+    with open(os.path.join(out, "bench_quality.csv")) as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    with open(os.path.join(out, "bench_quality.csv")) as fh:
+        assert next(csv.reader(fh)) == bench.COLUMNS
+    din, daian = runs["din"]["auc"], runs["daian"]["auc"]
+    want = ((daian - 0.5) / (din - 0.5) - 1) * 100
+    assert float(rows["daian"]["rela_impr_auc_pct"]) == pytest.approx(want, rel=1e-9)
+    assert float(rows["din"]["rela_impr_auc_pct"]) == 0.0
+    assert float(rows["daian"]["auc_mean"]) == pytest.approx(daian) and rows["daian"]["seeds"] == "1"
+    text = open(os.path.join(out, "bench_quality.md")).read()
+    assert ("| data set | model | LR | seeds | AUC | GAUC | logloss | RelaImpr vs DIN (AUC) | train s | params "
+            "| latency ms (200 cand.) |") in text
+    assert f"{want:+.2f} %" in text and "| synthetic | DAIAN | 0.05 | 1 |" in text
+
+    # The second run, through the CLI, reads the cached results: nothing retrains (the run
+    # folders are untouched) and the same tables come out.
+    results = sorted(os.listdir(os.path.join(out, "results")))
+    stamps = {p: os.path.getmtime(p) for p in (os.path.join(out, "runs", d, "metrics.json")
+                                               for d in os.listdir(os.path.join(out, "runs")))}
+    capsys.readouterr()
+    assert cli.main(["bench", "quality"] + _argv(out, tiny)) == 0
+    assert sorted(os.listdir(os.path.join(out, "results"))) == results
+    assert {p: os.path.getmtime(p) for p in stamps} == stamps
+    assert open(os.path.join(out, "bench_quality.md")).read() == text
+    assert "val AUC" not in capsys.readouterr().err  # no "trained" line
+    bench.run_one = lambda *a, **k: pytest.fail("a cached run was retrained")
+    assert bench.main(_argv(out, tiny)) == 0
+
+
+def _result(dataset, label, seed, lr, auc, val_auc):
+    return {"dataset": dataset, "label": label, "model": "daian" if "daian" in label else label, "seed": seed,
+            "lr": lr, "auc": auc, "gauc": auc - 0.01, "logloss": 0.5, "val_auc": val_auc,
+            "train_seconds": 10.0, "params": 100, "latency_ms": 2.0}
+
+
+def test_the_pick_reads_valid_at_the_first_seed_and_the_summary_reads_only_the_pick(monkeypatch, tmp_path):
+    bench = _module()
+    args = bench.parse_args(["--out", str(tmp_path), "--seeds", "1", "2", "--lrs", "0.01", "0.05", "0.1"])
+    grid = {0.01: 0.60, 0.05: 0.63, 0.1: 0.61}
+    calls = []
+
+    def fake(data_dir, dataset, label, model, seed, lr, sets, args):
+        calls.append((seed, lr))
+        return {"val_auc": grid[lr], "auc": 0.99}  # eval AUC must not steer the pick
+
+    monkeypatch.setattr(bench, "cached", fake)
+    lr, seen = bench.pick_lr("D", "movielens", "din", "din", [], args)
+    assert lr == 0.05 and seen == grid and calls == [(1, 0.01), (1, 0.05), (1, 0.1)]
+
+    results = [_result("movielens", "din", 1, 0.05, 0.60, 0.6), _result("movielens", "din", 2, 0.05, 0.62, 0.6),
+               _result("movielens", "din", 1, 0.1, 0.90, 0.5),  # another LR: not in the summary
+               _result("movielens", "daian", 1, 0.1, 0.66, 0.6), _result("movielens", "daian", 2, 0.1, 0.64, 0.6),
+               _result("movielens_levels2", "daian n=2", 1, 0.1, 0.63, 0.6)]
+    picks = {"movielens|din": {"lr": 0.05, "grid": {}}, "movielens|daian": {"lr": 0.1, "grid": {}},
+             "movielens_levels2|daian n=2": {"lr": 0.1, "grid": {}}}
+    rows = {r["model"]: r for r in bench.summarize(results, picks, [1, 2])}
+    assert rows["din"]["auc_mean"] == pytest.approx(0.61) and rows["din"]["seeds"] == 2
+    assert rows["din"]["auc_std"] == pytest.approx(0.01)
+    assert rows["daian"]["rela_impr_auc_pct"] == pytest.approx((0.15 / 0.11 - 1) * 100)
+    # An ablation on other records is compared with DIN on the plain MovieLens records.
+    assert rows["daian n=2"]["rela_impr_auc_pct"] == pytest.approx((0.13 / 0.11 - 1) * 100)
+    assert bench.rela_impr(0.6382, 0.6432) == pytest.approx(-3.49, abs=0.01)
+
+
+def test_bad_flags_name_the_flag(tmp_path, capsys):
+    bench = _module()
+    for argv, message in ((["--models", "din,nope"], "--models: nope not registered"),
+                          (["--data", "other=/x"], "--data must be NAME=DIR"),
+                          (["--patience", "0"], "--patience must be >= 1"),
+                          (["--lrs", "0"], "--lrs must be > 0")):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--out", str(tmp_path)] + argv)
+        assert message in capsys.readouterr().err
