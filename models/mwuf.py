@@ -229,8 +229,8 @@ class MWUF(DIN):
         grads = dict(zip([id(v) for v in base], tape.gradient(base_objective, base)))
         grads.update(zip([id(v) for v in meta], tape.gradient(meta_objective, meta)))
         del tape
+        self.update_recent_users(x, y)  # with the user embeddings the step read
         self._apply_gradients(stage, [grads[id(v)] for v in variables])
-        self.update_recent_users(x, y)
         return self._update_metrics(loss, self.regularization_loss(variables))
 
     def update_recent_users(self, x, y) -> None:
