@@ -108,8 +108,6 @@ class RecentUsers(keras.layers.Layer):
 
     def call(self, rows):
         """The mean user embedding of each item row (zeros for a row no user reached)."""
-        if not self.built:
-            self.build()
         return tf.gather(self.mean, rows)
 
     def update(self, rows, user_ids, users, weights) -> None:
