@@ -234,7 +234,7 @@ PS_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["din", "gapnet"])
+@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf"])
 def test_parameter_server_in_process_cluster(tiny_data, tmp_path, name):
     ports = _free_ports(4)
     sets = [a for a in SMALL if a != "--set"] + ["train.strategy=ps", "train.steps_per_epoch=3",
@@ -252,7 +252,7 @@ def test_parameter_server_in_process_cluster(tiny_data, tmp_path, name):
     assert (tmp_path / "run" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("name", ["din", "gapnet"])
+@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf"])
 def test_multiworker_two_local_processes(tiny_data, tmp_path, name):
     ports = _free_ports(2)
     workers = [f"127.0.0.1:{p}" for p in ports]
