@@ -383,7 +383,8 @@ def test_hist_buckets_equal_the_padded_path(tiny_data, name):
     assert lengths.min() < x["hist_ts"].shape[1]
 
 
-@pytest.mark.parametrize("name,stage", [("din", STAGE_JOINT), ("daian", STAGE_JOINT),
+@pytest.mark.parametrize("name,stage", [("din", STAGE_JOINT), ("poso", STAGE_JOINT), ("mwuf", STAGE_JOINT),
+                                        ("daian", STAGE_JOINT),
                                         ("daian", STAGE_DIE), ("daian", STAGE_UIM)])
 def test_request_dedup_equals_per_sample(tiny_data, name, stage):
     """request_dedup (request-level blocks once per distinct request) only changes the speed:
