@@ -157,6 +157,7 @@ def precision_scope(precision: str = "float32"):
 # request-scoped too, but embedded per row with the target: training rows of one request may
 # differ in it (e.g. the impression hour).
 REQUEST_GROUPS = ("user", "trigger", "history")
+USER_ID = "user_id"  # the user id column; the other embedded user-group columns are profile fields
 
 
 def _embedded(spec: FeatureSpec, group: str) -> list:

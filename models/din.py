@@ -48,10 +48,16 @@ class DIN(TirModel):
         rows, expand = self.request_rows(inputs)
         r = self.embed.request(rows)  # once per distinct request (model.request_dedup)
         e = self.embed.impression(inputs)
-        v_din = self.din_att(e["target"], expand(r["hist"]), expand(r["mask"]), training=training)
-        z = tf.concat([expand(r["user"]), e["context"], e["target"], expand(r["trigger"]), v_din], axis=-1)
-        logit = self.tower(z, training=training)
+        logit = self.tower(self.tower_input(r, e, expand, training), training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
+
+    def tower_input(self, r, e, expand, training=False):
+        """DIN's representation ``[E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN]``, ``v_DIN = DinAttention(e_i,
+        E_S)``, from the embedder's request-level ``r`` (expanded to the rows by ``expand``) and
+        per-candidate ``e`` outputs. The models built on DIN (POSO, MWUF) call it with their own
+        tower, or with warmed-up ``e_i`` / ``e_t``."""
+        v_din = self.din_att(e["target"], expand(r["hist"]), expand(r["mask"]), training=training)
+        return tf.concat([expand(r["user"]), e["context"], e["target"], expand(r["trigger"]), v_din], axis=-1)
 
 
 @register_model("din", DinConfig,

@@ -74,13 +74,21 @@ class MLP(keras.layers.Layer):
         return {"kernel_initializer": fresh_initializer(self.kernel_initializer),
                 "bias_initializer": fresh_initializer(self.bias_initializer)}
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, gates=None):
+        """The tower on ``inputs``; ``gates``, when given, holds one multiplier per hidden layer
+        (each broadcastable to ``[B, units[i]]``) applied after its activation, before dropout:
+        POSO's ``x̂ = gate ⊙ act(W x)`` (docs/models.md#poso)."""
+        if gates is not None and len(gates) != len(self.units):
+            raise ValueError(f"MLP: `gates` needs one entry per hidden layer ({len(self.units)}); "
+                             f"received {len(gates)}")
         x = tf.convert_to_tensor(inputs)
         for i, dense in enumerate(self.dense_layers):
             x = dense(x)
             if self.norm_layers:
                 x = self.norm_layers[i](x, training=training)
             x = apply_activation(self.activation_layers[i], x, training=training)
+            if gates is not None:
+                x = x * tf.cast(gates[i], x.dtype)
             if self.dropout_layers:
                 x = self.dropout_layers[i](x, training=training)
         if self.logit_layer is not None:

@@ -38,11 +38,11 @@ def _batch(data, spec, n=64):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown model 'dinn'; valid models: \['daian', 'din', 'gapnet'\]"):
+    with pytest.raises(ValueError, match=r"unknown model 'dinn'; valid models: \['daian', 'din', 'gapnet', 'mwuf', 'poso'\]"):
         registry.get_builder("dinn")
 
 
-@pytest.mark.parametrize("name", ["din", "daian", "gapnet"])
+@pytest.mark.parametrize("name", ["din", "daian", "gapnet", "poso", "mwuf"])
 def test_every_registered_model_trains_and_reloads(tiny_data, tmp_path, name):
     cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
     run = str(tmp_path / name)
@@ -383,7 +383,8 @@ def test_hist_buckets_equal_the_padded_path(tiny_data, name):
     assert lengths.min() < x["hist_ts"].shape[1]
 
 
-@pytest.mark.parametrize("name,stage", [("din", STAGE_JOINT), ("daian", STAGE_JOINT),
+@pytest.mark.parametrize("name,stage", [("din", STAGE_JOINT), ("poso", STAGE_JOINT), ("mwuf", STAGE_JOINT),
+                                        ("daian", STAGE_JOINT),
                                         ("daian", STAGE_DIE), ("daian", STAGE_UIM)])
 def test_request_dedup_equals_per_sample(tiny_data, name, stage):
     """request_dedup (request-level blocks once per distinct request) only changes the speed:
