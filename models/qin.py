@@ -119,7 +119,8 @@ class QinAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         query_dim = int(input_shape[-1])
-        self.output_dense = keras.layers.Dense(query_dim, name="output")
+        # made here (the query's width is known now) under this layer's policy, not the global one
+        self.output_dense = keras.layers.Dense(query_dim, name="output", dtype=self.dtype_policy)
         super().build(input_shape)
 
     def call(self, query, keys, mask=None, return_scores=False):
@@ -176,14 +177,15 @@ class QuadraticNetwork(keras.layers.Layer):
 
     def build(self, input_shape):
         n = int(input_shape[-1])
+        policy = self.dtype_policy  # the sublayers made here take this layer's policy, not the global one
         for i in range(self.num_layers):
-            self.linears.append(keras.layers.Dense(n * self.num_row, name=f"quadratic_{i}"))
+            self.linears.append(keras.layers.Dense(n * self.num_row, name=f"quadratic_{i}", dtype=policy))
             if self.batch_norm:
                 self.norms.append(keras.layers.BatchNormalization(
-                    momentum=0.9, epsilon=1e-5, synchronized=True, name=f"bn_{i}"))
+                    momentum=0.9, epsilon=1e-5, synchronized=True, name=f"bn_{i}", dtype=policy))
             self.prelus.append(keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25),
-                                                  shared_axes=[1], name=f"prelu_{i}"))
-        self.drops = [keras.layers.Dropout(self.dropout) for _ in range(2)] if self.dropout > 0 else []
+                                                  shared_axes=[1], name=f"prelu_{i}", dtype=policy))
+        self.drops = [keras.layers.Dropout(self.dropout, dtype=policy) for _ in range(2)] if self.dropout > 0 else []
         super().build(input_shape)
 
     def call(self, x, training=False):

@@ -192,3 +192,24 @@ def test_qin_trains_exports_and_serves_with_inference_batch_norm(tiny_data, tmp_
     parse = {k: v for k, v in spec.parse_example_spec(include_label=False).items() if k in model_input_names(spec)}
     x = tf.io.parse_example(tf.constant(records), parse)
     assert not np.allclose(model(x, training=True)["ctr"].numpy(), want, atol=1e-4)  # batch statistics differ
+
+
+def test_qin_under_mixed_bfloat16(tiny_data):
+    """Built under mixed_bfloat16, every QIN layer (those made at build time included) computes
+    in bfloat16 on float32 variables, and the output is float32, close to the float32 model's."""
+    cfg = load_config(None, SMALL + ["model.qin.trigger_attention=true"])
+    spec = load_data_spec(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    x, _ = _batch(tiny_data, spec)
+    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
+    full = build_model("qin", spec, cfg.model, ids, vecs)
+    want = full(x)["ctr"].numpy()
+    half = build_model("qin", spec, cfg.model, ids, vecs, "mixed_bfloat16")
+    half(x)
+    half.set_weights(full.get_weights())
+    got = half(x)["ctr"]
+    assert got.dtype == tf.float32
+    layers = [half.target_att.output_dense, half.qnn.linears[0], half.qnn.norms[0], half.qnn.prelus[0]]
+    assert {lay.compute_dtype for lay in layers} == {"bfloat16"}
+    assert {v.dtype for v in half.weights if v.dtype.is_floating} == {tf.float32}
+    np.testing.assert_allclose(got.numpy(), want, atol=0.02)
