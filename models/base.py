@@ -198,6 +198,20 @@ def item_columns(spec: FeatureSpec, group: str, history: str | None = None) -> l
     return out
 
 
+def trigger_present(spec: FeatureSpec, needed_by: str) -> str:
+    """The trigger's ``present`` flag column (``has_trigger``: 0 when the impression has no
+    trigger), which the trigger-target similarity needs.
+
+    Raises:
+      ValueError: naming the column and ``needed_by`` (the model or setting that reads it).
+    """
+    present = spec.select(group="trigger", field="present", model_input=True)
+    if not present:
+        raise ValueError(f"FeatureSpec: {needed_by} needs a trigger input of field 'present' (has_trigger: "
+                         f"0 when the impression has no trigger)")
+    return present[0].name
+
+
 def history_time(spec: FeatureSpec, history: str) -> str:
     """The behaviour-time column of ``history`` (field ``ts``; 0 marks padding)."""
     found = spec.select(group="history", history=history, field="ts", model_input=True)
@@ -468,6 +482,19 @@ class TirModel(keras.Model):
     def _intent_column(self, field: str) -> str:
         """The record column of the spec's intent group with ``field`` (e.g. ``prior``)."""
         return self.spec.select(group="intent", field=field)[0].name
+
+    def trigger_target_similarity(self, inputs, needed_by: str) -> tf.Tensor:
+        """s_sem = cos(m_t, m_i), float32 ``[B, 1]``, from the frozen multimodal table: the
+        records' ``trigger_target_sim`` (docs/models.md#similarity-levels) computed in the graph
+        from the raw ids, so a served model needs no extra input. 0 without a trigger; an item
+        without a vector (or unknown to the table) has the zero vector, hence 0. Float32 whatever
+        the precision. ``needed_by`` names the reader in the error of a spec without
+        ``has_trigger``."""
+        present = trigger_present(self.spec, needed_by)
+        m_t, _ = self.items(inputs[item_columns(self.spec, "trigger")[0]])
+        m_i, _ = self.items(inputs[item_columns(self.spec, "target")[0]])
+        has_trigger = tf.cast(tf.cast(inputs[present], tf.bool), tf.float32)
+        return tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * has_trigger[:, None]
 
     def request_rows(self, inputs):
         """The request-level inputs (:func:`request_input_names`), one row per distinct request

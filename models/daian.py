@@ -39,7 +39,7 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel, item_columns
+from tirec.models.base import FeatureEmbedder, TirModel, item_columns, trigger_present
 from tirec.models.config import ModelConfig
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
@@ -171,13 +171,9 @@ def _read_columns(spec: FeatureSpec) -> _Columns:
     """The columns DAIAN reads besides the embedder's, found by group and field: the item ids
     of the target, the trigger and the first behaviour sequence (the one the embedder's mask
     describes), and the trigger's ``present`` flag."""
-    present = spec.select(group="trigger", field="present", model_input=True)
-    if not present:
-        raise ValueError("FeatureSpec: DAIAN needs a trigger input of field 'present' (has_trigger: "
-                         "0 when the impression has no trigger)")
     first = next(iter(spec.histories()))
     return _Columns(target=item_columns(spec, "target")[0], trigger=item_columns(spec, "trigger")[0],
-                    history=item_columns(spec, "history", first)[0], has_trigger=present[0].name)
+                    history=item_columns(spec, "history", first)[0], has_trigger=trigger_present(spec, "DAIAN"))
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -317,16 +313,13 @@ class DAIAN(TirModel):
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32)), "intent": pred_intent}
 
     def _semantic_similarity(self, inputs):
-        """s_sem = cos(m_t, m_i) [B, 1] (0 without a trigger) from the frozen multimodal table.
+        """s_sem = cos(m_t, m_i) [B, 1] (0 without a trigger) from the frozen multimodal table
+        (``TirModel.trigger_target_similarity``, which DIN's ``model.din.sim_feature`` reads too).
 
         Unknown items have a zero vector, hence similarity 0. Float32 whatever the precision,
         so the explicit mask and the buckets do not move.
         """
-        col = self.columns
-        has_trig = tf.cast(inputs[col.has_trigger], tf.bool)
-        m_t, _ = self.items(inputs[col.trigger])
-        m_i, _ = self.items(inputs[col.target])
-        return tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * tf.cast(has_trig[:, None], tf.float32)
+        return self.trigger_target_similarity(inputs, "DAIAN")
 
     def _implicit_interest(self, r, sample, expand, pred_intent_r, prior_intent):
         """(the intent fed to I2E and IA2N per sample, v_imp = MHTA(q_I, E_S))

@@ -2,7 +2,8 @@
 
 The user interest vector is a DIN attention pooling of the behaviour sequence with the target
 as query (un-normalised weights); for TIR the trigger embedding joins the tower input (as in
-DAIAN's baseline).
+DAIAN's baseline). ``model.din.sim_feature`` adds DAIAN's trigger-target similarity s_sem to the
+tower input: the control row that shows what DAIAN adds beyond that one number.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel
+from tirec.models.base import FeatureEmbedder, TirModel, trigger_present
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP, DinAttention
 from tirec.models.registry import register_model
@@ -20,15 +21,30 @@ from tirec.models.registry import register_model
 
 @dataclasses.dataclass(frozen=True)
 class DinConfig:
-    """DIN's own settings, the ``model.din`` config section: none today. Everything DIN reads
+    """DIN's own settings, the ``model.din`` config section. Everything else DIN reads
     (``emb_dim``, ``table_shards``, ``din_hidden``, ``hist_buckets``, ``tower``, ``activation``,
     ``dropout``, ``l2``, ``request_dedup``) DAIAN reads too, so it is in the common ``model``
-    section; a setting only DIN would read goes here."""
+    section.
+
+    Args:
+      sim_feature: a control row for DAIAN (docs/models.md#din): the trigger-target
+        multimodal similarity s_sem, the one number DAIAN's tower reads that DIN's does not
+        otherwise get, joins the tower input. It is computed in the graph from the frozen item
+        table exactly as DAIAN computes it (the records' ``trigger_target_sim``, which is not a
+        model input). False (default): DIN as ever, the same outputs and checkpoints.
+    """
+
+    sim_feature: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sim_feature, bool):
+            raise ValueError(f"model.din.sim_feature: must be true or false; received {self.sim_feature!r}")
 
 
 @keras.utils.register_keras_serializable(package="tirec")
 class DIN(TirModel):
-    """DIN with the trigger in the tower.
+    """DIN with the trigger in the tower (and, with ``model.din.sim_feature``, the
+    trigger-target similarity s_sem).
 
     Inputs: the raw feature dict of a batch (see ``tirec.models.base.model_input_names``).
     Outputs: ``{"ctr": [B, 1]}`` click probability.
@@ -38,6 +54,9 @@ class DIN(TirModel):
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c = model_config
+        self.sim_feature = c.section("din").sim_feature
+        if self.sim_feature:  # fail at build time, not in a trace
+            trigger_present(spec, "model.din.sim_feature=true")
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         self.din_att = DinAttention(hidden_units=c.din_hidden, activation="dice" if c.activation == "dice"
                                     else "sigmoid", length_buckets=c.hist_buckets, name="din_attention")
@@ -48,7 +67,11 @@ class DIN(TirModel):
         rows, expand = self.request_rows(inputs)
         r = self.embed.request(rows)  # once per distinct request (model.request_dedup)
         e = self.embed.impression(inputs)
-        logit = self.tower(self.tower_input(r, e, expand, training), training=training)
+        z = self.tower_input(r, e, expand, training)
+        if self.sim_feature:
+            s_sem = self.trigger_target_similarity(inputs, "model.din.sim_feature=true")
+            z = tf.concat([z, tf.cast(s_sem, z.dtype)], axis=-1)
+        logit = self.tower(z, training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 
     def tower_input(self, r, e, expand, training=False):

@@ -29,7 +29,7 @@ _HISTORIES: dict[str, str] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 HISTORY_CHOICES = ("first", "all")
 BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian", "tirec.models.gapnet", "tirec.models.poso",
-                   "tirec.models.mwuf")
+                   "tirec.models.mwuf", "tirec.models.qin")
 
 
 def _load_builtins() -> None:

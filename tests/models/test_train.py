@@ -20,6 +20,8 @@ from tirec.models.train import build_model, evaluate_run, load_run, train_run
 SMALL = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
          "model.daian.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.daian.sim_bins=5",
          "model.gapnet.att_units=8", "model.gapnet.att_heads=2", "model.gapnet.cgdf_hidden=[4]",
+         "model.qin.num_layers=2", "model.qin.num_row=2", "model.qin.trigger_attention=true",
+         "model.qin.dropout=0",  # the equality checks below compare training-mode forwards
          "train.batch_size=256", "train.shuffle_buffer=1000",
          # one compacted group: the 16-bucket graphs trace 16 copies (slow to build in tiny runs);
          # test_daian_explicit_buckets_equal_the_padded_path and
@@ -38,11 +40,12 @@ def _batch(data, spec, n=64):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown model 'dinn'; valid models: \['daian', 'din', 'gapnet', 'mwuf', 'poso'\]"):
+    with pytest.raises(ValueError, match=r"unknown model 'dinn'; valid models: "
+                       + re.escape(str(registry.model_names()))):
         registry.get_builder("dinn")
 
 
-@pytest.mark.parametrize("name", ["din", "daian", "gapnet", "poso", "mwuf"])
+@pytest.mark.parametrize("name", ["din", "daian", "gapnet", "poso", "mwuf", "qin"])
 def test_every_registered_model_trains_and_reloads(tiny_data, tmp_path, name):
     cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
     run = str(tmp_path / name)
@@ -383,7 +386,7 @@ def test_hist_buckets_equal_the_padded_path(tiny_data, name):
     assert lengths.min() < x["hist_ts"].shape[1]
 
 
-@pytest.mark.parametrize("name,stage", [("din", STAGE_JOINT), ("poso", STAGE_JOINT), ("mwuf", STAGE_JOINT),
+@pytest.mark.parametrize("name,stage", [("din", STAGE_JOINT), ("poso", STAGE_JOINT), ("mwuf", STAGE_JOINT), ("qin", STAGE_JOINT),
                                         ("daian", STAGE_JOINT),
                                         ("daian", STAGE_DIE), ("daian", STAGE_UIM)])
 def test_request_dedup_equals_per_sample(tiny_data, name, stage):

@@ -1,0 +1,97 @@
+"""DIN's ``model.din.sim_feature`` control row: off (default) DIN is unchanged; on, the tower
+reads the trigger-target multimodal similarity, computed from the frozen item table as DAIAN
+computes it (the records' ``trigger_target_sim``)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tirec.compat import keras
+from tirec.config import load_config
+from tirec.models.base import model_input_names
+from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+from tirec.models.train import build_model
+
+SMALL = ["model.emb_dim=4", "model.tower=[16,8]", "model.din_hidden=[8,4]", "model.hist_buckets=1"]
+
+
+def _build(data, *settings, spec=None, vecs=None):
+    """DIN built with ``settings`` and its variables made from seed 3 (on a first batch)."""
+    cfg = load_config(None, SMALL + list(settings))
+    spec = spec or load_data_spec(data)
+    ids, table, _ = load_item_vectors(data)
+    keras.utils.set_random_seed(3)
+    model = build_model("din", spec, cfg.model, ids, table if vecs is None else vecs)
+    model(_inputs(data, 8, spec)[1])
+    return model
+
+
+def _inputs(data, n=128, spec=None):
+    spec = spec or load_data_spec(data)
+    x, _ = next(iter(make_dataset(data, "train", spec, n)))
+    return x, {k: v for k, v in x.items() if k in model_input_names(spec)}
+
+
+def test_sim_feature_off_is_din_as_before(tiny_data):
+    """The default and an explicit false build the same variables from the same seed and give
+    bit-identical outputs; on adds one tower input row and no variable."""
+    _, x = _inputs(tiny_data)
+    default, off, on = (_build(tiny_data, *s) for s in ([], ["model.din.sim_feature=false"],
+                                                        ["model.din.sim_feature=true"]))
+    outs = [m(x, training=False)["ctr"].numpy() for m in (default, off, on)]
+    assert not default.sim_feature and not off.sim_feature and on.sim_feature
+    shapes = [[(v.name, tuple(v.shape)) for v in m.weights] for m in (default, off, on)]
+    assert shapes[0] == shapes[1]
+    for v, w in zip(default.get_weights(), off.get_weights()):
+        np.testing.assert_array_equal(v, w)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    width = default.tower.weights[0].shape[0]  # the tower's first kernel: [input width, 16]
+    assert tuple(on.tower.weights[0].shape) == (width + 1, 16)
+    assert [n for n, _ in shapes[2]] == [n for n, _ in shapes[0]]
+    assert not np.allclose(outs[0], outs[2])
+
+
+def test_sim_feature_reads_the_trigger_target_similarity(tiny_data, tmp_path):
+    x_all, x = _inputs(tiny_data)
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    on = _build(tiny_data, "model.din.sim_feature=true")
+    # the similarity the tower reads is the records' trigger_target_sim (0 without a trigger)
+    s_sem = on.trigger_target_similarity(x, "test").numpy()[:, 0]
+    assert (x["has_trigger"].numpy() == 1).any() and np.abs(s_sem).max() > 0.1
+    np.testing.assert_allclose(s_sem, x_all["trigger_target_sim"].numpy(), atol=1e-5)
+    # other multimodal vectors (other similarities, same ids) change the output only when on
+    other = np.roll(vecs, 1, axis=0)
+    for setting, moves in (("model.din.sim_feature=true", True), ("model.din.sim_feature=false", False)):
+        a = _build(tiny_data, setting)(x, training=False)["ctr"].numpy()
+        b = _build(tiny_data, setting, vecs=other)(x, training=False)["ctr"].numpy()
+        assert (not np.array_equal(a, b)) == moves, setting
+    # the tower sees exactly s_sem: its kernel's last row times s_sem is the only change
+    want = on(x, training=False)["ctr"].numpy()
+    kernel = on.tower.weights[0]
+    kernel.assign(tf.concat([kernel[:-1], tf.zeros([1, kernel.shape[1]])], axis=0))
+    flat = on(x, training=False)["ctr"].numpy()
+    np.testing.assert_array_equal(flat == want, s_sem[:, None] == 0)
+    # a served model needs only the raw ids: it reads no trigger_target_sim input, and round-trips
+    assert "trigger_target_sim" not in x
+    on.save(str(tmp_path / "sm"))
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_allclose(loaded(x, training=False)["ctr"].numpy(), flat, atol=1e-6)
+
+
+def test_sim_feature_needs_the_trigger_flag(tiny_data):
+    spec = load_data_spec(tiny_data)
+    lacking = dataclasses.replace(spec, features=tuple(f for f in spec.features if f.name != "has_trigger"))
+    _build(tiny_data, spec=lacking)  # DIN itself does not read it
+    with pytest.raises(ValueError, match=r"model.din.sim_feature=true needs a trigger input of field "
+                                         r"'present' \(has_trigger"):
+        _build(tiny_data, "model.din.sim_feature=true", spec=lacking)
+
+
+def test_sim_feature_key_is_model_din_sim_feature():
+    assert load_config(None, ["model.din.sim_feature=true"]).model.section("din").sim_feature is True
+    assert load_config(None, []).model.section("din").sim_feature is False
+    with pytest.raises(ValueError, match=r"model: unknown key\(s\) \['sim_feature'\].*'din\.\*'"):
+        load_config(None, ["model.sim_feature=true"])
+    with pytest.raises(ValueError, match="model.din.sim_feature: expected true/false; received 1"):
+        load_config(None, ["model.din.sim_feature=1"])
