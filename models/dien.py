@@ -140,6 +140,8 @@ class DIEN(TirModel):
         e = self.embed.impression(inputs)
         items, ids, real, lengths = self.oldest_first(r["hist"], rows[self._hist_id], r["mask"])
         states = self.extractor(items, mask=real)  # [U, W, H], once per distinct request
+        if self.aux_mlp is not None and not self.aux_mlp.built:  # its variables exist before a step
+            self.aux_mlp(tf.zeros([1, states.shape[-1] + items.shape[-1]], states.dtype))
         if _is_training(training) and self.dien_config.aux_weight > 0:
             loss = self.auxiliary_loss(states, items, ids, lengths, self._request_counts(index, lengths),
                                        e, inputs)
