@@ -27,7 +27,7 @@ from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, item_columns
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP
-from tirec.models.layers.gru import InterestEvolving, InterestGru
+from tirec.models.layers.gru import GATE_SCALES, InterestEvolving, InterestGru
 from tirec.models.layers.sequence import compact_positions
 from tirec.models.registry import register_model
 from tirec.models.tasks import global_batch_mean
@@ -52,6 +52,10 @@ class DienConfig:
         gru_units = D).
       aux_hidden: hidden widths of the ``mlp`` σ_aux.
       trigger_in_tower: e_t joins the tower input (TIR use).
+      gate_scale: the AUGRU's update-gate scale: ``softmax`` (default, the paper's a_k) or
+        ``count`` (min(1, n·a_k) for n real steps; uniform attention = a plain GRU).
+      history_sum: also feed the tower Σ_k e_k and e_i ⊙ Σ_k e_k over the real behaviours,
+        as the reference code does.
     """
 
     gru_units: int = 0
@@ -60,6 +64,8 @@ class DienConfig:
     aux_score: str = "mlp"
     aux_hidden: tuple[int, ...] = (100, 50)
     trigger_in_tower: bool = True
+    gate_scale: str = "softmax"
+    history_sum: bool = False
 
     def __post_init__(self) -> None:
         def bad(field, why):
@@ -77,8 +83,11 @@ class DienConfig:
         if not self.aux_hidden or any(isinstance(u, bool) or not isinstance(u, int) or u < 1
                                       for u in self.aux_hidden):
             bad("aux_hidden", "must be a non-empty list of integers >= 1")
-        if not isinstance(self.trigger_in_tower, bool):
-            bad("trigger_in_tower", "must be true or false")
+        for field in ("trigger_in_tower", "history_sum"):
+            if not isinstance(getattr(self, field), bool):
+                bad(field, "must be true or false")
+        if self.gate_scale not in GATE_SCALES:
+            bad("gate_scale", f"must be one of {', '.join(GATE_SCALES)}")
 
 
 def _is_training(training) -> bool:
@@ -125,7 +134,7 @@ class DIEN(TirModel):
         self._target_id = item_columns(spec, "target")[0]
         self._id_table = spec.select(name=self._hist_id)[0].table
         self.extractor = InterestGru(units, name="interest_extractor")
-        self.evolving = InterestEvolving(units, name="interest_evolving")
+        self.evolving = InterestEvolving(units, gate_scale=d.gate_scale, name="interest_evolving")
         self.aux_mlp = (MLP(d.aux_hidden, activation="sigmoid", output_logit=True, name="aux_mlp")
                         if d.aux_score == "mlp" else None)
         self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
@@ -150,6 +159,9 @@ class DIEN(TirModel):
         evolved = self.evolving(e["target"], expand(states), expand(real))
         parts = [expand(r["user"]), e["context"], e["target"]]
         parts += [expand(r["trigger"])] if self.dien_config.trigger_in_tower else []
+        if self.dien_config.history_sum:  # the reference code's sum pooling, and its product with e_i
+            total = expand(tf.reduce_sum(r["hist"] * tf.cast(r["mask"], r["hist"].dtype)[..., None], axis=1))
+            parts += [total, e["target"] * total]
         logit = self.tower(tf.concat(parts + [evolved], axis=-1), training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 

@@ -97,6 +97,9 @@ class InterestGru(keras.layers.Layer):
                 "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer)}
 
 
+GATE_SCALES = ("softmax", "count")
+
+
 @keras.utils.register_keras_serializable(package="tirec")
 class InterestEvolving(keras.layers.Layer):
     """DIEN's interest evolving layer: target attention over the interest states, then AUGRU.
@@ -104,10 +107,16 @@ class InterestEvolving(keras.layers.Layer):
     ::
 
         a_k = softmax_k(h_k W q)      over the real steps k (0 at padded ones)
-        h'  = AUGRU(h, a)             the state after the last step
+        h'  = AUGRU(h, g)             the state after the last step
+
+    with the update-gate scale g = a (``gate_scale="softmax"``, the paper's) or
+    g_k = min(1, n · a_k) for a row of n real steps (``"count"``): softmax weights average 1/n,
+    so with the paper's scale the AUGRU state of a long history barely moves from 0 until the
+    attention is sharp; with ``count`` uniform attention gives a plain GRU.
 
     Args:
       units: width of the interest states h (and of the AUGRU state).
+      gate_scale: ``softmax`` or ``count``.
       **kwargs: base ``Layer`` arguments.
 
     Call arguments:
@@ -122,9 +131,13 @@ class InterestEvolving(keras.layers.Layer):
       ``return_attention`` the weights.
     """
 
-    def __init__(self, units: int, **kwargs):
+    def __init__(self, units: int, gate_scale: str = "softmax", **kwargs):
         super().__init__(**kwargs)
         self.units = check_positive_int("InterestEvolving", "units", units)
+        if gate_scale not in GATE_SCALES:
+            raise ValueError(f"InterestEvolving: `gate_scale` must be one of {GATE_SCALES}. "
+                             f"Received: gate_scale={gate_scale!r}")
+        self.gate_scale = gate_scale
         self.query_proj = keras.layers.Dense(self.units, use_bias=False, name="bilinear")
         self.augru = InterestGru(self.units, attentional=True, name="augru")
 
@@ -133,11 +146,15 @@ class InterestEvolving(keras.layers.Layer):
         q = self.query_proj(query)
         scores = tf.einsum("bth,bh->bt", states, tf.cast(q, states.dtype))
         weights = masked_softmax(tf.cast(scores, tf.float32), real)
-        evolved = self.augru(states, mask=real, attention=tf.cast(weights, states.dtype))[:, -1]
+        gate = weights
+        if self.gate_scale == "count":
+            count = tf.reduce_sum(tf.cast(real, tf.float32), axis=1, keepdims=True)
+            gate = tf.minimum(weights * count, 1.0)
+        evolved = self.augru(states, mask=real, attention=tf.cast(gate, states.dtype))[:, -1]
         return (evolved, weights) if return_attention else evolved
 
     def compute_mask(self, inputs, mask=None):
         return None
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "gate_scale": self.gate_scale}

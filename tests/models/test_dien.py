@@ -100,7 +100,27 @@ def test_interest_evolving_weights_sum_to_one_over_real_steps_and_empty_rows_are
     assert np.array_equal(evolved.numpy()[2], np.zeros(3)) and np.isfinite(weights).all()
 
 
-@pytest.mark.parametrize("layer", [InterestGru(4, attentional=True, name="g"), InterestEvolving(4, name="e")])
+def test_count_gate_scale_is_n_times_the_weight_capped_at_one():
+    """gate_scale=count: the AUGRU's gate scale is min(1, n·a_k); uniform attention gives the
+    plain GRU over the real steps."""
+    rng = np.random.default_rng(4)
+    layer = InterestEvolving(3, gate_scale="count")
+    states = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    query = rng.normal(size=(2, 5)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    evolved, weights = layer(query, states, mask, return_attention=True)
+    gate = np.minimum(weights.numpy() * mask.sum(axis=1, keepdims=True), 1.0)
+    want = gru_ref(states, mask, *_gru_weights(layer.augru), attention=gate)[:, -1]
+    np.testing.assert_allclose(evolved.numpy(), want, rtol=1e-5, atol=1e-6)
+    layer.query_proj.kernel.assign(np.zeros([5, 3], np.float32))  # uniform attention
+    plain = gru_ref(states, mask, *_gru_weights(layer.augru))[:, -1]
+    np.testing.assert_allclose(layer(query, states, mask).numpy(), plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="gate_scale.*'max'"):
+        InterestEvolving(3, gate_scale="max")
+
+
+@pytest.mark.parametrize("layer", [InterestGru(4, attentional=True, name="g"), InterestEvolving(4, name="e"),
+                                   InterestEvolving(4, gate_scale="count", name="c")])
 def test_layers_serialize_round_trip(layer):
     clone = type(layer).from_config(keras.layers.serialize(layer)["config"])
     assert clone.get_config() == layer.get_config()
@@ -125,6 +145,8 @@ def test_oldest_first_reverses_the_real_behaviours_and_keeps_padding_last():
     ("model.dien.negatives=random", r"model\.dien\.negatives.*random"),
     ("model.dien.aux_score=cosine", r"model\.dien\.aux_score.*cosine"),
     ("model.dien.aux_hidden=[]", r"model\.dien\.aux_hidden"),
+    ("model.dien.gate_scale=max", r"model\.dien\.gate_scale.*max"),
+    ("model.dien.history_sum=1", r"model\.dien\.history_sum.*1"),
 ])
 def test_config_errors_name_the_key_and_value(setting, match):
     with pytest.raises(ValueError, match=match):
@@ -133,8 +155,8 @@ def test_config_errors_name_the_key_and_value(setting, match):
 
 def test_defaults():
     c = DienConfig()
-    assert (c.gru_units, c.aux_weight, c.negatives, c.aux_score, c.aux_hidden, c.trigger_in_tower) == \
-        (0, 1.0, "batch", "mlp", (100, 50), True)
+    assert (c.gru_units, c.aux_weight, c.negatives, c.aux_score, c.aux_hidden, c.trigger_in_tower,
+            c.gate_scale, c.history_sum) == (0, 1.0, "batch", "mlp", (100, 50), True, "softmax", False)
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -269,7 +291,7 @@ def test_users_without_history_get_zero_interest_and_finite_outputs(tiny_data):
 
 
 SWITCHES = ["model.dien.negatives=table", "model.dien.aux_score=dot", "model.dien.trigger_in_tower=false",
-            "model.dien.gru_units=8"]
+            "model.dien.gru_units=8", "model.dien.gate_scale=count", "model.dien.history_sum=true"]
 
 
 @pytest.mark.parametrize("setting", SWITCHES)
