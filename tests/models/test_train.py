@@ -38,11 +38,11 @@ def _batch(data, spec, n=64):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown model 'dinn'; valid models: \['daian', 'din', 'gapnet'\]"):
+    with pytest.raises(ValueError, match=r"unknown model 'dinn'; valid models: \['daian', 'dien', 'din', 'gapnet'\]"):
         registry.get_builder("dinn")
 
 
-@pytest.mark.parametrize("name", ["din", "daian", "gapnet"])
+@pytest.mark.parametrize("name", ["din", "daian", "gapnet", "dien"])
 def test_every_registered_model_trains_and_reloads(tiny_data, tmp_path, name):
     cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
     run = str(tmp_path / name)
