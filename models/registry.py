@@ -29,7 +29,8 @@ _HISTORIES: dict[str, str] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 HISTORY_CHOICES = ("first", "all")
 BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian", "tirec.models.gapnet", "tirec.models.poso",
-                   "tirec.models.mwuf", "tirec.models.qin")
+                   "tirec.models.mwuf", "tirec.models.qin",
+                   "tirec.models.dien")
 
 
 def _load_builtins() -> None:

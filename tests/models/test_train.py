@@ -45,7 +45,7 @@ def test_unknown_model_lists_valid_names():
         registry.get_builder("dinn")
 
 
-@pytest.mark.parametrize("name", ["din", "daian", "gapnet", "poso", "mwuf", "qin"])
+@pytest.mark.parametrize("name", ["din", "daian", "gapnet", "poso", "mwuf", "qin", "dien"])
 def test_every_registered_model_trains_and_reloads(tiny_data, tmp_path, name):
     cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
     run = str(tmp_path / name)
