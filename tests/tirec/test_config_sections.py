@@ -121,7 +121,7 @@ def test_unknown_keys_name_key_value_and_the_valid_keys(override, message):
     (lambda: TrainConfig(batch_size=0), "train.batch_size: must be >= 1; received 0"),
     (lambda: PipelineConfig(no_trigger="keep"), "pipeline.no_trigger: must be 'drop' or 'pad'"),
     (lambda: GeneratorConfig(users=0), "GeneratorConfig.users=0: must be >= 1"),
-    (lambda: ModelConfig(sections={"dinn": object()}), "unknown model 'dinn'; valid models: ['daian', 'din', 'gapnet']"),
+    (lambda: ModelConfig(sections={"dinn": object()}), "unknown model 'dinn'; valid models: ['daian', 'dian', 'dihn', 'din', 'gapnet']"),
     (lambda: ModelConfig(sections={"din": registry.config_class("daian")()}),
      "model.din: expected a DinConfig; received DaianConfig("),
 ])
