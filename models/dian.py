@@ -44,7 +44,7 @@ class DianConfig:
         explicit-intent threshold.
       intent_weight: λ, the weight of BCE(y_I, p_I) beside the click loss (1.0).
       intent_hidden: the intent net's hidden widths (ReLU), then one logit.
-      intent_context: the intent net reads the context E_c (true, MODELS.md's input list); false:
+      intent_context: the intent net reads the context E_c (true, the reconstruction's input list); false:
         user, trigger and history only, so the whole net runs once per distinct request.
       eps: the mixture is clipped to [eps, 1 - eps].
     """
