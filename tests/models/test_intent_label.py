@@ -195,3 +195,14 @@ def test_intent_weight_zero_leaves_the_intent_net_to_the_click_loss(tiny_data, n
     same = [np.allclose(a, b) for a, b in zip(grads["0"], grads["0_ctr"]) if a is not None]
     differ = [not np.allclose(a, b) for a, b in zip(grads["1"], grads["1_ctr"]) if a is not None and b is not None]
     assert all(same) and any(differ)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_mixed_precision_outputs_float32(tiny_data, name):
+    spec, x, _ = _batch(tiny_data, n=32)
+    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    model = build_model(name, spec, load_config(None, SMALL).model, ids, vecs, precision="mixed_bfloat16")
+    out = model(x)
+    assert out["ctr"].dtype == tf.float32 and out["intent"].dtype == tf.float32
+    assert np.all(np.isfinite(out["ctr"].numpy())) and np.allclose(out["intent"].numpy().sum(axis=1), 1.0)
