@@ -123,10 +123,13 @@ DIE_PRETRAIN = Stage(STAGE_DIE, "die_pretrain", tasks=((CTR, 1.0),), train=(("ma
                      feeds=(("prior_intent", "prior"),))
 
 
-def joint_stage(uim_lr_scale: float = 1.0) -> Stage:
+def joint_stage(uim_lr_scale: float = 1.0, intent_weight: float = 0.0) -> Stage:
     """Stage 3: everything on the click loss, the UIM at ``uim_lr_scale`` times the learning
-    rate (docs/models.md#three-training-stages; 1.0 for a single-stage run)."""
-    return Stage(STAGE_JOINT, "joint", tasks=((CTR, 1.0),), train=(("main", 1.0), ("uim", float(uim_lr_scale))))
+    rate (docs/models.md#three-training-stages; 1.0 for a single-stage run). With
+    ``intent_weight`` > 0 the intent task's loss is added with that weight (DIHN and DIAN's
+    auxiliary intent loss, docs/models.md#request-intent-label)."""
+    tasks = ((CTR, 1.0),) + (((INTENT, float(intent_weight)),) if intent_weight else ())
+    return Stage(STAGE_JOINT, "joint", tasks=tasks, train=(("main", 1.0), ("uim", float(uim_lr_scale))))
 
 
 def as_stage(stage) -> Stage:

@@ -30,7 +30,8 @@ _DESCRIPTIONS: dict[str, str] = {}
 HISTORY_CHOICES = ("first", "all")
 BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian", "tirec.models.gapnet", "tirec.models.poso",
                    "tirec.models.mwuf", "tirec.models.qin",
-                   "tirec.models.dien")
+                   "tirec.models.dien",
+                   "tirec.models.dihn", "tirec.models.dian")
 
 
 def _load_builtins() -> None:

@@ -173,9 +173,17 @@ def _optimizer(cfg: TrainConfig, scale: float = 1.0):
     return keras.optimizers.Adam(learning_rate=lr)
 
 
-def training_stages(model, cfg: TrainConfig) -> list[Stage]:
+def training_stages(model, cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> list[Stage]:
     """The stages ``model`` (a model, or its registered builder) trains in under ``cfg``: DAIAN's
-    three (the joint one with ``cfg.uim_lr_scale``), else the joint stage at one learning rate."""
+    three (the joint one with ``cfg.uim_lr_scale``), else the joint stage at one learning rate.
+
+    A model with an auxiliary intent task (``intent_section``: DIHN, DIAN) trains in the joint
+    stage with its intent loss weighted by ``model.<section>.intent_weight`` of ``model_cfg``
+    (default: a built model's own config, else the section's defaults)."""
+    section = getattr(model, "intent_section", "")
+    if section:
+        model_cfg = model_cfg or getattr(model, "model_config", None) or ModelConfig()
+        return [joint_stage(intent_weight=model_cfg.section(section).intent_weight)]
     if getattr(model, "has_intent", False) and cfg.three_stage:
         return [UIM_PRETRAIN, DIE_PRETRAIN, joint_stage(cfg.uim_lr_scale)]
     return [joint_stage()]
@@ -253,7 +261,7 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     # Check the input before building anything: one clear line per problem.
     data_spec, has_valid = check_data(data_dir)
     spec = model_spec(model_name, data_spec)  # the sequences the model reads (its run spec.json)
-    stages = training_stages(builder, train_cfg)
+    stages = training_stages(builder, train_cfg, model_cfg)
     check_stage_inputs(spec, stages)
     _check_run_dir(run_dir, spec, data_dir)
     _check_validation(train_cfg, data_dir, has_valid, strategy)

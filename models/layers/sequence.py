@@ -202,3 +202,30 @@ def to_groups(t: tf.Tensor, slots: tf.Tensor, groups, width) -> tf.Tensor:
 def from_groups(t: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
     """The rows ``[B, ...]`` back from a ``[groups, width, ...]`` layout (:func:`to_groups`)."""
     return tf.gather_nd(t, slots)
+
+
+def trigger_related_mask(hist_keys, trigger_key, mask, has_trigger=None) -> tf.Tensor:
+    """The behaviours related to the trigger: real positions whose key equals the trigger's.
+
+    DIHN's hybrid interest module (and DEI2N's instant interest) reads the sub-sequence of
+    behaviours in the trigger's category (docs/models.md#trigger-related-behaviours); the key is
+    the category id (``hist_cate_id`` against ``trigger_cate_id``), or any other per-item key
+    such as a similarity level. The sub-sequence keeps the history's order; apply it as a mask.
+
+    Args:
+      hist_keys: ``[B, L]`` integer keys of the behaviours.
+      trigger_key: ``[B]`` (or ``[B, 1]``) integer key of the trigger.
+      mask: ``[B, L]`` bool or 0/1, True at real positions.
+      has_trigger: optional ``[B]`` (or ``[B, 1]``) 0/1 or bool; rows without a trigger relate
+        to no behaviour (their padded trigger's key would match padding-like keys).
+
+    Returns:
+      bool ``[B, L]``: True where the position is real, the row has a trigger and the keys match.
+    """
+    hist_keys = tf.convert_to_tensor(hist_keys)
+    trigger_key = tf.reshape(tf.cast(trigger_key, hist_keys.dtype), [-1, 1])
+    related = tf.equal(hist_keys, trigger_key) & sequence_mask(mask, hist_keys[:, :, None])
+    if has_trigger is not None:
+        present = tf.reshape(tf.convert_to_tensor(has_trigger), [-1, 1])
+        related &= tf.not_equal(present, tf.zeros([], present.dtype))
+    return related

@@ -20,6 +20,8 @@ SMALL = ["--set", "model.emb_dim=4", "--set", "model.daian.att_units=8", "--set"
          "--set", "model.qin.num_layers=2", "--set", "model.qin.num_row=2",
          "--set", "model.qin.dropout=0",  # the one-step comparison needs the same forward on every replica
          "--set", "model.dien.aux_hidden=[8,4]",
+         "--set", "model.dihn.att_units=8", "--set", "model.dihn.att_heads=2", "--set", "model.dihn.uin_hidden=[8]",
+         "--set", "model.dian.intent_hidden=[8]",
          "--set", "train.batch_size=128", "--set", "train.shuffle_buffer=0",
          "--set", "model.daian.explicit_buckets=1", "--set", "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
 
@@ -87,7 +89,7 @@ BATCH_PREAMBLE = textwrap.dedent("""
 
 STEP_SCRIPT = BATCH_PREAMBLE + textwrap.dedent("""
     out = {"replicas": mirrored.num_replicas_in_sync}
-    for name, stage in (("din", 3), ("gapnet", 3), ("poso", 3), ("mwuf", 3), ("qin", 3), ("dien", 3), ("daian", 3), ("daian", 2),
+    for name, stage in (("din", 3), ("gapnet", 3), ("poso", 3), ("mwuf", 3), ("qin", 3), ("dien", 3), ("dihn", 3), ("dian", 3), ("daian", 3), ("daian", 2),
                         ("daian", 1)):
         weights, init = {}, None
         for label, strategy in (("one", tf.distribute.get_strategy()), ("mirrored", mirrored)):
@@ -120,7 +122,8 @@ def test_mirrored_sgd_step_equals_one_device_with_l2(tiny_data):
     scaled once by the replicas (tasks.replica_objective); the odd batch (64 + 63 rows) checks
     each task's loss is the global-batch mean (DIN, DAIAN stage 3 with its second optimizer,
     DAIAN stage 2 with the prior intent fed in, DAIAN stage 1's intent KL over the labelled
-    requests, DIEN's auxiliary loss added with add_loss, the only loss its aux MLP gets)."""
+    requests, DIEN's auxiliary loss added with add_loss, the only loss its aux MLP gets; DIHN and DIAN's click loss plus their auxiliary intent loss over
+    the labelled requests)."""
     # DIEN's auxiliary loss with negatives from the item table: drawn the same on one device
     # and on the replicas (negatives=batch draws from each replica's share of the batch)
     sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.daian.sim_bins=5",
@@ -130,7 +133,7 @@ def test_mirrored_sgd_step_equals_one_device_with_l2(tiny_data):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out.pop("replicas") == 2
-    assert set(out) == {"din_stage3", "gapnet_stage3", "poso_stage3", "mwuf_stage3", "qin_stage3", "dien_stage3", "daian_stage3", "daian_stage2",
+    assert set(out) == {"din_stage3", "gapnet_stage3", "poso_stage3", "mwuf_stage3", "qin_stage3", "dien_stage3", "dihn_stage3", "dian_stage3", "daian_stage3", "daian_stage2",
                         "daian_stage1"}
     for case, variables in out.items():
         moved = 0.0
@@ -240,7 +243,7 @@ PS_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf", "qin", "dien"])
+@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf", "qin", "dien", "dihn", "dian"])
 def test_parameter_server_in_process_cluster(tiny_data, tmp_path, name):
     ports = _free_ports(4)
     sets = [a for a in SMALL if a != "--set"] + ["train.strategy=ps", "train.steps_per_epoch=3",
@@ -258,7 +261,7 @@ def test_parameter_server_in_process_cluster(tiny_data, tmp_path, name):
     assert (tmp_path / "run" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf", "qin", "dien"])
+@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf", "qin", "dien", "dihn", "dian"])
 def test_multiworker_two_local_processes(tiny_data, tmp_path, name):
     ports = _free_ports(2)
     workers = [f"127.0.0.1:{p}" for p in ports]

@@ -9,7 +9,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tirec.models.layers import MultiHeadSelfAttention, MultiHeadTargetAttention  # noqa: E402
-from tirec.models.layers.sequence import compact_positions, keep_first, length_bucketed, unique_rows  # noqa: E402
+from tirec.models.layers.sequence import (compact_positions, keep_first, length_bucketed,  # noqa: E402
+                                          trigger_related_mask, unique_rows)
 
 RNG = np.random.default_rng(3)
 
@@ -151,3 +152,15 @@ def test_unique_rows_on_random_rows_matches_numpy():
     np.testing.assert_array_equal(rows[first.numpy()][index.numpy()], rows)
     with pytest.raises(ValueError, match="cannot compare rows of a string tensor"):
         unique_rows([tf.constant(["a", "b"])])
+
+
+def test_trigger_related_mask_hand_computed():
+    hist = np.array([[3, 5, 3, 0], [7, 7, 2, 7], [4, 4, 4, 4]])
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 0, 0]], bool)
+    trigger = np.array([3, 7, 4])
+    got = trigger_related_mask(hist, trigger, mask).numpy()
+    np.testing.assert_array_equal(got, [[1, 0, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]])
+    # a [B, 1] trigger key, 0/1 mask and the rows without a trigger relate to nothing
+    got = trigger_related_mask(hist, trigger[:, None], mask.astype(np.int64), has_trigger=[1, 0, 1]).numpy()
+    np.testing.assert_array_equal(got, [[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]])
+    assert got.dtype == bool

@@ -22,6 +22,8 @@ SMALL = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2"
          "model.gapnet.att_units=8", "model.gapnet.att_heads=2", "model.gapnet.cgdf_hidden=[4]",
          "model.qin.num_layers=2", "model.qin.num_row=2", "model.qin.trigger_attention=true",
          "model.qin.dropout=0",  # the equality checks below compare training-mode forwards
+         "model.dihn.att_units=8", "model.dihn.att_heads=2", "model.dihn.uin_hidden=[8]",
+         "model.dian.intent_hidden=[8]",
          "train.batch_size=256", "train.shuffle_buffer=1000",
          # one compacted group: the 16-bucket graphs trace 16 copies (slow to build in tiny runs);
          # test_daian_explicit_buckets_equal_the_padded_path and
@@ -45,7 +47,7 @@ def test_unknown_model_lists_valid_names():
         registry.get_builder("dinn")
 
 
-@pytest.mark.parametrize("name", ["din", "daian", "gapnet", "poso", "mwuf", "qin", "dien"])
+@pytest.mark.parametrize("name", ["din", "daian", "gapnet", "poso", "mwuf", "qin", "dien", "dihn", "dian"])
 def test_every_registered_model_trains_and_reloads(tiny_data, tmp_path, name):
     cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
     run = str(tmp_path / name)
@@ -54,7 +56,7 @@ def test_every_registered_model_trains_and_reloads(tiny_data, tmp_path, name):
         assert np.isfinite(metrics[key]), key
     on_disk = json.load(open(os.path.join(run, "metrics.json")))
     assert on_disk["auc"] == pytest.approx(metrics["auc"])
-    if name == "daian":
+    if name in ("daian", "dihn", "dian"):
         assert 0.0 <= metrics["intent_js"] <= np.log(2)
     # The run reloads from its folder and scores the same.
     model, spec, _ = load_run(run)

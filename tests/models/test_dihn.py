@@ -1,0 +1,127 @@
+"""DIHN: the trigger-related behaviours (by category, or by similarity on data without one), the
+FEM's fused query, the HIEM's pooling and its switches, against numpy references."""
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tirec.config import load_config
+from tirec.models.base import model_input_names
+from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+from tirec.models.train import build_model
+
+SMALL = ["model.emb_dim=4", "model.tower=[16,8]", "model.din_hidden=[8,4]", "model.hist_buckets=1",
+         "model.dihn.att_units=8", "model.dihn.att_heads=2", "model.dihn.uin_hidden=[8]"]
+
+
+def _batch(data, spec, n=64):
+    x, y = next(iter(make_dataset(data, "train", spec, n)))
+    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
+    none = np.arange(n) % 5 == 0  # some rows without a trigger
+    x["has_trigger"] = tf.where(none, tf.zeros_like(x["has_trigger"]), x["has_trigger"])
+    return x, y, none
+
+
+def _model(data, *settings, spec=None):
+    spec = spec or load_data_spec(data)
+    ids, vecs, _ = load_item_vectors(data)
+    return build_model("dihn", spec, load_config(None, SMALL + list(settings)).model, ids, vecs)
+
+
+def _no_category(spec):
+    return dataclasses.replace(spec, features=tuple(f for f in spec.features if f.field != "cate_id"))
+
+
+def test_related_behaviours_are_the_trigger_category(tiny_data, caplog):
+    spec = load_data_spec(tiny_data)
+    x, _, none = _batch(tiny_data, spec)
+    with caplog.at_level(logging.INFO, logger="tirec.models.dihn"):
+        model = _model(tiny_data)
+    assert "trigger-related behaviours by category (hist_cate_id == trigger_cate_id)" in caplog.text
+    mask = x["hist_ts"].numpy() > 0
+    got = model.related_mask(x, tf.constant(mask)).numpy()
+    want = (x["hist_cate_id"].numpy() == x["trigger_cate_id"].numpy()[:, None]) & mask & ~none[:, None]
+    np.testing.assert_array_equal(got, want)
+    assert want.any() and (mask & ~want).any()
+
+
+def test_without_a_category_the_related_behaviours_are_the_similar_ones(tiny_data, caplog):
+    spec = _no_category(load_data_spec(tiny_data))
+    x, _, none = _batch(tiny_data, spec)
+    with caplog.at_level(logging.INFO, logger="tirec.models.dihn"):
+        model = _model(tiny_data, spec=spec)
+    assert "by similarity (no 'cate_id' in the data or related=similarity): cos(m_t, m_b) >= 0.3333, " \
+           "the lower edge of level 4 of 6" in caplog.text
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    table = dict(zip(ids.tolist(), vecs))
+    zero = np.zeros(vecs.shape[1], np.float32)
+    m_hist = np.array([[table.get(i, zero) for i in row] for row in x["hist_item_ids"].numpy().tolist()])
+    m_t = np.array([table.get(i, zero) for i in x["trigger_item_id"].numpy().tolist()])
+    sim = np.einsum("bld,bd->bl", m_hist, m_t)
+    mask = x["hist_ts"].numpy() > 0
+    want = mask & (sim >= 1 / 3) & ~none[:, None]
+    np.testing.assert_array_equal(model.related_mask(x, tf.constant(mask)).numpy(), want)
+    assert want.any() and (mask & ~want).any()
+    assert np.all(np.isfinite(model(x)["ctr"].numpy()))
+    with pytest.raises(ValueError, match=r"model.dihn.related=category: the data has no model input of field "
+                                         r"'cate_id' on the trigger and the history 'hist'"):
+        _model(tiny_data, "model.dihn.related=category", spec=spec)
+
+
+def test_fused_query_and_sum_pooling_hand_computed(tiny_data):
+    spec = load_data_spec(tiny_data)
+    x, _, none = _batch(tiny_data, spec)
+    model = _model(tiny_data, "model.dihn.sub_pooling=sum", "model.request_dedup=false")
+    seen = []
+    original = model.hybrid_interest
+    model.hybrid_interest = lambda e_f, *args, **kw: seen.append(e_f) or original(e_f, *args, **kw)
+    out = model(x)
+    assert out["ctr"].shape == (64, 1) and out["intent"].shape == (64, 2)
+    r, e = model.embed.request(x), model.embed.impression(x)
+    p = model.user_intent(x, r).numpy()
+    np.testing.assert_allclose(out["intent"].numpy()[:, 1:], p, rtol=1e-6)
+    assert np.all(p[none] == 0)
+    e_f = p * r["trigger"].numpy() + (1 - p) * e["target"].numpy()
+    np.testing.assert_allclose(seen[0].numpy(), e_f, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen[0].numpy()[none], e["target"].numpy()[none], rtol=1e-6)
+    _, v_2 = model.hybrid_interest(seen[0], x, r, lambda t: t)
+    related = model.related_mask(x, r["mask"]).numpy()
+    want = (r["hist"].numpy() * related[:, :, None]).sum(axis=1)
+    np.testing.assert_allclose(v_2.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def _uin_grads(model, x, y):
+    with tf.GradientTape() as tape:
+        click = model.task_losses(y, model(x, training=True))["ctr"]
+    uin = [v for v in model.trainable_variables if "uin" in v.name]
+    assert uin
+    return [g for g in tape.gradient(click, uin)]
+
+
+def test_fem_stop_gradient_keeps_the_click_loss_out_of_the_uin(tiny_data):
+    spec = load_data_spec(tiny_data)
+    x, y, _ = _batch(tiny_data, spec)
+    plain, stopped = _model(tiny_data), _model(tiny_data, "model.dihn.fem_stop_gradient=true")
+    plain(x), stopped(x)
+    stopped.set_weights(plain.get_weights())
+    np.testing.assert_array_equal(plain(x)["ctr"].numpy(), stopped(x)["ctr"].numpy())  # the same forward
+    assert any(g is not None and np.abs(g.numpy()).max() > 0 for g in _uin_grads(plain, x, y))
+    assert all(g is None or np.abs(tf.convert_to_tensor(g).numpy()).max() == 0 for g in _uin_grads(stopped, x, y))
+
+
+# On the synthetic data same category <=> similarity >= 1/3 (level 4, the default): the
+# similarity switch is tried with level 3, where they differ.
+@pytest.mark.parametrize("settings", [("model.dihn.sub_pooling=sum",),
+                                      ("model.dihn.related=similarity", "model.dihn.intent_level=3")])
+def test_each_switch_changes_the_output(tiny_data, settings):
+    spec = load_data_spec(tiny_data)
+    x, _, _ = _batch(tiny_data, spec)
+    full, switched = _model(tiny_data), _model(tiny_data, *settings)
+    full(x), switched(x)
+    shared = {v.name: v.numpy() for v in full.weights}
+    for v in switched.weights:
+        if v.name in shared and v.shape == shared[v.name].shape:
+            v.assign(shared[v.name])
+    assert not np.allclose(full(x)["ctr"].numpy(), switched(x)["ctr"].numpy(), atol=1e-6), settings
