@@ -28,7 +28,8 @@ _CONFIGS: dict[str, type] = {}
 _HISTORIES: dict[str, str] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 HISTORY_CHOICES = ("first", "all")
-BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian", "tirec.models.gapnet")
+BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian", "tirec.models.gapnet", "tirec.models.dei2n",
+                   "tirec.models.tin")
 
 
 def _load_builtins() -> None:
