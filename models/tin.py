@@ -10,7 +10,8 @@ code; every choice is a switch of :class:`TinConfig` (the ``model.tin`` config s
 * **Attention** — ``α_k = softmax_k(ṽ_t · ẽ_k / sqrt(D))`` over the real behaviours.
 * **Representation** — ``u = Σ_k α_k (ẽ_k ⊙ ṽ_t)`` (``representation=paper``) or
   ``u = Dense_D(BN(Σ_k α_k ẽ_k))`` with the tower reading ``[u ‖ ṽ_t ‖ u ⊙ ṽ_t]``
-  (``representation=code``).
+  (``representation=code``). With ``scale_by_count`` [X] the read ``Σ_k α_k ẽ_k`` is multiplied
+  by the number of real behaviours.
 * **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ u]))`` (paper) or
   ``σ(Tower([E_u ‖ E_c ‖ u ‖ ṽ_t ‖ u ⊙ ṽ_t ‖ e_t]))`` (code); ``e_t`` only with ``use_trigger``.
 
@@ -49,6 +50,8 @@ class TinConfig:
       representation: ``paper`` (``Σ α_k (ẽ_k ⊙ ṽ_t)``) or ``code`` (``Dense(BN(Σ α_k ẽ_k))``
         and the tower input ``[u ‖ ṽ_t ‖ u ⊙ ṽ_t]``).
       use_trigger: the trigger embedding joins the tower input.
+      scale_by_count: multiply the attention read by the number of real behaviours (a weighted
+        sum instead of a weighted mean), so that the tower sees how much history there is.
       time_ref / time_buckets / time_max_gap_days: the time gaps of ``encoding=time`` (as in
         ``model.dei2n``).
     """
@@ -56,6 +59,7 @@ class TinConfig:
     encoding: str = "position"
     representation: str = "paper"
     use_trigger: bool = True
+    scale_by_count: bool = False
     time_ref: str = "request"
     time_buckets: int = 20
     time_max_gap_days: float = 14.0
@@ -68,8 +72,9 @@ class TinConfig:
             bad("encoding", f"must be {' or '.join(ENCODINGS)}")
         if self.representation not in REPRESENTATIONS:
             bad("representation", f"must be {' or '.join(REPRESENTATIONS)}")
-        if not isinstance(self.use_trigger, bool):
-            bad("use_trigger", "must be true or false")
+        for field in ("use_trigger", "scale_by_count"):
+            if not isinstance(getattr(self, field), bool):
+                bad(field, "must be true or false")
         check_time_settings("tin", self)
 
 
@@ -129,6 +134,8 @@ class TIN(TirModel):
         target = e["target"]
         query = target + tf.cast(self.time_table(tf.zeros_like(target[:, 0], tf.int32)), target.dtype)
         pooled, _ = target_aware_pool(query, keys, mask)
+        if t.scale_by_count:
+            pooled *= tf.reduce_sum(tf.cast(mask, pooled.dtype), axis=1, keepdims=True)
         head = [expand(r["user"]), e["context"]]
         trigger = [expand(r["trigger"])] if t.use_trigger else []
         if t.representation == "paper":

@@ -88,10 +88,14 @@ def _tower_input(model, x):
     return seen[0]
 
 
-@pytest.mark.parametrize("representation", ["paper", "code"])
-def test_tower_reads_the_representation_formula(tiny_data, representation):
+@pytest.mark.parametrize("representation, scale", [("paper", False), ("code", False), ("paper", True),
+                                                    ("code", True)])
+def test_tower_reads_the_representation_formula(tiny_data, representation, scale):
     spec, x, _ = _batch(tiny_data, n=32)
-    model = _model(tiny_data, f"model.tin.representation={representation}")
+    keep = np.arange(x["hist_ts"].shape[1])[None, :] < (np.arange(32) % 7)[:, None]  # 0 to 6 behaviours
+    x = {**x, "hist_ts": tf.where(keep, x["hist_ts"], tf.zeros_like(x["hist_ts"]))}
+    model = _model(tiny_data, f"model.tin.representation={representation}",
+                   f"model.tin.scale_by_count={str(scale).lower()}")
     got = _tower_input(model, x)
     r, e = model.embed.request(x), model.embed.impression(x)
     table = model.time_table.get_weights()[0]
@@ -105,6 +109,9 @@ def test_tower_reads_the_representation_formula(tiny_data, representation):
     for b in range(len(query)):
         if mask[b].any():
             pooled[b] = softmax(keys[b, mask[b]] @ query[b] / np.sqrt(d)) @ keys[b, mask[b]]
+    if scale:  # a weighted sum: times the number of real behaviours
+        pooled *= mask.sum(axis=1, keepdims=True)
+        assert len(set(mask.sum(axis=1))) > 1
     head = [r["user"].numpy(), e["context"].numpy()]
     trigger = r["trigger"].numpy()
     if representation == "paper":
