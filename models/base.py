@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 
 import numpy as np
 import tensorflow as tf
@@ -43,7 +44,7 @@ from tirec.features.config_io import to_dict
 from tirec.features.spec import ITEM_ID, FeatureSpec, standard_column
 from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
 from tirec.models.layers import FrozenItemTable, HashedEmbedding
-from tirec.models.layers.sequence import unique_rows
+from tirec.models.layers.sequence import latest_time, time_gap_buckets, unique_rows
 from tirec.models.tasks import CTR, INTENT, CtrTask, IntentTask, replica_objective
 
 STAGE_UIM, STAGE_DIE, STAGE_JOINT = 1, 2, 3
@@ -222,6 +223,66 @@ def history_time(spec: FeatureSpec, history: str) -> str:
         raise ValueError(f"FeatureSpec: history {history!r} has no model input of field 'ts' "
                          f"(its behaviour times, 0 = padding), which gives the sequence mask")
     return found[0].name
+
+
+# The request time: a context input every served request carries (the client sends it with the
+# context), which today's standard records name ``impression_ts``.
+REQUEST_TIME = "impression_ts"
+
+
+def request_time(spec: FeatureSpec) -> str:
+    """The request-time column (seconds) of ``spec``: the context model input
+    :data:`REQUEST_TIME`.
+
+    Raises:
+      ValueError: when the spec has no such model input.
+    """
+    found = spec.select(name=REQUEST_TIME, group="context", model_input=True)
+    if not found:
+        raise ValueError(f"FeatureSpec: no context model input {REQUEST_TIME!r} (the request time, "
+                         f"seconds), which time gaps relative to the request need")
+    return found[0].name
+
+
+TIME_REFS = ("request", "latest")
+
+
+def history_gap_buckets(spec: FeatureSpec, rows, mask, time_ref: str, buckets: int,
+                        max_gap_days: float) -> tf.Tensor:
+    """int32 ``[B, L]``: the log-scale time-gap bucket of every behaviour of the spec's first
+    sequence (docs/models.md#time-gap-buckets), from the request-level ``rows`` (which hold the
+    request time with ``time_ref="request"``) and the sequence ``mask``.
+
+    ``time_ref``: ``request``, gaps to the request time (:func:`request_time`); ``latest``,
+    gaps to the row's most recent behaviour (no request time needed).
+    """
+    if time_ref not in TIME_REFS:
+        raise ValueError(f"time_ref must be one of {TIME_REFS}; received {time_ref!r}")
+    ts = rows[history_time(spec, next(iter(spec.histories())))]
+    ref = rows[request_time(spec)] if time_ref == "request" else latest_time(ts, mask)
+    return time_gap_buckets(ts, ref, buckets, max_gap_days * 86400.0)
+
+
+def check_time_settings(section: str, config) -> None:
+    """Checks the time-gap settings of a model section ``config`` (``time_ref``,
+    ``time_buckets``, ``time_max_gap_days``); errors name ``model.<section>.<key>`` and the value."""
+    def bad(field, why):
+        raise ValueError(f"model.{section}.{field}: {why}; received {getattr(config, field)!r}")
+
+    if config.time_ref not in TIME_REFS:
+        bad("time_ref", f"must be {' or '.join(TIME_REFS)}")
+    buckets = config.time_buckets
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        bad("time_buckets", "must be an integer >= 1")
+    days = config.time_max_gap_days
+    if isinstance(days, bool) or not isinstance(days, numbers.Real) or not 0 < days < float("inf"):
+        bad("time_max_gap_days", "must be a finite number > 0")
+
+
+def context_input_names(spec: FeatureSpec) -> list[str]:
+    """The context model inputs (request-scoped at serving; in training rows of one request may
+    differ in them, e.g. the impression time)."""
+    return [f.name for f in spec.select(group="context", model_input=True)]
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -499,20 +560,23 @@ class TirModel(keras.Model):
         has_trigger = tf.cast(tf.cast(inputs[present], tf.bool), tf.float32)
         return tf.reduce_sum(m_t * m_i, axis=-1, keepdims=True) * has_trigger[:, None]
 
-    def request_rows(self, inputs):
-        """The request-level inputs (:func:`request_input_names`), one row per distinct request
-        of the batch with ``model.request_dedup``, and ``expand``, which maps a ``[U, ...]``
-        result back to the batch's ``[B, ...]`` rows."""
-        rows, index = self.request_groups(inputs)
+    def request_rows(self, inputs, extra=()):
+        """The request-level inputs (:func:`request_input_names`, plus the columns ``extra``),
+        one row per distinct request of the batch with ``model.request_dedup``, and ``expand``,
+        which maps a ``[U, ...]`` result back to the batch's ``[B, ...]`` rows."""
+        rows, index = self.request_groups(inputs, extra)
         if index is None:
             return rows, lambda t: t
         return rows, lambda t: tf.gather(t, index)
 
-    def request_groups(self, inputs):
+    def request_groups(self, inputs, extra=()):
         """``(rows, index)``: the request-level inputs, one row per distinct request with
         ``model.request_dedup``, and int32 ``[B]`` the distinct request of every row (None
-        without ``model.request_dedup``: then ``rows`` are the batch's own)."""
-        names = request_input_names(self.spec)
+        without ``model.request_dedup``: then ``rows`` are the batch's own).
+
+        ``extra``: further columns that the request-level blocks read and that split a request
+        where its rows differ in them (e.g. the context, :func:`context_input_names`)."""
+        names = list(dict.fromkeys(request_input_names(self.spec) + list(extra)))
         if not self.model_config.request_dedup:
             return {n: inputs[n] for n in names}, None
         first, index = unique_rows([inputs[n] for n in names])

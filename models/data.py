@@ -145,6 +145,10 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
     if repeat:
         ds = ds.repeat()
     parse = spec.parse_example_spec(roles=("label", "feature", "intent"))
+    # Every model input, whatever its role: the request time (``impression_ts``, role meta) is
+    # one that a served request carries.
+    inputs = {f.name for f in spec.select(model_input=True)}
+    parse.update({k: v for k, v in spec.parse_example_spec().items() if k in inputs})
     parse.update({k: v for k, v in spec.parse_example_spec().items() if k in extra_columns})
     label = spec.label
     intent = spec.select(group="intent", field="dist")[0].name

@@ -31,7 +31,8 @@ HISTORY_CHOICES = ("first", "all")
 BUILTIN_MODULES = ("tirec.models.din", "tirec.models.daian", "tirec.models.gapnet", "tirec.models.poso",
                    "tirec.models.mwuf", "tirec.models.qin",
                    "tirec.models.dien",
-                   "tirec.models.dihn", "tirec.models.dian")
+                   "tirec.models.dihn", "tirec.models.dian",
+                   "tirec.models.dei2n", "tirec.models.tin")
 
 
 def _load_builtins() -> None:

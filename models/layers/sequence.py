@@ -17,9 +17,15 @@ row that keeps the real positions in their order and drops padding. Two re-arran
 Both are exact (equal outputs up to float rounding) for blocks with no statistics across rows
 or padded positions; a batch-statistics layer (Dice, BatchNorm) inside the block would see
 per-group statistics instead.
+
+Two sequence masks and codes the baselines share: :func:`trigger_related_mask` (the behaviours
+in the trigger's category, DEI2N's trigger-related sub-sequence) and :func:`time_gap_buckets`
+(log-scale buckets of the time between a reference time and each behaviour, DEI2N's and TIN's
+time codes).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import tensorflow as tf
@@ -229,3 +235,38 @@ def trigger_related_mask(hist_keys, trigger_key, mask, has_trigger=None) -> tf.T
         present = tf.reshape(tf.convert_to_tensor(has_trigger), [-1, 1])
         related &= tf.not_equal(present, tf.zeros([], present.dtype))
     return related
+
+
+def time_gap_buckets(ts, ref, buckets: int, max_gap: float) -> tf.Tensor:
+    """Log-scale buckets of the time gaps ``g = max(ref - ts, 0)`` (seconds)
+    (docs/models.md#time-gap-buckets):
+
+        bucket(g) = min(floor(buckets * log(1 + g) / log(1 + max_gap)), buckets - 1)
+
+    Gaps of ``max_gap`` seconds and more share the last bucket; a behaviour timed after the
+    reference (a client clock ahead) counts as a gap of 0.
+
+    Args:
+      ts: int ``[B, L]`` behaviour times (seconds; padded positions get some bucket: mask them).
+      ref: int ``[B]`` or ``[B, 1]`` reference times (seconds).
+      buckets: number of buckets, >= 1.
+      max_gap: the gap (seconds, > 0) where the last bucket starts.
+
+    Returns:
+      int32 ``[B, L]`` in ``[0, buckets)``.
+    """
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        raise ValueError(f"time_gap_buckets: `buckets` must be an int >= 1. Received: buckets={buckets!r}")
+    if not max_gap > 0:
+        raise ValueError(f"time_gap_buckets: `max_gap` must be > 0. Received: max_gap={max_gap!r}")
+    ts = tf.cast(ts, tf.int64)
+    gap = tf.maximum(tf.reshape(tf.cast(ref, tf.int64), [-1, 1]) - ts, 0)
+    scaled = tf.math.log1p(tf.cast(gap, tf.float64)) * (buckets / math.log1p(float(max_gap)))
+    return tf.cast(tf.minimum(tf.floor(scaled), buckets - 1), tf.int32)
+
+
+def latest_time(ts, mask) -> tf.Tensor:
+    """int64 ``[B]``: each row's most recent real behaviour time (0 for a row without one)."""
+    ts = tf.cast(ts, tf.int64)
+    mask = sequence_mask(mask, tf.expand_dims(ts, -1))
+    return tf.reduce_max(tf.where(mask, ts, tf.zeros([], tf.int64)), axis=1)

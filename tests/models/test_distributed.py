@@ -22,6 +22,8 @@ SMALL = ["--set", "model.emb_dim=4", "--set", "model.daian.att_units=8", "--set"
          "--set", "model.dien.aux_hidden=[8,4]",
          "--set", "model.dihn.att_units=8", "--set", "model.dihn.att_heads=2", "--set", "model.dihn.uin_hidden=[8]",
          "--set", "model.dian.intent_hidden=[8]",
+         "--set", "model.dei2n.att_units=8", "--set", "model.dei2n.att_heads=2",
+         "--set", "model.dei2n.ui2m_hidden=[8]", "--set", "model.dei2n.interaction_hidden=[8]",
          "--set", "train.batch_size=128", "--set", "train.shuffle_buffer=0",
          "--set", "model.daian.explicit_buckets=1", "--set", "model.hist_buckets=1"]  # tiny runs: skip tracing 16 bucket copies
 
@@ -89,7 +91,7 @@ BATCH_PREAMBLE = textwrap.dedent("""
 
 STEP_SCRIPT = BATCH_PREAMBLE + textwrap.dedent("""
     out = {"replicas": mirrored.num_replicas_in_sync}
-    for name, stage in (("din", 3), ("gapnet", 3), ("poso", 3), ("mwuf", 3), ("qin", 3), ("dien", 3), ("dihn", 3), ("dian", 3), ("daian", 3), ("daian", 2),
+    for name, stage in (("din", 3), ("gapnet", 3), ("poso", 3), ("mwuf", 3), ("qin", 3), ("dien", 3), ("dihn", 3), ("dian", 3), ("dei2n", 3), ("tin", 3), ("daian", 3), ("daian", 2),
                         ("daian", 1)):
         weights, init = {}, None
         for label, strategy in (("one", tf.distribute.get_strategy()), ("mirrored", mirrored)):
@@ -133,7 +135,7 @@ def test_mirrored_sgd_step_equals_one_device_with_l2(tiny_data):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out.pop("replicas") == 2
-    assert set(out) == {"din_stage3", "gapnet_stage3", "poso_stage3", "mwuf_stage3", "qin_stage3", "dien_stage3", "dihn_stage3", "dian_stage3", "daian_stage3", "daian_stage2",
+    assert set(out) == {"din_stage3", "gapnet_stage3", "poso_stage3", "mwuf_stage3", "qin_stage3", "dien_stage3", "dihn_stage3", "dian_stage3", "dei2n_stage3", "tin_stage3", "daian_stage3", "daian_stage2",
                         "daian_stage1"}
     for case, variables in out.items():
         moved = 0.0
@@ -243,7 +245,7 @@ PS_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf", "qin", "dien", "dihn", "dian"])
+@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf", "qin", "dien", "dihn", "dian", "dei2n", "tin"])
 def test_parameter_server_in_process_cluster(tiny_data, tmp_path, name):
     ports = _free_ports(4)
     sets = [a for a in SMALL if a != "--set"] + ["train.strategy=ps", "train.steps_per_epoch=3",
@@ -261,7 +263,7 @@ def test_parameter_server_in_process_cluster(tiny_data, tmp_path, name):
     assert (tmp_path / "run" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf", "qin", "dien", "dihn", "dian"])
+@pytest.mark.parametrize("name", ["din", "gapnet", "poso", "mwuf", "qin", "dien", "dihn", "dian", "dei2n", "tin"])
 def test_multiworker_two_local_processes(tiny_data, tmp_path, name):
     ports = _free_ports(2)
     workers = [f"127.0.0.1:{p}" for p in ports]

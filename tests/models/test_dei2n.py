@@ -1,0 +1,245 @@
+"""DEI2N: the time-gap buckets and the trigger-related mask against hand computations, its
+config, the instant/general interest and the tower input against their formulas, empty
+histories and sub-sequences, the label-free inputs, the exact speed paths and the export."""
+import logging
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tirec.compat import keras
+from tirec.config import load_config
+from tirec.features.spec import tir_feature_spec
+from tirec.models.base import model_input_names, request_input_names
+from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+from tirec.models.dei2n import Dei2nConfig, related_source
+from tirec.models.layers.sequence import latest_time, time_gap_buckets, trigger_related_mask, unique_rows
+from tirec.models.train import build_model, load_run, train_run
+from tirec.serving import export as E
+from tirec.serving.verify import offline_scores
+
+SMALL = ["model.emb_dim=4", "model.dei2n.att_units=8", "model.dei2n.att_heads=2", "model.tower=[16,8]",
+         "model.dei2n.ui2m_hidden=[8]", "model.dei2n.interaction_hidden=[8]", "model.hist_buckets=1"]
+DAY = 86400
+
+
+# ---- sequence helpers --------------------------------------------------------------------------
+
+def test_time_gap_buckets_hand_computed():
+    ts = np.array([[100, 99, 0], [1000, 1000 - DAY, 5000]], np.int64)
+    ref = np.array([100, 1000], np.int64)
+    got = time_gap_buckets(ts, ref, 20, 14 * DAY).numpy()
+    # 20 * log(1 + g) / log(1 + 14 days): g = 0 -> 0; 1 s -> 0.99 -> 0; 100 s (row 0, ts 0 is
+    # a gap of 100) -> 6.59 -> 6; 1 day -> 16.24 -> 16; ts after ref (gap < 0) -> gap 0 -> 0
+    assert got.tolist() == [[0, 0, 6], [0, 16, 0]]
+    assert got.dtype == np.int32
+    # gaps of 14 days and more share the last bucket; against the formula on random gaps
+    far = time_gap_buckets(np.array([[0, 1, 2]]), np.array([14 * DAY + 2]), 20, 14 * DAY).numpy()
+    assert far.tolist() == [[19, 19, 19]]
+    gaps = np.random.default_rng(0).integers(0, 30 * DAY, size=(4, 50))
+    got = time_gap_buckets(np.zeros_like(gaps), gaps[:, 0], 7, 3 * DAY).numpy()[:, 0]
+    want = np.minimum(np.floor(7 * np.log1p(gaps[:, 0]) / math.log1p(3 * DAY)), 6)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="buckets` must be an int >= 1"):
+        time_gap_buckets(ts, ref, 0, DAY)
+
+
+def test_trigger_related_mask_and_latest_time_hand_computed():
+    cate = np.array([[3, 4, 3, 3], [3, 3, 0, 0], [7, 7, 0, 0]], np.int64)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]], bool)
+    got = trigger_related_mask(cate, np.array([3, 3, 7]), mask, np.array([1, 0, 1])).numpy()
+    assert got.tolist() == [[True, False, True, False],  # position 3 is padding
+                            [False, False, False, False],  # no trigger: empty
+                            [True, True, False, False]]
+    assert trigger_related_mask(cate, np.array([[0], [0], [0]]), mask).numpy().sum() == 0
+    ts = np.array([[50, 70, 60, 0], [0, 0, 0, 0]])
+    assert latest_time(ts, ts > 0).numpy().tolist() == [70, 0]
+
+
+# ---- config ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting, match", [
+    ("model.dei2n.time_ref=now", r"model.dei2n.time_ref: must be request or latest; received 'now'"),
+    ("model.dei2n.time_buckets=0", r"model.dei2n.time_buckets: must be an integer >= 1; received 0"),
+    ("model.dei2n.time_max_gap_days=0", r"model.dei2n.time_max_gap_days: must be a finite number > 0; received 0"),
+    ("model.dei2n.related=brand", r"model.dei2n.related: must be one of auto, category, similarity; received 'brand'"),
+    ("model.dei2n.att_units=10", r"model.dei2n.att_units: must be divisible by att_heads=4; received 10"),
+    ("model.dei2n.ui2m_hidden=[]", r"model.dei2n.ui2m_hidden: must be a non-empty list of integers >= 1"),
+])
+def test_config_errors_name_the_key_and_value(setting, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, [setting])
+    d = Dei2nConfig()
+    assert (d.time_ref, d.time_buckets, d.time_max_gap_days, d.related) == ("request", 20, 14.0, "auto")
+
+
+def test_related_source_uses_the_category_else_the_similarity():
+    assert related_source(tir_feature_spec(item_fields=("cate_id", "brand_id")), "auto") == "category"
+    no_category = tir_feature_spec(item_fields=("brand_id",))
+    assert related_source(no_category, "auto") == "similarity"
+    assert related_source(no_category, "similarity") == "similarity"
+    with pytest.raises(ValueError, match="related=category: the records have no trigger and history input "
+                                         "of item field 'cate_id'"):
+        related_source(no_category, "category")
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+def _batch(data, n=128, columns=False):
+    spec = load_data_spec(data)
+    x, y = next(iter(make_dataset(data, "train", spec, n)))
+    if not columns:
+        x = {k: v for k, v in x.items() if k in model_input_names(spec)}
+    return spec, x, y
+
+
+def _model(data, *settings):
+    spec = load_data_spec(data)
+    ids, vecs, _ = load_item_vectors(data)
+    return build_model("dei2n", spec, load_config(None, SMALL + list(settings)).model, ids, vecs)
+
+
+def _reads(model, x):
+    """Per row (dedup off): (p [B, 2], v_inst, v_gen, the related mask, the history mask)."""
+    r = model.embed.request(x)
+    e = model.embed.impression(x)
+    keys = model.timed_history(x, r)
+    related = model.related_mask(x, r["mask"])
+    p = model.instant_probability(r, e["context"], related, False)
+    v_inst = model.instant_target(r["trigger"], *model.self_attend(model.instant_self, keys, related))
+    v_gen = model.general_target(e["target"], *model.self_attend(model.general_self, keys, r["mask"]))
+    return p.numpy(), v_inst.numpy(), v_gen.numpy(), related.numpy(), r["mask"].numpy()
+
+
+def test_similarity_sub_sequence_is_the_records_explicit_mask(tiny_data, caplog):
+    spec, x, _ = _batch(tiny_data, columns=True)
+    with caplog.at_level(logging.INFO, logger="tirec.models.dei2n"):
+        model = _model(tiny_data, "model.dei2n.related=similarity")
+    assert "DEI2N trigger-related sub-sequence: behaviours whose multimodal similarity to the trigger " \
+           f"is >= {spec.explicit_threshold:.4g}" in caplog.text
+    related = model.related_mask(x, x["hist_ts"] > 0).numpy()
+    want = (x["explicit_mask"].numpy() == 1) & (x["has_trigger"].numpy()[:, None] == 1)
+    np.testing.assert_array_equal(related, want)
+    assert 0 < related.sum() < (x["hist_ts"].numpy() > 0).sum()
+    category = _model(tiny_data).related_mask(x, x["hist_ts"] > 0).numpy()
+    np.testing.assert_array_equal(category, (x["hist_cate_id"].numpy() == x["trigger_cate_id"].numpy()[:, None])
+                                  & (x["hist_ts"].numpy() > 0) & (x["has_trigger"].numpy()[:, None] == 1))
+
+
+def test_tower_reads_the_formula(tiny_data):
+    """Tower input = [E_u ‖ E_c ‖ e_i ‖ e_t ‖ p_inst v_inst + p_gen v_gen ‖ MLP([e_t ‖ e_i ‖ e_t⊙e_i ‖ e_t−e_i])]."""
+    spec, x, _ = _batch(tiny_data, n=32)
+    model = _model(tiny_data, "model.request_dedup=false")
+    model(x)
+    seen = []
+    call = model.tower.call
+    model.tower.call = lambda z, training=None: seen.append(z.numpy()) or call(z, training=training)
+    model(x)
+    r, e = model.embed.request(x), model.embed.impression(x)
+    p, v_inst, v_gen, _, _ = _reads(model, x)
+    assert np.allclose(p.sum(axis=1), 1.0) and np.all(p > 0)
+    t, i = r["trigger"].numpy(), e["target"].numpy()
+    z_int = model.interaction(np.concatenate([t, i, t * i, t - i], axis=1)).numpy()
+    want = np.concatenate([r["user"].numpy(), e["context"].numpy(), i, t,
+                           p[:, :1] * v_inst + p[:, 1:] * v_gen, z_int], axis=1)
+    np.testing.assert_allclose(seen[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_instant_interest_reads_only_the_trigger_related_behaviours(tiny_data):
+    spec, x, _ = _batch(tiny_data, n=64)
+    model = _model(tiny_data, "model.request_dedup=false")
+    model(x)
+    _, v_inst, v_gen, related, mask = _reads(model, x)
+    other = dict(x)  # new items at the real behaviours outside S_t
+    other["hist_item_ids"] = tf.where(mask & ~related, x["hist_item_ids"] + 7919, x["hist_item_ids"])
+    _, v_inst2, v_gen2, related2, _ = _reads(model, other)
+    np.testing.assert_array_equal(related2, related)
+    np.testing.assert_allclose(v_inst2, v_inst, atol=1e-6)
+    changed = (mask & ~related).any(axis=1)
+    assert changed.any() and not np.allclose(v_gen2[changed], v_gen[changed], atol=1e-4)
+
+
+def test_empty_histories_and_sub_sequences_read_zeros_not_nan(tiny_data):
+    spec, x, y = _batch(tiny_data, n=64)
+    x = dict(x)
+    empty = np.arange(64) % 3 == 0  # no behaviour at all
+    no_related = np.arange(64) % 3 == 1  # a trigger category no behaviour has
+    x["hist_ts"] = tf.where(empty[:, None], tf.zeros_like(x["hist_ts"]), x["hist_ts"])
+    x["trigger_cate_id"] = tf.where(no_related, tf.constant(-12345, tf.int64), x["trigger_cate_id"])
+    model = _model(tiny_data)
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)["ctr"]
+        loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert np.all(np.isfinite(out.numpy()))
+    assert all(np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads if g is not None)
+    p, v_inst, v_gen, related, mask = _reads(model, x)
+    assert not related[empty | no_related].any() and np.all(np.isfinite(p))
+    assert np.all(v_inst[empty | no_related] == 0) and np.all(v_gen[empty] == 0)
+    assert np.any(v_inst[related.any(axis=1)] != 0) and np.any(v_gen[~empty] != 0)
+
+
+def test_labels_and_intent_columns_do_not_reach_the_output(tiny_data):
+    spec, x, y = _batch(tiny_data, n=64, columns=True)
+    x = {**x, spec.label: y["ctr"][:, 0]}
+    flipped = {**x, spec.label: 1.0 - x[spec.label], "intent_counts": x["intent_counts"][:, ::-1] + 3,
+               "intent_dist": x["intent_dist"][:, ::-1], "prior_intent": x["prior_intent"][:, ::-1]}
+    model = _model(tiny_data)
+    np.testing.assert_array_equal(model(x)["ctr"].numpy(), model(flipped)["ctr"].numpy())
+
+
+def test_time_ref_request_reads_the_request_time_and_latest_does_not(tiny_data):
+    spec, x, _ = _batch(tiny_data, n=64)
+    later = {**x, "impression_ts": x["impression_ts"] + 5 * DAY}
+    shifted = {**later, "hist_ts": tf.where(x["hist_ts"] > 0, x["hist_ts"] + 5 * DAY, tf.zeros_like(x["hist_ts"]))}
+    request, latest = _model(tiny_data), _model(tiny_data, "model.dei2n.time_ref=latest")
+    base = request(x)["ctr"].numpy()
+    assert not np.allclose(request(later)["ctr"].numpy(), base, atol=1e-6)
+    np.testing.assert_array_equal(request(shifted)["ctr"].numpy(), base)  # only the gaps count
+    np.testing.assert_array_equal(latest(later)["ctr"].numpy(), latest(x)["ctr"].numpy())
+
+
+def _outputs_and_grads(model, x, y):
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)["ctr"]
+        loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out))
+    grads = tape.gradient(loss, model.trainable_variables)
+    return out.numpy(), {v.name: tf.convert_to_tensor(g).numpy() for v, g in zip(model.trainable_variables, grads)
+                         if g is not None}
+
+
+def test_speed_paths_equal_the_straightforward_path(tiny_data):
+    """request_dedup and the length groups (hist_buckets 1 and 3) change only the speed."""
+    spec, x, y = _batch(tiny_data, n=128)
+    variants = [("false", 0), ("true", 0), ("true", 1), ("true", 3)]
+    results, weights = [], None
+    for dedup, buckets in variants:
+        model = _model(tiny_data, f"model.request_dedup={dedup}", f"model.hist_buckets={buckets}")
+        model(x)
+        weights = model.get_weights() if weights is None else weights
+        model.set_weights(weights)
+        results.append(_outputs_and_grads(model, x, y))
+    first, index = unique_rows([x[n] for n in request_input_names(spec)])
+    assert 1 < first.shape[0] < index.shape[0] // 2  # several candidates per request
+    want, want_grads = results[0]
+    for variant, (got, grads) in zip(variants[1:], results[1:]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(variant))
+        assert set(grads) == set(want_grads)
+        for name, g in grads.items():
+            w = want_grads[name]
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(w).max()),
+                                       err_msg=f"{name} {variant}")
+
+
+def test_trains_exports_and_serves_the_same_scores(tiny_data, tmp_path):
+    cfg = load_config(None, SMALL + ["train.batch_size=128", "train.steps_per_epoch=2", "train.shuffle_buffer=0"])
+    run = str(tmp_path / "run")
+    metrics = train_run(tiny_data, "dei2n", run, cfg.model, cfg.train)
+    assert np.isfinite(metrics["auc"])
+    exported = E.export_run(run, str(tmp_path / "models"), "dei2n")
+    model, spec, _ = load_run(run)
+    records = E.read_eval_records(tiny_data, 64)
+    want = offline_scores(model, spec, records)
+    got = tf.saved_model.load(exported).signatures["serving_default"](examples=tf.constant(records))
+    np.testing.assert_allclose(got["ctr"].numpy(), want["ctr"], atol=1e-6)
