@@ -15,9 +15,7 @@ from tirec.models.base import model_input_names, request_input_names
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
 from tirec.models.dei2n import Dei2nConfig, related_source
 from tirec.models.layers.sequence import latest_time, time_gap_buckets, trigger_related_mask, unique_rows
-from tirec.models.train import build_model, load_run, train_run
-from tirec.serving import export as E
-from tirec.serving.verify import offline_scores
+from tirec.models.train import build_model
 
 SMALL = ["model.emb_dim=4", "model.dei2n.att_units=8", "model.dei2n.att_heads=2", "model.tower=[16,8]",
          "model.dei2n.ui2m_hidden=[8]", "model.dei2n.interaction_hidden=[8]", "model.hist_buckets=1"]
@@ -230,16 +228,3 @@ def test_speed_paths_equal_the_straightforward_path(tiny_data):
             w = want_grads[name]
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(w).max()),
                                        err_msg=f"{name} {variant}")
-
-
-def test_trains_exports_and_serves_the_same_scores(tiny_data, tmp_path):
-    cfg = load_config(None, SMALL + ["train.batch_size=128", "train.steps_per_epoch=2", "train.shuffle_buffer=0"])
-    run = str(tmp_path / "run")
-    metrics = train_run(tiny_data, "dei2n", run, cfg.model, cfg.train)
-    assert np.isfinite(metrics["auc"])
-    exported = E.export_run(run, str(tmp_path / "models"), "dei2n")
-    model, spec, _ = load_run(run)
-    records = E.read_eval_records(tiny_data, 64)
-    want = offline_scores(model, spec, records)
-    got = tf.saved_model.load(exported).signatures["serving_default"](examples=tf.constant(records))
-    np.testing.assert_allclose(got["ctr"].numpy(), want["ctr"], atol=1e-6)
