@@ -216,6 +216,30 @@ def trigger_present(spec: FeatureSpec, needed_by: str) -> str:
     return present[0].name
 
 
+CATEGORY = "cate_id"  # the item field whose equality to the trigger's marks a related behaviour
+RELATED_RULES = ("auto", "category", "similarity")
+
+
+def related_rule(spec: FeatureSpec, related: str, key: str) -> str:
+    """``category`` or ``similarity``: how a model finds the trigger-related behaviours on records
+    of ``spec`` (DIHN's HIEM, DEI2N's instant interest; docs/models.md#trigger-related-behaviours).
+    ``related`` is the model's setting ``key`` (e.g. ``model.dihn.related``): ``auto`` picks
+    ``category`` when the trigger and the first history carry :data:`CATEGORY` as a model input.
+
+    Raises:
+      ValueError: ``related=category`` on records without that field.
+    """
+    first = next(iter(spec.histories()))
+    has_category = bool(spec.select(group="trigger", field=CATEGORY, model_input=True)
+                        and spec.select(group="history", history=first, field=CATEGORY, model_input=True))
+    if related == "category" and not has_category:
+        raise ValueError(f"{key}=category: the data has no model input of field {CATEGORY!r} on the "
+                         f"trigger and the history {first!r}; use related=similarity or auto")
+    if related == "auto":
+        return "category" if has_category else "similarity"
+    return related
+
+
 def history_time(spec: FeatureSpec, history: str) -> str:
     """The behaviour-time column of ``history`` (field ``ts``; 0 marks padding)."""
     found = spec.select(group="history", history=history, field="ts", model_input=True)

@@ -31,8 +31,8 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import (FeatureEmbedder, TirModel, check_time_settings, context_input_names,
-                               history_gap_buckets, item_columns)
+from tirec.models.base import (CATEGORY, RELATED_RULES, FeatureEmbedder, TirModel, check_time_settings,
+                               context_input_names, history_gap_buckets, item_columns, related_rule)
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP, MultiHeadSelfAttention, MultiHeadTargetAttention
 from tirec.models.layers.sequence import length_bucketed, real_lengths, trigger_related_mask
@@ -40,8 +40,6 @@ from tirec.models.registry import register_model
 
 log = logging.getLogger(__name__)
 
-CATEGORY_FIELD = "cate_id"  # the item field whose equality to the trigger's defines S_t
-RELATED_CHOICES = ("auto", "category", "similarity")
 
 
 def _positive_int(value) -> bool:
@@ -86,30 +84,12 @@ class Dei2nConfig:
         if self.att_units % self.att_heads:
             bad("att_units", f"must be divisible by att_heads={self.att_heads}")
         check_time_settings("dei2n", self)
-        if self.related not in RELATED_CHOICES:
-            bad("related", f"must be one of {', '.join(RELATED_CHOICES)}")
+        if self.related not in RELATED_RULES:
+            bad("related", f"must be one of {', '.join(RELATED_RULES)}")
         for field in ("ui2m_hidden", "interaction_hidden"):
             units = getattr(self, field)
             if not units or not all(_positive_int(u) for u in units):
                 bad(field, "must be a non-empty list of integers >= 1")
-
-
-def related_source(spec: FeatureSpec, related: str) -> str:
-    """``category`` or ``similarity``: how S_t is found on records of ``spec``.
-
-    Raises:
-      ValueError: ``related=category`` on records without a category field.
-    """
-    first = next(iter(spec.histories()))
-    has_category = all(spec.select(group=g, history=first if g == "history" else None,
-                                   field=CATEGORY_FIELD, model_input=True)
-                       for g in ("trigger", "history"))
-    if related == "category" and not has_category:
-        raise ValueError(f"model.dei2n.related=category: the records have no trigger and history "
-                         f"input of item field {CATEGORY_FIELD!r}; use similarity or auto")
-    if related == "auto":
-        return "category" if has_category else "similarity"
-    return related
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -125,7 +105,7 @@ class DEI2N(TirModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c, d = model_config, model_config.section("dei2n")
         self.dei2n_config = d
-        self.related_by = related_source(spec, d.related)
+        self.related_by = related_rule(spec, d.related, "model.dei2n.related")
         log.info("DEI2N trigger-related sub-sequence: %s", self._describe_related())
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         self.time_embedding = keras.layers.Embedding(d.time_buckets, c.emb_dim, name="time_gap_embedding")
@@ -141,8 +121,8 @@ class DEI2N(TirModel):
 
     def _describe_related(self) -> str:
         if self.related_by == "category":
-            return f"behaviours in the trigger's category (item field {CATEGORY_FIELD!r})"
-        why = f" (the records have no item field {CATEGORY_FIELD!r})" if self.dei2n_config.related == "auto" else ""
+            return f"behaviours in the trigger's category (item field {CATEGORY!r})"
+        why = f" (the records have no item field {CATEGORY!r})" if self.dei2n_config.related == "auto" else ""
         return (f"behaviours whose multimodal similarity to the trigger is >= "
                 f"{float(self.spec.explicit_threshold):.4g}{why}")
 
@@ -188,8 +168,8 @@ class DEI2N(TirModel):
         first = next(iter(spec.histories()))
         present = rows[spec.select(group="trigger", field="present", model_input=True)[0].name]
         if self.related_by == "category":
-            hist = spec.select(group="history", history=first, field=CATEGORY_FIELD, model_input=True)[0].name
-            trig = spec.select(group="trigger", field=CATEGORY_FIELD, model_input=True)[0].name
+            hist = spec.select(group="history", history=first, field=CATEGORY, model_input=True)[0].name
+            trig = spec.select(group="trigger", field=CATEGORY, model_input=True)[0].name
             return trigger_related_mask(rows[hist], rows[trig], mask, present)
         m_hist, _ = self.items(rows[item_columns(spec, "history", first)[0]])
         m_trig, _ = self.items(rows[item_columns(spec, "trigger")[0]])

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, item_columns
+from tirec.models.base import CATEGORY, RELATED_RULES, FeatureEmbedder, item_columns, related_rule
 from tirec.models.config import ModelConfig
 from tirec.models.intent_label import RequestIntentModel, check_intent_settings, level_threshold, two_bins
 from tirec.models.layers import MLP, DinAttention, MultiHeadSelfAttention, MultiHeadTargetAttention
@@ -33,7 +33,6 @@ from tirec.models.layers.sequence import trigger_related_mask
 from tirec.models.registry import register_model
 
 log = logging.getLogger(__name__)
-CATEGORY = "cate_id"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,22 +79,8 @@ class DihnConfig:
             bad("att_units", f"must be divisible by att_heads={self.att_heads}")
         if self.sub_pooling not in ("attention", "sum"):
             bad("sub_pooling", "must be attention or sum")
-        if self.related not in ("auto", "category", "similarity"):
+        if self.related not in RELATED_RULES:
             bad("related", "must be auto, category or similarity")
-
-
-def related_by(spec: FeatureSpec, related: str) -> str:
-    """``category`` or ``similarity``: how DIHN finds the trigger-related behaviours on ``spec``
-    (``model.dihn.related``; ``auto`` picks category when trigger and history carry ``cate_id``)."""
-    first = next(iter(spec.histories()))
-    has_category = bool(spec.select(group="trigger", field=CATEGORY, model_input=True)
-                        and spec.select(group="history", history=first, field=CATEGORY, model_input=True))
-    if related == "category" and not has_category:
-        raise ValueError(f"model.dihn.related=category: the data has no model input of field {CATEGORY!r} "
-                         f"on the trigger and the history {first!r}; use related=similarity or auto")
-    if related == "auto":
-        return "category" if has_category else "similarity"
-    return related
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -109,7 +94,7 @@ class DIHN(RequestIntentModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c, d = model_config, model_config.section("dihn")
         self.dihn_config = d
-        self.related = related_by(spec, d.related)
+        self.related = related_rule(spec, d.related, "model.dihn.related")
         self._columns(spec)
         act = "dice" if c.activation == "dice" else "sigmoid"
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")

@@ -13,7 +13,8 @@ from tirec.config import load_config
 from tirec.features.spec import tir_feature_spec
 from tirec.models.base import model_input_names, request_input_names
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
-from tirec.models.dei2n import Dei2nConfig, related_source
+from tirec.models.base import related_rule
+from tirec.models.dei2n import Dei2nConfig
 from tirec.models.layers.sequence import latest_time, time_gap_buckets, trigger_related_mask, unique_rows
 from tirec.models.train import build_model
 
@@ -72,14 +73,15 @@ def test_config_errors_name_the_key_and_value(setting, match):
     assert (d.time_ref, d.time_buckets, d.time_max_gap_days, d.related) == ("request", 20, 14.0, "auto")
 
 
-def test_related_source_uses_the_category_else_the_similarity():
-    assert related_source(tir_feature_spec(item_fields=("cate_id", "brand_id")), "auto") == "category"
+def test_related_rule_uses_the_category_else_the_similarity():
+    assert related_rule(tir_feature_spec(item_fields=("cate_id", "brand_id")), "auto",
+                        "model.dei2n.related") == "category"
     no_category = tir_feature_spec(item_fields=("brand_id",))
-    assert related_source(no_category, "auto") == "similarity"
-    assert related_source(no_category, "similarity") == "similarity"
-    with pytest.raises(ValueError, match="related=category: the records have no trigger and history input "
-                                         "of item field 'cate_id'"):
-        related_source(no_category, "category")
+    assert related_rule(no_category, "auto", "model.dei2n.related") == "similarity"
+    assert related_rule(no_category, "similarity", "model.dei2n.related") == "similarity"
+    with pytest.raises(ValueError, match="model.dei2n.related=category: the data has no model input of field "
+                                         "'cate_id' on the trigger and the history 'hist'"):
+        related_rule(no_category, "category", "model.dei2n.related")
 
 
 # ---- the model ---------------------------------------------------------------------------------
