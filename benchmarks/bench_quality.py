@@ -120,7 +120,8 @@ def restrict(dist: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def planted_intent_js(data_dir: str, raw_dir: str, run_dir: str) -> dict:
-    """DAIAN's intent against the generator's planted per-user preference (the true intent).
+    """DAIAN's intent against the generator's planted per-user preference (the true intent);
+    None for a model whose intent output is not a distribution over the similarity levels.
 
     ``all`` / ``specific`` / ``broad``: JS of the prediction averaged per eval user to the
     user's planted preference over the similarity levels, overall and by user type.
@@ -147,10 +148,13 @@ def planted_intent_js(data_dir: str, raw_dir: str, run_dir: str) -> dict:
     users = pred["user_id"]
     uniq, inv = np.unique(users, return_inverse=True)
     n = pred["intent_pred"].shape[1]
+    truth = pd.read_parquet(f"{raw_dir}/ground_truth_intent.parquet")
+    if n != sum(c.startswith("pref_") for c in truth.columns):
+        return None  # not a distribution over the similarity levels (DIHN's, DIAN's [1 - p, p])
     mean_pred = np.zeros((len(uniq), n))
     np.add.at(mean_pred, inv, pred["intent_pred"])
     mean_pred /= np.bincount(inv)[:, None]
-    truth = pd.read_parquet(f"{raw_dir}/ground_truth_intent.parquet").set_index("user_id").loc[uniq]
+    truth = truth.set_index("user_id").loc[uniq]
     planted = truth[[f"pref_{j}" for j in range(n)]].to_numpy()
     js = M.js_divergence(planted, mean_pred)
     out = {"all": float(js.mean()), "users": int(len(uniq))}
@@ -271,8 +275,10 @@ def run_one(data_dir: str, dataset: str, label: str, model: str, seed: int, lr: 
             and os.path.exists(os.path.join(raw, "ground_truth_intent.parquet")):
         # Per user against the planted preference; the JSON keeps the per-request figures and
         # the two oracle references too (see planted_intent_js).
-        result["planted_intent"] = planted_intent_js(data_dir, raw, run)
-        result["planted_intent_js"] = result["planted_intent"]["all"]
+        planted = planted_intent_js(data_dir, raw, run)
+        if planted is not None:
+            result["planted_intent"] = planted
+            result["planted_intent_js"] = planted["all"]
     return result
 
 

@@ -38,7 +38,7 @@ def tiny(tmp_path_factory):
 
 
 def _argv(out, data):
-    argv = ["--out", out, "--models", "din,daian", "--seeds", "1", "--lrs", "0.05", "--max-epochs", "1",
+    argv = ["--out", out, "--models", "din,daian,dian", "--seeds", "1", "--lrs", "0.05", "--max-epochs", "1",
             "--datasets", "synthetic", "--data", f"synthetic={data}", "--latency-runs", "2"]
     return argv + [x for s in TINY for x in ("--set", s)]
 
@@ -48,13 +48,14 @@ def test_tiny_run_writes_the_tables_and_resumes_from_its_cache(tiny, tmp_path, c
     out = str(tmp_path / "out")
     assert bench.main(_argv(out, tiny)) == 0
     runs = {r["label"]: r for r in read_json(os.path.join(out, "bench_quality.json"))["runs"]}
-    assert set(runs) == {"din", "daian"}
+    assert set(runs) == {"din", "daian", "dian"}
     for r in runs.values():
         assert r["seed"] == 1 and r["lr"] == 0.05 and r["params"] > 0 and r["latency_ms"] > 0
         assert 0 < r["auc"] < 1 and r["val_auc"] is not None and r["train_seconds"] > 0
         assert all(n == 1 for n in r["epochs"].values())  # the epoch cap, per stage
     assert len(runs["daian"]["epochs"]) == 3 and len(runs["din"]["epochs"]) == 1  # DAIAN's three stages
     assert "planted_intent_js" in runs["daian"] and "planted_intent_js" not in runs["din"]
+    assert "planted_intent_js" not in runs["dian"]  # its intent is [1 - p, p], not over the levels
 
     with open(os.path.join(out, "bench_quality.csv")) as fh:
         rows = {r["model"]: r for r in csv.DictReader(fh)}
