@@ -11,15 +11,14 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.config import load_config
 from tirec.features.spec import tir_feature_spec
-from tirec.models.base import model_input_names, request_input_names
-from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+from tirec.models.base import request_input_names
 from tirec.models.base import related_rule
 from tirec.models.dei2n import Dei2nConfig
 from tirec.models.layers.sequence import latest_time, time_gap_buckets, trigger_related_mask, unique_rows
-from tirec.models.train import build_model
 
 SMALL = ["model.emb_dim=4", "model.dei2n.att_units=8", "model.dei2n.att_heads=2", "model.tower=[16,8]",
          "model.dei2n.ui2m_hidden=[8]", "model.dei2n.interaction_hidden=[8]", "model.hist_buckets=1"]
+MODEL = "dei2n"  # make_model builds it
 DAY = 86400
 
 
@@ -86,19 +85,6 @@ def test_related_rule_uses_the_category_else_the_similarity():
 
 # ---- the model ---------------------------------------------------------------------------------
 
-def _batch(data, n=128, columns=False):
-    spec = load_data_spec(data)
-    x, y = next(iter(make_dataset(data, "train", spec, n)))
-    if not columns:
-        x = {k: v for k, v in x.items() if k in model_input_names(spec)}
-    return spec, x, y
-
-
-def _model(data, *settings):
-    spec = load_data_spec(data)
-    ids, vecs, _ = load_item_vectors(data)
-    return build_model("dei2n", spec, load_config(None, SMALL + list(settings)).model, ids, vecs)
-
 
 def _reads(model, x):
     """Per row (dedup off): (p [B, 2], v_inst, v_gen, the related mask, the history mask)."""
@@ -112,25 +98,25 @@ def _reads(model, x):
     return p.numpy(), v_inst.numpy(), v_gen.numpy(), related.numpy(), r["mask"].numpy()
 
 
-def test_similarity_sub_sequence_is_the_records_explicit_mask(tiny_data, caplog):
-    spec, x, _ = _batch(tiny_data, columns=True)
+def test_similarity_sub_sequence_is_the_records_explicit_mask(tiny_data, caplog, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_data, 128, columns=True)
     with caplog.at_level(logging.INFO, logger="tirec.models.dei2n"):
-        model = _model(tiny_data, "model.dei2n.related=similarity")
+        model = make_model(tiny_data, "model.dei2n.related=similarity")
     assert "DEI2N trigger-related sub-sequence: behaviours whose multimodal similarity to the trigger " \
            f"is >= {spec.explicit_threshold:.4g}" in caplog.text
     related = model.related_mask(x, x["hist_ts"] > 0).numpy()
     want = (x["explicit_mask"].numpy() == 1) & (x["has_trigger"].numpy()[:, None] == 1)
     np.testing.assert_array_equal(related, want)
     assert 0 < related.sum() < (x["hist_ts"].numpy() > 0).sum()
-    category = _model(tiny_data).related_mask(x, x["hist_ts"] > 0).numpy()
+    category = make_model(tiny_data).related_mask(x, x["hist_ts"] > 0).numpy()
     np.testing.assert_array_equal(category, (x["hist_cate_id"].numpy() == x["trigger_cate_id"].numpy()[:, None])
                                   & (x["hist_ts"].numpy() > 0) & (x["has_trigger"].numpy()[:, None] == 1))
 
 
-def test_tower_reads_the_formula(tiny_data):
+def test_tower_reads_the_formula(tiny_data, first_batch, make_model):
     """Tower input = [E_u ‖ E_c ‖ e_i ‖ e_t ‖ p_inst v_inst + p_gen v_gen ‖ MLP([e_t ‖ e_i ‖ e_t⊙e_i ‖ e_t−e_i])]."""
-    spec, x, _ = _batch(tiny_data, n=32)
-    model = _model(tiny_data, "model.request_dedup=false")
+    spec, x, _ = first_batch(tiny_data, 32)
+    model = make_model(tiny_data, "model.request_dedup=false")
     model(x)
     seen = []
     call = model.tower.call
@@ -146,9 +132,9 @@ def test_tower_reads_the_formula(tiny_data):
     np.testing.assert_allclose(seen[0], want, rtol=1e-5, atol=1e-6)
 
 
-def test_instant_interest_reads_only_the_trigger_related_behaviours(tiny_data):
-    spec, x, _ = _batch(tiny_data, n=64)
-    model = _model(tiny_data, "model.request_dedup=false")
+def test_instant_interest_reads_only_the_trigger_related_behaviours(tiny_data, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_data, 64)
+    model = make_model(tiny_data, "model.request_dedup=false")
     model(x)
     _, v_inst, v_gen, related, mask = _reads(model, x)
     other = dict(x)  # new items at the real behaviours outside S_t
@@ -160,14 +146,14 @@ def test_instant_interest_reads_only_the_trigger_related_behaviours(tiny_data):
     assert changed.any() and not np.allclose(v_gen2[changed], v_gen[changed], atol=1e-4)
 
 
-def test_empty_histories_and_sub_sequences_read_zeros_not_nan(tiny_data):
-    spec, x, y = _batch(tiny_data, n=64)
+def test_empty_histories_and_sub_sequences_read_zeros_not_nan(tiny_data, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 64)
     x = dict(x)
     empty = np.arange(64) % 3 == 0  # no behaviour at all
     no_related = np.arange(64) % 3 == 1  # a trigger category no behaviour has
     x["hist_ts"] = tf.where(empty[:, None], tf.zeros_like(x["hist_ts"]), x["hist_ts"])
     x["trigger_cate_id"] = tf.where(no_related, tf.constant(-12345, tf.int64), x["trigger_cate_id"])
-    model = _model(tiny_data)
+    model = make_model(tiny_data)
     with tf.GradientTape() as tape:
         out = model(x, training=True)["ctr"]
         loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out))
@@ -180,46 +166,37 @@ def test_empty_histories_and_sub_sequences_read_zeros_not_nan(tiny_data):
     assert np.any(v_inst[related.any(axis=1)] != 0) and np.any(v_gen[~empty] != 0)
 
 
-def test_labels_and_intent_columns_do_not_reach_the_output(tiny_data):
-    spec, x, y = _batch(tiny_data, n=64, columns=True)
+def test_labels_and_intent_columns_do_not_reach_the_output(tiny_data, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 64, columns=True)
     x = {**x, spec.label: y["ctr"][:, 0]}
     flipped = {**x, spec.label: 1.0 - x[spec.label], "intent_counts": x["intent_counts"][:, ::-1] + 3,
                "intent_dist": x["intent_dist"][:, ::-1], "prior_intent": x["prior_intent"][:, ::-1]}
-    model = _model(tiny_data)
+    model = make_model(tiny_data)
     np.testing.assert_array_equal(model(x)["ctr"].numpy(), model(flipped)["ctr"].numpy())
 
 
-def test_time_ref_request_reads_the_request_time_and_latest_does_not(tiny_data):
-    spec, x, _ = _batch(tiny_data, n=64)
+def test_time_ref_request_reads_the_request_time_and_latest_does_not(tiny_data, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_data, 64)
     later = {**x, "impression_ts": x["impression_ts"] + 5 * DAY}
     shifted = {**later, "hist_ts": tf.where(x["hist_ts"] > 0, x["hist_ts"] + 5 * DAY, tf.zeros_like(x["hist_ts"]))}
-    request, latest = _model(tiny_data), _model(tiny_data, "model.dei2n.time_ref=latest")
+    request, latest = make_model(tiny_data), make_model(tiny_data, "model.dei2n.time_ref=latest")
     base = request(x)["ctr"].numpy()
     assert not np.allclose(request(later)["ctr"].numpy(), base, atol=1e-6)
     np.testing.assert_array_equal(request(shifted)["ctr"].numpy(), base)  # only the gaps count
     np.testing.assert_array_equal(latest(later)["ctr"].numpy(), latest(x)["ctr"].numpy())
 
 
-def _outputs_and_grads(model, x, y):
-    with tf.GradientTape() as tape:
-        out = model(x, training=True)["ctr"]
-        loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out))
-    grads = tape.gradient(loss, model.trainable_variables)
-    return out.numpy(), {v.name: tf.convert_to_tensor(g).numpy() for v, g in zip(model.trainable_variables, grads)
-                         if g is not None}
-
-
-def test_speed_paths_equal_the_straightforward_path(tiny_data):
+def test_speed_paths_equal_the_straightforward_path(tiny_data, first_batch, make_model, outputs_and_grads):
     """request_dedup and the length groups (hist_buckets 1 and 3) change only the speed."""
-    spec, x, y = _batch(tiny_data, n=128)
+    spec, x, y = first_batch(tiny_data, 128)
     variants = [("false", 0), ("true", 0), ("true", 1), ("true", 3)]
     results, weights = [], None
     for dedup, buckets in variants:
-        model = _model(tiny_data, f"model.request_dedup={dedup}", f"model.hist_buckets={buckets}")
+        model = make_model(tiny_data, f"model.request_dedup={dedup}", f"model.hist_buckets={buckets}")
         model(x)
         weights = model.get_weights() if weights is None else weights
         model.set_weights(weights)
-        results.append(_outputs_and_grads(model, x, y))
+        results.append(outputs_and_grads(model, x, y))
     first, index = unique_rows([x[n] for n in request_input_names(spec)])
     assert 1 < first.shape[0] < index.shape[0] // 2  # several candidates per request
     want, want_grads = results[0]

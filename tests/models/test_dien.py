@@ -8,12 +8,13 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.config import load_config
 from tirec.models.base import model_input_names
-from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+from tirec.models.data import load_item_vectors
 from tirec.models.dien import DIEN, DienConfig
 from tirec.models.layers.gru import InterestEvolving, InterestGru
 from tirec.models.train import build_model
 
 SMALL = ["model.emb_dim=4", "model.tower=[16,8]", "model.dien.aux_hidden=[8,4]"]
+MODEL = "dien"  # make_model builds it
 
 
 # ---- numpy references --------------------------------------------------------------------------
@@ -161,30 +162,19 @@ def test_defaults():
 
 # ---- the model ---------------------------------------------------------------------------------
 
-def _batch(data, n=128):
-    spec = load_data_spec(data)
-    x, y = next(iter(make_dataset(data, "train", spec, n)))
-    return spec, x, y
-
 
 def _inputs(spec, x):
     return {k: v for k, v in x.items() if k in model_input_names(spec)}
 
 
-def _model(data, *settings, spec=None):
-    spec = spec or load_data_spec(data)
-    ids, vecs, _ = load_item_vectors(data)
-    return build_model("dien", spec, load_config(None, SMALL + list(settings)).model, ids, vecs)
-
-
-def test_dot_score_needs_the_item_width(tiny_data):
+def test_dot_score_needs_the_item_width(tiny_data, make_model):
     with pytest.raises(ValueError, match=r"model\.dien\.gru_units.*D=16.*gru_units=8"):
-        _model(tiny_data, "model.dien.aux_score=dot", "model.dien.gru_units=8")
+        make_model(tiny_data, "model.dien.aux_score=dot", "model.dien.gru_units=8")
 
 
-def test_ctr_ignores_the_labels_and_intent_columns(tiny_data):
-    spec, x, y = _batch(tiny_data, n=64)
-    model = _model(tiny_data)
+def test_ctr_ignores_the_labels_and_intent_columns(tiny_data, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 64, columns=True)
+    model = make_model(tiny_data)
     x = {**x, "label": tf.cast(y["ctr"][:, 0], tf.int64)}
     flipped = dict(x)
     for name in ("intent_counts", "intent_dist"):
@@ -194,11 +184,11 @@ def test_ctr_ignores_the_labels_and_intent_columns(tiny_data):
     assert np.array_equal(model(x)["ctr"].numpy(), model(flipped)["ctr"].numpy())
 
 
-def test_aux_loss_matches_numpy_on_a_tiny_example(tiny_data):
+def test_aux_loss_matches_numpy_on_a_tiny_example(tiny_data, first_batch, make_model):
     """L_aux = mean over (request, k) pairs with a real next behaviour of -log σ(h_k·e_{k+1}) -
     log(1 - σ(h_k·ê_{k+1})), each request counted once per row it has."""
-    spec, x, _ = _batch(tiny_data, n=8)
-    model = _model(tiny_data, "model.dien.aux_score=dot")
+    spec, x, _ = first_batch(tiny_data, 8, columns=True)
+    model = make_model(tiny_data, "model.dien.aux_score=dot")
     model(_inputs(spec, x))
     rng = np.random.default_rng(3)
     d = 16
@@ -222,10 +212,10 @@ def test_aux_loss_matches_numpy_on_a_tiny_example(tiny_data):
 
 
 @pytest.mark.parametrize("mode", ["batch", "table"])
-def test_negatives_come_from_their_pool_and_are_never_the_positive(tiny_data, mode):
-    spec, x, _ = _batch(tiny_data, n=64)
+def test_negatives_come_from_their_pool_and_are_never_the_positive(tiny_data, mode, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_data, 64, columns=True)
     inputs = _inputs(spec, x)
-    model = _model(tiny_data, f"model.dien.negatives={mode}")
+    model = make_model(tiny_data, f"model.dien.negatives={mode}")
     model(inputs)
     targets = np.unique(x["target_item_id"].numpy())
     pool = targets if mode == "batch" else model.items.item_ids.numpy()
@@ -251,10 +241,10 @@ def test_negatives_come_from_their_pool_and_are_never_the_positive(tiny_data, mo
     np.testing.assert_array_equal(again.numpy(), negative.numpy())  # deterministic per step
 
 
-def test_aux_loss_is_added_in_training_only_and_counted_in_the_step(tiny_data):
-    spec, x, y = _batch(tiny_data, n=64)
+def test_aux_loss_is_added_in_training_only_and_counted_in_the_step(tiny_data, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 64, columns=True)
     inputs = _inputs(spec, x)
-    model = _model(tiny_data, "model.dien.aux_weight=2.5")
+    model = make_model(tiny_data, "model.dien.aux_weight=2.5")
     model(inputs)
     assert model.losses == []  # serving / evaluation: no auxiliary loss
     model(inputs, training=True)
@@ -268,16 +258,16 @@ def test_aux_loss_is_added_in_training_only_and_counted_in_the_step(tiny_data):
     assert logs["aux_loss"] > 0 and np.isfinite(logs["loss"])
     assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.aux_mlp.trainable_variables))
     assert "aux_loss" not in model.test_on_batch(x, y, return_dict=True)
-    off = _model(tiny_data, "model.dien.aux_weight=0")
+    off = make_model(tiny_data, "model.dien.aux_weight=0")
     off(inputs, training=True)
     assert off.losses == []
 
 
-def test_users_without_history_get_zero_interest_and_finite_outputs(tiny_data):
-    spec, x, y = _batch(tiny_data, n=32)
+def test_users_without_history_get_zero_interest_and_finite_outputs(tiny_data, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 32, columns=True)
     inputs = _inputs(spec, x)
     inputs["hist_ts"] = tf.zeros_like(inputs["hist_ts"])
-    model = _model(tiny_data)
+    model = make_model(tiny_data)
     with tf.GradientTape() as tape:
         out = model(inputs, training=True)["ctr"]
         loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out)) + tf.add_n(model.losses)
@@ -295,10 +285,10 @@ SWITCHES = ["model.dien.negatives=table", "model.dien.aux_score=dot", "model.die
 
 
 @pytest.mark.parametrize("setting", SWITCHES)
-def test_each_switch_changes_the_model_and_trains(tiny_data, setting):
-    spec, x, y = _batch(tiny_data, n=64)
+def test_each_switch_changes_the_model_and_trains(tiny_data, setting, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 64, columns=True)
     inputs = _inputs(spec, x)
-    full, other = _model(tiny_data), _model(tiny_data, setting)
+    full, other = make_model(tiny_data), make_model(tiny_data, setting)
     full(inputs, training=True), other(inputs, training=True)
     shared = {v.name: v.numpy() for v in full.weights}
     for v in other.weights:
@@ -319,12 +309,12 @@ def test_each_switch_changes_the_model_and_trains(tiny_data, setting):
     assert sum(moved) > len(moved) // 2, setting
 
 
-def test_request_dedup_gives_the_same_outputs_aux_loss_and_gradients(tiny_data):
-    spec, x, y = _batch(tiny_data, n=128)
+def test_request_dedup_gives_the_same_outputs_aux_loss_and_gradients(tiny_data, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 128, columns=True)
     inputs = _inputs(spec, x)
     results, weights = [], None
     for dedup in ("false", "true"):
-        model = _model(tiny_data, f"model.request_dedup={dedup}")
+        model = make_model(tiny_data, f"model.request_dedup={dedup}")
         model(inputs, training=True)
         weights = model.get_weights() if weights is None else weights
         model.set_weights(weights)
@@ -340,8 +330,8 @@ def test_request_dedup_gives_the_same_outputs_aux_loss_and_gradients(tiny_data):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(a).max()))
 
 
-def test_mixed_precision_outputs_float32(tiny_data):
-    spec, x, _ = _batch(tiny_data, n=32)
+def test_mixed_precision_outputs_float32(tiny_data, first_batch):
+    spec, x, _ = first_batch(tiny_data, 32, columns=True)
     ids, vecs, _ = load_item_vectors(tiny_data)
     mixed = build_model("dien", spec, load_config(None, SMALL).model, ids, vecs, "mixed_bfloat16")
     out = mixed(_inputs(spec, x), training=True)["ctr"]

@@ -7,38 +7,29 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tirec.config import load_config
-from tirec.models.base import model_input_names
-from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
-from tirec.models.train import build_model
+from tirec.models.data import load_data_spec, load_item_vectors
 
 SMALL = ["model.emb_dim=4", "model.tower=[16,8]", "model.din_hidden=[8,4]", "model.hist_buckets=1",
          "model.dihn.att_units=8", "model.dihn.att_heads=2", "model.dihn.uin_hidden=[8]"]
+MODEL = "dihn"  # make_model builds it
 
 
-def _batch(data, spec, n=64):
-    x, y = next(iter(make_dataset(data, "train", spec, n)))
-    x = {k: v for k, v in x.items() if k in model_input_names(spec)}
-    none = np.arange(n) % 5 == 0  # some rows without a trigger
-    x["has_trigger"] = tf.where(none, tf.zeros_like(x["has_trigger"]), x["has_trigger"])
-    return x, y, none
-
-
-def _model(data, *settings, spec=None):
-    spec = spec or load_data_spec(data)
-    ids, vecs, _ = load_item_vectors(data)
-    return build_model("dihn", spec, load_config(None, SMALL + list(settings)).model, ids, vecs)
+def _batch(first_batch, data, spec):
+    """64 train rows of ``spec``'s model inputs, every fifth without a trigger: (x, y, the rows
+    without)."""
+    _, x, y = first_batch(data, 64, spec=spec, untriggered=5)
+    return x, y, x["has_trigger"].numpy() == 0
 
 
 def _no_category(spec):
     return dataclasses.replace(spec, features=tuple(f for f in spec.features if f.field != "cate_id"))
 
 
-def test_related_behaviours_are_the_trigger_category(tiny_data, caplog):
+def test_related_behaviours_are_the_trigger_category(tiny_data, caplog, first_batch, make_model):
     spec = load_data_spec(tiny_data)
-    x, _, none = _batch(tiny_data, spec)
+    x, _, none = _batch(first_batch, tiny_data, spec)
     with caplog.at_level(logging.INFO, logger="tirec.models.dihn"):
-        model = _model(tiny_data)
+        model = make_model(tiny_data)
     assert "trigger-related behaviours by category (hist_cate_id == trigger_cate_id)" in caplog.text
     mask = x["hist_ts"].numpy() > 0
     got = model.related_mask(x, tf.constant(mask)).numpy()
@@ -47,11 +38,11 @@ def test_related_behaviours_are_the_trigger_category(tiny_data, caplog):
     assert want.any() and (mask & ~want).any()
 
 
-def test_without_a_category_the_related_behaviours_are_the_similar_ones(tiny_data, caplog):
+def test_without_a_category_the_related_behaviours_are_the_similar_ones(tiny_data, caplog, first_batch, make_model):
     spec = _no_category(load_data_spec(tiny_data))
-    x, _, none = _batch(tiny_data, spec)
+    x, _, none = _batch(first_batch, tiny_data, spec)
     with caplog.at_level(logging.INFO, logger="tirec.models.dihn"):
-        model = _model(tiny_data, spec=spec)
+        model = make_model(tiny_data, spec=spec)
     assert "by similarity (no 'cate_id' in the data or related=similarity): cos(m_t, m_b) >= 0.3333, " \
            "the lower edge of level 4 of 6" in caplog.text
     ids, vecs, _ = load_item_vectors(tiny_data)
@@ -67,13 +58,13 @@ def test_without_a_category_the_related_behaviours_are_the_similar_ones(tiny_dat
     assert np.all(np.isfinite(model(x)["ctr"].numpy()))
     with pytest.raises(ValueError, match=r"model.dihn.related=category: the data has no model input of field "
                                          r"'cate_id' on the trigger and the history 'hist'"):
-        _model(tiny_data, "model.dihn.related=category", spec=spec)
+        make_model(tiny_data, "model.dihn.related=category", spec=spec)
 
 
-def test_fused_query_and_sum_pooling_hand_computed(tiny_data):
+def test_fused_query_and_sum_pooling_hand_computed(tiny_data, first_batch, make_model):
     spec = load_data_spec(tiny_data)
-    x, _, none = _batch(tiny_data, spec)
-    model = _model(tiny_data, "model.dihn.sub_pooling=sum", "model.request_dedup=false")
+    x, _, none = _batch(first_batch, tiny_data, spec)
+    model = make_model(tiny_data, "model.dihn.sub_pooling=sum", "model.request_dedup=false")
     seen = []
     original = model.hybrid_interest
     model.hybrid_interest = lambda e_f, *args, **kw: seen.append(e_f) or original(e_f, *args, **kw)
@@ -100,10 +91,10 @@ def _uin_grads(model, x, y):
     return [g for g in tape.gradient(click, uin)]
 
 
-def test_fem_stop_gradient_keeps_the_click_loss_out_of_the_uin(tiny_data):
+def test_fem_stop_gradient_keeps_the_click_loss_out_of_the_uin(tiny_data, first_batch, make_model):
     spec = load_data_spec(tiny_data)
-    x, y, _ = _batch(tiny_data, spec)
-    plain, stopped = _model(tiny_data), _model(tiny_data, "model.dihn.fem_stop_gradient=true")
+    x, y, _ = _batch(first_batch, tiny_data, spec)
+    plain, stopped = make_model(tiny_data), make_model(tiny_data, "model.dihn.fem_stop_gradient=true")
     plain(x), stopped(x)
     stopped.set_weights(plain.get_weights())
     np.testing.assert_array_equal(plain(x)["ctr"].numpy(), stopped(x)["ctr"].numpy())  # the same forward
@@ -115,10 +106,10 @@ def test_fem_stop_gradient_keeps_the_click_loss_out_of_the_uin(tiny_data):
 # similarity switch is tried with level 3, where they differ.
 @pytest.mark.parametrize("settings", [("model.dihn.sub_pooling=sum",),
                                       ("model.dihn.related=similarity", "model.dihn.intent_level=3")])
-def test_each_switch_changes_the_output(tiny_data, settings):
+def test_each_switch_changes_the_output(tiny_data, settings, first_batch, make_model):
     spec = load_data_spec(tiny_data)
-    x, _, _ = _batch(tiny_data, spec)
-    full, switched = _model(tiny_data), _model(tiny_data, *settings)
+    x, _, _ = _batch(first_batch, tiny_data, spec)
+    full, switched = make_model(tiny_data), make_model(tiny_data, *settings)
     full(x), switched(x)
     shared = {v.name: v.numpy() for v in full.weights}
     for v in switched.weights:

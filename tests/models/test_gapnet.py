@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.config import load_config
-from tirec.models.base import model_input_names, request_input_names
-from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
+from tirec.models.base import request_input_names
+from tirec.models.data import load_item_vectors
 from tirec.models.gapnet import GapNetConfig, view_plan
 from tirec.models.layers import ASGA, PAFS, ContextGatedFusion, QueryCalibration
 from tirec.models.layers.normalizers import NORMALIZERS, attention_weights
@@ -19,6 +19,7 @@ from tirec.models.train import build_model
 
 SMALL = ["model.emb_dim=4", "model.gapnet.att_units=8", "model.gapnet.att_heads=2", "model.tower=[16,8]",
          "model.gapnet.cgdf_hidden=[4]", "model.hist_buckets=1"]
+MODEL = "gapnet"  # make_model builds it
 
 
 # ---- numpy references --------------------------------------------------------------------------
@@ -257,23 +258,12 @@ def test_config_errors_name_the_key_and_value(setting, match):
 
 # ---- the model ---------------------------------------------------------------------------------
 
-def _batch(data, n=128):
-    spec = load_data_spec(data)
-    x, y = next(iter(make_dataset(data, "train", spec, n)))
-    return spec, {k: v for k, v in x.items() if k in model_input_names(spec)}, y
 
-
-def _model(data, *settings, spec=None):
-    spec = spec or load_data_spec(data)
-    ids, vecs, _ = load_item_vectors(data)
-    return build_model("gapnet", spec, load_config(None, SMALL + list(settings)).model, ids, vecs)
-
-
-def test_records_without_views_cut_rt_from_hist_and_say_so(tiny_data, caplog):
-    spec, x, _ = _batch(tiny_data)
+def test_records_without_views_cut_rt_from_hist_and_say_so(tiny_data, caplog, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_data, 128)
     assert view_plan(spec) == (("rt", "hist", "cut"), ("st", "hist", "real"))
     with caplog.at_level(logging.INFO, logger="tirec.models.gapnet"):
-        model = _model(tiny_data, "model.gapnet.realtime_cut=3")
+        model = make_model(tiny_data, "model.gapnet.realtime_cut=3")
     assert "GAP-Net (reconstructed) views: rt: cut from 'hist' (its 3 most recent); st: 'hist' (10); " \
            "lt: absent (no 'lt' sequence)" in caplog.text
     views = model.request_views(x, model.embed.request(x)["histories"])
@@ -286,11 +276,11 @@ def test_records_without_views_cut_rt_from_hist_and_say_so(tiny_data, caplog):
         np.testing.assert_allclose(keys.numpy()[i, :len(real)], hist_keys.numpy()[i, real])
 
 
-def test_records_with_real_views_read_all_three(tiny_views_data, caplog):
-    spec, x, _ = _batch(tiny_views_data)
+def test_records_with_real_views_read_all_three(tiny_views_data, caplog, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_views_data, 128)
     assert view_plan(spec) == (("rt", "rt", "real"), ("st", "hist", "real"), ("lt", "lt", "real"))
     with caplog.at_level(logging.INFO, logger="tirec.models.gapnet"):
-        model = _model(tiny_views_data)
+        model = make_model(tiny_views_data)
     assert "rt: 'rt' (4); st: 'hist' (10); lt: 'lt' (20)" in caplog.text
     out = model(x)["ctr"].numpy()
     assert out.shape == (128, 1) and np.all(np.isfinite(out))
@@ -298,13 +288,13 @@ def test_records_with_real_views_read_all_three(tiny_views_data, caplog):
 
 
 @pytest.mark.parametrize("norm", NORMALIZERS)
-def test_empty_views_give_finite_outputs_and_gradients(tiny_views_data, norm):
-    spec, x, y = _batch(tiny_views_data, n=64)
+def test_empty_views_give_finite_outputs_and_gradients(tiny_views_data, norm, first_batch, make_model):
+    spec, x, y = first_batch(tiny_views_data, 64)
     x = dict(x)
     empty = np.arange(64) % 2 == 0  # users without any behaviour (and no real-time click)
     for name in ("hist_ts", "rt_ts", "lt_ts"):
         x[name] = tf.where(empty[:, None], tf.zeros_like(x[name]), x[name])
-    model = _model(tiny_views_data, f"model.gapnet.attention_norm={norm}")
+    model = make_model(tiny_views_data, f"model.gapnet.attention_norm={norm}")
     with tf.GradientTape() as tape:
         out = model(x, training=True)["ctr"]
         loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out))
@@ -349,9 +339,9 @@ ABLATIONS = {
 
 
 @pytest.mark.parametrize("setting", sorted(ABLATIONS))
-def test_each_ablation_switch_changes_the_model_and_trains(tiny_views_data, setting):
-    spec, x, y = _batch(tiny_views_data, n=64)
-    full, ablated = _model(tiny_views_data), _model(tiny_views_data, setting)
+def test_each_ablation_switch_changes_the_model_and_trains(tiny_views_data, setting, first_batch, make_model):
+    spec, x, y = first_batch(tiny_views_data, 64)
+    full, ablated = make_model(tiny_views_data), make_model(tiny_views_data, setting)
     full(x), ablated(x)
     assert ABLATIONS[setting](full, ablated), setting
     # the same weights where both have them: a different output (the switch does something)
@@ -368,9 +358,9 @@ def test_each_ablation_switch_changes_the_model_and_trains(tiny_views_data, sett
     assert sum(moved) > len(moved) // 2, setting
 
 
-def test_static_query_reads_every_view_with_the_target(tiny_views_data):
-    spec, x, _ = _batch(tiny_views_data, n=16)
-    model = _model(tiny_views_data, "model.gapnet.use_gcqc=false")
+def test_static_query_reads_every_view_with_the_target(tiny_views_data, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_views_data, 16)
+    model = make_model(tiny_views_data, "model.gapnet.use_gcqc=false")
     model(x)
     seen = []
     original = model.read_view
@@ -380,31 +370,23 @@ def test_static_query_reads_every_view_with_the_target(tiny_views_data):
     assert len(seen) == 3 and all(np.array_equal(q, target) for q in seen)
 
 
-def _outputs_and_grads(model, x, y):
-    with tf.GradientTape() as tape:
-        out = model(x, training=True)["ctr"]
-        loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out))
-    grads = tape.gradient(loss, model.trainable_variables)
-    return out.numpy(), {v.name: tf.convert_to_tensor(g).numpy() for v, g in zip(model.trainable_variables, grads)
-                         if g is not None}
-
-
 @pytest.mark.parametrize("norm", ["softmax", "entmax15"])
 @pytest.mark.parametrize("data", ["tiny_data", "tiny_views_data"])
-def test_speed_paths_equal_the_straightforward_path(request, data, norm):
+def test_speed_paths_equal_the_straightforward_path(request, data, norm, first_batch, make_model,
+                                                    outputs_and_grads):
     """request_dedup and length groups (hist_buckets 1 and 3) only change the speed: the same
     outputs and gradients as every block per sample on the padded views (dedup off, 0)."""
     data = request.getfixturevalue(data)
-    spec, x, y = _batch(data, n=128)
+    spec, x, y = first_batch(data, 128)
     variants = [("false", 0), ("true", 0), ("true", 1), ("true", 3), ("false", 3)]
     results, weights = [], None
     for dedup, buckets in variants:
-        model = _model(data, f"model.request_dedup={dedup}", f"model.hist_buckets={buckets}",
-                       f"model.gapnet.attention_norm={norm}")
+        model = make_model(data, f"model.request_dedup={dedup}", f"model.hist_buckets={buckets}",
+                           f"model.gapnet.attention_norm={norm}")
         model(x)
         weights = model.get_weights() if weights is None else weights
         model.set_weights(weights)
-        results.append(_outputs_and_grads(model, x, y))
+        results.append(outputs_and_grads(model, x, y))
     want, want_grads = results[0]
     # the batch (records in request order) does hold several candidates per request
     first, index = unique_rows([x[n] for n in request_input_names(spec)])
@@ -418,8 +400,8 @@ def test_speed_paths_equal_the_straightforward_path(request, data, norm):
                                        err_msg=f"{name} {variant}")
 
 
-def test_mixed_precision_outputs_float32(tiny_views_data):
-    spec, x, _ = _batch(tiny_views_data, n=32)
+def test_mixed_precision_outputs_float32(tiny_views_data, first_batch):
+    spec, x, _ = first_batch(tiny_views_data, 32)
     ids, vecs, _ = load_item_vectors(tiny_views_data)
     cfg = load_config(None, SMALL + ["model.gapnet.attention_norm=entmax15"]).model
     mixed = build_model("gapnet", spec, cfg, ids, vecs, "mixed_bfloat16")

@@ -6,15 +6,14 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.config import load_config
-from tirec.models.base import model_input_names
-from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
 from tirec.models.layers.sequence import time_gap_buckets
 from tirec.models.tin import TinConfig, target_aware_pool
-from tirec.models.train import build_model, load_run, train_run
+from tirec.models.train import load_run, train_run
 from tirec.serving import export as E
 from tirec.serving.verify import offline_scores
 
 SMALL = ["model.emb_dim=4", "model.tower=[16,8]", "model.hist_buckets=1"]
+MODEL = "tin"  # make_model builds it
 
 
 def softmax(z):
@@ -49,34 +48,20 @@ def test_config_errors_name_the_key_and_value(setting, match):
     assert (t.encoding, t.representation, t.use_trigger, t.time_buckets) == ("position", "paper", True, 20)
 
 
-def _batch(data, n=64, columns=False):
-    spec = load_data_spec(data)
-    x, y = next(iter(make_dataset(data, "train", spec, n)))
-    if not columns:
-        x = {k: v for k, v in x.items() if k in model_input_names(spec)}
-    return spec, x, y
-
-
-def _model(data, *settings):
-    spec = load_data_spec(data)
-    ids, vecs, _ = load_item_vectors(data)
-    return build_model("tin", spec, load_config(None, SMALL + list(settings)).model, ids, vecs)
-
-
-def test_temporal_codes_are_positions_or_time_buckets(tiny_data):
-    spec, x, _ = _batch(tiny_data)
+def test_temporal_codes_are_positions_or_time_buckets(tiny_data, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_data, 64)
     ts = x["hist_ts"].numpy()
     ts[0, :4] = [90, 0, 70, 60]  # padding between real behaviours: ranks skip it
     x = {**x, "hist_ts": tf.constant(ts)}
     mask = ts > 0
-    codes = _model(tiny_data).temporal_codes(x, mask).numpy()
+    codes = make_model(tiny_data).temporal_codes(x, mask).numpy()
     assert codes[0, :4].tolist() == [1, 0, 2, 3]
     np.testing.assert_array_equal(codes[mask], (np.cumsum(mask, axis=1))[mask])
-    model = _model(tiny_data, "model.tin.encoding=time", "model.tin.time_buckets=5")
+    model = make_model(tiny_data, "model.tin.encoding=time", "model.tin.time_buckets=5")
     got = model.temporal_codes(x, mask).numpy()
     want = 1 + time_gap_buckets(ts, x["impression_ts"], 5, 14 * 86400).numpy()
     np.testing.assert_array_equal(got, want)
-    assert model.time_table.input_dim == 6 and _model(tiny_data).time_table.input_dim == 1 + spec.max_seq_len
+    assert model.time_table.input_dim == 6 and make_model(tiny_data).time_table.input_dim == 1 + spec.max_seq_len
 
 
 def _tower_input(model, x):
@@ -90,12 +75,12 @@ def _tower_input(model, x):
 
 @pytest.mark.parametrize("representation, scale", [("paper", False), ("code", False), ("paper", True),
                                                     ("code", True)])
-def test_tower_reads_the_representation_formula(tiny_data, representation, scale):
-    spec, x, _ = _batch(tiny_data, n=32)
+def test_tower_reads_the_representation_formula(tiny_data, representation, scale, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_data, 32)
     keep = np.arange(x["hist_ts"].shape[1])[None, :] < (np.arange(32) % 7)[:, None]  # 0 to 6 behaviours
     x = {**x, "hist_ts": tf.where(keep, x["hist_ts"], tf.zeros_like(x["hist_ts"]))}
-    model = _model(tiny_data, f"model.tin.representation={representation}",
-                   f"model.tin.scale_by_count={str(scale).lower()}")
+    model = make_model(tiny_data, f"model.tin.representation={representation}",
+                       f"model.tin.scale_by_count={str(scale).lower()}")
     got = _tower_input(model, x)
     r, e = model.embed.request(x), model.embed.impression(x)
     table = model.time_table.get_weights()[0]
@@ -124,10 +109,10 @@ def test_tower_reads_the_representation_formula(tiny_data, representation, scale
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_without_the_trigger_the_output_ignores_it(tiny_data):
-    spec, x, _ = _batch(tiny_data)
+def test_without_the_trigger_the_output_ignores_it(tiny_data, first_batch, make_model):
+    spec, x, _ = first_batch(tiny_data, 64)
     other = {**x, "trigger_item_id": x["trigger_item_id"] + 7919, "trigger_cate_id": x["trigger_cate_id"] + 1}
-    off, on = _model(tiny_data, "model.tin.use_trigger=false"), _model(tiny_data)
+    off, on = make_model(tiny_data, "model.tin.use_trigger=false"), make_model(tiny_data)
     np.testing.assert_array_equal(off(x)["ctr"].numpy(), off(other)["ctr"].numpy())
     assert not np.allclose(on(x)["ctr"].numpy(), on(other)["ctr"].numpy(), atol=1e-6)
     width = {m: [v for v in m.trainable_variables if "tower/dense_0/kernel" in v.name][0].shape[0] for m in (off, on)}
@@ -135,11 +120,11 @@ def test_without_the_trigger_the_output_ignores_it(tiny_data):
 
 
 @pytest.mark.parametrize("representation", ["paper", "code"])
-def test_empty_histories_give_finite_outputs_and_zero_interest(tiny_data, representation):
-    spec, x, y = _batch(tiny_data)
+def test_empty_histories_give_finite_outputs_and_zero_interest(tiny_data, representation, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 64)
     empty = np.arange(64) % 2 == 0
     x = {**x, "hist_ts": tf.where(empty[:, None], tf.zeros_like(x["hist_ts"]), x["hist_ts"])}
-    model = _model(tiny_data, f"model.tin.representation={representation}")
+    model = make_model(tiny_data, f"model.tin.representation={representation}")
     with tf.GradientTape() as tape:
         out = model(x, training=True)["ctr"]
         loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out))
@@ -151,22 +136,22 @@ def test_empty_histories_give_finite_outputs_and_zero_interest(tiny_data, repres
     assert np.all(pooled.numpy()[empty] == 0) and np.any(pooled.numpy()[~empty] != 0)
 
 
-def test_labels_and_intent_columns_do_not_reach_the_output(tiny_data):
-    spec, x, y = _batch(tiny_data, columns=True)
+def test_labels_and_intent_columns_do_not_reach_the_output(tiny_data, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 64, columns=True)
     x = {**x, spec.label: y["ctr"][:, 0]}
     flipped = {**x, spec.label: 1.0 - x[spec.label], "intent_counts": x["intent_counts"][:, ::-1] + 3,
                "intent_dist": x["intent_dist"][:, ::-1], "prior_intent": x["prior_intent"][:, ::-1]}
     for settings in ([], ["model.tin.representation=code", "model.tin.encoding=time"]):
-        model = _model(tiny_data, *settings)
+        model = make_model(tiny_data, *settings)
         np.testing.assert_array_equal(model(x)["ctr"].numpy(), model(flipped)["ctr"].numpy())
 
 
 @pytest.mark.parametrize("encoding", ["position", "time"])
-def test_request_dedup_changes_only_the_speed(tiny_data, encoding):
-    spec, x, y = _batch(tiny_data, n=128)
+def test_request_dedup_changes_only_the_speed(tiny_data, encoding, first_batch, make_model):
+    spec, x, y = first_batch(tiny_data, 128)
     outs, weights = [], None
     for dedup in ("false", "true"):
-        model = _model(tiny_data, f"model.request_dedup={dedup}", f"model.tin.encoding={encoding}")
+        model = make_model(tiny_data, f"model.request_dedup={dedup}", f"model.tin.encoding={encoding}")
         model(x)
         weights = model.get_weights() if weights is None else weights
         model.set_weights(weights)
