@@ -15,7 +15,8 @@ each [X] choice a switch of :class:`Dei2nConfig` (the ``model.dei2n`` config sec
 * **Interest** — ``v_inst = MHTA(e_t, MHSA(K_{S_t}))``, ``v_gen = MHTA(e_i, MHSA(K_S))``,
   ``v = p_inst v_inst + p_gen v_gen``.
 * **Interaction** — ``z_int = MLP([e_t ‖ e_i ‖ e_t ⊙ e_i ‖ e_t − e_i])``.
-* **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v ‖ z_int]))``, BCE only.
+* **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v ‖ z_int ‖ Σ_b e_b ‖ e_i ⊙ Σ_b e_b]))``,
+  BCE only; the history sums (``history_sum``, as the authors' code) are tirec's default.
 
 The request-level blocks (the time codes, UI2M, both self-attentions, v_inst) run once per
 distinct (request, context) with ``model.request_dedup``; the self-attentions run on the real
@@ -63,6 +64,9 @@ class Dei2nConfig:
         explicit threshold) or ``auto`` (category when the records have the field).
       ui2m_hidden: hidden widths (ReLU) of UI2M's MLP.
       interaction_hidden: widths (ReLU) of the trigger-target interaction MLP.
+      history_sum: also feed the tower Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours, as
+        the reference code does (default true, [X]: without it DEI2N did not learn on MovieLens,
+        docs/models.md#dei2n-prediction).
     """
 
     att_units: int = 128
@@ -73,6 +77,7 @@ class Dei2nConfig:
     related: str = "auto"
     ui2m_hidden: tuple[int, ...] = (64,)
     interaction_hidden: tuple[int, ...] = (64,)
+    history_sum: bool = True
 
     def __post_init__(self) -> None:
         def bad(field, why):
@@ -90,6 +95,8 @@ class Dei2nConfig:
             units = getattr(self, field)
             if not units or not all(_positive_int(u) for u in units):
                 bad(field, "must be a non-empty list of integers >= 1")
+        if not isinstance(self.history_sum, bool):
+            bad("history_sum", "must be true or false")
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -150,6 +157,9 @@ class DEI2N(TirModel):
         z_int = self.interaction(tf.concat([trigger, target, trigger * target, trigger - target], axis=-1),
                                  training=training)
         parts = [expand(r["user"]), e["context"], target, trigger, v, z_int]
+        if self.dei2n_config.history_sum:  # the reference code's sum pooling, and its product with e_i
+            total = expand(tf.reduce_sum(r["hist"] * tf.cast(r["mask"], r["hist"].dtype)[..., None], axis=1))
+            parts += [total, target * total]
         logit = self.tower(tf.concat([tf.cast(t, self.layer_dtype) for t in parts], axis=-1), training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 

@@ -12,7 +12,8 @@
   (``hist_cate_id == trigger_cate_id``), or, on data without a category (``related``, [X]), at a
   similarity level to the trigger of at least the intent label's level, computed in the graph
   from the frozen multimodal table.
-* **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_1 ‖ v_2]))``.
+* **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_1 ‖ v_2 ‖ Σ_b e_b ‖ e_i ⊙ Σ_b e_b]))``;
+  the history sums (``history_sum``, as the authors' code, [X]) are tirec's default.
 
 Outputs ``{"ctr": [B, 1], "intent": [B, 2]}`` (``[1 − p, p]``), float32.
 """
@@ -52,6 +53,8 @@ class DihnConfig:
       related: which behaviours v_2 reads: ``category`` (the trigger's category; the data
         needs ``cate_id`` on trigger and history), ``similarity`` (similarity level to the
         trigger >= the intent level) or ``auto`` (default: category when the data has it).
+      history_sum: also feed the tower Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours, as
+        the reference code does (default true, [X]: docs/models.md#dihn-modules).
     """
 
     intent_level: int | None = None
@@ -62,6 +65,7 @@ class DihnConfig:
     att_heads: int = 4
     sub_pooling: str = "attention"
     related: str = "auto"
+    history_sum: bool = True
 
     def __post_init__(self) -> None:
         def bad(field, why):
@@ -81,6 +85,8 @@ class DihnConfig:
             bad("sub_pooling", "must be attention or sum")
         if self.related not in RELATED_RULES:
             bad("related", "must be auto, category or similarity")
+        if not isinstance(self.history_sum, bool):
+            bad("history_sum", "must be true or false")
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -176,6 +182,9 @@ class DIHN(RequestIntentModel):
         e_f = q * e_t + (1.0 - q) * e["target"]  # FEM
         v_1, v_2 = self.hybrid_interest(e_f, rows, r, expand, training)
         parts = [expand(r["user"]), e["context"], e["target"], e_t, v_1, v_2]
+        if d.history_sum:  # the reference code's sum pooling, and its product with e_i
+            total = expand(tf.reduce_sum(r["hist"] * tf.cast(r["mask"], r["hist"].dtype)[..., None], axis=1))
+            parts += [total, e["target"] * total]
         logit = self.tower(tf.concat([tf.cast(t, self.layer_dtype) for t in parts], axis=-1), training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32)), "intent": two_bins(p)}
 

@@ -64,12 +64,14 @@ def test_trigger_related_mask_and_latest_time_hand_computed():
     ("model.dei2n.related=brand", r"model.dei2n.related: must be one of auto, category, similarity; received 'brand'"),
     ("model.dei2n.att_units=10", r"model.dei2n.att_units: must be divisible by att_heads=4; received 10"),
     ("model.dei2n.ui2m_hidden=[]", r"model.dei2n.ui2m_hidden: must be a non-empty list of integers >= 1"),
+    ("model.dei2n.history_sum=1", r"model.dei2n.history_sum: expected true/false; received 1"),
 ])
 def test_config_errors_name_the_key_and_value(setting, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, [setting])
     d = Dei2nConfig()
-    assert (d.time_ref, d.time_buckets, d.time_max_gap_days, d.related) == ("request", 20, 14.0, "auto")
+    assert (d.time_ref, d.time_buckets, d.time_max_gap_days, d.related, d.history_sum) == \
+        ("request", 20, 14.0, "auto", True)
 
 
 def test_related_rule_uses_the_category_else_the_similarity():
@@ -113,23 +115,30 @@ def test_similarity_sub_sequence_is_the_records_explicit_mask(tiny_data, caplog,
                                   & (x["hist_ts"].numpy() > 0) & (x["has_trigger"].numpy()[:, None] == 1))
 
 
-def test_tower_reads_the_formula(tiny_data, first_batch, make_model):
-    """Tower input = [E_u ‖ E_c ‖ e_i ‖ e_t ‖ p_inst v_inst + p_gen v_gen ‖ MLP([e_t ‖ e_i ‖ e_t⊙e_i ‖ e_t−e_i])]."""
+@pytest.mark.parametrize("history_sum", [True, False])
+def test_tower_reads_the_formula(tiny_data, history_sum, first_batch, make_model):
+    """Tower input = [E_u ‖ E_c ‖ e_i ‖ e_t ‖ p_inst v_inst + p_gen v_gen ‖ MLP([e_t ‖ e_i ‖ e_t⊙e_i ‖ e_t−e_i])],
+    then, with ``history_sum`` (the default), Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours."""
     spec, x, _ = first_batch(tiny_data, 32)
-    model = make_model(tiny_data, "model.request_dedup=false")
+    x = {**x, "hist_ts": tf.where(tf.range(x["hist_ts"].shape[1]) >= tf.range(32)[:, None] % 7 + 2,
+                                  tf.zeros_like(x["hist_ts"]), x["hist_ts"])}  # padding at the end
+    model = make_model(tiny_data, "model.request_dedup=false", f"model.dei2n.history_sum={str(history_sum).lower()}")
     model(x)
     seen = []
     call = model.tower.call
     model.tower.call = lambda z, training=None: seen.append(z.numpy()) or call(z, training=training)
     model(x)
     r, e = model.embed.request(x), model.embed.impression(x)
-    p, v_inst, v_gen, _, _ = _reads(model, x)
+    p, v_inst, v_gen, _, mask = _reads(model, x)
     assert np.allclose(p.sum(axis=1), 1.0) and np.all(p > 0)
     t, i = r["trigger"].numpy(), e["target"].numpy()
     z_int = model.interaction(np.concatenate([t, i, t * i, t - i], axis=1)).numpy()
-    want = np.concatenate([r["user"].numpy(), e["context"].numpy(), i, t,
-                           p[:, :1] * v_inst + p[:, 1:] * v_gen, z_int], axis=1)
-    np.testing.assert_allclose(seen[0], want, rtol=1e-5, atol=1e-6)
+    want = [r["user"].numpy(), e["context"].numpy(), i, t, p[:, :1] * v_inst + p[:, 1:] * v_gen, z_int]
+    if history_sum:
+        total = (r["hist"].numpy() * mask[:, :, None]).sum(axis=1)
+        assert np.any(total != 0) and not mask.all()  # padding present and left out
+        want += [total, i * total]
+    np.testing.assert_allclose(seen[0], np.concatenate(want, axis=1), rtol=1e-5, atol=1e-6)
 
 
 def test_instant_interest_reads_only_the_trigger_related_behaviours(tiny_data, first_batch, make_model):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tirec.config import load_config
 from tirec.models.data import load_data_spec, load_item_vectors
 
 SMALL = ["model.emb_dim=4", "model.tower=[16,8]", "model.din_hidden=[8,4]", "model.hist_buckets=1",
@@ -116,3 +117,39 @@ def test_each_switch_changes_the_output(tiny_data, settings, first_batch, make_m
         if v.name in shared and v.shape == shared[v.name].shape:
             v.assign(shared[v.name])
     assert not np.allclose(full(x)["ctr"].numpy(), switched(x)["ctr"].numpy(), atol=1e-6), settings
+
+
+def _tower_input(model, x):
+    seen = []
+    call = model.tower.call
+    model.tower.call = lambda z, training=None: seen.append(z.numpy()) or call(z, training=training)
+    model(x)
+    model.tower.call = call
+    return seen[0]
+
+
+def test_history_sum_adds_the_sum_and_its_product_with_the_target(tiny_data, first_batch, make_model):
+    """history_sum (default): Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours join the tower
+    input after the paper's [E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_1 ‖ v_2]; false: the paper's input alone."""
+    spec = load_data_spec(tiny_data)
+    x, _, _ = _batch(first_batch, tiny_data, spec)
+    x["hist_ts"] = tf.where(tf.range(x["hist_ts"].shape[1]) >= tf.range(64)[:, None] % 7 + 2,
+                            tf.zeros_like(x["hist_ts"]), x["hist_ts"])  # padding at the end
+    summed, plain = make_model(tiny_data), make_model(tiny_data, "model.dihn.history_sum=false")
+    assert summed.dihn_config.history_sum and not plain.dihn_config.history_sum
+    summed(x), plain(x)
+    shared = {v.name: v.numpy() for v in summed.weights}
+    for v in plain.weights:
+        if v.name in shared and v.shape == shared[v.name].shape:
+            v.assign(shared[v.name])
+    z, z_plain = _tower_input(summed, x), _tower_input(plain, x)
+    r, e = summed.embed.request(x), summed.embed.impression(x)
+    mask = r["mask"].numpy()
+    assert not mask.all() and mask.any()  # padding present and left out
+    total = (r["hist"].numpy() * mask[:, :, None]).sum(axis=1)
+    d = total.shape[1]
+    np.testing.assert_allclose(z[:, :-2 * d], z_plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z[:, -2 * d:], np.concatenate([total, e["target"].numpy() * total], axis=1),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"model\.dihn\.history_sum: expected true/false; received 1"):
+        load_config(None, ["model.dihn.history_sum=1"])
