@@ -289,7 +289,8 @@ def add_ratios(out: dict, ceiling: float, flops: dict) -> None:
     """Adds to each variant of ``out["variants"]`` its examples/s over DeepCTR's: fastest round
     over fastest round (``ratio_vs_deepctr``, what the goals are judged on) and the median of the
     ratios within each round (``median_ratio_vs_deepctr``: the rounds run back to back, so a
-    change of the machine's load mostly falls on both), and for ours the GFLOP/s on the padded count and its share of ``ceiling``;
+    change of the machine's load mostly falls on both), and for ours the GFLOP/s on the padded
+    count and its share of ``ceiling``;
     and ``out["goals"]``: each issue-15 goal with the measured figure and whether it is met."""
     variants = out["variants"]
     peer = variants["deepctr_din"]
@@ -392,8 +393,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=PeerConfig.lr, help="Adagrad learning rate")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps), ("--batch-size", args.batch_size), ("--emb-dim", args.emb_dim),
-                        ("--users", args.users)):
+    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps), ("--batch-size", args.batch_size),
+                        ("--emb-dim", args.emb_dim), ("--users", args.users)):
         if value < 1:
             ap.error(f"{flag} must be >= 1; received {value}")
     if not args.lr > 0:
