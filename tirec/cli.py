@@ -13,6 +13,7 @@ Entry functions only wire flags into the typed config and delegate to the packag
     tirec query --target 127.0.0.1:8500 --model-name NAME --input request.json
     tirec verify-serving --target 127.0.0.1:8500 --model-name NAME --run RUN
     tirec bench quality --out DIR [--models din,daian] [...]   (a source checkout's benchmarks/)
+    tirec bench peer --out DIR [--data T] [--rounds 3]          (tirec's DIN vs DeepCTR's DIN)
 
 Flag names agree across commands: ``--run`` is a training run folder, ``--model`` an
 architecture (``din``, ``daian``), ``--model-name`` a served model's name, and
@@ -456,7 +457,7 @@ def _run_models(_args, _extra) -> int:
     return 0
 
 
-BENCHMARKS = ("quality",)
+BENCHMARKS = ("quality", "peer")
 
 
 def _add_bench(sub) -> None:
@@ -480,6 +481,7 @@ def _run_bench(args, _extra) -> int:
                                 f"a source checkout of tirec, not with the installed package")
     spec = importlib.util.spec_from_file_location(f"tirec_bench_{args.benchmark}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # importlib's recipe: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module.main(args.args)
 
