@@ -3,7 +3,7 @@
     tirec bench quality --out DIR [--models din,daian] [--seeds 1 2 3] [--lrs 0.01 0.05 0.1]
         [--max-epochs 10] [--patience 1] [--datasets movielens synthetic] [--ablations]
         [--users 1000] [--input ../shared/data/ml-latest-small] [--data NAME=DIR]
-        [--latency-runs 50] [--set k=v ...]
+        [--latency-runs 50] [--set k=v ...] [--tables-only]
     (the same as PYTHONPATH=<checkout> python benchmarks/bench_quality.py ...)
 
 Data sets (converted once into ``OUT/data/``, with GAP-Net's views; the other models do not read
@@ -27,6 +27,10 @@ that procedure: each stage early-stops on valid (stage 1 on the intent loss, sta
 under the same cap, and the grid sets ``train.learning_rate``, the base rate of every stage (the
 UIM trains at ``train.uim_lr_scale`` times it in stage 3).
 
+Control row ``din+sim``: DIN with DAIAN's trigger-target similarity as one more tower input
+(``model.din.sim_feature=true``), its own LR pick, so the table shows what DAIAN adds beyond
+that one feature.
+
 Reported per (data set, model), mean ± std over the seeds: eval AUC, GAUC, logloss, RelaImpr vs
 DIN (from the mean AUCs: ``((AUC_m - 0.5) / (AUC_din - 0.5) - 1) * 100``), training seconds,
 trainable parameters, and the in-process serving latency of one request of 200 candidates: the
@@ -39,7 +43,8 @@ and n ∈ {2, 4, 6, 8} similarity levels (``pipeline.intent_levels``; the record
 pipeline reruns per n; n = 6 is the default data).
 
 Every run is cached as ``OUT/results/<data set>__<model>__seed<S>__lr<LR>.json``: a rerun
-resumes where it stopped and retrains nothing done. Writes ``OUT/bench_quality.md`` (tables),
+resumes where it stopped and retrains nothing done (``--tables-only``: trains nothing, tables
+of what is cached; a row appears once its LR grid is, with the seeds done so far). Writes ``OUT/bench_quality.md`` (tables),
 ``OUT/bench_quality.csv`` (one row per data set and model) and ``OUT/bench_quality.json`` (the
 picks, the summary and every run's numbers).
 """
@@ -60,6 +65,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from robustness import LABELS, _run, _stat  # noqa: E402  (the sibling benchmark's pieces)
 
 SPEED = ["model.hist_buckets=1", "model.daian.explicit_buckets=1"]
+# Control rows: (label, model, settings) trained and picked like a model of their own, after it.
+CONTROLS = {"din": [("din+sim", "din", ["model.din.sim_feature=true"])]}
 ABLATIONS = {"daian w/o UIM": ["model.daian.use_uim=false"], "daian w/o DIE": ["model.daian.use_die=false"],
              "daian w/o SEIN": ["model.daian.use_sein=false"],
              "daian w/o three-stage": ["train.three_stage=false"]}
@@ -187,7 +194,7 @@ def prepare(name: str, args, levels: int = DEFAULT_LEVELS) -> str:
         return args.data[name]
     folder = name if levels == DEFAULT_LEVELS else f"{name}_levels{levels}"
     out = os.path.join(args.out, "data", folder)
-    if os.path.exists(os.path.join(out, "tfr", "spec.json")):
+    if args.tables_only or os.path.exists(os.path.join(out, "tfr", "spec.json")):
         return os.path.join(out, "tfr")
     tirec = [sys.executable, "-m", "tirec.cli"]
     sets = ["--views", "--set", "pipeline.seed=0", "--set", f"pipeline.intent_levels={levels}"]
@@ -283,12 +290,15 @@ def run_one(data_dir: str, dataset: str, label: str, model: str, seed: int, lr: 
 
 
 def cached(data_dir, dataset, label, model, seed, lr, sets, args) -> dict:
-    """The run's cached result, else the run (trained now and cached)."""
+    """The run's cached result, else the run (trained now and cached; None with
+    ``--tables-only``)."""
     from tirec.features.jsonio import read_json, write_json
 
     path = result_path(args.out, dataset, label, seed, lr)
     if os.path.exists(path):
         return read_json(path)
+    if args.tables_only:
+        return None
     result = run_one(data_dir, dataset, label, model, seed, lr, sets, args)
     write_json(path, result)
     print(f"{dataset} {label} seed {seed} lr {lr:g}: val AUC {result['val_auc']} eval AUC {result['auc']:.4f} "
@@ -296,11 +306,18 @@ def cached(data_dir, dataset, label, model, seed, lr, sets, args) -> dict:
     return result
 
 
-def pick_lr(data_dir, dataset, label, model, sets, args) -> tuple[float, dict]:
+def rows_of(models: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(label, model, settings) of every row: each model, its :data:`CONTROLS` right after it."""
+    return [row for m in models for row in [(m, m, [])] + CONTROLS.get(m, [])]
+
+
+def pick_lr(data_dir, dataset, label, model, sets, args) -> tuple[float | None, dict]:
     """The learning rate of ``--lrs`` with the best valid AUC at the first seed, and that AUC per
-    rate."""
-    grid = {lr: cached(data_dir, dataset, label, model, args.seeds[0], lr, sets, args)["val_auc"]
-            for lr in args.lrs}
+    rate (with ``--tables-only``: None unless every rate's run is cached)."""
+    runs = {lr: cached(data_dir, dataset, label, model, args.seeds[0], lr, sets, args) for lr in args.lrs}
+    if any(r is None for r in runs.values()):
+        return None, {}
+    grid = {lr: r["val_auc"] for lr, r in runs.items()}
     scored = {lr: v for lr, v in grid.items() if v is not None and np.isfinite(v)}
     if not scored:
         raise SystemExit(f"{dataset} {label}: no valid AUC at any of --lrs {args.lrs}")
@@ -417,6 +434,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="use this pipeline output for data set NAME instead of converting")
     ap.add_argument("--latency-runs", type=int, default=50)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides k=v")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="train nothing: tables of the cached runs (a row once its LR grid is cached)")
     args = ap.parse_args(argv)
     from tirec.models.registry import model_names
 
@@ -450,16 +469,21 @@ def main(argv: list[str] | None = None) -> int:
     picks: dict = {}
     for dataset in args.datasets:
         data_dir = prepare(dataset, args)
-        _check_valid(dataset, data_dir)
-        for model in args.models:
-            lr, grid = pick_lr(data_dir, dataset, model, model, [], args)
-            picks[f"{dataset}|{model}"] = {"lr": lr, "grid": {str(k): v for k, v in grid.items()}}
+        if not args.tables_only:
+            _check_valid(dataset, data_dir)
+        for label, model, sets in rows_of(args.models):
+            lr, grid = pick_lr(data_dir, dataset, label, model, sets, args)
+            if lr is None:
+                continue
+            picks[f"{dataset}|{label}"] = {"lr": lr, "grid": {str(k): v for k, v in grid.items()}}
             for seed in args.seeds:
-                cached(data_dir, dataset, model, model, seed, lr, [], args)
+                cached(data_dir, dataset, label, model, seed, lr, sets, args)
     if args.ablations:
         data_dir = prepare("movielens", args)
         lr = picks.get("movielens|daian", {}).get("lr") or pick_lr(data_dir, "movielens", "daian", "daian", [],
                                                                       args)[0]
+        if lr is None:  # --tables-only before DAIAN's grid is done
+            return finish(picks, args)
         variants = [("movielens", label, sets, data_dir) for label, sets in ABLATIONS.items()]
         variants += [(f"movielens_levels{n}", f"daian n={n}", [], prepare("movielens", args, n)) for n in LEVELS
                      if n != DEFAULT_LEVELS]
@@ -467,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
             picks[f"{dataset}|{label}"] = {"lr": lr, "grid": {}, "from": "movielens|daian"}
             for seed in args.seeds:
                 cached(ddir, dataset, label, "daian", seed, lr, sets, args)
+    return finish(picks, args)
+
+
+def finish(picks: dict, args) -> int:
+    """Writes the tables of every cached run under ``picks``."""
     from tirec.features.jsonio import read_json
 
     results = [read_json(p) for p in sorted(glob.glob(os.path.join(args.out, "results", "*.json")))]

@@ -1,5 +1,6 @@
-"""benchmarks/bench_quality.py (`tirec bench quality`): a tiny real run of two models writes the
-Markdown / CSV / JSON with the documented columns and RelaImpr, a second run retrains nothing,
+"""benchmarks/bench_quality.py (`tirec bench quality`): a tiny real run of three models writes the
+Markdown / CSV / JSON with the documented columns and RelaImpr (and DIN's control row), a second
+run retrains nothing, ``--tables-only`` trains nothing,
 and the learning-rate pick and the summary follow the documented procedure."""
 import csv
 import importlib.util
@@ -48,7 +49,9 @@ def test_tiny_run_writes_the_tables_and_resumes_from_its_cache(tiny, tmp_path, c
     out = str(tmp_path / "out")
     assert bench.main(_argv(out, tiny)) == 0
     runs = {r["label"]: r for r in read_json(os.path.join(out, "bench_quality.json"))["runs"]}
-    assert set(runs) == {"din", "daian", "dian"}
+    assert set(runs) == {"din", "din+sim", "daian", "dian"}  # DIN's control row right after it
+    assert "model.din.sim_feature=true" in runs["din+sim"]["config"] and runs["din+sim"]["model"] == "din"
+    assert runs["din+sim"]["params"] > runs["din"]["params"]  # one more tower input
     for r in runs.values():
         assert r["seed"] == 1 and r["lr"] == 0.05 and r["params"] > 0 and r["latency_ms"] > 0
         assert 0 < r["auc"] < 1 and r["val_auc"] is not None and r["train_seconds"] > 0
@@ -84,6 +87,13 @@ def test_tiny_run_writes_the_tables_and_resumes_from_its_cache(tiny, tmp_path, c
     assert "val AUC" not in capsys.readouterr().err  # no "trained" line
     bench.run_one = lambda *a, **k: pytest.fail("a cached run was retrained")
     assert bench.main(_argv(out, tiny)) == 0
+
+    # --tables-only trains nothing: a model whose grid is not cached yet has no row.
+    os.remove(bench.result_path(out, "synthetic", "dian", 1, 0.05))
+    assert bench.main(_argv(out, tiny) + ["--tables-only"]) == 0
+    with open(os.path.join(out, "bench_quality.csv")) as fh:
+        assert [r["model"] for r in csv.DictReader(fh)] == ["din", "din+sim", "daian"]
+    assert not os.path.exists(bench.result_path(out, "synthetic", "dian", 1, 0.05))
 
 
 def _result(dataset, label, seed, lr, auc, val_auc):
