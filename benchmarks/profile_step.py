@@ -1,7 +1,7 @@
 """Where a training step's time goes: TensorFlow's profiler over a few steps, summed by module.
 
     python benchmarks/profile_step.py [--model daian] [--steps 3] [--set KEY=VALUE ...]
-        [--data DIR] [--precision float32|mixed_bfloat16] [--top 25]
+        [--data DIR] [--precision float32|mixed_bfloat16] [--top 25] [--shuffle-block 16]
 
 Builds the model at the paper's config (``--set`` overrides a ``model.`` setting), traces its
 joint-stage train step on one cached batch of 4096 (the data of ``bench_train.py``, generated on
@@ -70,10 +70,12 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2000, help="users of the generated data")
     ap.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"))
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--shuffle-block", type=int, default=bench_train.TRAIN.shuffle_block,
+                    help="train.shuffle_block of the profiled batch (1: record-level shuffle)")
     args = ap.parse_args()
     overrides = bench_train.parse_settings(ap, args.set)
     data = args.data or bench_train._data("/tmp/tirec_bench_train", args.users)
-    x, y = bench_train._batch(data)
+    x, y = bench_train._batch(data, shuffle_block=args.shuffle_block)
     model, step = bench_train.build_step(args.model, data, args.precision, x, y, **overrides)
     bench_train.time_steps(step, x, y, 2)
     logdir = tempfile.mkdtemp(prefix="tirec_profile_")
