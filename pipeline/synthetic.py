@@ -134,6 +134,9 @@ class GeneratorConfig:
       target_ctr: the overall click-through rate the click bias is calibrated to.
       format: file format of the tables: ``parquet``, ``csv`` or ``jsonl``.
       chunk_users: users generated and written per shard.
+      day_files: write the impressions and behaviours of each day to their own shards,
+        ``part-<chunk>-day<DDDD>`` with day 1 the first, so that a run can read the log up to a
+        day (``tirec run --span K``); off: one shard per chunk of users.
     """
 
     users: int = 300
@@ -153,6 +156,7 @@ class GeneratorConfig:
     target_ctr: float = 0.04
     format: str = "parquet"
     chunk_users: int = 2000
+    day_files: bool = False
 
     @property
     def n_items(self) -> int:
@@ -216,6 +220,8 @@ class GeneratorConfig:
             bad("format", f"must be one of {FORMATS}")
         if self.chunk_users < 1:
             bad("chunk_users", "must be >= 1")
+        if not isinstance(self.day_files, bool):
+            bad("day_files", "must be true or false")
 
 
 # ---- item world ------------------------------------------------------------------------------
@@ -662,6 +668,20 @@ def _write_table(path: str, fmt: str, cols: dict) -> int:
     return writer.rows
 
 
+def day_of(ts: np.ndarray, cfg: GeneratorConfig) -> np.ndarray:
+    """The 1-based day of the log of each Unix time ``ts`` (day 1 starts at ``cfg.start_ts``)."""
+    return (np.asarray(ts, np.int64) - cfg.start_ts) // DAY + 1
+
+
+def _shards(stem: str, fmt: str, cols: dict, cfg: GeneratorConfig) -> list[tuple[str, dict]]:
+    """``(path, columns)`` of the shards of one chunk's table: one, or one per day that has rows
+    (``cfg.day_files``)."""
+    if not cfg.day_files:
+        return [(f"{stem}.{fmt}", cols)]
+    days = day_of(cols["ts"], cfg)
+    return [(f"{stem}-day{d:04d}.{fmt}", {k: v[days == d] for k, v in cols.items()}) for d in np.unique(days)]
+
+
 def _clear_outputs(out_dir: str) -> None:
     """Removes files of an earlier run (any format) that would mix with this one."""
     stale = [os.path.join(out_dir, f"{t}.{e}") for t in ("items", "item_embeddings", "users")
@@ -730,9 +750,10 @@ def generate(cfg: GeneratorConfig, out_dir: str,
     try:
         for chunk in iter_chunks(cfg, world, bias):
             for name in ("impressions", "behaviours"):
-                path = os.path.join(out_dir, name, f"part-{chunk.index:05d}.{fmt}")
-                rows[name] += _write_table(path, fmt, getattr(chunk, name))
-                files.append(rel(path))
+                for path, cols in _shards(os.path.join(out_dir, name, f"part-{chunk.index:05d}"), fmt,
+                                          getattr(chunk, name), cfg):
+                    rows[name] += _write_table(path, fmt, cols)
+                    files.append(rel(path))
             users_w.write(chunk.users)
             truth_w.write(chunk.ground_truth)
             clicks += int(chunk.impressions["label"].sum())

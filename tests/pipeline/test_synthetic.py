@@ -256,6 +256,26 @@ def test_chunking_gives_the_same_tables(tmp_path):
         assert users.between(7 * k + 1, 7 * k + 7).all()
 
 
+def test_day_files_split_each_shard_by_day_and_keep_every_row(tmp_path):
+    plain, daily = str(tmp_path / "plain"), str(tmp_path / "daily")
+    s1 = synthetic.generate(GeneratorConfig(users=20, seed=5, days=4), plain)
+    s2 = synthetic.generate(GeneratorConfig(users=20, seed=5, days=4, day_files=True), daily)
+    assert s1["rows"] == s2["rows"]
+    for table in ("impressions", "behaviours"):
+        shards = sorted(glob.glob(f"{daily}/{table}/*.parquet"))
+        assert [os.path.basename(p) for p in shards] == [f"part-00000-day{d:04d}.parquet" for d in (1, 2, 3, 4)]
+        for path in shards:  # each shard holds exactly its day
+            day = int(path[-12:-8])
+            ts = pd.read_parquet(path)["ts"].to_numpy()
+            assert (synthetic.day_of(ts, GeneratorConfig()) == day).all()
+        a, b = read_table(plain, table), read_table(daily, table)
+        cols = [c for c in a.columns if a[c].dtype != object]
+        pd.testing.assert_frame_equal(a.sort_values(cols).reset_index(drop=True),
+                                      b.sort_values(cols).reset_index(drop=True))
+    with pytest.raises(ValueError, match="day_files"):
+        GeneratorConfig(day_files=1)
+
+
 def test_progress_callback(tmp_path):
     seen = []
     synthetic.generate(GeneratorConfig(users=25, seed=1, chunk_users=10), str(tmp_path),
