@@ -163,6 +163,9 @@ class TrainConfig:
         compute in bfloat16, so matmuls use AMX on CPUs that have it and tensor cores on GPUs;
         variables, embedding tables, the frozen item table, softmaxes, losses, metrics and the
         ``ctr``/``intent`` outputs stay float32).
+      warm_start: a run folder whose last weights initialise the model before training (the
+        same model on a compatible spec: every variable of the model must be in it, else the
+        run fails naming the missing ones); "" (default) starts from scratch.
     """
 
     batch_size: int = 4096
@@ -180,6 +183,7 @@ class TrainConfig:
     backup_every_steps: int = 200
     seed: int = 0
     precision: str = "float32"
+    warm_start: str = ""
 
     def __post_init__(self) -> None:
         def bad(field, why):

@@ -295,6 +295,8 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     x, _ = next(iter(make_dataset(data_dir, "eval", spec, 2)))
     with strategy.scope():
         model({k: v for k, v in x.items() if k in names})
+    if train_cfg.warm_start:
+        warm_start(model, train_cfg.warm_start, model_name, run_dir)
     history = {}
     with strategy.scope():
         # One compile for every stage: each stage gets its own optimizers and traced functions.
@@ -317,6 +319,30 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     metrics["embedding"] = item_meta.get("provider", "")
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
     return metrics
+
+
+def warm_start(model, source: str, model_name: str, run_dir: str) -> int:
+    """Loads run ``source``'s last weights into the built ``model``; writes
+    ``RUN/warm_start.json`` and returns the number of variables restored.
+
+    Raises:
+      ValueError: naming ``source`` when it trained another model, or the model variables its
+        checkpoint lacks (another architecture or settings).
+    """
+    trained = load_run_config(source).model.name
+    if trained != model_name:
+        raise ValueError(f"train.warm_start={source!r}: that run trained {trained!r}, not {model_name!r}")
+    try:
+        status = model.load_weights(checkpoint_prefix(source, "last"))
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as err:
+        raise ValueError(f"train.warm_start={source!r}: its checkpoint does not hold every variable of this "
+                         f"{model_name} model (another architecture or settings): {err}") from None
+    status.expect_partial()  # the optimizer slots of the old run are not restored
+    restored = len(model.weights)
+    write_json(os.path.join(run_dir, "warm_start.json"), {"from": source, "restored": restored})
+    log.info("warm start: %d variables from %s", restored, source)
+    return restored
 
 
 def _steps_per_epoch(data_dir: str, cfg: TrainConfig, strategy) -> int | None:
