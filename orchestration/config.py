@@ -1,0 +1,142 @@
+"""The configuration of ``tirec run``: the package sections plus ``run``, ``validation`` and
+``blessing``.
+
+``tirec run --config pipeline.yaml`` reads the same YAML as every command (sections
+``generator``, ``pipeline``, ``model``, ``train``) plus three of its own; without a file the
+built-in synthetic config (:func:`builtin_overrides`) applies: a generated log of
+``generator.days`` days written one shard per day, each span's records split by day (eval = the
+span's day, valid = the day before), a small DAIAN.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from tirec.config import TirecConfig, load_config
+
+SOURCES = ("synthetic", "logs")
+SLICES = ("new_user", "returning_user", "drift", "no_drift", "intent_specific", "intent_broad")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What ``tirec run`` trains and where it reads.
+
+    Args:
+      source: ``synthetic`` (the built-in generator, ``generator`` section) or ``logs``
+        (``input``: raw logs in the generic schema whose impression and behaviour shards carry
+        their day in the name, ``*-day<DDDD>.<ext>``, as ``tirec generate`` writes them with
+        ``generator.day_files``).
+      input: the raw logs folder (``source=logs``).
+      format: the pipeline's ``--format`` of ``input``.
+      first_span: the span (day of the log) a run without ``--span`` trains on.
+      model: the registered model to train.
+      model_name: the served model's name (default: ``model``).
+      warm_start: initialise each candidate from the last blessed model.
+    """
+
+    source: str = "synthetic"
+    input: str = ""
+    format: str = "synthetic"
+    first_span: int = 8
+    model: str = "daian"
+    model_name: str = ""
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"run.source: must be one of {', '.join(SOURCES)}; received {self.source!r}")
+        if self.source == "logs" and not self.input:
+            raise ValueError("run.input: source=logs needs the raw logs folder; received ''")
+        if isinstance(self.first_span, bool) or not isinstance(self.first_span, int) or self.first_span < 3:
+            raise ValueError(f"run.first_span: must be an integer >= 3 (train, valid and eval days); "
+                             f"received {self.first_span!r}")
+
+    @property
+    def served_name(self) -> str:
+        return self.model_name or self.model
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """StatisticsGen's checks of a span against the previous span: ``*_error`` fails the run,
+    ``*_warning`` goes to the report.
+
+    Args:
+      new_values_error / new_values_warning: share of the span's newest day's rows whose value
+        of a categorical feature the previous span never had.
+      label_rate_error / label_rate_warning: relative change of the click rate.
+      intent_js_error / intent_js_warning: Jensen-Shannon divergence (base 2) of the intent
+        histograms.
+      seq_len_error / seq_len_warning: relative change of the mean history length.
+    """
+
+    new_values_error: float = 0.5
+    new_values_warning: float = 0.1
+    label_rate_error: float = 0.5
+    label_rate_warning: float = 0.2
+    intent_js_error: float = 0.2
+    intent_js_warning: float = 0.05
+    seq_len_error: float = 0.5
+    seq_len_warning: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("new_values", "label_rate", "intent_js", "seq_len"):
+            err, warn = getattr(self, f"{name}_error"), getattr(self, f"{name}_warning")
+            if not 0 <= warn <= err:
+                raise ValueError(f"validation.{name}_warning / _error: need 0 <= warning <= error; "
+                                 f"received {warn!r} / {err!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlessingConfig:
+    """The Evaluator's rule: a candidate is blessed when it is not worse than the last blessed
+    model, scored on the same eval day, beyond these drops, overall and on every slice with
+    ``min_slice_rows`` rows and both labels; the first model needs ``min_auc``.
+
+    Args:
+      min_auc: the absolute floor of the first model's eval AUC.
+      max_auc_drop / max_gauc_drop: allowed drop of AUC / GAUC against the blessed model.
+      max_slice_auc_drop: allowed AUC drop on each slice.
+      slices: the slices compared (``tirec evaluate --slice`` names); those the data lacks are
+        reported as skipped.
+      min_slice_rows: smaller slices are reported, not compared.
+    """
+
+    min_auc: float = 0.55
+    max_auc_drop: float = 0.005
+    max_gauc_drop: float = 0.01
+    max_slice_auc_drop: float = 0.02
+    slices: tuple[str, ...] = SLICES
+    min_slice_rows: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("min_auc", "max_auc_drop", "max_gauc_drop", "max_slice_auc_drop"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"blessing.{name}: must be in [0, 1]; received {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerConfig(TirecConfig):
+    """``tirec run``'s whole config: the package sections and the runner's three."""
+
+    run: RunSettings = dataclasses.field(default_factory=RunSettings)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    blessing: BlessingConfig = dataclasses.field(default_factory=BlessingConfig)
+
+
+def builtin_overrides(users: int | None = None) -> list[str]:
+    """The built-in synthetic config (the demo): 10 days of logs, one shard per day, each span
+    split by day, a small DAIAN for one epoch per stage."""
+    out = ["generator.days=10", "generator.day_files=true", "pipeline.split=days", "pipeline.eval_days=1",
+           "pipeline.valid_days=1", "model.daian.att_units=32", "model.tower=[128,64]", "model.hist_buckets=4",
+           "model.daian.explicit_buckets=4", "train.batch_size=1024", "train.epochs=1"]
+    if users is not None:
+        out.append(f"generator.users={users}")
+    return out
+
+
+def load_runner_config(path: str | None = None, overrides=(), users: int | None = None) -> RunnerConfig:
+    """The built-in config, then ``path`` and ``overrides`` on top (``--users`` last)."""
+    base = builtin_overrides() if path is None else []
+    extra = [f"generator.users={users}"] if users is not None else []
+    return load_config(path, base + list(overrides) + extra, cls=RunnerConfig)

@@ -1,0 +1,245 @@
+"""``tirec run``: the DAG of :mod:`tirec.orchestration.components` on one span, locally.
+
+For each component in order the runner resolves its inputs (upstream outputs, and what it reads
+from the metadata store: the previous span's statistics, the blessed model), computes its cache
+key (component, parameters, input fingerprints) and either reuses the outputs of an earlier
+execution with that key whose folders still exist (``cached``) or runs it into
+``W/spans/span-<K>/<Component>/<execution>/<output>/``. A failed component stops the ones after
+it (``skipped``, naming it); a rerun finds the finished ones cached and resumes there.
+``--from C`` reruns C and what follows even when cached (what precedes must be cached);
+``--to C`` stops after C. Each run writes ``W/runs/run-<NNNN>/run.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import traceback
+
+from tirec.config import to_dict
+from tirec.features.jsonio import read_json, write_json
+from tirec.orchestration import artifacts as A
+from tirec.orchestration.components import Component, ComponentFailed, Context, components
+from tirec.orchestration.config import RunnerConfig
+from tirec.orchestration.metadata import MetadataStore, now
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_id: int
+    span: int
+    status: str
+    executions: list[dict]
+    path: str
+
+    @property
+    def record(self) -> dict:
+        return read_json(self.path)
+
+
+class Runner:
+    """Runs the DAG of ``cfg`` in workdir ``workdir``; ``overrides`` replaces components by name
+    (a test seam: e.g. a FeatureGen whose records carry shuffled labels)."""
+
+    def __init__(self, workdir: str, cfg: RunnerConfig, overrides: dict[str, Component] | None = None):
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.cfg = cfg
+        self.dag = [(overrides or {}).get(c.name, c) for c in components(cfg)]
+        self.store = MetadataStore(os.path.join(self.workdir, "metadata.sqlite"))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.dag]
+
+    def _index(self, name: str | None, default: int) -> int:
+        if name is None:
+            return default
+        if name not in self.names():
+            raise ValueError(f"component {name!r} is not in this run's DAG: {', '.join(self.names())}")
+        return self.names().index(name)
+
+    # ---- one run ------------------------------------------------------------------------------
+    def run(self, span: int | None = None, start: str | None = None, stop: str | None = None) -> RunResult:
+        span = self.cfg.run.first_span if span is None else span
+        first, last = self._index(start, 0), self._index(stop, len(self.dag) - 1)
+        if first > last:
+            raise ValueError(f"--from {start} comes after --to {stop}")
+        run_id = self.store.start_run(span, to_dict(self.cfg))
+        ctx = Context(self.workdir, span, self.cfg)
+        available: dict[str, A.Artifact] = self._external(span)
+        records, failed = [], None
+        for i, comp in enumerate(self.dag[:last + 1]):
+            if failed is not None:
+                records.append({"component": comp.name, "status": "skipped", "seconds": 0.0,
+                                "error": f"not run: {failed} failed", "outputs": {}})
+                continue
+            rec = self._execute(comp, ctx, run_id, available, force=start is not None and i >= first,
+                                must_cache=i < first)
+            records.append(rec)
+            if rec["status"] == "failed":
+                failed = comp.name
+        status = "failed" if failed else "succeeded"
+        self.store.finish_run(run_id, status)
+        path = self._write_run(run_id, span, status, records)
+        return RunResult(run_id, span, status, records, path)
+
+    def _external(self, span: int) -> dict[str, A.Artifact]:
+        """The raw logs of a ``logs`` source: an artifact fingerprinted by its files."""
+        if self.cfg.run.source != "logs":
+            return {}
+        root = os.path.abspath(self.cfg.run.input)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"run.input {root!r} is not a folder")
+        files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+        fingerprint = A.files_fingerprint(files, root)
+        row = self.store.find_artifact(fingerprint)
+        art_id = row["id"] if row is not None else self.store.add_artifact("RawLogs", "logs", root, fingerprint,
+                                                                           span, 0)
+        return {"logs": A.Artifact("RawLogs", root, fingerprint, span, art_id)}
+
+    def _resolve(self, comp: Component, span: int) -> dict[str, tuple[str, str] | None]:
+        """``{name: (uri, fingerprint) or None}`` of what ``comp`` reads from the store: the
+        previous span's statistics, and the model blessed before this span (the warm start and
+        the evaluator's baseline)."""
+        out = {}
+        for name in comp.resolve:
+            row = None
+            if name == "previous_statistics":
+                row = self.store.latest_artifact("ExampleStatistics", span)
+            elif name == "baseline" or (name == "warm_start" and self.cfg.run.warm_start):
+                row = self.store.last_blessed_model(span)
+            out[name] = (row["uri"], row["fingerprint"]) if row is not None and A.is_complete(row["uri"]) else None
+        return out
+
+    def _execute(self, comp: Component, ctx: Context, run_id: int, available: dict, force: bool,
+                 must_cache: bool) -> dict:
+        missing = [n for n in comp.inputs if n not in available]
+        if missing:
+            raise ValueError(f"{comp.name}: inputs {missing} were not produced (is the DAG complete?)")
+        resolved = self._resolve(comp, ctx.span)
+        inputs = {n: available[n].fingerprint for n in comp.inputs}
+        inputs.update({n: (r[1] if r else None) for n, r in resolved.items()})
+        params = comp.parameters(self.cfg, ctx.span)
+        key = A.cache_key(comp.name, params, inputs)
+        hit = self._cached(comp, key)
+        if must_cache and hit is None:
+            raise ValueError(f"--from: {comp.name} has no cached output for span {ctx.span} with this config; "
+                             f"run without --from first")
+        execution = self.store.start_execution(run_id, comp.name, key)
+        for n in comp.inputs:
+            self.store.link(execution, available[n].id, "input", n)
+        if hit is not None and not force:
+            return self._reuse(comp, execution, hit, available)
+        ctx.resolved = {n: (r[0] if r else None) for n, r in resolved.items()}
+        return self._run_component(comp, ctx, execution, key, params, inputs, available)
+
+    def _cached(self, comp: Component, key: str):
+        hit = self.store.cached_execution(comp.name, key)
+        if hit is None:
+            return None
+        outs = self.store.outputs(hit["id"])
+        complete = set(outs) == set(comp.outputs) and all(A.is_complete(r["uri"]) for r in outs.values())
+        return hit if complete and _still_valid(comp, outs) else None
+
+    def _reuse(self, comp: Component, execution: int, hit, available: dict) -> dict:
+        outs = self.store.outputs(hit["id"])
+        for name, row in outs.items():
+            self.store.link(execution, row["id"], "output", name)
+            available[name] = A.Artifact(row["type"], row["uri"], row["fingerprint"], row["span"], row["id"])
+        self.store.finish_execution(execution, "cached", cached_from=hit["id"])
+        log.info("%s: cached (execution %d)", comp.name, hit["id"])
+        print(f"{comp.name}: cached (from execution {hit['id']})", flush=True)
+        return {"component": comp.name, "status": "cached", "seconds": 0.0, "cached_from": hit["id"],
+                "outputs": {n: r["uri"] for n, r in outs.items()}}
+
+    def _run_component(self, comp: Component, ctx: Context, execution: int, key: str, params: dict,
+                       inputs: dict, available: dict) -> dict:
+        folder = os.path.join(self.workdir, "spans", f"span-{ctx.span}", comp.name, str(execution))
+        outputs = {n: os.path.join(folder, n) for n in comp.outputs}
+        print(f"{comp.name}: running (span {ctx.span})", flush=True)
+        t0 = time.time()
+        try:
+            summary = comp.run(ctx, {n: available[n].uri for n in comp.inputs}, outputs)
+        except Exception as err:  # noqa: BLE001 (recorded, and the run stops with it)
+            seconds = time.time() - t0
+            message = f"{type(err).__name__}: {err}"
+            if not isinstance(err, ComponentFailed):
+                log.error("%s failed:\n%s", comp.name, traceback.format_exc())
+            self.store.finish_execution(execution, "failed", seconds, error=message)
+            print(f"{comp.name}: FAILED: {message}", flush=True)
+            return {"component": comp.name, "status": "failed", "seconds": round(seconds, 2), "error": message,
+                    "outputs": {n: p for n, p in outputs.items() if os.path.exists(p)}}
+        created = now()
+        for name, type_ in comp.outputs.items():
+            art = A.Artifact(type_, outputs[name], A.digest([key, name]), ctx.span)
+            A.write_artifact(art, comp.name, params, inputs, created)
+            art = dataclasses.replace(art, id=self.store.add_artifact(type_, name, art.uri, art.fingerprint,
+                                                                      ctx.span, execution))
+            self.store.link(execution, art.id, "output", name)
+            available[name] = art
+        seconds = time.time() - t0
+        self._after(comp, ctx, available, execution)
+        self.store.finish_execution(execution, "succeeded", seconds)
+        print(f"{comp.name}: done in {seconds:.1f} s {summary or ''}", flush=True)
+        return {"component": comp.name, "status": "succeeded", "seconds": round(seconds, 2), "summary": summary,
+                "outputs": outputs}
+
+    def _after(self, comp: Component, ctx: Context, available: dict, execution: int) -> None:
+        """Records the Evaluator's blessing and the Pusher's push in the store."""
+        if "evaluation" in comp.outputs:
+            ev = read_json(os.path.join(available["evaluation"].uri, "evaluation.json"))
+            self.store.bless(available["model"].id, available["evaluation"].id, ctx.span, ev["blessed"],
+                             ev["reasons"])
+        if "pushed" in comp.outputs:
+            pushed = read_json(os.path.join(available["pushed"].uri, "pushed.json"))
+            if pushed["pushed"]:
+                run_id = self.store.db.execute("SELECT run_id FROM executions WHERE id = ?",
+                                               (execution,)).fetchone()[0]
+                self.store.add_push(available["model"].id, pushed["version"], pushed["path"], run_id)
+
+    # ---- the run record -----------------------------------------------------------------------
+    def _write_run(self, run_id: int, span: int, status: str, records: list[dict]) -> str:
+        row = self.store.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        out = {"run_id": run_id, "span": span, "status": status, "started": row["started"],
+               "finished": row["finished"], "model": self.cfg.run.model, "model_name": self.cfg.run.served_name,
+               "executions": records, "blessing": None, "pushed": None, "refused_push": None}
+        by_name = {r["component"]: r for r in records}
+        evaluation = by_name.get("Evaluator", {}).get("outputs", {}).get("evaluation")
+        if evaluation and os.path.exists(os.path.join(evaluation, "evaluation.json")):
+            ev = read_json(os.path.join(evaluation, "evaluation.json"))
+            out["blessing"] = {"blessed": ev["blessed"], "reasons": ev["reasons"]}
+        pushed = by_name.get("Pusher", {}).get("outputs", {}).get("pushed")
+        if pushed and os.path.exists(os.path.join(pushed, "pushed.json")):
+            p = read_json(os.path.join(pushed, "pushed.json"))
+            if p["pushed"]:
+                out["pushed"] = {"version": p["version"], "path": p["path"]}
+            else:
+                out["refused_push"] = p["reason"]
+        path = os.path.join(self.workdir, "runs", f"run-{run_id:04d}", "run.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_json(path, out)
+        return path
+
+
+def _still_valid(comp: Component, outs: dict) -> bool:
+    """A push is reusable only while its version folder is still being served."""
+    if "pushed" not in outs:
+        return True
+    p = read_json(os.path.join(outs["pushed"]["uri"], "pushed.json"))
+    return not p["pushed"] or os.path.isdir(p["path"])
+
+
+def run(workdir: str, cfg: RunnerConfig, span: int | None = None, start: str | None = None,
+        stop: str | None = None, overrides: dict | None = None) -> RunResult:
+    """One ``tirec run``; see :class:`Runner`."""
+    runner = Runner(workdir, cfg, overrides)
+    try:
+        return runner.run(span, start, stop)
+    finally:
+        runner.close()

@@ -1,0 +1,162 @@
+"""``tirec run`` on tiny data: the DAG writes typed artifacts with lineage, a blessing and a pushed
+version; an identical rerun is all cache hits; a span whose model trained on shuffled labels is
+refused and serving keeps its version; a failed component stops the rest and a rerun resumes;
+the statistics check fails a drifted span with its reason."""
+import dataclasses
+import glob
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tirec import cli
+from tirec.features.jsonio import read_json
+from tirec.orchestration import components as C
+from tirec.orchestration import runner
+from tirec.orchestration.config import ValidationConfig, load_runner_config
+from tirec.orchestration.statistics import validate
+
+TINY = ["run.model=din", "model.din.sim_feature=true", "model.emb_dim=4", "model.tower=[16]",
+        "model.din_hidden=[8]", "train.batch_size=256", "train.shuffle_buffer=2000", "train.epochs=3",
+        "train.learning_rate=0.1", "pipeline.max_seq_len=10", "blessing.min_auc=0.55"]
+USERS = 60
+
+
+def _cfg(*extra):
+    return load_runner_config(None, TINY + list(extra), users=USERS)
+
+
+def _statuses(result):
+    return {e["component"]: e["status"] for e in result.executions}
+
+
+def _shuffle_labels(examples: str, seed: int = 0) -> None:
+    """Rewrites the train and valid records of a pipeline output with their labels shuffled
+    (eval keeps the true ones): a span whose model must come out worse."""
+    rng = np.random.default_rng(seed)
+    label = read_json(os.path.join(examples, "spec.json"))["label"]
+    for split in ("train", "valid"):
+        for path in glob.glob(os.path.join(examples, split, "*.tfrecord.gz")):
+            records = [tf.train.Example.FromString(r.numpy())
+                       for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+            labels = rng.permutation([e.features.feature[label].int64_list.value[0] for e in records])
+            with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+                for e, y in zip(records, labels):
+                    e.features.feature[label].int64_list.value[:] = [int(y)]
+                    writer.write(e.SerializeToString())
+
+
+def _shuffled_feature_gen(ctx, inputs, outputs):
+    summary = C.feature_gen(ctx, inputs, outputs)
+    _shuffle_labels(outputs["examples"])
+    return summary
+
+
+def _component(name, run):
+    base = next(c for c in C.components(_cfg()) if c.name == name)
+    return dataclasses.replace(base, run=run)
+
+
+def test_dag_caches_blesses_pushes_and_refuses_a_worse_span(tmp_path, capsys):
+    w = str(tmp_path / "w")
+    first = runner.run(w, _cfg())
+    assert first.status == "succeeded" and first.span == 8
+    assert set(_statuses(first).values()) == {"succeeded"}
+    record = first.record
+    assert record["blessing"]["blessed"] and record["pushed"]["version"] == 1
+    assert os.path.exists(os.path.join(w, "serving", "din", "1", "saved_model.pb"))
+    for e in first.executions:  # every output folder is a typed artifact
+        for uri in e["outputs"].values():
+            art = read_json(os.path.join(uri, "artifact.json"))
+            assert art["uri"] == uri and art["producer"] == e["component"] and art["span"] == 8
+            assert art["fingerprint"] and "created" in art and "parameters" in art and "inputs" in art
+    db = sqlite3.connect(os.path.join(w, "metadata.sqlite"))
+    # Lineage: the Trainer read the examples the FeatureGen wrote.
+    (written,) = db.execute("SELECT a.uri FROM events e JOIN executions x ON x.id = e.execution_id JOIN "
+                            "artifacts a ON a.id = e.artifact_id WHERE x.component = 'FeatureGen' AND "
+                            "e.kind = 'output'").fetchone()
+    (read,) = db.execute("SELECT a.uri FROM events e JOIN executions x ON x.id = e.execution_id JOIN artifacts a "
+                         "ON a.id = e.artifact_id WHERE x.component = 'Trainer' AND e.kind = 'input'").fetchone()
+    assert read == written
+
+    again = runner.run(w, _cfg())  # identical: everything from cache, no new version
+    assert set(_statuses(again).values()) == {"cached"}
+    assert again.record["pushed"]["version"] == 1 and sorted(os.listdir(os.path.join(w, "serving", "din"))) == ["1"]
+
+    worse = runner.run(w, _cfg("run.warm_start=false", "blessing.slices=[]"), span=9,
+                       overrides={"FeatureGen": _component("FeatureGen", _shuffled_feature_gen)})
+    record = worse.record
+    assert worse.status == "succeeded" and _statuses(worse)["LogGen"] == "cached"
+    assert not record["blessing"]["blessed"] and record["pushed"] is None
+    assert "not blessed" in record["refused_push"] and "FAIL: " in record["refused_push"]
+    assert sorted(os.listdir(os.path.join(w, "serving", "din"))) == ["1"]  # serving keeps version 1
+    evaluation = read_json(os.path.join(worse.executions[4]["outputs"]["evaluation"], "evaluation.json"))
+    assert evaluation["baseline"]["uri"] == first.executions[3]["outputs"]["model"]  # the blessed model
+
+    capsys.readouterr()
+    assert cli.main(["runs", "--workdir", w]) == 0
+    table = capsys.readouterr().out
+    assert "pushed: version 1" in table and "blessed model:" in table and "span 8" in table
+    assert "Trainer=cached" in table and "Pusher=succeeded" in table
+
+
+def test_a_failure_stops_the_run_and_a_rerun_resumes(tmp_path):
+    w = str(tmp_path / "w")
+
+    def broken(ctx, inputs, outputs):
+        raise RuntimeError("disk full")
+
+    failed = runner.run(w, _cfg(), stop="StatisticsGen", overrides={"FeatureGen": _component("FeatureGen", broken)})
+    assert failed.status == "failed"
+    assert _statuses(failed) == {"LogGen": "succeeded", "FeatureGen": "failed", "StatisticsGen": "skipped"}
+    assert "RuntimeError: disk full" in failed.executions[1]["error"]
+    assert "not run: FeatureGen failed" in failed.executions[2]["error"]
+    resumed = runner.run(w, _cfg(), stop="StatisticsGen")
+    assert _statuses(resumed) == {"LogGen": "cached", "FeatureGen": "succeeded", "StatisticsGen": "succeeded"}
+    with pytest.raises(ValueError, match="--from: LogGen has no cached output"):
+        runner.run(str(tmp_path / "other"), _cfg(), start="FeatureGen", stop="FeatureGen")
+    forced = runner.run(w, _cfg(), start="StatisticsGen", stop="StatisticsGen")
+    assert _statuses(forced) == {"LogGen": "cached", "FeatureGen": "cached", "StatisticsGen": "succeeded"}
+
+
+def test_the_drift_check_fails_a_span_with_its_reason(tmp_path):
+    w = str(tmp_path / "w")
+    assert runner.run(w, _cfg(), stop="StatisticsGen").status == "succeeded"
+    strict = ["validation.label_rate_warning=0", "validation.label_rate_error=0.000001"]
+    drifted = runner.run(w, _cfg(*strict), span=9, stop="Trainer")
+    assert drifted.status == "failed"
+    assert _statuses(drifted)["Trainer"] == "skipped"
+    error = drifted.executions[2]["error"]
+    assert "ComponentFailed" in error and "label_rate" in error and "span 9 vs span 8" in error
+    anomalies = read_json(os.path.join(drifted.executions[2]["outputs"]["statistics"], "anomalies.json"))
+    assert anomalies["checks"]["label_rate"]["level"] == "error"
+    assert {"intent_js", "seq_len"} <= set(anomalies["checks"])
+    assert any(k.startswith("new_values:") for k in anomalies["checks"])
+
+
+def _stats(tmp_path, name, label_rate, features, values):
+    folder = tmp_path / name
+    folder.mkdir()
+    stats = {"span": int(name[-1]), "features": features, "label_rate": label_rate, "intent_hist": [0.5, 0.5],
+             "seq_len": {"mean": 5.0}, "categorical": {"item": {"distinct": len(values)}}}
+    (folder / "statistics.json").write_text(__import__("json").dumps(stats))
+    np.savez(folder / "values.npz", **{"all:item": np.unique(values), "eval:item": np.asarray(values)})
+    return str(folder), stats
+
+
+def test_validate_names_missing_fields_new_values_and_shifts(tmp_path):
+    prev, _ = _stats(tmp_path, "s8", 0.10, ["item", "price", "label"], [1, 2, 3, 4])
+    cur_dir, cur = _stats(tmp_path, "s9", 0.13, ["item", "label"], [1, 2, 7, 8])
+    out = validate(cur, prev, cur_dir, ValidationConfig())
+    assert any("fields missing against span 8: price" in e for e in out["errors"])
+    assert out["checks"]["new_values:item"]["value"] == pytest.approx(0.5)  # 7 and 8 are new
+    assert out["checks"]["new_values:item"]["level"] == "warning"  # 0.5 is not above the 0.5 error
+    assert out["checks"]["label_rate"]["value"] == pytest.approx(0.3)
+    assert out["checks"]["label_rate"]["level"] == "warning"
+    assert out["checks"]["intent_js"]["value"] == pytest.approx(0.0, abs=1e-6)
+    first = validate(cur, None, cur_dir, ValidationConfig())
+    assert first["errors"] == [] and "no previous span" in first["warnings"][0]
+    with pytest.raises(ValueError, match="validation.seq_len_warning / _error"):
+        ValidationConfig(seq_len_warning=0.6, seq_len_error=0.5)
