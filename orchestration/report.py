@@ -241,7 +241,12 @@ def _plot_curves(history: dict, path: Path) -> Path:
                     drawn = True
             if not drawn:
                 ax.text(0.5, 0.5, f"no {name} logged", ha="center", va="center", transform=ax.transAxes)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            epochs = max((len(h.get(k) or []) for k in (key, f"val_{key}")), default=0)
+            ax.set_xlim(0.5, max(epochs, 1) + 0.5)
+            if epochs <= 8:  # every epoch a tick (one epoch: one tick, not fractions)
+                ax.set_xticks(range(1, max(epochs, 1) + 1))
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.set_xlabel("epoch")
             ax.set_ylabel(name)
@@ -313,11 +318,16 @@ def _plot_slices(names: list, cand: list, base: list | None, rows: list, path: P
         ys = [v if _finite(v) else 0.0 for v in values]
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=label, color=color)
         if len(names) <= 8:
-            ax.bar_label(bars, labels=[f"{v:.3f}" if _finite(v) else "n/a" for v in values],
+            ax.bar_label(bars, labels=[f"{v:.3f}" if _finite(v) else "" for v in values],
                          padding=2, fontsize=9, rotation=90 if len(series) > 1 else 0)
     lo = max(0.0, min(vals) - 0.1) if vals else 0.0
     hi = min(1.0, max(vals) + 0.12) if vals else 1.0
     ax.set_ylim(lo, max(hi, lo + 0.1))
+    for i, (_, values, _) in enumerate(series):  # undefined (empty or one-class slice)
+        for j, v in enumerate(values):
+            if not _finite(v):
+                ax.text(x[j] + (i - (len(series) - 1) / 2) * width, lo, "n/a", ha="center", va="bottom",
+                        fontsize=9, rotation=90 if len(series) > 1 else 0)
     sep = " " if rotate else "\n"
     ax.set_xticks(x, [f"{n}{sep}(n={r})" if r is not None else n for n, r in zip(names, rows)],
                   rotation=30 if rotate else 0, ha="right" if rotate else "center")
