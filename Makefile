@@ -21,24 +21,22 @@ $(STAMP): setup.py | $(PY)
 
 install: $(STAMP)
 
-# The demo trains a small DAIAN on small batches: 4 length groups instead of the default 16,
-# whose trace time (16 copies of each attention block) outweighs their saving at this size.
+# The demo is the main job: `tirec run` on the built-in synthetic logs (LogGen -> FeatureGen ->
+# StatisticsGen -> Trainer -> Evaluator -> Pusher, a small DAIAN), its report, then the pushed
+# version served and queried through gRPC.
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
-	$(VENV)/bin/tirec generate --out $(DEMO_DIR)/raw --users 300 --seed 7
-	$(VENV)/bin/tirec pipeline --input $(DEMO_DIR)/raw --format synthetic --out $(DEMO_DIR)/tfrecords
-	$(VENV)/bin/tirec train --data $(DEMO_DIR)/tfrecords --model daian --run $(DEMO_DIR)/daian \
-	    --epochs 1 --batch-size 1024 --set model.daian.att_units=32 --set 'model.tower=[128,64]' \
-	    --set model.hist_buckets=4 --set model.daian.explicit_buckets=4
-	$(VENV)/bin/tirec export --run $(DEMO_DIR)/daian --out $(DEMO_DIR)/models --model-name daian
-	$(VENV)/bin/tirec make-request --data $(DEMO_DIR)/tfrecords --out $(DEMO_DIR)/request.json
+	$(VENV)/bin/tirec run --workdir $(DEMO_DIR) --users 300
+	$(VENV)/bin/tirec report $(DEMO_DIR)
+	$(VENV)/bin/tirec make-request --data $$($(VENV)/bin/tirec runs --workdir $(DEMO_DIR) --latest examples) \
+	    --out $(DEMO_DIR)/request.json
 	$(MAKE) --no-print-directory serve-demo
 
 # Serves the exported model on free ports (the server prints them once the model is loaded),
 # ranks the sample request through gRPC, checks served against offline scores, then stops it.
 serve-demo: $(STAMP)
 	@set -e; out=$(DEMO_DIR)/serve.out; \
-	$(VENV)/bin/tirec serve --model-base-path $(DEMO_DIR)/models/daian --model-name daian \
+	$(VENV)/bin/tirec serve --model-base-path $(DEMO_DIR)/serving/daian --model-name daian \
 	    --port 0 --rest-port 0 > $$out 2> $(DEMO_DIR)/serve.log & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
 	port=; for i in $$(seq 240); do \
@@ -48,7 +46,8 @@ serve-demo: $(STAMP)
 	    tail -20 $(DEMO_DIR)/serve.log >&2; exit 1; fi; \
 	cat $$out; \
 	$(VENV)/bin/tirec query --target 127.0.0.1:$$port --model-name daian --input $(DEMO_DIR)/request.json --top 10; \
-	$(VENV)/bin/tirec verify-serving --target 127.0.0.1:$$port --model-name daian --run $(DEMO_DIR)/daian \
+	$(VENV)/bin/tirec verify-serving --target 127.0.0.1:$$port --model-name daian \
+	    --run $$($(VENV)/bin/tirec runs --workdir $(DEMO_DIR) --latest model) \
 	    --rows 500
 
 test: $(STAMP)
