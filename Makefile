@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: demo serve-demo test install bench clean
+.PHONY: demo serve-demo test test-slow install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,13 @@ serve-demo: $(STAMP)
 	    --run $$($(VENV)/bin/tirec runs --workdir $(DEMO_DIR) --latest model) \
 	    --rows 500
 
+# `make test` leaves out the tests marked slow (each over a minute on 2 cores); CI (.ci/run)
+# runs them after it with `make test-slow`.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m slow tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py

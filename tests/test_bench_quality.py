@@ -44,6 +44,7 @@ def _argv(out, data):
     return argv + [x for s in TINY for x in ("--set", s)]
 
 
+@pytest.mark.slow  # 90 s
 def test_tiny_run_writes_the_tables_and_resumes_from_its_cache(tiny, tmp_path, capsys):
     bench = _module()
     out = str(tmp_path / "out")

@@ -50,6 +50,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow  # 121 s
 def test_mirrored_two_cpu_replicas_all_three_stages(tiny_data, tmp_path):
     run = tmp_path / "run"
     res = subprocess.run(_tirec() + ["train", "--data", tiny_data, "--model", "daian", "--run", str(run),
@@ -180,6 +181,7 @@ STAGES_SCRIPT = BATCH_PREAMBLE + textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 105 s
 def test_mirrored_stage_switch_without_compile_moves_exactly_the_stage_variables(tiny_data):
     """DAIAN compiled once and fitted one step per stage (1 -> 2 -> 3) with MirroredStrategy over
     2 logical CPUs (traced) and on one device (eager): each stage moves exactly its variable
@@ -271,7 +273,8 @@ def test_parameter_server_in_process_cluster(tiny_data, tmp_path, name):
     assert (tmp_path / "run" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("name", CLUSTER_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(m, marks=[] if m == "din" else pytest.mark.slow)  # 40-51 s each
+                                  for m in CLUSTER_MODELS])
 def test_multiworker_two_local_processes(tiny_data, tmp_path, name):
     ports = _free_ports(2)
     workers = [f"127.0.0.1:{p}" for p in ports]

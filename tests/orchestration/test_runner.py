@@ -16,6 +16,7 @@ from tirec.features.jsonio import read_json
 from tirec.orchestration import components as C
 from tirec.orchestration import runner
 from tirec.orchestration.config import ValidationConfig, load_runner_config
+from tirec.orchestration.report import write_report
 from tirec.orchestration.statistics import validate
 
 TINY = ["run.model=din", "model.din.sim_feature=true", "model.emb_dim=4", "model.tower=[16]",
@@ -94,6 +95,13 @@ def test_dag_caches_blesses_pushes_and_refuses_a_worse_span(tmp_path, capsys):
     assert sorted(os.listdir(os.path.join(w, "serving", "din"))) == ["1"]  # serving keeps version 1
     evaluation = read_json(os.path.join(worse.executions[4]["outputs"]["evaluation"], "evaluation.json"))
     assert evaluation["baseline"]["uri"] == first.executions[3]["outputs"]["model"]  # the blessed model
+
+    # The report of the real workdir: the refused span, with the span-over-span plot.
+    report = write_report(w)
+    text = open(report["markdown"]).read()
+    assert "FAIL" in text and os.path.basename(report["markdown"]) == "report.md"
+    assert any("span" in os.path.basename(p) for p in report["images"])
+    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in report["images"])
 
     capsys.readouterr()
     assert cli.main(["runs", "--workdir", w]) == 0

@@ -51,6 +51,7 @@ def _serve(base: str, log_path: str, model_name: str = "daian") -> tuple[subproc
     return proc, ports["gRPC"], ports["REST"]
 
 
+@pytest.mark.slow  # 218 s; `tirec run` (tests/orchestration) covers the same steps in make test
 def test_generate_pipeline_train_export_serve_query(tmp_path, capsys):
     raw, data, run = str(tmp_path / "raw"), str(tmp_path / "tfr"), str(tmp_path / "run")
     base = str(tmp_path / "models")
@@ -144,6 +145,7 @@ GAPNET = ["--set", "model.emb_dim=4", "--set", "model.gapnet.att_units=8", "--se
           "--set", "train.steps_per_epoch=2", "--set", "model.gapnet.attention_norm=entmax15"]
 
 
+@pytest.mark.slow  # 140 s
 def test_gapnet_with_and_without_views_exports_serves_and_verifies(tmp_path, capsys):
     """GAP-Net (reconstructed) trained on today's records (rt cut from hist; one length group)
     and on records with real rt/lt views (two length groups: the exported graphs hold both
