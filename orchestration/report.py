@@ -139,7 +139,9 @@ def _load_run(run_dir: Path, run: dict) -> dict:
     if model_dir is None and evaluation and (evaluation.get("candidate") or {}).get("uri"):
         uri = Path(evaluation["candidate"]["uri"])
         model_dir = uri if (uri / "metrics.json").is_file() else None
+    stats_dir = _artifact_dir(run, run_dir, "anomalies.json", "StatisticsGen")
     return {"dir": run_dir, "run": run, "evaluation": evaluation,
+            "anomalies": _read_json(stats_dir / "anomalies.json") if stats_dir else None,
             "metrics": _read_json(model_dir / "metrics.json") if model_dir else None,
             "preds": _load_npz(ev_dir / "predictions.npz") if ev_dir else None,
             "base_preds": _load_npz(ev_dir / "baseline_predictions.npz") if ev_dir else None}
@@ -512,6 +514,23 @@ def _section_intents(r: dict, out: Path) -> list:
                      ("table", ("level", "mean ground truth", "mean predicted"), table)]
 
 
+def _section_validation(r: dict) -> list:
+    """StatisticsGen's checks of the span against the previous one: errors, warnings, values."""
+    blocks = [("h", 2, "Data validation (StatisticsGen)")]
+    a = r.get("anomalies")
+    if a is None:
+        return blocks + [("note", "No statistics: StatisticsGen did not run.")]
+    blocks.append(("p", f"Compared with: {a.get('previous') or 'nothing (the first span)'}."))
+    for level in ("errors", "warnings"):
+        if a.get(level):
+            blocks += [("h", 3, level.capitalize()), ("list", list(a[level]))]
+    rows = [(name, _fmt(c.get("value")), _fmt(c.get("warning")), _fmt(c.get("error")), c.get("level", ""))
+            for name, c in (a.get("checks") or {}).items()]
+    if rows:
+        blocks.append(("table", ("check", "value", "warning above", "error above", "level"), rows))
+    return blocks
+
+
 def _section_blessing(r: dict) -> list:
     run, ev = r["run"], r["evaluation"] or {}
     blessing = run.get("blessing") or ({"blessed": ev["blessed"], "reasons": ev.get("reasons", [])}
@@ -653,7 +672,8 @@ def write_report(target: str, out: str | None = None) -> dict:
     with matplotlib.rc_context(_RC):  # the report's font sizes, without touching global settings
         blocks += _section_summary(r) + _section_curves(r, out_dir) + _section_metrics(r)
         blocks += _section_roc(r, out_dir) + _section_calibration(r, out_dir) + _section_slices(r, out_dir)
-        blocks += _section_intents(r, out_dir) + _section_blessing(r) + _section_spans(history, out_dir)
+        blocks += _section_intents(r, out_dir) + _section_validation(r) + _section_blessing(r)
+        blocks += _section_spans(history, out_dir)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(_markdown(blocks), encoding="utf-8")
     page.write_text(_html(blocks, title), encoding="utf-8")

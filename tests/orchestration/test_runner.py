@@ -142,6 +142,8 @@ def test_the_drift_check_fails_a_span_with_its_reason(tmp_path):
     assert anomalies["checks"]["label_rate"]["level"] == "error"
     assert {"intent_js", "seq_len"} <= set(anomalies["checks"])
     assert any(k.startswith("new_values:") for k in anomalies["checks"])
+    text = open(write_report(os.path.dirname(drifted.path))["markdown"]).read()  # the report names it
+    assert "Data validation" in text and "label_rate" in text and "error" in text
 
 
 def _stats(tmp_path, name, label_rate, features, values):
