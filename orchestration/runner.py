@@ -74,16 +74,20 @@ class Runner:
         ctx = Context(self.workdir, span, self.cfg)
         available: dict[str, A.Artifact] = self._external(span)
         records, failed = [], None
-        for i, comp in enumerate(self.dag[:last + 1]):
-            if failed is not None:
-                records.append({"component": comp.name, "status": "skipped", "seconds": 0.0,
-                                "error": f"not run: {failed} failed", "outputs": {}})
-                continue
-            rec = self._execute(comp, ctx, run_id, available, force=start is not None and i >= first,
-                                must_cache=i < first)
-            records.append(rec)
-            if rec["status"] == "failed":
-                failed = comp.name
+        try:
+            for i, comp in enumerate(self.dag[:last + 1]):
+                if failed is not None:
+                    records.append({"component": comp.name, "status": "skipped", "seconds": 0.0,
+                                    "error": f"not run: {failed} failed", "outputs": {}})
+                    continue
+                rec = self._execute(comp, ctx, run_id, available, force=start is not None and i >= first,
+                                    must_cache=i < first)
+                records.append(rec)
+                if rec["status"] == "failed":
+                    failed = comp.name
+        except ValueError:  # a run that cannot start a component (--from without its cache)
+            self.store.finish_run(run_id, "failed")
+            raise
         status = "failed" if failed else "succeeded"
         self.store.finish_run(run_id, status)
         path = self._write_run(run_id, span, status, records)
