@@ -16,8 +16,6 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.config import load_config
 from tirec.models.train import load_run, train_run
-from tirec.pipeline import job, synthetic
-from tirec.pipeline.config import PipelineConfig
 from tirec.serving.export import export_run, read_eval_records
 from tirec.serving.verify import offline_scores
 
@@ -37,16 +35,6 @@ STAGES = {("daian", "float32"): {"uim_pretrain", "die_pretrain", "joint"}}
 # Exported (float32) vs the in-memory model: the same graph in float32; bfloat16 compute in the
 # mixed-precision model (as tests/models/test_train.py's mixed check).
 IN_MEMORY_ATOL = {"float32": 1e-5, "mixed_bfloat16": 0.03}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """8 days of 40 users (as tests/models/conftest.py's ``tiny_data``)."""
-    base = tmp_path_factory.mktemp("gpu_tiny")
-    raw, out = str(base / "raw"), str(base / "tfr")
-    synthetic.generate(synthetic.GeneratorConfig(users=40, seed=5), raw)
-    job.run(PipelineConfig(input=raw, format="synthetic", out=out, max_seq_len=10))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,7 @@
-"""Tiny pipeline outputs shared by the model tests (generated once per test session): the
-pipeline's default train / valid / eval split, and the same data without a valid split; and the
-helpers the model tests share as fixtures (test modules cannot import this conftest): a first
-batch of a pipeline output, the test module's model built small, and a model's click outputs and
-gradients on a batch."""
+"""The helpers the model tests share as fixtures (test modules cannot import this conftest): a
+first batch of a pipeline output, the test module's model built small, and a model's click
+outputs and gradients on a batch. The tiny pipeline outputs (``tiny_data`` and its variants) are
+in tests/conftest.py, shared with the GPU tests."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,35 +12,6 @@ from tirec.config import load_config
 from tirec.models.base import model_input_names
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
 from tirec.models.train import build_model
-from tirec.pipeline import job, synthetic
-from tirec.pipeline.config import PipelineConfig
-
-
-def _tiny(tmp_path_factory, name: str, **split) -> str:
-    base = tmp_path_factory.mktemp(name)
-    raw, out = str(base / "raw"), str(base / "tfr")
-    synthetic.generate(synthetic.GeneratorConfig(users=40, seed=5), raw)
-    job.run(PipelineConfig(input=raw, format="synthetic", out=out, max_seq_len=10, **split))
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    """8 days of 40 users: eval = day 8, valid = day 7 (the pipeline's automatic split)."""
-    return _tiny(tmp_path_factory, "tiny")
-
-
-@pytest.fixture(scope="session")
-def tiny_data_no_valid(tmp_path_factory):
-    """The same logs split into train and eval only (``pipeline.valid_days=0``)."""
-    return _tiny(tmp_path_factory, "tiny_no_valid", split="days", valid_days=0)
-
-
-@pytest.fixture(scope="session")
-def tiny_views_data(tmp_path_factory):
-    """The same logs written with GAP-Net's views (``pipeline.views``): rt of at most 4 clicks,
-    lt of at most 20 behaviours."""
-    return _tiny(tmp_path_factory, "tiny_views", views=True, realtime_len=4, long_seq_len=20)
 
 
 def _first_batch(data, n=64, columns=False, spec=None, untriggered=0):
