@@ -77,19 +77,19 @@ def span_files(logs: str, span: int) -> tuple[list[str], list[str]]:
     Raises:
       ComponentFailed: when the folder has no day shards, or none of day ``span``.
     """
-    day_files, last = [], 0
+    day_files, days = [], set()
     for table in DAY_TABLES:
         for path in sorted(glob.glob(os.path.join(logs, table, "*"))):
             m = DAY_FILE.search(path)
             if m is None:
                 raise ComponentFailed(f"FeatureGen: {path} has no day in its name (*-day<DDDD>.<ext>); spans "
                                       f"need one shard per day (generator.day_files=true)")
-            day = int(m.group(1))
-            last = max(last, day)
-            if day <= span:
+            days.add(int(m.group(1)))
+            if int(m.group(1)) <= span:
                 day_files.append(path)
-    if not any(DAY_FILE.search(p) and int(DAY_FILE.search(p).group(1)) == span for p in day_files):
-        raise ComponentFailed(f"FeatureGen: span {span} has no logs in {logs} (the last day there is {last})")
+    if span not in days:
+        raise ComponentFailed(f"FeatureGen: span {span} has no logs in {logs} (the last day there is "
+                              f"{max(days, default=0)})")
     static = [p for p in glob.glob(os.path.join(logs, "*")) if os.path.isfile(p)]
     return static, day_files
 

@@ -141,7 +141,7 @@ class Runner:
         if hit is not None and not force:
             return self._reuse(comp, execution, hit, available)
         ctx.resolved = {n: (r[0] if r else None) for n, r in resolved.items()}
-        return self._run_component(comp, ctx, execution, key, params, inputs, available)
+        return self._run_component(comp, ctx, run_id, execution, key, params, inputs, available)
 
     def _cached(self, comp: Component, key: str):
         hit = self.store.cached_execution(comp.name, key)
@@ -162,8 +162,8 @@ class Runner:
         return {"component": comp.name, "status": "cached", "seconds": 0.0, "cached_from": hit["id"],
                 "outputs": {n: r["uri"] for n, r in outs.items()}}
 
-    def _run_component(self, comp: Component, ctx: Context, execution: int, key: str, params: dict,
-                       inputs: dict, available: dict) -> dict:
+    def _run_component(self, comp: Component, ctx: Context, run_id: int, execution: int, key: str,
+                       params: dict, inputs: dict, available: dict) -> dict:
         folder = os.path.join(self.workdir, "spans", f"span-{ctx.span}", comp.name, str(execution))
         outputs = {n: os.path.join(folder, n) for n in comp.outputs}
         print(f"{comp.name}: running (span {ctx.span})", flush=True)
@@ -188,13 +188,13 @@ class Runner:
             self.store.link(execution, art.id, "output", name)
             available[name] = art
         seconds = time.time() - t0
-        self._after(comp, ctx, available, execution)
+        self._after(comp, ctx, available, run_id)
         self.store.finish_execution(execution, "succeeded", seconds)
         print(f"{comp.name}: done in {seconds:.1f} s {summary or ''}", flush=True)
         return {"component": comp.name, "status": "succeeded", "seconds": round(seconds, 2), "summary": summary,
                 "outputs": outputs}
 
-    def _after(self, comp: Component, ctx: Context, available: dict, execution: int) -> None:
+    def _after(self, comp: Component, ctx: Context, available: dict, run_id: int) -> None:
         """Records the Evaluator's blessing and the Pusher's push in the store."""
         if "evaluation" in comp.outputs:
             ev = read_json(os.path.join(available["evaluation"].uri, "evaluation.json"))
@@ -203,8 +203,6 @@ class Runner:
         if "pushed" in comp.outputs:
             pushed = read_json(os.path.join(available["pushed"].uri, "pushed.json"))
             if pushed["pushed"]:
-                run_id = self.store.db.execute("SELECT run_id FROM executions WHERE id = ?",
-                                               (execution,)).fetchone()[0]
                 self.store.add_push(available["model"].id, pushed["version"], pushed["path"], run_id)
 
     # ---- the run record -----------------------------------------------------------------------
