@@ -141,3 +141,34 @@ def test_bad_flags_name_the_flag(tmp_path, capsys):
         with pytest.raises(SystemExit):
             bench.parse_args(["--out", str(tmp_path)] + argv)
         assert message in capsys.readouterr().err
+
+
+def test_the_stopwatch_leaves_out_the_time_the_process_was_stopped():
+    """A benchmark paused with SIGSTOP (to free the cores) reports its training time without
+    the pause: a child stopped for 3 s inside a 1 s job reports about 1 s."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    code = textwrap.dedent(f"""
+        import importlib.util, sys, time
+        spec = importlib.util.spec_from_file_location("bq", {str(SCRIPT)!r})
+        bq = importlib.util.module_from_spec(spec); spec.loader.exec_module(bq)
+        with bq.StopWatch(tick=0.1, gap=1.0) as w:
+            print("ready", flush=True)
+            for _ in range(100):  # one second of work, in steps a stop falls between
+                time.sleep(0.01)
+        print(round(w.wall, 2), round(w.seconds, 2), flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGCONT)
+    wall, seconds = map(float, proc.stdout.readline().split())
+    assert proc.wait(timeout=30) == 0
+    assert wall > 3.5, wall
+    assert 0.8 < seconds < 1.8, (wall, seconds)
