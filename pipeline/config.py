@@ -99,7 +99,8 @@ class PipelineConfig:
       embedding_path: file for ``precomputed`` when not inside the input directory.
       emb_dim: dimension for computed embeddings.
       chunk_rows: rows per read chunk.
-      num_shards: TFRecord shards per split (0 lets the runner decide).
+      num_shards: TFRecord files per split (0: one per 200,000 impressions of the split's window,
+        at least one).
       seed: seed for any sampling.
       movielens: MovieLens conversion settings.
     """

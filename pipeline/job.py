@@ -28,15 +28,15 @@ DataflowRunner --project ...``) pass through unchanged, and a flag that no Beam
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 import json
 import logging
+import math
 import os
 import shutil
 import time
 import uuid
+import zlib
 from typing import Callable
 
 import apache_beam as beam
@@ -47,7 +47,7 @@ from tirec.features import transforms
 from tirec.features.example import ExampleEncoder
 from tirec.features.jsonio import read_json, use_filesystem, write_json
 from tirec.features.spec import HISTORY, REALTIME, FeatureSpec, TableSpec, tir_feature_spec
-from tirec.pipeline import labeling
+from tirec.pipeline import labeling, runners
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import Prepared, get_format
 from tirec.pipeline.io import dead_letter, read_chunks, write_jsonl
@@ -63,6 +63,8 @@ use_filesystem(FileSystems)
 log = logging.getLogger(__name__)
 
 IMP, BEH, USR = "imp", "beh", "usr"
+# Records per TFRecord file when pipeline.num_shards is 0 (about 200 MB of records at 1 KB each).
+RECORDS_PER_SHARD = 200_000
 _TAGS = {"impressions": IMP, "behaviours": BEH, "users": USR}
 SEQ_HIST_BINS = 11  # sequence-length histogram: [0], (0, L/10], ... by tenths of L
 
@@ -113,7 +115,8 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
     """
     # 1. refuse unknown Beam flags and an OUT that is not a pipeline output, before any work
     progress = progress or (lambda stage: None)
-    flags, runner = _beam_flags(beam_args or [])
+    flags = list(beam_args or [])
+    runners.check_flags(flags)
     t0 = time.time()
     out = cfg.out.rstrip("/")
     _check_out(out)
@@ -122,7 +125,7 @@ def run(cfg: PipelineConfig, beam_args: list[str] | None = None,
     # 3. the Beam job into a temporary folder, then the checks
     work = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        stats = _run_job(cfg, prep, plan, work, flags, runner, progress, t0)
+        stats = _run_job(cfg, prep, plan, work, flags, progress, t0)
         _check_outputs(stats, plan, work)
     except BaseException:
         log.error("pipeline failed: nothing was published to %s; partial output in %s", out, work)
@@ -160,7 +163,7 @@ def _plan_split(cfg: PipelineConfig, prep: Prepared) -> SplitPlan:
 
 
 def _run_job(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, out: str, flags: list[str],
-             runner, progress: Callable[[str], None], t0: float) -> dict:
+             progress: Callable[[str], None], t0: float) -> dict:
     """Writes the launcher's artifacts, runs the Beam job into ``out`` and writes the stats."""
     _makedirs(out)
     items_path = f"{out}/items/items.npz"
@@ -170,10 +173,12 @@ def _run_job(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, out: str, fla
     write_jsonl(f"{out}/deadletter/launcher.jsonl", prep.dead)
     spec = _spec(cfg, prep, cfg.sim_lo, cfg.sim_hi)
     progress(STAGES[2])
-    _pipeline(cfg, prep, plan, spec, out, items_path, flags, runner)
+    with runners.runner_for(flags) as (beam_flags, runner):
+        _pipeline(cfg, prep, plan, spec, out, items_path, beam_flags, runner)
     progress(STAGES[3])
     beam_stats = read_json(f"{out}/_beam_stats.json")
     _remove(f"{out}/_beam_stats.json")
+    log.info("written: %s", {k: len(v) for k, v in beam_stats.pop("_files", {}).items()})
     return _finish(cfg, prep, spec, plan, beam_stats, out, time.time() - t0)
 
 
@@ -197,55 +202,65 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
         for table, paths in prep.files.items():
             if not paths:
                 continue
-            res = (p | f"{table}:files" >> beam.Create([(files.index(x), x) for x in paths])
-                   | f"{table}:spread" >> beam.Reshuffle()
-                   | f"{table}:read" >> beam.ParDo(
-                       _ReadFn(_TAGS[table], prep.schemas[table], cfg.chunk_rows, tuple(cfg.click_btags),
-                               prep.block_fns.get(table))
-                   ).with_outputs("dead", "stats", main="blocks"))
-            blocks.append(res.blocks)
-            deads.append(res.dead)
-            stats.append(res.stats)
-        labeled = (blocks | "blocks:flatten" >> beam.Flatten()
-                   | "by_user" >> beam.GroupByKey()
-                   | "label" >> beam.ParDo(_LabelFn(settings, items_path, files, prep.user_hook)
-                                           ).with_outputs("dead", "stats", main="users"))
-        deads.append(labeled.dead)
-        stats.append(labeled.stats)
+            res = _by_tag(p | f"{table}:files" >> beam.Create([(files.index(x), x) for x in paths])
+                          | f"{table}:spread" >> beam.Reshuffle()
+                          | f"{table}:read" >> beam.ParDo(
+                              _ReadFn(_TAGS[table], prep.schemas[table], cfg.chunk_rows,
+                                      tuple(cfg.click_btags), prep.block_fns.get(table))),
+                          table, ("blocks", "dead", "stats"))
+            blocks.append(res["blocks"])
+            deads.append(res["dead"])
+            stats.append(res["stats"])
+        labeled = _by_tag(blocks | "blocks:flatten" >> beam.Flatten()
+                          | "by_user" >> beam.GroupByKey()
+                          | "label" >> beam.ParDo(_LabelFn(settings, items_path, files, prep.user_hook)),
+                          "label", ("users", "dead", "stats"))
+        deads.append(labeled["dead"])
+        stats.append(labeled["stats"])
         bounds = None
         if cfg.sim_range == "quantile":
-            bounds = (labeled.users
+            bounds = (labeled["users"]
                       | "sims:train" >> beam.FlatMap(_train_sims)
                       | "sims:quantiles" >> beam.ApproximateQuantiles.Globally(201)
                       | "sims:range" >> beam.Map(_quantile_bounds))
-            range_side = beam.pvalue.AsSingleton(bounds)
-        else:
-            range_side = beam.pvalue.AsSingleton(p | "fixed_range" >> beam.Create([(lo, hi)]))
-        # Users are finalized in batches so that encoding and writing work on thousands of
-        # records at a time; each output element is a run of already-framed TFRecords.
-        final = (labeled.users
-                 | "batch_users" >> beam.BatchElements(min_batch_size=8, max_batch_size=64)
-                 | "finalize" >> beam.ParDo(_FinalizeFn(spec, cfg.explicit_threshold,
-                                                        cfg.explicit_top_levels, files,
-                                                        cfg.prior_intent_half_life_s), range_side
-                                            ).with_outputs("valid", "eval", "dead", "stats", main="train"))
-        stats.append(final.stats)
-        deads.append(final.dead)
+        sim_range = beam.pvalue.AsSingleton(bounds) if bounds is not None else (lo, hi)
+        final = _by_tag(labeled["users"]
+                        | "finalize" >> beam.ParDo(_FinalizeFn(spec, cfg.explicit_threshold,
+                                                               cfg.explicit_top_levels, files,
+                                                               cfg.prior_intent_half_life_s), sim_range),
+                        "finalize", SPLITS + ("dead", "stats"))
+        stats.append(final["stats"])
+        deads.append(final["dead"])
         for split in SPLITS:
             if split == "valid" and plan.valid_from_ts is None:
                 continue
-            pcoll = final.train if split == "train" else final[split]
-            _ = pcoll | f"write:{split}" >> beam.io.Write(_FramedTFRecordSink(
-                f"{out}/{split}/part", ".tfrecord.gz", cfg.num_shards))
+            written = _write_sharded(final[split], f"write:{split}", f"{out}/{split}/part", ".tfrecord.gz",
+                                     num_shards(cfg, plan, split), compressed=True)
+            stats.append(written | f"written:{split}" >> beam.Map(_file_stat, split))
         dead_all = deads | "dead:flatten" >> beam.Flatten()
-        _ = (dead_all | "dead:json" >> beam.Map(lambda d: json.dumps(d, default=str))
-             | "dead:write" >> beam.io.WriteToText(f"{out}/deadletter/deadletter",
-                                                   file_name_suffix=".jsonl"))
-        dead_counts = dead_all | "dead:count" >> beam.Map(_dead_stat)
-        _ = ((stats + [dead_counts, _range_stat(p, lo, hi, bounds)])
+        dead_written = _write_sharded(
+            dead_all | "dead:json" >> beam.Map(lambda d: (json.dumps(d, default=str) + "\n").encode()),
+            "dead:write", f"{out}/deadletter/deadletter", ".jsonl", 1, compressed=False)
+        stats += [dead_all | "dead:count" >> beam.Map(_dead_stat), _range_stat(p, lo, hi, bounds),
+                  dead_written | "written:deadletter" >> beam.Map(_file_stat, "deadletter")]
+        # The last step depends on every output (the written files come in as stats): Beam's
+        # DaskRunner computes only the graph behind the last step applied.
+        _ = (stats
              | "stats:flatten" >> beam.Flatten()
-             | "stats:merge" >> beam.CombineGlobally(_MergeStats())
+             | "stats:merge" >> beam.CombineGlobally(_MergeStats()).without_defaults()
              | "stats:write" >> beam.Map(lambda merged, path: write_json(path, merged), f"{out}/_beam_stats.json"))
+    runners.close_client(p.result)
+
+
+def num_shards(cfg: PipelineConfig, plan: SplitPlan, split: str) -> int:
+    """Files per split: ``pipeline.num_shards``, or with 0 one per :data:`RECORDS_PER_SHARD`
+    events the split plan counted in the split's window (at least one)."""
+    return cfg.num_shards or max(1, math.ceil(plan.events.get(split, 0) / RECORDS_PER_SHARD))
+
+
+def _file_stat(path: str, output: str) -> dict:
+    """A written file as a stats element (``_files``: output -> paths)."""
+    return {"_files": {output: [path]}}
 
 
 def _range_stat(p, lo: float, hi: float, bounds):
@@ -271,7 +286,7 @@ class _ReadFn(beam.DoFn):
         for chunk, dead in read_chunks(path, self.schema, self.chunk_rows):
             rows_in += len(chunk) + len(dead)
             for d in dead:
-                yield beam.pvalue.TaggedOutput("dead", d)
+                yield "dead", d
             if not len(chunk):
                 continue
             cols, rows = chunk.columns, chunk.rows
@@ -283,9 +298,8 @@ class _ReadFn(beam.DoFn):
                 keep = np.ones(len(rows), dtype=bool)
                 for i, reason, field, value in bad:
                     keep[i] = False
-                    yield beam.pvalue.TaggedOutput("dead", dead_letter(
-                        self.schema.name, reason, field=field, value=value, file=path,
-                        row=int(rows[i])))
+                    yield "dead", dead_letter(self.schema.name, reason, field=field, value=value,
+                                              file=path, row=int(rows[i]))
                 cols, rows = {k: v[keep] for k, v in cols.items()}, rows[keep]
                 if not len(rows):
                     continue
@@ -297,9 +311,9 @@ class _ReadFn(beam.DoFn):
                 cols["btag_id"], cols["is_click"] = labeling.encode_btags(cols.pop("btag"),
                                                                           self.click_btags)
             for user, block in _split_by_user(cols):
-                yield user, (self.tag, block)
+                yield "blocks", (user, (self.tag, block))
         _count(f"{self.schema.name}_rows_in", rows_in)
-        yield beam.pvalue.TaggedOutput("stats", {"rows_in": {self.schema.name: rows_in}})
+        yield "stats", {"rows_in": {self.schema.name: rows_in}}
 
 
 class _LabelFn(beam.DoFn):
@@ -332,9 +346,9 @@ class _LabelFn(beam.DoFn):
             prof = _concat(parts[USR])
             n_prof = len(prof["_row"])
             for i in range(1, n_prof):
-                yield beam.pvalue.TaggedOutput("dead", {
+                yield "dead", {
                     "table": "users", "reason": DeadReason.DUPLICATE_ID.value, "field": "user_id", "value": str(user),
-                    "file": self.files[int(prof["_file"][i])], "row": int(prof["_row"][i])})
+                    "file": self.files[int(prof["_file"][i])], "row": int(prof["_row"][i])}
             profile = {f.name: prof[f.name][0] for f in s.spec.select(group="user") if f.name in prof}
             labeling._add(stats, "users_with_profile", 1)
         if self.user_hook is not None:
@@ -343,23 +357,22 @@ class _LabelFn(beam.DoFn):
         cols, dead, st = labeling.label_user(user, imps, behs, profile, self.items, s, self.files)
         _merge_into(stats, st)
         for d in dead:
-            yield beam.pvalue.TaggedOutput("dead", d)
+            yield "dead", d
         for drop in Drop:
             _count(drop.value, stats.get(drop.value, 0))
         if len(cols["label"]):
             labeling._add(stats, "users_labeled", 1)
-            yield cols
-        yield beam.pvalue.TaggedOutput("stats", stats)
+            yield "users", cols
+        yield "stats", stats
 
 
 class _FinalizeFn(beam.DoFn):
     """Bins similarities, adds intent distributions and explicit masks, encodes records.
 
-    Each input is a batch of whole users: ``LabelUser`` emits one element per user (all of the
-    user's rows, after the GroupByKey) and batching never splits an element, so a user's
-    ``prior_intent`` sees all of the user's earlier requests. Each record goes to its split's
-    output (main: train; ``valid``, ``eval``); a record holding a NaN or infinite float is
-    dead-lettered (``non_finite_feature``) instead.
+    Each input is one whole user (``LabelUser`` emits all of the user's rows after the
+    GroupByKey), so a user's ``prior_intent`` sees all of the user's earlier requests. Each record
+    goes to its split's output (``train``, ``valid``, ``eval``); a record holding a NaN or infinite
+    float is dead-lettered (``non_finite_feature``) instead.
     """
 
     def __init__(self, spec, explicit_threshold, explicit_top_levels, files, prior_half_life_s):
@@ -371,11 +384,10 @@ class _FinalizeFn(beam.DoFn):
     def setup(self):
         self.encoder = ExampleEncoder(self.spec)
 
-    def process(self, users, sim_range):
+    def process(self, cols, sim_range):
         lo, hi = sim_range
         n = self.spec.intent_levels
         tau = self.tau if self.tau is not None else transforms.explicit_threshold(n, self.top, lo, hi)
-        cols = _concat_users(users)
         out, stats = labeling.finalize(cols, n, lo, hi, tau, prior_half_life_s=self.prior_half_life_s)
         yield from self._route(cols, out, stats)
 
@@ -386,10 +398,10 @@ class _FinalizeFn(beam.DoFn):
         if bad:
             for i, (feature, value) in sorted(bad.items()):
                 f = int(cols["_file"][i])
-                yield beam.pvalue.TaggedOutput("dead", dead_letter(
+                yield "dead", dead_letter(
                     "impressions", DeadReason.NON_FINITE_FEATURE, field=feature, value=value,
                     file=self.files[f] if 0 <= f < len(self.files) else None,
-                    row=int(cols["_row"][i]) if cols["_row"][i] >= 0 else None))
+                    row=int(cols["_row"][i]) if cols["_row"][i] >= 0 else None)
             keep = np.ones(len(split), dtype=bool)
             keep[list(bad)] = False
             out, split = {k: v[keep] for k, v in out.items()}, split[keep]
@@ -400,21 +412,56 @@ class _FinalizeFn(beam.DoFn):
             _count(f"written_{name}", int(mask.sum()))
             if mask.any():
                 framed = frame_tfrecords(self.encoder.encode_batch({c: v[mask] for c, v in out.items()}))
-                yield framed if name == "train" else beam.pvalue.TaggedOutput(name, framed)
-        yield beam.pvalue.TaggedOutput("stats", stats)
+                yield name, framed
+        yield "stats", stats
 
 
-class _FramedTFRecordSink(beam.io.filebasedsink.FileBasedSink):
-    """Writes elements that are already TFRecord-framed byte runs (GZIP files)."""
+def _by_tag(pcoll, label: str, tags: tuple[str, ...]) -> dict:
+    """``(tag, value)`` elements -> ``{tag: PCollection of values}``, one single-output step per tag.
 
-    def __init__(self, prefix, suffix, num_shards):
-        super().__init__(prefix, coder=beam.coders.BytesCoder(), file_name_suffix=suffix,
-                         num_shards=num_shards, shard_name_template=None,
-                         mime_type="application/octet-stream",
-                         compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+    The job's DoFns emit tagged pairs instead of Beam's multi-output ``with_outputs``: Beam's
+    DaskRunner hands every output of a multi-output ParDo to each consumer, so the job keeps to
+    single-output steps, which every runner executes alike."""
+    return {tag: pcoll | f"{label}:{tag}" >> beam.FlatMap(_values_of, tag) for tag in tags}
 
-    def write_encoded_record(self, file_handle, value):
-        file_handle.write(value)
+
+def _values_of(element, tag: str):
+    if element[0] == tag:
+        yield element[1]
+
+
+def _write_sharded(pcoll, label: str, prefix: str, suffix: str, num_shards: int, compressed: bool):
+    """Byte runs -> ``num_shards`` files ``PREFIX-SSSSS-of-NNNNN SUFFIX``; a PCollection of the
+    paths written.
+
+    Each run goes to the shard its content hashes to (the same on every runner), a GroupByKey
+    collects each shard and one step writes it whole under its final name, so a retried bundle
+    rewrites the same file. Beam's file sinks report what they wrote from ``finish_bundle``,
+    which Beam's DaskRunner drops."""
+    return (pcoll
+            | f"{label}:shard" >> beam.Map(lambda run, n: (zlib.crc32(run) % n, run), num_shards)
+            | f"{label}:group" >> beam.GroupByKey()
+            | f"{label}:write" >> beam.ParDo(_WriteShardFn(prefix, suffix, num_shards, compressed)))
+
+
+class _WriteShardFn(beam.DoFn):
+    """Writes one shard file from all of its byte runs; emits its path."""
+
+    def __init__(self, prefix: str, suffix: str, num_shards: int, compressed: bool):
+        self.prefix, self.suffix, self.num_shards = prefix, suffix, num_shards
+        self.compression = (beam.io.filesystem.CompressionTypes.GZIP if compressed
+                            else beam.io.filesystem.CompressionTypes.UNCOMPRESSED)
+
+    def process(self, element):
+        shard, runs = element
+        path = f"{self.prefix}-{shard:05d}-of-{self.num_shards:05d}{self.suffix}"
+        fh = FileSystems.create(path, mime_type="application/octet-stream", compression_type=self.compression)
+        try:
+            for run in runs:
+                fh.write(run)
+        finally:
+            fh.close()
+        yield path
 
 
 class _MergeStats(beam.CombineFn):
@@ -568,92 +615,6 @@ def _quantile_bounds(quantiles: list) -> tuple[float, float]:
     if not hi > lo:
         raise ValueError(f"train-set similarity quantiles collapse to {lo}; use sim_range=fixed")
     return lo, hi
-
-
-def _beam_flags(args: list[str]) -> tuple[list[str], object]:
-    """Beam flags with local defaults, and the runner object to use (None: Beam picks it).
-
-    With no ``--runner`` (or ``--runner DirectRunner``) the job runs on Beam's FnApiRunner, the
-    batch engine behind DirectRunner, directly: Beam 2.77's DirectRunner otherwise first tries to
-    download the Prism runner binary, which fails or stalls on machines without internet.
-    ``--direct_running_mode`` / ``--direct_num_workers`` apply as usual.
-
-    Raises:
-      ValueError: naming each flag that no Beam options class defines, or a bad flag value.
-    """
-    unknown = unknown_beam_flags(args)
-    if unknown:
-        raise ValueError(unknown_flags_message(unknown))
-    flags = list(args)
-    runner = "DirectRunner"
-    for i, a in enumerate(flags):
-        if a == "--runner" and i + 1 < len(flags):
-            runner = flags[i + 1]
-        elif a.startswith("--runner="):
-            runner = a.split("=", 1)[1]
-    if runner not in ("DirectRunner", "direct", "Direct"):
-        return flags, None
-    flags = [a for i, a in enumerate(flags)
-             if not (a.startswith("--runner") or (i > 0 and flags[i - 1] == "--runner"))]
-    if not any(a.startswith("--direct_running_mode") for a in flags):
-        flags.append("--direct_running_mode=in_memory")
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-    return flags, FnApiRunner()
-
-
-class _OptionsParser(argparse.ArgumentParser):
-    """Collects the flags of Beam's ``PipelineOptions`` classes, as Beam's own parser does."""
-
-    def __init__(self):
-        super().__init__(allow_abbrev=False, add_help=False)
-        self.flag_names: list[str] = []
-
-    def add_argument(self, *args, **kwargs):
-        self.flag_names += [a for a in args if a.startswith("-")]
-        return super().add_argument(*args, **kwargs)
-
-    def add_value_provider_argument(self, *args, **kwargs):
-        if args[0][0] != "-" and kwargs.get("nargs") is None:
-            kwargs["nargs"] = "?"
-        return self.add_argument(*args, **kwargs)
-
-    def error(self, message):
-        raise ValueError(f"Beam flag: {message}")
-
-
-def _options_parser() -> _OptionsParser:
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    parser = _OptionsParser()
-    classes = {str(c): c for c in PipelineOptions.__subclasses__()}  # as Beam deduplicates them
-    for cls in classes.values():
-        cls._add_argparse_args(parser)  # the hook each options class defines for its flags
-    return parser
-
-
-def unknown_beam_flags(args: list[str]) -> list[str]:
-    """The arguments that no registered Beam ``PipelineOptions`` class accepts.
-
-    Beam parses pipeline flags with every ``PipelineOptions`` subclass and drops the rest with a
-    warning, so a misspelled flag would silently change nothing.
-
-    Raises:
-      ValueError: when a known flag has a bad value (e.g. ``--direct_num_workers x``).
-    """
-    _, unknown = _options_parser().parse_known_args(list(args))
-    return unknown
-
-
-def unknown_flags_message(unknown: list[str], own_flags: list[str] = ()) -> str:
-    """``unrecognized arguments: ...`` naming each flag, with the closest known flag."""
-    known = list(own_flags) + _options_parser().flag_names
-    hints = []
-    for arg in unknown:
-        close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1) if arg.startswith("-") else []
-        hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
-    return (f"unrecognized arguments: {' '.join(hints)}; tirec pipeline passes on only flags that "
-            f"Beam's PipelineOptions define")
 
 
 def _spec(cfg: PipelineConfig, prep: Prepared, lo: float, hi: float) -> FeatureSpec:

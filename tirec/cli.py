@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_beam_flags(parser: argparse.ArgumentParser, extra: list[str]) -> None:
     """Exits naming each flag that neither ``tirec pipeline`` nor Beam's options define."""
-    from tirec.pipeline.job import unknown_beam_flags, unknown_flags_message
+    from tirec.pipeline.runners import unknown_beam_flags, unknown_flags_message
 
     try:
         unknown = unknown_beam_flags(extra)
@@ -169,9 +169,24 @@ def _add_pipeline(sub) -> argparse.ArgumentParser:
     p.add_argument("--embedding-provider",
                    choices=("auto", "precomputed", "tfidf-svd", "cooccurrence-svd", "minilm"))
     p.add_argument("--no-trigger", choices=("drop", "pad"), help="impressions without a trigger")
+    p.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                   help="with --runner dask: the Dask scheduler to run on (default: a local cluster "
+                        "of --direct_num_workers worker processes, closed when the job ends)")
     _common(p)
     p.set_defaults(func=_run_pipeline)
     return p
+
+
+def _with_dask_address(beam_args: list[str], address: str | None) -> list[str]:
+    """``--dask-address`` as Beam's ``--dask_client_address``; refused without ``--runner dask``."""
+    from tirec.pipeline import runners
+
+    if address is None:
+        return beam_args
+    if runners.runner_name(beam_args) not in runners.DASK_NAMES:
+        raise ValueError(f"--dask-address {address} needs --runner dask (the runner is "
+                         f"{runners.runner_name(beam_args)})")
+    return beam_args + ["--dask_client_address", address]
 
 
 def _run_pipeline(args, beam_args) -> int:
@@ -189,6 +204,7 @@ def _run_pipeline(args, beam_args) -> int:
         raise ValueError("pipeline needs --input and --out (or pipeline.input / pipeline.out)")
     if not os.path.isdir(cfg.input) and "://" not in cfg.input:
         raise FileNotFoundError(f"--input {cfg.input!r} is not a directory")
+    beam_args = _with_dask_address(list(beam_args), args.dask_address)
     bar = _progress(total=len(job.STAGES), unit="stage", desc="pipeline")
     last = []
 

@@ -14,9 +14,9 @@ def _read_users(cfg, prep, files: list[str], users: int | None = None) -> dict:
         read = job._ReadFn(job._TAGS[table], prep.schemas[table], cfg.chunk_rows,
                            tuple(cfg.click_btags), prep.block_fns.get(table))
         for path in paths:
-            for out in read.process((files.index(path), path)):
-                if isinstance(out, tuple):
-                    per_user.setdefault(out[0], []).append(out[1])
+            for tag, value in read.process((files.index(path), path)):
+                if tag == "blocks":
+                    per_user.setdefault(value[0], []).append(value[1])
     return {u: per_user[u] for u in sorted(per_user)[:users]}
 
 

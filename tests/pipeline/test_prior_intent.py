@@ -66,7 +66,7 @@ def _label_users(cfg: PipelineConfig, tmp_path, users: int, read_users) -> list[
 def _label_one(settings, items_path, files, hook, user, tagged) -> dict:
     fn = job._LabelFn(settings, items_path, files, hook)
     fn.setup()
-    outs = [o for o in fn.process((user, tagged)) if isinstance(o, dict)]
+    outs = [value for tag, value in fn.process((user, tagged)) if tag == "users"]
     assert len(outs) == 1, f"user {user} has no labeled impression"
     return outs[0]
 

@@ -167,7 +167,7 @@ def test_flipping_a_requests_labels_leaves_its_views_unchanged(flip_raw, tmp_pat
     fn.setup()
 
     def label(user, tagged):
-        cols = [o for o in fn.process((user, tagged)) if isinstance(o, dict)][0]
+        cols = [value for tag, value in fn.process((user, tagged)) if tag == "users"][0]
         order = np.lexsort((cols["_row"], cols["_file"]))  # rows by their source row
         return {k: v[order] for k, v in cols.items()}
 

@@ -7,7 +7,7 @@ import pytest
 
 from tirec import cli
 from tirec.config import TirecConfig, load_config
-from tirec.pipeline import job
+from tirec.pipeline import job, runners
 from tirec.pipeline.config import PipelineConfig, parse_duration
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -96,12 +96,12 @@ def test_unknown_pipeline_flag_is_an_error_naming_it(tmp_path, capsys, flag, hin
 
 
 def test_beam_flags_known_to_any_options_class_pass():
-    assert job.unknown_beam_flags(["--direct_num_workers", "2", "--runner=DirectRunner",
+    assert runners.unknown_beam_flags(["--direct_num_workers", "2", "--runner=DirectRunner",
                                    "--flink_master", "host:8081", "--project", "p",
                                    "--experiments=a", "--save_main_session"]) == []
-    assert job.unknown_beam_flags(["--direct_num_workers", "2", "--flink_mastr", "x"]) == ["--flink_mastr", "x"]
+    assert runners.unknown_beam_flags(["--direct_num_workers", "2", "--flink_mastr", "x"]) == ["--flink_mastr", "x"]
     with pytest.raises(ValueError, match="--direct_num_workers"):
-        job.unknown_beam_flags(["--direct_num_workers", "two"])
+        runners.unknown_beam_flags(["--direct_num_workers", "two"])
 
 
 def test_pipeline_flag_values_stay_strings(tmp_path, monkeypatch):
@@ -223,3 +223,21 @@ def test_no_private_tensorflow_imports():
     for folder in ("features", "pipeline", "models", "serving", "tirec"):
         bad = sorted(n for n in _imports(folder) if n.startswith("tensorflow.python"))
         assert not bad, f"{folder}/ imports {bad}"
+
+
+def test_dask_address_needs_the_dask_runner(tmp_path, caplog):
+    """--dask-address is Beam's --dask_client_address, refused (naming both) for another runner."""
+    code = cli.main(["pipeline", "--input", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--dask-address", "tcp://10.0.0.1:8786"])
+    assert code == 2
+    assert "--dask-address tcp://10.0.0.1:8786 needs --runner dask (the runner is DirectRunner)" in caplog.text
+    assert cli._with_dask_address(["--runner", "dask"], "tcp://h:8786") == [
+        "--runner", "dask", "--dask_client_address", "tcp://h:8786"]
+
+
+def test_the_dask_runner_flags_are_known_beam_flags():
+    pytest.importorskip("dask.distributed")
+    assert runners.unknown_beam_flags(["--runner", "dask", "--dask_client_address", "tcp://h:8786",
+                                       "--dask_npartitions", "4"]) == []
+    assert runners.unknown_beam_flags(["--runner", "dask", "--dask_adress", "x"]) == ["--dask_adress", "x"]
+    assert "did you mean --dask_client_address" in runners.unknown_flags_message(["--dask_client_adress"])
