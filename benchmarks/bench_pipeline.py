@@ -1,6 +1,7 @@
 """Feature-pipeline benchmark: synthetic impressions end to end on DirectRunner, vs a pandas reference.
 
     python benchmarks/bench_pipeline.py [--impressions 1000000] [--workers 2] [--work DIR] [--views]
+        [--runner direct|dask]
 
 Steps:
   1. ``tirec generate`` enough users for about ``--impressions`` impressions (Parquet).
@@ -15,6 +16,10 @@ Steps:
 defaults); the reference and the parity check are the same, since the other columns do not
 change. Run once with and once without it on the same ``--work`` (the generated input is
 reused) to compare speed and size.
+
+``--runner dask`` runs step 2 on Beam's DaskRunner instead (``tirec pipeline --runner dask
+--direct_num_workers W``: a local ``dask.distributed`` cluster of ``--workers`` worker
+processes, started and closed by the command, whose start counts in the time).
 
 Prints a JSON summary (impressions/s of both, the ratio, peak RSS, parity, the output's GZIP
 bytes and the mean serialized record size) and writes it to ``--work/bench_pipeline.json``
@@ -119,7 +124,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--impressions", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--mode", default="multi_processing", choices=("multi_processing", "in_memory"))
+    ap.add_argument("--mode", default="multi_processing", choices=("multi_processing", "in_memory"),
+                    help="DirectRunner's running mode")
+    ap.add_argument("--runner", default="direct", choices=("direct", "dask"))
     ap.add_argument("--work", default="/tmp/tirec_bench_pipeline")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--views", action="store_true",
@@ -135,7 +142,8 @@ def main() -> None:
                        check=True, stdout=subprocess.DEVNULL)
         print(f"generated {users} users in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     subprocess.run(["rm", "-rf", out], check=True)
-    beam = [f"--direct_running_mode={args.mode}", f"--direct_num_workers={args.workers}"]
+    beam = ([f"--direct_running_mode={args.mode}"] if args.runner == "direct" else ["--runner", "dask"]) + [
+        f"--direct_num_workers={args.workers}"]
     views = ["--views"] if args.views else []
     seconds, peak = _run_measured([tirec, "pipeline", "--input", raw, "--format", "synthetic",
                                    "--out", out] + views + beam)
@@ -178,11 +186,13 @@ def main() -> None:
                    "requests_only_in_one": len(missing), "trigger_mismatches": trig_mismatch,
                    "history_or_explicit_mismatches": hist_mismatch,
                    "intent_max_abs_diff": max_diff},
-        "runner": f"DirectRunner {args.mode}, {args.workers} workers",
+        "runner": (f"DirectRunner {args.mode}" if args.runner == "direct" else "DaskRunner, local cluster")
+                  + f", {args.workers} workers",
         "cpus": os.cpu_count(),
     }
     print(json.dumps(summary, indent=2))
-    write_json(f"{args.work}/bench_pipeline{'_views' if args.views else ''}.json", summary)
+    suffix = ("_views" if args.views else "") + (f"_dask{args.workers}" if args.runner == "dask" else "")
+    write_json(f"{args.work}/bench_pipeline{suffix}.json", summary)
     if missing or trig_mismatch or hist_mismatch or max_diff > 1e-6:
         raise SystemExit("parity check FAILED")
 

@@ -418,14 +418,12 @@ def _train_stage(model, stage: Stage, strategy, train_ds, valid_ds, run_dir, cfg
     callbacks = [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs", name))]
     if not ps:
         # With ParameterServerStrategy the per-batch logs are remote values (TerminateOnNaN
-        # cannot read them), the coordinator reschedules work of failed workers, and stage
-        # checkpoints cover a coordinator restart.
-        callbacks += [
-            keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.BackupAndRestore(
-                os.path.join(run_dir, "backup", name), delete_checkpoint=True,
-                save_freq=cfg.backup_every_steps if steps_per_epoch else "epoch"),
-        ]
+        # cannot read them); the coordinator reschedules the work of a failed worker.
+        callbacks.append(keras.callbacks.TerminateOnNaN())
+    # A restarted chief (or, multi-worker, every restarted worker) resumes the stage from here.
+    callbacks.append(keras.callbacks.BackupAndRestore(
+        os.path.join(run_dir, "backup", name), delete_checkpoint=True,
+        save_freq=cfg.backup_every_steps if steps_per_epoch else "epoch"))
     if validate and final:
         callbacks.append(BestCheckpoint(os.path.join(run_dir, "best"), monitor, mode, stage.number))
     if validate and cfg.early_stopping_patience:

@@ -211,38 +211,31 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
             blocks.append(res["blocks"])
             deads.append(res["dead"])
             stats.append(res["stats"])
-        labeled = _by_tag(blocks | "blocks:flatten" >> beam.Flatten()
-                          | "by_user" >> beam.GroupByKey()
-                          | "label" >> beam.ParDo(_LabelFn(settings, items_path, files, prep.user_hook)),
-                          "label", ("users", "dead", "stats"))
-        deads.append(labeled["dead"])
-        stats.append(labeled["stats"])
+        shards = num_shards(cfg, plan)
+        label = _LabelFn(settings, items_path, files, prep.user_hook)
+        grouped = (blocks | "blocks:flatten" >> beam.Flatten()
+                   | "blocks:shard" >> beam.Map(_shard_key, shards)
+                   | "by_shard" >> beam.GroupByKey())
         bounds = None
         if cfg.sim_range == "quantile":
-            bounds = (labeled["users"]
-                      | "sims:train" >> beam.FlatMap(_train_sims)
+            bounds = (grouped
+                      | "sims:train" >> beam.ParDo(_TrainSimsFn(label))
                       | "sims:quantiles" >> beam.ApproximateQuantiles.Globally(201)
                       | "sims:range" >> beam.Map(_quantile_bounds))
         sim_range = beam.pvalue.AsSingleton(bounds) if bounds is not None else (lo, hi)
-        final = _by_tag(labeled["users"]
-                        | "finalize" >> beam.ParDo(_FinalizeFn(spec, cfg.explicit_threshold,
-                                                               cfg.explicit_top_levels, files,
-                                                               cfg.prior_intent_half_life_s), sim_range),
-                        "finalize", SPLITS + ("dead", "stats"))
-        stats.append(final["stats"])
+        splits = tuple(s for s in SPLITS if s != "valid" or plan.valid_from_ts is not None)
+        finalize = _FinalizeFn(spec, cfg.explicit_threshold, cfg.explicit_top_levels, files,
+                               cfg.prior_intent_half_life_s)
+        final = _by_tag(grouped | "shard" >> beam.ParDo(_ShardFn(label, finalize, out, splits, shards), sim_range),
+                        "shard", ("files", "dead", "stats"))
         deads.append(final["dead"])
-        for split in SPLITS:
-            if split == "valid" and plan.valid_from_ts is None:
-                continue
-            written = _write_sharded(final[split], f"write:{split}", f"{out}/{split}/part", ".tfrecord.gz",
-                                     num_shards(cfg, plan, split), compressed=True)
-            stats.append(written | f"written:{split}" >> beam.Map(_file_stat, split))
+        stats += [final["stats"], final["files"]]
         dead_all = deads | "dead:flatten" >> beam.Flatten()
-        dead_written = _write_sharded(
+        dead_written = _write_lines(
             dead_all | "dead:json" >> beam.Map(lambda d: (json.dumps(d, default=str) + "\n").encode()),
-            "dead:write", f"{out}/deadletter/deadletter", ".jsonl", 1, compressed=False)
+            "dead:write", f"{out}/deadletter/deadletter-00000-of-00001.jsonl")
         stats += [dead_all | "dead:count" >> beam.Map(_dead_stat), _range_stat(p, lo, hi, bounds),
-                  dead_written | "written:deadletter" >> beam.Map(_file_stat, "deadletter")]
+                  dead_written | "written:deadletter" >> beam.Map(lambda path: {"_files": {"deadletter": [path]}})]
         # The last step depends on every output (the written files come in as stats): Beam's
         # DaskRunner computes only the graph behind the last step applied.
         _ = (stats
@@ -252,15 +245,17 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
     runners.close_client(p.result)
 
 
-def num_shards(cfg: PipelineConfig, plan: SplitPlan, split: str) -> int:
+def num_shards(cfg: PipelineConfig, plan: SplitPlan) -> int:
     """Files per split: ``pipeline.num_shards``, or with 0 one per :data:`RECORDS_PER_SHARD`
-    events the split plan counted in the split's window (at least one)."""
-    return cfg.num_shards or max(1, math.ceil(plan.events.get(split, 0) / RECORDS_PER_SHARD))
+    events the split plan counted (at least one)."""
+    return cfg.num_shards or max(1, math.ceil(sum(plan.events.values()) / RECORDS_PER_SHARD))
 
 
-def _file_stat(path: str, output: str) -> dict:
-    """A written file as a stats element (``_files``: output -> paths)."""
-    return {"_files": {output: [path]}}
+def _shard_key(element, shards: int):
+    """``(user, (tag, block))`` -> ``(shard, (user, tag, block))``: a user's shard is its id's
+    CRC32 modulo ``shards``, the same on every runner and worker."""
+    user, (tag, block) = element
+    return zlib.crc32(str(user).encode()) % shards, (user, tag, block)
 
 
 def _range_stat(p, lo: float, hi: float, bounds):
@@ -366,13 +361,92 @@ class _LabelFn(beam.DoFn):
         yield "stats", stats
 
 
+class _ShardFn(beam.DoFn):
+    """One shard of users (after the GroupByKey on the shard): labels each user, finalizes them
+    in batches of whole users and writes the shard's file of every split,
+    ``SPLIT/part-SSSSS-of-NNNNN.tfrecord.gz`` (GZIP); emits the paths, dead letters and stats.
+
+    Users go in id order and each file is written whole under its final name, so the files are
+    the same on every runner and a retried shard rewrites them. The records are written where
+    they are made: no shuffle carries them (Beam's file sinks, which do, report what they wrote
+    from ``finish_bundle``, which Beam's DaskRunner drops)."""
+
+    def __init__(self, label: "_LabelFn", finalize: "_FinalizeFn", out: str, splits: tuple[str, ...],
+                 shards: int, batch_users: int = 64):
+        self.label, self.finalize, self.out, self.splits = label, finalize, out, splits
+        self.shards, self.batch_users = shards, batch_users
+
+    def setup(self):
+        self.label.setup()
+        self.finalize.setup()
+
+    def process(self, element, sim_range):
+        shard, tagged = element
+        paths = {split: f"{self.out}/{split}/part-{shard:05d}-of-{self.shards:05d}.tfrecord.gz"
+                 for split in self.splits}
+        handles = {split: FileSystems.create(path, mime_type="application/octet-stream",
+                                             compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+                   for split, path in paths.items()}
+        try:
+            batch = []
+            for user, blocks in _blocks_by_user(tagged):
+                for tag, value in self.label.process((user, blocks)):
+                    if tag == "users":
+                        batch.append(value)
+                    else:
+                        yield tag, value
+                if len(batch) == self.batch_users:
+                    yield from self._write(batch, handles, sim_range)
+                    batch = []
+            if batch:
+                yield from self._write(batch, handles, sim_range)
+        finally:
+            for fh in handles.values():
+                fh.close()
+        yield "files", {"_files": {split: [path] for split, path in paths.items()}}
+
+    def _write(self, users: list[dict], handles: dict, sim_range):
+        for tag, value in self.finalize.process(_concat_users(users), sim_range):
+            if tag in handles:
+                handles[tag].write(value)
+            else:
+                yield tag, value
+
+
+class _TrainSimsFn(beam.DoFn):
+    """One shard of users -> the trigger-target similarities of their train records (for
+    ``sim_range=quantile``; labels the users a first time, without keeping them)."""
+
+    def __init__(self, label: "_LabelFn"):
+        self.label = label
+
+    def setup(self):
+        self.label.setup()
+
+    def process(self, element):
+        _, tagged = element
+        for user, blocks in _blocks_by_user(tagged):
+            for tag, value in self.label.process((user, blocks)):
+                if tag == "users":
+                    yield from _train_sims(value)
+
+
+def _blocks_by_user(tagged) -> list:
+    """A shard's ``(user, tag, block)`` elements -> ``[(user, [(tag, block), ...]), ...]`` in user
+    id order."""
+    users: dict = {}
+    for user, tag, block in tagged:
+        users.setdefault(user, []).append((tag, block))
+    return sorted(users.items(), key=lambda kv: kv[0])
+
+
 class _FinalizeFn(beam.DoFn):
     """Bins similarities, adds intent distributions and explicit masks, encodes records.
 
-    Each input is one whole user (``LabelUser`` emits all of the user's rows after the
-    GroupByKey), so a user's ``prior_intent`` sees all of the user's earlier requests. Each record
-    goes to its split's output (``train``, ``valid``, ``eval``); a record holding a NaN or infinite
-    float is dead-lettered (``non_finite_feature``) instead.
+    Each input is a batch of whole users (``_ShardFn`` never splits a user), so a user's
+    ``prior_intent`` sees all of the user's earlier requests. Each record goes to its split's
+    output (``train``, ``valid``, ``eval``); a record holding a NaN or infinite float is
+    dead-lettered (``non_finite_feature``) instead.
     """
 
     def __init__(self, spec, explicit_threshold, explicit_top_levels, files, prior_half_life_s):
@@ -430,38 +504,26 @@ def _values_of(element, tag: str):
         yield element[1]
 
 
-def _write_sharded(pcoll, label: str, prefix: str, suffix: str, num_shards: int, compressed: bool):
-    """Byte runs -> ``num_shards`` files ``PREFIX-SSSSS-of-NNNNN SUFFIX``; a PCollection of the
-    paths written.
-
-    Each run goes to the shard its content hashes to (the same on every runner), a GroupByKey
-    collects each shard and one step writes it whole under its final name, so a retried bundle
-    rewrites the same file. Beam's file sinks report what they wrote from ``finish_bundle``,
-    which Beam's DaskRunner drops."""
+def _write_lines(pcoll, label: str, path: str):
+    """Byte lines -> one file ``path``, written whole by one step after a GroupByKey on one key
+    (a retried step rewrites it); a PCollection of the path. (Beam's file sinks report what they
+    wrote from ``finish_bundle``, which Beam's DaskRunner drops.)"""
     return (pcoll
-            | f"{label}:shard" >> beam.Map(lambda run, n: (zlib.crc32(run) % n, run), num_shards)
+            | f"{label}:key" >> beam.Map(lambda line: (0, line))
             | f"{label}:group" >> beam.GroupByKey()
-            | f"{label}:write" >> beam.ParDo(_WriteShardFn(prefix, suffix, num_shards, compressed)))
+            | f"{label}:write" >> beam.Map(_write_file, path))
 
 
-class _WriteShardFn(beam.DoFn):
-    """Writes one shard file from all of its byte runs; emits its path."""
-
-    def __init__(self, prefix: str, suffix: str, num_shards: int, compressed: bool):
-        self.prefix, self.suffix, self.num_shards = prefix, suffix, num_shards
-        self.compression = (beam.io.filesystem.CompressionTypes.GZIP if compressed
-                            else beam.io.filesystem.CompressionTypes.UNCOMPRESSED)
-
-    def process(self, element):
-        shard, runs = element
-        path = f"{self.prefix}-{shard:05d}-of-{self.num_shards:05d}{self.suffix}"
-        fh = FileSystems.create(path, mime_type="application/octet-stream", compression_type=self.compression)
-        try:
-            for run in runs:
-                fh.write(run)
-        finally:
-            fh.close()
-        yield path
+def _write_file(element, path: str) -> str:
+    _, lines = element
+    fh = FileSystems.create(path, mime_type="application/octet-stream",
+                            compression_type=beam.io.filesystem.CompressionTypes.UNCOMPRESSED)
+    try:
+        for line in lines:
+            fh.write(line)
+    finally:
+        fh.close()
+    return path
 
 
 class _MergeStats(beam.CombineFn):
