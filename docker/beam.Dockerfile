@@ -1,4 +1,5 @@
-# Beam worker image for the tirec feature pipeline (Dataflow / Flink / Spark portable runners).
+# Beam worker image for the tirec feature pipeline (Dataflow / Flink / Spark portable runners,
+# and Dask: scheduler, workers and the launching `tirec pipeline --runner dask`).
 #
 # Build from the repository root:
 #   docker build -f docker/beam.Dockerfile -t tirec-beam:0.1.0 .
@@ -17,6 +18,8 @@ COPY pipeline ./pipeline
 COPY models ./models
 COPY serving ./serving
 COPY orchestration ./orchestration
-RUN pip install --no-cache-dir . && python -c "import tirec.pipeline.job"
+# The dask extra: the same image runs `tirec pipeline --runner dask` and the Dask scheduler and
+# workers (docker/k8s/beam-dask.yaml).
+RUN pip install --no-cache-dir ".[dask]" && python -c "import tirec.pipeline.job, dask.distributed"
 
 # The base image's entrypoint (/opt/apache/beam/boot) starts the SDK harness.

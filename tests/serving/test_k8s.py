@@ -351,20 +351,16 @@ def test_dask_scheduler_service_and_workers_agree_on_the_address():
     assert _service_ports("tirec-dask-scheduler") == {8786: 8786, 8787: 8787}
     address = f"tcp://tirec-dask-scheduler:{port}"
     assert _argv(_container("tirec-dask-worker", "worker"))[:3] == ["dask", "worker", address]
-    assert _opt(_argv(_container("tirec-pipeline", "pipeline")), "--dask_client_address") == address
+    assert _opt(_argv(_container("tirec-pipeline", "pipeline")), "--dask-address") == address
 
 
 def test_pipeline_job_uses_beams_dask_runner_and_its_option_names():
     container = _container("tirec-pipeline", "pipeline")
     argv = container["args"]
     assert argv[0] == "pipeline"
-    assert _opt(argv, "--runner") == f"{DASK_RUNNER_MODULE}.DaskRunner"
-    dask_flags = {a.split("=")[0] for a in argv if a.startswith("--dask")}
-    assert dask_flags and dask_flags <= _dask_option_flags()
-    # The command imports the runner module (registering DaskOptions) and then runs tirec's CLI.
-    assert container["command"][:2] == ["python", "-c"]
-    code = container["command"][2]
-    assert f"import {DASK_RUNNER_MODULE}" in code and "from tirec.cli import main" in code
+    assert _opt(argv, "--runner") == "dask" and container["command"] == ["tirec"]
+    beam_flags = {a.split("=")[0] for a in argv if a.startswith("--dask_")}
+    assert beam_flags <= _dask_option_flags()
     # Dask workers run the transforms: they see the data where the Job does.
     job_spec, worker_spec = _pod("tirec-pipeline"), _pod("tirec-dask-worker")
     worker = _container("tirec-dask-worker", "worker")
@@ -373,17 +369,18 @@ def test_pipeline_job_uses_beams_dask_runner_and_its_option_names():
 
 
 def test_pipeline_job_args_pass_the_cli(monkeypatch):
-    """The Job's args, its --dask_* flags aside (their names are checked against Beam's source
-    above; defining the class here would leave it in Beam's option registry), are a command the
-    CLI accepts."""
+    """The Job's args are a command the CLI accepts, its --dask-address going to Beam as
+    --dask_client_address."""
+    pytest.importorskip("dask.distributed")
     seen = {}
     monkeypatch.setattr(cli, "_run_pipeline", lambda args, extra: seen.update(args=args, extra=extra) or 0)
     argv = _container("tirec-pipeline", "pipeline")["args"]
-    plain = [a for i, a in enumerate(argv) if not a.startswith("--dask") and not argv[i - 1].startswith("--dask")]
-    assert len(plain) < len(argv)
-    assert cli.main(plain) == 0
+    assert cli.main(argv) == 0
     assert (seen["args"].input, seen["args"].out) == (_opt(argv, "--input"), _opt(argv, "--out"))
-    assert _opt(seen["extra"], "--runner") == f"{DASK_RUNNER_MODULE}.DaskRunner"
+    assert _opt(seen["extra"], "--runner") == "dask"
+    assert cli._with_dask_address(seen["extra"], seen["args"].dask_address)[-2:] == [
+        "--dask_client_address", _opt(argv, "--dask-address")]
+
 
 def test_config_map_holds_the_shipped_serving_configs():
     data = _named("ConfigMap", "tirec-serving-config")["data"]
