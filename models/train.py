@@ -266,6 +266,9 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     _check_run_dir(run_dir, spec, data_dir)
     _check_validation(train_cfg, data_dir, has_valid, strategy)
     strategy = strategy or make_strategy(train_cfg)
+    # One backup folder for every worker: Keras' BackupAndRestore writes the chief's there
+    # (the others write aside) and every worker restores from it, so all resume at one step.
+    backup_dir = os.path.join(run_dir, "backup")
     if not is_chief(strategy):
         # Multi-worker: every worker runs the same program; only the chief owns RUN/.
         run_dir = os.path.join(run_dir, f".worker_{strategy.cluster_resolver.task_id}")
@@ -303,8 +306,9 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
         model.set_stage(stages[0])
         model.compile(make_optimizer=lambda scale: _optimizer(train_cfg, scale), steps_per_execution=1)
     for stage in stages:
-        history[stage.name] = _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir, train_cfg,
-                                           final=stage == stages[-1], extra=callbacks or [], steps_per_epoch=steps)
+        history[stage.name] = _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir, backup_dir,
+                                           train_cfg, final=stage == stages[-1], extra=callbacks or [],
+                                           steps_per_epoch=steps)
     model.set_stage(stages[-1])  # the joint stage
     final = os.path.join(run_dir, "final", "weights")
     model.save_weights(final)
@@ -397,8 +401,8 @@ class BestCheckpoint(keras.callbacks.Callback):
                         {"stage": self.stage, "epoch": epoch, "monitor": self.monitor, "value": value})
 
 
-def _train_stage(model, stage: Stage, strategy, train_ds, valid_ds, run_dir, cfg: TrainConfig, final: bool,
-                 extra: list, steps_per_epoch: int | None):
+def _train_stage(model, stage: Stage, strategy, train_ds, valid_ds, run_dir, backup_dir, cfg: TrainConfig,
+                 final: bool, extra: list, steps_per_epoch: int | None):
     name = stage.name
     stage_dir = os.path.join(run_dir, f"stage_{stage.number}")
     done = os.path.join(stage_dir, "done")
@@ -420,10 +424,11 @@ def _train_stage(model, stage: Stage, strategy, train_ds, valid_ds, run_dir, cfg
         # With ParameterServerStrategy the per-batch logs are remote values (TerminateOnNaN
         # cannot read them); the coordinator reschedules the work of a failed worker.
         callbacks.append(keras.callbacks.TerminateOnNaN())
-    # A restarted chief (or, multi-worker, every restarted worker) resumes the stage from here.
+    # A restarted chief (or, multi-worker, every restarted worker) resumes the stage from the
+    # last backup; Keras backs up a ParameterServerStrategy run only at epoch ends.
     callbacks.append(keras.callbacks.BackupAndRestore(
-        os.path.join(run_dir, "backup", name), delete_checkpoint=True,
-        save_freq=cfg.backup_every_steps if steps_per_epoch else "epoch"))
+        os.path.join(backup_dir, name), delete_checkpoint=True,
+        save_freq=cfg.backup_every_steps if steps_per_epoch and not ps else "epoch"))
     if validate and final:
         callbacks.append(BestCheckpoint(os.path.join(run_dir, "best"), monitor, mode, stage.number))
     if validate and cfg.early_stopping_patience:
