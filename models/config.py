@@ -142,6 +142,8 @@ class TrainConfig:
         (docs/models.md#three-training-stages).
       uim_lr_scale: the UIM's learning-rate factor in stage 3.
       strategy: ``default``, ``mirrored``, ``multiworker`` (TF_CONFIG) or ``ps`` (TF_CONFIG).
+      ps_min_shard_bytes: ``ps``: a variable is split over the parameter servers into at most
+        one shard per server, each at least this large (256 KiB).
       cpu_replicas: logical CPU devices for ``mirrored`` when there is no GPU. 0 (default)
         with ``mirrored`` on a machine without a GPU is an error naming ``--cpu-replicas``
         (1 = knowingly one replica); ignored, with a warning, when there are GPUs.
@@ -176,6 +178,7 @@ class TrainConfig:
     uim_lr_scale: float = 0.1
     strategy: str = "default"
     cpu_replicas: int = 0
+    ps_min_shard_bytes: int = 256 << 10
     steps_per_epoch: int = 0
     shuffle_buffer: int = 100_000
     shuffle_block: int = 16
@@ -201,6 +204,8 @@ class TrainConfig:
             bad("strategy", f"must be one of {STRATEGIES}")
         if self.cpu_replicas < 0:
             bad("cpu_replicas", "must be >= 0")
+        if self.ps_min_shard_bytes < 1:
+            bad("ps_min_shard_bytes", "must be >= 1")
         if self.strategy == "ps" and self.steps_per_epoch < 1:
             bad("steps_per_epoch", "ParameterServerStrategy needs steps_per_epoch >= 1")
         if isinstance(self.shuffle_block, bool) or not isinstance(self.shuffle_block, int) \

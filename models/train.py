@@ -80,7 +80,7 @@ def make_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     _require_tf_config("ps")
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    return ps_strategy(resolver)
+    return ps_strategy(resolver, cfg.ps_min_shard_bytes)
 
 
 def _mirrored(cfg: TrainConfig) -> tf.distribute.MirroredStrategy:
@@ -142,6 +142,14 @@ def ps_strategy(resolver, min_shard_bytes: int = 256 << 10) -> tf.distribute.Str
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
         min_shard_bytes=min_shard_bytes, max_shards=max(1, n_ps))
     return tf.distribute.experimental.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def _log_shards(model) -> None:
+    """Logs where each embedding table's variables live (ParameterServerStrategy shards)."""
+    for name, table in getattr(getattr(model, "embed", None), "tables", {}).items():
+        shards = [s for v in table.weights for s in getattr(v, "variables", [v])]
+        log.info("table %s: %d shard(s) of %s rows on %s", name, len(shards),
+                 [int(s.shape[0]) for s in shards], sorted({s.device for s in shards}))
 
 
 def _require_tf_config(name: str) -> None:
@@ -298,6 +306,8 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     x, _ = next(iter(make_dataset(data_dir, "eval", spec, 2)))
     with strategy.scope():
         model({k: v for k, v in x.items() if k in names})
+    if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+        _log_shards(model)
     if train_cfg.warm_start:
         warm_start(model, train_cfg.warm_start, model_name, run_dir)
     history = {}

@@ -122,7 +122,9 @@ def ps_cluster():
 
 
 def _chief(cluster: dict, data: str, run: str, epochs: int, steps: int) -> Task:
-    return Task(_train_args(data, run, "ps", epochs, steps), {"cluster": cluster, "task": {"type": "chief", "index": 0}})
+    """``tirec train --strategy ps``; tables of 1 KiB and more are split over the servers."""
+    return Task(_train_args(data, run, "ps", epochs, steps) + ["--set", "train.ps_min_shard_bytes=1024"],
+                {"cluster": cluster, "task": {"type": "chief", "index": 0}})
 
 
 def _auc(run) -> float:
@@ -139,6 +141,8 @@ def test_ps_cluster_of_processes_matches_one_process(planted, tmp_path, ps_clust
     chief = _chief(cluster, planted, str(tmp_path / "ps"), 2, 60)
     assert chief.finish() == 0, chief.output()[-3000:]
     assert "strategy ParameterServerStrategy" in chief.output()
+    (shards,) = re.findall(r"table item: 2 shard\(s\) of .* on (\[.*\])", chief.output())
+    assert "/job:ps/replica:0/task:0" in shards and "/job:ps/replica:0/task:1" in shards, shards
     metrics = json.loads((tmp_path / "ps" / "metrics.json").read_text())
     assert metrics["strategy"].startswith("ParameterServerStrategy")
     auc_one, auc_ps = _auc(tmp_path / "one"), metrics["auc"]
