@@ -210,8 +210,11 @@ def _csv_batches(path: str, chunk_rows: int, schema: TableSchema):
             table = pa.Table.from_batches([batch])
             pending = table if pending is None else pa.concat_tables([pending, table])
             while pending.num_rows >= chunk_rows:
-                yield pending.slice(0, chunk_rows), malformed[:], skipped.rows(parsed, chunk_rows)
-                malformed.clear()
+                # pyarrow parses the next block ahead on its own thread, calling on_invalid
+                # while this generator waits at the yield: drop only the rows reported here.
+                report = malformed[:]
+                yield pending.slice(0, chunk_rows), report, skipped.rows(parsed, chunk_rows)
+                del malformed[:len(report)]
                 pending, parsed = pending.slice(chunk_rows), parsed + chunk_rows
         if (pending is not None and pending.num_rows) or malformed:
             table = pending if pending is not None else _empty(names)

@@ -2,19 +2,24 @@
 
 Graph::
 
-    files --Read+validate--> (user, block) --GroupByKey--> LabelUser --Finalize--> train / valid / eval
-      \\--> dead letters                                 \\--> dead letters          \\--> dead letters, stats
+    files --Read+validate--> (shard, user, block) --GroupByKey--> Shard: label, finalize, write --> train / valid / eval
+      \\--> dead letters, stats                                    \\--> dead letters, stats, files --> stats.json
 
 * Fact tables (impressions, behaviours, users) are read in chunks by a DoFn per file; each chunk
   is validated (bad rows to the dead-letter output) and split into per-user blocks, so what goes
-  through the shuffle is one element per (chunk, user), not one per row.
+  through the shuffle is one element per (chunk, user), not one per row, keyed by the user's
+  shard (CRC32 of the id modulo the files per split).
 * The item table (side fields + multimodal vectors) is prepared by the launcher and loaded by
   each worker in ``setup``.
-* ``LabelUser`` runs :func:`tirec.pipeline.labeling.label_user`; a user's blocks are collected
-  with a running cap, so per-key state stays bounded.
-* ``Finalize`` bins similarities with the fixed range or the train-set quantiles (a global side
+* ``Shard`` takes the shard's users in id order; ``LabelUser`` runs
+  :func:`tirec.pipeline.labeling.label_user` on each (a user's blocks are collected with a
+  running cap, so per-user state stays bounded); ``Finalize`` then bins similarities with the fixed range or the train-set quantiles (a global side
   input), computes intent distributions and explicit masks and encodes ``tf.train.Example``s;
-  a record holding a non-finite float is dead-lettered (``non_finite_feature``), not written.
+  a record holding a non-finite float is dead-lettered (``non_finite_feature``), not written;
+  64 users at a time, written to the shard's file of each split.
+* The job keeps to the steps every runner executes alike (docs/pipeline.md, "What the portable
+  runners share"): single-output steps, no output from ``finish_bundle``, one last step
+  depending on all the others.
 * The train / valid / eval split (:mod:`tirec.pipeline.split`) is planned in the launcher from
   the event times before the job starts, so a split that would be empty fails before any record
   is written; each impression is labeled with its split and routed after ``finalize``.
@@ -198,51 +203,67 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
         context_fields=prep.context_fields, valid_from_ts=plan.valid_from_ts, spec=spec,
         realtime_window_s=cfg.realtime_window_s)
     with beam.Pipeline(runner=runner, options=PipelineOptions(flags=flags)) as p:
-        blocks, deads, stats = [], [], []
-        for table, paths in prep.files.items():
-            if not paths:
-                continue
-            res = _by_tag(p | f"{table}:files" >> beam.Create([(files.index(x), x) for x in paths])
-                          | f"{table}:spread" >> beam.Reshuffle()
-                          | f"{table}:read" >> beam.ParDo(
-                              _ReadFn(_TAGS[table], prep.schemas[table], cfg.chunk_rows,
-                                      tuple(cfg.click_btags), prep.block_fns.get(table))),
-                          table, ("blocks", "dead", "stats"))
-            blocks.append(res["blocks"])
-            deads.append(res["dead"])
-            stats.append(res["stats"])
-        shards = num_shards(cfg, plan)
-        label = _LabelFn(settings, items_path, files, prep.user_hook)
-        grouped = (blocks | "blocks:flatten" >> beam.Flatten()
-                   | "blocks:shard" >> beam.Map(_shard_key, shards)
-                   | "by_shard" >> beam.GroupByKey())
-        bounds = None
-        if cfg.sim_range == "quantile":
-            bounds = (grouped
-                      | "sims:train" >> beam.ParDo(_TrainSimsFn(label))
-                      | "sims:quantiles" >> beam.ApproximateQuantiles.Globally(201)
-                      | "sims:range" >> beam.Map(_quantile_bounds))
-        sim_range = beam.pvalue.AsSingleton(bounds) if bounds is not None else (lo, hi)
-        splits = tuple(s for s in SPLITS if s != "valid" or plan.valid_from_ts is not None)
-        finalize = _FinalizeFn(spec, cfg.explicit_threshold, cfg.explicit_top_levels, files,
-                               cfg.prior_intent_half_life_s)
-        final = _by_tag(grouped | "shard" >> beam.ParDo(_ShardFn(label, finalize, out, splits, shards), sim_range),
-                        "shard", ("files", "dead", "stats"))
+        blocks, deads, stats = _read(p, cfg, prep, files)
+        bounds, final = _label_and_write(blocks, cfg, plan, spec, _LabelFn(settings, items_path, files, prep.user_hook),
+                                         files, out)
         deads.append(final["dead"])
         stats += [final["stats"], final["files"]]
-        dead_all = deads | "dead:flatten" >> beam.Flatten()
-        dead_written = _write_lines(
-            dead_all | "dead:json" >> beam.Map(lambda d: (json.dumps(d, default=str) + "\n").encode()),
-            "dead:write", f"{out}/deadletter/deadletter-00000-of-00001.jsonl")
-        stats += [dead_all | "dead:count" >> beam.Map(_dead_stat), _range_stat(p, lo, hi, bounds),
-                  dead_written | "written:deadletter" >> beam.Map(lambda path: {"_files": {"deadletter": [path]}})]
-        # The last step depends on every output (the written files come in as stats): Beam's
-        # DaskRunner computes only the graph behind the last step applied.
-        _ = (stats
-             | "stats:flatten" >> beam.Flatten()
-             | "stats:merge" >> beam.CombineGlobally(_MergeStats()).without_defaults()
-             | "stats:write" >> beam.Map(lambda merged, path: write_json(path, merged), f"{out}/_beam_stats.json"))
+        _dead_letters_and_stats(p, deads, stats, out, (lo, hi), bounds)
     runners.close_client(p.result)
+
+
+def _read(p, cfg: PipelineConfig, prep: Prepared, files: list[str]) -> tuple[list, list, list]:
+    """Each input table read and validated: its blocks, dead letters and stats PCollections."""
+    blocks, deads, stats = [], [], []
+    for table, paths in prep.files.items():
+        if not paths:
+            continue
+        res = _by_tag(p | f"{table}:files" >> beam.Create([(files.index(x), x) for x in paths])
+                      | f"{table}:spread" >> beam.Reshuffle()
+                      | f"{table}:read" >> beam.ParDo(
+                          _ReadFn(_TAGS[table], prep.schemas[table], cfg.chunk_rows,
+                                  tuple(cfg.click_btags), prep.block_fns.get(table))),
+                      table, ("blocks", "dead", "stats"))
+        blocks.append(res["blocks"])
+        deads.append(res["dead"])
+        stats.append(res["stats"])
+    return blocks, deads, stats
+
+
+def _label_and_write(blocks: list, cfg: PipelineConfig, plan: SplitPlan, spec: FeatureSpec, label: "_LabelFn",
+                     files: list[str], out: str) -> tuple:
+    """The blocks grouped by shard, each shard labeled, finalized and written: the quantile
+    range PCollection (None with ``sim_range=fixed``) and ``{files, dead, stats}``."""
+    shards = num_shards(cfg, plan)
+    grouped = (blocks | "blocks:flatten" >> beam.Flatten()
+               | "blocks:shard" >> beam.Map(_shard_key, shards)
+               | "by_shard" >> beam.GroupByKey())
+    bounds = None
+    if cfg.sim_range == "quantile":
+        bounds = (grouped
+                  | "sims:train" >> beam.ParDo(_TrainSimsFn(label))
+                  | "sims:quantiles" >> beam.ApproximateQuantiles.Globally(201)
+                  | "sims:range" >> beam.Map(_quantile_bounds))
+    sim_range = beam.pvalue.AsSingleton(bounds) if bounds is not None else (cfg.sim_lo, cfg.sim_hi)
+    splits = tuple(s for s in SPLITS if s != "valid" or plan.valid_from_ts is not None)
+    finalize = _FinalizeFn(spec, cfg.explicit_threshold, cfg.explicit_top_levels, files, cfg.prior_intent_half_life_s)
+    return bounds, _by_tag(grouped | "shard" >> beam.ParDo(_ShardFn(label, finalize, out, splits, shards), sim_range),
+                           "shard", ("files", "dead", "stats"))
+
+
+def _dead_letters_and_stats(p, deads: list, stats: list, out: str, fixed_range: tuple, bounds) -> None:
+    """Writes the dead letters and, as the last step (it depends on every other: Beam's
+    DaskRunner computes only the graph behind the last step applied), the merged stats."""
+    dead_all = deads | "dead:flatten" >> beam.Flatten()
+    dead_written = _write_lines(
+        dead_all | "dead:json" >> beam.Map(lambda d: (json.dumps(d, default=str) + "\n").encode()),
+        "dead:write", f"{out}/deadletter/deadletter-00000-of-00001.jsonl")
+    stats = stats + [dead_all | "dead:count" >> beam.Map(_dead_stat), _range_stat(p, *fixed_range, bounds),
+                     dead_written | "written:deadletter" >> beam.Map(lambda path: {"_files": {"deadletter": [path]}})]
+    _ = (stats
+         | "stats:flatten" >> beam.Flatten()
+         | "stats:merge" >> beam.CombineGlobally(_MergeStats()).without_defaults()
+         | "stats:write" >> beam.Map(lambda merged, path: write_json(path, merged), f"{out}/_beam_stats.json"))
 
 
 def num_shards(cfg: PipelineConfig, plan: SplitPlan) -> int:

@@ -1,6 +1,6 @@
 """Shared pytest setup: Keras 2 for TensorFlow, quiet logs; the ``gpu`` and ``slow`` markers; tiny
 pipeline outputs generated once per test session (the pipeline's default train / valid / eval
-split, the same logs without a valid split, and with GAP-Net's views)."""
+split, the same logs without a valid split, and with GAP-Net's views; the planted-signal data)."""
 import os
 
 import pytest
@@ -60,3 +60,17 @@ def tiny_views_data(tmp_path_factory):
     """The same logs written with GAP-Net's views (``pipeline.views``): rt of at most 4 clicks,
     lt of at most 20 behaviours."""
     return _tiny(tmp_path_factory, "tiny_views", views=True, realtime_len=4, long_seq_len=20)
+
+
+@pytest.fixture(scope="session")
+def planted_data(tmp_path_factory):
+    """100 users, CTR 0.2: ~15.6k train and ~2k eval rows (~440 eval clicks), one-day eval: the
+    synthetic generator's planted click signal, which a model that learns picks up in one pass."""
+    from tirec.pipeline import job, synthetic
+    from tirec.pipeline.config import PipelineConfig
+
+    base = tmp_path_factory.mktemp("planted")
+    raw, out = str(base / "raw"), str(base / "tfr")
+    synthetic.generate(synthetic.GeneratorConfig(users=100, seed=11, target_ctr=0.2), raw)
+    job.run(PipelineConfig(input=raw, format="synthetic", out=out, max_seq_len=10))
+    return out

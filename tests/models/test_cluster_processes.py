@@ -20,9 +20,6 @@ import time
 
 import pytest
 
-from tirec.pipeline import job, synthetic
-from tirec.pipeline.config import PipelineConfig
-
 pytestmark = pytest.mark.slow
 
 # DIN, small, Adam: learns the planted data's signal in one pass (tests/models/test_learning.py).
@@ -30,16 +27,6 @@ SETTINGS = ["model.emb_dim=4", "model.tower=[16,8]", "model.din_hidden=[8,4]", "
             "train.batch_size=256", "train.optimizer=adam", "train.learning_rate=0.01", "train.seed=0",
             "train.three_stage=false", "train.shuffle_buffer=0"]
 DEADLINE = 420  # seconds any one phase may take
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """100 users, CTR 0.2: about 15.6k train and 2k eval rows (the learning test's data)."""
-    base = tmp_path_factory.mktemp("planted_cluster")
-    raw, out = str(base / "raw"), str(base / "tfr")
-    synthetic.generate(synthetic.GeneratorConfig(users=100, seed=11, target_ctr=0.2), raw)
-    job.run(PipelineConfig(input=raw, format="synthetic", out=out, max_seq_len=10))
-    return out
 
 
 class Task:
@@ -131,14 +118,14 @@ def _auc(run) -> float:
     return json.loads((run / "metrics.json").read_text())["auc"]
 
 
-def test_ps_cluster_of_processes_matches_one_process(planted, tmp_path, ps_cluster):
+def test_ps_cluster_of_processes_matches_one_process(planted_data, tmp_path, ps_cluster):
     """Chief + 2 workers + 2 parameter servers as 5 processes: training completes, the item
     table is sharded over both servers, and eval AUC is that of the same run in one process
     within the noise of asynchronous updates (both learned the planted signal)."""
     cluster, servers = ps_cluster
-    one = Task(_train_args(planted, str(tmp_path / "one"), "default", 2, 60), None)
+    one = Task(_train_args(planted_data, str(tmp_path / "one"), "default", 2, 60), None)
     assert one.finish() == 0, one.output()[-3000:]
-    chief = _chief(cluster, planted, str(tmp_path / "ps"), 2, 60)
+    chief = _chief(cluster, planted_data, str(tmp_path / "ps"), 2, 60)
     assert chief.finish() == 0, chief.output()[-3000:]
     assert "strategy ParameterServerStrategy" in chief.output()
     (shards,) = re.findall(r"table item: 2 shard\(s\) of .* on (\[.*\])", chief.output())
@@ -150,11 +137,11 @@ def test_ps_cluster_of_processes_matches_one_process(planted, tmp_path, ps_clust
     assert abs(auc_ps - auc_one) < 0.04, (auc_one, auc_ps)
 
 
-def test_ps_training_survives_a_killed_worker_and_it_rejoins(planted, tmp_path, ps_cluster):
+def test_ps_training_survives_a_killed_worker_and_it_rejoins(planted_data, tmp_path, ps_cluster):
     """SIGKILL worker 1 in the middle of epoch 2 of 3: the coordinator reschedules its work on
     worker 0, the restarted worker 1 rejoins, and the run completes and has learned."""
     cluster, servers = ps_cluster
-    chief = _chief(cluster, planted, str(tmp_path / "run"), 3, 60)
+    chief = _chief(cluster, planted_data, str(tmp_path / "run"), 3, 60)
     try:
         chief.wait_for(r"Epoch 2/3")
         servers["worker1"].kill()
@@ -169,32 +156,32 @@ def test_ps_training_survives_a_killed_worker_and_it_rejoins(planted, tmp_path, 
     assert _auc(tmp_path / "run") > 0.58
 
 
-def test_ps_chief_killed_restarts_from_its_last_backup(planted, tmp_path, ps_cluster):
+def test_ps_chief_killed_restarts_from_its_last_backup(planted_data, tmp_path, ps_cluster):
     """SIGKILL the chief once epoch 3 of 4 has begun (Keras backs up a ParameterServerStrategy
     run at epoch ends); the same command again resumes from the backup (at epoch 3 or later,
     not 1) against the same servers, and completes."""
     cluster, _ = ps_cluster
     run = str(tmp_path / "run")
-    first = _chief(cluster, planted, run, 4, 60)
+    first = _chief(cluster, planted_data, run, 4, 60)
     try:
         first.wait_for(r"Epoch 3/4")
     finally:
         first.kill()
     assert not (tmp_path / "run" / "metrics.json").exists()
-    second = _chief(cluster, planted, run, 4, 60)
+    second = _chief(cluster, planted_data, run, 4, 60)
     assert second.finish() == 0, second.output()[-3000:]
     epochs = re.findall(r"Epoch (\d+)/4", second.output())
     assert epochs and int(epochs[0]) >= 3, epochs
     assert _auc(tmp_path / "run") > 0.58
 
 
-def test_multiworker_processes_resume_through_backup_and_restore(planted, tmp_path):
+def test_multiworker_processes_resume_through_backup_and_restore(planted_data, tmp_path):
     """Two ``--strategy multiworker`` processes; SIGKILL worker 1 in epoch 3 of 4. A collective
     cannot go on without it, so the cluster restarts both (as a job manager would) and they
     resume from the last backup instead of epoch 1, and complete."""
     addresses = _ports(2)
     run = str(tmp_path / "run")
-    args = _train_args(planted, run, "multiworker", 4, 30) + ["--set", "train.backup_every_steps=10"]
+    args = _train_args(planted_data, run, "multiworker", 4, 30) + ["--set", "train.backup_every_steps=10"]
 
     def start():
         return [Task(args, {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})

@@ -14,8 +14,6 @@ from tirec.models import train as T
 from tirec.models.data import load_data_spec, load_item_vectors
 from tirec.models.registry import model_names, model_spec
 from tirec.models.train import build_model, evaluate_model, train_run
-from tirec.pipeline import job, synthetic
-from tirec.pipeline.config import PipelineConfig
 
 SETTINGS = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
             "model.daian.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.daian.sim_bins=5",
@@ -45,16 +43,6 @@ MIN_AUC = {"din": 0.58, "daian": 0.65, "gapnet": 0.58, "poso": 0.58, "mwuf": 0.5
            "dian": 0.58, "dei2n": 0.57, "tin": 0.58}
 DEFAULT_MIN_AUC = 0.58  # a model without its own measured floor
 MARGIN = 0.05  # and at least this much above the same model untrained
-
-
-@pytest.fixture(scope="module")
-def planted_data(tmp_path_factory):
-    """100 users, CTR 0.2: ~15.6k train and ~2k eval rows (~440 eval clicks), one-day eval."""
-    base = tmp_path_factory.mktemp("planted")
-    raw, out = str(base / "raw"), str(base / "tfr")
-    synthetic.generate(synthetic.GeneratorConfig(users=100, seed=11, target_ctr=0.2), raw)
-    job.run(PipelineConfig(input=raw, format="synthetic", out=out, max_seq_len=10))
-    return out
 
 
 def learned(auc: float, untrained_auc: float, name: str) -> bool:
