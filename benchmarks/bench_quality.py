@@ -251,7 +251,8 @@ class StopWatch:
     """Wall seconds minus the time the process was stopped (``kill -STOP`` ... ``-CONT``, a
     suspended job): a ticking thread sees a stop as a gap far longer than its tick.
 
-    So a benchmark paused to free the cores for other work still reports its training time."""
+    So a benchmark paused to free the cores for other work still reports its training time.
+    Any stall longer than ``gap`` counts as stopped (the result keeps it as ``stopped_seconds``)."""
 
     def __init__(self, tick: float = 0.5, gap: float = 5.0):
         self.tick, self.gap, self.stopped = tick, gap, 0.0

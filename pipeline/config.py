@@ -99,8 +99,9 @@ class PipelineConfig:
       embedding_path: file for ``precomputed`` when not inside the input directory.
       emb_dim: dimension for computed embeddings.
       chunk_rows: rows per read chunk.
-      num_shards: TFRecord files per split (0: one per 200,000 impressions of the split's window,
-        at least one).
+      num_shards: shards, and TFRecord files per split (0: one per 200,000 events of the split
+        plan's table over all splits, at least one); also the job's unit of parallelism and
+        memory after the shuffle.
       seed: seed for any sampling.
       movielens: MovieLens conversion settings.
     """

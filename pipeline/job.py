@@ -2,18 +2,20 @@
 
 Graph::
 
-    files --Read+validate--> (shard, user, block) --GroupByKey--> Shard: label, finalize, write --> train / valid / eval
-      \\--> dead letters, stats                                    \\--> dead letters, stats, files --> stats.json
+    files --Read--> (shard, user, block) --GroupByKey--> Shard --> train / valid / eval files
+      \\--> dead letters, stats                          \\--> dead letters, stats, paths --> stats.json
 
 * Fact tables (impressions, behaviours, users) are read in chunks by a DoFn per file; each chunk
   is validated (bad rows to the dead-letter output) and split into per-user blocks, so what goes
   through the shuffle is one element per (chunk, user), not one per row, keyed by the user's
-  shard (CRC32 of the id modulo the files per split).
+  shard (CRC32 of the id modulo the files per split, :func:`num_shards`). A shard is the unit
+  of parallelism and of memory after the shuffle: one step holds all of its blocks.
 * The item table (side fields + multimodal vectors) is prepared by the launcher and loaded by
   each worker in ``setup``.
-* ``Shard`` takes the shard's users in id order; ``LabelUser`` runs
-  :func:`tirec.pipeline.labeling.label_user` on each (a user's blocks are collected with a
-  running cap, so per-user state stays bounded); ``Finalize`` then bins similarities with the fixed range or the train-set quantiles (a global side
+* ``Shard`` (:class:`_ShardFn`) takes the shard's users in id order; :class:`_LabelFn` runs
+  :func:`tirec.pipeline.labeling.label_user` on each (a user's events are capped at
+  ``max_events_per_user``, the oldest dropped and counted); :class:`_FinalizeFn` then bins
+  similarities with the fixed range or the train-set quantiles (a global side
   input), computes intent distributions and explicit masks and encodes ``tf.train.Example``s;
   a record holding a non-finite float is dead-lettered (``non_finite_feature``), not written;
   64 users at a time, written to the shard's file of each split.
@@ -27,9 +29,10 @@ Graph::
 The job writes into a temporary sibling folder and publishes it as ``OUT`` only when the row
 accounting balances and train and eval hold records (see :func:`run`).
 
-Runs on DirectRunner by default; Beam flags (``--runner FlinkRunner``, ``--runner
-DataflowRunner --project ...``) pass through unchanged, and a flag that no Beam
-``PipelineOptions`` class defines is an error naming it (Beam would drop it with a warning).
+Runs on DirectRunner by default, on Beam's Dask runner with ``--runner dask``; other Beam
+flags (``--runner FlinkRunner``, ``--runner DataflowRunner --project ...``) pass through
+unchanged (:mod:`tirec.pipeline.runners`, which also refuses a flag no Beam options class
+defines).
 """
 from __future__ import annotations
 
@@ -68,7 +71,7 @@ use_filesystem(FileSystems)
 log = logging.getLogger(__name__)
 
 IMP, BEH, USR = "imp", "beh", "usr"
-# Records per TFRecord file when pipeline.num_shards is 0 (about 200 MB of records at 1 KB each).
+# Events (of the split plan's table, all splits) per shard when pipeline.num_shards is 0.
 RECORDS_PER_SHARD = 200_000
 _TAGS = {"impressions": IMP, "behaviours": BEH, "users": USR}
 SEQ_HIST_BINS = 11  # sequence-length histogram: [0], (0, L/10], ... by tenths of L
@@ -183,8 +186,25 @@ def _run_job(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, out: str, fla
     progress(STAGES[3])
     beam_stats = read_json(f"{out}/_beam_stats.json")
     _remove(f"{out}/_beam_stats.json")
-    log.info("written: %s", {k: len(v) for k, v in beam_stats.pop("_files", {}).items()})
+    _fill_missing_files(out, beam_stats.pop("_files", {}))
     return _finish(cfg, prep, spec, plan, beam_stats, out, time.time() - t0)
+
+
+def _fill_missing_files(out: str, written: dict[str, list[str]]) -> None:
+    """Writes the files no shard wrote, empty: ``part-k-of-N`` of a split for a shard that held
+    no user, and the dead-letter file when there were none, so every output has its N files."""
+    wanted = [f"{out}/deadletter/deadletter-00000-of-00001.jsonl"]
+    for split, paths in written.items():
+        if split != "deadletter" and paths:
+            n = int(paths[0].rsplit("-of-", 1)[1].split(".")[0])
+            wanted += [f"{out}/{split}/part-{k:05d}-of-{n:05d}.tfrecord.gz" for k in range(n)]
+    done = {p for paths in written.values() for p in paths}
+    for path in wanted:
+        if path not in done:
+            compression = (beam.io.filesystem.CompressionTypes.GZIP if path.endswith(".gz")
+                           else beam.io.filesystem.CompressionTypes.UNCOMPRESSED)
+            FileSystems.create(path, mime_type="application/octet-stream", compression_type=compression).close()
+    log.info("written: %s", {k: len(v) for k, v in written.items()})
 
 
 def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: FeatureSpec, out: str,
@@ -202,14 +222,17 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
         item_fields=prep.item_fields, user_fields=prep.user_fields,
         context_fields=prep.context_fields, valid_from_ts=plan.valid_from_ts, spec=spec,
         realtime_window_s=cfg.realtime_window_s)
-    with beam.Pipeline(runner=runner, options=PipelineOptions(flags=flags)) as p:
-        blocks, deads, stats = _read(p, cfg, prep, files)
-        bounds, final = _label_and_write(blocks, cfg, plan, spec, _LabelFn(settings, items_path, files, prep.user_hook),
-                                         files, out)
-        deads.append(final["dead"])
-        stats += [final["stats"], final["files"]]
-        _dead_letters_and_stats(p, deads, stats, out, (lo, hi), bounds)
-    runners.close_client(p.result)
+    p = beam.Pipeline(runner=runner, options=PipelineOptions(flags=flags))
+    try:
+        with p:
+            blocks, deads, stats = _read(p, cfg, prep, files)
+            label = _LabelFn(settings, items_path, files, prep.user_hook)
+            bounds, final = _label_and_write(blocks, cfg, plan, spec, label, files, out)
+            deads.append(final["dead"])
+            stats += [final["stats"], final["files"]]
+            _dead_letters_and_stats(p, deads, stats, out, (lo, hi), bounds)
+    finally:
+        runners.close_client(p)
 
 
 def _read(p, cfg: PipelineConfig, prep: Prepared, files: list[str]) -> tuple[list, list, list]:
@@ -267,9 +290,15 @@ def _dead_letters_and_stats(p, deads: list, stats: list, out: str, fixed_range: 
 
 
 def num_shards(cfg: PipelineConfig, plan: SplitPlan) -> int:
-    """Files per split: ``pipeline.num_shards``, or with 0 one per :data:`RECORDS_PER_SHARD`
-    events the split plan counted (at least one)."""
-    return cfg.num_shards or max(1, math.ceil(sum(plan.events.values()) / RECORDS_PER_SHARD))
+    """Shards, and files per split: ``pipeline.num_shards``, or with 0 one per
+    :data:`RECORDS_PER_SHARD` events the split plan counted over all splits (at least one);
+    a warning when the shards are large (memory of one step)."""
+    shards = cfg.num_shards or max(1, math.ceil(sum(plan.events.values()) / RECORDS_PER_SHARD))
+    per_shard = sum(plan.events.values()) / shards
+    if per_shard > 5 * RECORDS_PER_SHARD:
+        log.warning("pipeline.num_shards=%d: about %d events per shard, held by one step; more shards "
+                    "(or 0: one per %d) bound its memory", shards, per_shard, RECORDS_PER_SHARD)
+    return shards
 
 
 def _shard_key(element, shards: int):
@@ -290,7 +319,8 @@ def _range_stat(p, lo: float, hi: float, bounds):
 
 
 class _ReadFn(beam.DoFn):
-    """Reads one file in chunks; emits (user_id, (tag, block)) plus dead letters and stats."""
+    """Reads one file in chunks; emits ``("blocks", (user_id, (tag, block)))``, ``("dead", d)``
+    and ``("stats", s)``."""
 
     def __init__(self, tag, schema, chunk_rows, click_btags, block_fn=None):
         self.tag, self.schema, self.chunk_rows, self.click_btags = tag, schema, chunk_rows, click_btags
@@ -387,8 +417,8 @@ class _ShardFn(beam.DoFn):
     in batches of whole users and writes the shard's file of every split,
     ``SPLIT/part-SSSSS-of-NNNNN.tfrecord.gz`` (GZIP); emits the paths, dead letters and stats.
 
-    Users go in id order and each file is written whole under its final name, so the files are
-    the same on every runner and a retried shard rewrites them. The records are written where
+    Users go in id order and each file is written whole under its final name, so every runner
+    writes the same records to the same files and a retried shard rewrites them. The records are written where
     they are made: no shuffle carries them (Beam's file sinks, which do, report what they wrote
     from ``finish_bundle``, which Beam's DaskRunner drops)."""
 
@@ -430,13 +460,16 @@ class _ShardFn(beam.DoFn):
         for tag, value in self.finalize.process(_concat_users(users), sim_range):
             if tag in handles:
                 handles[tag].write(value)
-            else:
+            elif tag in ("dead", "stats"):
                 yield tag, value
+            else:
+                raise ValueError(f"records for split {tag!r}, which this job does not write")
 
 
 class _TrainSimsFn(beam.DoFn):
     """One shard of users -> the trigger-target similarities of their train records (for
-    ``sim_range=quantile``; labels the users a first time, without keeping them)."""
+    ``sim_range=quantile``: the users are labeled here and again in ``_ShardFn``, since the
+    range must be known before any record is finalized)."""
 
     def __init__(self, label: "_LabelFn"):
         self.label = label

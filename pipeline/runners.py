@@ -4,11 +4,13 @@
   DirectRunner, directly (Beam 2.77's DirectRunner otherwise first tries to download the Prism
   runner binary, which fails or stalls without internet). ``--direct_running_mode`` /
   ``--direct_num_workers`` apply as usual.
-* ``--runner dask`` (or ``DaskRunner``, or the full name :data:`DASK_RUNNER`): Beam's Dask
-  runner on a ``dask.distributed`` cluster. With ``--dask_client_address tcp://HOST:8786`` (the
-  CLI's ``--dask-address``) the job runs on that scheduler; without one, :func:`runner_for`
-  starts a ``LocalCluster`` of ``--direct_num_workers`` worker processes (default: one per CPU)
-  and closes it when the job ends. Needs the ``dask`` extra (``pip install 'tirec[dask]'``).
+* ``--runner dask`` (or ``DaskRunner``, or the full name :data:`DASK_RUNNER`; any case):
+  Beam's Dask runner on a ``dask.distributed`` cluster. With ``--dask_client_address
+  tcp://HOST:8786`` (the CLI's ``--dask-address``) the job runs on that scheduler; without one,
+  :func:`runner_for` starts a ``LocalCluster`` of ``--direct_num_workers`` worker processes
+  (default: one per CPU) and closes it when the job ends. ``--dask_partition_size 1`` unless a
+  partitioning flag is given (each input file its own partition). Needs the ``dask`` extra
+  (``pip install 'tirec[dask]'``).
 * Any other runner (Flink, Spark, Dataflow, ...): the flags go to Beam unchanged.
 
 A flag that no Beam ``PipelineOptions`` class defines is an error naming it (Beam would drop it
@@ -26,8 +28,8 @@ from typing import Iterator
 log = logging.getLogger(__name__)
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
-DASK_NAMES = ("dask", "DaskRunner", DASK_RUNNER)
-_DIRECT_NAMES = ("DirectRunner", "direct", "Direct")
+DASK_NAMES = ("dask", "daskrunner", DASK_RUNNER.lower())  # compared in lower case
+_DIRECT_NAMES = ("directrunner", "direct")
 
 
 def _register_dask_options() -> bool:
@@ -71,7 +73,7 @@ def check_flags(args: list[str]) -> None:
     """Raises ValueError naming each flag no Beam options class defines, a bad flag value, or
     ``--runner dask`` without the ``dask`` extra."""
     runner = runner_name(args)
-    if runner in DASK_NAMES and not _register_dask_options():
+    if runner.lower() in DASK_NAMES and not _register_dask_options():
         raise ValueError(f"--runner {runner} needs dask.distributed: pip install 'tirec[dask]'")
     unknown = unknown_beam_flags(args)
     if unknown:
@@ -87,7 +89,7 @@ def runner_for(args: list[str]) -> Iterator[tuple[list[str], object]]:
       ValueError: as :func:`check_flags`.
     """
     check_flags(args)
-    runner = runner_name(args)
+    runner = runner_name(args).lower()
     flags = _without(list(args), "--runner")
     if runner in _DIRECT_NAMES:
         if not any(a.startswith("--direct_running_mode") for a in flags):
@@ -96,6 +98,10 @@ def runner_for(args: list[str]) -> Iterator[tuple[list[str], object]]:
 
         yield flags, FnApiRunner()
     elif runner in DASK_NAMES:
+        if _flag_value(flags, "--dask_npartitions") is None and _flag_value(flags, "--dask_partition_size") is None:
+            # Beam's Dask Create puts up to 128 elements in one partition and its Reshuffle
+            # does nothing: one partition per input file spreads the reads over the workers.
+            flags += ["--dask_partition_size", "1"]
         with _dask_scheduler(flags) as flags:
             from apache_beam.runners.dask.dask_runner import DaskRunner
 
@@ -124,11 +130,16 @@ def _dask_scheduler(flags: list[str]) -> Iterator[list[str]]:
         cluster.close()
 
 
-def close_client(result) -> None:
-    """Closes the Dask client a finished DaskRunner job holds (before its cluster closes)."""
+def close_client(pipeline) -> None:
+    """Closes the Dask client of a DaskRunner job that ran (also a failed one: its tasks are
+    cancelled first), before its cluster closes."""
+    result = getattr(pipeline, "result", None)
     client = getattr(result, "client", None)
-    if client is not None:
-        client.close()
+    if client is None:
+        return
+    if getattr(result, "state", None) != "DONE":
+        client.cancel(result.futures)
+    client.close()
 
 
 class _OptionsParser(argparse.ArgumentParser):

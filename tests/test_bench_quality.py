@@ -171,4 +171,4 @@ def test_the_stopwatch_leaves_out_the_time_the_process_was_stopped():
     wall, seconds = map(float, proc.stdout.readline().split())
     assert proc.wait(timeout=30) == 0
     assert wall > 3.5, wall
-    assert 0.8 < seconds < 1.8, (wall, seconds)
+    assert 0.8 < seconds < 2.5, (wall, seconds)  # a loaded machine stretches the 1 s of work

@@ -183,7 +183,7 @@ def _with_dask_address(beam_args: list[str], address: str | None) -> list[str]:
 
     if address is None:
         return beam_args
-    if runners.runner_name(beam_args) not in runners.DASK_NAMES:
+    if runners.runner_name(beam_args).lower() not in runners.DASK_NAMES:
         raise ValueError(f"--dask-address {address} needs --runner dask (the runner is "
                          f"{runners.runner_name(beam_args)})")
     return beam_args + ["--dask_client_address", address]

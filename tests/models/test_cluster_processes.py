@@ -138,8 +138,9 @@ def test_ps_cluster_of_processes_matches_one_process(planted_data, tmp_path, ps_
 
 
 def test_ps_training_survives_a_killed_worker_and_it_rejoins(planted_data, tmp_path, ps_cluster):
-    """SIGKILL worker 1 in the middle of epoch 2 of 3: the coordinator reschedules its work on
-    worker 0, the restarted worker 1 rejoins, and the run completes and has learned."""
+    """SIGKILL worker 1 at the start of epoch 2 of 3: the coordinator reschedules its work on
+    worker 0 and the run completes and has learned; worker 1, started again, is serving at the
+    end (whether the coordinator gave it work again is not checked)."""
     cluster, servers = ps_cluster
     chief = _chief(cluster, planted_data, str(tmp_path / "run"), 3, 60)
     try:
@@ -203,7 +204,9 @@ def test_multiworker_processes_resume_through_backup_and_restore(planted_data, t
     finally:
         for w in workers:
             w.kill()
-    epochs = re.findall(r"Epoch (\d+)/4", workers[0].output())
-    assert epochs and int(epochs[0]) >= 3, epochs
+    for w in workers:  # both resumed, at the same epoch (a non-chief that restored nothing diverged)
+        epochs = re.findall(r"Epoch (\d+)/4", w.output())
+        assert epochs and int(epochs[0]) >= 3, epochs
+    assert re.findall(r"Epoch (\d+)/4", workers[0].output())[0] == re.findall(r"Epoch (\d+)/4", workers[1].output())[0]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["replicas"] == 2 and metrics["auc"] > 0.58

@@ -267,3 +267,19 @@ def test_file_by_file_publish_moves_stats_json_last(tmp_path, monkeypatch):
     assert moved[-1] == f"{out}/stats.json" and len(moved) == 2
     assert _tree(out) == {"stats.json": "new", "train/part-00000-of-00001.tfrecord.gz": "new"}
     assert not work.exists()
+
+
+def test_every_split_has_its_n_files_and_the_dead_letter_file_exists(small_raw, tmp_path):
+    """64 shards for 15 users: the shards that hold no user still get their (empty) files, and a
+    run without dead letters still writes the dead-letter file (empty)."""
+    import os
+
+    out = str(tmp_path / "out")
+    stats = job.run(PipelineConfig(input=small_raw, format="synthetic", out=out, max_seq_len=10, num_shards=64))
+    for split in ("train", "eval"):
+        files = sorted(glob.glob(f"{out}/{split}/*"))
+        assert [os.path.basename(f) for f in files] == [f"part-{k:05d}-of-00064.tfrecord.gz" for k in range(64)]
+        n = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+        assert n == stats["written"][split] > 0
+    assert stats["deadletter_total"] == 0
+    assert open(f"{out}/deadletter/deadletter-00000-of-00001.jsonl").read() == ""
