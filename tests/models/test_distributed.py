@@ -66,7 +66,7 @@ def test_mirrored_two_cpu_replicas_all_three_stages(tiny_data, tmp_path):
         assert (run / f"stage_{k}" / "done").exists()
 
 
-# The scripts' shared start: 2 logical CPUs, one batch of the tiny data (argv: data, batch size,
+# The scripts' shared start: 2 logical CPUs, one shuffled batch of the tiny data (argv: data, batch size,
 # --set overrides), the model inputs plus the stage columns, and a MirroredStrategy over both CPUs.
 BATCH_PREAMBLE = textwrap.dedent("""
     import json, os, sys
@@ -85,7 +85,8 @@ BATCH_PREAMBLE = textwrap.dedent("""
     spec = load_data_spec(data)
     ids, vecs, _ = load_item_vectors(data)
     names = model_input_names(spec)
-    x, y = next(iter(make_dataset(data, "train", spec, batch)))
+    # a batch of many users (the files hold each user's records together, users in id order)
+    x, y = next(iter(make_dataset(data, "train", spec, batch, shuffle_buffer=100_000, seed=0)))
     x = {k: v for k, v in x.items() if k in set(names) | stage_input_names(spec)}
     mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
 """)
