@@ -45,22 +45,19 @@ def _register_dask_options() -> bool:
 
 def runner_name(args: list[str]) -> str:
     """The value of ``--runner`` in ``args`` (``DirectRunner`` when absent)."""
-    runner = "DirectRunner"
-    for i, a in enumerate(args):
-        if a == "--runner" and i + 1 < len(args):
-            runner = args[i + 1]
-        elif a.startswith("--runner="):
-            runner = a.split("=", 1)[1]
-    return runner
+    return _flag_value(args, "--runner") or "DirectRunner"
 
 
 def _flag_value(args: list[str], name: str) -> str | None:
+    """The value of flag ``name`` (``--name V`` or ``--name=V``; the last one given, as
+    argparse reads it), None when absent."""
+    value = None
     for i, a in enumerate(args):
         if a == name and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
+            value = args[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
 
 
 def _without(args: list[str], name: str) -> list[str]:
