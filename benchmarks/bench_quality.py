@@ -38,6 +38,10 @@ trainable parameters, and the in-process serving latency of one request of 200 c
 median over ``--latency-runs`` calls of the in-memory model's ``rank`` signature (the function
 ``tirec export`` saves, one context tf.Example + 200 candidate tf.Examples), after warm-up.
 
+Under each data set's rows, *s_sem alone, untrained*: the trigger-target similarity itself as
+the click score (``benchmarks/signal_check.py``), eval AUC and GAUC, so the table shows how much
+of a model's AUC that one number already gives.
+
 ``--ablations``: DAIAN on MovieLens at its picked learning rate, w/o UIM / DIE / SEIN
 (``model.daian.use_uim|use_die|use_sein=false``), w/o three-stage (``train.three_stage=false``),
 and n ∈ {2, 4, 6, 8} similarity levels (``pipeline.intent_levels``; the records change, so the
@@ -65,6 +69,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from robustness import LABELS, _run, _stat  # noqa: E402  (the sibling benchmark's pieces)
+from signal_check import COLUMNS as SIGNAL_COLUMNS, split_signal  # noqa: E402
 
 SPEED = ["model.hist_buckets=1", "model.daian.explicit_buckets=1"]
 # Control rows: (label, model, settings) trained and picked like a model of their own, after it.
@@ -210,6 +215,20 @@ def prepare(name: str, args, levels: int = DEFAULT_LEVELS) -> str:
         raise SystemExit(f"--datasets: unknown data set {name!r}; valid: movielens, synthetic")
     print(f"{folder}: converted in {time.time() - t0:.1f} s", file=sys.stderr)
     return os.path.join(out, "tfr")
+
+
+def untrained_reference(data_dir: str) -> dict | None:
+    """The similarity s_sem itself as the score, no training (``benchmarks/signal_check.py``):
+    ``{split: metrics}`` of valid and eval; None when the records are not there or lack it."""
+    from tirec.models.data import load_data_spec, read_columns
+
+    if not os.path.exists(os.path.join(data_dir, "spec.json")):
+        return None
+    spec = load_data_spec(data_dir)
+    if any(c not in spec.parse_example_spec() for c in SIGNAL_COLUMNS):
+        return None
+    return {split: split_signal(read_columns(data_dir, split, spec, SIGNAL_COLUMNS), None)
+            for split in ("valid", "eval")}
 
 
 def _check_valid(dataset: str, data_dir: str) -> None:
@@ -393,7 +412,12 @@ def rela_impr(auc: float, auc_din: float) -> float:
     return ((auc - 0.5) / (auc_din - 0.5) - 1.0) * 100.0
 
 
-def markdown(rows: list[dict], picks: dict, args) -> str:
+def _impr(rows: list[dict], dataset: str, auc: float) -> str:
+    din = [r["auc_mean"] for r in rows if r["dataset"] == dataset and r["model"] == "din"]
+    return f"{rela_impr(auc, din[0]):+.2f} %" if din else "—"
+
+
+def markdown(rows: list[dict], picks: dict, args, refs: dict) -> str:
     """The results table, the learning-rate grid and the settings, in Markdown."""
     def pm(r, key):
         return f"{r[key + '_mean']:.4f} ± {r[key + '_std']:.4f}"
@@ -410,6 +434,9 @@ def markdown(rows: list[dict], picks: dict, args) -> str:
         lines.append(f"| {r['dataset']} | {LABELS.get(r['model'], r['model'])} | {r['lr']:g} | {r['seeds']} | "
                      f"{pm(r, 'auc')} | {pm(r, 'gauc')} | {pm(r, 'logloss')} | {impr} | "
                      f"{r['train_seconds_mean']:.0f} | {r['params']:,} | {r['latency_ms_median']:.2f} |")
+    lines += [f"| {dataset} | *s_sem alone, untrained* | — | — | {r['eval']['sim_auc']:.4f} | "
+              f"{r['eval']['sim_gauc']:.4f} | — | {_impr(rows, dataset, r['eval']['sim_auc'])} | — | 0 | — |"
+              for dataset, r in refs.items() if r]
     planted = [r for r in rows if "planted_intent_js" in r]
     if planted:
         lines += ["", "Intent JS (per user) against the generator's planted preference: "
@@ -427,10 +454,10 @@ def markdown(rows: list[dict], picks: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(rows: list[dict], picks: dict, results: list[dict], args) -> str:
+def write_outputs(rows: list[dict], picks: dict, results: list[dict], args, refs: dict) -> str:
     from tirec.features.jsonio import write_json
 
-    text = markdown(rows, picks, args)
+    text = markdown(rows, picks, args, refs)
     with open(os.path.join(args.out, "bench_quality.md"), "w") as fh:
         fh.write(text)
     buf = io.StringIO()
@@ -442,7 +469,7 @@ def write_outputs(rows: list[dict], picks: dict, results: list[dict], args) -> s
     write_json(os.path.join(args.out, "bench_quality.json"),
                {"seeds": args.seeds, "lrs": list(args.lrs), "max_epochs": args.max_epochs,
                 "patience": args.patience, "overrides": list(args.overrides), "picks": picks,
-                "summary": rows, "runs": results})
+                "summary": rows, "untrained_reference": refs, "runs": results})
     return text
 
 
@@ -500,8 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.makedirs(os.path.join(args.out, "results"), exist_ok=True)
     picks: dict = {}
+    refs: dict = {}
     for dataset in args.datasets:
         data_dir = prepare(dataset, args)
+        refs[dataset] = untrained_reference(data_dir)
         if not args.tables_only:
             _check_valid(dataset, data_dir)
         for label, model, sets in rows_of(args.models):
@@ -516,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         lr = picks.get("movielens|daian", {}).get("lr") or pick_lr(data_dir, "movielens", "daian", "daian", [],
                                                                       args)[0]
         if lr is None:  # --tables-only before DAIAN's grid is done
-            return finish(picks, args)
+            return finish(picks, args, refs)
         variants = [("movielens", label, sets, data_dir) for label, sets in ABLATIONS.items()]
         variants += [(f"movielens_levels{n}", f"daian n={n}", [], prepare("movielens", args, n)) for n in LEVELS
                      if n != DEFAULT_LEVELS]
@@ -524,16 +553,16 @@ def main(argv: list[str] | None = None) -> int:
             picks[f"{dataset}|{label}"] = {"lr": lr, "grid": {}, "from": "movielens|daian"}
             for seed in args.seeds:
                 cached(ddir, dataset, label, "daian", seed, lr, sets, args)
-    return finish(picks, args)
+    return finish(picks, args, refs)
 
 
-def finish(picks: dict, args) -> int:
+def finish(picks: dict, args, refs: dict) -> int:
     """Writes the tables of every cached run under ``picks``."""
     from tirec.features.jsonio import read_json
 
     results = [read_json(p) for p in sorted(glob.glob(os.path.join(args.out, "results", "*.json")))]
     rows = summarize(results, picks, args.seeds)
-    print(write_outputs(rows, picks, results, args))
+    print(write_outputs(rows, picks, results, args, refs))
     return 0
 
 

@@ -74,6 +74,7 @@ def test_tiny_run_writes_the_tables_and_resumes_from_its_cache(tiny, tmp_path, c
     assert ("| data set | model | LR | seeds | AUC | GAUC | logloss | RelaImpr vs DIN (AUC) | train s | params "
             "| latency ms (200 cand.) |") in text
     assert f"{want:+.2f} %" in text and "| synthetic | DAIAN | 0.05 | 1 |" in text
+    assert "| synthetic | *s_sem alone, untrained* |" in text
 
     # The second run, through the CLI, reads the cached results: nothing retrains (the run
     # folders are untouched) and the same tables come out.
@@ -130,6 +131,22 @@ def test_the_pick_reads_valid_at_the_first_seed_and_the_summary_reads_only_the_p
     # An ablation on other records is compared with DIN on the plain MovieLens records.
     assert rows["daian n=2"]["rela_impr_auc_pct"] == pytest.approx((0.13 / 0.11 - 1) * 100)
     assert bench.rela_impr(0.6382, 0.6432) == pytest.approx(-3.49, abs=0.01)
+
+
+def test_the_untrained_reference_row_scores_eval_by_the_similarity_alone(tiny_data, tmp_path):
+    from tirec.models.data import load_data_spec, read_columns
+    from tirec.models.metrics import auc
+
+    bench = _module()
+    ref = bench.untrained_reference(tiny_data)
+    cols = read_columns(tiny_data, "eval", load_data_spec(tiny_data), ["label", "trigger_target_sim"])
+    want = auc(cols["label"], cols["trigger_target_sim"])
+    assert set(ref) == {"valid", "eval"} and ref["eval"]["sim_auc"] == pytest.approx(want)
+    assert bench.untrained_reference(str(tmp_path)) is None  # no records (--tables-only without data)
+    rows = [{**_result("synthetic", "din", 1, 0.1, 0.55, 0.5), "auc_mean": 0.55}]
+    text = bench.markdown([], {}, bench.parse_args(["--out", str(tmp_path)]), {"synthetic": ref})
+    assert f"| synthetic | *s_sem alone, untrained* | — | — | {want:.4f} |" in text
+    assert f"{bench.rela_impr(want, 0.55):+.2f} %" in bench._impr(rows, "synthetic", want)
 
 
 def test_bad_flags_name_the_flag(tmp_path, capsys):
