@@ -411,7 +411,7 @@ def _data(args) -> str:
         return args.data
     from bench_quality import prepare
 
-    ns = argparse.Namespace(data={}, out=args.out, input=args.input, users=args.users)
+    ns = argparse.Namespace(data={}, out=args.out, input=args.input, users=args.users, tables_only=False)
     return prepare(args.dataset, ns)
 
 

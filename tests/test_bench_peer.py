@@ -178,6 +178,15 @@ def test_bad_arguments_fail_naming_the_flag_through_the_cli(tmp_path, capsys, ar
     assert message in capsys.readouterr().err
 
 
+def test_dataset_synthetic_converts_the_generator_into_out(tmp_path):
+    bench = _module()
+    args = bench.parse_args(["--out", str(tmp_path), "--dataset", "synthetic", "--users", "8"])
+    data = bench._data(args)
+    assert data == str(tmp_path / "data" / "synthetic" / "tfr")
+    assert os.path.exists(os.path.join(data, "spec.json")) and os.listdir(os.path.join(data, "train"))
+    assert bench._data(args) == data  # converted once: the second call reads it
+
+
 def test_tiny_run_end_to_end(tiny, tmp_path, monkeypatch):
     pytest.importorskip("deepctr")
     bench = _module()
