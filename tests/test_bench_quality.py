@@ -91,11 +91,12 @@ def test_tiny_run_writes_the_tables_and_resumes_from_its_cache(tiny, tmp_path, c
     assert bench.main(_argv(out, tiny)) == 0
 
     # --tables-only trains nothing: a model whose grid is not cached yet has no row.
-    os.remove(bench.result_path(out, "synthetic", "dian", 1, 0.05))
+    tag = bench.protocol_tag(bench.parse_args(_argv(out, tiny)))
+    os.remove(bench.result_path(out, "synthetic", "dian", 1, 0.05, tag))
     assert bench.main(_argv(out, tiny) + ["--tables-only"]) == 0
     with open(os.path.join(out, "bench_quality.csv")) as fh:
         assert [r["model"] for r in csv.DictReader(fh)] == ["din", "din+sim", "daian"]
-    assert not os.path.exists(bench.result_path(out, "synthetic", "dian", 1, 0.05))
+    assert not os.path.exists(bench.result_path(out, "synthetic", "dian", 1, 0.05, tag))
 
 
 def _result(dataset, label, seed, lr, auc, val_auc):
@@ -147,6 +148,31 @@ def test_the_untrained_reference_row_scores_eval_by_the_similarity_alone(tiny_da
     text = bench.markdown([], {}, bench.parse_args(["--out", str(tmp_path)]), {"synthetic": ref})
     assert f"| synthetic | *s_sem alone, untrained* | — | — | {want:.4f} |" in text
     assert f"{bench.rela_impr(want, 0.55):+.2f} %" in bench._impr(rows, "synthetic", want)
+
+
+def test_runs_of_another_procedure_are_other_files_and_a_changed_setting_is_an_error(tmp_path):
+    from tirec.features.jsonio import write_json
+
+    bench = _module()
+    out = str(tmp_path)
+    now = bench.parse_args(["--out", out])
+    first = bench.parse_args(["--out", out, "--max-epochs", "10", "--patience", "1"])
+    other = bench.parse_args(["--out", out, "--set", "train.batch_size=1024"])
+    assert bench.protocol_tag(now) == "e20p3" and bench.protocol_tag(first) == "e10p1"
+    assert bench.protocol_tag(other).startswith("e20p3_") and bench.protocol_tag(other) != "e20p3"
+    path = bench.result_path(out, "movielens", "din", 1, 0.1, "e20p3")
+    assert path.endswith("movielens__din__seed1__lr0.1__e20p3.json")
+    os.makedirs(os.path.dirname(path))
+    write_json(path, {**_result("movielens", "din", 1, 0.1, 0.6, 0.6), "config": bench.run_config(1, 0.1, [], first)})
+    with pytest.raises(SystemExit, match="cached with settings"):
+        bench.cached("D", "movielens", "din", "din", 1, 0.1, [], now)
+    write_json(path, {**_result("movielens", "din", 1, 0.1, 0.6, 0.6), "config": bench.run_config(1, 0.1, [], now)})
+    assert bench.cached("D", "movielens", "din", "din", 1, 0.1, [], now)["auc"] == 0.6
+    # The tables read this procedure's files only.
+    write_json(bench.result_path(out, "movielens", "din", 2, 0.1, "e10p1"),
+               {**_result("movielens", "din", 2, 0.1, 0.9, 0.6), "config": bench.run_config(2, 0.1, [], first)})
+    assert bench.finish({"movielens|din": {"lr": 0.1, "grid": {}}}, now, {}) == 0
+    assert "| movielens | DIN | 0.1 | 1 | 0.6000 ± 0.0000 |" in open(os.path.join(out, "bench_quality.md")).read()
 
 
 def test_bad_flags_name_the_flag(tmp_path, capsys):
