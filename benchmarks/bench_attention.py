@@ -25,7 +25,6 @@ forward multiply-adds of the real positions in the library's form of the unit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -173,8 +172,9 @@ def main(argv=None) -> int:
     times = time_interleaved(steps, inputs, args.rounds, args.steps)
     print(table(times, real_flops(lengths, args.dim, args.units), lengths, length))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"lengths_sum": int(lengths.sum()), "L": length, "ms": times}, fh, indent=1)
+        from tirec.features.jsonio import write_json
+
+        write_json(args.out, {"lengths_sum": int(lengths.sum()), "L": length, "ms": times})
     return 0
 
 

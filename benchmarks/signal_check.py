@@ -18,7 +18,6 @@ writes the numbers to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -100,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         results[split] = split_signal(cols, rated)
     print(markdown(results))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        from tirec.features.jsonio import write_json
+
+        write_json(args.out, results)
     return 0
 
 
