@@ -1,22 +1,15 @@
 """benchmarks/bench_attention.py: every timed variant of DIN's attention computes the same
 function (checked before timing), and the table reports each one."""
-import importlib.util
 import json
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
+from bench_scripts import load  # tests/bench_scripts.py
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_attention_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_attention")
 
 
 def test_tiny_run_checks_the_variants_agree_and_times_each(tmp_path, capsys):

@@ -1,11 +1,9 @@
 """benchmarks/bench_peer.py (`tirec bench peer`): the records -> DeepCTR inputs conversion (names,
 shared tables, hashed rows, padding), the timing arithmetic, the ratios and goals, the table and
 JSON, the argument errors, and (with DeepCTR installed) a tiny end-to-end run."""
-import importlib.util
 import json
 import os
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -15,15 +13,13 @@ from tirec.features.jsonio import read_json
 from tirec.pipeline import job, synthetic
 from tirec.pipeline.config import PipelineConfig
 
+from bench_scripts import load  # tests/bench_scripts.py
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_peer.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_peer_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_peer")
 
 
 @pytest.fixture(scope="module")

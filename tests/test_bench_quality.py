@@ -3,7 +3,6 @@ Markdown / CSV / JSON with the documented columns and RelaImpr (and DIN's contro
 run retrains nothing, ``--tables-only`` trains nothing,
 and the learning-rate pick and the summary follow the documented procedure."""
 import csv
-import importlib.util
 import os
 import pathlib
 
@@ -14,6 +13,8 @@ from tirec.features.jsonio import read_json
 from tirec.pipeline import job, synthetic
 from tirec.pipeline.config import PipelineConfig
 
+from bench_scripts import load  # tests/bench_scripts.py
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
 TINY = ["model.emb_dim=4", "model.tower=[8]", "model.din_hidden=[4]", "model.daian.att_units=4",
         "model.daian.att_heads=1", "model.daian.uim_hidden=[4]", "model.daian.sim_bins=3",
@@ -21,10 +22,7 @@ TINY = ["model.emb_dim=4", "model.tower=[8]", "model.din_hidden=[4]", "model.dai
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_quality_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_quality")
 
 
 @pytest.fixture(scope="module")

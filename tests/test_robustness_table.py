@@ -1,18 +1,12 @@
 """benchmarks/robustness.py's table: means and spreads over seeds, the AUC drop 0 -> 30, the drift
 slice, read from cached per-run results (no training here)."""
-import importlib.util
-import pathlib
-
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+from bench_scripts import load  # tests/bench_scripts.py
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("robustness_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("robustness")
 
 
 def _result(model, seed, aucs, drift_gauc):

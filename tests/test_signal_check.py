@@ -1,8 +1,6 @@
 """benchmarks/signal_check.py: the untrained similarity scores' AUC / GAUC per split, and the
 MovieLens split of rows into rated and popularity-sampled."""
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -10,14 +8,11 @@ import pytest
 from tirec.models.data import load_data_spec, read_columns
 from tirec.models.metrics import auc
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "signal_check.py"
+from bench_scripts import load  # tests/bench_scripts.py
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("signal_check_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("signal_check")
 
 
 def test_main_reports_the_similarity_auc_of_every_split(tiny_data, tmp_path, capsys):
