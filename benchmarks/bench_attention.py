@@ -17,7 +17,7 @@ steps each; the fastest round counts, the median round in brackets):
 
 Every variant computes the same function: the script checks their outputs and gradients against
 ``padded`` before timing. The sequence lengths are a data set's (``--data``: its train split's
-``hist_len``, the first ``--batch`` rows, so ``L`` is its ``max_seq_len``), else uniform in
+``hist_len``, a seeded sample of ``--batch`` rows; ``L`` is its ``max_seq_len``), else uniform in
 ``[1, 50]``. Reports ms per step and the rate on the real positions' FLOPs: ``3 x 2 x`` the
 forward multiply-adds of the real positions in the library's form of the unit
 (``2 d u_1 + u_1 u_2 + u_2`` per position: the split first layer, ``docs/models.md``).
@@ -62,8 +62,8 @@ def batch(lengths: np.ndarray, length: int, dim: int, seed: int = 0):
     return q, k, tf.sequence_mask(lengths, length)
 
 
-def step_fn(cls, buckets: int, jit: bool, units, weights=None):
-    """A traced gradient step of a fresh unit (``weights``: copied in, so variants agree)."""
+def step_fn(cls, buckets: int, jit: bool, units):
+    """A fresh unit and its gradient step, as a ``tf.function`` (XLA-compiled with ``jit``)."""
     att = cls(units, length_buckets=buckets)
 
     def step(q, k, mask):
@@ -127,10 +127,11 @@ def lengths_of(data: str | None, n: int) -> tuple[np.ndarray, int]:
     from tirec.models.data import load_data_spec, read_columns
 
     spec = load_data_spec(data)
-    lengths = read_columns(data, "train", spec, ["hist_len"])["hist_len"][:n].astype(np.int64)
+    lengths = read_columns(data, "train", spec, ["hist_len"])["hist_len"].astype(np.int64)
     if len(lengths) < n:
         raise SystemExit(f"--data {data}: {len(lengths)} train rows, fewer than --batch {n}")
-    return lengths, int(spec.max_seq_len)
+    # a seeded sample: the records are written user by user, so the first rows are few users'
+    return np.random.default_rng(0).choice(lengths, size=n, replace=False), int(spec.max_seq_len)
 
 
 def table(times: dict, flops: float, lengths: np.ndarray, length: int) -> str:

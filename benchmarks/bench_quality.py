@@ -38,9 +38,10 @@ trainable parameters, and the in-process serving latency of one request of 200 c
 median over ``--latency-runs`` calls of the in-memory model's ``rank`` signature (the function
 ``tirec export`` saves, one context tf.Example + 200 candidate tf.Examples), after warm-up.
 
-Under each data set's rows, *s_sem alone, untrained*: the trigger-target similarity itself as
-the click score (``benchmarks/signal_check.py``), eval AUC and GAUC, so the table shows how much
-of a model's AUC that one number already gives.
+After the rows, one per data set, *s_sem alone, untrained*: the trigger-target similarity itself
+as the click score (``benchmarks/signal_check.py``), eval AUC and GAUC, so the table shows how
+much of a model's AUC that one number already gives (kept from the last tables when
+``--tables-only`` runs without the records).
 
 ``--ablations``: DAIAN on MovieLens at its picked learning rate, w/o UIM / DIE / SEIN
 (``model.daian.use_uim|use_die|use_sein=false``), w/o three-stage (``train.three_stage=false``),
@@ -54,8 +55,8 @@ than most between models. An epoch of ml-latest-small is 35 steps of 4,096.
 
 Every run is cached as ``OUT/results/<data set>__<model>__seed<S>__lr<LR>__e<E>p<P>.json``
 (``E``, ``P``: ``--max-epochs``, ``--patience``; plus a hash of the ``--set`` overrides when
-given): another procedure's runs are other files, and a cached file whose settings differ from
-the run's is an error. A rerun resumes where it stopped and retrains nothing done (``--tables-only``: trains nothing, tables
+given): another procedure's runs are other files; a cached file whose settings (``config``) or
+records (``data``: a hash of the conversion's spec and counts) differ from the run's is an error. A rerun resumes where it stopped and retrains nothing done (``--tables-only``: trains nothing, tables
 of what is cached; a row appears once its LR grid is, with the seeds done so far). Writes ``OUT/bench_quality.md`` (tables),
 ``OUT/bench_quality.csv`` (one row per data set and model) and ``OUT/bench_quality.json`` (the
 picks, the summary and every run's numbers).
@@ -67,7 +68,9 @@ import csv
 import glob
 import hashlib
 import io
+import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -235,8 +238,26 @@ def untrained_reference(data_dir: str) -> dict | None:
     spec = load_data_spec(data_dir)
     if any(c not in spec.parse_example_spec() for c in SIGNAL_COLUMNS):
         return None
-    return {split: split_signal(read_columns(data_dir, split, spec, SIGNAL_COLUMNS), None)
-            for split in ("valid", "eval")}
+    out = {}
+    for split in ("valid", "eval"):
+        try:
+            out[split] = split_signal(read_columns(data_dir, split, spec, SIGNAL_COLUMNS), None)
+        except FileNotFoundError:  # no such split (_check_valid names a missing valid)
+            continue
+    return out or None
+
+
+def data_fingerprint(data_dir: str) -> str:
+    """A short hash of what identifies a conversion: its spec and its record counts, clicks,
+    split cut-offs and similarity levels (``stats.json``; not its path or timings)."""
+    from tirec.features.jsonio import read_json
+
+    stats_path = os.path.join(data_dir, "stats.json")
+    stats = read_json(stats_path) if os.path.exists(stats_path) else {}
+    split = stats.get("split") or {}
+    identity = [read_json(os.path.join(data_dir, "spec.json")), stats.get("written"), stats.get("clicks"),
+                split.get("eval_from_ts"), split.get("valid_from_ts"), stats.get("level_histogram_all")]
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _check_valid(dataset: str, data_dir: str) -> None:
@@ -343,6 +364,7 @@ def run_one(data_dir: str, dataset: str, label: str, model: str, seed: int, lr: 
         metrics = train_run(data_dir, model, run, cfg.model, cfg.train, callbacks=[keep])
     net, spec = keep.trained, FeatureSpec.load(os.path.join(run, "spec.json"))
     result = {"dataset": dataset, "label": label, "model": model, "seed": seed, "lr": lr, "config": config,
+              "data": data_fingerprint(data_dir),
               "auc": metrics["auc"], "gauc": metrics["gauc"], "logloss": metrics["logloss"],
               "val_auc": metrics.get("best_checkpoint", {}).get("value"),
               "epochs": {stage: len(h.get("loss", [])) for stage, h in metrics["history"].items()},
@@ -375,6 +397,9 @@ def cached(data_dir, dataset, label, model, seed, lr, sets, args) -> dict:
         if result.get("config") != run_config(seed, lr, sets, args):
             raise SystemExit(f"{path}: cached with settings {result.get('config')}, this run would use "
                              f"{run_config(seed, lr, sets, args)}; move the file away to retrain it")
+        if "data" in result and not args.tables_only and result["data"] != data_fingerprint(data_dir):
+            raise SystemExit(f"{path}: cached on other records (data {result['data']}) than {data_dir} "
+                             f"(data {data_fingerprint(data_dir)}); move the file away to retrain it")
         return result
     if args.tables_only:
         return None
@@ -589,9 +614,25 @@ def finish(picks: dict, args, refs: dict) -> int:
 
     pattern = os.path.join(args.out, "results", f"*__{protocol_tag(args)}.json")  # this procedure's runs
     results = [read_json(p) for p in sorted(glob.glob(pattern))]
+    untagged = [p for p in glob.glob(os.path.join(args.out, "results", "*.json"))
+                if not re.search(r"__e\d+p\d+(_[0-9a-f]{8})?\.json$", p)]
+    if untagged:
+        print(f"warning: {len(untagged)} result file(s) without a procedure tag (before e<E>p<P> names, "
+              f"e.g. {os.path.basename(untagged[0])}) are not read; rename them with the tag of the "
+              f"procedure in their 'config'", file=sys.stderr)
     rows = summarize(results, picks, args.seeds)
-    print(write_outputs(rows, picks, results, args, refs))
+    print(write_outputs(rows, picks, results, args, _keep_references(refs, args.out)))
     return 0
+
+
+def _keep_references(refs: dict, out: str) -> dict:
+    """``refs``, with a data set whose records are not here (``--tables-only`` without them) keeping
+    the reference the last tables wrote."""
+    from tirec.features.jsonio import read_json
+
+    last = os.path.join(out, "bench_quality.json")
+    old = read_json(last).get("untrained_reference") or {} if os.path.exists(last) else {}
+    return {name: ref if ref is not None else old.get(name) for name, ref in refs.items()}
 
 
 if __name__ == "__main__":

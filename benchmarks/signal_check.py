@@ -11,8 +11,10 @@ blocks read): AUC and user GAUC (``tirec.models.metrics``), plus the CTR per lev
 ``user_id`` / ``target_item_id`` are MovieLens' ``userId`` / ``movieId``): splits every row into
 *rated* (the user rated the movie: a click when the rating is high enough, else a negative) and
 *sampled* (a popularity-sampled movie the user never rated: always a negative), and reports the
-similarity's AUC for three questions: liked vs rated-but-not-liked (the preference signal), rated
-vs sampled (an artifact of how negatives are drawn), and all rows. Prints a Markdown table and
+similarity's AUC for these questions: liked vs rated-but-not-liked (the preference signal among
+movies the user chose to watch), rated vs sampled (all rows: taste and sampling mixed), and,
+among the negatives only, rated-but-not-liked vs sampled (the artifact of how negatives are
+drawn, without taste). Prints a Markdown table and
 writes the numbers to ``--out``.
 """
 from __future__ import annotations
@@ -52,23 +54,28 @@ def split_signal(cols: dict[str, np.ndarray], rated: np.ndarray | None) -> dict:
         if np.any(y[~rated] == 1):
             raise SystemExit("--ratings: a click whose (user_id, target_item_id) is not a rating in the file: "
                              "these records are not this MovieLens release's conversion")
+        negative = y == 0
         out.update(rated_share=float(rated.mean()), sim_auc_liked_vs_rated=auc(y[rated], sim[rated]),
-                   sim_auc_rated_vs_sampled=auc(rated.astype(np.int64), sim))
+                   sim_auc_rated_vs_sampled=auc(rated.astype(np.int64), sim),
+                   sim_auc_negatives_rated_vs_sampled=auc(rated[negative].astype(np.int64), sim[negative]))
     return out
 
 
 def markdown(results: dict) -> str:
+    if not results:
+        raise SystemExit("no split to read: the --data folder has no train, valid or eval shards")
     rated = "rated_share" in next(iter(results.values()))
     head = "| split | rows | CTR | s_sem AUC | s_sem GAUC | level AUC | level GAUC |"
     if rated:
-        head += " rated | s_sem AUC liked vs rated, not liked | s_sem AUC rated vs sampled |"
+        head += (" rated | s_sem AUC liked vs rated, not liked | s_sem AUC rated vs sampled | s_sem AUC rated, "
+                 "not liked vs sampled |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for split, r in results.items():
         line = (f"| {split} | {r['rows']:,} | {r['ctr']:.3f} | {r['sim_auc']:.4f} | {r['sim_gauc']:.4f} | "
                 f"{r['level_auc']:.4f} | {r['level_gauc']:.4f} |")
         if rated:
             line += (f" {r['rated_share']:.3f} | {r['sim_auc_liked_vs_rated']:.4f} | "
-                     f"{r['sim_auc_rated_vs_sampled']:.4f} |")
+                     f"{r['sim_auc_rated_vs_sampled']:.4f} | {r['sim_auc_negatives_rated_vs_sampled']:.4f} |")
         lines.append(line)
     lines += ["", "CTR (rows) per similarity level:", ""]
     lines += [f"- {split}: " + ", ".join(f"{lv}: {c:.3f} ({n:,})" for lv, (c, n) in r["ctr_by_level"].items())

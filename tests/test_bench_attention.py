@@ -36,3 +36,16 @@ def test_real_flops_counts_the_real_positions():
     bench = _module()
     # d = 4, units 3-2: 2*4*3 + 3*2 + 2*1 = 32 multiply-adds per position
     assert bench.real_flops(np.array([2, 3]), 4, (3, 2)) == 3 * 2 * 5 * 32
+
+
+def test_lengths_are_a_seeded_sample_of_the_data(tiny_data):
+    from tirec.models.data import load_data_spec, read_columns
+
+    bench = _module()
+    spec = load_data_spec(tiny_data)
+    every = read_columns(tiny_data, "train", spec, ["hist_len"])["hist_len"]
+    lengths, length = bench.lengths_of(tiny_data, 16)
+    assert length == spec.max_seq_len and len(lengths) == 16 and set(lengths.tolist()) <= set(every.tolist())
+    assert bench.lengths_of(tiny_data, 16)[0].tolist() == lengths.tolist()
+    with pytest.raises(SystemExit, match="fewer than --batch"):
+        bench.lengths_of(tiny_data, len(every) + 1)

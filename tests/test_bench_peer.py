@@ -4,6 +4,7 @@ JSON, the argument errors, and (with DeepCTR installed) a tiny end-to-end run.""
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -174,12 +175,14 @@ def test_bad_arguments_fail_naming_the_flag_through_the_cli(tmp_path, capsys, ar
     assert message in capsys.readouterr().err
 
 
-def test_dataset_synthetic_converts_the_generator_into_out(tmp_path):
+def test_dataset_synthetic_converts_the_generator_into_out(tmp_path, monkeypatch):
     bench = _module()
     args = bench.parse_args(["--out", str(tmp_path), "--dataset", "synthetic", "--users", "8"])
     data = bench._data(args)
     assert data == str(tmp_path / "data" / "synthetic" / "tfr")
     assert os.path.exists(os.path.join(data, "spec.json")) and os.listdir(os.path.join(data, "train"))
+    bench_quality = sys.modules["bench_quality"]  # the sibling _data converts through
+    monkeypatch.setattr(bench_quality, "_run", lambda *a, **k: pytest.fail("converted a second time"))
     assert bench._data(args) == data  # converted once: the second call reads it
 
 

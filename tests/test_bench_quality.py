@@ -142,10 +142,39 @@ def test_the_untrained_reference_row_scores_eval_by_the_similarity_alone(tiny_da
     want = auc(cols["label"], cols["trigger_target_sim"])
     assert set(ref) == {"valid", "eval"} and ref["eval"]["sim_auc"] == pytest.approx(want)
     assert bench.untrained_reference(str(tmp_path)) is None  # no records (--tables-only without data)
-    rows = [{**_result("synthetic", "din", 1, 0.1, 0.55, 0.5), "auc_mean": 0.55}]
-    text = bench.markdown([], {}, bench.parse_args(["--out", str(tmp_path)]), {"synthetic": ref})
-    assert f"| synthetic | *s_sem alone, untrained* | — | — | {want:.4f} |" in text
-    assert f"{bench.rela_impr(want, 0.55):+.2f} %" in bench._impr(rows, "synthetic", want)
+    row = {"dataset": "synthetic", "model": "din", "lr": 0.1, "seeds": 1, "auc_mean": 0.55, "auc_std": 0.0,
+           "gauc_mean": 0.55, "gauc_std": 0.0, "logloss_mean": 0.5, "logloss_std": 0.0, "rela_impr_auc_pct": 0.0,
+           "train_seconds_mean": 1.0, "params": 10, "latency_ms_median": 1.0}
+    text = bench.markdown([row], {}, bench.parse_args(["--out", str(tmp_path)]), {"synthetic": ref})
+    assert (f"| synthetic | *s_sem alone, untrained* | — | — | {want:.4f} | {ref['eval']['sim_gauc']:.4f} | — | "
+            f"{bench.rela_impr(want, 0.55):+.2f} % |") in text
+
+
+def test_the_reference_reads_the_splits_there_are_and_survives_tables_without_records(tiny_data_no_valid,
+                                                                                      tmp_path):
+    from tirec.features.jsonio import write_json
+
+    bench = _module()
+    assert set(bench.untrained_reference(tiny_data_no_valid)) == {"eval"}  # no valid split: no crash
+    write_json(str(tmp_path / "bench_quality.json"), {"untrained_reference": {"movielens": {"eval": {"sim_auc": 0.6}}}})
+    kept = bench._keep_references({"movielens": None, "synthetic": {"eval": {}}}, str(tmp_path))
+    assert kept == {"movielens": {"eval": {"sim_auc": 0.6}}, "synthetic": {"eval": {}}}
+
+
+def test_a_run_cached_on_other_records_is_an_error(tiny_data, tiny_data_no_valid, tmp_path):
+    from tirec.features.jsonio import write_json
+
+    bench = _module()
+    args = bench.parse_args(["--out", str(tmp_path)])
+    assert bench.data_fingerprint(tiny_data) != bench.data_fingerprint(tiny_data_no_valid)
+    assert bench.data_fingerprint(tiny_data) == bench.data_fingerprint(tiny_data)
+    path = bench.result_path(str(tmp_path), "synthetic", "din", 1, 0.1, bench.protocol_tag(args))
+    os.makedirs(os.path.dirname(path))
+    write_json(path, {**_result("synthetic", "din", 1, 0.1, 0.6, 0.6), "config": bench.run_config(1, 0.1, [], args),
+                      "data": bench.data_fingerprint(tiny_data_no_valid)})
+    with pytest.raises(SystemExit, match="cached on other records"):
+        bench.cached(tiny_data, "synthetic", "din", "din", 1, 0.1, [], args)
+    assert bench.cached(tiny_data_no_valid, "synthetic", "din", "din", 1, 0.1, [], args)["auc"] == 0.6
 
 
 def test_runs_of_another_procedure_are_other_files_and_a_changed_setting_is_an_error(tmp_path):

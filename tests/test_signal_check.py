@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tirec.models.data import load_data_spec, read_columns
-from tirec.models.metrics import auc
+from tirec.models.metrics import auc, gauc
 
 from bench_scripts import load  # tests/bench_scripts.py
 
@@ -20,9 +20,14 @@ def test_main_reports_the_similarity_auc_of_every_split(tiny_data, tmp_path, cap
     assert _module().main(["--data", tiny_data, "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     assert set(results) == {"train", "valid", "eval"}
-    cols = read_columns(tiny_data, "eval", load_data_spec(tiny_data), ["label", "trigger_target_sim"])
-    assert results["eval"]["rows"] == len(cols["label"])
-    assert results["eval"]["sim_auc"] == pytest.approx(auc(cols["label"], cols["trigger_target_sim"]))
+    cols = read_columns(tiny_data, "eval", load_data_spec(tiny_data),
+                        ["label", "trigger_target_sim", "trigger_target_level", "user_id"])
+    y, sim, level, users = (cols[k] for k in ("label", "trigger_target_sim", "trigger_target_level", "user_id"))
+    assert results["eval"]["rows"] == len(y)
+    assert results["eval"]["sim_auc"] == pytest.approx(auc(y, sim))
+    assert results["eval"]["sim_gauc"] == pytest.approx(gauc(y, sim, users)[0])
+    assert results["eval"]["level_auc"] == pytest.approx(auc(y, level))
+    assert results["eval"]["level_gauc"] == pytest.approx(gauc(y, level, users)[0])
     assert sum(n for _, n in results["eval"]["ctr_by_level"].values()) == len(cols["label"])
     assert "| eval |" in capsys.readouterr().out
 
@@ -42,6 +47,7 @@ def test_rated_rows_and_the_three_aucs(tmp_path):
     assert r["rated_share"] == pytest.approx(4 / 6)
     assert r["sim_auc_rated_vs_sampled"] == 1.0  # every rated row more similar than every sampled one
     assert r["sim_auc_liked_vs_rated"] == pytest.approx(0.5)  # liked 0.9, 0.5 vs not liked 0.8, 0.6
+    assert r["sim_auc_negatives_rated_vs_sampled"] == 1.0  # not liked 0.8, 0.6 vs sampled 0.1, 0.2
     assert r["ctr_by_level"] == {1: [0.0, 2], 2: [0.5, 2], 3: [0.5, 2]}
 
 
@@ -51,3 +57,8 @@ def test_a_click_that_is_not_a_rating_is_an_error(tmp_path):
             "trigger_target_sim": np.array([0.1, 0.2], np.float32), "trigger_target_level": np.array([1, 1])}
     with pytest.raises(SystemExit, match="not a rating"):
         bench.split_signal(cols, np.array([False, False]))
+
+
+def test_data_without_any_split_is_an_error_naming_it(tmp_path):
+    with pytest.raises(SystemExit, match="no split to read"):
+        _module().markdown({})
