@@ -780,9 +780,35 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
     stats["split"]["warnings"] += warnings
     for note in warnings:
         log.warning("split: %s", note)
+    stats["level_warnings"] = level_warnings(stats["level_histogram_all"], cfg.sim_range, lo, hi)
+    for note in stats["level_warnings"]:
+        log.warning("levels: %s", note)
     write_json(f"{out}/stats.json", stats)
     write_json(f"{out}/config.json", dataclasses.asdict(cfg))
     return stats
+
+
+def level_warnings(histogram: list[int], sim_range: str, lo: float, hi: float,
+                   sparse: float = 0.01, crowded: float = 0.5) -> list[str]:
+    """Notes on similarity levels that do not spread this data's rows: levels holding less than
+    ``sparse`` of the rows, one level holding more than ``crowded`` (a cosine that rarely leaves
+    a narrow band, binned into equal widths over ``[lo, hi]``). Empty when there are no rows."""
+    total = sum(histogram)
+    if not total:
+        return []
+    shares = [c / total for c in histogram]
+    notes = []
+    few = [i for i, x in enumerate(shares) if x < sparse]
+    if few:
+        notes.append(f"{len(few)} of {len(histogram)} similarity levels hold under {sparse:.0%} of the rows "
+                     f"(levels {few})")
+    top = max(range(len(shares)), key=shares.__getitem__)
+    if shares[top] > crowded:
+        notes.append(f"level {top} holds {shares[top]:.0%} of the rows")
+    if notes and sim_range == "fixed":
+        notes.append(f"the levels are equal-width over [{lo:g}, {hi:g}] (pipeline.sim_range=fixed); "
+                     f"pipeline.sim_range=quantile spreads them over this data's similarities")
+    return notes
 
 
 def _final_spec(spec: FeatureSpec, prep: Prepared, bs: dict, lo: float, hi: float,

@@ -69,11 +69,24 @@ def test_stats_json_keys_stay(run):
         "intent_histogram", "level_histogram_all", "level_histogram_clicked", "seq_len_histogram",
         "explicit_len_histogram", "behaviours_used", "users_with_profile", "users_without_profile",
         "eval_from_ts", "split", "sim_range", "explicit_threshold", "embedding", "notes",
-        "accounting"]
+        "accounting", "level_warnings"]
     assert list(on_disk["dropped"]) == ["impressions_dropped_no_trigger",
                                         "impressions_dropped_user_cap", "behaviours_dropped_user_cap"]
     assert list(on_disk["accounting"]) == ["impressions_in", "written", "dropped", "deadlettered",
                                            "balanced", "behaviours_balanced"]
+
+
+def test_level_warnings_name_empty_and_crowded_levels_and_the_remedy():
+    from tirec.pipeline.job import level_warnings
+
+    movielens = [0, 3, 34400, 116447, 21476, 5014]  # ml-latest-small's levels, fixed range
+    notes = level_warnings(movielens, "fixed", -1.0, 1.0)
+    assert notes[0] == "2 of 6 similarity levels hold under 1% of the rows (levels [0, 1])"
+    assert notes[1] == "level 3 holds 66% of the rows"
+    assert "pipeline.sim_range=quantile" in notes[2]
+    assert level_warnings([10, 12, 9, 11], "fixed", -1.0, 1.0) == []  # spread: nothing to say
+    assert len(level_warnings(movielens, "quantile", 0.0, 0.4)) == 2  # no remedy to suggest
+    assert level_warnings([0, 0, 0], "fixed", -1.0, 1.0) == []
 
 
 def test_every_record_keeps_the_invariants(run):
