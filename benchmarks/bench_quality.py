@@ -234,7 +234,8 @@ def prepare(name: str, args, levels: int = DEFAULT_LEVELS) -> str:
 
 def untrained_reference(data_dir: str) -> dict | None:
     """The similarity s_sem itself as the score, no training (``benchmarks/signal_check.py``):
-    ``{split: metrics}`` of valid and eval; None when the records are not there or lack it."""
+    ``{split: metrics}`` of the valid and eval splits there are; None when the records are not
+    there or lack the similarity."""
     from tirec.models.data import load_data_spec, read_columns
 
     if not os.path.exists(os.path.join(data_dir, "spec.json")):
@@ -397,13 +398,15 @@ def cached(data_dir, dataset, label, model, seed, lr, sets, args) -> dict:
 
     path = result_path(args.out, dataset, label, seed, lr, protocol_tag(args))
     if os.path.exists(path):
-        result = read_json(path)
-        if result.get("config") != run_config(seed, lr, sets, args):
+        result, config = read_json(path), run_config(seed, lr, sets, args)
+        if result.get("config") != config:
             raise SystemExit(f"{path}: cached with settings {result.get('config')}, this run would use "
-                             f"{run_config(seed, lr, sets, args)}; move the file away to retrain it")
-        if "data" in result and not args.tables_only and result["data"] != data_fingerprint(data_dir):
-            raise SystemExit(f"{path}: cached on other records (data {result['data']}) than {data_dir} "
-                             f"(data {data_fingerprint(data_dir)}); move the file away to retrain it")
+                             f"{config}; move the file away to retrain it")
+        if "data" in result and not args.tables_only:
+            data = data_fingerprint(data_dir)
+            if result["data"] != data:
+                raise SystemExit(f"{path}: cached on other records (data {result['data']}) than {data_dir} "
+                                 f"(data {data}); move the file away to retrain it")
         return result
     if args.tables_only:
         return None
