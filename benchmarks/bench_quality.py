@@ -84,7 +84,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from robustness import LABELS, _run, _stat  # noqa: E402  (the sibling benchmark's pieces)
-from signal_check import COLUMNS as SIGNAL_COLUMNS, split_signal  # noqa: E402
+from signal_check import COLUMNS as SIGNAL_COLUMNS, read_splits, split_signal  # noqa: E402
 
 SPEED = ["model.hist_buckets=1", "model.daian.explicit_buckets=1"]
 # Control rows: (label, model, settings) trained and picked like a model of their own, after it.
@@ -236,20 +236,15 @@ def untrained_reference(data_dir: str) -> dict | None:
     """The similarity s_sem itself as the score, no training (``benchmarks/signal_check.py``):
     ``{split: metrics}`` of the valid and eval splits there are; None when the records are not
     there or lack the similarity."""
-    from tirec.models.data import load_data_spec, read_columns
+    from tirec.models.data import load_data_spec
 
     if not os.path.exists(os.path.join(data_dir, "spec.json")):
         return None
     spec = load_data_spec(data_dir)
     if any(c not in spec.parse_example_spec() for c in SIGNAL_COLUMNS):
         return None
-    out = {}
-    for split in ("valid", "eval"):
-        try:
-            out[split] = split_signal(read_columns(data_dir, split, spec, SIGNAL_COLUMNS), None)
-        except FileNotFoundError:  # no such split (_check_valid names a missing valid)
-            continue
-    return out or None
+    splits = read_splits(data_dir, spec, ("valid", "eval"))  # _check_valid names a missing valid
+    return {split: split_signal(cols, None) for split, cols in splits.items()} or None
 
 
 def data_fingerprint(data_dir: str) -> str:

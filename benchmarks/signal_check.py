@@ -31,13 +31,32 @@ SPLITS = ("train", "valid", "eval")
 COLUMNS = ["label", "user_id", "target_item_id", "trigger_target_sim", "trigger_target_level"]
 
 
-def rated_mask(ratings_csv: str, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """True where (user, item) is a rating in ``ratings_csv``."""
+def rated_pairs(ratings_csv: str):
+    """The (userId, movieId) pairs of ``ratings_csv``, as a pandas MultiIndex (read once)."""
     import pandas as pd
 
     r = pd.read_csv(ratings_csv, usecols=["userId", "movieId"])
-    rated = pd.MultiIndex.from_arrays([r["userId"].to_numpy(np.int64), r["movieId"].to_numpy(np.int64)])
-    return np.asarray(pd.MultiIndex.from_arrays([users, items]).isin(rated))
+    return pd.MultiIndex.from_arrays([r["userId"].to_numpy(np.int64), r["movieId"].to_numpy(np.int64)])
+
+
+def rated_mask(pairs, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """True where (user, item) is one of the rated ``pairs`` (:func:`rated_pairs`)."""
+    import pandas as pd
+
+    return np.asarray(pd.MultiIndex.from_arrays([users, items]).isin(pairs))
+
+
+def read_splits(data: str, spec, splits=SPLITS) -> dict[str, dict[str, np.ndarray]]:
+    """:data:`COLUMNS` of each of ``splits`` that ``data`` has (a missing split is skipped)."""
+    from tirec.models.data import read_columns
+
+    out = {}
+    for split in splits:
+        try:
+            out[split] = read_columns(data, split, spec, COLUMNS)
+        except FileNotFoundError:  # no such split (e.g. no valid window)
+            continue
+    return out
 
 
 def split_signal(cols: dict[str, np.ndarray], rated: np.ndarray | None) -> dict:
@@ -89,21 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratings", help="MovieLens ratings.csv (movielens records only)")
     ap.add_argument("--out", help="write the numbers here (JSON)")
     args = ap.parse_args(argv)
-    from tirec.models.data import load_data_spec, read_columns
+    from tirec.models.data import load_data_spec
 
     spec = load_data_spec(args.data)
     missing = [c for c in COLUMNS if c not in spec.parse_example_spec()]
     if missing:
         raise SystemExit(f"--data {args.data}: the records have no {missing} (a TIR conversion with a trigger "
                          f"and item vectors has them)")
-    results = {}
-    for split in SPLITS:
-        try:
-            cols = read_columns(args.data, split, spec, COLUMNS)
-        except FileNotFoundError:  # no such split (e.g. no valid window)
-            continue
-        rated = rated_mask(args.ratings, cols["user_id"], cols["target_item_id"]) if args.ratings else None
-        results[split] = split_signal(cols, rated)
+    pairs = rated_pairs(args.ratings) if args.ratings else None
+    results = {split: split_signal(cols, None if pairs is None else
+                                   rated_mask(pairs, cols["user_id"], cols["target_item_id"]))
+               for split, cols in read_splits(args.data, spec).items()}
     print(markdown(results))
     if args.out:
         from tirec.features.jsonio import write_json

@@ -38,7 +38,7 @@ def test_rated_rows_and_the_three_aucs(tmp_path):
     ratings.write_text("userId,movieId,rating,timestamp\n1,10,5.0,1\n1,11,2.0,2\n2,10,4.0,3\n2,12,1.0,4\n")
     users = np.array([1, 1, 1, 2, 2, 2])
     items = np.array([10, 11, 12, 10, 12, 11])  # (1,12) and (2,11) were never rated: sampled
-    rated = bench.rated_mask(str(ratings), users, items)
+    rated = bench.rated_mask(bench.rated_pairs(str(ratings)), users, items)
     assert rated.tolist() == [True, True, False, True, True, False]
     cols = {"label": np.array([1, 0, 0, 1, 0, 0]), "user_id": users, "target_item_id": items,
             "trigger_target_sim": np.array([0.9, 0.8, 0.1, 0.5, 0.6, 0.2], np.float32),
