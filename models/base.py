@@ -542,9 +542,19 @@ class TirModel(keras.Model):
 
     @property
     def metrics(self):
+        """``loss``, the metric of every task the current stage computes (:meth:`stage_tasks`)
+        and, with ``model.l2`` > 0, ``reg_loss``."""
         regularised = self.model_config.l2 > 0
-        tasks = [self.tasks[CTR].auc] + ([self.tasks[INTENT].kl] if INTENT in self.tasks else [])
+        task_metric = {CTR: lambda t: t.auc, INTENT: lambda t: t.kl}
+        tasks = [task_metric[name](self.tasks[name]) for name in self.stage_tasks()]
         return [self.loss_tracker] + tasks + ([self.reg_tracker] if regularised else [])
+
+    def stage_tasks(self, stage=None) -> tuple[str, ...]:
+        """The tasks whose outputs ``stage`` (default: the current one) computes: the intent
+        alone in a stage that counts only the intent task (stage 1, :meth:`intent_forward`),
+        else every task of the model."""
+        stage = self.stage if stage is None else as_stage(stage)
+        return (INTENT,) if {task for task, _ in stage.tasks} == {INTENT} else tuple(self.tasks)
 
     # ---- forward ------------------------------------------------------------------------------
     def call(self, inputs, training=False, **feeds):
@@ -564,8 +574,16 @@ class TirModel(keras.Model):
         """
         stage = self.stage if stage is None else as_stage(stage)
         check_stage_inputs(self.spec, [stage.number], x)
+        if self.stage_tasks(stage) == (INTENT,):
+            return self.intent_forward(x, training=training)
         return self(x, training=training, **{keyword: x[self._intent_column(field)]
                                              for keyword, field in stage.feeds})
+
+    def intent_forward(self, inputs, training=False):
+        """``{"intent": [B, n]}``, all a stage that counts only the intent task needs (stage 1).
+        This default runs the whole forward pass; a model whose intent model reads less than
+        its click path (DAIAN's UIM) overrides it to skip the rest."""
+        return {"intent": self.forward(inputs, training=training)["intent"]}
 
     def _intent_column(self, field: str) -> str:
         """The record column of the spec's intent group with ``field`` (e.g. ``prior``)."""
@@ -628,9 +646,12 @@ class TirModel(keras.Model):
 
     # ---- losses -------------------------------------------------------------------------------
     def task_losses(self, y, outputs) -> dict[str, tf.Tensor]:
-        """Every task's data loss on the batch (and its metrics updated): ``ctr`` from the click
-        label, ``intent`` from the intent label projected by :meth:`intent_target`."""
-        losses = {CTR: self.tasks[CTR](y["ctr"], outputs["ctr"])}
+        """The data loss (and metrics updated) of every task with an output in ``outputs``:
+        ``ctr`` from the click label, ``intent`` from the intent label projected by
+        :meth:`intent_target`."""
+        losses = {}
+        if "ctr" in outputs:
+            losses[CTR] = self.tasks[CTR](y["ctr"], outputs["ctr"])
         if INTENT in self.tasks and "intent" in outputs:
             losses[INTENT] = self.tasks[INTENT](self.intent_target(y["intent"]), outputs["intent"])
         return losses

@@ -312,6 +312,12 @@ class DAIAN(TirModel):
                            training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32)), "intent": pred_intent}
 
+    def intent_forward(self, inputs, training=False):
+        """Stage 1's output: the UIM's intent ŷ alone (step 1 of :meth:`forward`), without the
+        click path the stage neither trains nor reports."""
+        rows, expand = self.request_rows(inputs)
+        return {"intent": expand(self.uim(rows, training=training))}
+
     def _semantic_similarity(self, inputs):
         """s_sem = cos(m_t, m_i) [B, 1] (0 without a trigger) from the frozen multimodal table
         (``TirModel.trigger_target_similarity``, which DIN's ``model.din.sim_feature`` reads too).

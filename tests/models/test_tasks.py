@@ -96,6 +96,29 @@ def test_stage_weights_pick_the_counted_tasks(tiny_data):
         model.set_stage(Stage(3, "s", tasks=(("ctr", 1.0),), train=(("tower", 1.0),)))
 
 
+def test_stage_1_computes_the_intent_alone(tiny_data, monkeypatch):
+    """Stage 1 counts only the intent: its step runs DAIAN's UIM, never the click path, gives
+    the intent the full forward pass gives, and reports no click metric."""
+    model, x, y = _model_and_batch(tiny_data)
+    want = model(x, training=False)["intent"].numpy()
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    model.set_stage(UIM_PRETRAIN)
+    assert model.stage_tasks() == ("intent",) and model.stage_tasks(DIE_PRETRAIN) == ("ctr", "intent")
+
+    def click_path(*args, **kwargs):
+        raise AssertionError("stage 1 ran the whole forward pass")
+
+    monkeypatch.setattr(model, "forward", click_path)
+    out = model.stage_forward(x)
+    assert set(out) == {"intent"}
+    np.testing.assert_allclose(out["intent"].numpy(), want, rtol=1e-5, atol=1e-7)
+    model.reset_metrics()
+    assert set(model.test_step((x, y))) == {"loss", "intent_kl"}
+    monkeypatch.undo()
+    model.set_stage(DIE_PRETRAIN)
+    assert set(model.test_step((x, y))) == {"loss", "auc", "intent_kl"}
+
+
 def _moved(model, before):
     """The ids of the trainable variables that differ from ``before`` (their earlier values)."""
     return {id(v) for v, b in zip(model.trainable_variables, before) if not np.array_equal(v.numpy(), b)}
