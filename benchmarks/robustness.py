@@ -40,7 +40,8 @@ import time
 
 import numpy as np
 
-LABELS = {"din": "DIN", "daian": "DAIAN", "gapnet": "GAP-Net (reconstructed)"}
+LABELS = {"din": "DIN", "daian": "DAIAN", "gapnet": "GAP-Net (reconstructed)", "dien": "DIEN", "dihn": "DIHN",
+          "dian": "DIAN", "dei2n": "DEI2N", "poso": "POSO", "mwuf": "MWUF", "tin": "TIN", "qin": "QIN"}
 TITLES = {"synthetic": "planted synthetic data", "movielens": "MovieLens ml-latest-small"}
 CONFIG = ["model.emb_dim=16", "model.daian.att_units=32", "model.daian.att_heads=2",
           "model.gapnet.att_units=32", "model.gapnet.att_heads=2",
