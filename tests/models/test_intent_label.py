@@ -101,11 +101,16 @@ def test_stage_loss_counts_the_weighted_intent_bce(tiny_data, name):
         model.set_stage(1)
     out = model(x)
     loss = float(model.stage_loss(model.stage, model.task_losses(y, out)))
-    dist = y["intent"].numpy()
-    labelled = dist.sum(axis=1) > 0
-    y_i = dist[:, model.intent_level:].sum(axis=1) > 0
+    labelled, y_i = _intent_classes(model, y)
     assert labelled.sum() > 8 and 0 < y_i[labelled].mean() < 1  # both classes present
     assert loss == pytest.approx(_hand_loss(model, out, y, 0.5), rel=1e-4)
+
+
+def _intent_classes(model, y):
+    """Which requests have a click (the intent loss counts only those) and which of them reach
+    the model's related level (the intent target 1)."""
+    dist = np.asarray(y["intent"])
+    return dist.sum(axis=1) > 0, dist[:, model.intent_level:].sum(axis=1) > 0
 
 
 def _hand_loss(model, out, y, intent_weight):
@@ -114,9 +119,7 @@ def _hand_loss(model, out, y, intent_weight):
     ctr, click = out["ctr"].numpy()[:, 0].astype(np.float64), y["ctr"].numpy()[:, 0]
     bce = -np.mean(click * np.log(ctr) + (1 - click) * np.log(1 - ctr))
     p = out["intent"].numpy()[:, 1].astype(np.float64)
-    dist = np.asarray(y["intent"])
-    labelled = dist.sum(axis=1) > 0
-    y_i = dist[:, model.intent_level:].sum(axis=1) > 0
+    labelled, y_i = _intent_classes(model, y)
     aux = -np.mean(np.where(y_i, np.log(p), np.log(1 - p))[labelled])
     return bce + intent_weight * aux
 
