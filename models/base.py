@@ -43,7 +43,7 @@ from tirec.compat import keras
 from tirec.features.config_io import to_dict
 from tirec.features.spec import ITEM_ID, FeatureSpec, standard_column
 from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
-from tirec.models.layers import FrozenItemTable, HashedEmbedding
+from tirec.models.layers import MLP, DinAttention, FrozenItemTable, HashedEmbedding
 from tirec.models.layers.sequence import latest_time, time_gap_buckets, unique_rows
 from tirec.models.tasks import CTR, INTENT, CtrTask, IntentTask, replica_objective
 
@@ -214,6 +214,20 @@ def trigger_present(spec: FeatureSpec, needed_by: str) -> str:
         raise ValueError(f"FeatureSpec: {needed_by} needs a trigger input of field 'present' (has_trigger: "
                          f"0 when the impression has no trigger)")
     return present[0].name
+
+
+def din_attention(config: ModelConfig, name: str) -> DinAttention:
+    """DIN's attention unit as ``config`` sets it for every model that reads a sequence with it:
+    ``din_hidden``, ``hist_buckets``, and Dice where the tower uses Dice (sigmoid otherwise)."""
+    activation = "dice" if config.activation == "dice" else "sigmoid"
+    return DinAttention(hidden_units=config.din_hidden, activation=activation,
+                        length_buckets=config.hist_buckets, name=name)
+
+
+def ctr_tower(config: ModelConfig, name: str = "tower") -> MLP:
+    """The click tower as ``config`` sets it: ``tower`` widths, ``activation``, ``dropout``, one logit."""
+    return MLP(config.tower, activation=config.activation, dropout=config.dropout, output_logit=True,
+               name=name)
 
 
 CATEGORY = "cate_id"  # the item field whose equality to the trigger's marks a related behaviour

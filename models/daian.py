@@ -39,7 +39,7 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel, item_columns, trigger_present
+from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, item_columns, trigger_present
 from tirec.models.config import ModelConfig
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
@@ -206,9 +206,7 @@ class DAIAN(TirModel):
                                    scalar=not d.use_uim, attention=d.uim_attention,
                                    att_units=d.att_units, att_heads=d.att_heads,
                                    length_buckets=c.hist_buckets, name="uim")
-        act = "dice" if c.activation == "dice" else "sigmoid"
-        self.din_att = DinAttention(hidden_units=c.din_hidden, activation=act, length_buckets=c.hist_buckets,
-                                    name="din_attention")
+        self.din_att = din_attention(c, "din_attention")
         if d.use_die:
             self.i2e_query = keras.layers.Dense(self.embed.item_dim, name="i2e_query")
             self.i2e_att = MultiHeadTargetAttention(d.att_units, d.att_heads, name="i2e_mhta")
@@ -219,8 +217,7 @@ class DAIAN(TirModel):
             self.sim_bins = keras.layers.Embedding(d.sim_bins, item_dim, name="sim_bin_embedding")
             if d.use_die:
                 self.gate = GateNU((d.att_units,), 2 * d.att_units, gamma=d.gamma, name="ia2n_gate")
-        self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                         name="tower")
+        self.tower = ctr_tower(c)
 
     def intent_target(self, dist: tf.Tensor) -> tf.Tensor:
         """The ground-truth distribution in the UIM's output space."""

@@ -33,7 +33,8 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import (CATEGORY, RELATED_RULES, FeatureEmbedder, TirModel, check_time_settings,
-                               context_input_names, history_gap_buckets, item_columns, related_rule)
+                               context_input_names, ctr_tower, history_gap_buckets, item_columns, related_rule,
+                               trigger_present)
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP, MultiHeadSelfAttention, MultiHeadTargetAttention
 from tirec.models.layers.sequence import length_bucketed, real_lengths, trigger_related_mask
@@ -113,6 +114,7 @@ class DEI2N(TirModel):
         c, d = model_config, model_config.section("dei2n")
         self.dei2n_config = d
         self.related_by = related_rule(spec, d.related, "model.dei2n.related")
+        self.has_trigger_col = trigger_present(spec, "DEI2N")
         log.info("DEI2N trigger-related sub-sequence: %s", self._describe_related())
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         self.time_embedding = keras.layers.Embedding(d.time_buckets, c.emb_dim, name="time_gap_embedding")
@@ -123,8 +125,7 @@ class DEI2N(TirModel):
         self.general_self = MultiHeadSelfAttention(d.att_units, d.att_heads, name="general_mhsa")
         self.general_target = MultiHeadTargetAttention(d.att_units, d.att_heads, name="general_mhta")
         self.interaction = MLP(d.interaction_hidden, output_logit=False, name="interaction")
-        self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                         name="tower")
+        self.tower = ctr_tower(c)
 
     def _describe_related(self) -> str:
         if self.related_by == "category":
@@ -176,7 +177,7 @@ class DEI2N(TirModel):
         """bool ``[U, L]``: the trigger-related sub-sequence S_t (docs/models.md#dei2n-sub-sequence)."""
         spec = self.spec
         first = next(iter(spec.histories()))
-        present = rows[spec.select(group="trigger", field="present", model_input=True)[0].name]
+        present = rows[self.has_trigger_col]
         if self.related_by == "category":
             hist = spec.select(group="history", history=first, field=CATEGORY, model_input=True)[0].name
             trig = spec.select(group="trigger", field=CATEGORY, model_input=True)[0].name

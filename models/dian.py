@@ -27,10 +27,10 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder
+from tirec.models.base import FeatureEmbedder, ctr_tower, din_attention, trigger_present
 from tirec.models.config import ModelConfig
 from tirec.models.intent_label import RequestIntentModel, check_intent_settings, two_bins
-from tirec.models.layers import MLP, DinAttention
+from tirec.models.layers import MLP
 from tirec.models.registry import register_model
 
 
@@ -78,22 +78,13 @@ class DIAN(RequestIntentModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c, d = model_config, model_config.section("dian")
         self.dian_config = d
-        present = spec.select(group="trigger", field="present", model_input=True)
-        if not present:
-            raise ValueError("FeatureSpec: DIAN needs a trigger input of field 'present' (has_trigger: "
-                             "0 when the impression has no trigger)")
-        self.has_trigger_col = present[0].name
-        act = "dice" if c.activation == "dice" else "sigmoid"
+        self.has_trigger_col = trigger_present(spec, "DIAN")
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
-        self.trigger_att = DinAttention(hidden_units=c.din_hidden, activation=act, length_buckets=c.hist_buckets,
-                                        name="trigger_attention")
-        self.target_att = DinAttention(hidden_units=c.din_hidden, activation=act, length_buckets=c.hist_buckets,
-                                       name="target_attention")
+        self.trigger_att = din_attention(c, "trigger_attention")
+        self.target_att = din_attention(c, "target_attention")
         self.intent_mlp = MLP(d.intent_hidden, output_logit=True, name="intent_net")
-        self.tower_trig = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                              name="trigger_aware_tower")
-        self.tower_free = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                              name="trigger_free_tower")
+        self.tower_trig = ctr_tower(c, "trigger_aware_tower")
+        self.tower_free = ctr_tower(c, "trigger_free_tower")
 
     def _intent(self, parts, present, training):
         """p_I = σ(MLP(parts)) float32 [., 1], 0 without a trigger."""

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel, item_columns
+from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, item_columns
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP
 from tirec.models.layers.gru import GATE_SCALES, InterestEvolving, InterestGru
@@ -138,8 +138,7 @@ class DIEN(TirModel):
         self.evolving = InterestEvolving(units, gate_scale=d.gate_scale, name="interest_evolving")
         self.aux_mlp = (MLP(d.aux_hidden, activation="sigmoid", output_logit=True, name="aux_mlp")
                         if d.aux_score == "mlp" else None)
-        self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                         name="tower")
+        self.tower = ctr_tower(c)
         self.aux_tracker = keras.metrics.Mean(name="aux_loss", dtype="float32")
 
     # ---- forward ------------------------------------------------------------------------------

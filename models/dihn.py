@@ -26,10 +26,11 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import CATEGORY, RELATED_RULES, FeatureEmbedder, item_columns, related_rule
+from tirec.models.base import (CATEGORY, RELATED_RULES, FeatureEmbedder, ctr_tower, din_attention, item_columns,
+                               related_rule, trigger_present)
 from tirec.models.config import ModelConfig
 from tirec.models.intent_label import RequestIntentModel, check_intent_settings, level_threshold, two_bins
-from tirec.models.layers import MLP, DinAttention, MultiHeadSelfAttention, MultiHeadTargetAttention
+from tirec.models.layers import MLP, MultiHeadSelfAttention, MultiHeadTargetAttention
 from tirec.models.layers.sequence import trigger_related_mask
 from tirec.models.registry import register_model
 
@@ -102,26 +103,18 @@ class DIHN(RequestIntentModel):
         self.dihn_config = d
         self.related = related_rule(spec, d.related, "model.dihn.related")
         self._columns(spec)
-        act = "dice" if c.activation == "dice" else "sigmoid"
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
-        self.uin_att = DinAttention(hidden_units=c.din_hidden, activation=act, length_buckets=c.hist_buckets,
-                                    name="uin_attention")
+        self.uin_att = din_attention(c, "uin_attention")
         self.uin_mlp = MLP(d.uin_hidden, output_logit=True, name="uin")
         self.hiem_mhsa = MultiHeadSelfAttention(d.att_units, d.att_heads, name="hiem_mhsa")
         self.hiem_mhta = MultiHeadTargetAttention(d.att_units, d.att_heads, name="hiem_mhta")
         if d.sub_pooling == "attention":
-            self.sub_att = DinAttention(hidden_units=c.din_hidden, activation=act, length_buckets=c.hist_buckets,
-                                        name="related_attention")
-        self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                         name="tower")
+            self.sub_att = din_attention(c, "related_attention")
+        self.tower = ctr_tower(c)
         log.info("DIHN: trigger-related behaviours by %s", self._describe_related(spec))
 
     def _columns(self, spec: FeatureSpec) -> None:
-        present = spec.select(group="trigger", field="present", model_input=True)
-        if not present:
-            raise ValueError("FeatureSpec: DIHN needs a trigger input of field 'present' (has_trigger: "
-                             "0 when the impression has no trigger)")
-        self.has_trigger_col = present[0].name
+        self.has_trigger_col = trigger_present(spec, "DIHN")
         first = next(iter(spec.histories()))
         if self.related == "category":
             self.trigger_key = spec.select(group="trigger", field=CATEGORY, model_input=True)[0].name

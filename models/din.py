@@ -13,9 +13,8 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel, trigger_present
+from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, trigger_present
 from tirec.models.config import ModelConfig
-from tirec.models.layers import MLP, DinAttention
 from tirec.models.registry import register_model
 
 
@@ -58,10 +57,8 @@ class DIN(TirModel):
         if self.sim_feature:  # fail at build time, not in a trace
             trigger_present(spec, "model.din.sim_feature=true")
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
-        self.din_att = DinAttention(hidden_units=c.din_hidden, activation="dice" if c.activation == "dice"
-                                    else "sigmoid", length_buckets=c.hist_buckets, name="din_attention")
-        self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                         name="tower")
+        self.din_att = din_attention(c, "din_attention")
+        self.tower = ctr_tower(c)
 
     def forward(self, inputs, training=False):
         rows, expand = self.request_rows(inputs)

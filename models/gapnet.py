@@ -37,9 +37,9 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import HISTORY, LONG_TERM, REALTIME, FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel, item_columns
+from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, item_columns
 from tirec.models.config import ModelConfig
-from tirec.models.layers import ASGA, MLP, PAFS, ContextGatedFusion, DinAttention, QueryCalibration
+from tirec.models.layers import ASGA, PAFS, ContextGatedFusion, QueryCalibration
 from tirec.models.layers.cascade import FUSIONS
 from tirec.models.layers.normalizers import NORMALIZERS
 from tirec.models.layers.sequence import (compact_positions, from_groups, group_slots, length_bucketed,
@@ -173,10 +173,8 @@ class GapNet(TirModel):
         self.fusion = ContextGatedFusion(len(self.plan), g.att_units, mode=g.cgdf, hidden=g.cgdf_hidden,
                                          name="cgdf")
         if g.din_read:
-            self.din_att = DinAttention(hidden_units=c.din_hidden, activation="dice" if c.activation == "dice"
-                                        else "sigmoid", length_buckets=c.hist_buckets, name="din_attention")
-        self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                         name="tower")
+            self.din_att = din_attention(c, "din_attention")
+        self.tower = ctr_tower(c)
 
     @property
     def views(self) -> tuple[str, ...]:

@@ -21,9 +21,8 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel
+from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower
 from tirec.models.config import ModelConfig
-from tirec.models.layers import MLP
 from tirec.models.layers._common import check_positive_int, sequence_mask
 from tirec.models.layers.normalizers import attention_weights
 from tirec.models.registry import register_model
@@ -232,8 +231,7 @@ class QIN(TirModel):
                             if q.trigger_attention else None)
         self.qnn = QuadraticNetwork(q.num_layers, q.num_row, q.dropout, q.batch_norm, name="qnn")
         self.head = (keras.layers.Dense(1, name="head") if q.head == "linear"
-                     else MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                              name="tower"))
+                     else ctr_tower(c))
 
     def forward(self, inputs, training=False):
         rows, expand = self.request_rows(inputs)

@@ -28,10 +28,9 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import (FeatureEmbedder, TirModel, check_time_settings, history_gap_buckets,
+from tirec.models.base import (FeatureEmbedder, TirModel, check_time_settings, ctr_tower, history_gap_buckets,
                                request_time)
 from tirec.models.config import ModelConfig
-from tirec.models.layers import MLP
 from tirec.models.registry import register_model
 
 ENCODINGS = ("position", "time")
@@ -119,8 +118,7 @@ class TIN(TirModel):
         if t.representation == "code":
             self.norm = keras.layers.BatchNormalization(name="interest_norm")
             self.projection = keras.layers.Dense(self.embed.item_dim, name="interest_projection")
-        self.tower = MLP(c.tower, activation=c.activation, dropout=c.dropout, output_logit=True,
-                         name="tower")
+        self.tower = ctr_tower(c)
 
     def forward(self, inputs, training=False):
         """The steps of docs/models.md#tin: the encoded history once per distinct request, the

@@ -2,7 +2,6 @@
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 from tirec.features.spec import Feature, FeatureSpec, TableSpec, tir_feature_spec

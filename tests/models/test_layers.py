@@ -528,15 +528,14 @@ def test_layers_under_mixed_bfloat16(mixed_bfloat16):
     keras.mixed_precision.set_global_policy("float32")
     ref = {"mhta": MultiHeadTargetAttention(8, 2), "mhsa": MultiHeadSelfAttention(8, 2),
            "din": DinAttention((6, 4), activation="dice")}
-    want = {"mhta": ref["mhta"](query, keys, mask), "mhsa": ref["mhsa"](keys, mask),
-            "din": ref["din"](query, keys, mask, training=True)}
+    ref_call = {"mhta": lambda: ref["mhta"](query, keys, mask), "mhsa": lambda: ref["mhsa"](keys, mask),
+                "din": lambda: ref["din"](query, keys, mask, training=True)}
     for name, layer in layers.items():
         assert outs[name].dtype == tf.bfloat16, name
         assert all(v.dtype == tf.float32 for v in layer.weights), name
+        ref_call[name]()  # builds the float32 copy, which then takes the bfloat16 layer's weights
         ref[name].set_weights(layer.get_weights())
-        want_now = {"mhta": lambda: ref["mhta"](query, keys, mask), "mhsa": lambda: ref["mhsa"](keys, mask),
-                    "din": lambda: ref["din"](query, keys, mask, training=True)}[name]()
-        w = want_now.numpy()
+        w = ref_call[name]().numpy()
         np.testing.assert_allclose(tf.cast(outs[name], tf.float32).numpy(), w, rtol=0.05,
                                    atol=0.05 * np.abs(w).max(), err_msg=name)
     # Dice keeps float32 statistics.

@@ -3,7 +3,6 @@ import collections
 import glob
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
