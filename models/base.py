@@ -204,7 +204,8 @@ def item_columns(spec: FeatureSpec, group: str, history: str | None = None) -> l
 
 def trigger_present(spec: FeatureSpec, needed_by: str) -> str:
     """The trigger's ``present`` flag column (``has_trigger``: 0 when the impression has no
-    trigger), which the trigger-target similarity needs.
+    trigger), which the trigger-target similarity and every model that gates on the trigger
+    (DAIAN, DIAN, DIHN, DEI2N) need.
 
     Raises:
       ValueError: naming the column and ``needed_by`` (the model or setting that reads it).
