@@ -234,13 +234,14 @@ def _run_pipeline(args, beam_args) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model on pipeline TFRecords",
-        description="Train a registered model (din, daian) on the output of `tirec pipeline`. "
+        description="Train a registered model (`tirec models` lists them) on the output of `tirec pipeline`. "
                     "DAIAN runs its three stages unless --set train.three_stage=false. With a "
                     "valid/ split every epoch is validated on it and RUN/best/ keeps the best "
                     "epoch of the final stage; final metrics are on eval/.")
     p.add_argument("--data", required=True,
                    help="pipeline output folder (spec.json, train/, eval/, optional valid/)")
-    p.add_argument("--model", required=True, help="architecture: a registered model name, e.g. din or daian")
+    p.add_argument("--model", required=True,
+                   help="architecture: a registered model name (`tirec models` lists them), e.g. din, daian or tin")
     _run_flag(p, ("--out",), "run folder (checkpoints, logs, config.json, metrics.json)")
     p.add_argument("--strategy", choices=("default", "mirrored", "multiworker", "ps"))
     p.add_argument("--cpu-replicas", type=int,
