@@ -46,7 +46,8 @@ much of a model's AUC that one number already gives (kept from the last tables w
 ``--ablations``: DAIAN on MovieLens at its picked learning rate, w/o UIM / DIE / SEIN
 (``model.daian.use_uim|use_die|use_sein=false``), w/o three-stage (``train.three_stage=false``),
 and n ∈ {2, 4, 6, 8} similarity levels (``pipeline.intent_levels``; the records change, so the
-pipeline reruns per n; n = 6 is the default data).
+pipeline reruns per n; n = 6 is the default data). They get a table of their own below DAIAN's
+row, with Δ AUC (their mean AUC minus DAIAN's), and no learning-rate grid.
 
 Why 0.2 is in the grid: in the first procedure every model picked 0.1, the grid's top, and in
 this one DIN and ``din+sim`` did again (valid AUC rising with the rate), so the grid did not
@@ -96,7 +97,8 @@ LEVELS = (2, 4, 6, 8)
 DEFAULT_LEVELS = 6  # pipeline.intent_levels' default: the plain data set
 CANDIDATES = 200
 COLUMNS = ["dataset", "model", "lr", "seeds", "auc_mean", "auc_std", "gauc_mean", "gauc_std", "logloss_mean",
-           "logloss_std", "rela_impr_auc_pct", "train_seconds_mean", "params", "latency_ms_median"]
+           "logloss_std", "rela_impr_auc_pct", "ablation_of", "delta_auc_vs_full", "train_seconds_mean", "params",
+           "latency_ms_median"]
 
 
 # ---- DAIAN's intent against the planted preference (synthetic data) -------------------------------
@@ -437,7 +439,9 @@ def summarize(results: list[dict], picks: dict, seeds: list[int]) -> list[dict]:
 
     RelaImpr is of the mean AUC over the seeds against DIN's mean AUC on the same data set
     (DAIAN's ablations on ``movielens_levels<n>``: against DIN on ``movielens``); empty without
-    a DIN row."""
+    a DIN row. An ablation row (its pick names the row it comes ``from``) also carries that row's
+    key, ``"<data set>|<model>"`` (``ablation_of``), and its mean AUC minus that row's
+    (``delta_auc_vs_full``)."""
     rows = []
     for key, pick in picks.items():
         dataset, label = key.split("|")
@@ -448,16 +452,21 @@ def summarize(results: list[dict], picks: dict, seeds: list[int]) -> list[dict]:
         (auc, auc_sd), (gauc, gauc_sd), (ll, ll_sd) = (_stat([r[k] for r in rs]) for k in ("auc", "gauc", "logloss"))
         rows.append({"dataset": dataset, "model": label, "lr": pick["lr"], "seeds": len(rs), "auc_mean": auc,
                      "auc_std": auc_sd, "gauc_mean": gauc, "gauc_std": gauc_sd, "logloss_mean": ll,
-                     "logloss_std": ll_sd, "rela_impr_auc_pct": None,
+                     "logloss_std": ll_sd, "rela_impr_auc_pct": None, "ablation_of": None, "delta_auc_vs_full": None,
                      "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
                      "params": rs[0]["params"], "latency_ms_median": float(np.median([r["latency_ms"] for r in rs])),
                      **({"planted_intent_js": _stat([r["planted_intent_js"] for r in rs])}
                         if all("planted_intent_js" in r for r in rs) else {})})
     base = {r["dataset"]: r["auc_mean"] for r in rows if r["model"] == "din"}
+    full = {f"{r['dataset']}|{r['model']}": r for r in rows}
     for r in rows:
         din = base.get(r["dataset"].split("_levels")[0])
         if din is not None:
             r["rela_impr_auc_pct"] = rela_impr(r["auc_mean"], din)
+        source = picks[f"{r['dataset']}|{r['model']}"].get("from")
+        if source:
+            r["ablation_of"] = source
+            r["delta_auc_vs_full"] = r["auc_mean"] - full[source]["auc_mean"] if source in full else None
     return rows
 
 
@@ -471,11 +480,23 @@ def _impr(rows: list[dict], dataset: str, auc: float) -> str:
     return f"{rela_impr(auc, din[0]):+.2f} %" if din else "—"
 
 
-def markdown(rows: list[dict], picks: dict, args, refs: dict) -> str:
-    """The results table, the learning-rate grid and the settings, in Markdown."""
-    def pm(r, key):
-        return f"{r[key + '_mean']:.4f} ± {r[key + '_std']:.4f}"
+def _pm(r: dict, key: str) -> str:
+    return f"{r[key + '_mean']:.4f} ± {r[key + '_std']:.4f}"
 
+
+def _metric_cells(r: dict) -> str:
+    """``LR | seeds | AUC | GAUC | logloss`` of a summary row."""
+    return f"{r['lr']:g} | {r['seeds']} | {_pm(r, 'auc')} | {_pm(r, 'gauc')} | {_pm(r, 'logloss')}"
+
+
+def _cost_cells(r: dict) -> str:
+    """``RelaImpr | train s | params | latency`` of a summary row."""
+    impr = "—" if r["rela_impr_auc_pct"] is None else f"{r['rela_impr_auc_pct']:+.2f} %"
+    return f"{impr} | {r['train_seconds_mean']:.0f} | {r['params']:,} | {r['latency_ms_median']:.2f}"
+
+
+def markdown(rows: list[dict], picks: dict, args, refs: dict) -> str:
+    """The results table, the ablations, the learning-rate grid and the settings, in Markdown."""
     lines = [f"Eval metrics, mean ± std over seeds {args.seeds}; LR picked per (data set, model) from "
              f"{[float(x) for x in args.lrs]} on the valid AUC of seed {args.seeds[0]}, then every seed at that LR "
              f"(ablations: DAIAN's movielens LR). At most {args.max_epochs} epochs per stage, early stopping on "
@@ -483,11 +504,8 @@ def markdown(rows: list[dict], picks: dict, args, refs: dict) -> str:
              f"1 request of {CANDIDATES} candidates, median of {args.latency_runs} calls.", "",
              "| data set | model | LR | seeds | AUC | GAUC | logloss | RelaImpr vs DIN (AUC) | train s | params "
              "| latency ms (200 cand.) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        impr = "—" if r["rela_impr_auc_pct"] is None else f"{r['rela_impr_auc_pct']:+.2f} %"
-        lines.append(f"| {r['dataset']} | {LABELS.get(r['model'], r['model'])} | {r['lr']:g} | {r['seeds']} | "
-                     f"{pm(r, 'auc')} | {pm(r, 'gauc')} | {pm(r, 'logloss')} | {impr} | "
-                     f"{r['train_seconds_mean']:.0f} | {r['params']:,} | {r['latency_ms_median']:.2f} |")
+    lines += [f"| {r['dataset']} | {LABELS.get(r['model'], r['model'])} | {_metric_cells(r)} | {_cost_cells(r)} |"
+              for r in rows if not r.get("ablation_of")]
     lines += [f"| {dataset} | *s_sem alone, untrained* | — | — | {r['eval']['sim_auc']:.4f} | "
               f"{r['eval']['sim_gauc']:.4f} | — | {_impr(rows, dataset, r['eval']['sim_auc'])} | — | 0 | — |"
               for dataset, r in refs.items() if r]
@@ -496,16 +514,44 @@ def markdown(rows: list[dict], picks: dict, args, refs: dict) -> str:
         lines += ["", "Intent JS (per user) against the generator's planted preference: "
                   + "; ".join(f"{LABELS.get(r['model'], r['model'])} {r['planted_intent_js'][0]:.4f} ± "
                               f"{r['planted_intent_js'][1]:.4f}" for r in planted)]
-    lines += ["", f"**Valid AUC per learning rate (seed {args.seeds[0]})**", "",
-              "| data set | model | " + " | ".join(f"LR {x:g}" for x in args.lrs) + " |",
-              "|---|---|" + "---|" * len(args.lrs)]
+    lines += _ablation_table(rows) + _grid_table(picks, args)
+    lines += ["", f"Settings: {' '.join(SPEED + list(args.overrides)) or 'defaults'} (paper defaults otherwise)."]
+    return "\n".join(lines) + "\n"
+
+
+def _ablation_table(rows: list[dict]) -> list[str]:
+    """The ablation rows after the row each ablates, with their AUC minus that row's."""
+    ablated = [r for r in rows if r.get("ablation_of")]
+    if not ablated:
+        return []
+    lines = ["", "**Ablations** (each at the LR of the row it ablates, on the data set named; Δ AUC: its mean "
+             "AUC minus that row's)", "",
+             "| data set | variant | LR | seeds | AUC | GAUC | logloss | Δ AUC | RelaImpr vs DIN (AUC) | train s "
+             "| params | latency ms (200 cand.) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    sources = {r["ablation_of"] for r in ablated}
+    for r in rows:
+        if f"{r['dataset']}|{r['model']}" in sources:
+            lines.append(f"| {r['dataset']} | {LABELS.get(r['model'], r['model'])} (full) | {_metric_cells(r)} "
+                         f"| — | {_cost_cells(r)} |")
+    for r in ablated:
+        delta = "—" if r["delta_auc_vs_full"] is None else f"{r['delta_auc_vs_full']:+.4f}"
+        lines.append(f"| {r['dataset']} | {r['model']} | {_metric_cells(r)} | {delta} | {_cost_cells(r)} |")
+    return lines
+
+
+def _grid_table(picks: dict, args) -> list[str]:
+    """Valid AUC per learning rate at the first seed, per picked row (ablations have no grid)."""
+    lines = ["", f"**Valid AUC per learning rate (seed {args.seeds[0]})**", "",
+             "| data set | model | " + " | ".join(f"LR {x:g}" for x in args.lrs) + " |",
+             "|---|---|" + "---|" * len(args.lrs)]
     for key, pick in picks.items():
+        if pick.get("from"):
+            continue
         dataset, label = key.split("|")
         cells = [("—" if pick["grid"].get(str(lr)) is None else f"{pick['grid'][str(lr)]:.4f}")
                  + (" *" if lr == pick["lr"] else "") for lr in args.lrs]
         lines.append(f"| {dataset} | {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"Settings: {' '.join(SPEED + list(args.overrides)) or 'defaults'} (paper defaults otherwise)."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_outputs(rows: list[dict], picks: dict, results: list[dict], args, refs: dict) -> str:

@@ -132,6 +132,35 @@ def test_the_pick_reads_valid_at_the_first_seed_and_the_summary_reads_only_the_p
     assert bench.rela_impr(0.6382, 0.6432) == pytest.approx(-3.49, abs=0.01)
 
 
+def test_ablations_get_their_own_table_with_the_difference_to_the_full_model(tmp_path):
+    bench = _module()
+    args = bench.parse_args(["--out", str(tmp_path), "--seeds", "1", "2", "--lrs", "0.05", "0.1"])
+    results = [_result("movielens", "din", s, 0.1, 0.60, 0.6) for s in (1, 2)]
+    results += [_result("movielens", "daian", s, 0.05, auc, 0.6) for s, auc in ((1, 0.64), (2, 0.66))]
+    results += [_result("movielens", "daian w/o UIM", s, 0.05, auc, 0.6) for s, auc in ((1, 0.61), (2, 0.63))]
+    results += [_result("movielens_levels2", "daian n=2", 1, 0.05, 0.67, 0.6)]
+    ablation = {"lr": 0.05, "grid": {}, "from": "movielens|daian"}
+    picks = {"movielens|din": {"lr": 0.1, "grid": {"0.05": 0.55, "0.1": 0.56}},
+             "movielens|daian": {"lr": 0.05, "grid": {"0.05": 0.6, "0.1": 0.59}},
+             "movielens|daian w/o UIM": ablation, "movielens_levels2|daian n=2": ablation}
+    rows = {r["model"]: r for r in bench.summarize(results, picks, [1, 2])}
+    assert rows["daian w/o UIM"]["delta_auc_vs_full"] == pytest.approx(-0.03)
+    assert rows["daian n=2"]["delta_auc_vs_full"] == pytest.approx(0.02)
+    assert rows["daian n=2"]["ablation_of"] == "movielens|daian" and rows["daian"]["ablation_of"] is None
+    assert rows["daian"]["delta_auc_vs_full"] is None
+
+    text = bench.markdown(list(rows.values()), picks, args, {})
+    main, rest = text.split("**Ablations**")
+    assert "| movielens | DAIAN | 0.05 | 2 |" in main and "w/o UIM" not in main and "n=2" not in main
+    ablations, grid = rest.split("**Valid AUC per learning rate")
+    lines = [line for line in ablations.splitlines() if line.startswith("| movielens")]
+    assert lines[0].startswith("| movielens | DAIAN (full) | 0.05 | 2 | 0.6500 ± 0.0100 |")
+    assert lines[1].startswith("| movielens | daian w/o UIM | 0.05 | 2 | 0.6200 ± 0.0100 | ")
+    assert " | -0.0300 | " in lines[1] and " | +0.0200 | " in lines[2]
+    assert f"{bench.rela_impr(0.62, 0.60):+.2f} %" in lines[1]  # still against DIN
+    assert "| movielens | daian | 0.6000 * | 0.5900 |" in grid and "w/o UIM" not in grid  # no grid of their own
+
+
 def test_the_untrained_reference_row_scores_eval_by_the_similarity_alone(tiny_data, tmp_path):
     from tirec.models.data import load_data_spec, read_columns
     from tirec.models.metrics import auc
