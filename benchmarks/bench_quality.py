@@ -475,9 +475,14 @@ def rela_impr(auc: float, auc_din: float) -> float:
     return ((auc - 0.5) / (auc_din - 0.5) - 1.0) * 100.0
 
 
+def _pct(value: float | None) -> str:
+    """A RelaImpr cell: ``+1.23 %``, or ``—`` without a DIN row."""
+    return "—" if value is None else f"{value:+.2f} %"
+
+
 def _impr(rows: list[dict], dataset: str, auc: float) -> str:
     din = [r["auc_mean"] for r in rows if r["dataset"] == dataset and r["model"] == "din"]
-    return f"{rela_impr(auc, din[0]):+.2f} %" if din else "—"
+    return _pct(rela_impr(auc, din[0]) if din else None)
 
 
 def _pm(r: dict, key: str) -> str:
@@ -491,8 +496,7 @@ def _metric_cells(r: dict) -> str:
 
 def _cost_cells(r: dict) -> str:
     """``RelaImpr | train s | params | latency`` of a summary row."""
-    impr = "—" if r["rela_impr_auc_pct"] is None else f"{r['rela_impr_auc_pct']:+.2f} %"
-    return f"{impr} | {r['train_seconds_mean']:.0f} | {r['params']:,} | {r['latency_ms_median']:.2f}"
+    return f"{_pct(r['rela_impr_auc_pct'])} | {r['train_seconds_mean']:.0f} | {r['params']:,} | {r['latency_ms_median']:.2f}"
 
 
 def markdown(rows: list[dict], picks: dict, args, refs: dict) -> str:
