@@ -41,6 +41,7 @@ from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, item_columns, trigger_present
 from tirec.models.config import ModelConfig
+from tirec.models.intent_label import check_intent_settings
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
 from tirec.models.layers.sequence import keep_first, length_bucketed, real_lengths
@@ -76,6 +77,11 @@ class DaianConfig:
         are the same up to float rounding: ``0`` on the padded history (the straightforward
         path), ``1`` on ``S'`` compacted to the batch's longest, ``k > 1`` on ``k`` groups of
         samples of similar ``|S'|`` (the fastest; see ``tirec.models.layers.sequence``).
+      intent_weight: [X] λ, the weight of the UIM's intent loss KL(y^I ‖ ŷ^I) beside the click
+        loss in the one stage of ``train.three_stage=false`` (1.0): the schedule is ablated, the
+        UIM's supervision kept. 0: the click loss alone, so nothing tells the UIM what intent is.
+        The three stages do not read it (stage 1 trains the KL alone, stages 2 and 3 the click
+        loss; docs/models.md#three-training-stages).
     """
 
     att_units: int = 128
@@ -92,6 +98,7 @@ class DaianConfig:
     gamma: float = 2.0
     explicit_len: int = 50
     explicit_buckets: int = 16
+    intent_weight: float = 1.0
 
     def __post_init__(self) -> None:
         def bad(field, why):
@@ -112,6 +119,7 @@ class DaianConfig:
         if isinstance(self.explicit_buckets, bool) or not isinstance(self.explicit_buckets, int) \
                 or self.explicit_buckets < 0:
             bad("explicit_buckets", "must be an integer >= 0 (0 = no compaction)")
+        check_intent_settings("daian", None, self.intent_weight)
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -181,6 +189,8 @@ class DAIAN(TirModel):
     """DAIAN: UIM + DIE (I2E, explicit intent) + SEIN (hybrid similarity enhancer, IA2N)."""
 
     has_intent = True
+    three_stages = True  # trains in the three stages unless train.three_stage=false
+    intent_section = "daian"  # holds the intent loss weight of that one stage
 
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
@@ -400,4 +410,6 @@ def build_daian(spec: FeatureSpec, model_config: ModelConfig, num_items: int, it
     return DAIAN(spec, model_config, num_items, item_dim, name="daian")
 
 
-build_daian.has_intent = DAIAN.has_intent  # lets training plan its stages before building
+# Let training plan its stages before building.
+build_daian.has_intent, build_daian.three_stages = DAIAN.has_intent, DAIAN.three_stages
+build_daian.intent_section = DAIAN.intent_section

@@ -183,17 +183,18 @@ def _optimizer(cfg: TrainConfig, scale: float = 1.0):
 
 def training_stages(model, cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> list[Stage]:
     """The stages ``model`` (a model, or its registered builder) trains in under ``cfg``: DAIAN's
-    three (the joint one with ``cfg.uim_lr_scale``), else the joint stage at one learning rate.
+    three (the joint one with ``cfg.uim_lr_scale``), else one joint stage at one learning rate.
 
-    A model with an auxiliary intent task (``intent_section``: DIHN, DIAN) trains in the joint
-    stage with its intent loss weighted by ``model.<section>.intent_weight`` of ``model_cfg``
-    (default: a built model's own config, else the section's defaults)."""
+    A model with an intent task (``intent_section``: DIHN, DIAN, and DAIAN with
+    ``train.three_stage=false``) trains in that one stage with its intent loss weighted by
+    ``model.<section>.intent_weight`` of ``model_cfg`` (default: a built model's own config,
+    else the section's defaults)."""
+    if getattr(model, "three_stages", False) and cfg.three_stage:
+        return [UIM_PRETRAIN, DIE_PRETRAIN, joint_stage(cfg.uim_lr_scale)]
     section = getattr(model, "intent_section", "")
     if section:
         model_cfg = model_cfg or getattr(model, "model_config", None) or ModelConfig()
         return [joint_stage(intent_weight=model_cfg.section(section).intent_weight)]
-    if getattr(model, "has_intent", False) and cfg.three_stage:
-        return [UIM_PRETRAIN, DIE_PRETRAIN, joint_stage(cfg.uim_lr_scale)]
     return [joint_stage()]
 
 

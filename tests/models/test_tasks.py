@@ -96,6 +96,34 @@ def test_stage_weights_pick_the_counted_tasks(tiny_data):
         model.set_stage(Stage(3, "s", tasks=(("ctr", 1.0),), train=(("tower", 1.0),)))
 
 
+def test_daian_in_one_stage_keeps_the_uim_on_its_intent_loss(tiny_data):
+    """``train.three_stage=false`` ablates the schedule, not the UIM's supervision: one stage on
+    BCE + λ KL, λ = ``model.daian.intent_weight`` (1 by default; 0: the click loss alone).
+    Fitting that stage brings the UIM's intent toward the labels; the click loss alone does not."""
+    builder = registry.get_builder("daian")
+    assert training_stages(builder, _cfg().train) == [UIM_PRETRAIN, DIE_PRETRAIN, joint_stage(0.1)]
+    for weight, tasks in ((None, (("ctr", 1.0), ("intent", 1.0))), ("0.25", (("ctr", 1.0), ("intent", 0.25))),
+                          ("0", (("ctr", 1.0),))):
+        cfg = _cfg("train.three_stage=false", *([f"model.daian.intent_weight={weight}"] if weight else []))
+        assert [s.tasks for s in training_stages(builder, cfg.train, cfg.model)] == [tasks]
+    start, kl = None, {}
+    for weight in ("1", "0"):
+        model, x, y = _model_and_batch(tiny_data, "daian", 128, f"model.daian.intent_weight={weight}")
+        start = start or model.get_weights()
+        model.set_weights(start)
+        (stage,) = training_stages(model, _cfg("train.three_stage=false").train)  # the model's own λ
+        model.set_stage(stage)
+        model.compile(optimizer=keras.optimizers.Adagrad(0.05))
+        model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(20), epochs=1, verbose=0)
+        model.set_stage(UIM_PRETRAIN)  # its loss: the KL of the UIM's intent
+        model.reset_metrics()
+        kl[weight] = float(model.test_step((x, y))["loss"])
+    model.set_weights(start)
+    model.reset_metrics()
+    kl["start"] = float(model.test_step((x, y))["loss"])
+    assert kl["1"] < 0.8 * kl["start"] and kl["1"] < 0.8 * kl["0"], kl
+
+
 def test_stage_1_computes_the_intent_alone(tiny_data, monkeypatch):
     """Stage 1 counts only the intent: its step runs DAIAN's UIM, never the click path, gives
     the intent the full forward pass gives, and reports no click metric."""

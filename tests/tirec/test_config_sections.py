@@ -118,6 +118,8 @@ def test_unknown_keys_name_key_value_and_the_valid_keys(override, message):
      "model.daian.uim_attention: must be din or mhta; received 'lstm'"),
     (lambda: registry.config_class("daian")(att_units=10, att_heads=4),
      "model.daian.att_units: must be divisible by att_heads=4; received 10"),
+    (lambda: registry.config_class("daian")(intent_weight=-0.5),
+     "model.daian.intent_weight: must be a number >= 0; received -0.5"),
     (lambda: TrainConfig(batch_size=0), "train.batch_size: must be >= 1; received 0"),
     (lambda: PipelineConfig(no_trigger="keep"), "pipeline.no_trigger: must be 'drop' or 'pad'"),
     (lambda: GeneratorConfig(users=0), "GeneratorConfig.users=0: must be >= 1"),
