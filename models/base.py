@@ -128,7 +128,7 @@ def joint_stage(uim_lr_scale: float = 1.0, intent_weight: float = 0.0) -> Stage:
     """Stage 3: everything on the click loss, the UIM at ``uim_lr_scale`` times the learning
     rate (docs/models.md#three-training-stages; 1.0 for a single-stage run). With
     ``intent_weight`` > 0 the intent task's loss is added with that weight (DIHN and DIAN's
-    auxiliary intent loss, docs/models.md#request-intent-label)."""
+    auxiliary intent loss, docs/models.md#request-intent-label; one-stage DAIAN's KL)."""
     tasks = ((CTR, 1.0),) + (((INTENT, float(intent_weight)),) if intent_weight else ())
     return Stage(STAGE_JOINT, "joint", tasks=tasks, train=(("main", 1.0), ("uim", float(uim_lr_scale))))
 
