@@ -46,9 +46,12 @@ much of a model's AUC that one number already gives (kept from the last tables w
 ``--ablations``: DAIAN on MovieLens at its picked learning rate, w/o UIM / DIE / SEIN
 (``model.daian.use_uim|use_die|use_sein=false``), w/o three-stage (``train.three_stage=false``: one
 stage on the click loss plus the UIM's KL at ``model.daian.intent_weight=1``), and n ∈ {2, 4, 6,
-8} similarity levels (``pipeline.intent_levels``; the records change, so the pipeline reruns per n;
-n = 6 is the default data). They get a table of their own below DAIAN's row, with Δ AUC (their
-mean AUC minus DAIAN's), and no learning-rate grid.
+8} similarity levels (``pipeline.intent_levels``; the records change, so the pipeline reruns per n,
+into ``movielens_levels<n>_tau<tau>``; n = 6 is the default data). The sweep holds the
+explicit-intent threshold tau at the default data's (1/3), so that only n moves: the default rule
+(the lower edge of the top 2 levels) would move tau with n, to -1 at n = 2. One more row, n = 2 at
+tau = -1, shows that case: the explicit subsequence is then the whole history. They get a table of
+their own below DAIAN's row, with Δ AUC (their mean AUC minus DAIAN's), and no learning-rate grid.
 
 Why 0.2 is in the grid: in the first procedure every model picked 0.1, the grid's top, and in
 this one DIN and ``din+sim`` did again (valid AUC rising with the rate), so the grid did not
@@ -95,6 +98,9 @@ ABLATIONS = {"daian w/o UIM": ["model.daian.use_uim=false"], "daian w/o DIE": ["
              "daian w/o SEIN": ["model.daian.use_sein=false"],
              "daian w/o three-stage": ["train.three_stage=false", "model.daian.intent_weight=1"]}
 LEVELS = (2, 4, 6, 8)
+# n = 2 at tau = -1: the explicit subsequence S' is the whole history (what the default tau rule
+# gave at n = 2 before the pipeline refused it), kept as a row of its own.
+WHOLE_HISTORY_LEVELS = (2,)
 DEFAULT_LEVELS = 6  # pipeline.intent_levels' default: the plain data set
 CANDIDATES = 200
 COLUMNS = ["dataset", "model", "lr", "seeds", "auc_mean", "auc_std", "gauc_mean", "gauc_std", "logloss_mean",
@@ -212,17 +218,24 @@ def planted_intent_js(data_dir: str, raw_dir: str, run_dir: str) -> dict:
 
 # ---- data ---------------------------------------------------------------------------------------
 
-def prepare(name: str, args, levels: int = DEFAULT_LEVELS) -> str:
-    """The pipeline output folder of data set ``name`` (``movielens`` with ``levels`` similarity
-    levels, or ``synthetic``), converted unless already there or given with ``--data``."""
-    if name in args.data and levels == DEFAULT_LEVELS:
+def level_dataset(name: str, levels: int, tau: float) -> str:
+    """The name of data set ``name`` converted with ``levels`` similarity levels and threshold tau."""
+    return f"{name}_levels{levels}_tau{tau:.3g}"
+
+
+def prepare(name: str, args, levels: int = DEFAULT_LEVELS, tau: float | None = None) -> str:
+    """The pipeline output folder of data set ``name`` (``movielens`` or ``synthetic``), converted
+    unless already there or given with ``--data``; with ``tau``, at ``levels`` similarity levels and
+    that explicit-intent threshold (:func:`level_dataset` names it)."""
+    if tau is None and name in args.data:
         return args.data[name]
-    folder = name if levels == DEFAULT_LEVELS else f"{name}_levels{levels}"
+    folder = name if tau is None else level_dataset(name, levels, tau)
     out = os.path.join(args.out, "data", folder)
     if args.tables_only or os.path.exists(os.path.join(out, "tfr", "spec.json")):
         return os.path.join(out, "tfr")
     tirec = [sys.executable, "-m", "tirec.cli"]
     sets = ["--views", "--set", "pipeline.seed=0", "--set", f"pipeline.intent_levels={levels}"]
+    sets += [] if tau is None else ["--set", f"pipeline.explicit_threshold={tau!r}"]
     t0 = time.time()
     if name == "synthetic":
         _run(tirec + ["generate", "--out", f"{out}/raw", "--users", str(args.users), "--seed", "1"])
@@ -652,13 +665,27 @@ def main(argv: list[str] | None = None) -> int:
         if lr is None:  # --tables-only before DAIAN's grid is done
             return finish(picks, args, refs)
         variants = [("movielens", label, sets, data_dir) for label, sets in ABLATIONS.items()]
-        variants += [(f"movielens_levels{n}", f"daian n={n}", [], prepare("movielens", args, n)) for n in LEVELS
-                     if n != DEFAULT_LEVELS]
+        variants += level_variants(data_dir, args)
         for dataset, label, sets, ddir in variants:
             picks[f"{dataset}|{label}"] = {"lr": lr, "grid": {}, "from": "movielens|daian"}
             for seed in args.seeds:
                 cached(ddir, dataset, label, "daian", seed, lr, sets, args)
     return finish(picks, args, refs)
+
+
+def level_variants(data_dir: str, args) -> list[tuple[str, str, list[str], str]]:
+    """(data set, label, settings, data dir) of DAIAN's n sweep on MovieLens: n in :data:`LEVELS`
+    at the default data's tau (held fixed, so that only n moves), then :data:`WHOLE_HISTORY_LEVELS`
+    at tau = -1. Empty with ``--tables-only`` when the default data is not there."""
+    from tirec.features.jsonio import read_json
+
+    spec_path = os.path.join(data_dir, "spec.json")
+    if not os.path.exists(spec_path):
+        return []
+    tau = float(read_json(spec_path)["explicit_threshold"])
+    runs = [(n, tau) for n in LEVELS if n != DEFAULT_LEVELS] + [(n, -1.0) for n in WHOLE_HISTORY_LEVELS]
+    return [(level_dataset("movielens", n, t), f"daian n={n}", [], prepare("movielens", args, n, t))
+            for n, t in dict.fromkeys(runs)]
 
 
 def finish(picks: dict, args, refs: dict) -> int:

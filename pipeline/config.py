@@ -181,6 +181,12 @@ class PipelineConfig:
             bad("explicit_top_levels", f"must be in [1, intent_levels={self.intent_levels}]")
         if self.explicit_threshold is not None and not -1.0 <= self.explicit_threshold <= 1.0:
             bad("explicit_threshold", "must be in [-1, 1]")
+        if self.explicit_threshold is None and self.explicit_top_levels == self.intent_levels:
+            bad("explicit_top_levels", f"equals pipeline.intent_levels={self.intent_levels}, so the default tau "
+                                       f"would be the lowest similarity and the explicit-intent subsequence the "
+                                       f"whole history; lower pipeline.explicit_top_levels, or set "
+                                       f"pipeline.explicit_threshold to the tau you mean (-1 keeps the whole "
+                                       f"history on purpose)")
         self._validate_split(bad)
         if self.no_trigger not in ("drop", "pad"):
             bad("no_trigger", "must be 'drop' or 'pad'")

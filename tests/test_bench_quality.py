@@ -3,6 +3,7 @@ Markdown / CSV / JSON with the documented columns and RelaImpr (and DIN's contro
 run retrains nothing, ``--tables-only`` trains nothing,
 and the learning-rate pick and the summary follow the documented procedure."""
 import csv
+import json
 import os
 import pathlib
 
@@ -120,9 +121,9 @@ def test_the_pick_reads_valid_at_the_first_seed_and_the_summary_reads_only_the_p
     results = [_result("movielens", "din", 1, 0.05, 0.60, 0.6), _result("movielens", "din", 2, 0.05, 0.62, 0.6),
                _result("movielens", "din", 1, 0.1, 0.90, 0.5),  # another LR: not in the summary
                _result("movielens", "daian", 1, 0.1, 0.66, 0.6), _result("movielens", "daian", 2, 0.1, 0.64, 0.6),
-               _result("movielens_levels2", "daian n=2", 1, 0.1, 0.63, 0.6)]
+               _result("movielens_levels2_tau0.333", "daian n=2", 1, 0.1, 0.63, 0.6)]
     picks = {"movielens|din": {"lr": 0.05, "grid": {}}, "movielens|daian": {"lr": 0.1, "grid": {}},
-             "movielens_levels2|daian n=2": {"lr": 0.1, "grid": {}}}
+             "movielens_levels2_tau0.333|daian n=2": {"lr": 0.1, "grid": {}}}
     rows = {r["model"]: r for r in bench.summarize(results, picks, [1, 2])}
     assert rows["din"]["auc_mean"] == pytest.approx(0.61) and rows["din"]["seeds"] == 2
     assert rows["din"]["auc_std"] == pytest.approx(0.01)
@@ -138,11 +139,11 @@ def test_ablations_get_their_own_table_with_the_difference_to_the_full_model(tmp
     results = [_result("movielens", "din", s, 0.1, 0.60, 0.6) for s in (1, 2)]
     results += [_result("movielens", "daian", s, 0.05, auc, 0.6) for s, auc in ((1, 0.64), (2, 0.66))]
     results += [_result("movielens", "daian w/o UIM", s, 0.05, auc, 0.6) for s, auc in ((1, 0.61), (2, 0.63))]
-    results += [_result("movielens_levels2", "daian n=2", 1, 0.05, 0.67, 0.6)]
+    results += [_result("movielens_levels2_tau0.333", "daian n=2", 1, 0.05, 0.67, 0.6)]
     ablation = {"lr": 0.05, "grid": {}, "from": "movielens|daian"}
     picks = {"movielens|din": {"lr": 0.1, "grid": {"0.05": 0.55, "0.1": 0.56}},
              "movielens|daian": {"lr": 0.05, "grid": {"0.05": 0.6, "0.1": 0.59}},
-             "movielens|daian w/o UIM": ablation, "movielens_levels2|daian n=2": ablation}
+             "movielens|daian w/o UIM": ablation, "movielens_levels2_tau0.333|daian n=2": ablation}
     rows = {r["model"]: r for r in bench.summarize(results, picks, [1, 2])}
     assert rows["daian w/o UIM"]["delta_auc_vs_full"] == pytest.approx(-0.03)
     assert rows["daian n=2"]["delta_auc_vs_full"] == pytest.approx(0.02)
@@ -159,6 +160,31 @@ def test_ablations_get_their_own_table_with_the_difference_to_the_full_model(tmp
     assert " | -0.0300 | " in lines[1] and " | +0.0200 | " in lines[2]
     assert f"{bench.rela_impr(0.62, 0.60):+.2f} %" in lines[1]  # still against DIN
     assert "| movielens | daian | 0.6000 * | 0.5900 |" in grid and "w/o UIM" not in grid  # no grid of their own
+
+
+def test_the_level_sweep_holds_tau_at_the_default_datas_and_keeps_the_whole_history_row(monkeypatch, tmp_path):
+    bench = _module()
+    args = bench.parse_args(["--out", str(tmp_path / "out"), "--input", "ML"])
+    default = tmp_path / "movielens" / "tfr"
+    default.mkdir(parents=True)
+    (default / "spec.json").write_text(json.dumps({"explicit_threshold": 1 / 3}))
+    commands = []
+    monkeypatch.setattr(bench, "_run", lambda cmd: commands.append(cmd))
+
+    variants = bench.level_variants(str(default), args)
+    assert [(v[0], v[1]) for v in variants] == [
+        ("movielens_levels2_tau0.333", "daian n=2"), ("movielens_levels4_tau0.333", "daian n=4"),
+        ("movielens_levels8_tau0.333", "daian n=8"), ("movielens_levels2_tau-1", "daian n=2")]
+    assert [v[3] for v in variants] == [str(tmp_path / "out" / "data" / v[0] / "tfr") for v in variants]
+    sets = [" ".join(c[c.index("--views"):]) for c in commands]
+    assert sets[0].endswith(f"pipeline.intent_levels=2 --set pipeline.explicit_threshold={1 / 3!r}")
+    assert sets[2].endswith(f"pipeline.intent_levels=8 --set pipeline.explicit_threshold={1 / 3!r}")
+    assert sets[3].endswith("pipeline.intent_levels=2 --set pipeline.explicit_threshold=-1.0")
+    # --data stands for the default conversion only, never for a level variant.
+    args.data = {"movielens": str(default)}
+    assert bench.prepare("movielens", args) == str(default)
+    assert bench.prepare("movielens", args, 4, 1 / 3) != str(default)
+    assert bench.level_variants(str(tmp_path / "missing"), args) == []
 
 
 def test_the_untrained_reference_row_scores_eval_by_the_similarity_alone(tiny_data, tmp_path):

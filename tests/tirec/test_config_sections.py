@@ -141,6 +141,21 @@ def test_validation_errors_come_from_the_loader():
         load_config(None, ["train.precision=mixed_float16"])
 
 
+def test_a_default_tau_that_takes_the_whole_history_is_an_error_naming_the_fix():
+    # explicit_top_levels (default 2) == intent_levels puts tau at the lowest similarity: S' would
+    # silently be the whole history.
+    with pytest.raises(ValueError) as exc:
+        load_config(None, ["pipeline.intent_levels=2"])
+    text = str(exc.value)
+    assert text.startswith("pipeline.explicit_top_levels: equals pipeline.intent_levels=2"), text
+    assert "pipeline.explicit_threshold" in text and text.endswith("received 2")
+    with pytest.raises(ValueError, match="pipeline.explicit_top_levels: equals pipeline.intent_levels=6"):
+        PipelineConfig(explicit_top_levels=6)
+    on_purpose = load_config(None, ["pipeline.intent_levels=2", "pipeline.explicit_threshold=-1"]).pipeline
+    assert (on_purpose.intent_levels, on_purpose.explicit_threshold) == (2, -1.0)
+    assert load_config(None, ["pipeline.intent_levels=2", "pipeline.explicit_top_levels=1"]).pipeline.intent_levels == 2
+
+
 def test_old_flat_keys_load_with_one_deprecation_line(capsys):
     cfg = load_config(None, ["model.uim_attention=mhta", "model.att_units=64", "model.emb_dim=8"]).model
     daian = cfg.section("daian")
