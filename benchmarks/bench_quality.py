@@ -227,11 +227,17 @@ def prepare(name: str, args, levels: int = DEFAULT_LEVELS, tau: float | None = N
     """The pipeline output folder of data set ``name`` (``movielens`` or ``synthetic``), converted
     unless already there or given with ``--data``; with ``tau``, at ``levels`` similarity levels and
     that explicit-intent threshold (:func:`level_dataset` names it)."""
+    if tau is None and levels != DEFAULT_LEVELS:
+        raise ValueError(f"prepare: {levels} levels need their tau (the default rule moves it with n)")
     if tau is None and name in args.data:
         return args.data[name]
     folder = name if tau is None else level_dataset(name, levels, tau)
     out = os.path.join(args.out, "data", folder)
-    if args.tables_only or os.path.exists(os.path.join(out, "tfr", "spec.json")):
+    if args.tables_only:
+        return os.path.join(out, "tfr")
+    if os.path.exists(os.path.join(out, "tfr", "spec.json")):
+        if tau is not None:
+            _check_levels_data(os.path.join(out, "tfr"), levels, tau)
         return os.path.join(out, "tfr")
     tirec = [sys.executable, "-m", "tirec.cli"]
     sets = ["--views", "--set", "pipeline.seed=0", "--set", f"pipeline.intent_levels={levels}"]
@@ -246,6 +252,18 @@ def prepare(name: str, args, levels: int = DEFAULT_LEVELS, tau: float | None = N
         raise SystemExit(f"--datasets: unknown data set {name!r}; valid: movielens, synthetic")
     print(f"{folder}: converted in {time.time() - t0:.1f} s", file=sys.stderr)
     return os.path.join(out, "tfr")
+
+
+def _check_levels_data(data_dir: str, levels: int, tau: float) -> None:
+    """Stops when the conversion in ``data_dir`` was made with other levels or another tau than
+    its folder's name says (tau is rounded there)."""
+    from tirec.features.jsonio import read_json
+
+    spec = read_json(os.path.join(data_dir, "spec.json"))
+    made = (spec["intent_levels"], float(spec["explicit_threshold"]))
+    if made[0] != levels or abs(made[1] - tau) > 1e-9:
+        raise SystemExit(f"{data_dir}: converted with intent_levels={made[0]}, explicit_threshold={made[1]!r}; "
+                         f"this run asks for {levels} and {tau!r}: move the folder away to reconvert it")
 
 
 def untrained_reference(data_dir: str) -> dict | None:
@@ -675,17 +693,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def level_variants(data_dir: str, args) -> list[tuple[str, str, list[str], str]]:
     """(data set, label, settings, data dir) of DAIAN's n sweep on MovieLens: n in :data:`LEVELS`
-    at the default data's tau (held fixed, so that only n moves), then :data:`WHOLE_HISTORY_LEVELS`
-    at tau = -1. Empty with ``--tables-only`` when the default data is not there."""
+    other than the default data's n, at its tau (held fixed, so that only n moves), then
+    :data:`WHOLE_HISTORY_LEVELS` at tau = -1. With ``--tables-only`` and no default data, the
+    level runs there are in the results folder."""
     from tirec.features.jsonio import read_json
 
     spec_path = os.path.join(data_dir, "spec.json")
-    if not os.path.exists(spec_path):
-        return []
-    tau = float(read_json(spec_path)["explicit_threshold"])
-    runs = [(n, tau) for n in LEVELS if n != DEFAULT_LEVELS] + [(n, -1.0) for n in WHOLE_HISTORY_LEVELS]
-    return [(level_dataset("movielens", n, t), f"daian n={n}", [], prepare("movielens", args, n, t))
-            for n, t in dict.fromkeys(runs)]
+    if os.path.exists(spec_path):
+        spec = read_json(spec_path)
+        tau, levels = float(spec["explicit_threshold"]), spec["intent_levels"]
+        runs = [(n, tau) for n in LEVELS if n != levels] + [(n, -1.0) for n in WHOLE_HISTORY_LEVELS]
+    elif args.tables_only:
+        runs = cached_level_runs(args)
+    else:
+        raise SystemExit(f"{data_dir}: no spec.json; the n sweep reads its tau there")
+    named = {level_dataset("movielens", n, t): (n, t) for n, t in runs}  # one run per folder
+    return [(dataset, f"daian n={n}", [], prepare("movielens", args, n, t)) for dataset, (n, t) in named.items()]
+
+
+def cached_level_runs(args) -> list[tuple[int, float]]:
+    """(n, tau) of the level data sets that have cached runs (tau as rounded in their name), the
+    whole-history ones (tau = -1) last."""
+    names = {os.path.basename(p).split("__")[0] for p in glob.glob(os.path.join(args.out, "results", "*.json"))}
+    found = [re.fullmatch(r"movielens_levels(\d+)_tau(-?[0-9.e+-]+)", name) for name in names]
+    runs = [(int(m[1]), float(m[2])) for m in found if m]
+    return sorted(runs, key=lambda r: (r[1] == -1.0, r[0], r[1]))
 
 
 def finish(picks: dict, args, refs: dict) -> int:

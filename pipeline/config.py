@@ -183,8 +183,8 @@ class PipelineConfig:
             bad("explicit_threshold", "must be in [-1, 1]")
         if self.explicit_threshold is None and self.explicit_top_levels == self.intent_levels:
             bad("explicit_top_levels", f"equals pipeline.intent_levels={self.intent_levels}, so the default tau "
-                                       f"would be the lowest similarity and the explicit-intent subsequence the "
-                                       f"whole history; lower pipeline.explicit_top_levels, or set "
+                                       f"would be the bottom of the similarity range and the explicit-intent "
+                                       f"subsequence (nearly) the whole history; lower pipeline.explicit_top_levels, or set "
                                        f"pipeline.explicit_threshold to the tau you mean (-1 keeps the whole "
                                        f"history on purpose)")
         self._validate_split(bad)

@@ -167,7 +167,7 @@ def test_the_level_sweep_holds_tau_at_the_default_datas_and_keeps_the_whole_hist
     args = bench.parse_args(["--out", str(tmp_path / "out"), "--input", "ML"])
     default = tmp_path / "movielens" / "tfr"
     default.mkdir(parents=True)
-    (default / "spec.json").write_text(json.dumps({"explicit_threshold": 1 / 3}))
+    (default / "spec.json").write_text(json.dumps({"intent_levels": 6, "explicit_threshold": 1 / 3}))
     commands = []
     monkeypatch.setattr(bench, "_run", lambda cmd: commands.append(cmd))
 
@@ -184,7 +184,23 @@ def test_the_level_sweep_holds_tau_at_the_default_datas_and_keeps_the_whole_hist
     args.data = {"movielens": str(default)}
     assert bench.prepare("movielens", args) == str(default)
     assert bench.prepare("movielens", args, 4, 1 / 3) != str(default)
-    assert bench.level_variants(str(tmp_path / "missing"), args) == []
+    with pytest.raises(ValueError, match="4 levels need their tau"):
+        bench.prepare("movielens", args, 4)
+    # A folder made with another tau than asked (its name rounds tau) is not reused.
+    made = tmp_path / "out" / "data" / "movielens_levels4_tau0.333" / "tfr"
+    made.mkdir(parents=True)
+    (made / "spec.json").write_text(json.dumps({"intent_levels": 4, "explicit_threshold": 0.3331}))
+    with pytest.raises(SystemExit, match="explicit_threshold=0.3331; this run asks for 4 and 0.333333"):
+        bench.prepare("movielens", args, 4, 1 / 3)
+    with pytest.raises(SystemExit, match="no spec.json"):
+        bench.level_variants(str(tmp_path / "missing"), args)
+    # Tables without the records: the level runs there are, whole-history last.
+    args.tables_only = True
+    (tmp_path / "out" / "results").mkdir()
+    for name in ("movielens_levels2_tau-1", "movielens_levels8_tau0.333", "movielens_levels4_tau0.333", "movielens"):
+        (tmp_path / "out" / "results" / f"{name}__daian__seed1__lr0.05__e20p3.json").write_text("{}")
+    assert [v[0] for v in bench.level_variants(str(tmp_path / "missing"), args)] == [
+        "movielens_levels4_tau0.333", "movielens_levels8_tau0.333", "movielens_levels2_tau-1"]
 
 
 def test_the_untrained_reference_row_scores_eval_by_the_similarity_alone(tiny_data, tmp_path):
