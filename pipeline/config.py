@@ -184,9 +184,9 @@ class PipelineConfig:
         if self.explicit_threshold is None and self.explicit_top_levels == self.intent_levels:
             bad("explicit_top_levels", f"equals pipeline.intent_levels={self.intent_levels}, so the default tau "
                                        f"would be the bottom of the similarity range and the explicit-intent "
-                                       f"subsequence (nearly) the whole history; lower pipeline.explicit_top_levels, or set "
-                                       f"pipeline.explicit_threshold to the tau you mean (-1 keeps the whole "
-                                       f"history on purpose)")
+                                       f"subsequence (nearly) the whole history; lower "
+                                       f"pipeline.explicit_top_levels, or set pipeline.explicit_threshold to "
+                                       f"the tau you mean (-1 keeps the whole history on purpose)")
         self._validate_split(bad)
         if self.no_trigger not in ("drop", "pad"):
             bad("no_trigger", "must be 'drop' or 'pad'")
