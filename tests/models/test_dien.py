@@ -326,8 +326,11 @@ def test_request_dedup_gives_the_same_outputs_aux_loss_and_gradients(tiny_data, 
     (out0, aux0, g0), (out1, aux1, g1) = results
     np.testing.assert_allclose(out1, out0, rtol=1e-5, atol=1e-6)
     assert aux1 == pytest.approx(aux0, rel=1e-5)
-    for a, b in zip(g0, g1):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(a).max()))
+    # The auxiliary loss sums thousands of float32 terms that cancel; the two orders of summation
+    # differ by about 1e-6 whatever the size of a head's gradient, so the floor is the model's scale.
+    scale = max(np.abs(a).max() for a in g0)
+    for v, a, b in zip(model.trainable_variables, g0, g1):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=3e-5 * scale, err_msg=v.name)
 
 
 def test_mixed_precision_outputs_float32(tiny_data, first_batch):
