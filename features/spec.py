@@ -496,9 +496,6 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
 
     lo, hi = sim_range
     if explicit_threshold is None:
-        if intent_levels <= 2:
-            raise ValueError(f"explicit_threshold: needed with intent_levels={intent_levels}; the default (the lower "
-                             f"edge of the top 2 levels) would make every behaviour explicit intent")
         explicit_threshold = transforms.explicit_threshold(intent_levels, 2, lo, hi)
     buckets = dict(buckets or {})
     L, n = max_seq_len, intent_levels

@@ -44,6 +44,8 @@ def test_explicit_threshold_is_lower_edge_of_top_two_levels():
     assert T.explicit_threshold(4, 1, 0.0, 1.0) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="top_levels"):
         T.explicit_threshold(6, 7)
+    with pytest.raises(ValueError, match="explicit_threshold: needed with top_levels=4 of n_levels=4"):
+        T.explicit_threshold(4, 4)
 
 
 def test_intent_distribution_hand_computed():
