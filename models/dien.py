@@ -57,6 +57,9 @@ class DienConfig:
       history_sum: also feed the tower Σ_k e_k and e_i ⊙ Σ_k e_k over the real behaviours,
         as the reference code does (default true, [X]: without it DIEN did not learn on MovieLens,
         eval AUC 0.485, docs/models.md#dien-prediction).
+      recurrent: the GRU extractor and the AUGRU (default); false, an ablation (DIEN without
+        its GRUs): h_k = e_k and the tower reads the attention pooling Σ_k a_k e_k instead of
+        h'_n. It has no interest states, so it needs aux_weight = 0 and gru_units = 0.
     """
 
     gru_units: int = 0
@@ -67,6 +70,7 @@ class DienConfig:
     trigger_in_tower: bool = True
     gate_scale: str = "softmax"
     history_sum: bool = True
+    recurrent: bool = True
 
     def __post_init__(self) -> None:
         def bad(field, why):
@@ -84,9 +88,13 @@ class DienConfig:
         if not self.aux_hidden or any(isinstance(u, bool) or not isinstance(u, int) or u < 1
                                       for u in self.aux_hidden):
             bad("aux_hidden", "must be a non-empty list of integers >= 1")
-        for field in ("trigger_in_tower", "history_sum"):
+        for field in ("trigger_in_tower", "history_sum", "recurrent"):
             if not isinstance(getattr(self, field), bool):
                 bad(field, "must be true or false")
+        if not self.recurrent and (self.aux_weight > 0 or self.gru_units):
+            raise ValueError(f"model.dien.recurrent=false has no interest states: it needs model.dien.aux_weight=0 "
+                             f"and model.dien.gru_units=0; received aux_weight={self.aux_weight!r}, "
+                             f"gru_units={self.gru_units!r}")
         if self.gate_scale not in GATE_SCALES:
             bad("gate_scale", f"must be one of {', '.join(GATE_SCALES)}")
 
@@ -134,8 +142,9 @@ class DIEN(TirModel):
         self._hist_id = item_columns(spec, "history", history)[0]
         self._target_id = item_columns(spec, "target")[0]
         self._id_table = spec.select(name=self._hist_id)[0].table
-        self.extractor = InterestGru(units, name="interest_extractor")
-        self.evolving = InterestEvolving(units, gate_scale=d.gate_scale, name="interest_evolving")
+        self.extractor = InterestGru(units, name="interest_extractor") if d.recurrent else None
+        self.evolving = InterestEvolving(units, gate_scale=d.gate_scale, recurrent=d.recurrent,
+                                         name="interest_evolving")
         self.aux_mlp = (MLP(d.aux_hidden, activation="sigmoid", output_logit=True, name="aux_mlp")
                         if d.aux_score == "mlp" else None)
         self.tower = ctr_tower(c)
@@ -148,7 +157,8 @@ class DIEN(TirModel):
         r = self.embed.request(rows)  # once per distinct request (model.request_dedup)
         e = self.embed.impression(inputs)
         items, ids, real, lengths = self.oldest_first(r["hist"], rows[self._hist_id], r["mask"])
-        states = self.extractor(items, mask=real)  # [U, W, H], once per distinct request
+        # [U, W, H], once per distinct request; h_k = e_k without the GRUs (model.dien.recurrent)
+        states = items if self.extractor is None else self.extractor(items, mask=real)
         if self.aux_mlp is not None and not self.aux_mlp.built:  # its variables exist before a step
             self.aux_mlp(tf.zeros([1, states.shape[-1] + items.shape[-1]], states.dtype))
         if _is_training(training) and self.dien_config.aux_weight > 0:

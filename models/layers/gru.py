@@ -112,11 +112,13 @@ class InterestEvolving(keras.layers.Layer):
     with the update-gate scale g = a (``gate_scale="softmax"``, the paper's) or
     g_k = min(1, n · a_k) for a row of n real steps (``"count"``): softmax weights average 1/n,
     so with the paper's scale the AUGRU state of a long history barely moves from 0 until the
-    attention is sharp; with ``count`` uniform attention gives a plain GRU.
+    attention is sharp; with ``count`` uniform attention gives a plain GRU. With
+    ``recurrent=False`` there is no AUGRU: the output is the attention pooling ``Σ_k a_k h_k``.
 
     Args:
       units: width of the interest states h (and of the AUGRU state).
       gate_scale: ``softmax`` or ``count``.
+      recurrent: the AUGRU (default); False: attention pooling instead (an ablation).
       **kwargs: base ``Layer`` arguments.
 
     Call arguments:
@@ -131,21 +133,26 @@ class InterestEvolving(keras.layers.Layer):
       ``return_attention`` the weights.
     """
 
-    def __init__(self, units: int, gate_scale: str = "softmax", **kwargs):
+    def __init__(self, units: int, gate_scale: str = "softmax", recurrent: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.units = check_positive_int("InterestEvolving", "units", units)
         if gate_scale not in GATE_SCALES:
             raise ValueError(f"InterestEvolving: `gate_scale` must be one of {GATE_SCALES}. "
                              f"Received: gate_scale={gate_scale!r}")
-        self.gate_scale = gate_scale
+        if not isinstance(recurrent, bool):
+            raise ValueError(f"InterestEvolving: `recurrent` must be a bool. Received: recurrent={recurrent!r}")
+        self.gate_scale, self.recurrent = gate_scale, recurrent
         self.query_proj = keras.layers.Dense(self.units, use_bias=False, name="bilinear")
-        self.augru = InterestGru(self.units, attentional=True, name="augru")
+        self.augru = InterestGru(self.units, attentional=True, name="augru") if recurrent else None
 
     def call(self, query, states, mask, return_attention=False):
         real = sequence_mask(mask, states)
         q = self.query_proj(query)
         scores = tf.einsum("bth,bh->bt", states, tf.cast(q, states.dtype))
         weights = masked_softmax(tf.cast(scores, tf.float32), real)
+        if not self.recurrent:
+            pooled = tf.reduce_sum(tf.cast(weights, states.dtype)[..., None] * states, axis=1)
+            return (pooled, weights) if return_attention else pooled
         gate = weights
         if self.gate_scale == "count":
             count = tf.reduce_sum(tf.cast(real, tf.float32), axis=1, keepdims=True)
@@ -157,4 +164,5 @@ class InterestEvolving(keras.layers.Layer):
         return None
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "gate_scale": self.gate_scale}
+        return {**super().get_config(), "units": self.units, "gate_scale": self.gate_scale,
+                "recurrent": self.recurrent}

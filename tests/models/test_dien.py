@@ -120,8 +120,24 @@ def test_count_gate_scale_is_n_times_the_weight_capped_at_one():
         InterestEvolving(3, gate_scale="max")
 
 
+def test_without_recurrence_the_output_is_the_attention_pooling_of_the_states():
+    rng = np.random.default_rng(5)
+    layer = InterestEvolving(3, recurrent=False)
+    states = rng.normal(size=(3, 4, 3)).astype(np.float32)
+    query = rng.normal(size=(3, 5)).astype(np.float32)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], bool)
+    pooled, weights = layer(query, states, mask, return_attention=True)
+    np.testing.assert_allclose(pooled.numpy(), np.einsum("bt,bth->bh", weights.numpy(), states),
+                               rtol=1e-5, atol=1e-6)
+    assert np.array_equal(pooled.numpy()[2], np.zeros(3)) and (weights.numpy()[~mask] == 0).all()
+    assert layer.augru is None and [v.name.split("/")[-2] for v in layer.weights] == ["bilinear"]
+    with pytest.raises(ValueError, match="recurrent.*'no'"):
+        InterestEvolving(3, recurrent="no")
+
+
 @pytest.mark.parametrize("layer", [InterestGru(4, attentional=True, name="g"), InterestEvolving(4, name="e"),
-                                   InterestEvolving(4, gate_scale="count", name="c")])
+                                   InterestEvolving(4, gate_scale="count", name="c"),
+                                   InterestEvolving(4, recurrent=False, name="p")])
 def test_layers_serialize_round_trip(layer):
     clone = type(layer).from_config(keras.layers.serialize(layer)["config"])
     assert clone.get_config() == layer.get_config()
@@ -148,6 +164,8 @@ def test_oldest_first_reverses_the_real_behaviours_and_keeps_padding_last():
     ("model.dien.aux_hidden=[]", r"model\.dien\.aux_hidden"),
     ("model.dien.gate_scale=max", r"model\.dien\.gate_scale.*max"),
     ("model.dien.history_sum=1", r"model\.dien\.history_sum.*1"),
+    ("model.dien.recurrent=1", r"model\.dien\.recurrent.*1"),
+    ("model.dien.recurrent=false", r"recurrent=false has no interest states.*aux_weight=1\.0"),
 ])
 def test_config_errors_name_the_key_and_value(setting, match):
     with pytest.raises(ValueError, match=match):
@@ -157,7 +175,8 @@ def test_config_errors_name_the_key_and_value(setting, match):
 def test_defaults():
     c = DienConfig()
     assert (c.gru_units, c.aux_weight, c.negatives, c.aux_score, c.aux_hidden, c.trigger_in_tower,
-            c.gate_scale, c.history_sum) == (0, 1.0, "batch", "mlp", (100, 50), True, "softmax", True)
+            c.gate_scale, c.history_sum, c.recurrent) == (0, 1.0, "batch", "mlp", (100, 50), True, "softmax",
+                                                          True, True)
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -281,14 +300,15 @@ def test_users_without_history_get_zero_interest_and_finite_outputs(tiny_data, f
 
 
 SWITCHES = ["model.dien.negatives=table", "model.dien.aux_score=dot", "model.dien.trigger_in_tower=false",
-            "model.dien.gru_units=8", "model.dien.gate_scale=count", "model.dien.history_sum=false"]
+            "model.dien.gru_units=8", "model.dien.gate_scale=count", "model.dien.history_sum=false",
+            "model.dien.recurrent=false model.dien.aux_weight=0"]
 
 
 @pytest.mark.parametrize("setting", SWITCHES)
 def test_each_switch_changes_the_model_and_trains(tiny_data, setting, first_batch, make_model):
     spec, x, y = first_batch(tiny_data, 64, columns=True)
     inputs = _inputs(spec, x)
-    full, other = make_model(tiny_data), make_model(tiny_data, setting)
+    full, other = make_model(tiny_data), make_model(tiny_data, *setting.split())
     full(inputs, training=True), other(inputs, training=True)
     shared = {v.name: v.numpy() for v in full.weights}
     for v in other.weights:
