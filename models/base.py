@@ -231,6 +231,14 @@ def ctr_tower(config: ModelConfig, name: str = "tower") -> MLP:
                name=name)
 
 
+def history_sum(r, target, expand) -> list:
+    """The reference codes' sum pooling (the ``history_sum`` switch of DIN, DIEN, DIHN, DEI2N):
+    ``[Σ_k e_k, e_i ⊙ Σ_k e_k]`` over the real behaviours of the embedder's request-level ``r``,
+    expanded to the rows by ``expand``; ``target`` is e_i ``[B, D]``."""
+    total = expand(tf.reduce_sum(r["hist"] * tf.cast(r["mask"], r["hist"].dtype)[..., None], axis=1))
+    return [total, target * total]
+
+
 CATEGORY = "cate_id"  # the item field whose equality to the trigger's marks a related behaviour
 RELATED_RULES = ("auto", "category", "similarity")
 

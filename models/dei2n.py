@@ -33,8 +33,8 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import (CATEGORY, RELATED_RULES, FeatureEmbedder, TirModel, check_time_settings,
-                               context_input_names, ctr_tower, history_gap_buckets, item_columns, related_rule,
-                               trigger_present)
+                               context_input_names, ctr_tower, history_gap_buckets, history_sum, item_columns,
+                               related_rule, trigger_present)
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP, MultiHeadSelfAttention, MultiHeadTargetAttention
 from tirec.models.layers.sequence import length_bucketed, real_lengths, trigger_related_mask
@@ -158,9 +158,7 @@ class DEI2N(TirModel):
         z_int = self.interaction(tf.concat([trigger, target, trigger * target, trigger - target], axis=-1),
                                  training=training)
         parts = [expand(r["user"]), e["context"], target, trigger, v, z_int]
-        if self.dei2n_config.history_sum:  # the reference code's sum pooling, and its product with e_i
-            total = expand(tf.reduce_sum(r["hist"] * tf.cast(r["mask"], r["hist"].dtype)[..., None], axis=1))
-            parts += [total, target * total]
+        parts += history_sum(r, target, expand) if self.dei2n_config.history_sum else []
         logit = self.tower(tf.concat([tf.cast(t, self.layer_dtype) for t in parts], axis=-1), training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, item_columns
+from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, history_sum, item_columns
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP
 from tirec.models.layers.gru import GATE_SCALES, InterestEvolving, InterestGru
@@ -169,9 +169,7 @@ class DIEN(TirModel):
         evolved = self.evolving(e["target"], expand(states), expand(real))
         parts = [expand(r["user"]), e["context"], e["target"]]
         parts += [expand(r["trigger"])] if self.dien_config.trigger_in_tower else []
-        if self.dien_config.history_sum:  # the reference code's sum pooling, and its product with e_i
-            total = expand(tf.reduce_sum(r["hist"] * tf.cast(r["mask"], r["hist"].dtype)[..., None], axis=1))
-            parts += [total, e["target"] * total]
+        parts += history_sum(r, e["target"], expand) if self.dien_config.history_sum else []
         logit = self.tower(tf.concat(parts + [evolved], axis=-1), training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 

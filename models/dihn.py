@@ -26,8 +26,8 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import (CATEGORY, RELATED_RULES, FeatureEmbedder, ctr_tower, din_attention, item_columns,
-                               related_rule, trigger_present)
+from tirec.models.base import (CATEGORY, RELATED_RULES, FeatureEmbedder, ctr_tower, din_attention, history_sum,
+                               item_columns, related_rule, trigger_present)
 from tirec.models.config import ModelConfig
 from tirec.models.intent_label import RequestIntentModel, check_intent_settings, level_threshold, two_bins
 from tirec.models.layers import MLP, MultiHeadSelfAttention, MultiHeadTargetAttention
@@ -175,9 +175,7 @@ class DIHN(RequestIntentModel):
         e_f = q * e_t + (1.0 - q) * e["target"]  # FEM
         v_1, v_2 = self.hybrid_interest(e_f, rows, r, expand, training)
         parts = [expand(r["user"]), e["context"], e["target"], e_t, v_1, v_2]
-        if d.history_sum:  # the reference code's sum pooling, and its product with e_i
-            total = expand(tf.reduce_sum(r["hist"] * tf.cast(r["mask"], r["hist"].dtype)[..., None], axis=1))
-            parts += [total, e["target"] * total]
+        parts += history_sum(r, e["target"], expand) if d.history_sum else []
         logit = self.tower(tf.concat([tf.cast(t, self.layer_dtype) for t in parts], axis=-1), training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32)), "intent": two_bins(p)}
 

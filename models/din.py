@@ -4,6 +4,8 @@ The user interest vector is a DIN attention pooling of the behaviour sequence wi
 as query (un-normalised weights); for TIR the trigger embedding joins the tower input (as in
 DAIAN's baseline). ``model.din.sim_feature`` adds DAIAN's trigger-target similarity s_sem to the
 tower input: the control row that shows what DAIAN adds beyond that one number.
+``model.din.history_sum`` adds the sum pooling of the history and its product with the target,
+as the DIN baseline of the DIEN authors' code and tirec's DIEN, DIHN and DEI2N read it.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, trigger_present
+from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, history_sum, trigger_present
 from tirec.models.config import ModelConfig
 from tirec.models.registry import register_model
 
@@ -31,13 +33,19 @@ class DinConfig:
         otherwise get, joins the tower input. It is computed in the graph from the frozen item
         table exactly as DAIAN computes it (the records' ``trigger_target_sim``, which is not a
         model input). False (default): DIN as ever, the same outputs and checkpoints.
+      history_sum: Σ_k e_k and e_i ⊙ Σ_k e_k over the real behaviours join the tower input, as
+        in the DIN baseline of the DIEN authors' code ([X]; false, the default, is DIN's paper
+        and DeepCTR's). The sum pooling tirec's DIEN, DIHN and DEI2N read by default, so the
+        table can tell it apart from what those models add.
     """
 
     sim_feature: bool = False
+    history_sum: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.sim_feature, bool):
-            raise ValueError(f"model.din.sim_feature: must be true or false; received {self.sim_feature!r}")
+        for field in ("sim_feature", "history_sum"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"model.din.{field}: must be true or false; received {getattr(self, field)!r}")
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -53,7 +61,7 @@ class DIN(TirModel):
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c = model_config
-        self.sim_feature = c.section("din").sim_feature
+        self.sim_feature, self.history_sum = c.section("din").sim_feature, c.section("din").history_sum
         if self.sim_feature:  # fail at build time, not in a trace
             trigger_present(spec, "model.din.sim_feature=true")
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
@@ -65,6 +73,8 @@ class DIN(TirModel):
         r = self.embed.request(rows)  # once per distinct request (model.request_dedup)
         e = self.embed.impression(inputs)
         z = self.tower_input(r, e, expand, training)
+        if self.history_sum:
+            z = tf.concat([z] + [tf.cast(t, z.dtype) for t in history_sum(r, e["target"], expand)], axis=-1)
         if self.sim_feature:
             s_sem = self.trigger_target_similarity(inputs, "model.din.sim_feature=true")
             z = tf.concat([z, tf.cast(s_sem, z.dtype)], axis=-1)

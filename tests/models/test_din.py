@@ -1,6 +1,7 @@
 """DIN's ``model.din.sim_feature`` control row: off (default) DIN is unchanged; on, the tower
 reads the trigger-target multimodal similarity, computed from the frozen item table as DAIAN
-computes it (the records' ``trigger_target_sim``)."""
+computes it (the records' ``trigger_target_sim``). ``model.din.history_sum`` adds the history's
+sum pooling and its product with the target to the tower input."""
 import dataclasses
 
 import numpy as np
@@ -9,7 +10,7 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.config import load_config
-from tirec.models.base import model_input_names
+from tirec.models.base import history_sum, model_input_names
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
 from tirec.models.train import build_model
 
@@ -95,3 +96,34 @@ def test_sim_feature_key_is_model_din_sim_feature():
         load_config(None, ["model.sim_feature=true"])
     with pytest.raises(ValueError, match="model.din.sim_feature: expected true/false; received 1"):
         load_config(None, ["model.din.sim_feature=1"])
+
+
+def test_history_sum_is_the_masked_sum_and_its_product_with_the_target():
+    rng = np.random.default_rng(0)
+    hist = rng.normal(size=(3, 4, 2)).astype(np.float32)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], bool)
+    target = rng.normal(size=(3, 2)).astype(np.float32)
+    total, product = history_sum({"hist": tf.constant(hist), "mask": tf.constant(mask)}, target, lambda t: t)
+    want = (hist * mask[..., None]).sum(axis=1)
+    np.testing.assert_allclose(total.numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(product.numpy(), target * want, rtol=1e-6)
+
+
+def test_history_sum_widens_the_tower_input_only(tiny_data):
+    """On, the tower reads 2 D more inputs and nothing else changes: with those kernel rows at zero
+    the outputs are DIN's; with them set, they move."""
+    _, x = _inputs(tiny_data)
+    off, on = _build(tiny_data), _build(tiny_data, "model.din.history_sum=true")
+    assert not off.history_sum and on.history_sum
+    width, d = off.tower.weights[0].shape[0], off.embed.item_dim
+    assert tuple(on.tower.weights[0].shape) == (width + 2 * d, 16)
+    names = [v.name for v in off.weights]
+    assert [v.name for v in on.weights] == names
+    for v, w in zip(on.weights, off.weights):
+        v.assign(tf.concat([w, tf.zeros([2 * d, 16])], axis=0) if v.shape != w.shape else w)
+    np.testing.assert_allclose(on(x)["ctr"].numpy(), off(x)["ctr"].numpy(), rtol=1e-6, atol=1e-7)
+    kernel = on.tower.weights[0]
+    kernel.assign(tf.concat([kernel[:width], tf.ones([2 * d, 16]) * 0.1], axis=0))
+    assert not np.allclose(on(x)["ctr"].numpy(), off(x)["ctr"].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="model.din.history_sum: expected true/false; received 1"):
+        load_config(None, ["model.din.history_sum=1"])
