@@ -27,9 +27,11 @@ that procedure: each stage early-stops on valid (stage 1 on the intent loss, sta
 under the same cap, and the grid sets ``train.learning_rate``, the base rate of every stage (the
 UIM trains at ``train.uim_lr_scale`` times it in stage 3).
 
-Control row ``din+sim``: DIN with DAIAN's trigger-target similarity as one more tower input
-(``model.din.sim_feature=true``), its own LR pick, so the table shows what DAIAN adds beyond
-that one feature.
+Control rows, each with its own LR pick: ``din+sim``, DIN with DAIAN's trigger-target similarity
+as one more tower input (``model.din.sim_feature=true``), so the table shows what DAIAN adds
+beyond that one feature; ``din+sum``, DIN with the history's sum pooling and its product with the
+target in the tower (``model.din.history_sum=true``), the two inputs DIEN, DIHN and DEI2N read by
+default (their reference code's), so the table shows what those models add beyond them.
 
 Reported per (data set, model), mean ± std over the seeds: eval AUC, GAUC, logloss, RelaImpr vs
 DIN (from the mean AUCs: ``((AUC_m - 0.5) / (AUC_din - 0.5) - 1) * 100``), training seconds
@@ -93,7 +95,8 @@ from signal_check import COLUMNS as SIGNAL_COLUMNS, read_splits, split_signal  #
 
 SPEED = ["model.hist_buckets=1", "model.daian.explicit_buckets=1"]
 # Control rows: (label, model, settings) trained and picked like a model of their own, after it.
-CONTROLS = {"din": [("din+sim", "din", ["model.din.sim_feature=true"])]}
+CONTROLS = {"din": [("din+sim", "din", ["model.din.sim_feature=true"]),
+                    ("din+sum", "din", ["model.din.history_sum=true"])]}
 ABLATIONS = {"daian w/o UIM": ["model.daian.use_uim=false"], "daian w/o DIE": ["model.daian.use_die=false"],
              "daian w/o SEIN": ["model.daian.use_sein=false"],
              "daian w/o three-stage": ["train.three_stage=false", "model.daian.intent_weight=1"]}

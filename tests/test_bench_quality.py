@@ -49,9 +49,11 @@ def test_tiny_run_writes_the_tables_and_resumes_from_its_cache(tiny, tmp_path, c
     out = str(tmp_path / "out")
     assert bench.main(_argv(out, tiny)) == 0
     runs = {r["label"]: r for r in read_json(os.path.join(out, "bench_quality.json"))["runs"]}
-    assert set(runs) == {"din", "din+sim", "daian", "dian"}  # DIN's control row right after it
+    assert set(runs) == {"din", "din+sim", "din+sum", "daian", "dian"}  # DIN's control rows right after it
     assert "model.din.sim_feature=true" in runs["din+sim"]["config"] and runs["din+sim"]["model"] == "din"
+    assert "model.din.history_sum=true" in runs["din+sum"]["config"] and runs["din+sum"]["model"] == "din"
     assert runs["din+sim"]["params"] > runs["din"]["params"]  # one more tower input
+    assert runs["din+sum"]["params"] > runs["din+sim"]["params"]  # 2 D more
     for r in runs.values():
         assert r["seed"] == 1 and r["lr"] == 0.05 and r["params"] > 0 and r["latency_ms"] > 0
         assert 0 < r["auc"] < 1 and r["val_auc"] is not None and r["train_seconds"] > 0
@@ -94,7 +96,7 @@ def test_tiny_run_writes_the_tables_and_resumes_from_its_cache(tiny, tmp_path, c
     os.remove(bench.result_path(out, "synthetic", "dian", 1, 0.05, tag))
     assert bench.main(_argv(out, tiny) + ["--tables-only"]) == 0
     with open(os.path.join(out, "bench_quality.csv")) as fh:
-        assert [r["model"] for r in csv.DictReader(fh)] == ["din", "din+sim", "daian"]
+        assert [r["model"] for r in csv.DictReader(fh)] == ["din", "din+sim", "din+sum", "daian"]
     assert not os.path.exists(bench.result_path(out, "synthetic", "dian", 1, 0.05, tag))
 
 
