@@ -496,7 +496,11 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
 
     lo, hi = sim_range
     if explicit_threshold is None:
-        explicit_threshold = transforms.explicit_threshold(intent_levels, 2, lo, hi)
+        try:
+            explicit_threshold = transforms.explicit_threshold(intent_levels, 2, lo, hi)
+        except ValueError as err:
+            raise ValueError(f"explicit_threshold: needed with intent_levels={intent_levels} (the default takes the "
+                             f"top 2 levels): {err}") from err
     buckets = dict(buckets or {})
     L, n = max_seq_len, intent_levels
     lengths = {"scalar": 1, "sequence": L, "vector": n}

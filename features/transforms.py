@@ -89,12 +89,13 @@ def explicit_threshold(n_levels: int, top_levels: int = 2, lo: float = -1.0, hi:
     and every behaviour would be explicit intent. Such a tau has to be asked for explicitly.
     """
     _check_levels(n_levels, lo, hi)
-    if top_levels >= n_levels:
+    if not 1 <= top_levels <= n_levels:
+        raise ValueError(
+            f"top_levels must be in [1, n_levels={n_levels}]; received top_levels={top_levels}")
+    if top_levels == n_levels:
         raise ValueError(
             f"explicit_threshold: needed with top_levels={top_levels} of n_levels={n_levels}; the default (the lower "
             f"edge of the top levels) would take every level and make every behaviour explicit intent")
-    if top_levels < 1:
-        raise ValueError(f"top_levels must be >= 1; received top_levels={top_levels}")
     return float(bin_edges(n_levels, lo, hi)[n_levels - top_levels])
 
 

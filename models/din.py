@@ -57,11 +57,16 @@ class DIN(TirModel):
     Outputs: ``{"ctr": [B, 1]}`` click probability.
     """
 
+    reads_din_section = True  # False in the models built on DIN's tower input (POSO, MWUF)
+
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c = model_config
         self.sim_feature, self.history_sum = c.section("din").sim_feature, c.section("din").history_sum
+        if not self.reads_din_section and (self.sim_feature or self.history_sum):
+            raise ValueError(f"model.din.sim_feature={self.sim_feature}, model.din.history_sum={self.history_sum}: "
+                             f"only --model din reads them; {type(self).__name__} would ignore them")
         if self.sim_feature:  # fail at build time, not in a trace
             trigger_present(spec, "model.din.sim_feature=true")
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")

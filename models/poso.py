@@ -109,6 +109,8 @@ class POSO(DIN):
     Outputs: ``{"ctr": [B, 1]}`` click probability.
     """
 
+    reads_din_section = False  # model.din.* switches are DIN's alone
+
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)

@@ -70,7 +70,7 @@ def test_diff_names_each_difference():
 def test_the_default_tau_is_the_lower_edge_of_the_top_two_levels_and_two_levels_need_one():
     assert tir_feature_spec(intent_levels=6).explicit_threshold == pytest.approx(1 / 3)
     assert tir_feature_spec(intent_levels=4).explicit_threshold == pytest.approx(0.0)
-    with pytest.raises(ValueError, match=r"explicit_threshold: needed with top_levels=2 of n_levels=2"):
+    with pytest.raises(ValueError, match=r"explicit_threshold: needed with intent_levels=2 .*top_levels=2 of n_levels=2"):
         tir_feature_spec(intent_levels=2)
     assert tir_feature_spec(intent_levels=2, explicit_threshold=-1.0).explicit_threshold == -1.0
 

@@ -42,7 +42,7 @@ def test_quantile_range():
 def test_explicit_threshold_is_lower_edge_of_top_two_levels():
     assert T.explicit_threshold(6) == pytest.approx(1 / 3)
     assert T.explicit_threshold(4, 1, 0.0, 1.0) == pytest.approx(0.75)
-    with pytest.raises(ValueError, match="top_levels"):
+    with pytest.raises(ValueError, match=r"top_levels must be in \[1, n_levels=6\]; received top_levels=7"):
         T.explicit_threshold(6, 7)
     with pytest.raises(ValueError, match="explicit_threshold: needed with top_levels=4 of n_levels=4"):
         T.explicit_threshold(4, 4)

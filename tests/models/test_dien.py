@@ -338,19 +338,24 @@ def test_request_dedup_gives_the_same_outputs_aux_loss_and_gradients(tiny_data, 
         model(inputs, training=True)
         weights = model.get_weights() if weights is None else weights
         model.set_weights(weights)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=True) as tape:
             out = model(inputs, training=True)["ctr"]
-            loss = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out)) + model.losses[0]
-        grads = tape.gradient(loss, model.trainable_variables)
-        results.append((out.numpy(), float(model.losses[0]), [tf.convert_to_tensor(g).numpy() for g in grads]))
+            ctr, aux = tf.reduce_mean(keras.losses.binary_crossentropy(y["ctr"], out)), model.losses[0]
+        grads = [[np.zeros(v.shape, np.float32) if g is None else tf.convert_to_tensor(g).numpy()
+                  for g, v in zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)]
+                 for loss in (ctr, aux)]
+        results.append((out.numpy(), float(aux), grads))
     (out0, aux0, g0), (out1, aux1, g1) = results
     np.testing.assert_allclose(out1, out0, rtol=1e-5, atol=1e-6)
     assert aux1 == pytest.approx(aux0, rel=1e-5)
+    names = [v.name for v in model.trainable_variables]
+    for name, a, b in zip(names, g0[0], g1[0]):  # the click loss: each variable at its own scale
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(a).max()), err_msg=name)
     # The auxiliary loss sums thousands of float32 terms that cancel; the two orders of summation
-    # differ by about 1e-6 whatever the size of a head's gradient, so the floor is the model's scale.
-    scale = max(np.abs(a).max() for a in g0)
-    for v, a, b in zip(model.trainable_variables, g0, g1):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=3e-5 * scale, err_msg=v.name)
+    # differ by about 1e-6 whatever the size of a head's gradient, so its floor is its largest one.
+    scale = max(np.abs(a).max() for a in g0[1])
+    for name, a, b in zip(names, g0[1], g1[1]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=3e-5 * scale, err_msg=name)
 
 
 def test_mixed_precision_outputs_float32(tiny_data, first_batch):

@@ -127,3 +127,12 @@ def test_history_sum_widens_the_tower_input_only(tiny_data):
     assert not np.allclose(on(x)["ctr"].numpy(), off(x)["ctr"].numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="model.din.history_sum: expected true/false; received 1"):
         load_config(None, ["model.din.history_sum=1"])
+
+
+@pytest.mark.parametrize("name", ["poso", "mwuf"])
+@pytest.mark.parametrize("setting", ["model.din.history_sum=true", "model.din.sim_feature=true"])
+def test_models_built_on_din_refuse_dins_own_switches(tiny_data, name, setting):
+    cfg = load_config(None, SMALL + [setting])
+    ids, table, _ = load_item_vectors(tiny_data)
+    with pytest.raises(ValueError, match=rf"{setting.split('=')[0]}=True.*only --model din reads them"):
+        build_model(name, load_data_spec(tiny_data), cfg.model, ids, table)
