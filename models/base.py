@@ -217,11 +217,13 @@ def trigger_present(spec: FeatureSpec, needed_by: str) -> str:
     return present[0].name
 
 
-def din_attention(config: ModelConfig, name: str) -> DinAttention:
+def din_attention(config: ModelConfig, name: str, weight_normalization: bool = False) -> DinAttention:
     """DIN's attention unit as ``config`` sets it for every model that reads a sequence with it:
-    ``din_hidden``, ``hist_buckets``, and Dice where the tower uses Dice (sigmoid otherwise)."""
+    ``din_hidden``, ``hist_buckets``, and Dice where the tower uses Dice (sigmoid otherwise);
+    ``weight_normalization`` softmax-normalises its scores (``model.din.attention_softmax``)."""
     activation = "dice" if config.activation == "dice" else "sigmoid"
     return DinAttention(hidden_units=config.din_hidden, activation=activation,
+                        weight_normalization=weight_normalization,
                         length_buckets=config.hist_buckets, name=name)
 
 

@@ -6,6 +6,7 @@ DAIAN's baseline). ``model.din.sim_feature`` adds DAIAN's trigger-target similar
 tower input: the control row that shows what DAIAN adds beyond that one number.
 ``model.din.history_sum`` adds the sum pooling of the history and its product with the target,
 as the DIN baseline of the DIEN authors' code and tirec's DIEN, DIHN and DEI2N read it.
+``model.din.attention_softmax`` softmax-normalises the attention scores over the real behaviours.
 """
 from __future__ import annotations
 
@@ -37,13 +38,18 @@ class DinConfig:
         in the DIN baseline of the DIEN authors' code ([X]; false, the default, is DIN's paper
         and DeepCTR's). The sum pooling tirec's DIEN, DIHN and DEI2N read by default, so the
         table can tell it apart from what those models add.
+      attention_softmax: the attention scores are softmax-normalised over the real behaviours
+        (DeepCTR's ``att_weight_normalization``; [X], false, the default, is the paper's
+        un-normalised sum), the normalisation DIEN's attention read has, so the table can tell
+        the normalisation apart from DIEN's bilinear score.
     """
 
     sim_feature: bool = False
     history_sum: bool = False
+    attention_softmax: bool = False
 
     def __post_init__(self) -> None:
-        for field in ("sim_feature", "history_sum"):
+        for field in ("sim_feature", "history_sum", "attention_softmax"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"model.din.{field}: must be true or false; received {getattr(self, field)!r}")
 
@@ -62,15 +68,14 @@ class DIN(TirModel):
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
-        c = model_config
-        self.sim_feature, self.history_sum = c.section("din").sim_feature, c.section("din").history_sum
-        if not self.reads_din_section and (self.sim_feature or self.history_sum):
-            raise ValueError(f"model.din.sim_feature={self.sim_feature}, model.din.history_sum={self.history_sum}: "
-                             f"only --model din reads them; {type(self).__name__} would ignore them")
+        c, din = model_config, model_config.section("din")
+        if not self.reads_din_section:
+            _refuse_din_switches(din, type(self).__name__)
+        self.sim_feature, self.history_sum = din.sim_feature, din.history_sum
         if self.sim_feature:  # fail at build time, not in a trace
             trigger_present(spec, "model.din.sim_feature=true")
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
-        self.din_att = din_attention(c, "din_attention")
+        self.din_att = din_attention(c, "din_attention", weight_normalization=din.attention_softmax)
         self.tower = ctr_tower(c)
 
     def forward(self, inputs, training=False):
@@ -93,6 +98,16 @@ class DIN(TirModel):
         tower, or with warmed-up ``e_i`` / ``e_t``."""
         v_din = self.din_att(e["target"], expand(r["hist"]), expand(r["mask"]), training=training)
         return tf.concat([expand(r["user"]), e["context"], e["target"], expand(r["trigger"]), v_din], axis=-1)
+
+
+def _refuse_din_switches(din: DinConfig, model: str) -> None:
+    """The models built on DIN's tower input (POSO, MWUF) read none of ``model.din.*``: a
+    setting there is an error naming it, not a silent no-op."""
+    changed = {f.name: getattr(din, f.name) for f in dataclasses.fields(din)
+               if getattr(din, f.name) != f.default}
+    if changed:
+        keys = ", ".join(f"model.din.{k}={v}" for k, v in changed.items())
+        raise ValueError(f"{keys}: only --model din reads them; {model} would ignore them")
 
 
 @register_model("din", DinConfig,

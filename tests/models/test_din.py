@@ -1,7 +1,8 @@
 """DIN's ``model.din.sim_feature`` control row: off (default) DIN is unchanged; on, the tower
 reads the trigger-target multimodal similarity, computed from the frozen item table as DAIAN
 computes it (the records' ``trigger_target_sim``). ``model.din.history_sum`` adds the history's
-sum pooling and its product with the target to the tower input."""
+sum pooling and its product with the target to the tower input; ``model.din.attention_softmax``
+normalises the attention's scores."""
 import dataclasses
 
 import numpy as np
@@ -129,8 +130,31 @@ def test_history_sum_widens_the_tower_input_only(tiny_data):
         load_config(None, ["model.din.history_sum=1"])
 
 
+def test_attention_softmax_normalises_dins_scores_and_nothing_else(tiny_data):
+    """On, the same variables score the same behaviours, softmax-normalised over the real ones:
+    the attention output is the softmax-weighted mean of the history, and the clicks move."""
+    _, x = _inputs(tiny_data)
+    off, on = _build(tiny_data), _build(tiny_data, "model.din.attention_softmax=true")
+    assert [v.name for v in on.weights] == [v.name for v in off.weights]
+    on.set_weights(off.get_weights())
+    rows, expand = off.request_rows(x)
+    r, e = off.embed.request(rows), off.embed.impression(x)
+    keys, mask = expand(r["hist"]), tf.cast(expand(r["mask"]), tf.bool)
+    _, raw = off.din_att(e["target"], keys, mask, return_scores=True)
+    got = on.din_att(e["target"], keys, mask).numpy()
+    m = mask.numpy()
+    weights = np.where(m, np.exp(raw.numpy() - raw.numpy().max(-1, keepdims=True)), 0.0)
+    weights /= np.maximum(weights.sum(-1, keepdims=True), 1e-30)
+    np.testing.assert_allclose(got, np.einsum("bl,bld->bd", weights, keys.numpy()), rtol=1e-4, atol=1e-5)
+    assert m.any(-1).all() and not np.allclose(on(x)["ctr"].numpy(), off(x)["ctr"].numpy(), atol=1e-6)
+    assert load_config(None, []).model.section("din").attention_softmax is False
+    with pytest.raises(ValueError, match="model.din.attention_softmax: expected true/false; received 1"):
+        load_config(None, ["model.din.attention_softmax=1"])
+
+
 @pytest.mark.parametrize("name", ["poso", "mwuf"])
-@pytest.mark.parametrize("setting", ["model.din.history_sum=true", "model.din.sim_feature=true"])
+@pytest.mark.parametrize("setting", ["model.din.history_sum=true", "model.din.sim_feature=true",
+                                     "model.din.attention_softmax=true"])
 def test_models_built_on_din_refuse_dins_own_switches(tiny_data, name, setting):
     cfg = load_config(None, SMALL + [setting])
     ids, table, _ = load_item_vectors(tiny_data)

@@ -453,8 +453,8 @@ def test_din_attention_split_first_layer_equals_concatenated(activation):
                             [query, keys] + att.trainable_variables)
 
 
-@pytest.mark.parametrize("activation", ["sigmoid", "prelu"])
-def test_din_attention_length_buckets_equal_the_padded_path(activation):
+@pytest.mark.parametrize("activation,softmax", [("sigmoid", False), ("prelu", False), ("sigmoid", True)])
+def test_din_attention_length_buckets_equal_the_padded_path(activation, softmax):
     query, keys, mask = _padded_inputs(batch=128)  # 3 groups of >= 32 rows: the bucketed path runs
 
     def run(layer):
@@ -464,11 +464,12 @@ def test_din_attention_length_buckets_equal_the_padded_path(activation):
         return out.numpy(), [tf.convert_to_tensor(g).numpy()
                              for g in tape.gradient(loss, [query, keys] + layer.trainable_variables)]
 
-    padded = DinAttention(hidden_units=(6, 4), activation=activation)
+    padded = DinAttention(hidden_units=(6, 4), activation=activation, weight_normalization=softmax)
     padded(query, keys, mask)
     want, want_grads = run(padded)
     for buckets in (1, 3):
-        grouped = DinAttention(hidden_units=(6, 4), activation=activation, length_buckets=buckets)
+        grouped = DinAttention(hidden_units=(6, 4), activation=activation, weight_normalization=softmax,
+                               length_buckets=buckets)
         grouped(query, keys, mask)
         grouped.set_weights(padded.get_weights())
         got, grads = run(grouped)
