@@ -43,7 +43,8 @@ class DienConfig:
     Args:
       gru_units: width of the interest states (extractor GRU and AUGRU); 0 (default) = D, the
         width of one item embedding, as in the paper.
-      aux_weight: α, the auxiliary loss weight (0 = off).
+      aux_weight: α, the auxiliary loss weight (0 = off: no auxiliary head is built, so its
+        variables neither exist nor count in the parameters).
       negatives: where ê comes from: ``batch`` (default), a distinct target item of the
         replica's batch (id and side fields); ``table``, a uniform id of the frozen item table
         with the positive's side fields. Never the positive's id.
@@ -146,7 +147,7 @@ class DIEN(TirModel):
         self.evolving = InterestEvolving(units, gate_scale=d.gate_scale, recurrent=d.recurrent,
                                          name="interest_evolving")
         self.aux_mlp = (MLP(d.aux_hidden, activation="sigmoid", output_logit=True, name="aux_mlp")
-                        if d.aux_score == "mlp" else None)
+                        if d.aux_score == "mlp" and d.aux_weight > 0 else None)
         self.tower = ctr_tower(c)
         self.aux_tracker = keras.metrics.Mean(name="aux_loss", dtype="float32")
 

@@ -280,6 +280,9 @@ def test_aux_loss_is_added_in_training_only_and_counted_in_the_step(tiny_data, f
     off = make_model(tiny_data, "model.dien.aux_weight=0")
     off(inputs, training=True)
     assert off.losses == []
+    # without L_aux there is no auxiliary head: no unused variables, no parameters counted for it
+    assert off.aux_mlp is None and not any("aux_mlp" in v.name for v in off.weights)
+    assert any("aux_mlp" in v.name for v in model.weights)
 
 
 def test_users_without_history_get_zero_interest_and_finite_outputs(tiny_data, first_batch, make_model):
