@@ -14,7 +14,7 @@ each [X] choice a switch of :class:`Dei2nConfig` (the ``model.dei2n`` config sec
 * **UI2M** — ``(p_inst, p_gen) = softmax(Dense_2(MLP([E_u ‖ E_c ‖ e_t ‖ Σ_{b∈S_t} e_b])))``.
 * **Interest** — ``v_inst = MHTA(e_t, MHSA(K_{S_t}))``, ``v_gen = MHTA(e_i, MHSA(K_S))``,
   ``v = p_inst v_inst + p_gen v_gen``.
-* **Interaction** — ``z_int = MLP([e_t ‖ e_i ‖ e_t ⊙ e_i ‖ e_t − e_i])``.
+* **Interaction** — ``z_int = MLP([e_t ‖ e_i ‖ e_t ⊙ e_i ‖ e_t − e_i])`` (``interaction_hidden=[]``: none).
 * **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v ‖ z_int ‖ Σ_b e_b ‖ e_i ⊙ Σ_b e_b]))``,
   BCE only; the history sums (``history_sum``, as the authors' code) are tirec's default.
 
@@ -64,7 +64,8 @@ class Dei2nConfig:
         category), ``similarity`` (multimodal similarity to the trigger at or above the spec's
         explicit threshold) or ``auto`` (category when the records have the field).
       ui2m_hidden: hidden widths (ReLU) of UI2M's MLP.
-      interaction_hidden: widths (ReLU) of the trigger-target interaction MLP.
+      interaction_hidden: widths (ReLU) of the trigger-target interaction MLP; ``[]`` leaves
+        z_int out of the tower input (an ablation).
       history_sum: also feed the tower Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours, as
         the reference code does (default true, [X]: without it DEI2N did not learn on MovieLens,
         docs/models.md#dei2n-prediction).
@@ -92,10 +93,10 @@ class Dei2nConfig:
         check_time_settings("dei2n", self)
         if self.related not in RELATED_RULES:
             bad("related", f"must be one of {', '.join(RELATED_RULES)}")
-        for field in ("ui2m_hidden", "interaction_hidden"):
-            units = getattr(self, field)
-            if not units or not all(_positive_int(u) for u in units):
-                bad(field, "must be a non-empty list of integers >= 1")
+        if not self.ui2m_hidden or not all(_positive_int(u) for u in self.ui2m_hidden):
+            bad("ui2m_hidden", "must be a non-empty list of integers >= 1")
+        if not all(_positive_int(u) for u in self.interaction_hidden):
+            bad("interaction_hidden", "must be a list of integers >= 1 ([] = no interaction MLP)")
         if not isinstance(self.history_sum, bool):
             bad("history_sum", "must be true or false")
 
@@ -124,7 +125,8 @@ class DEI2N(TirModel):
         self.instant_target = MultiHeadTargetAttention(d.att_units, d.att_heads, name="instant_mhta")
         self.general_self = MultiHeadSelfAttention(d.att_units, d.att_heads, name="general_mhsa")
         self.general_target = MultiHeadTargetAttention(d.att_units, d.att_heads, name="general_mhta")
-        self.interaction = MLP(d.interaction_hidden, output_logit=False, name="interaction")
+        self.interaction = (MLP(d.interaction_hidden, output_logit=False, name="interaction")
+                            if d.interaction_hidden else None)
         self.tower = ctr_tower(c)
 
     def _describe_related(self) -> str:
@@ -155,9 +157,10 @@ class DEI2N(TirModel):
         v_gen = self.general_target(target, expand(seq), expand(seq_mask))
         p = tf.cast(expand(p), v_gen.dtype)
         v = p[:, :1] * expand(v_inst) + p[:, 1:] * v_gen
-        z_int = self.interaction(tf.concat([trigger, target, trigger * target, trigger - target], axis=-1),
-                                 training=training)
-        parts = [expand(r["user"]), e["context"], target, trigger, v, z_int]
+        parts = [expand(r["user"]), e["context"], target, trigger, v]
+        if self.interaction is not None:
+            parts.append(self.interaction(tf.concat([trigger, target, trigger * target, trigger - target], axis=-1),
+                                          training=training))
         parts += history_sum(r, target, expand) if self.dei2n_config.history_sum else []
         logit = self.tower(tf.concat([tf.cast(t, self.layer_dtype) for t in parts], axis=-1), training=training)
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too

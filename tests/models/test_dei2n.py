@@ -64,6 +64,8 @@ def test_trigger_related_mask_and_latest_time_hand_computed():
     ("model.dei2n.related=brand", r"model.dei2n.related: must be one of auto, category, similarity; received 'brand'"),
     ("model.dei2n.att_units=10", r"model.dei2n.att_units: must be divisible by att_heads=4; received 10"),
     ("model.dei2n.ui2m_hidden=[]", r"model.dei2n.ui2m_hidden: must be a non-empty list of integers >= 1"),
+    ("model.dei2n.interaction_hidden=[0]", r"model.dei2n.interaction_hidden: must be a list of integers >= 1 "
+                                            r"\(\[\] = no interaction MLP\); received \(0,\)"),
     ("model.dei2n.history_sum=1", r"model.dei2n.history_sum: expected true/false; received 1"),
 ])
 def test_config_errors_name_the_key_and_value(setting, match):
@@ -115,14 +117,16 @@ def test_similarity_sub_sequence_is_the_records_explicit_mask(tiny_data, caplog,
                                   & (x["hist_ts"].numpy() > 0) & (x["has_trigger"].numpy()[:, None] == 1))
 
 
-@pytest.mark.parametrize("history_sum", [True, False])
-def test_tower_reads_the_formula(tiny_data, history_sum, first_batch, make_model):
+@pytest.mark.parametrize("history_sum, interaction", [(True, True), (False, True), (True, False)])
+def test_tower_reads_the_formula(tiny_data, history_sum, interaction, first_batch, make_model):
     """Tower input = [E_u ‖ E_c ‖ e_i ‖ e_t ‖ p_inst v_inst + p_gen v_gen ‖ MLP([e_t ‖ e_i ‖ e_t⊙e_i ‖ e_t−e_i])],
-    then, with ``history_sum`` (the default), Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours."""
+    then, with ``history_sum`` (the default), Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours;
+    ``interaction_hidden=[]`` leaves the MLP's part out."""
     spec, x, _ = first_batch(tiny_data, 32)
     x = {**x, "hist_ts": tf.where(tf.range(x["hist_ts"].shape[1]) >= tf.range(32)[:, None] % 7 + 2,
                                   tf.zeros_like(x["hist_ts"]), x["hist_ts"])}  # padding at the end
-    model = make_model(tiny_data, "model.request_dedup=false", f"model.dei2n.history_sum={str(history_sum).lower()}")
+    model = make_model(tiny_data, "model.request_dedup=false", f"model.dei2n.history_sum={str(history_sum).lower()}",
+                       *([] if interaction else ["model.dei2n.interaction_hidden=[]"]))
     model(x)
     seen = []
     call = model.tower.call
@@ -132,8 +136,11 @@ def test_tower_reads_the_formula(tiny_data, history_sum, first_batch, make_model
     p, v_inst, v_gen, _, mask = _reads(model, x)
     assert np.allclose(p.sum(axis=1), 1.0) and np.all(p > 0)
     t, i = r["trigger"].numpy(), e["target"].numpy()
-    z_int = model.interaction(np.concatenate([t, i, t * i, t - i], axis=1)).numpy()
-    want = [r["user"].numpy(), e["context"].numpy(), i, t, p[:, :1] * v_inst + p[:, 1:] * v_gen, z_int]
+    want = [r["user"].numpy(), e["context"].numpy(), i, t, p[:, :1] * v_inst + p[:, 1:] * v_gen]
+    if interaction:
+        want.append(model.interaction(np.concatenate([t, i, t * i, t - i], axis=1)).numpy())
+    else:
+        assert model.interaction is None and not any("interaction" in v.name for v in model.weights)
     if history_sum:
         total = (r["hist"].numpy() * mask[:, :, None]).sum(axis=1)
         assert np.any(total != 0) and not mask.all()  # padding present and left out
