@@ -83,7 +83,8 @@ class Dei2nConfig:
 
     def __post_init__(self) -> None:
         def bad(field, why):
-            raise ValueError(f"model.dei2n.{field}: {why}; received {getattr(self, field)!r}")
+            value = getattr(self, field)
+            raise ValueError(f"model.dei2n.{field}: {why}; received {list(value) if isinstance(value, tuple) else value!r}")
 
         for field in ("att_units", "att_heads"):
             if not _positive_int(getattr(self, field)):

@@ -133,7 +133,7 @@ class DIEN(TirModel):
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         width = self.embed.item_dim
         units = d.gru_units or width
-        if d.aux_score == "dot" and units != width:
+        if d.aux_score == "dot" and d.aux_weight > 0 and units != width:
             raise ValueError(f"model.dien.aux_score=dot scores h_k · e, so model.dien.gru_units must be 0 or "
                              f"the item embedding width D={width}; received gru_units={d.gru_units}")
         if d.negatives == "table" and d.aux_weight > 0 and self.num_items < 2:

@@ -1,7 +1,7 @@
 """DIN (Zhou et al., KDD 2018): the base model and first TIR baseline (docs/models.md#din).
 
 The user interest vector is a DIN attention pooling of the behaviour sequence with the target
-as query (un-normalised weights); for TIR the trigger embedding joins the tower input (as in
+as query (un-normalised weights unless ``model.din.attention_softmax``); for TIR the trigger embedding joins the tower input (as in
 DAIAN's baseline). ``model.din.sim_feature`` adds DAIAN's trigger-target similarity s_sem to the
 tower input: the control row that shows what DAIAN adds beyond that one number.
 ``model.din.history_sum`` adds the sum pooling of the history and its product with the target,
@@ -56,8 +56,9 @@ class DinConfig:
 
 @keras.utils.register_keras_serializable(package="tirec")
 class DIN(TirModel):
-    """DIN with the trigger in the tower (and, with ``model.din.sim_feature``, the
-    trigger-target similarity s_sem).
+    """DIN with the trigger in the tower; ``model.din.sim_feature`` adds the trigger-target
+    similarity s_sem, ``history_sum`` the history's sum pooling, ``attention_softmax`` normalises
+    the attention weights.
 
     Inputs: the raw feature dict of a batch (see ``tirec.models.base.model_input_names``).
     Outputs: ``{"ctr": [B, 1]}`` click probability.
@@ -103,10 +104,11 @@ class DIN(TirModel):
 def _refuse_din_switches(din: DinConfig, model: str) -> None:
     """The models built on DIN's tower input (POSO, MWUF) read none of ``model.din.*``: a
     setting there is an error naming it, not a silent no-op."""
+    default = DinConfig()
     changed = {f.name: getattr(din, f.name) for f in dataclasses.fields(din)
-               if getattr(din, f.name) != f.default}
+               if getattr(din, f.name) != getattr(default, f.name)}
     if changed:
-        keys = ", ".join(f"model.din.{k}={v}" for k, v in changed.items())
+        keys = ", ".join(f"model.din.{k}={str(v).lower()}" for k, v in changed.items())
         raise ValueError(f"{keys}: only --model din reads them; {model} would ignore them")
 
 

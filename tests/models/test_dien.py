@@ -189,6 +189,9 @@ def _inputs(spec, x):
 def test_dot_score_needs_the_item_width(tiny_data, make_model):
     with pytest.raises(ValueError, match=r"model\.dien\.gru_units.*D=16.*gru_units=8"):
         make_model(tiny_data, "model.dien.aux_score=dot", "model.dien.gru_units=8")
+    # without L_aux there is no h_k · e to score: any width builds
+    assert make_model(tiny_data, "model.dien.aux_score=dot", "model.dien.gru_units=8",
+                      "model.dien.aux_weight=0").aux_mlp is None
 
 
 def test_ctr_ignores_the_labels_and_intent_columns(tiny_data, first_batch, make_model):
