@@ -1,9 +1,10 @@
 """DIN (Zhou et al., KDD 2018): the base model and first TIR baseline (docs/models.md#din).
 
 The user interest vector is a DIN attention pooling of the behaviour sequence with the target
-as query (un-normalised weights unless ``model.din.attention_softmax``); for TIR the trigger embedding joins the tower input (as in
-DAIAN's baseline). ``model.din.sim_feature`` adds DAIAN's trigger-target similarity s_sem to the
-tower input: the control row that shows what DAIAN adds beyond that one number.
+as query (un-normalised weights unless ``model.din.attention_softmax``); for TIR the trigger
+embedding joins the tower input (as in DAIAN's baseline). ``model.din.sim_feature`` adds DAIAN's
+trigger-target similarity s_sem to the tower input: the control row that shows what DAIAN adds
+beyond that one number.
 ``model.din.history_sum`` adds the sum pooling of the history and its product with the target,
 as the DIN baseline of the DIEN authors' code and tirec's DIEN, DIHN and DEI2N read it.
 ``model.din.attention_softmax`` softmax-normalises the attention scores over the real behaviours.
