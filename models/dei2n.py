@@ -64,6 +64,9 @@ class Dei2nConfig:
         category), ``similarity`` (multimodal similarity to the trigger at or above the spec's
         explicit threshold) or ``auto`` (category when the records have the field).
       ui2m_hidden: hidden widths (ReLU) of UI2M's MLP.
+      ui2m_context: the context fields E_c join UI2M's input, standing in for the paper's page
+        number and scroll depth (true, the default, [X]); false drops the field, MODELS.md's
+        other choice for data without a page number.
       interaction_hidden: widths (ReLU) of the trigger-target interaction MLP; ``[]`` leaves
         z_int out of the tower input (an ablation).
       history_sum: also feed the tower Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours, as
@@ -78,6 +81,7 @@ class Dei2nConfig:
     time_max_gap_days: float = 14.0
     related: str = "auto"
     ui2m_hidden: tuple[int, ...] = (64,)
+    ui2m_context: bool = True
     interaction_hidden: tuple[int, ...] = (64,)
     history_sum: bool = True
 
@@ -98,8 +102,9 @@ class Dei2nConfig:
             bad("ui2m_hidden", "must be a non-empty list of integers >= 1")
         if not all(_positive_int(u) for u in self.interaction_hidden):
             bad("interaction_hidden", "must be a list of integers >= 1 ([] = no interaction MLP)")
-        if not isinstance(self.history_sum, bool):
-            bad("history_sum", "must be true or false")
+        for field in ("ui2m_context", "history_sum"):
+            if not isinstance(getattr(self, field), bool):
+                bad(field, "must be true or false")
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -190,11 +195,13 @@ class DEI2N(TirModel):
         return mask & similar & tf.not_equal(tf.reshape(present, [-1, 1]), 0)
 
     def instant_probability(self, r, context, related, training):
-        """float32 ``[U, 2]``: UI2M's ``(p_inst, p_gen)`` from the user, the context, the trigger
-        and the sum-pool of S_t's item embeddings (zeros when S_t is empty)."""
+        """float32 ``[U, 2]``: UI2M's ``(p_inst, p_gen)`` from the user, the context (unless
+        ``model.dei2n.ui2m_context=false``), the trigger and the sum-pool of S_t's item embeddings
+        (zeros when S_t is empty)."""
         hist = r["hist"]
         pooled = tf.reduce_sum(tf.where(related[:, :, None], hist, tf.zeros([], hist.dtype)), axis=1)
-        x = tf.concat([tf.cast(t, self.layer_dtype) for t in (r["user"], context, r["trigger"], pooled)], axis=-1)
+        parts = [r["user"]] + ([context] if self.dei2n_config.ui2m_context else []) + [r["trigger"], pooled]
+        x = tf.concat([tf.cast(t, self.layer_dtype) for t in parts], axis=-1)
         logits = self.ui2m_head(self.ui2m(x, training=training))
         return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 

@@ -43,23 +43,27 @@ class DinConfig:
         (DeepCTR's ``att_weight_normalization``; [X], false, the default, is the paper's
         un-normalised sum), the normalisation DIEN's attention read has, so the table can tell
         the normalisation apart from DIEN's bilinear score.
+      trigger_in_tower: the trigger embedding e_t joins the tower input (true, the default: the
+        TIR use of DIN in MODELS.md, as in DAIAN's baseline, [X]); false gives the paper's DIN,
+        which reads no trigger.
     """
 
     sim_feature: bool = False
     history_sum: bool = False
     attention_softmax: bool = False
+    trigger_in_tower: bool = True
 
     def __post_init__(self) -> None:
-        for field in ("sim_feature", "history_sum", "attention_softmax"):
+        for field in ("sim_feature", "history_sum", "attention_softmax", "trigger_in_tower"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"model.din.{field}: must be true or false; received {getattr(self, field)!r}")
 
 
 @keras.utils.register_keras_serializable(package="tirec")
 class DIN(TirModel):
-    """DIN with the trigger in the tower; ``model.din.sim_feature`` adds the trigger-target
-    similarity s_sem, ``history_sum`` the history's sum pooling, ``attention_softmax`` normalises
-    the attention weights.
+    """DIN with the trigger in the tower (``model.din.trigger_in_tower``); ``model.din.sim_feature``
+    adds the trigger-target similarity s_sem, ``history_sum`` the history's sum pooling,
+    ``attention_softmax`` normalises the attention weights.
 
     Inputs: the raw feature dict of a batch (see ``tirec.models.base.model_input_names``).
     Outputs: ``{"ctr": [B, 1]}`` click probability.
@@ -74,6 +78,7 @@ class DIN(TirModel):
         if not self.reads_din_section:
             _refuse_din_switches(din, type(self).__name__)
         self.sim_feature, self.history_sum = din.sim_feature, din.history_sum
+        self.trigger_in_tower = din.trigger_in_tower
         if self.sim_feature:  # fail at build time, not in a trace
             trigger_present(spec, "model.din.sim_feature=true")
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
@@ -94,12 +99,14 @@ class DIN(TirModel):
         return {"ctr": tf.sigmoid(tf.cast(logit, tf.float32))}  # float32 under mixed precision too
 
     def tower_input(self, r, e, expand, training=False):
-        """DIN's representation ``[E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN]``, ``v_DIN = DinAttention(e_i,
-        E_S)``, from the embedder's request-level ``r`` (expanded to the rows by ``expand``) and
-        per-candidate ``e`` outputs. The models built on DIN (POSO, MWUF) call it with their own
-        tower, or with warmed-up ``e_i`` / ``e_t``."""
+        """DIN's representation ``[E_u ‖ E_c ‖ e_i ‖ e_t ‖ v_DIN]`` (no ``e_t`` with
+        ``model.din.trigger_in_tower=false``), ``v_DIN = DinAttention(e_i, E_S)``, from the
+        embedder's request-level ``r`` (expanded to the rows by ``expand``) and per-candidate ``e``
+        outputs. The models built on DIN (POSO, MWUF) call it with their own tower, or with
+        warmed-up ``e_i`` / ``e_t``."""
         v_din = self.din_att(e["target"], expand(r["hist"]), expand(r["mask"]), training=training)
-        return tf.concat([expand(r["user"]), e["context"], e["target"], expand(r["trigger"]), v_din], axis=-1)
+        trigger = [expand(r["trigger"])] if self.trigger_in_tower else []
+        return tf.concat([expand(r["user"]), e["context"], e["target"]] + trigger + [v_din], axis=-1)
 
 
 def _refuse_din_switches(din: DinConfig, model: str) -> None:

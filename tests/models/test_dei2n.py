@@ -148,6 +148,27 @@ def test_tower_reads_the_formula(tiny_data, history_sum, interaction, first_batc
     np.testing.assert_allclose(seen[0], np.concatenate(want, axis=1), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("ui2m_context", [True, False])
+def test_ui2m_reads_the_context_unless_switched_off(tiny_data, first_batch, make_model, ui2m_context):
+    """UI2M's (p_inst, p_gen) move with the context fields by default and not at all with
+    ``model.dei2n.ui2m_context=false``, whose MLP reads E_c's width fewer inputs."""
+    spec, x, _ = first_batch(tiny_data, 64)
+    model = make_model(tiny_data, "model.request_dedup=false", f"model.dei2n.ui2m_context={str(ui2m_context).lower()}")
+    model(x)
+    names = [f.name for f in spec.select(group="context", model_input=True)]
+    assert names
+    moved = {**x, **{n: (x[n] + 1) % 7 for n in names}}  # every row gets another context value
+    width = model.embed.impression(x)["context"].shape[-1]
+    r = model.embed.request(x)
+    widths = [int(r[k].shape[-1]) for k in ("user", "trigger", "hist")]  # E_u, e_t, the sum-pool of S_t
+    assert model.ui2m.weights[0].shape[0] == sum(widths) + width * ui2m_context
+    p, p_moved = _reads(model, x)[0], _reads(model, moved)[0]
+    assert np.allclose(p, p_moved, atol=1e-7) != ui2m_context
+    assert Dei2nConfig().ui2m_context is True
+    with pytest.raises(ValueError, match=r"model.dei2n.ui2m_context: must be true or false; received 'no'"):
+        Dei2nConfig(ui2m_context="no")
+
+
 def test_instant_interest_reads_only_the_trigger_related_behaviours(tiny_data, first_batch, make_model):
     spec, x, _ = first_batch(tiny_data, 64)
     model = make_model(tiny_data, "model.request_dedup=false")

@@ -152,9 +152,31 @@ def test_attention_softmax_normalises_dins_scores_and_nothing_else(tiny_data):
         load_config(None, ["model.din.attention_softmax=1"])
 
 
+def test_trigger_in_tower_off_drops_e_t_from_the_tower_input_only(tiny_data):
+    """Off, the tower reads D inputs fewer: with e_t's kernel rows removed from the default
+    model's weights, the outputs are the default model's with those rows at zero."""
+    _, x = _inputs(tiny_data)
+    on, off = _build(tiny_data), _build(tiny_data, "model.din.trigger_in_tower=false")
+    assert on.trigger_in_tower and not off.trigger_in_tower
+    d, kernel = on.embed.item_dim, on.tower.weights[0]
+    r, e = on.embed.request(on.request_rows(x)[0]), on.embed.impression(x)
+    start = sum(int(t.shape[-1]) for t in (r["user"], e["context"], e["target"]))
+    assert tuple(off.tower.weights[0].shape) == (kernel.shape[0] - d, 16)
+    assert [v.name for v in off.weights] == [v.name for v in on.weights]
+    kernel.assign(tf.concat([kernel[:start], tf.zeros([d, 16]), kernel[start + d:]], axis=0))
+    off.set_weights([w if w.shape == v.shape else np.delete(w, range(start, start + d), axis=0)
+                     for w, v in zip(on.get_weights(), off.weights)])
+    np.testing.assert_allclose(off(x)["ctr"].numpy(), on(x)["ctr"].numpy(), rtol=1e-6, atol=1e-7)
+    kernel.assign(tf.concat([kernel[:start], tf.ones([d, 16]) * 0.1, kernel[start + d:]], axis=0))
+    assert not np.allclose(off(x)["ctr"].numpy(), on(x)["ctr"].numpy(), atol=1e-6)
+    assert load_config(None, []).model.section("din").trigger_in_tower is True
+    with pytest.raises(ValueError, match="model.din.trigger_in_tower: expected true/false; received 0"):
+        load_config(None, ["model.din.trigger_in_tower=0"])
+
+
 @pytest.mark.parametrize("name", ["poso", "mwuf"])
 @pytest.mark.parametrize("setting", ["model.din.history_sum=true", "model.din.sim_feature=true",
-                                     "model.din.attention_softmax=true"])
+                                     "model.din.attention_softmax=true", "model.din.trigger_in_tower=false"])
 def test_models_built_on_din_refuse_dins_own_switches(tiny_data, name, setting):
     cfg = load_config(None, SMALL + [setting])
     ids, table, _ = load_item_vectors(tiny_data)
