@@ -69,6 +69,9 @@ class DaianConfig:
       sim_fusion: ``norm_ratio`` or ``additive`` (the same section's variant).
       gate_inputs: ``intent`` (x = [e_sim ‖ sg(y)]) or ``intent_interest`` (also sg(v_imp), sg(v_exp)).
       gamma: Gate NU scale.
+      gate_shift: IA2N's Eq.16 [X]: ``none`` (w = δ, the default) or ``mlp`` (w =
+        MLP_shift(δ ⊙ x') with x' = [v_exp ‖ v_imp] and MLP_shift one linear layer of
+        ``2 * att_units``; docs/models.md#ia2n).
       explicit_len: [X] cap on the explicit subsequence ``S'``
         (docs/models.md#explicit-intent-subsequence, ``L' = 50``):
         keep its first (most recent) ``explicit_len`` behaviours. At or above the sequence
@@ -96,6 +99,7 @@ class DaianConfig:
     sim_fusion: str = "norm_ratio"
     gate_inputs: str = "intent"
     gamma: float = 2.0
+    gate_shift: str = "none"
     explicit_len: int = 50
     explicit_buckets: int = 16
     intent_weight: float = 1.0
@@ -107,7 +111,8 @@ class DaianConfig:
         if self.att_units % self.att_heads:
             bad("att_units", f"must be divisible by att_heads={self.att_heads}")
         choices = {"uim_attention": ("din", "mhta"), "i2e_fusion": ("concat", "add"),
-                   "sim_fusion": ("norm_ratio", "additive"), "gate_inputs": ("intent", "intent_interest")}
+                   "sim_fusion": ("norm_ratio", "additive"), "gate_inputs": ("intent", "intent_interest"),
+                   "gate_shift": ("none", "mlp")}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 bad(field, f"must be {' or '.join(allowed)}")
@@ -227,6 +232,8 @@ class DAIAN(TirModel):
             self.sim_bins = keras.layers.Embedding(d.sim_bins, item_dim, name="sim_bin_embedding")
             if d.use_die:
                 self.gate = GateNU((d.att_units,), 2 * d.att_units, gamma=d.gamma, name="ia2n_gate")
+                self.gate_shift = (keras.layers.Dense(2 * d.att_units, name="ia2n_shift")
+                                   if d.gate_shift == "mlp" else None)
         self.tower = ctr_tower(c)
 
     def intent_target(self, dist: tf.Tensor) -> tf.Tensor:
@@ -387,13 +394,16 @@ class DAIAN(TirModel):
         return h_id + tf.cast(tf.math.divide_no_nan(n_id, n_s), self.layer_dtype) * e_s
 
     def _ia2n(self, e_sim, intent, v_imp, v_exp):
-        """(u_exp, u_imp) = (w_exp ⊙ v_exp, w_imp ⊙ v_imp), [w_exp ‖ w_imp] the Gate NU over
-        [e_sim ‖ sg(intent)] (+ sg(v_imp), sg(v_exp) with ``gate_inputs=intent_interest``)
-        (docs/models.md#ia2n)."""
+        """(u_exp, u_imp) = (w_exp ⊙ v_exp, w_imp ⊙ v_imp), [w_exp ‖ w_imp] = w the Gate NU δ over
+        [e_sim ‖ sg(intent)] (+ sg(v_imp), sg(v_exp) with ``gate_inputs=intent_interest``), or
+        MLP_shift(δ ⊙ [v_exp ‖ v_imp]) with ``gate_shift=mlp`` (docs/models.md#ia2n)."""
         gate_in = [e_sim, tf.stop_gradient(tf.cast(intent, self.layer_dtype))]
         if self.daian_config.gate_inputs == "intent_interest":
             gate_in += [tf.stop_gradient(v_imp), tf.stop_gradient(v_exp)]
-        w_exp, w_imp = tf.split(self.gate(tf.concat(gate_in, axis=-1)), 2, axis=-1)
+        w = self.gate(tf.concat(gate_in, axis=-1))  # δ
+        if self.gate_shift is not None:  # Eq.16's w = MLP_shift(δ ⊙ x'), x' = [v_exp ‖ v_imp]
+            w = self.gate_shift(w * tf.concat([v_exp, v_imp], axis=-1))
+        w_exp, w_imp = tf.split(w, 2, axis=-1)
         return w_exp * v_exp, w_imp * v_imp
 
     def _i2e_query(self, trigger, intent):

@@ -65,8 +65,8 @@ class Dei2nConfig:
         explicit threshold) or ``auto`` (category when the records have the field).
       ui2m_hidden: hidden widths (ReLU) of UI2M's MLP.
       ui2m_context: the context fields E_c join UI2M's input, standing in for the paper's page
-        number and scroll depth (true, the default, [X]); false drops the field, MODELS.md's
-        other choice for data without a page number.
+        number and scroll depth (true, the default, [X]); false drops the field, the other
+        choice for data without a page number (docs/models.md#dei2n-interest).
       interaction_hidden: widths (ReLU) of the trigger-target interaction MLP; ``[]`` leaves
         z_int out of the tower input (an ablation).
       history_sum: also feed the tower Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours, as

@@ -44,8 +44,8 @@ class DinConfig:
         un-normalised sum), the normalisation DIEN's attention read has, so the table can tell
         the normalisation apart from DIEN's bilinear score.
       trigger_in_tower: the trigger embedding e_t joins the tower input (true, the default: the
-        TIR use of DIN in MODELS.md, as in DAIAN's baseline, [X]); false gives the paper's DIN,
-        which reads no trigger.
+        TIR use of DIN, as in DAIAN's baseline, [X]); false gives the paper's DIN, which reads
+        no trigger (docs/models.md#din).
     """
 
     sim_feature: bool = False

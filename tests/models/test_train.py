@@ -179,7 +179,8 @@ def test_stage2_intent_input_ignores_the_labels(tiny_data):
 @pytest.mark.parametrize("switch", ["model.daian.use_uim=false", "model.daian.use_die=false",
                                     "model.daian.use_sein=false", "model.daian.i2e_fusion=add",
                                     "model.daian.sim_fusion=additive", "model.daian.gate_inputs=intent_interest",
-                                    "model.daian.uim_attention=mhta", "model.daian.explicit_len=2"])
+                                    "model.daian.uim_attention=mhta", "model.daian.explicit_len=2",
+                                    "model.daian.gate_shift=mlp"])
 def test_daian_ablations_build_and_step(tiny_data, switch):
     spec = load_data_spec(tiny_data)
     ids, vecs, _ = load_item_vectors(tiny_data)
