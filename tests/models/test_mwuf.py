@@ -156,6 +156,17 @@ def test_warm_trigger_switch(tiny_data):
         assert np.array_equal(after, before) != warm_trigger
 
 
+def test_recent_users_setting_reaches_the_state(tiny_data):
+    """``model.mwuf.recent_users`` is the state's K (20 by default); with K = 1 no item bucket
+    counts more than one user after an update over a batch that touches many."""
+    assert _model(tiny_data)[0].recent.capacity == 20
+    model, x, y = _model(tiny_data, "model.mwuf.recent_users=1")
+    assert model.recent.capacity == 1
+    model.update_recent_users(x, y)
+    count = model.recent.count.numpy()
+    assert count.max() == 1 and (count == 1).sum() > 10
+
+
 def test_state_is_saved_with_the_weights(tiny_data, tmp_path):
     model, x, y = _model(tiny_data)
     model.compile(optimizer=keras.optimizers.SGD(0.1), run_eagerly=True)
