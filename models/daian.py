@@ -32,6 +32,7 @@ mixed precision too. Losses and training stages are handled by :class:`tirec.mod
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +47,8 @@ from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttenti
                                  MultiHeadTargetAttention)
 from tirec.models.layers.sequence import keep_first, length_bucketed, real_lengths
 from tirec.models.registry import register_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +205,7 @@ class DAIAN(TirModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c, d = model_config, model_config.section("daian")
         self.daian_config = d  # DAIAN's own settings (model.daian.*)
+        _warn_unread_settings(d)
         self.columns = _read_columns(spec)
         n = spec.intent_levels
         lo, hi = spec.sim_range
@@ -412,6 +416,21 @@ class DAIAN(TirModel):
         if self.daian_config.i2e_fusion == "concat":
             return self.i2e_query(tf.concat([trigger, intent], axis=-1))
         return trigger + self.i2e_query(intent)
+
+
+# The settings of the blocks an ablation switch removes (docs/models.md#ablation-switches).
+_BLOCK_SETTINGS = {"use_die": ("i2e_fusion", "explicit_len", "gate_inputs", "gamma", "gate_shift"),
+                   "use_sein": ("sim_bins", "sim_fusion", "gate_inputs", "gamma", "gate_shift")}
+
+
+def _warn_unread_settings(d: DaianConfig) -> None:
+    """Logs, naming them, the non-default settings of the blocks ``use_die=false`` or
+    ``use_sein=false`` removes: they are not read (a config file ablated with one ``--set``)."""
+    default = DaianConfig()
+    for switch, fields in _BLOCK_SETTINGS.items():
+        changed = [f"model.daian.{f}={getattr(d, f)!r}" for f in fields if getattr(d, f) != getattr(default, f)]
+        if not getattr(d, switch) and changed:
+            log.warning("model.daian.%s=false: %s not read (that block is off)", switch, ", ".join(changed))
 
 
 @register_model("daian", DaianConfig,

@@ -92,7 +92,23 @@ def test_ia2n_gates_the_interests_as_eq_15_to_18(tiny_data, inputs, shift):
         u_exp, u_imp = model._ia2n(e_sim, intent, v_imp, v_exp)
         total = tf.reduce_sum(u_exp) + tf.reduce_sum(u_imp)
     np.testing.assert_allclose(np.concatenate([u_exp.numpy(), u_imp.numpy()], 1), w * v, rtol=1e-5, atol=1e-6)
-    assert tape.gradient(total, intent) is None  # sg(ŷ): the gate trains no intent
+    g_intent, g_exp, g_imp = tape.gradient(total, [intent, v_exp, v_imp])
+    assert g_intent is None  # sg(ŷ): the gate trains no intent
+    if shift == "none":  # sg(v_imp), sg(v_exp) in the gate's input: d u / d v is the gate alone
+        np.testing.assert_allclose(np.concatenate([g_exp.numpy(), g_imp.numpy()], 1), delta, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("switch", ["use_die", "use_sein"])
+def test_settings_of_a_removed_block_are_named_in_a_warning(tiny_data, caplog, switch):
+    with caplog.at_level("WARNING", logger="tirec.models.daian"):
+        _model(tiny_data, f"model.daian.{switch}=false", "model.daian.gate_shift=mlp")
+    assert f"model.daian.{switch}=false: " in caplog.text and "model.daian.gate_shift='mlp'" in caplog.text
+    if switch == "use_sein":  # SMALL's sim_bins=5 is not read either
+        assert "model.daian.sim_bins=5" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tirec.models.daian"):
+        _model(tiny_data, "model.daian.gate_shift=mlp")
+    assert "not read" not in caplog.text
 
 
 def test_gate_shift_setting_is_checked():

@@ -117,8 +117,9 @@ def test_similarity_sub_sequence_is_the_records_explicit_mask(tiny_data, caplog,
                                   & (x["hist_ts"].numpy() > 0) & (x["has_trigger"].numpy()[:, None] == 1))
 
 
-@pytest.mark.parametrize("history_sum, interaction", [(True, True), (False, True), (True, False)])
-def test_tower_reads_the_formula(tiny_data, history_sum, interaction, first_batch, make_model):
+@pytest.mark.parametrize("history_sum, interaction, ui2m_context",
+                         [(True, True, True), (False, True, True), (True, False, True), (True, True, False)])
+def test_tower_reads_the_formula(tiny_data, history_sum, interaction, ui2m_context, first_batch, make_model):
     """Tower input = [E_u ‖ E_c ‖ e_i ‖ e_t ‖ p_inst v_inst + p_gen v_gen ‖ MLP([e_t ‖ e_i ‖ e_t⊙e_i ‖ e_t−e_i])],
     then, with ``history_sum`` (the default), Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours;
     ``interaction_hidden=[]`` leaves the MLP's part out."""
@@ -126,7 +127,8 @@ def test_tower_reads_the_formula(tiny_data, history_sum, interaction, first_batc
     x = {**x, "hist_ts": tf.where(tf.range(x["hist_ts"].shape[1]) >= tf.range(32)[:, None] % 7 + 2,
                                   tf.zeros_like(x["hist_ts"]), x["hist_ts"])}  # padding at the end
     model = make_model(tiny_data, "model.request_dedup=false", f"model.dei2n.history_sum={str(history_sum).lower()}",
-                       *([] if interaction else ["model.dei2n.interaction_hidden=[]"]))
+                       *([] if interaction else ["model.dei2n.interaction_hidden=[]"]),
+                       f"model.dei2n.ui2m_context={str(ui2m_context).lower()}")  # E_c stays in the tower
     model(x)
     seen = []
     call = model.tower.call
