@@ -221,6 +221,14 @@ class TrainConfig:
         check_precision(self.precision, "train.precision")
 
 
+def changed_settings(section, fields=None) -> dict:
+    """``{field: value}`` of a model section's dataclass ``section`` whose value differs from the
+    class's default (over ``fields``, or every field)."""
+    default = type(section)()
+    names = fields if fields is not None else [f.name for f in dataclasses.fields(section)]
+    return {n: getattr(section, n) for n in names if getattr(section, n) != getattr(default, n)}
+
+
 def check_precision(precision, what: str = "precision") -> str:
     """Returns ``precision`` if it is one of :data:`PRECISIONS`, else raises a ValueError."""
     if precision not in PRECISIONS:

@@ -41,7 +41,7 @@ from tirec.compat import keras
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, item_columns, trigger_present
-from tirec.models.config import ModelConfig
+from tirec.models.config import ModelConfig, changed_settings
 from tirec.models.intent_label import check_intent_settings
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
@@ -426,9 +426,8 @@ _BLOCK_SETTINGS = {"use_die": ("i2e_fusion", "explicit_len", "gate_inputs", "gam
 def _warn_unread_settings(d: DaianConfig) -> None:
     """Logs, naming them, the non-default settings of the blocks ``use_die=false`` or
     ``use_sein=false`` removes: they are not read (a config file ablated with one ``--set``)."""
-    default = DaianConfig()
     for switch, fields in _BLOCK_SETTINGS.items():
-        changed = [f"model.daian.{f}={getattr(d, f)!r}" for f in fields if getattr(d, f) != getattr(default, f)]
+        changed = [f"model.daian.{f}={v!r}" for f, v in changed_settings(d, fields).items()]
         if not getattr(d, switch) and changed:
             log.warning("model.daian.%s=false: %s not read (that block is off)", switch, ", ".join(changed))
 

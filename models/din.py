@@ -18,7 +18,7 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, history_sum, trigger_present
-from tirec.models.config import ModelConfig
+from tirec.models.config import ModelConfig, changed_settings
 from tirec.models.registry import register_model
 
 
@@ -112,9 +112,7 @@ class DIN(TirModel):
 def _refuse_din_switches(din: DinConfig, model: str) -> None:
     """The models built on DIN's tower input (POSO, MWUF) read none of ``model.din.*``: a
     setting there is an error naming it, not a silent no-op."""
-    default = DinConfig()
-    changed = {f.name: getattr(din, f.name) for f in dataclasses.fields(din)
-               if getattr(din, f.name) != getattr(default, f.name)}
+    changed = changed_settings(din)
     if changed:
         keys = ", ".join(f"model.din.{k}={str(v).lower()}" for k, v in changed.items())
         raise ValueError(f"{keys}: only --model din reads them; {model} would ignore them")
