@@ -5,26 +5,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tirec.compat import keras
-from tirec.config import load_config
 from tirec.models.daian import DaianConfig
-from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
-from tirec.models.train import build_model
 
 SMALL = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
          "model.daian.uim_hidden=[8]", "model.din_hidden=[8,4]", "model.daian.sim_bins=5",
          "model.daian.explicit_buckets=1", "model.hist_buckets=1"]
+MODEL = "daian"  # make_model builds it
 
 
-def _model(data, *settings):
-    """DAIAN built with ``settings`` (seed 5) and its variables made on a first batch."""
-    spec = load_data_spec(data)
-    ids, vecs, _ = load_item_vectors(data)
-    keras.utils.set_random_seed(5)
-    model = build_model("daian", spec, load_config(None, SMALL + list(settings)).model, ids, vecs)
-    x, _ = next(iter(make_dataset(data, "train", spec, 32)))
-    model(x)
-    return model
+@pytest.fixture
+def built(make_model, first_batch):
+    """A function ``(data, *settings)``: DAIAN with ``settings``, its variables made on a first batch."""
+    def build(data, *settings):
+        model = make_model(data, *settings)
+        model(first_batch(data, 32)[1])
+        return model
+    return build
 
 
 def _random(*shape, seed=0):
@@ -32,8 +28,8 @@ def _random(*shape, seed=0):
 
 
 @pytest.mark.parametrize("fusion", ["concat", "add"])
-def test_i2e_query_is_the_fusion_it_names(tiny_data, fusion):
-    model = _model(tiny_data, f"model.daian.i2e_fusion={fusion}")
+def test_i2e_query_is_the_fusion_it_names(tiny_data, built, fusion):
+    model = built(tiny_data, f"model.daian.i2e_fusion={fusion}")
     d, k = model.embed.item_dim, model.spec.intent_levels
     trigger, intent = _random(6, d), tf.nn.softmax(_random(6, k, seed=1))
     w, b = (v.numpy() for v in model.i2e_query.weights)
@@ -44,10 +40,10 @@ def test_i2e_query_is_the_fusion_it_names(tiny_data, fusion):
 
 
 @pytest.mark.parametrize("fusion", ["norm_ratio", "additive"])
-def test_enhanced_similarity_is_eq_12_to_14(tiny_data, fusion):
+def test_enhanced_similarity_is_eq_12_to_14(tiny_data, built, fusion):
     """h_id = p_t ⊙ p_i (Eq.12), e_s = the embedding of s_sem's equal-width bucket (Eq.13), fused
     by their norms (Eq.14) with no gradient to the ID embeddings."""
-    model = _model(tiny_data, f"model.daian.sim_fusion={fusion}")
+    model = built(tiny_data, f"model.daian.sim_fusion={fusion}")
     width = model.proj.weights[0].shape[0]
     t_id, i_id = _random(7, width, seed=2), _random(7, width, seed=3)
     s_sem = tf.constant([[-1.0], [-0.61], [-0.2], [0.0], [0.39], [0.99], [1.0]])
@@ -69,10 +65,10 @@ def test_enhanced_similarity_is_eq_12_to_14(tiny_data, fusion):
 
 
 @pytest.mark.parametrize("inputs, shift", [("intent", "none"), ("intent_interest", "none"), ("intent", "mlp")])
-def test_ia2n_gates_the_interests_as_eq_15_to_18(tiny_data, inputs, shift):
+def test_ia2n_gates_the_interests_as_eq_15_to_18(tiny_data, built, inputs, shift):
     """δ = GateNU(x) over x = [e_sim ‖ sg(ŷ)] (+ sg(v_imp), sg(v_exp)); w = δ, or with
     ``gate_shift=mlp`` w = Dense(δ ⊙ [v_exp ‖ v_imp]); u_exp = w_exp ⊙ v_exp, u_imp = w_imp ⊙ v_imp."""
-    model = _model(tiny_data, f"model.daian.gate_inputs={inputs}", f"model.daian.gate_shift={shift}")
+    model = built(tiny_data, f"model.daian.gate_inputs={inputs}", f"model.daian.gate_shift={shift}")
     width = model.gate.hidden_layers[0].weights[0].shape[0]
     k, units = model.spec.intent_levels, 8
     e_sim = _random(5, width - k - (2 * units if inputs == "intent_interest" else 0), seed=4)
@@ -99,15 +95,15 @@ def test_ia2n_gates_the_interests_as_eq_15_to_18(tiny_data, inputs, shift):
 
 
 @pytest.mark.parametrize("switch", ["use_die", "use_sein"])
-def test_settings_of_a_removed_block_are_named_in_a_warning(tiny_data, caplog, switch):
+def test_settings_of_a_removed_block_are_named_in_a_warning(tiny_data, built, caplog, switch):
     with caplog.at_level("WARNING", logger="tirec.models.daian"):
-        _model(tiny_data, f"model.daian.{switch}=false", "model.daian.gate_shift=mlp")
+        built(tiny_data, f"model.daian.{switch}=false", "model.daian.gate_shift=mlp")
     assert f"model.daian.{switch}=false: " in caplog.text and "model.daian.gate_shift='mlp'" in caplog.text
     if switch == "use_sein":  # SMALL's sim_bins=5 is not read either
         assert "model.daian.sim_bins=5" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="tirec.models.daian"):
-        _model(tiny_data, "model.daian.gate_shift=mlp")
+        built(tiny_data, "model.daian.gate_shift=mlp")
     assert "not read" not in caplog.text
 
 
