@@ -62,6 +62,8 @@ ITEM_ID = "item_id"  # the field of an item group's id column
 HISTORY = "hist"  # the name of the standard records' behaviour sequence (GAP-Net's short-term view)
 REALTIME = "rt"  # the real-time view: the clicks of the last hours, trigger first (pipeline.views)
 LONG_TERM = "lt"  # the long-term view: behaviours over the whole log window (pipeline.views)
+CATEGORY = "cate_id"  # the item field that holds an item's (leaf) category
+CATEGORY_CLICKS = "intent_cate_clicks"  # the request's clicks in the trigger's category
 # The fixed scope of a group (context, intent and meta columns may be either).
 GROUP_SCOPES = {"user": "request", "trigger": "request", "history": "request",
                 "target": "candidate", "label": "candidate"}
@@ -461,7 +463,8 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
                      sim_range: tuple[float, float] = (-1.0, 1.0),
                      explicit_threshold: float | None = None,
                      buckets: Mapping[str, int] | None = None, views: bool = False,
-                     realtime_len: int = 10, long_seq_len: int = 200) -> FeatureSpec:
+                     realtime_len: int = 10, long_seq_len: int = 200,
+                     category_clicks: bool = False) -> FeatureSpec:
     """The standard TIR record schema written by ``tirec pipeline``.
 
     Columns (L = ``max_seq_len``, n = ``intent_levels``):
@@ -479,6 +482,11 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
         so an earlier impression's label can decide which request, and trigger, later
         impressions get; that is the user's past, not the row's own label. Role ``intent``, like
         ``intent_counts`` / ``intent_dist``: training reads it, serving inputs never include it.
+      * With ``category_clicks`` (the pipeline sets it when the items have :data:`CATEGORY`),
+        after ``prior_intent``: :data:`CATEGORY_CLICKS` (int64), the request's clicks (label 1,
+        with a trigger) on targets whose ``cate_id`` is the trigger's: the paper rule of DIHN's
+        and DIAN's request intent label (``model.<name>.intent_rule=category``). Role
+        ``intent``: a training target, never a model input.
       * ``hist_item_ids``, ``hist_ts`` (0 = padding), ``hist_btag``, ``hist_len``,
         ``hist_trigger_sim`` and ``explicit_mask`` (1 where the behaviour's similarity to the
         trigger is >= tau), most recent first.
@@ -501,11 +509,18 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
         except ValueError as err:
             raise ValueError(f"explicit_threshold: needed with intent_levels={intent_levels} (the default takes the "
                              f"top 2 levels): {err}") from err
+    if category_clicks and CATEGORY not in item_fields:
+        raise ValueError(f"category_clicks: needs the item field {CATEGORY!r} (the trigger's category); "
+                         f"item_fields: {list(item_fields)}")
     buckets = dict(buckets or {})
     L, n = max_seq_len, intent_levels
     lengths = {"scalar": 1, "sequence": L, "vector": n}
+    columns = _CORE_COLUMNS
+    if category_clicks:
+        at = [c[0] for c in columns].index("prior_intent") + 1
+        columns = columns[:at] + (_CATEGORY_CLICKS_COLUMN,) + columns[at:]
     feats = [Feature(name, dtype, kind, lengths[kind], table, role, **_CORE[name])
-             for name, dtype, kind, table, role in _CORE_COLUMNS]
+             for name, dtype, kind, table, role in columns]
     tables = {"item": 1 << 20, "user": 1 << 18, "btag": 16, "ctx_hour": 24, "ctx_dow": 7}
     for f in item_fields:
         feats += [Feature(name, "int64", "sequence" if group == "history" else "scalar",
@@ -579,6 +594,8 @@ _CORE_COLUMNS = (
     ("hist_trigger_sim", "float32", "sequence", None, "feature"),
     ("explicit_mask", "int64", "sequence", None, "feature"),
 )
+# The optional column of tir_feature_spec(category_clicks=True), after prior_intent.
+_CATEGORY_CLICKS_COLUMN = (CATEGORY_CLICKS, "int64", "scalar", None, "intent")
 # The impression time's context columns (after the user fields; their tables are fixed-size).
 _TIME_COLUMNS = ("ctx_hour", "ctx_dow")
 
@@ -605,6 +622,7 @@ _CORE = {
     "intent_counts": _attrs("intent", "request", "counts"),
     "intent_dist": _attrs("intent", "request", "dist"),
     "prior_intent": _attrs("intent", "request", "prior"),
+    CATEGORY_CLICKS: _attrs("intent", "request", "cate_clicks"),
     "hist_item_ids": _attrs("history", "request", ITEM_ID, True),
     "hist_ts": _attrs("history", "request", "ts", True),
     "hist_btag": _attrs("history", "request", "btag"),

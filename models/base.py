@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.config_io import to_dict
-from tirec.features.spec import ITEM_ID, FeatureSpec, standard_column
+from tirec.features.spec import CATEGORY, ITEM_ID, FeatureSpec, standard_column
 from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
 from tirec.models.layers import MLP, DinAttention, FrozenItemTable, HashedEmbedding
 from tirec.models.layers.sequence import latest_time, time_gap_buckets, unique_rows
@@ -241,7 +241,7 @@ def history_sum(r, target, expand) -> list:
     return [total, target * total]
 
 
-CATEGORY = "cate_id"  # the item field whose equality to the trigger's marks a related behaviour
+# CATEGORY (tirec.features.spec): the item field whose equality to the trigger's marks a related behaviour
 RELATED_RULES = ("auto", "category", "similarity")
 
 
@@ -653,6 +653,11 @@ class TirModel(keras.Model):
         """The ground-truth intent in the model's intent output space (identity here)."""
         return tf.cast(dist, tf.float32)
 
+    def intent_truth(self, y: dict) -> tf.Tensor:
+        """The intent task's target from the targets ``y`` (:func:`tirec.models.data.targets`):
+        :meth:`intent_target` of the request's intent distribution here."""
+        return self.intent_target(y["intent"])
+
     def uim_variables(self) -> list:
         uim = getattr(self, "uim", None)
         return list(uim.trainable_variables) if uim is not None else []
@@ -672,13 +677,12 @@ class TirModel(keras.Model):
     # ---- losses -------------------------------------------------------------------------------
     def task_losses(self, y, outputs) -> dict[str, tf.Tensor]:
         """The data loss (and metrics updated) of every task with an output in ``outputs``:
-        ``ctr`` from the click label, ``intent`` from the intent label projected by
-        :meth:`intent_target`."""
+        ``ctr`` from the click label, ``intent`` from the intent target :meth:`intent_truth`."""
         losses = {}
         if "ctr" in outputs:
             losses[CTR] = self.tasks[CTR](y["ctr"], outputs["ctr"])
         if INTENT in self.tasks and "intent" in outputs:
-            losses[INTENT] = self.tasks[INTENT](self.intent_target(y["intent"]), outputs["intent"])
+            losses[INTENT] = self.tasks[INTENT](self.intent_truth(y), outputs["intent"])
         return losses
 
     @staticmethod

@@ -4,8 +4,10 @@
 interleave, shuffles, batches, parses whole batches with ``tf.io.parse_example`` and prefetches.
 Elements are ``(features, targets)``: ``features`` holds the model inputs (role ``feature``)
 and the intent group's columns (DAIAN's stage 2 feeds the label-free ``prior_intent`` from
-them), ``targets`` holds ``ctr`` (the label, float32 ``[B, 1]``) and ``intent`` (the request's
-intent distribution: the intent group's ``dist`` column; the models never read it as an input).
+them), ``targets`` holds ``ctr`` (the label, float32 ``[B, 1]``), ``intent`` (the request's
+intent distribution: the intent group's ``dist`` column) and, on records that have it,
+``intent_category`` (the request's clicks in the trigger's category, ``intent_cate_clicks``);
+:func:`targets` builds them. The models never read a target as an input.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tirec.features.jsonio import read_json
-from tirec.features.spec import FeatureSpec
+from tirec.features.spec import CATEGORY_CLICKS, FeatureSpec
 
 SPEC_FILE = "spec.json"
 
@@ -150,13 +152,10 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
     inputs = {f.name for f in spec.select(model_input=True)}
     parse.update({k: v for k, v in spec.parse_example_spec().items() if k in inputs})
     parse.update({k: v for k, v in spec.parse_example_spec().items() if k in extra_columns})
-    label = spec.label
-    intent = spec.select(group="intent", field="dist")[0].name
 
     def split_targets(batch):
         batch = tf.io.parse_example(batch, parse)
-        y = tf.cast(tf.expand_dims(batch.pop(label), -1), tf.float32)
-        return batch, {"ctr": y, "intent": batch[intent]}
+        return batch, targets(batch, spec, pop_label=True)
 
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(split_targets, num_parallel_calls=tf.data.AUTOTUNE)
@@ -165,6 +164,19 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def targets(columns: dict, spec: FeatureSpec, pop_label: bool = False) -> dict:
+    """The training targets of parsed record columns: ``ctr`` (the label, float32 ``[B, 1]``),
+    ``intent`` (the intent group's ``dist`` column) and, when the spec has it,
+    ``intent_category`` (``intent_cate_clicks``, int64 ``[B, 1]``). ``pop_label`` removes the
+    label from ``columns``."""
+    label = columns.pop(spec.label) if pop_label else columns[spec.label]
+    y = {"ctr": tf.reshape(tf.cast(label, tf.float32), [-1, 1]),
+         "intent": columns[spec.select(group="intent", field="dist")[0].name]}
+    if CATEGORY_CLICKS in spec.names:
+        y["intent_category"] = tf.reshape(tf.cast(columns[CATEGORY_CLICKS], tf.int64), [-1, 1])
+    return y
 
 
 def read_columns(data_dir: str, split: str, spec: FeatureSpec, names: list[str],

@@ -43,6 +43,9 @@ class DianConfig:
         (docs/models.md#request-intent-label); null (default): the level of the FeatureSpec's
         explicit-intent threshold.
       intent_weight: λ, the weight of BCE(y_I, p_I) beside the click loss (1.0).
+      intent_rule: how y_I is read (docs/models.md#request-intent-label): ``level`` (default,
+        [X]: a click at ``intent_level`` or above) or ``category`` (the paper's: a click in the
+        trigger's category; the data needs the column ``intent_cate_clicks``).
       intent_hidden: the intent net's hidden widths (ReLU), then one logit.
       intent_context: the intent net reads the context E_c (true, the reconstruction's input list); false:
         user, trigger and history only, so the whole net runs once per distinct request.
@@ -51,12 +54,13 @@ class DianConfig:
 
     intent_level: int | None = None
     intent_weight: float = 1.0
+    intent_rule: str = "level"
     intent_hidden: tuple[int, ...] = (256, 128)
     intent_context: bool = True
     eps: float = 1e-7
 
     def __post_init__(self) -> None:
-        check_intent_settings("dian", self.intent_level, self.intent_weight)
+        check_intent_settings("dian", self.intent_level, self.intent_weight, self.intent_rule)
         if not self.intent_hidden or any(isinstance(u, bool) or not isinstance(u, int) or u < 1
                                          for u in self.intent_hidden):
             raise ValueError(f"model.dian.intent_hidden: must be a non-empty list of integers >= 1; "

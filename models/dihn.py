@@ -46,6 +46,9 @@ class DihnConfig:
         (docs/models.md#request-intent-label); null (default): the level of the FeatureSpec's
         explicit-intent threshold.
       intent_weight: λ, the weight of the UIN's loss BCE(y_I, p) beside the click loss (1.0).
+      intent_rule: how y_I is read (docs/models.md#request-intent-label): ``level`` (default,
+        [X]: a click at ``intent_level`` or above) or ``category`` (the paper's: a click in the
+        trigger's category; the data needs the column ``intent_cate_clicks``).
       uin_hidden: the UIN MLP's hidden widths (ReLU), then one logit.
       fem_stop_gradient: the FEM reads sg(p), so that only the intent loss trains the UIN (False:
         the click loss trains it too, as the paper's end-to-end model).
@@ -60,6 +63,7 @@ class DihnConfig:
 
     intent_level: int | None = None
     intent_weight: float = 1.0
+    intent_rule: str = "level"
     uin_hidden: tuple[int, ...] = (256, 128)
     fem_stop_gradient: bool = False
     att_units: int = 128
@@ -72,7 +76,7 @@ class DihnConfig:
         def bad(field, why):
             raise ValueError(f"model.dihn.{field}: {why}; received {getattr(self, field)!r}")
 
-        check_intent_settings("dihn", self.intent_level, self.intent_weight)
+        check_intent_settings("dihn", self.intent_level, self.intent_weight, self.intent_rule)
         if not self.uin_hidden or any(isinstance(u, bool) or not isinstance(u, int) or u < 1
                                       for u in self.uin_hidden):
             bad("uin_hidden", "must be a non-empty list of integers >= 1")

@@ -11,7 +11,12 @@ so the label is read from the levels **[X]** (docs/models.md#request-intent-labe
 with k = ``model.<name>.intent_level``; by default the first level whose lower edge reaches the
 explicit-intent threshold tau of the FeatureSpec (the top ``pipeline.explicit_top_levels``
 levels), the same "related to the trigger" as DAIAN's explicit subsequence and its scalar
-intent. A request without a click (C = 0, which includes every request without a trigger: only
+intent. ``model.<name>.intent_rule=category`` takes the papers' rule instead, on records with
+the column ``intent_cate_clicks`` (the pipeline writes it when the items have ``cate_id``):
+
+    y_I = 1  iff  the request has a click on an item of the trigger's category
+
+A request without a click (C = 0, which includes every request without a trigger: only
 clicks with a trigger are counted) reveals no intent and is masked out of the loss, as
 DAIAN's intent loss does.
 
@@ -30,14 +35,21 @@ import numpy as np
 import tensorflow as tf
 
 from tirec.features import transforms
-from tirec.features.spec import FeatureSpec
+from tirec.features.spec import CATEGORY, CATEGORY_CLICKS, FeatureSpec
 from tirec.models.base import STAGE_JOINT, Stage, TirModel, as_stage, joint_stage
 from tirec.models.config import ModelConfig
 
 
-def check_intent_settings(section: str, level, weight) -> None:
-    """Validates a model section's ``intent_level`` (None or an int >= 1) and
-    ``intent_weight`` (a number >= 0); errors name ``model.<section>.<key>`` and the value."""
+LEVEL, CATEGORY_RULE = "level", "category"
+INTENT_RULES = (LEVEL, CATEGORY_RULE)  # model.<name>.intent_rule
+
+
+def check_intent_settings(section: str, level, weight, rule: str = LEVEL) -> None:
+    """Validates a model section's ``intent_level`` (None or an int >= 1), ``intent_weight`` (a
+    number >= 0) and ``intent_rule`` (:data:`INTENT_RULES`); errors name
+    ``model.<section>.<key>`` and the value."""
+    if rule not in INTENT_RULES:
+        raise ValueError(f"model.{section}.intent_rule: must be level or category; received {rule!r}")
     if level is not None and (isinstance(level, bool) or not isinstance(level, int) or level < 1):
         raise ValueError(f"model.{section}.intent_level: must be null (the explicit-intent threshold's "
                          f"level) or an integer >= 1; received {level!r}")
@@ -96,6 +108,24 @@ def intent_target(dist: tf.Tensor, level: int) -> tf.Tensor:
     return tf.concat([1.0 - y, y], axis=-1) * labelled
 
 
+def category_target(dist: tf.Tensor, category_clicks: tf.Tensor) -> tf.Tensor:
+    """The intent task's target ``[B, 2]`` by the category rule: ``[1 - y_I, y_I]`` with y_I = 1
+    where the request has a click in the trigger's category (``category_clicks`` ``[B, 1]`` > 0),
+    zeros on the requests without a click (``dist`` all zero), as :func:`intent_target`."""
+    labelled = tf.cast(tf.reduce_sum(tf.cast(dist, tf.float32), axis=-1, keepdims=True) > 0, tf.float32)
+    y = tf.cast(tf.reshape(category_clicks, [-1, 1]) > 0, tf.float32)
+    return tf.concat([1.0 - y, y], axis=-1) * labelled
+
+
+def check_category_rule(spec: FeatureSpec, section: str) -> None:
+    """Raises a ValueError naming ``model.<section>.intent_rule`` when the records of ``spec``
+    lack the column the category rule reads."""
+    if CATEGORY_CLICKS not in spec.names:
+        raise ValueError(f"model.{section}.intent_rule=category: the data has no column {CATEGORY_CLICKS!r} "
+                         f"(the pipeline writes it when the items have {CATEGORY!r}; data written "
+                         f"before it lacks it: run the pipeline again, or use intent_rule=level)")
+
+
 def two_bins(p: tf.Tensor) -> tf.Tensor:
     """The intent output ``[1 - p, p]`` (float32 ``[B, 2]``) of a probability ``p`` ``[B, 1]``."""
     p = tf.cast(p, tf.float32)
@@ -106,8 +136,8 @@ class RequestIntentModel(TirModel):
     """Base of the models with a request intent probability trained as an auxiliary task
     (DIHN, DIAN).
 
-    Subclasses set ``intent_section`` (their config section, which holds ``intent_level`` and
-    ``intent_weight``) and return ``{"ctr": [B, 1], "intent": two_bins(p)}`` from ``forward``.
+    Subclasses set ``intent_section`` (their config section, which holds ``intent_level``,
+    ``intent_weight`` and ``intent_rule``) and return ``{"ctr": [B, 1], "intent": two_bins(p)}`` from ``forward``.
     The model trains in one joint stage whose loss is ``L_CTR + intent_weight * BCE(y_I, p)``
     (``tirec.models.train.training_stages`` plans the same stage before the model is built).
     """
@@ -120,6 +150,9 @@ class RequestIntentModel(TirModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         s = model_config.section(self.intent_section)
         self.intent_level = related_level(spec, s.intent_level, f"model.{self.intent_section}.intent_level")
+        self.intent_rule = s.intent_rule
+        if self.intent_rule == CATEGORY_RULE:
+            check_category_rule(spec, self.intent_section)
         self.joint = joint_stage(intent_weight=s.intent_weight)
         self.stage = self.joint
 
@@ -134,5 +167,12 @@ class RequestIntentModel(TirModel):
         super().set_stage(stage)
 
     def intent_target(self, dist: tf.Tensor) -> tf.Tensor:
-        """The ground truth in the intent output space: ``[1 - y_I, y_I]``, zeros without a click."""
+        """The ground truth by the level rule: ``[1 - y_I, y_I]``, zeros without a click."""
         return intent_target(dist, self.intent_level)
+
+    def intent_truth(self, y: dict) -> tf.Tensor:
+        """The intent task's target by ``intent_rule``: :meth:`intent_target`, or
+        :func:`category_target` of ``y["intent_category"]``."""
+        if self.intent_rule == CATEGORY_RULE:
+            return category_target(y["intent"], y["intent_category"])
+        return self.intent_target(y["intent"])

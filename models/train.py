@@ -491,7 +491,7 @@ def predict_eval(model, data_dir: str, spec: FeatureSpec, batch_size: int, noise
         out["prob"].append(pred["ctr"].numpy()[:, 0])
         out["user_id"].append(x["user_id"].numpy())
         if "intent" in pred:
-            out["intent_true"].append(model.intent_target(y["intent"]).numpy())
+            out["intent_true"].append(model.intent_truth(y).numpy())
             out["intent_pred"].append(pred["intent"].numpy())
     return {k: np.concatenate(v) for k, v in out.items() if v}
 

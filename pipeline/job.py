@@ -54,7 +54,8 @@ import numpy as np
 from tirec.features import transforms
 from tirec.features.example import ExampleEncoder
 from tirec.features.jsonio import read_json, use_filesystem, write_json
-from tirec.features.spec import HISTORY, REALTIME, FeatureSpec, TableSpec, tir_feature_spec
+from tirec.features.spec import (CATEGORY, CATEGORY_CLICKS, HISTORY, REALTIME, FeatureSpec, TableSpec,
+                                 tir_feature_spec)
 from tirec.pipeline import labeling, runners
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import Prepared, get_format
@@ -516,7 +517,8 @@ class _FinalizeFn(beam.DoFn):
         lo, hi = sim_range
         n = self.spec.intent_levels
         tau = self.tau if self.tau is not None else transforms.explicit_threshold(n, self.top, lo, hi)
-        out, stats = labeling.finalize(cols, n, lo, hi, tau, prior_half_life_s=self.prior_half_life_s)
+        out, stats = labeling.finalize(cols, n, lo, hi, tau, prior_half_life_s=self.prior_half_life_s,
+                                       category_clicks=CATEGORY_CLICKS in self.spec.names)
         yield from self._route(cols, out, stats)
 
     def _route(self, cols: dict, out: dict, stats: dict):
@@ -740,7 +742,7 @@ def _spec(cfg: PipelineConfig, prep: Prepared, lo: float, hi: float) -> FeatureS
                             explicit_threshold=cfg.explicit_threshold if cfg.explicit_threshold is not None
                             else transforms.explicit_threshold(cfg.intent_levels, cfg.explicit_top_levels, lo, hi),
                             views=cfg.views, realtime_len=cfg.realtime_len,
-                            long_seq_len=cfg.long_seq_len)
+                            long_seq_len=cfg.long_seq_len, category_clicks=CATEGORY in prep.item_fields)
 
 
 def _next_pow2(x: int) -> int:

@@ -28,7 +28,8 @@ import zlib
 import numpy as np
 
 from tirec.features import transforms
-from tirec.features.spec import HISTORY, ITEM_ID, LONG_TERM, REALTIME, FeatureSpec, tir_feature_spec
+from tirec.features.spec import (CATEGORY, CATEGORY_CLICKS, HISTORY, ITEM_ID, LONG_TERM, PREFIXES, REALTIME,
+                                 FeatureSpec, tir_feature_spec)
 from tirec.pipeline import split as splits
 from tirec.pipeline.io import dead_letter
 from tirec.pipeline.items import ItemTable
@@ -83,7 +84,7 @@ class LabelSettings:
             object.__setattr__(self, "spec", tir_feature_spec(
                 item_fields=self.item_fields, user_fields=self.user_fields,
                 context_fields=self.context_fields, intent_levels=self.intent_levels,
-                max_seq_len=self.max_seq_len))
+                max_seq_len=self.max_seq_len, category_clicks=CATEGORY in self.item_fields))
         if REALTIME in self.spec.histories() and self.realtime_window_s < self.trigger_window_s:
             raise ValueError(f"realtime_window_s={self.realtime_window_s} is shorter than "
                              f"trigger_window_s={self.trigger_window_s}: the real-time view would "
@@ -405,8 +406,10 @@ def side_fields(spec: FeatureSpec, cols: dict, n_imp: int, items: ItemTable, ite
 
 
 def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float, *,
-             prior_half_life_s: int) -> tuple[dict, dict]:
-    """Adds levels, intent counts/distributions, the prior intent and the explicit mask.
+             prior_half_life_s: int, category_clicks: bool = False) -> tuple[dict, dict]:
+    """Adds levels, intent counts/distributions, the prior intent and the explicit mask; with
+    ``category_clicks``, also each request's clicks in the trigger's category
+    (:func:`category_clicks`).
 
     ``cols`` holds whole users (every labeled row of each user it contains, as
     :func:`label_user` returns them, possibly several users concatenated with distinct
@@ -424,6 +427,8 @@ def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float, *,
     out["intent_counts"] = counts
     out["intent_dist"] = transforms.counts_to_distribution(counts)
     out["prior_intent"] = prior_intent(cols, level, n_levels, prior_half_life_s)
+    if category_clicks:
+        out[CATEGORY_CLICKS] = request_category_clicks(cols)
     valid = cols["hist_ts"] > 0
     out["explicit_mask"] = transforms.explicit_mask(cols["hist_trigger_sim"], valid & has_trig[:, None], tau)
     stats: dict = {}
@@ -431,6 +436,29 @@ def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float, *,
     _add(stats, "level_hist_all", np.bincount(level, minlength=n_levels))
     _add(stats, "level_hist_clicked", np.bincount(level[clicked], minlength=n_levels))
     return out, stats
+
+
+def request_category_clicks(cols: dict) -> np.ndarray:
+    """Each row's :data:`~tirec.features.spec.CATEGORY_CLICKS`: its request's clicks (label 1,
+    with a trigger, the clicks ``intent_counts`` counts) on targets of the trigger's category.
+
+    Args:
+      cols: labeled columns with ``_request``, ``label``, ``has_trigger`` and the target's and
+        the trigger's :data:`~tirec.features.spec.CATEGORY` columns.
+
+    Returns:
+      int64 array ``[k]``, the same for every row of a request.
+
+    Raises:
+      ValueError: naming the missing category column.
+    """
+    target, trigger = (PREFIXES[g] + CATEGORY for g in ("target", "trigger"))
+    missing = [c for c in (target, trigger) if c not in cols]
+    if missing:
+        raise ValueError(f"{CATEGORY_CLICKS}: needs the columns {missing} (the item field {CATEGORY!r})")
+    same = (cols[target] == cols[trigger]).astype(np.int64)
+    clicks = cols["label"] * (cols["has_trigger"] == 1)
+    return transforms.grouped_intent_counts(cols["_request"], same, clicks, 2)[:, 1]
 
 
 def prior_intent(cols: dict, level: np.ndarray, n_levels: int, half_life_s: int) -> np.ndarray:

@@ -25,6 +25,19 @@ def test_standard_spec_columns_and_shapes():
     assert spec.explicit_threshold == pytest.approx(0.0)  # 4 levels over [-1, 1]: top two start at 0
 
 
+def test_category_clicks_is_an_optional_intent_column_after_prior_intent():
+    plain, spec = _spec(), _spec(category_clicks=True)
+    assert "intent_cate_clicks" not in plain.names
+    at = plain.names.index("prior_intent") + 1
+    assert spec.names == plain.names[:at] + ("intent_cate_clicks",) + plain.names[at:]
+    f = spec.feature("intent_cate_clicks")
+    assert (f.dtype, f.kind, f.role, f.group, f.scope, f.field, f.model_input) == \
+        ("int64", "scalar", "intent", "intent", "request", "cate_clicks", False)
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match=r"category_clicks: needs the item field 'cate_id' .*\['brand_id'\]"):
+        tir_feature_spec(item_fields=("brand_id",), category_clicks=True)
+
+
 def test_json_round_trip_and_equality(tmp_path):
     spec = _spec()
     path = str(tmp_path / "spec.json")

@@ -1,6 +1,8 @@
 """The request intent label of DIHN and DIAN (tirec.models.intent_label) and what both models
 share: the label, its auxiliary loss and stage, that the click output never reads a label, and
 that request dedup changes only the speed."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,10 +12,11 @@ from tirec.config import load_config
 from tirec.models import registry
 from tirec.models.base import joint_stage, model_input_names, request_input_names
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
-from tirec.models.intent_label import intent_label, intent_target, level_threshold, related_level, two_bins
+from tirec.models.intent_label import (category_target, intent_label, intent_target, level_threshold, related_level,
+                                       two_bins)
 from tirec.models.layers.sequence import unique_rows
 from tirec.models.tasks import IntentTask
-from tirec.models.train import build_model, training_stages
+from tirec.models.train import build_model, predict_eval, training_stages
 
 SMALL = ["model.emb_dim=4", "model.tower=[16,8]", "model.din_hidden=[8,4]", "model.hist_buckets=1",
          "model.dihn.att_units=8", "model.dihn.att_heads=2", "model.dihn.uin_hidden=[8]",
@@ -31,6 +34,15 @@ def test_intent_label_hand_computed():
     assert intent_label(DIST, 2).numpy()[:, 0].tolist() == [0, 1, 1, 1]
     np.testing.assert_array_equal(intent_target(DIST, 4).numpy(), [[0, 0], [1, 0], [0, 1], [0, 1]])
     np.testing.assert_array_equal(intent_target(DIST, 5).numpy(), [[0, 0], [1, 0], [1, 0], [0, 1]])
+
+
+def test_category_target_hand_computed():
+    """y_I = 1 where the request clicked in the trigger's category; requests without a click
+    (an all-zero distribution) stay unlabelled whatever the count says."""
+    clicks = np.array([[0], [0], [2], [1]], np.int64)
+    np.testing.assert_array_equal(category_target(DIST, clicks).numpy(), [[0, 0], [1, 0], [0, 1], [0, 1]])
+    np.testing.assert_array_equal(category_target(DIST, np.array([[1], [1], [0], [0]])).numpy(),
+                                  [[0, 0], [0, 1], [1, 0], [1, 0]])
 
 
 def test_intent_task_on_the_two_bins_is_the_bce_over_the_labelled_requests():
@@ -59,6 +71,8 @@ def test_default_level_is_the_explicit_threshold_level(tiny_data):
     ("model.dihn.related=brand", r"model.dihn.related: must be auto, category or similarity; received 'brand'"),
     ("model.dihn.att_units=10", r"model.dihn.att_units: must be divisible by att_heads=4; received 10"),
     ("model.dihn.uin_hidden=[]", r"model.dihn.uin_hidden: must be a non-empty list of integers >= 1; received \(\)"),
+    ("model.dihn.intent_rule=leaf", r"model.dihn.intent_rule: must be level or category; received 'leaf'"),
+    ("model.dian.intent_rule=null", r"model.dian.intent_rule: expected a string; received None"),
     ("model.dian.eps=0.5", r"model.dian.eps: must be a number in \(0, 0.5\); received 0.5"),
     ("model.dian.intent_hidden=[0]", r"model.dian.intent_hidden: must be a non-empty list of integers >= 1"),
 ])
@@ -90,10 +104,11 @@ def _model(data, name, *settings):
     return build_model(name, spec, load_config(None, SMALL + list(settings)).model, ids, vecs)
 
 
+@pytest.mark.parametrize("rule", ["level", "category"])
 @pytest.mark.parametrize("name", MODELS)
-def test_stage_loss_counts_the_weighted_intent_bce(tiny_data, name):
+def test_stage_loss_counts_the_weighted_intent_bce(tiny_data, name, rule):
     spec, x, y = _batch(tiny_data)
-    model = _model(tiny_data, name, f"model.{name}.intent_weight=0.5")
+    model = _model(tiny_data, name, f"model.{name}.intent_weight=0.5", f"model.{name}.intent_rule={rule}")
     assert model.stage == joint_stage(intent_weight=0.5)
     model.set_stage(3)  # the stage number means the model's own joint stage
     assert model.stage == joint_stage(intent_weight=0.5)
@@ -108,8 +123,11 @@ def test_stage_loss_counts_the_weighted_intent_bce(tiny_data, name):
 
 def _intent_classes(model, y):
     """Which requests have a click (the intent loss counts only those) and which of them reach
-    the model's related level (the intent target 1)."""
+    the model's related level, or with ``intent_rule=category`` clicked in the trigger's
+    category (the intent target 1)."""
     dist = np.asarray(y["intent"])
+    if model.intent_rule == "category":
+        return dist.sum(axis=1) > 0, np.asarray(y["intent_category"])[:, 0] > 0
     return dist.sum(axis=1) > 0, dist[:, model.intent_level:].sum(axis=1) > 0
 
 
@@ -125,20 +143,44 @@ def _hand_loss(model, out, y, intent_weight):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_ctr_reads_no_label_of_the_request(tiny_data, name):
+def test_the_category_rule_is_the_evaluated_target_and_needs_its_column(tiny_data, name):
+    """With ``intent_rule=category`` the intent metrics compare against the category label of
+    the eval records; on records without ``intent_cate_clicks`` the model refuses to build."""
+    spec = load_data_spec(tiny_data)
+    # level 5: the level rule's label differs (on the synthetic data the trigger's category and
+    # the default level 4 mark nearly the same clicks)
+    model = _model(tiny_data, name, f"model.{name}.intent_rule=category", f"model.{name}.intent_level=5")
+    got = predict_eval(model, tiny_data, spec, 256)
+    x, y = next(iter(make_dataset(tiny_data, "eval", spec, 1 << 20)))
+    np.testing.assert_array_equal(got["intent_true"], category_target(y["intent"], y["intent_category"]).numpy())
+    assert 0 < got["intent_true"][:, 1].sum() < got["intent_true"].sum()  # both label values
+    assert not np.array_equal(got["intent_true"], model.intent_target(y["intent"]).numpy())
+    old = dataclasses.replace(spec, features=tuple(f for f in spec.features if f.name != "intent_cate_clicks"))
+    ids, vecs, _ = load_item_vectors(tiny_data)
+    with pytest.raises(ValueError, match=rf"model.{name}.intent_rule=category: the data has no column "
+                                         r"'intent_cate_clicks' \(the pipeline writes it"):
+        build_model(name, old, load_config(None, SMALL + [f"model.{name}.intent_rule=category"]).model,
+                    ids, vecs)
+
+
+@pytest.mark.parametrize("rule", ["level", "category"])
+@pytest.mark.parametrize("name", MODELS)
+def test_ctr_reads_no_label_of_the_request(tiny_data, name, rule):
     """Flipping every label and intent column of the records leaves ``ctr`` bit-identical, while
     the training loss (the labels as targets) changes."""
     spec, x, y = _batch(tiny_data)
-    model = _model(tiny_data, name)
+    model = _model(tiny_data, name, f"model.{name}.intent_rule={rule}")
     flipped = dict(x)
     for col in ("intent_counts", "intent_dist", "prior_intent"):
         flipped[col] = x[col][:, ::-1]
+    flipped["intent_cate_clicks"] = tf.cast(x["intent_cate_clicks"] == 0, tf.int64)
     assert not np.array_equal(flipped["intent_dist"].numpy(), x["intent_dist"].numpy())
     flipped["label"] = 1 - y["ctr"][:, 0]  # also present as a column: still not read
     out, out_flipped = model(x), model(flipped)
     np.testing.assert_array_equal(out["ctr"].numpy(), out_flipped["ctr"].numpy())
     np.testing.assert_array_equal(out["intent"].numpy(), out_flipped["intent"].numpy())
-    y_flipped = {"ctr": 1 - y["ctr"], "intent": flipped["intent_dist"]}
+    y_flipped = {"ctr": 1 - y["ctr"], "intent": flipped["intent_dist"],
+                 "intent_category": tf.reshape(flipped["intent_cate_clicks"], [-1, 1])}
     losses = [float(model.stage_loss(model.stage, model.task_losses(t, out))) for t in (y, y_flipped)]
     want = [_hand_loss(model, out, t, 1.0) for t in (y, y_flipped)]  # the default intent weight
     assert want[0] != want[1]  # an untrained model's outputs sit near 0.5: the two differ only a little

@@ -137,6 +137,13 @@ def test_every_record_keeps_the_invariants(run):
     clicks = counts.sum(1)
     np.testing.assert_allclose(r["intent_dist"].sum(1), (clicks > 0).astype(float), atol=1e-6)
     np.testing.assert_allclose(r["intent_dist"], transforms.counts_to_distribution(counts), atol=1e-6)
+    # clicks in the trigger's category: recomputed per request, one by one
+    assert [f.name for f in spec.features].index("intent_cate_clicks") == \
+        [f.name for f in spec.features].index("prior_intent") + 1
+    same_cate = r["target_cate_id"] == r["trigger_cate_id"]
+    want = [int((r["label"][group == g] * same_cate[group == g]).sum()) for g in range(group.max() + 1)]
+    np.testing.assert_array_equal(r["intent_cate_clicks"], np.array(want)[group])
+    assert 0 < (r["intent_cate_clicks"] > 0).sum() < (clicks > 0).sum()  # both label values occur
     # all impressions of a request share user and trigger
     for key in ("user_id", "trigger_item_id", "trigger_ts"):
         first = np.zeros(group.max() + 1, dtype=r[key].dtype)

@@ -1,8 +1,9 @@
 """label_user / finalize on one hand-built user."""
 import numpy as np
+import pytest
 
 from tirec.pipeline.items import ItemTable
-from tirec.pipeline.labeling import LabelSettings, encode_btags, finalize, label_user
+from tirec.pipeline.labeling import LabelSettings, encode_btags, finalize, label_user, request_category_clicks
 
 H, DAY = 3600, 86400
 T0 = 1_700_000_000
@@ -129,3 +130,24 @@ def test_prior_intent_hand_computed():
     want = np.array([np.zeros(4)] * 3 + [want_b] * 2 + [want_c, want_d, want_e])
     np.testing.assert_allclose(out["prior_intent"], want, rtol=1e-6, atol=1e-7)
     assert out["prior_intent"].dtype == np.float32
+
+
+def test_category_clicks_count_the_requests_clicks_in_the_triggers_category():
+    """Request A (trigger item 1, category 10): clicks on item 2 (category 10) and item 3
+    (category 20) -> 1; request B (trigger item 3): a click on item 2 -> 0; request C: its
+    click has no trigger (padded) -> 0."""
+    behs = _behs([(1, T0 - 30, "click"), (3, T0 + DAY - 30, "click")])
+    imps = _imps([(2, T0, 1, "A"), (3, T0 + 1, 1, "A"), (2, T0 + 2, 0, "A"),
+                  (3, T0 + DAY, 0, "B"), (2, T0 + DAY + 1, 1, "B"),
+                  (1, T0 + 9 * DAY, 1, "C")])
+    cols, _, _ = label_user(7, imps, behs, None, _items(),
+                            _settings(no_trigger="pad", eval_from_ts=T0 + 99 * DAY), [])
+    assert list(cols["has_trigger"]) == [1, 1, 1, 1, 1, 0]
+    np.testing.assert_array_equal(request_category_clicks(cols), [1, 1, 1, 0, 0, 0])
+    out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5, prior_half_life_s=DAY, category_clicks=True)
+    np.testing.assert_array_equal(out["intent_cate_clicks"], [1, 1, 1, 0, 0, 0])
+    assert "intent_cate_clicks" not in finalize(cols, 4, -1.0, 1.0, tau=0.5, prior_half_life_s=DAY)[0]
+    flipped = {**cols, "label": 1 - cols["label"]}  # it counts the request's labels: a target only
+    np.testing.assert_array_equal(request_category_clicks(flipped), [1, 1, 1, 1, 1, 0])
+    with pytest.raises(ValueError, match=r"intent_cate_clicks: needs the columns \['trigger_cate_id'\]"):
+        request_category_clicks({k: v for k, v in cols.items() if k != "trigger_cate_id"})
