@@ -256,7 +256,8 @@ PS_SCRIPT = textwrap.dedent("""
 CLUSTER_MODELS = ["din", "gapnet", "dien", "mwuf"]
 
 
-@pytest.mark.parametrize("name", CLUSTER_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(m, marks=[] if m == "din" else pytest.mark.slow)  # 37-51 s each
+                                  for m in CLUSTER_MODELS])
 def test_parameter_server_in_process_cluster(tiny_data, tmp_path, name):
     ports = _free_ports(4)
     sets = [a for a in SMALL if a != "--set"] + ["train.strategy=ps", "train.steps_per_epoch=3",

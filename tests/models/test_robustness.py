@@ -240,7 +240,12 @@ SMALL = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2"
          "train.steps_per_epoch=3"]
 
 
-@pytest.mark.parametrize("name", registry.model_names())
+# DIN, DAIAN and GAP-Net in `make test`; the other models (20-51 s each) under `make test-slow`
+E2E_FAST = ("din", "daian", "gapnet")
+
+
+@pytest.mark.parametrize("name", [pytest.param(m, marks=[] if m in E2E_FAST else pytest.mark.slow)
+                                  for m in registry.model_names()])
 def test_evaluate_noise_and_drift_slice_end_to_end(tiny_data, tmp_path, name):
     from tirec import cli
     from tirec.config import load_config
