@@ -64,6 +64,9 @@ REALTIME = "rt"  # the real-time view: the clicks of the last hours, trigger fir
 LONG_TERM = "lt"  # the long-term view: behaviours over the whole log window (pipeline.views)
 CATEGORY = "cate_id"  # the item field that holds an item's (leaf) category
 CATEGORY_CLICKS = "intent_cate_clicks"  # the request's clicks in the trigger's category
+# Training targets the records gained after runs had been trained without them: a trained run
+# that lacks one still evaluates on records that have it (tirec.models.train.check_run_data).
+LATER_TARGETS = (CATEGORY_CLICKS,)
 # The fixed scope of a group (context, intent and meta columns may be either).
 GROUP_SCOPES = {"user": "request", "trigger": "request", "history": "request",
                 "target": "candidate", "label": "candidate"}
@@ -302,6 +305,11 @@ class FeatureSpec:
             raise ValueError(f"FeatureSpec: no behaviour sequence {missing}; it has {list(self.histories())}")
         keep = tuple(f for f in self.features if f.group != "history" or f.history in names)
         return dataclasses.replace(self, features=keep)
+
+    def without(self, names: Iterable[str]) -> "FeatureSpec":
+        """A copy without the columns ``names`` (those it has; the others are ignored)."""
+        names = set(names)
+        return dataclasses.replace(self, features=tuple(f for f in self.features if f.name not in names))
 
     def feature(self, name: str) -> Feature:
         for f in self.features:

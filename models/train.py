@@ -37,7 +37,7 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features.config_io import to_dict
 from tirec.features.jsonio import read_json, write_json
-from tirec.features.spec import FeatureSpec
+from tirec.features.spec import LATER_TARGETS, FeatureSpec
 from tirec.models import metrics as M
 from tirec.models import robustness as R
 from tirec.models.base import (DIE_PRETRAIN, UIM_PRETRAIN, Stage, check_stage_inputs, joint_stage,
@@ -242,6 +242,15 @@ def _check_run_dir(run_dir: str, spec: FeatureSpec, data_dir: str) -> None:
             raise ValueError(f"--run {run_dir} holds a run on other data: its spec.json differs from "
                              f"{os.path.join(data_dir, 'spec.json')}: {'; '.join(diff)}; "
                              f"train into a new --run folder")
+
+
+def check_run_data(model_name: str, data_dir: str, run_spec: FeatureSpec) -> None:
+    """Raises a ValueError listing every difference between the records of ``data_dir`` (as
+    model ``model_name`` reads them) and a trained run's ``run_spec``. The training targets
+    added to the records after a run was trained (``intent_cate_clicks``) are no difference: the
+    run neither reads nor needs them, so an older run evaluates on newer records."""
+    data = model_spec(model_name, load_data_spec(data_dir))
+    data.without(n for n in LATER_TARGETS if n not in run_spec.names).check_compatible(run_spec, what="data")
 
 
 def _check_validation(cfg: TrainConfig, data_dir: str, has_valid: bool, strategy=None) -> None:
@@ -572,7 +581,7 @@ def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
     slices = R.check_slices(slices)
     percent = None if noise is None else R.check_percent(noise)
     model, spec, cfg = load_run(run_dir)
-    model_spec(cfg["model"]["name"], load_data_spec(data_dir)).check_compatible(spec, what="data")
+    check_run_data(cfg["model"]["name"], data_dir, spec)
     history_noise = None
     if percent is not None:
         history_noise = R.HistoryNoise(spec, R.load_catalogue(data_dir), percent, noise_seed)

@@ -152,12 +152,10 @@ def _score(run_dir: str, data_dir: str, slices: list[str]) -> tuple[dict, dict]:
     """(metrics with slices, predictions) of a trained run on ``data_dir``'s eval split."""
     from tirec.models import metrics as M
     from tirec.models import robustness as R
-    from tirec.models.data import load_data_spec
-    from tirec.models.registry import model_spec
-    from tirec.models.train import load_run, predict_eval
+    from tirec.models.train import check_run_data, load_run, predict_eval
 
     model, spec, cfg = load_run(run_dir)
-    model_spec(cfg["model"]["name"], load_data_spec(data_dir)).check_compatible(spec, what="data")
+    check_run_data(cfg["model"]["name"], data_dir, spec)
     keep = tuple(dict.fromkeys(k for k in R.slice_columns(spec).values() if k))
     p = predict_eval(model, data_dir, spec, 4096, keep=keep)
     metrics = M.ctr_metrics(p["label"].astype(np.int64), p["prob"], p["user_id"],

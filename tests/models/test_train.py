@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.config import load_config
+from tirec.features.spec import FeatureSpec
 from tirec.models import registry
 from tirec.models.base import STAGE_DIE, STAGE_JOINT, STAGE_UIM, model_input_names
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
@@ -282,6 +283,30 @@ def test_evaluate_cli_with_baseline(tiny_data, tmp_path, capsys):
     assert out["rela_impr_gauc"] == pytest.approx(M.rela_impr(out["gauc"], base["gauc"]))
     for key in ("auc", "gauc", "logloss", "intent_js"):
         assert key in out
+
+
+def test_a_run_trained_before_the_category_clicks_evaluates_on_records_with_them(tiny_data, tmp_path):
+    """A run whose spec.json lacks ``intent_cate_clicks`` (trained on records written before
+    it) evaluates on records that have it, to the same metrics; a run that has it does not
+    evaluate on records without it."""
+    from tirec.models.train import check_run_data
+
+    cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
+    run = str(tmp_path / "dian")
+    train_run(tiny_data, "dian", run, cfg.model, cfg.train)
+    now = evaluate_run(tiny_data, run)
+    spec = FeatureSpec.load(f"{run}/spec.json")
+    assert "intent_cate_clicks" in spec.names
+    spec.without(["intent_cate_clicks"]).save(f"{run}/spec.json")  # as an older run wrote it
+    older = evaluate_run(tiny_data, run)
+    assert {k: older[k] for k in ("auc", "gauc", "logloss", "intent_js")} == \
+        {k: now[k] for k in ("auc", "gauc", "logloss", "intent_js")}
+    old_data = tmp_path / "old_data"
+    shutil.copytree(tiny_data, old_data)
+    FeatureSpec.load(f"{old_data}/spec.json").without(["intent_cate_clicks"]).save(f"{old_data}/spec.json")
+    with pytest.raises(ValueError, match=r"the data spec differs .*feature 'intent_cate_clicks' only in "
+                                         r"the second spec"):
+        check_run_data("dian", str(old_data), spec)
 
 
 class _Interrupt(Exception):
