@@ -29,6 +29,7 @@ of the one joint stage, weighted by ``model.<name>.intent_weight``.
 """
 from __future__ import annotations
 
+import logging
 import numbers
 
 import numpy as np
@@ -38,6 +39,8 @@ from tirec.features import transforms
 from tirec.features.spec import CATEGORY, CATEGORY_CLICKS, FeatureSpec
 from tirec.models.base import STAGE_JOINT, Stage, TirModel, as_stage, joint_stage
 from tirec.models.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 LEVEL, CATEGORY_RULE = "level", "category"
@@ -153,6 +156,9 @@ class RequestIntentModel(TirModel):
         self.intent_rule = s.intent_rule
         if self.intent_rule == CATEGORY_RULE:
             check_category_rule(spec, self.intent_section)
+            if s.intent_level is not None:
+                log.warning("model.%s.intent_level=%s does not set the intent label under intent_rule=category",
+                            self.intent_section, s.intent_level)
         self.joint = joint_stage(intent_weight=s.intent_weight)
         self.stage = self.joint
 

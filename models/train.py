@@ -244,11 +244,28 @@ def _check_run_dir(run_dir: str, spec: FeatureSpec, data_dir: str) -> None:
                              f"train into a new --run folder")
 
 
+def _write_run_files(run_dir: str, spec: FeatureSpec, run_cfg: RunConfig, item_ids: np.ndarray,
+                     item_vectors: np.ndarray) -> None:
+    """``RUN/spec.json`` (kept when a resumed run has it), ``config.json`` and ``items.npz``: what
+    :func:`load_run` rebuilds the model from."""
+    tf.io.gfile.makedirs(run_dir)
+    spec_path = os.path.join(run_dir, "spec.json")
+    if not tf.io.gfile.exists(spec_path):
+        spec.save(spec_path)
+    write_json(os.path.join(run_dir, "config.json"), to_dict(run_cfg))
+    buf = io.BytesIO()
+    np.savez(buf, ids=item_ids, vectors=item_vectors)
+    with tf.io.gfile.GFile(os.path.join(run_dir, "items.npz"), "wb") as fh:
+        fh.write(buf.getvalue())
+
+
 def check_run_data(model_name: str, data_dir: str, run_spec: FeatureSpec) -> None:
     """Raises a ValueError listing every difference between the records of ``data_dir`` (as
     model ``model_name`` reads them) and a trained run's ``run_spec``. The training targets
     added to the records after a run was trained (``intent_cate_clicks``) are no difference: the
-    run neither reads nor needs them, so an older run evaluates on newer records."""
+    run neither reads nor needs them, so an older run evaluates on newer records. The other way
+    round is a difference: a run trained on records with such a column does not evaluate on
+    records without it."""
     data = model_spec(model_name, load_data_spec(data_dir))
     data.without(n for n in LATER_TARGETS if n not in run_spec.names).check_compatible(run_spec, what="data")
 
@@ -290,21 +307,13 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     if not is_chief(strategy):
         # Multi-worker: every worker runs the same program; only the chief owns RUN/.
         run_dir = os.path.join(run_dir, f".worker_{strategy.cluster_resolver.task_id}")
-    tf.io.gfile.makedirs(run_dir)
-    spec_path = os.path.join(run_dir, "spec.json")
-    if not tf.io.gfile.exists(spec_path):
-        spec.save(spec_path)
-    write_json(os.path.join(run_dir, "config.json"),
-               to_dict(RunConfig(model=model_cfg, train=train_cfg, data=data_dir)))
     item_ids, item_vectors, item_meta = load_item_vectors(data_dir)
-    buf = io.BytesIO()
-    np.savez(buf, ids=item_ids, vectors=item_vectors)
-    with tf.io.gfile.GFile(os.path.join(run_dir, "items.npz"), "wb") as fh:
-        fh.write(buf.getvalue())
     keras.utils.set_random_seed(train_cfg.seed)
     log.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
-    with strategy.scope():
+    with strategy.scope():  # a setting the data cannot serve fails here, before RUN/ holds a file
         model = build_model(model_name, spec, model_cfg, item_ids, item_vectors, train_cfg.precision)
+    _write_run_files(run_dir, spec, RunConfig(model=model_cfg, train=train_cfg, data=data_dir),
+                     item_ids, item_vectors)
     names = model_input_names(spec)
     steps = _steps_per_epoch(data_dir, train_cfg, strategy)
     # With a known epoch length the data repeats and fit counts the steps.

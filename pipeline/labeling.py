@@ -409,7 +409,7 @@ def finalize(cols: dict, n_levels: int, lo: float, hi: float, tau: float, *,
              prior_half_life_s: int, category_clicks: bool = False) -> tuple[dict, dict]:
     """Adds levels, intent counts/distributions, the prior intent and the explicit mask; with
     ``category_clicks``, also each request's clicks in the trigger's category
-    (:func:`category_clicks`).
+    (:func:`request_category_clicks`).
 
     ``cols`` holds whole users (every labeled row of each user it contains, as
     :func:`label_user` returns them, possibly several users concatenated with distinct

@@ -143,13 +143,14 @@ def _hand_loss(model, out, y, intent_weight):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_the_category_rule_is_the_evaluated_target_and_needs_its_column(tiny_data, name):
+def test_the_category_rule_is_the_evaluated_target_and_needs_its_column(tiny_data, name, caplog):
     """With ``intent_rule=category`` the intent metrics compare against the category label of
     the eval records; on records without ``intent_cate_clicks`` the model refuses to build."""
     spec = load_data_spec(tiny_data)
     # level 5: the level rule's label differs (on the synthetic data the trigger's category and
     # the default level 4 mark nearly the same clicks)
     model = _model(tiny_data, name, f"model.{name}.intent_rule=category", f"model.{name}.intent_level=5")
+    assert f"model.{name}.intent_level=5 does not set the intent label under intent_rule=category" in caplog.text
     got = predict_eval(model, tiny_data, spec, 256)
     x, y = next(iter(make_dataset(tiny_data, "eval", spec, 1 << 20)))
     np.testing.assert_array_equal(got["intent_true"], category_target(y["intent"], y["intent_category"]).numpy())

@@ -307,6 +307,11 @@ def test_a_run_trained_before_the_category_clicks_evaluates_on_records_with_them
     with pytest.raises(ValueError, match=r"the data spec differs .*feature 'intent_cate_clicks' only in "
                                          r"the second spec"):
         check_run_data("dian", str(old_data), spec)
+    # the category rule on those records fails before the run folder holds anything
+    cat = _cfg("train.three_stage=false", "model.dian.intent_rule=category")
+    with pytest.raises(ValueError, match=r"model.dian.intent_rule=category: the data has no column"):
+        train_run(str(old_data), "dian", str(tmp_path / "cat"), cat.model, cat.train)
+    assert not (tmp_path / "cat").exists() or not os.listdir(tmp_path / "cat")
 
 
 class _Interrupt(Exception):

@@ -141,7 +141,8 @@ def test_every_record_keeps_the_invariants(run):
     assert [f.name for f in spec.features].index("intent_cate_clicks") == \
         [f.name for f in spec.features].index("prior_intent") + 1
     same_cate = r["target_cate_id"] == r["trigger_cate_id"]
-    want = [int((r["label"][group == g] * same_cate[group == g]).sum()) for g in range(group.max() + 1)]
+    click = (r["label"] == 1) & (r["has_trigger"] == 1)
+    want = [int((click & same_cate)[group == g].sum()) for g in range(group.max() + 1)]
     np.testing.assert_array_equal(r["intent_cate_clicks"], np.array(want)[group])
     assert 0 < (r["intent_cate_clicks"] > 0).sum() < (clicks > 0).sum()  # both label values occur
     # all impressions of a request share user and trigger

@@ -147,6 +147,11 @@ def test_category_clicks_count_the_requests_clicks_in_the_triggers_category():
     out, _ = finalize(cols, 4, -1.0, 1.0, tau=0.5, prior_half_life_s=DAY, category_clicks=True)
     np.testing.assert_array_equal(out["intent_cate_clicks"], [1, 1, 1, 0, 0, 0])
     assert "intent_cate_clicks" not in finalize(cols, 4, -1.0, 1.0, tau=0.5, prior_half_life_s=DAY)[0]
+    # a click without a trigger never counts, even where the padded trigger's category (0)
+    # equals the target's
+    zero = {**cols, "target_cate_id": np.where(cols["has_trigger"] == 1, cols["target_cate_id"], 0)}
+    assert zero["trigger_cate_id"][5] == zero["target_cate_id"][5] == 0 and zero["label"][5] == 1
+    np.testing.assert_array_equal(request_category_clicks(zero), [1, 1, 1, 0, 0, 0])
     flipped = {**cols, "label": 1 - cols["label"]}  # it counts the request's labels: a target only
     np.testing.assert_array_equal(request_category_clicks(flipped), [1, 1, 1, 1, 1, 0])
     with pytest.raises(ValueError, match=r"intent_cate_clicks: needs the columns \['trigger_cate_id'\]"):
