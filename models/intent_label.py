@@ -105,9 +105,13 @@ def intent_label(dist: tf.Tensor, level: int) -> tf.Tensor:
 def intent_target(dist: tf.Tensor, level: int) -> tf.Tensor:
     """The intent task's target ``[B, 2]``: ``[1 - y_I, y_I]`` on requests with a click, zeros
     (no label, masked out of the loss and the intent metrics) on the others."""
-    dist = tf.cast(dist, tf.float32)
-    labelled = tf.cast(tf.reduce_sum(dist, axis=-1, keepdims=True) > 0, tf.float32)
-    y = intent_label(dist, level)
+    return _masked_target(dist, intent_label(dist, level))
+
+
+def _masked_target(dist: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """``[1 - y, y]`` (float32 ``[B, 2]``) on the requests with a click (``dist`` not all zero),
+    zeros on the others."""
+    labelled = tf.cast(tf.reduce_sum(tf.cast(dist, tf.float32), axis=-1, keepdims=True) > 0, tf.float32)
     return tf.concat([1.0 - y, y], axis=-1) * labelled
 
 
@@ -115,9 +119,7 @@ def category_target(dist: tf.Tensor, category_clicks: tf.Tensor) -> tf.Tensor:
     """The intent task's target ``[B, 2]`` by the category rule: ``[1 - y_I, y_I]`` with y_I = 1
     where the request has a click in the trigger's category (``category_clicks`` ``[B, 1]`` > 0),
     zeros on the requests without a click (``dist`` all zero), as :func:`intent_target`."""
-    labelled = tf.cast(tf.reduce_sum(tf.cast(dist, tf.float32), axis=-1, keepdims=True) > 0, tf.float32)
-    y = tf.cast(tf.reshape(category_clicks, [-1, 1]) > 0, tf.float32)
-    return tf.concat([1.0 - y, y], axis=-1) * labelled
+    return _masked_target(dist, tf.cast(tf.reshape(category_clicks, [-1, 1]) > 0, tf.float32))
 
 
 def check_category_rule(spec: FeatureSpec, section: str) -> None:
