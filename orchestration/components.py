@@ -27,7 +27,7 @@ from tirec.orchestration.config import RunnerConfig
 
 log = logging.getLogger(__name__)
 
-DAY_FILE = re.compile(r"-day(\d{4})\.[A-Za-z]+$")
+DAY_FILE = re.compile(r"-day(\d{4})(?:\.[A-Za-z]+)+$")  # -day0009.parquet, -day0009.csv.gz
 DAY_TABLES = ("impressions", "behaviours")
 
 
@@ -75,9 +75,10 @@ def span_files(logs: str, span: int) -> tuple[list[str], list[str]]:
     """(static table files, day shards of days <= ``span``) of a day-sharded logs folder.
 
     Raises:
-      ComponentFailed: when the folder has no day shards, or none of day ``span``.
+      ComponentFailed: when the folder has no day shards, or none of day ``span``, or a
+        top-level impressions or behaviours file.
     """
-    day_files, days = [], set()
+    static, day_files, days = static_files(logs), [], set()
     for table in DAY_TABLES:
         for path in sorted(glob.glob(os.path.join(logs, table, "*"))):
             m = DAY_FILE.search(path)
@@ -90,8 +91,26 @@ def span_files(logs: str, span: int) -> tuple[list[str], list[str]]:
     if span not in days:
         raise ComponentFailed(f"FeatureGen: span {span} has no logs in {logs} (the last day there is "
                               f"{max(days, default=0)})")
-    static = [p for p in glob.glob(os.path.join(logs, "*")) if os.path.isfile(p)]
     return static, day_files
+
+
+def static_files(logs: str) -> list[str]:
+    """The top-level table files of a day-sharded logs folder (items, users, item embeddings).
+
+    Raises:
+      ComponentFailed: for a top-level impressions or behaviours file, which would bring every
+        day of the log into every span.
+    """
+    static = []
+    for path in sorted(p for p in glob.glob(os.path.join(logs, "*")) if os.path.isfile(p)):
+        name = os.path.basename(path)
+        table = next((t for t in DAY_TABLES if name == t or name.startswith((t + ".", t + "-"))), None)
+        if table is not None:
+            raise ComponentFailed(f"FeatureGen: {path}: a span reads {table} from {table}/, one shard per "
+                                  f"day (*-day<DDDD>.<ext>); a top-level {table} file would add every "
+                                  f"day to every span")
+        static.append(path)
+    return static
 
 
 def link_span_input(logs: str, span: int, folder: str) -> int:

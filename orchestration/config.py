@@ -2,10 +2,11 @@
 ``blessing``.
 
 ``tirec run --config pipeline.yaml`` reads the same YAML as every command (sections
-``generator``, ``pipeline``, ``model``, ``train``) plus three of its own; without a file the
-built-in synthetic config (:func:`builtin_overrides`) applies: a generated log of
-``generator.days`` days written one shard per day, each span's records split by day (eval = the
-span's day, valid = the day before), a small DAIAN.
+``generator``, ``pipeline``, ``model``, ``train``) plus three of its own, on top of the package
+defaults; without a file the built-in synthetic config (:func:`builtin_overrides`) applies: a
+generated log of ``generator.days`` days written one shard per day, each span's records split by
+day (eval = the span's day, valid = the day before), a small DAIAN. ``tirec run`` trains
+``run.model``; ``model.name`` set to another model is refused.
 """
 from __future__ import annotations
 
@@ -123,6 +124,14 @@ class RunnerConfig(TirecConfig):
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     blessing: BlessingConfig = dataclasses.field(default_factory=BlessingConfig)
 
+    def __post_init__(self) -> None:
+        # tirec run trains run.model; a model.name set to another model would be silently unread
+        default = type(self.model)().name
+        if self.model.name not in (default, self.run.model):
+            raise ValueError(f"model.name: tirec run trains run.model ({self.run.model!r}) and does not "
+                             f"read model.name; set run.model={self.model.name} instead; received "
+                             f"{self.model.name!r}")
+
 
 def builtin_overrides(users: int | None = None) -> list[str]:
     """The built-in synthetic config (the demo): 10 days of logs, one shard per day, each span
@@ -136,7 +145,20 @@ def builtin_overrides(users: int | None = None) -> list[str]:
 
 
 def load_runner_config(path: str | None = None, overrides=(), users: int | None = None) -> RunnerConfig:
-    """The built-in config, then ``path`` and ``overrides`` on top (``--users`` last)."""
+    """Without ``path``, the built-in demo config (:func:`builtin_overrides`) with ``overrides``
+    on top; with ``path``, the package defaults, the file, then ``overrides`` (the demo's
+    settings do not apply). ``--users`` comes last."""
     base = builtin_overrides() if path is None else []
     extra = [f"generator.users={users}"] if users is not None else []
-    return load_config(path, base + list(overrides) + extra, cls=RunnerConfig)
+    return check_span_split(load_config(path, base + list(overrides) + extra, cls=RunnerConfig))
+
+
+def check_span_split(cfg: RunnerConfig) -> RunnerConfig:
+    """Returns ``cfg`` if its pipeline splits each span by day with one eval day (the span's day,
+    which the Evaluator compares models on), else raises a ValueError naming the settings."""
+    p = cfg.pipeline
+    if p.split != "days" or p.eval_days not in (None, 1):
+        raise ValueError(f"pipeline.split / pipeline.eval_days: tirec run evaluates each span on its own "
+                         f"day and needs pipeline.split=days with eval_days unset or 1; received "
+                         f"split={p.split!r}, eval_days={p.eval_days!r}")
+    return cfg

@@ -321,8 +321,9 @@ def _run_cluster_server(args, _extra) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a trained run as a TF Serving SavedModel version",
                        description="Writes BASE/NAME/<version>/ with serving_default (serialized "
-                                   "tf.Example), predict (raw tensors), classify and regress "
-                                   "signatures, assets and warmup requests.")
+                                   "tf.Example), predict (raw tensors), rank (one request's "
+                                   "candidates), classify and regress signatures, assets and "
+                                   "warmup requests.")
     _run_flag(p, ("--model-dir",), "run folder written by `tirec train`")
     p.add_argument("--out", required=True, help="model base folder (holds NAME/<version>/)")
     _flag(p, "--model-name", ("--name",), required=True, metavar="NAME", help="served model name")

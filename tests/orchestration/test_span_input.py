@@ -1,0 +1,64 @@
+"""What ``tirec run`` reads of a logs folder and which settings it refuses: day shards up to the
+span (compressed names too), top-level impressions or behaviours files refused, a ``model.name``
+it would not read and a split that does not evaluate on the span's day refused."""
+import os
+
+import pytest
+
+from tirec.orchestration import components as C
+from tirec.orchestration.config import load_runner_config
+
+
+def _touch(root, *names):
+    for name in names:
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+
+
+def test_span_links_the_static_tables_and_the_days_up_to_the_span(tmp_path):
+    logs = str(tmp_path / "logs")
+    _touch(logs, "items.csv", "users.parquet", "impressions/part-00000-day0008.csv.gz",
+           "impressions/part-00000-day0009.csv.gz", "impressions/part-00000-day0010.csv.gz",
+           "behaviours/part-00000-day0009.jsonl", "behaviours/part-00000-day0010.jsonl")
+    static, days = C.span_files(logs, 9)
+    assert [os.path.basename(p) for p in static] == ["items.csv", "users.parquet"]
+    assert sorted(os.path.relpath(p, logs) for p in days) == [
+        "behaviours/part-00000-day0009.jsonl", "impressions/part-00000-day0008.csv.gz",
+        "impressions/part-00000-day0009.csv.gz"]
+    assert C.link_span_input(logs, 9, str(tmp_path / "span")) == 3
+    assert os.path.islink(tmp_path / "span" / "impressions" / "part-00000-day0009.csv.gz")
+    assert not os.path.exists(tmp_path / "span" / "impressions" / "part-00000-day0010.csv.gz")
+
+
+@pytest.mark.parametrize("name", ["impressions.parquet", "impressions-day0009.csv", "behaviours-0.jsonl"])
+def test_a_top_level_day_table_is_refused_naming_the_file(tmp_path, name):
+    logs = str(tmp_path / "logs")
+    _touch(logs, "items.csv", name, "impressions/part-00000-day0009.csv")
+    with pytest.raises(C.ComponentFailed, match=rf"{name}: a span reads \w+ from \w+/, one shard per day"):
+        C.span_files(logs, 9)
+
+
+def test_a_shard_without_a_day_is_refused(tmp_path):
+    logs = str(tmp_path / "logs")
+    _touch(logs, "impressions/part-00000.csv")
+    with pytest.raises(C.ComponentFailed, match=r"part-00000.csv has no day in its name"):
+        C.span_files(logs, 9)
+
+
+def test_model_name_other_than_run_model_is_refused():
+    assert load_runner_config(None, ["run.model=din", "model.name=din"]).run.model == "din"
+    with pytest.raises(ValueError, match=r"model.name: tirec run trains run.model \('daian'\).*"
+                                         r"set run.model=din instead; received 'din'"):
+        load_runner_config(None, ["model.name=din"])
+
+
+def test_a_config_file_must_split_each_span_by_day(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: 1\n")
+    with pytest.raises(ValueError, match=r"pipeline.split / pipeline.eval_days: .* received split='auto'"):
+        load_runner_config(str(path))
+    cfg = load_runner_config(str(path), ["pipeline.split=days"])
+    assert cfg.pipeline.split == "days" and cfg.train.epochs == 1
+    with pytest.raises(ValueError, match=r"eval_days=2"):
+        load_runner_config(str(path), ["pipeline.split=days", "pipeline.eval_days=2"])
