@@ -146,9 +146,10 @@ class TrainConfig:
         one shard per server, each at least this large (256 KiB).
       cpu_replicas: logical CPU devices for ``mirrored`` when there is no GPU. 0 (default)
         with ``mirrored`` on a machine without a GPU is an error naming ``--cpu-replicas``
-        (1 = knowingly one replica); ignored, with a warning, when there are GPUs.
+        (1 = knowingly one replica); ignored, with a warning, when there are GPUs; an error
+        with another strategy.
       steps_per_epoch: cap on steps per epoch (0 = the whole data; ``ps`` needs a value).
-      shuffle_buffer: records shuffled before batching (0 = off).
+      shuffle_buffer: records shuffled before batching (0 = off; else at least one block).
       shuffle_block: consecutive records of a shard that are shuffled as one unit (1 = each
         record alone). The pipeline writes a request's candidates next to each other, so with
         blocks a batch holds a few hundred whole requests instead of thousands of single
@@ -204,6 +205,8 @@ class TrainConfig:
             bad("strategy", f"must be one of {STRATEGIES}")
         if self.cpu_replicas < 0:
             bad("cpu_replicas", "must be >= 0")
+        if self.cpu_replicas and self.strategy != "mirrored":
+            bad("cpu_replicas", f"only --strategy mirrored reads it (strategy={self.strategy!r})")
         if self.ps_min_shard_bytes < 1:
             bad("ps_min_shard_bytes", "must be >= 1")
         if self.strategy == "ps" and self.steps_per_epoch < 1:
@@ -211,6 +214,9 @@ class TrainConfig:
         if isinstance(self.shuffle_block, bool) or not isinstance(self.shuffle_block, int) \
                 or self.shuffle_block < 1:
             bad("shuffle_block", "must be an integer >= 1")
+        if self.shuffle_buffer < 0 or 0 < self.shuffle_buffer < self.shuffle_block:
+            bad("shuffle_buffer", f"must be 0 (off) or >= train.shuffle_block ({self.shuffle_block}): the "
+                                  f"buffer holds whole blocks")
         if isinstance(self.early_stopping_patience, bool) or not isinstance(self.early_stopping_patience, int) \
                 or self.early_stopping_patience < 0:
             bad("early_stopping_patience", "must be an integer >= 0 (0 = off)")
@@ -227,6 +233,22 @@ def changed_settings(section, fields=None) -> dict:
     default = type(section)()
     names = fields if fields is not None else [f.name for f in dataclasses.fields(section)]
     return {n: getattr(section, n) for n in names if getattr(section, n) != getattr(default, n)}
+
+
+def warn_unread_settings(logger, name: str, section, rules) -> list[str]:
+    """Warns on ``logger``, one line per switch of model section ``name`` that leaves
+    non-default settings unread (a config file ablated with one ``--set``); returns the lines.
+    ``rules`` is ``((switch, value, fields), ...)``: with ``section.<switch> == value`` the
+    ``fields`` are not read."""
+    out = []
+    for switch, value, fields in rules:
+        changed = changed_settings(section, fields)
+        if getattr(section, switch) == value and changed:
+            given = ", ".join(f"model.{name}.{f}={v!r}" for f, v in changed.items())
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)
+            out.append(f"model.{name}.{switch}={shown}: {given} not read")
+            logger.warning(out[-1])
+    return out
 
 
 def check_precision(precision, what: str = "precision") -> str:

@@ -41,7 +41,7 @@ from tirec.compat import keras
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, item_columns, trigger_present
-from tirec.models.config import ModelConfig, changed_settings
+from tirec.models.config import ModelConfig, warn_unread_settings
 from tirec.models.intent_label import check_intent_settings
 from tirec.models.layers import (MLP, DinAttention, GateNU, MultiHeadSelfAttention,
                                  MultiHeadTargetAttention)
@@ -205,7 +205,7 @@ class DAIAN(TirModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c, d = model_config, model_config.section("daian")
         self.daian_config = d  # DAIAN's own settings (model.daian.*)
-        _warn_unread_settings(d)
+        warn_unread_settings(log, "daian", d, UNREAD_WHEN)
         self.columns = _read_columns(spec)
         n = spec.intent_levels
         lo, hi = spec.sim_range
@@ -419,17 +419,9 @@ class DAIAN(TirModel):
 
 
 # The settings of the blocks an ablation switch removes (docs/models.md#ablation-switches).
-_BLOCK_SETTINGS = {"use_die": ("i2e_fusion", "explicit_len", "gate_inputs", "gamma", "gate_shift"),
-                   "use_sein": ("sim_bins", "sim_fusion", "gate_inputs", "gamma", "gate_shift")}
-
-
-def _warn_unread_settings(d: DaianConfig) -> None:
-    """Logs, naming them, the non-default settings of the blocks ``use_die=false`` or
-    ``use_sein=false`` removes: they are not read (a config file ablated with one ``--set``)."""
-    for switch, fields in _BLOCK_SETTINGS.items():
-        changed = [f"model.daian.{f}={v!r}" for f, v in changed_settings(d, fields).items()]
-        if not getattr(d, switch) and changed:
-            log.warning("model.daian.%s=false: %s not read (that block is off)", switch, ", ".join(changed))
+UNREAD_WHEN = (("use_die", False, ("i2e_fusion", "explicit_len", "explicit_buckets", "gate_inputs", "gamma",
+                                   "gate_shift")),
+               ("use_sein", False, ("sim_bins", "sim_fusion", "gate_inputs", "gamma", "gate_shift")))
 
 
 @register_model("daian", DaianConfig,

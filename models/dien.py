@@ -18,6 +18,7 @@ Outputs ``{"ctr": [B, 1]}``, float32 under mixed precision too.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import numbers
 
 import tensorflow as tf
@@ -25,12 +26,19 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, history_sum, item_columns
-from tirec.models.config import ModelConfig
+from tirec.models.config import ModelConfig, warn_unread_settings
 from tirec.models.layers import MLP
 from tirec.models.layers.gru import GATE_SCALES, InterestEvolving, InterestGru
 from tirec.models.layers.sequence import compact_positions
 from tirec.models.registry import register_model
 from tirec.models.tasks import global_batch_mean
+
+log = logging.getLogger(__name__)
+
+# The settings a switch leaves unread: no auxiliary loss (aux_weight 0) reads none of its own,
+# the dot score no MLP.
+UNREAD_WHEN = (("aux_weight", 0, ("negatives", "aux_score", "aux_hidden")),
+               ("aux_score", "dot", ("aux_hidden",)))
 
 NEGATIVES = ("batch", "table")
 AUX_SCORES = ("mlp", "dot")
@@ -130,6 +138,7 @@ class DIEN(TirModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c, d = model_config, model_config.section("dien")
         self.dien_config = d
+        warn_unread_settings(log, "dien", d, UNREAD_WHEN)
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         width = self.embed.item_dim
         units = d.gru_units or width

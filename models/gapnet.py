@@ -38,7 +38,7 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features.spec import HISTORY, LONG_TERM, REALTIME, FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, item_columns
-from tirec.models.config import ModelConfig
+from tirec.models.config import ModelConfig, warn_unread_settings
 from tirec.models.layers import ASGA, PAFS, ContextGatedFusion, QueryCalibration
 from tirec.models.layers.cascade import FUSIONS
 from tirec.models.layers.normalizers import NORMALIZERS
@@ -47,6 +47,10 @@ from tirec.models.layers.sequence import (compact_positions, from_groups, group_
 from tirec.models.registry import register_model
 
 log = logging.getLogger(__name__)
+
+# The settings a switch leaves unread: PAFS' multiplier, QAOG's gate bias, the CGDF gate MLP.
+UNREAD_WHEN = (("use_pafs", False, ("pafs_mult",)), ("use_qaog", False, ("gate_bias",)),
+               ("cgdf", "concat", ("cgdf_hidden",)))
 
 LABEL = "GAP-Net (reconstructed)"
 # The cascade's order (most recent intent first) and the record sequence of each view.
@@ -156,6 +160,7 @@ class GapNet(TirModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c, g = model_config, model_config.section("gapnet")
         self.gapnet_config = g
+        warn_unread_settings(log, "gapnet", g, UNREAD_WHEN)
         self.plan = view_plan(spec)
         if not self.plan:
             raise ValueError(f"{LABEL}: the spec has none of the behaviour sequences "

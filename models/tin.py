@@ -22,6 +22,7 @@ attention per candidate. A row without a real behaviour reads exact zeros. Outpu
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import tensorflow as tf
@@ -30,8 +31,13 @@ from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import (FeatureEmbedder, TirModel, check_time_settings, ctr_tower, history_gap_buckets,
                                request_time)
-from tirec.models.config import ModelConfig
+from tirec.models.config import ModelConfig, warn_unread_settings
 from tirec.models.registry import register_model
+
+log = logging.getLogger(__name__)
+
+# The settings ``encoding=position`` leaves unread: the time gaps of ``encoding=time``.
+UNREAD_WHEN = (("encoding", "position", ("time_ref", "time_buckets", "time_max_gap_days")),)
 
 ENCODINGS = ("position", "time")
 REPRESENTATIONS = ("paper", "code")
@@ -111,6 +117,7 @@ class TIN(TirModel):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
         c, t = model_config, model_config.section("tin")
         self.tin_config = t
+        warn_unread_settings(log, "tin", t, UNREAD_WHEN)
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         # π: 0 for the target, 1.. for the behaviours (positions 1..L, or 1 + time bucket).
         codes = 1 + (next(iter(spec.histories().values())) if t.encoding == "position" else t.time_buckets)

@@ -284,6 +284,15 @@ def _check_validation(cfg: TrainConfig, data_dir: str, has_valid: bool, strategy
                          "set train.early_stopping_patience=0")
 
 
+def warn_other_models(model_cfg: ModelConfig, model_name: str) -> None:
+    """Logs the settings of ``model_cfg`` that training ``model_name`` does not read: a
+    ``model.name`` naming another model, the sections of other models."""
+    if model_cfg.name not in (ModelConfig().name, model_name):
+        log.warning("model.name=%r not read: training %r (--model)", model_cfg.name, model_name)
+    for other in sorted(set(model_cfg.sections) - {model_name}):
+        log.warning("model.%s.* not read: training %r", other, model_name)
+
+
 def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConfig,
               train_cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None,
               callbacks: list | None = None) -> dict:
@@ -291,8 +300,9 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
 
     ``callbacks`` are added to every stage's ``fit`` (after the built-in ones).
     """
-    model_cfg = dataclasses.replace(model_cfg, name=model_name).resolved()
     builder = get_builder(model_name)  # fail early on an unknown name
+    warn_other_models(model_cfg, model_name)
+    model_cfg = dataclasses.replace(model_cfg, name=model_name).resolved()
     # Check the input before building anything: one clear line per problem.
     data_spec, has_valid = check_data(data_dir)
     spec = model_spec(model_name, data_spec)  # the sequences the model reads (its run spec.json)

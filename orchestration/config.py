@@ -5,8 +5,9 @@
 ``generator``, ``pipeline``, ``model``, ``train``) plus three of its own, on top of the package
 defaults; without a file the built-in synthetic config (:func:`builtin_overrides`) applies: a
 generated log of ``generator.days`` days written one shard per day, each span's records split by
-day (eval = the span's day, valid = the day before), a small DAIAN. ``tirec run`` trains
-``run.model``; ``model.name`` set to another model is refused.
+day (eval = the span's day, valid = the day before), a small DAIAN. The settings ``tirec run``
+sets itself (``model.name``, ``pipeline.input`` / ``out`` / ``format``, ``train.warm_start``:
+:data:`RUNNER_SETS`) are refused when given.
 """
 from __future__ import annotations
 
@@ -125,12 +126,27 @@ class RunnerConfig(TirecConfig):
     blessing: BlessingConfig = dataclasses.field(default_factory=BlessingConfig)
 
     def __post_init__(self) -> None:
-        # tirec run trains run.model; a model.name set to another model would be silently unread
-        default = type(self.model)().name
-        if self.model.name not in (default, self.run.model):
-            raise ValueError(f"model.name: tirec run trains run.model ({self.run.model!r}) and does not "
-                             f"read model.name; set run.model={self.model.name} instead; received "
-                             f"{self.model.name!r}")
+        for key, (instead, same_as) in RUNNER_SETS.items():
+            section, field = key.split(".")
+            value = getattr(getattr(self, section), field)
+            unset = getattr(type(getattr(self, section))(), field)
+            if value != unset and not (same_as and value == getattr(self.run, same_as)):
+                raise ValueError(f"{key}: tirec run sets it itself and does not read it; set {instead} "
+                                 f"instead; received {value!r}")
+        if self.run.source == "synthetic" and self.run.input:
+            raise ValueError(f"run.input: read only with run.source=logs (the built-in generator writes "
+                             f"the logs); received {self.run.input!r}")
+
+
+# What tirec run sets itself: KEY -> (the setting to use instead, the run.* field a value may
+# equal). A value given would be silently replaced, so it is refused.
+RUNNER_SETS = {
+    "model.name": ("run.model", "model"),
+    "pipeline.format": ("run.format", "format"),
+    "pipeline.input": ("run.input", "input"),
+    "pipeline.out": ("--workdir (each span's examples/ are written there)", None),
+    "train.warm_start": ("run.warm_start (the last blessed model)", None),
+}
 
 
 def builtin_overrides(users: int | None = None) -> list[str]:

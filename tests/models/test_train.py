@@ -52,10 +52,14 @@ def test_unknown_model_lists_valid_names():
 # tests/serving/test_every_model_exports.py; here the run folder's metrics and its reload by
 # `evaluate_run`, for a click-only model and two with an intent output.
 @pytest.mark.parametrize("name", ["din", "daian", "dian"])
-def test_run_writes_its_metrics_and_reloads(tiny_data, tmp_path, name):
+def test_run_writes_its_metrics_and_reloads(tiny_data, tmp_path, name, caplog):
     cfg = _cfg("train.three_stage=false", "train.steps_per_epoch=2")
     run = str(tmp_path / name)
-    metrics = train_run(tiny_data, name, run, cfg.model, cfg.train)
+    with caplog.at_level("WARNING", logger="tirec.models.train"):
+        metrics = train_run(tiny_data, name, run, cfg.model, cfg.train)
+    # SMALL sets other models' sections: each is named as not read, the trained one is not
+    assert f"model.gapnet.* not read: training {name!r}" in caplog.text
+    assert f"model.{name}.* not read" not in caplog.text
     for key in ("auc", "gauc", "logloss"):
         assert np.isfinite(metrics[key]), key
     on_disk = json.load(open(os.path.join(run, "metrics.json")))

@@ -1,6 +1,6 @@
 """What ``tirec run`` reads of a logs folder and which settings it refuses: day shards up to the
-span (compressed names too), top-level impressions or behaviours files refused, a ``model.name``
-it would not read and a split that does not evaluate on the span's day refused."""
+span (compressed names too), top-level impressions or behaviours files refused; the settings it
+sets itself and a split that does not evaluate on the span's day refused."""
 import os
 
 import pytest
@@ -46,11 +46,19 @@ def test_a_shard_without_a_day_is_refused(tmp_path):
         C.span_files(logs, 9)
 
 
-def test_model_name_other_than_run_model_is_refused():
+def test_settings_tirec_run_sets_itself_are_refused():
     assert load_runner_config(None, ["run.model=din", "model.name=din"]).run.model == "din"
-    with pytest.raises(ValueError, match=r"model.name: tirec run trains run.model \('daian'\).*"
-                                         r"set run.model=din instead; received 'din'"):
-        load_runner_config(None, ["model.name=din"])
+    assert load_runner_config(None, ["run.format=generic", "pipeline.format=generic"]).run.format == "generic"
+    for given, instead in (("model.name=din", "run.model"), ("pipeline.format=alimama", "run.format"),
+                           ("pipeline.input=/data/logs", "run.input"), ("pipeline.out=/tmp/x", "--workdir"),
+                           ("train.warm_start=/runs/a", "run.warm_start")):
+        key, value = given.split("=")
+        with pytest.raises(ValueError, match=rf"{key}: tirec run sets it itself and does not read it; "
+                                             rf"set {instead}.* received '{value}'"):
+            load_runner_config(None, [given])
+    with pytest.raises(ValueError, match=r"run.input: read only with run.source=logs.*received '/data/logs'"):
+        load_runner_config(None, ["run.input=/data/logs"])
+    assert load_runner_config(None, ["run.source=logs", "run.input=/data/logs"]).run.input == "/data/logs"
 
 
 def test_a_config_file_must_split_each_span_by_day(tmp_path):

@@ -121,6 +121,11 @@ def test_unknown_keys_name_key_value_and_the_valid_keys(override, message):
     (lambda: registry.config_class("daian")(intent_weight=-0.5),
      "model.daian.intent_weight: must be a number >= 0; received -0.5"),
     (lambda: TrainConfig(batch_size=0), "train.batch_size: must be >= 1; received 0"),
+    (lambda: TrainConfig(cpu_replicas=2), "train.cpu_replicas: only --strategy mirrored reads it "
+                                          "(strategy='default'); received 2"),
+    (lambda: TrainConfig(shuffle_buffer=10), "train.shuffle_buffer: must be 0 (off) or >= train.shuffle_block "
+                                             "(16): the buffer holds whole blocks; received 10"),
+    (lambda: TrainConfig(shuffle_buffer=-1, shuffle_block=1), "train.shuffle_buffer: must be 0 (off)"),
     (lambda: PipelineConfig(no_trigger="keep"), "pipeline.no_trigger: must be 'drop' or 'pad'"),
     (lambda: GeneratorConfig(users=0), "GeneratorConfig.users=0: must be >= 1"),
     (lambda: ModelConfig(sections={"dinn": object()}),
