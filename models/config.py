@@ -52,7 +52,8 @@ class ModelConfig:
       name: registered model name (``din``, ``daian``, ``gapnet``).
       emb_dim: width of every id embedding (per field); an item is ``[id ‖ side fields]``.
       table_shards: row shards per embedding table (ParameterServer: the partitioner decides).
-      din_hidden: DIN attention FFN sizes (DIN's attention, and DAIAN's and its UIM's).
+      din_hidden: DIN attention FFN sizes (every model's DIN attention unit but DAIAN's UIM,
+        which keeps the unit's 80-40 sigmoid default: docs/models.md#uim).
       tower: MLP tower sizes.
       activation: ``relu`` or ``dice`` in the tower.
       dropout: tower dropout.

@@ -42,7 +42,8 @@ from tirec.models import metrics as M
 from tirec.models import robustness as R
 from tirec.models.base import (DIE_PRETRAIN, UIM_PRETRAIN, Stage, check_stage_inputs, joint_stage,
                                 model_input_names, precision_scope, stage_input_names)
-from tirec.models.config import ModelConfig, RunConfig, TrainConfig, check_precision, load_run_config
+from tirec.models.config import (ModelConfig, RunConfig, TrainConfig, changed_settings, check_precision,
+                                 load_run_config)
 from tirec.models.data import check_data, load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder, model_spec
 
@@ -284,13 +285,25 @@ def _check_validation(cfg: TrainConfig, data_dir: str, has_valid: bool, strategy
                          "set train.early_stopping_patience=0")
 
 
-def warn_other_models(model_cfg: ModelConfig, model_name: str) -> None:
-    """Logs the settings of ``model_cfg`` that training ``model_name`` does not read: a
-    ``model.name`` naming another model, the sections of other models."""
+def warn_unread_settings(model_cfg: ModelConfig, cfg: TrainConfig, model_name: str, builder) -> None:
+    """Logs the settings that training ``model_name`` does not read: a ``model.name`` naming
+    another model, the sections of other models, and the stage settings of a schedule it does
+    not train in (``train.three_stage`` and ``uim_lr_scale`` outside DAIAN's three stages,
+    ``model.daian.intent_weight`` inside them)."""
     if model_cfg.name not in (ModelConfig().name, model_name):
         log.warning("model.name=%r not read: training %r (--model)", model_cfg.name, model_name)
     for other in sorted(set(model_cfg.sections) - {model_name}):
         log.warning("model.%s.* not read: training %r", other, model_name)
+    staged = getattr(builder, "three_stages", False)
+    if not staged:
+        unread = ("three_stage", "uim_lr_scale")
+    else:
+        unread = () if cfg.three_stage else ("uim_lr_scale",)
+    for key, value in changed_settings(cfg, unread).items():
+        log.warning("train.%s=%r not read: only DAIAN's three stages read it", key, value)
+    if staged and cfg.three_stage and changed_settings(model_cfg.section(model_name), ("intent_weight",)):
+        log.warning("model.%s.intent_weight not read: it weighs the intent loss of train.three_stage=false",
+                    model_name)
 
 
 def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConfig,
@@ -301,7 +314,7 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     ``callbacks`` are added to every stage's ``fit`` (after the built-in ones).
     """
     builder = get_builder(model_name)  # fail early on an unknown name
-    warn_other_models(model_cfg, model_name)
+    warn_unread_settings(model_cfg, train_cfg, model_name, builder)
     model_cfg = dataclasses.replace(model_cfg, name=model_name).resolved()
     # Check the input before building anything: one clear line per problem.
     data_spec, has_valid = check_data(data_dir)
