@@ -102,7 +102,8 @@ class PipelineConfig:
       num_shards: shards, and TFRecord files per split (0: one per 200,000 events of the split
         plan's table over all splits, at least one); also the job's unit of parallelism and
         memory after the shuffle.
-      seed: seed for any sampling.
+      seed: seed of the computed item vectors (``tfidf-svd``, ``cooccurrence-svd``; MovieLens'
+        negative sampling has ``movielens.seed``).
       movielens: MovieLens conversion settings.
     """
 
@@ -170,6 +171,9 @@ class PipelineConfig:
             bad("sim_range", "must be 'fixed' or 'quantile'")
         if not self.sim_hi > self.sim_lo:
             bad("sim_hi", f"must exceed sim_lo={self.sim_lo}")
+        for field in ("sim_lo", "sim_hi"):
+            if self.sim_range == "quantile" and getattr(self, field) != getattr(PipelineConfig, field):
+                bad(field, "applies to sim_range=fixed only (quantile takes the range from the train sims)")
         self.trigger_window_s  # parses or raises
         self.prior_intent_half_life_s  # parses or raises
         if self.history_days < 1:
@@ -220,6 +224,10 @@ class PipelineConfig:
                                    f"({self.trigger_window!r}) when views are on, so that the "
                                    f"trigger is the real-time view's first entry")
         self.realtime_window_s  # parses or raises
+        if not self.views:
+            for field in ("realtime_window", "realtime_len", "long_seq_len"):
+                if getattr(self, field) != getattr(PipelineConfig, field):
+                    bad(field, "applies to views=true only (GAP-Net's rt and lt views); set pipeline.views=true")
 
     def _validate_split(self, bad) -> None:
         if self.split not in ("auto", "days", "fraction"):

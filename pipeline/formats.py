@@ -101,6 +101,7 @@ class GenericFormat(SourceFormat):
         provider = cfg.embedding_provider
         if provider == "auto":
             provider = "precomputed" if precomputed_path(cfg) else "cooccurrence-svd"
+        warn_unread_embedding_settings(cfg, provider)
         if provider == "precomputed":
             art, path = load_vectors(cfg, dead, rows_in)
             return art, {"source": path}
@@ -177,6 +178,22 @@ def dedupe(ids: np.ndarray, table: str, dead: list, cols: dict | None = None,
             dead.append(dead_letter(table, "duplicate_id", field="item_id", value=int(ids[i]),
                                     file=file, row=row if cols is not None else int(i)))
     return uniq, first
+
+
+# The settings each embedding provider reads (of emb_dim, seed and embedding_path).
+PROVIDER_READS = {"precomputed": ("embedding_path",), "minilm": (), "tfidf-svd": ("emb_dim", "seed"),
+                  "cooccurrence-svd": ("emb_dim", "seed")}
+
+
+def warn_unread_embedding_settings(cfg: PipelineConfig, provider: str) -> list[str]:
+    """Warns, naming them, on the non-default ``emb_dim`` / ``seed`` / ``embedding_path`` that
+    ``provider`` (resolved from ``auto``) does not read; returns the keys."""
+    unread = [k for k in ("emb_dim", "seed", "embedding_path") if k not in PROVIDER_READS[provider]
+              and getattr(cfg, k) != getattr(PipelineConfig, k)]
+    for key in unread:
+        log.warning("pipeline.%s=%r not read: the item vectors come from embedding_provider=%s "
+                    "(pipeline.embedding_provider=%s)", key, getattr(cfg, key), provider, cfg.embedding_provider)
+    return unread
 
 
 def precomputed_path(cfg: PipelineConfig) -> str:

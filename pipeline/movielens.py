@@ -51,7 +51,8 @@ import numpy as np
 from tirec.pipeline import embeddings as emb
 from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import (ITEM_FIELDS, Prepared, SourceFormat, behaviour_sequences,
-                                    build_item_table, dedupe, load_vectors, read_table)
+                                    build_item_table, dedupe, load_vectors, read_table,
+                                    warn_unread_embedding_settings)
 from tirec.pipeline.io import Column, TableSchema, discover, read_chunks
 from tirec.pipeline.items import ItemTable
 
@@ -257,6 +258,7 @@ class MovieLensFormat(SourceFormat):
                     tags: list, files: dict, dead: list, rows_in: dict
                     ) -> tuple["emb.EmbeddingArtifact", dict]:
         provider = "tfidf-svd" if cfg.embedding_provider == "auto" else cfg.embedding_provider
+        warn_unread_embedding_settings(cfg, provider)
         if provider in ("tfidf-svd", "minilm"):
             texts = emb.movielens_text(titles, [str(g) for g in genres], tags)
             if provider == "tfidf-svd":

@@ -199,13 +199,15 @@ def test_rating_hook_popularity_fraction_and_edge_cases():
         RatingImpressions(4.0, -1.0, 0)
 
 
-def test_movielens_precomputed_vectors(ml_dir):
+def test_movielens_precomputed_vectors(ml_dir, caplog):
     ids = np.array([1, 3, 11, 500], np.int64)  # 500 is not a movie
     vecs = np.array([[3, 4], [1, 0], [0, 2], [1, 1]], np.float32)
     np.save(ml_dir / "item_embeddings.ids.npy", ids)
     np.save(ml_dir / "item_embeddings.npy", vecs)
-    prep = MovieLensFormat().prepare(PipelineConfig(input=str(ml_dir), format="movielens",
-                                                    embedding_provider="precomputed"))
+    with caplog.at_level("WARNING", logger="tirec.pipeline.formats"):
+        prep = MovieLensFormat().prepare(PipelineConfig(input=str(ml_dir), format="movielens",
+                                                        embedding_provider="precomputed", emb_dim=8))
+    assert "pipeline.emb_dim=8 not read: the item vectors come from embedding_provider=precomputed" in caplog.text
     row = dict(zip(prep.items.ids.tolist(), range(len(prep.items.ids))))
     np.testing.assert_allclose(prep.items.vectors[row[1]], [0.6, 0.8], atol=1e-6)
     np.testing.assert_allclose(prep.items.vectors[row[3]], [1, 0], atol=1e-6)
@@ -497,3 +499,16 @@ def test_alimama_cross_column_dead_letters_end_to_end(ali_run):
     stats, _ = ali_run
     assert stats["deadletter"].get("impressions/bad_label") == 1
     assert stats["deadletter"].get("behaviours/bad_id") == 1
+
+
+def test_generic_auto_provider_names_the_settings_it_does_not_read(tmp_path, caplog):
+    from tirec.pipeline import synthetic
+
+    synthetic.generate(synthetic.GeneratorConfig(users=6, days=3, seed=1), str(tmp_path))  # writes item_embeddings
+    with caplog.at_level("WARNING", logger="tirec.pipeline.formats"):
+        formats.GenericFormat().prepare(PipelineConfig(input=str(tmp_path), format="generic", seed=3))
+    assert "pipeline.seed=3 not read: the item vectors come from embedding_provider=precomputed " \
+           "(pipeline.embedding_provider=auto)" in caplog.text
+    assert formats.warn_unread_embedding_settings(PipelineConfig(seed=3), "cooccurrence-svd") == []
+    assert formats.warn_unread_embedding_settings(PipelineConfig(embedding_path="v.npy", emb_dim=8),
+                                                  "minilm") == ["emb_dim", "embedding_path"]

@@ -127,6 +127,11 @@ def test_unknown_keys_name_key_value_and_the_valid_keys(override, message):
                                              "(16): the buffer holds whole blocks; received 10"),
     (lambda: TrainConfig(shuffle_buffer=-1, shuffle_block=1), "train.shuffle_buffer: must be 0 (off)"),
     (lambda: PipelineConfig(no_trigger="keep"), "pipeline.no_trigger: must be 'drop' or 'pad'"),
+    (lambda: PipelineConfig(realtime_len=4), "pipeline.realtime_len: applies to views=true only (GAP-Net's rt "
+                                             "and lt views); set pipeline.views=true; received 4"),
+    (lambda: PipelineConfig(sim_range="quantile", sim_lo=0.0),
+     "pipeline.sim_lo: applies to sim_range=fixed only (quantile takes the range from the train sims); "
+     "received 0.0"),
     (lambda: GeneratorConfig(users=0), "GeneratorConfig.users=0: must be >= 1"),
     (lambda: ModelConfig(sections={"dinn": object()}),
      f"unknown model 'dinn'; valid models: {registry.model_names()}"),
