@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import numbers
 
 import numpy as np
@@ -42,7 +43,7 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features.config_io import to_dict
 from tirec.features.spec import CATEGORY, ITEM_ID, FeatureSpec, standard_column
-from tirec.models.config import ModelConfig, check_precision, model_config_from_dict
+from tirec.models.config import ModelConfig, changed_settings, check_precision, model_config_from_dict
 from tirec.models.layers import MLP, DinAttention, FrozenItemTable, HashedEmbedding
 from tirec.models.layers.sequence import latest_time, time_gap_buckets, unique_rows
 from tirec.models.tasks import CTR, INTENT, CtrTask, IntentTask, replica_objective
@@ -426,6 +427,15 @@ class _StageCache:
         self.functions, self.scales = {}, {}
 
 
+def warn_shared_unread(model_config: ModelConfig, fields, reader: str) -> list[str]:
+    """Warns, naming them, on the non-default shared ``model.*`` ``fields`` that ``reader`` (a
+    model, or a model under a switch) does not read; returns the keys."""
+    changed = changed_settings(model_config, fields)
+    for key, value in changed.items():
+        logging.getLogger(__name__).warning("model.%s=%r not read by %s", key, value, reader)
+    return list(changed)
+
+
 class TirModel(keras.Model):
     """Base of the registered models: tasks, training stages, per-replica scaling.
 
@@ -441,6 +451,8 @@ class TirModel(keras.Model):
     """
 
     has_intent = False
+    #: the shared ``model.*`` settings the model never reads (named in a warning when set)
+    shared_unread: tuple[str, ...] = ()
 
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
@@ -453,6 +465,7 @@ class TirModel(keras.Model):
         self.layer_dtype = tf.as_dtype(policy.compute_dtype)
         self.spec = spec
         self.model_config = model_config
+        warn_shared_unread(model_config, self.shared_unread, type(self).__name__)
         self.num_items, self.item_dim = int(num_items), int(item_dim)
         self.stage = joint_stage()
         self.items = FrozenItemTable(num_items=self.num_items, dim=self.item_dim, name="items",

@@ -133,6 +133,8 @@ class DIEN(TirModel):
     ``aux_weight · L_aux`` is added with ``add_loss`` and logged as ``aux_loss`` (unweighted).
     """
 
+    shared_unread = ("din_hidden", "hist_buckets")  # it has no DIN attention unit
+
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)

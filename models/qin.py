@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower
+from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, warn_shared_unread
 from tirec.models.config import ModelConfig
 from tirec.models.layers._common import check_positive_int, sequence_mask
 from tirec.models.layers.normalizers import attention_weights
@@ -216,6 +216,8 @@ class QIN(TirModel):
     Outputs: ``{"ctr": [B, 1]}`` click probability, float32.
     """
 
+    shared_unread = ("din_hidden", "hist_buckets")  # it has no DIN attention unit
+
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)
@@ -232,6 +234,8 @@ class QIN(TirModel):
         self.qnn = QuadraticNetwork(q.num_layers, q.num_row, q.dropout, q.batch_norm, name="qnn")
         self.head = (keras.layers.Dense(1, name="head") if q.head == "linear"
                      else ctr_tower(c))
+        if q.head == "linear":
+            warn_shared_unread(c, ("tower", "activation", "dropout"), "QIN with model.qin.head=linear")
 
     def forward(self, inputs, training=False):
         rows, expand = self.request_rows(inputs)

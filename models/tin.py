@@ -112,6 +112,8 @@ class TIN(TirModel):
     Outputs: ``{"ctr": [B, 1]}`` click probability.
     """
 
+    shared_unread = ("din_hidden", "hist_buckets")  # it has no DIN attention unit
+
     def __init__(self, spec: FeatureSpec, model_config: ModelConfig, num_items: int, item_dim: int,
                  **kwargs):
         super().__init__(spec, model_config, num_items, item_dim, **kwargs)

@@ -1,5 +1,6 @@
-"""A setting that a switch of the same model leaves unread is named in a warning when the model
-is built (DAIAN's are in test_daian_formulas.py); a default left alone is not."""
+"""A setting that a switch of the same model leaves unread, or a shared ``model.*`` setting the
+model never reads, is named in a warning when the model is built (DAIAN's switches are in
+test_daian_formulas.py); a setting the model reads is not."""
 import logging
 
 import pytest
@@ -7,8 +8,7 @@ import pytest
 from tirec.models.config import ModelConfig, warn_unread_settings
 
 MODEL = "din"
-SMALL = ["model.emb_dim=4", "model.tower=[8]", "model.din_hidden=[4]", "model.hist_buckets=1",
-         "model.gapnet.att_units=8", "model.gapnet.att_heads=2"]
+SMALL = ["model.emb_dim=4", "model.tower=[8]", "model.gapnet.att_units=8", "model.gapnet.att_heads=2"]
 
 # (model, settings with the switch off, the warning, the same settings read)
 CASES = [
@@ -23,17 +23,24 @@ CASES = [
     ("tin", ["model.tin.time_buckets=8"],
      "model.tin.encoding='position': model.tin.time_buckets=8 not read",
      ["model.tin.encoding=time", "model.tin.time_buckets=8"]),
+    # shared settings a model never reads, or reads only under a switch
+    ("dien", ["model.din_hidden=[4]"], "model.din_hidden=(4,) not read by DIEN", ["model.tower=[4]"]),
+    ("tin", ["model.hist_buckets=1"], "model.hist_buckets=1 not read by TIN", ["model.tower=[4]"]),
+    ("dei2n", ["model.din_hidden=[4]"], "model.din_hidden=(4,) not read by DEI2N", ["model.hist_buckets=1"]),
+    ("qin", ["model.qin.head=linear", "model.dropout=0.1"],
+     "model.dropout=0.1 not read by QIN with model.qin.head=linear",
+     ["model.qin.head=tower", "model.dropout=0.1"]),
 ]
 
 
 @pytest.mark.parametrize("name,settings,message,read", CASES)
 def test_a_switch_names_the_settings_it_leaves_unread(tiny_data, make_model, caplog, name, settings, message,
                                                       read):
-    with caplog.at_level("WARNING", logger=f"tirec.models.{name}"):
+    with caplog.at_level("WARNING", logger="tirec.models"):
         make_model(tiny_data, *settings, name=name)
     assert message in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger=f"tirec.models.{name}"):
+    with caplog.at_level("WARNING", logger="tirec.models"):
         make_model(tiny_data, *read, name=name)
     assert "not read" not in caplog.text
 
