@@ -210,6 +210,8 @@ class TrainConfig:
             bad("cpu_replicas", f"only --strategy mirrored reads it (strategy={self.strategy!r})")
         if self.ps_min_shard_bytes < 1:
             bad("ps_min_shard_bytes", "must be >= 1")
+        if self.strategy != "ps" and self.ps_min_shard_bytes != TrainConfig.ps_min_shard_bytes:
+            bad("ps_min_shard_bytes", f"only --strategy ps reads it (strategy={self.strategy!r})")
         if self.strategy == "ps" and self.steps_per_epoch < 1:
             bad("steps_per_epoch", "ParameterServerStrategy needs steps_per_epoch >= 1")
         if isinstance(self.shuffle_block, bool) or not isinstance(self.shuffle_block, int) \

@@ -453,6 +453,18 @@ class BestCheckpoint(keras.callbacks.Callback):
                         {"stage": self.stage, "epoch": epoch, "monitor": self.monitor, "value": value})
 
 
+def _backup_freq(cfg: TrainConfig, steps_per_epoch: int | None, ps: bool):
+    """BackupAndRestore's ``save_freq``: every ``train.backup_every_steps`` steps, or at epoch
+    ends under ParameterServerStrategy or without a known epoch length (then a set
+    ``backup_every_steps`` is named as not read)."""
+    if steps_per_epoch and not ps:
+        return cfg.backup_every_steps
+    if changed_settings(cfg, ("backup_every_steps",)):
+        why = "ParameterServerStrategy" if ps else "a run whose epoch length is unknown (set --steps-per-epoch)"
+        log.warning("train.backup_every_steps=%d not read: %s backs up at epoch ends", cfg.backup_every_steps, why)
+    return "epoch"
+
+
 def _train_stage(model, stage: Stage, strategy, train_ds, valid_ds, run_dir, backup_dir, cfg: TrainConfig,
                  final: bool, extra: list, steps_per_epoch: int | None):
     name = stage.name
@@ -480,7 +492,7 @@ def _train_stage(model, stage: Stage, strategy, train_ds, valid_ds, run_dir, bac
     # last backup; Keras backs up a ParameterServerStrategy run only at epoch ends.
     callbacks.append(keras.callbacks.BackupAndRestore(
         os.path.join(backup_dir, name), delete_checkpoint=True,
-        save_freq=cfg.backup_every_steps if steps_per_epoch and not ps else "epoch"))
+        save_freq=_backup_freq(cfg, steps_per_epoch, ps)))
     if validate and final:
         callbacks.append(BestCheckpoint(os.path.join(run_dir, "best"), monitor, mode, stage.number))
     if validate and cfg.early_stopping_patience:

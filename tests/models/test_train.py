@@ -96,6 +96,23 @@ def test_daian_schedule_settings_outside_their_schedule_are_named(caplog, settin
     assert message is None or message in caplog.text
 
 
+def test_step_backups_fall_back_to_epoch_ends_naming_the_setting(caplog):
+    from tirec.models.train import _backup_freq
+
+    cfg = _cfg("train.backup_every_steps=3").train
+    with caplog.at_level("WARNING", logger="tirec.models.train"):
+        assert _backup_freq(cfg, 5, ps=False) == 3
+        assert "not read" not in caplog.text
+        assert _backup_freq(cfg, None, ps=False) == "epoch"
+        assert "train.backup_every_steps=3 not read: a run whose epoch length is unknown (set " \
+               "--steps-per-epoch) backs up at epoch ends" in caplog.text
+        assert _backup_freq(cfg, 5, ps=True) == "epoch"
+        assert "not read: ParameterServerStrategy backs up at epoch ends" in caplog.text
+        caplog.clear()
+        assert _backup_freq(_cfg().train, None, ps=False) == "epoch"  # the default: nothing to name
+    assert "not read" not in caplog.text
+
+
 def test_daian_stages_train_the_right_variables(tiny_data):
     spec = load_data_spec(tiny_data)
     ids, vecs, _ = load_item_vectors(tiny_data)

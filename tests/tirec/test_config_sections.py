@@ -123,6 +123,8 @@ def test_unknown_keys_name_key_value_and_the_valid_keys(override, message):
     (lambda: TrainConfig(batch_size=0), "train.batch_size: must be >= 1; received 0"),
     (lambda: TrainConfig(cpu_replicas=2), "train.cpu_replicas: only --strategy mirrored reads it "
                                           "(strategy='default'); received 2"),
+    (lambda: TrainConfig(ps_min_shard_bytes=1024), "train.ps_min_shard_bytes: only --strategy ps reads it "
+                                                   "(strategy='default'); received 1024"),
     (lambda: TrainConfig(shuffle_buffer=10), "train.shuffle_buffer: must be 0 (off) or >= train.shuffle_block "
                                              "(16): the buffer holds whole blocks; received 10"),
     (lambda: TrainConfig(shuffle_buffer=-1, shuffle_block=1), "train.shuffle_buffer: must be 0 (off)"),
