@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping
 
-from tirec.features.config_io import RUN_CONFIG, SECTIONS, from_dict, load
+from tirec.features.config_io import RUN_CONFIG, SECTIONS, from_dict, read_mapping
 from tirec.features.jsonio import exists
 
 STRATEGIES = ("default", "mirrored", "multiworker", "ps")
@@ -46,7 +46,8 @@ class ModelConfig:
     ``model_config.section("daian")`` (the frozen dataclass it registered, see
     :mod:`tirec.models.registry`): ``model.daian.uim_attention`` in YAML and ``--set``. A model
     section not given is that dataclass's defaults. Shared are the settings that the model base
-    (:class:`tirec.models.base.TirModel`, the embedder) or every model reads.
+    (:class:`tirec.models.base.TirModel`, the embedder) or several models read; a model that
+    never reads one lists it in ``TirModel.shared_unread`` and names it in a warning when set.
 
     Args:
       name: registered model name (``din``, ``daian``, ``gapnet``).
@@ -61,11 +62,12 @@ class ModelConfig:
         layers (tower, attention, gate, UIM and I2E projections; not on biases, embedding
         tables or the frozen item table), summed over the kernels the current stage trains and
         added to the stage's data loss. 0 (default) = off.
-      hist_buckets: how DIN attention (DIN's, DAIAN's and the UIM's ``din`` pooling) and GAP-Net's
-        per-view attention run over the behaviour sequences; the outputs are the same up to float rounding: ``0`` on the
-        padded sequence, ``k >= 1`` on the real behaviours compacted into ``k`` groups of
-        samples of similar length (faster when histories are shorter than ``L``; not used with
-        ``activation=dice``, whose statistics would become per group).
+      hist_buckets: how DIN attention (DIN's, DAIAN's and the UIM's ``din`` pooling), DEI2N's
+        sequence attention and GAP-Net's per-view attention run over the behaviour sequences;
+        the outputs are the same up to float rounding: ``0`` on the padded sequence, ``k >= 1``
+        on the real behaviours compacted into ``k`` groups of samples of similar length (faster
+        when histories are shorter than ``L``; not used with ``activation=dice``, whose
+        statistics would become per group).
       request_dedup: run the request-level blocks (history and user embeddings; DAIAN's UIM,
         I2E and explicit self-attention; GAP-Net's views, their items sifted once per distinct item) once per distinct request of the batch and gather
         their outputs back to the candidates; the outputs are the same up to float rounding.
@@ -144,7 +146,7 @@ class TrainConfig:
       uim_lr_scale: the UIM's learning-rate factor in stage 3.
       strategy: ``default``, ``mirrored``, ``multiworker`` (TF_CONFIG) or ``ps`` (TF_CONFIG).
       ps_min_shard_bytes: ``ps``: a variable is split over the parameter servers into at most
-        one shard per server, each at least this large (256 KiB).
+        one shard per server, each at least this large (256 KiB); an error with another strategy.
       cpu_replicas: logical CPU devices for ``mirrored`` when there is no GPU. 0 (default)
         with ``mirrored`` on a machine without a GPU is an error naming ``--cpu-replicas``
         (1 = knowingly one replica); ignored, with a warning, when there are GPUs; an error
@@ -161,7 +163,9 @@ class TrainConfig:
         stage 1: intent KL loss) before a stage stops and keeps its best epoch's weights
         (0 = off). Needs the pipeline's ``valid`` split; never selects on ``eval``.
       backup_every_steps: BackupAndRestore frequency; a killed run resumes from the last backup
-        step of the interrupted epoch.
+        step of the interrupted epoch. Under ``ps``, or when the epoch length is unknown
+        (``multiworker`` without ``steps_per_epoch``), backups are at epoch ends (a set value is
+        then named as not read).
       seed: random seed.
       precision: ``float32``, or ``mixed_bfloat16`` (the Keras mixed precision policy: layers
         compute in bfloat16, so matmuls use AMX on CPUs that have it and tensor cores on GPUs;
@@ -281,7 +285,26 @@ def load_run_config(run_dir: str) -> RunConfig:
     """
     if not exists(f"{run_dir.rstrip('/')}/{RUN_CONFIG}"):
         raise FileNotFoundError(f"{run_dir}: not a `tirec train` run folder (it has no {RUN_CONFIG})")
-    return load(RunConfig, run_dir, quiet=True)
+    raw = read_mapping(run_dir)
+    raw["train"] = recorded_train(raw.get("train") or {})
+    return from_dict(RunConfig, raw, moved=[])  # moved keys load quietly
+
+
+def recorded_train(train: Mapping) -> dict:
+    """A recorded ``train`` section as :class:`TrainConfig` accepts it now: values an earlier
+    tirec accepted without reading them (``cpu_replicas`` outside mirrored,
+    ``ps_min_shard_bytes`` outside ps) back to their defaults, and a ``shuffle_buffer`` below one
+    block raised to one block (the same shuffle: one block at a time)."""
+    t = dict(train)
+    strategy = t.get("strategy", TrainConfig.strategy)
+    if strategy != "mirrored":
+        t.pop("cpu_replicas", None)
+    if strategy != "ps":
+        t.pop("ps_min_shard_bytes", None)
+    block = t.get("shuffle_block", TrainConfig.shuffle_block)
+    if 0 < t.get("shuffle_buffer", TrainConfig.shuffle_buffer) < block:
+        t["shuffle_buffer"] = block
+    return t
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:

@@ -285,7 +285,7 @@ def _check_validation(cfg: TrainConfig, data_dir: str, has_valid: bool, strategy
                          "set train.early_stopping_patience=0")
 
 
-def warn_unread_settings(model_cfg: ModelConfig, cfg: TrainConfig, model_name: str, builder) -> None:
+def warn_unread_run_settings(model_cfg: ModelConfig, cfg: TrainConfig, model_name: str, builder) -> None:
     """Logs the settings that training ``model_name`` does not read: a ``model.name`` naming
     another model, the sections of other models, and the stage settings of a schedule it does
     not train in (``train.three_stage`` and ``uim_lr_scale`` outside DAIAN's three stages,
@@ -300,7 +300,8 @@ def warn_unread_settings(model_cfg: ModelConfig, cfg: TrainConfig, model_name: s
     else:
         unread = () if cfg.three_stage else ("uim_lr_scale",)
     for key, value in changed_settings(cfg, unread).items():
-        log.warning("train.%s=%r not read: only DAIAN's three stages read it", key, value)
+        log.warning("train.%s=%s not read: only DAIAN's three stages read it", key,
+                    str(value).lower() if isinstance(value, bool) else value)
     if staged and cfg.three_stage and changed_settings(model_cfg.section(model_name), ("intent_weight",)):
         log.warning("model.%s.intent_weight not read: it weighs the intent loss of train.three_stage=false",
                     model_name)
@@ -314,7 +315,7 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     ``callbacks`` are added to every stage's ``fit`` (after the built-in ones).
     """
     builder = get_builder(model_name)  # fail early on an unknown name
-    warn_unread_settings(model_cfg, train_cfg, model_name, builder)
+    warn_unread_run_settings(model_cfg, train_cfg, model_name, builder)
     model_cfg = dataclasses.replace(model_cfg, name=model_name).resolved()
     # Check the input before building anything: one clear line per problem.
     data_spec, has_valid = check_data(data_dir)

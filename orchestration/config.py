@@ -149,24 +149,28 @@ RUNNER_SETS = {
 }
 
 
-def builtin_overrides(users: int | None = None) -> list[str]:
+def builtin_overrides(model: str = "daian") -> list[str]:
     """The built-in synthetic config (the demo): 10 days of logs, one shard per day, each span
-    split by day, a small DAIAN for one epoch per stage."""
+    split by day, a small model for one epoch per stage (DAIAN's own settings only when
+    ``model`` is daian, so that another model is not told of settings it does not read)."""
     out = ["generator.days=10", "generator.day_files=true", "pipeline.split=days", "pipeline.eval_days=1",
-           "pipeline.valid_days=1", "model.daian.att_units=32", "model.tower=[128,64]", "model.hist_buckets=4",
-           "model.daian.explicit_buckets=4", "train.batch_size=1024", "train.epochs=1"]
-    if users is not None:
-        out.append(f"generator.users={users}")
+           "pipeline.valid_days=1", "model.tower=[128,64]", "model.hist_buckets=4", "train.batch_size=1024",
+           "train.epochs=1"]
+    if model == "daian":
+        out += ["model.daian.att_units=32", "model.daian.explicit_buckets=4"]
     return out
 
 
 def load_runner_config(path: str | None = None, overrides=(), users: int | None = None) -> RunnerConfig:
-    """Without ``path``, the built-in demo config (:func:`builtin_overrides`) with ``overrides``
-    on top; with ``path``, the package defaults, the file, then ``overrides`` (the demo's
-    settings do not apply). ``--users`` comes last."""
-    base = builtin_overrides() if path is None else []
+    """Without ``path``, the built-in demo config (:func:`builtin_overrides` for the ``run.model``
+    the overrides name) with ``overrides`` on top; with ``path``, the package defaults, the
+    file, then ``overrides`` (the demo's settings do not apply). ``--users`` comes last."""
     extra = [f"generator.users={users}"] if users is not None else []
-    return check_span_split(load_config(path, base + list(overrides) + extra, cls=RunnerConfig))
+    if path is not None:
+        return check_span_split(load_config(path, list(overrides) + extra, cls=RunnerConfig))
+    model = load_config(None, list(overrides), cls=RunnerConfig).run.model
+    return check_span_split(load_config(None, builtin_overrides(model=model) + list(overrides) + extra,
+                                        cls=RunnerConfig))
 
 
 def check_span_split(cfg: RunnerConfig) -> RunnerConfig:

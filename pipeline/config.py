@@ -224,10 +224,12 @@ class PipelineConfig:
                                    f"({self.trigger_window!r}) when views are on, so that the "
                                    f"trigger is the real-time view's first entry")
         self.realtime_window_s  # parses or raises
-        if not self.views:
-            for field in ("realtime_window", "realtime_len", "long_seq_len"):
-                if getattr(self, field) != getattr(PipelineConfig, field):
-                    bad(field, "applies to views=true only (GAP-Net's rt and lt views); set pipeline.views=true")
+        if not self.views:  # the views' settings: a value given (other than the default) is not read
+            given = {"realtime_window": self.realtime_window_s != parse_duration(PipelineConfig.realtime_window, ""),
+                     "realtime_len": self.realtime_len != PipelineConfig.realtime_len,
+                     "long_seq_len": self.long_seq_len != PipelineConfig.long_seq_len}
+            for field in (f for f, changed in given.items() if changed):
+                bad(field, "applies to views=true only (GAP-Net's rt and lt views); set pipeline.views=true")
 
     def _validate_split(self, bad) -> None:
         if self.split not in ("auto", "days", "fraction"):

@@ -97,8 +97,9 @@ def test_ia2n_gates_the_interests_as_eq_15_to_18(tiny_data, built, inputs, shift
 @pytest.mark.parametrize("switch", ["use_die", "use_sein"])
 def test_settings_of_a_removed_block_are_named_in_a_warning(tiny_data, built, caplog, switch):
     with caplog.at_level("WARNING", logger="tirec.models.daian"):
-        built(tiny_data, f"model.daian.{switch}=false", "model.daian.gate_shift=mlp")
+        built(tiny_data, f"model.daian.{switch}=false", "model.daian.gate_shift=mlp", "model.daian.explicit_buckets=4")
     assert f"model.daian.{switch}=false: " in caplog.text and "model.daian.gate_shift='mlp'" in caplog.text
+    assert ("model.daian.explicit_buckets=4" in caplog.text) == (switch == "use_die")  # DIE's alone
     if switch == "use_sein":  # SMALL's sim_bins=5 is not read either
         assert "model.daian.sim_bins=5" in caplog.text
     caplog.clear()

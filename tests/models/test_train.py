@@ -15,7 +15,7 @@ from tirec.features.spec import FeatureSpec
 from tirec.models import registry
 from tirec.models.base import STAGE_DIE, STAGE_JOINT, STAGE_UIM, model_input_names
 from tirec.models.data import load_data_spec, load_item_vectors, make_dataset
-from tirec.models.train import build_model, evaluate_run, load_run, train_run, warn_unread_settings
+from tirec.models.train import build_model, evaluate_run, load_run, train_run, warn_unread_run_settings
 
 
 SMALL = ["model.emb_dim=4", "model.daian.att_units=8", "model.daian.att_heads=2", "model.tower=[16,8]",
@@ -61,7 +61,7 @@ def test_run_writes_its_metrics_and_reloads(tiny_data, tmp_path, name, caplog):
     assert f"model.gapnet.* not read: training {name!r}" in caplog.text
     assert f"model.{name}.* not read" not in caplog.text
     # train.three_stage=false: read by DAIAN alone
-    assert ("train.three_stage=False not read: only DAIAN's three stages read it" in caplog.text) == (name != "daian")
+    assert ("train.three_stage=false not read: only DAIAN's three stages read it" in caplog.text) == (name != "daian")
     for key in ("auc", "gauc", "logloss"):
         assert np.isfinite(metrics[key]), key
     on_disk = json.load(open(os.path.join(run, "metrics.json")))
@@ -91,7 +91,7 @@ def test_run_writes_its_metrics_and_reloads(tiny_data, tmp_path, name, caplog):
 def test_daian_schedule_settings_outside_their_schedule_are_named(caplog, settings, three_stage, message):
     cfg = load_config(None, settings + [f"train.three_stage={str(three_stage).lower()}"])
     with caplog.at_level("WARNING", logger="tirec.models.train"):
-        warn_unread_settings(cfg.model, cfg.train, "daian", registry.get_builder("daian"))
+        warn_unread_run_settings(cfg.model, cfg.train, "daian", registry.get_builder("daian"))
     assert ("not read" in caplog.text) == (message is not None)
     assert message is None or message in caplog.text
 

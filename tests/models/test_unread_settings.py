@@ -7,7 +7,6 @@ import pytest
 
 from tirec.models.config import ModelConfig, warn_unread_settings
 
-MODEL = "din"
 SMALL = ["model.emb_dim=4", "model.tower=[8]", "model.gapnet.att_units=8", "model.gapnet.att_heads=2"]
 
 # (model, settings with the switch off, the warning, the same settings read)
@@ -18,6 +17,8 @@ CASES = [
      "model.dien.aux_score='dot': model.dien.aux_hidden=(8,) not read", ["model.dien.aux_hidden=[8]"]),
     ("gapnet", ["model.gapnet.use_pafs=false", "model.gapnet.pafs_mult=3"],
      "model.gapnet.use_pafs=false: model.gapnet.pafs_mult=3.0 not read", ["model.gapnet.pafs_mult=3"]),
+    ("gapnet", ["model.gapnet.use_qaog=false", "model.gapnet.gate_bias=0.5"],
+     "model.gapnet.use_qaog=false: model.gapnet.gate_bias=0.5 not read", ["model.gapnet.gate_bias=0.5"]),
     ("gapnet", ["model.gapnet.cgdf=concat", "model.gapnet.cgdf_hidden=[4]"],
      "model.gapnet.cgdf='concat': model.gapnet.cgdf_hidden=(4,) not read", ["model.gapnet.cgdf_hidden=[4]"]),
     ("tin", ["model.tin.time_buckets=8"],
@@ -26,6 +27,7 @@ CASES = [
     # shared settings a model never reads, or reads only under a switch
     ("dien", ["model.din_hidden=[4]"], "model.din_hidden=(4,) not read by DIEN", ["model.tower=[4]"]),
     ("tin", ["model.hist_buckets=1"], "model.hist_buckets=1 not read by TIN", ["model.tower=[4]"]),
+    ("qin", ["model.hist_buckets=1"], "model.hist_buckets=1 not read by QIN", ["model.qin.head=tower"]),
     ("dei2n", ["model.din_hidden=[4]"], "model.din_hidden=(4,) not read by DEI2N", ["model.hist_buckets=1"]),
     ("qin", ["model.qin.head=linear", "model.dropout=0.1"],
      "model.dropout=0.1 not read by QIN with model.qin.head=linear",

@@ -70,3 +70,11 @@ def test_a_config_file_must_split_each_span_by_day(tmp_path):
     assert cfg.pipeline.split == "days" and cfg.train.epochs == 1
     with pytest.raises(ValueError, match=r"eval_days=2"):
         load_runner_config(str(path), ["pipeline.split=days", "pipeline.eval_days=2"])
+
+
+def test_the_demo_gives_daian_settings_only_to_daian():
+    daian = load_runner_config(None, [])
+    assert daian.run.model == "daian" and daian.model.section("daian").att_units == 32
+    din = load_runner_config(None, ["run.model=din"], users=7)
+    assert "daian" not in din.model.sections and din.model.tower == (128, 64)
+    assert din.generator.users == 7 and din.pipeline.split == "days"

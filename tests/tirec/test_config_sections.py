@@ -1,5 +1,6 @@
 """Config sections: one per model, validation when built, old keys and old run folders."""
 import dataclasses
+import json
 import pathlib
 import shutil
 
@@ -131,6 +132,8 @@ def test_unknown_keys_name_key_value_and_the_valid_keys(override, message):
     (lambda: PipelineConfig(no_trigger="keep"), "pipeline.no_trigger: must be 'drop' or 'pad'"),
     (lambda: PipelineConfig(realtime_len=4), "pipeline.realtime_len: applies to views=true only (GAP-Net's rt "
                                              "and lt views); set pipeline.views=true; received 4"),
+    (lambda: PipelineConfig(realtime_window="2h"), "pipeline.realtime_window: applies to views=true only"),
+    (lambda: PipelineConfig(long_seq_len=50), "pipeline.long_seq_len: applies to views=true only"),
     (lambda: PipelineConfig(sim_range="quantile", sim_lo=0.0),
      "pipeline.sim_lo: applies to sim_range=fixed only (quantile takes the range from the train sims); "
      "received 0.0"),
@@ -184,6 +187,23 @@ def test_old_flat_keys_load_with_one_deprecation_line(capsys):
 def test_an_old_key_and_its_new_name_together_are_an_error():
     with pytest.raises(ValueError, match="model.sim_bins and model.daian.sim_bins are both set"):
         load_config(None, ["model.sim_bins=5", "model.daian.sim_bins=7"])
+
+
+def test_the_default_views_window_written_another_way_is_not_refused():
+    assert PipelineConfig(realtime_window="240m").realtime_window_s == 4 * 3600
+
+
+def test_a_recorded_run_with_settings_now_refused_still_loads(tmp_path):
+    """train.cpu_replicas outside mirrored, ps_min_shard_bytes outside ps and a shuffle_buffer
+    below one block were accepted (and not read) before: a run folder holding them loads."""
+    config = json.loads((OLD_RUN / "config.json").read_text())
+    config["train"].update(cpu_replicas=2, ps_min_shard_bytes=1024, shuffle_buffer=10)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    train = load_run_config(str(tmp_path)).train
+    assert (train.cpu_replicas, train.ps_min_shard_bytes, train.shuffle_buffer) == \
+        (0, TrainConfig.ps_min_shard_bytes, 16)
+    with pytest.raises(ValueError, match="train.cpu_replicas: only --strategy mirrored"):
+        load_config(None, ["train.cpu_replicas=2"])  # a new config is still refused
 
 
 def test_old_run_config_json_loads_quietly(capsys):
