@@ -548,6 +548,10 @@ def markdown(rows: list[dict], picks: dict, args, refs: dict) -> str:
     lines += [f"| {dataset} | *s_sem alone, untrained* | — | — | {r['eval']['sim_auc']:.4f} | "
               f"{r['eval']['sim_gauc']:.4f} | — | {_impr(rows, dataset, r['eval']['sim_auc'])} | — | 0 | — |"
               for dataset, r in refs.items() if r]
+    pending = pending_rows(rows, args)
+    if pending:
+        lines += ["", "**Not complete yet** (each row appears once its learning-rate grid is cached, "
+                  "with the seeds done so far): " + "; ".join(pending) + "."]
     planted = [r for r in rows if "planted_intent_js" in r]
     if planted:
         lines += ["", "Intent JS (per user) against the generator's planted preference: "
@@ -556,6 +560,22 @@ def markdown(rows: list[dict], picks: dict, args, refs: dict) -> str:
     lines += _ablation_table(rows) + _grid_table(picks, args)
     lines += ["", f"Settings: {' '.join(SPEED + list(args.overrides)) or 'defaults'} (paper defaults otherwise)."]
     return "\n".join(lines) + "\n"
+
+
+def pending_rows(rows: list[dict], args) -> list[str]:
+    """``"<data set> <model> (<what is missing>)"`` for each requested (data set, model) row that
+    is not complete: no row yet (its learning-rate grid is not all cached) or fewer seeds than
+    ``--seeds``."""
+    seeds = {(r["dataset"], r["model"]): r["seeds"] for r in rows}
+    out = []
+    for dataset in args.datasets:
+        for label, _, _ in rows_of(args.models):
+            done, name = seeds.get((dataset, label)), LABELS.get(label, label)
+            if done is None:
+                out.append(f"{dataset} {name} (learning-rate grid)")
+            elif done < len(args.seeds):
+                out.append(f"{dataset} {name} ({done} of {len(args.seeds)} seeds)")
+    return out
 
 
 def _ablation_table(rows: list[dict]) -> list[str]:
