@@ -19,9 +19,11 @@ the user and context objects hold their group's model inputs by feature name; it
 trigger, history entries, candidates) hold ``item_id`` plus every item side field by field name
 (``cate_id``, ...), history entries also ``ts`` (seconds); a candidate-scoped input of another
 group (none in the standard records) is a candidate key by feature name. ``history`` is the
-spec's first behaviour sequence, ``histories`` the others by name. A missing field is an error
-naming it. A history longer than the model's sequence length keeps its most recent entries
-(logged).
+spec's first behaviour sequence, ``histories`` the others by name (each one the model reads;
+``[]`` for none). A missing field, a key the model does not read (a candidate may carry a
+``meta`` object of its own), a value that is not an integer in ``[0, 2**63)`` and a history not
+most recent first (``ts`` non-increasing) are errors naming the field and the value. A history
+longer than the model's sequence length keeps its most recent entries (logged).
 
     client = PredictClient("127.0.0.1:8500", "daian")
     ranked = client.rank(request)   # [(candidate, score), ...] best first; the request schema
@@ -45,11 +47,24 @@ log = logging.getLogger(__name__)
 # ---- requests -> features ------------------------------------------------------------------------
 
 def _int(value, where: str) -> int:
+    """``value`` as an int64 input: an integer (or an integral float) in ``[0, 2**63)``; ids,
+    timestamps and the context fields are never negative (the pipeline dead-letters those)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"request: {where} must be an integer; received {value!r}")
+        if not (isinstance(value, float) and value.is_integer()):
+            raise ValueError(f"request: {where} must be an integer; received {value!r}")
+    if not 0 <= int(value) < 2 ** 63:
+        raise ValueError(f"request: {where} must be in [0, 2**63); received {value!r}")
     return int(value)
+
+
+def _check_keys(obj: Any, expected, where: str, allowed=()) -> None:
+    """Refuses an object with keys the model does not read, naming them (a misspelt field would
+    otherwise be dropped and its input sent as missing)."""
+    if isinstance(obj, Mapping):
+        unknown = sorted(set(obj) - set(expected) - set(allowed))
+        if unknown:
+            raise ValueError(f"request: {where} has keys the model does not read {unknown}; expected "
+                             f"{sorted(expected)}{f' (and optionally {list(allowed)})' if allowed else ''}")
 
 
 def _field(obj: Mapping, key: str, where: str) -> int:
@@ -166,9 +181,12 @@ def _request_values(schema: RequestSchema, request: Mapping) -> dict[str, int]:
     out = {}
     for group in ("user", "context"):
         obj = request.get(group, {})
-        for f in schema.select(group=group, scope="request"):
+        feats = schema.select(group=group, scope="request")
+        _check_keys(obj, [f.name for f in feats], group)
+        for f in feats:
             out[f.name] = _field(obj, f.name, group)
     trigger = request.get("trigger")
+    _check_keys(trigger, [f.field for f in schema.select(group="trigger") if f.field != "present"], "trigger")
     for f in schema.select(group="trigger"):
         if f.field == "present":
             out[f.name] = int(trigger is not None)
@@ -180,16 +198,16 @@ def _request_values(schema: RequestSchema, request: Mapping) -> dict[str, int]:
 def _sequences(schema: RequestSchema, request: Mapping) -> dict[str, np.ndarray]:
     """The ``[L]`` columns of every behaviour sequence: the first from ``history``, the others
     from ``histories[name]``; entries by item field, most recent first, zero-padded."""
-    extra = request.get("histories") or {}
+    extra = request.get("histories", {})
     names = list(schema.histories)
-    if not isinstance(extra, Mapping) or set(extra) - set(names[1:]):
-        raise ValueError(f"request: histories must map the model's further behaviour sequences "
-                         f"{names[1:]} to lists; received {extra!r}")
+    if not isinstance(extra, Mapping) or set(extra) != set(names[1:]):
+        raise ValueError(f"request: histories must map each of the model's further behaviour sequences "
+                         f"{names[1:]} to a list ([] for none); received {extra!r}")
     out = {}
     for i, name in enumerate(names):
-        entries = request.get("history") if i == 0 else extra.get(name)
+        entries = request.get("history", []) if i == 0 else extra[name]
         where = "history" if i == 0 else f"histories.{name}"
-        out.update(_history(schema, name, entries or [], where))
+        out.update(_history(schema, name, entries, where))
     return out
 
 
@@ -197,25 +215,39 @@ def _history(schema: RequestSchema, name: str, entries: Any, where: str) -> dict
     L = schema.histories[name]
     if not _is_list(entries):
         raise ValueError(f"request: {where} must be a list; received {entries!r}")
-    if len(entries) > L:
-        log.warning("request: %s has %d entries; keeping the %d most recent", where, len(entries), L)
-        entries = entries[:L]
     feats = schema.select(group="history", history=name)
+    rows = [_history_entry(entry, feats, f"{where}[{i}]") for i, entry in enumerate(entries)]
+    times = [row["ts"] for row in rows if "ts" in row]
+    for i in range(1, len(times)):
+        if times[i] > times[i - 1]:
+            raise ValueError(f"request: {where} must be most recent first: {where}[{i}].ts = {times[i]} "
+                             f"is later than {where}[{i - 1}].ts = {times[i - 1]}")
+    if len(rows) > L:
+        log.warning("request: %s has %d entries; keeping the %d most recent", where, len(rows), L)
+        rows = rows[:L]
     seq = {f.name: np.zeros(L, np.float32 if f.dtype == "float32" else np.int64) for f in feats}
-    for i, entry in enumerate(entries):
+    for i, row in enumerate(rows):
         for f in feats:
-            value = _field(entry, f.field, f"{where}[{i}]")
-            if f.field == "ts" and value <= 0:
-                raise ValueError(f"request: {where}[{i}].ts must be > 0 (0 marks padding); "
-                                 f"received {value}")
-            seq[f.name][i] = value
+            seq[f.name][i] = row[f.field]
     return seq
+
+
+def _history_entry(entry: Any, feats, where: str) -> dict[str, int]:
+    """One history entry's values by item field (``ts`` > 0: 0 marks padding)."""
+    _check_keys(entry, [f.field for f in feats], where)
+    row = {f.field: _field(entry, f.field, where) for f in feats}
+    if row.get("ts", 1) <= 0:
+        raise ValueError(f"request: {where}.ts must be > 0 (0 marks padding); received {row['ts']}")
+    return row
 
 
 def _candidate_values(schema: RequestSchema, candidates: Sequence) -> dict[str, list]:
     """The candidate-level inputs, one value per candidate (the target's by item field)."""
+    feats = schema.select(scope="candidate")
+    for i, c in enumerate(candidates):
+        _check_keys(c, [schema.key(f) for f in feats], f"candidates[{i}]", allowed=("meta",))
     return {f.name: [_field(c, schema.key(f), f"candidates[{i}]") for i, c in enumerate(candidates)]
-            for f in schema.select(scope="candidate")}
+            for f in feats}
 
 
 def _rows(schema: RequestSchema, shared: Mapping, per_candidate: Mapping, n: int

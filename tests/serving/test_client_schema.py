@@ -61,12 +61,47 @@ def test_request_errors_name_the_field():
     bad["histories"]["long"][1]["ts"] = 0
     with pytest.raises(ValueError, match=r"histories\.long\[1\]\.ts must be > 0"):
         C.request_features(spec, bad)
-    with pytest.raises(ValueError, match=r"histories must map the model's further behaviour sequences \['long'\]"):
+    with pytest.raises(ValueError, match=r"histories must map each of the model's further behaviour sequences "
+                                         r"\['long'\] to a list \(\[\] for none\); received \{'short': \[\]\}"):
         C.request_features(spec, {**_request(), "histories": {"short": []}})
+    with pytest.raises(ValueError, match=r"histories must map each of .* received \{\}"):  # a sequence left out
+        C.request_features(spec, {**_request(), "histories": {}})
+    with pytest.raises(ValueError, match=r"history must be a list; received \{\}"):
+        C.request_features(spec, {**_request(), "history": {}})
     with pytest.raises(ValueError, match=r"unknown keys \['extra'\]"):
         C.request_features(spec, {**_request(), "extra": 1})
     with pytest.raises(ValueError, match=r"RequestSchema: not a TIR model"):
         C.RequestSchema.from_signature({"inputs": {"x": {"dtype": "DT_FLOAT"}}})
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r["user"].update(usr_age=3), r"user has keys the model does not read \['usr_age'\]; expected \['user_id'\]"),
+    (lambda r: r["trigger"].update(ts=5), r"trigger has keys the model does not read \['ts'\]"),
+    (lambda r: r["history"][0].update(btag="click"), r"history\[0\] has keys the model does not read \['btag'\]"),
+    (lambda r: r["candidates"][1].update(cateid=3), r"candidates\[1\] has keys the model does not read \['cateid'\]; "
+                                                    r"expected .* \(and optionally \['meta'\]\)"),
+    (lambda r: r["candidates"][0].update(item_id=-9), r"candidates\[0\]\.item_id must be in \[0, 2\*\*63\); received -9"),
+    (lambda r: r["user"].update(user_id=2 ** 64), r"user\.user_id must be in \[0, 2\*\*63\); received 18446744073709551616"),
+    (lambda r: r["histories"]["long"].reverse(),
+     r"histories\.long must be most recent first: histories\.long\[1\]\.ts = 800 is later than histories\.long\[0\]\.ts = 700"),
+])
+def test_a_request_the_model_would_read_otherwise_is_refused(change, message):
+    """A misspelt or extra key, an id out of range and a history in the wrong order are errors
+    naming the field and the value, not silently dropped or reordered."""
+    request = _request()
+    change(request)
+    with pytest.raises(ValueError, match=message):
+        C.request_features(_spec(), request)
+
+
+def test_a_candidate_may_carry_meta_and_a_long_history_keeps_its_most_recent(caplog):
+    request = _request()
+    request["candidates"][0]["meta"] = {"title": "a film"}
+    request["history"] = [{"item_id": 10 + i, "ts": 900 - i, "cate_id": 1} for i in range(5)]
+    with caplog.at_level("WARNING", logger="tirec.serving.client"):
+        feats = C.request_features(_spec(), request)
+    assert feats["hist_item_ids"][0].tolist() == [10, 11, 12]  # L = 3, the most recent
+    assert "request: history has 5 entries; keeping the 3 most recent" in caplog.text
 
 
 def test_rank_inputs_split_by_scope():
