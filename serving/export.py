@@ -214,6 +214,8 @@ def read_eval_records(data_dir: str, n: int) -> list[bytes]:
         ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(n)
         records = [r.numpy() for r in ds]
         if records:
+            if split == "train":
+                log.warning("%s: the eval split has no records; using the first %d of train", data_dir, len(records))
             return records
     raise FileNotFoundError(f"no records in {data_dir}/eval or {data_dir}/train to build warmup "
                             f"requests from; pass --data or --warmup-rows 0")

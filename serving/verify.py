@@ -40,8 +40,9 @@ def verify_serving(target: str, model_name: str, run_dir: str, data_dir: str | N
     """Compares served and offline scores of eval rows; returns a report dict.
 
     The report has ``rows``, ``max_abs_diff`` per output, ``version`` (what the server answered
-    with) and ``bad_rows`` (index, request id, output, served, offline) for every row over the
-    tolerance; ``ok`` is True when there are none.
+    with), ``rows_over_tolerance`` (per output, how many rows differ by more than ``tolerance``)
+    and ``bad_rows`` (index, request id, output, served, offline) for the first 50 of them per
+    output; ``ok`` is True when there are none.
     """
     model, spec, cfg = load_run(run_dir, checkpoint=checkpoint)
     data_dir = data_dir or cfg.get("data")
@@ -62,7 +63,7 @@ def verify_serving(target: str, model_name: str, run_dir: str, data_dir: str | N
         tf.constant(records), {"request_id": tf.io.FixedLenFeature([], tf.string)})["request_id"].numpy()
 
     report = {"rows": len(records), "versions": sorted(versions), "tolerance": tolerance,
-              "max_abs_diff": {}, "bad_rows": []}
+              "max_abs_diff": {}, "bad_rows": [], "rows_over_tolerance": {}}
     for key, want in offline.items():
         if key not in served_arr:
             raise ValueError(f"verify-serving: the server returned no {key!r} output "
@@ -70,7 +71,9 @@ def verify_serving(target: str, model_name: str, run_dir: str, data_dir: str | N
         got = served_arr[key].reshape(want.shape)
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64)).reshape(len(records), -1).max(axis=1)
         report["max_abs_diff"][key] = float(diff.max()) if diff.size else 0.0
-        for i in np.flatnonzero(diff > tolerance)[:50]:
+        over = np.flatnonzero(diff > tolerance)
+        report["rows_over_tolerance"][key] = int(over.size)
+        for i in over[:50]:  # the first 50 of each output, listed
             report["bad_rows"].append({"row": int(i), "request_id": request_ids[i].decode(),
                                        "output": key, "served": got[i].tolist(),
                                        "offline": want[i].tolist()})

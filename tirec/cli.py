@@ -318,6 +318,20 @@ def _run_cluster_server(args, _extra) -> int:
     return 0
 
 
+def _int_at_least(low: int):
+    """An argparse type: an integer >= ``low`` (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}; received {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}; received {value}")
+        return value
+
+    return parse
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a trained run as a TF Serving SavedModel version",
                        description="Writes BASE/NAME/<version>/ with serving_default (serialized "
@@ -329,7 +343,7 @@ def _add_export(sub) -> None:
     _flag(p, "--model-name", ("--name",), required=True, metavar="NAME", help="served model name")
     p.add_argument("--version", type=int, help="integer version (default: newest + 1)")
     p.add_argument("--data", help="pipeline output for warmup rows (default: the run's data)")
-    p.add_argument("--warmup-rows", type=int, default=8, help="eval rows in warmup requests (0: none)")
+    p.add_argument("--warmup-rows", type=_int_at_least(0), default=8, help="eval rows in warmup requests (0: none)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="weights to export: last = the final ones (default); best = the final "
                         "stage's epoch with the best validation AUC (needs a run trained with a "
@@ -374,7 +388,7 @@ def _add_make_request(sub) -> None:
     p.add_argument("--out", required=True, help="request JSON to write")
     p.add_argument("--request-id", help="which request (default: the one with most candidates "
                                         "among the first --rows eval rows)")
-    p.add_argument("--rows", type=int, default=2000, help="eval rows to search")
+    p.add_argument("--rows", type=_int_at_least(1), default=2000, help="eval rows to search")
     p.set_defaults(func=_run_make_request)
 
 
@@ -406,7 +420,7 @@ def _add_query(sub) -> None:
                    help="serving_default: one full tf.Example per candidate; rank: one context example "
                         "and one small example per candidate (much smaller requests); predict: raw "
                         "tensors (default: %(default)s)")
-    p.add_argument("--top", type=int, default=0, help="print only the best K (0: all)")
+    p.add_argument("--top", type=_int_at_least(0), default=0, help="print only the best K (0: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     p.set_defaults(func=_run_query)
@@ -443,7 +457,7 @@ def _add_verify_serving(sub) -> None:
     _flag(p, "--model-name", ("--model",), required=True, metavar="NAME", help="served model name")
     _run_flag(p, ("--model-dir",), "the run the served model was exported from")
     p.add_argument("--data", help="pipeline output (default: the run's data)")
-    p.add_argument("--rows", type=int, default=2000, help="eval rows to compare")
+    p.add_argument("--rows", type=_int_at_least(1), default=2000, help="eval rows to compare")
     p.add_argument("--version", type=int, help="pin a version")
     p.add_argument("--tolerance", type=float, default=1e-6)
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
@@ -458,8 +472,9 @@ def _run_verify_serving(args, _extra) -> int:
                             tolerance=args.tolerance, version=args.version, checkpoint=args.checkpoint)
     print(json.dumps(report, indent=2))
     if not report["ok"]:
-        log.error("served scores differ from offline scores on %d row(s), e.g. %s",
-                  len(report["bad_rows"]), report["bad_rows"][0])
+        counts = ", ".join(f"{n} on {key}" for key, n in report["rows_over_tolerance"].items() if n)
+        log.error("served scores differ from offline scores beyond %g: %s row(s); e.g. %s",
+                  args.tolerance, counts, report["bad_rows"][0])
         return 1
     return 0
 

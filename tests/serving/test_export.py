@@ -265,3 +265,7 @@ def _verify_against(version_dir, run_dir, data_dir):
         verify.PredictClient = real
     assert best["ok"] and best["rows"] == 64
     assert not last["ok"] and last["bad_rows"]
+    # the count is of every row over the tolerance, the list its first 50 per output
+    assert set(best["rows_over_tolerance"].values()) == {0}
+    listed = sum(b["output"] == "ctr" for b in last["bad_rows"])
+    assert last["rows_over_tolerance"]["ctr"] >= listed > 0

@@ -241,3 +241,16 @@ def test_the_dask_runner_flags_are_known_beam_flags():
                                        "--dask_npartitions", "4"]) == []
     assert runners.unknown_beam_flags(["--runner", "dask", "--dask_adress", "x"]) == ["--dask_adress", "x"]
     assert "did you mean --dask_client_address" in runners.unknown_flags_message(["--dask_client_adress"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["query", "--model-name", "m", "--input", "r.json", "--top", "-2"], "argument --top: must be an integer >= 0; received -2"),
+    (["make-request", "--data", "T", "--out", "r.json", "--rows", "0"], "argument --rows: must be an integer >= 1; received 0"),
+    (["verify-serving", "--model-name", "m", "--run", "R", "--rows", "x"], "argument --rows: must be an integer >= 1; received 'x'"),
+    (["export", "--run", "R", "--out", "o", "--model-name", "m", "--warmup-rows", "-1"],
+     "argument --warmup-rows: must be an integer >= 0; received -1"),
+])
+def test_count_flags_refuse_values_below_their_floor(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
