@@ -23,6 +23,7 @@ the request, :func:`prior_intent`) and the explicit-intent mask, once the binnin
 from __future__ import annotations
 
 import dataclasses
+import logging
 import zlib
 
 import numpy as np
@@ -44,10 +45,18 @@ def btag_id(tag: str) -> int:
 
 
 def encode_btags(tags: np.ndarray, click_btags: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(btag ids, is-click flags) for an array of behaviour-type strings."""
+    """(btag ids, is-click flags) for an array of behaviour-type strings. A type that differs
+    from a click type only by case or surrounding spaces (``" click"`` from a CSV written with
+    ", ") is not a click, and is named in a warning."""
     uniq, inv = np.unique(np.asarray(tags, dtype=str), return_inverse=True)
     ids = np.array([btag_id(t) for t in uniq], dtype=np.int64)
     clicks = np.isin(uniq, np.array(click_btags, dtype=str))
+    folded = {c.strip().lower() for c in click_btags}
+    near = [str(t) for t, c in zip(uniq, clicks) if not c and t.strip().lower() in folded]
+    if near:
+        logging.getLogger(__name__).warning(
+            "behaviour types %s are not clicks (pipeline.click_btags=%s): they differ from one only by case "
+            "or spaces; fix the logs or add them to click_btags", near, list(click_btags))
     return ids[inv].reshape(-1), clicks[inv].reshape(-1)
 
 

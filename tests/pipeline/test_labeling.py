@@ -156,3 +156,14 @@ def test_category_clicks_count_the_requests_clicks_in_the_triggers_category():
     np.testing.assert_array_equal(request_category_clicks(flipped), [1, 1, 1, 1, 1, 0])
     with pytest.raises(ValueError, match=r"intent_cate_clicks: needs the columns \['trigger_cate_id'\]"):
         request_category_clicks({k: v for k, v in cols.items() if k != "trigger_cate_id"})
+
+
+def test_a_click_type_written_with_other_case_or_spaces_is_named(caplog):
+    with caplog.at_level("WARNING", logger="tirec.pipeline.labeling"):
+        _, is_click = encode_btags(np.array(["click", " click", "Click", "cart"]), ("click",))
+    assert is_click.tolist() == [True, False, False, False]  # as written: not clicks
+    assert "behaviour types [' click', 'Click'] are not clicks (pipeline.click_btags=['click'])" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tirec.pipeline.labeling"):
+        encode_btags(np.array(["click", "cart", "buy"]), ("click",))
+    assert "not clicks" not in caplog.text
