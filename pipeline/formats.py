@@ -123,18 +123,27 @@ def context_fields(columns: list[str]) -> tuple[str, ...]:
 
 
 def header_fields(paths: list[str], schema: TableSchema) -> list[str]:
-    """Undeclared (extra) fields a table's first file yields, without their prefix.
-
-    For users that is the profile fields (``gender`` for column ``gender``, stored as
+    """Undeclared (extra) fields a table's files yield (the first row of each), without their
+    prefix: for users the profile fields (``gender`` for column ``gender``, stored as
     ``user_gender``); for impressions the ``ctx_`` columns.
+
+    Raises:
+      ValueError: naming two files whose extra fields differ (the fields of one would be
+        dropped, or filled with 0, in the other's rows).
     """
-    if not paths:
-        return []
     declared = {c.name for c in schema.columns}
     prefix = schema.extra_int_prefix or ""
-    for chunk, _ in read_chunks(paths[0], schema, chunk_rows=1):
-        return [n[len(prefix):] for n in chunk.columns if n not in declared]
-    return []
+    first, fields = None, []
+    for path in paths:
+        for chunk, _ in read_chunks(path, schema, chunk_rows=1):
+            extra = [n[len(prefix):] for n in chunk.columns if n not in declared]
+            if first is None:
+                first, fields = path, extra
+            elif set(extra) != set(fields):
+                raise ValueError(f"{schema.name}: {path} has the extra fields {sorted(extra)} and {first} "
+                                 f"{sorted(fields)}; every file of a table needs the same ones")
+            break
+    return fields
 
 
 def read_table(directory: str, schema: TableSchema, chunk_rows: int, dead: list, rows_in: dict,

@@ -512,3 +512,16 @@ def test_generic_auto_provider_names_the_settings_it_does_not_read(tmp_path, cap
     assert formats.warn_unread_embedding_settings(PipelineConfig(seed=3), "cooccurrence-svd") == []
     assert formats.warn_unread_embedding_settings(PipelineConfig(embedding_path="v.npy", emb_dim=8),
                                                   "minilm") == ["emb_dim", "embedding_path"]
+
+
+def test_the_files_of_a_table_must_carry_the_same_extra_fields(tmp_path):
+    from tirec.pipeline.formats import IMPRESSIONS, header_fields
+
+    a, b, c = (tmp_path / f"impressions-{i}.csv" for i in range(3))
+    a.write_text("user_id,item_id,ts,label,ctx_scene\n1,2,3,0,4\n")
+    b.write_text("user_id,item_id,ts,label,ctx_scene\n1,2,5,1,4\n")
+    c.write_text("user_id,item_id,ts,label\n1,2,6,0\n")
+    assert header_fields([str(a), str(b)], IMPRESSIONS) == ["ctx_scene"]
+    with pytest.raises(ValueError, match=r"impressions: .*impressions-2.csv has the extra fields \[\] and "
+                                         r".*impressions-0.csv \['ctx_scene'\]; every file of a table needs"):
+        header_fields([str(a), str(b), str(c)], IMPRESSIONS)
