@@ -43,7 +43,7 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features.config_io import to_dict
 from tirec.features.spec import CATEGORY, ITEM_ID, FeatureSpec, standard_column
-from tirec.models.config import ModelConfig, changed_settings, check_precision, model_config_from_dict
+from tirec.models.config import ModelConfig, changed_settings, check_precision, model_config_from_dict, setting_text
 from tirec.models.layers import MLP, DinAttention, FrozenItemTable, HashedEmbedding
 from tirec.models.layers.sequence import latest_time, time_gap_buckets, unique_rows
 from tirec.models.tasks import CTR, INTENT, CtrTask, IntentTask, replica_objective
@@ -432,7 +432,7 @@ def warn_shared_unread(model_config: ModelConfig, fields, reader: str) -> list[s
     model, or a model under a switch) does not read; returns the keys."""
     changed = changed_settings(model_config, fields)
     for key, value in changed.items():
-        logging.getLogger(__name__).warning("model.%s=%r not read by %s", key, value, reader)
+        logging.getLogger(__name__).warning("model.%s=%s not read by %s", key, setting_text(value), reader)
     return list(changed)
 
 

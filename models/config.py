@@ -242,6 +242,12 @@ def changed_settings(section, fields=None) -> dict:
     return {n: getattr(section, n) for n in names if getattr(section, n) != getattr(default, n)}
 
 
+def setting_text(value) -> str:
+    """A setting's value as a warning shows it: ``true`` / ``false`` as written in YAML and
+    ``--set``, anything else as its ``repr``."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def warn_unread_settings(logger, name: str, section, rules) -> list[str]:
     """Warns on ``logger``, one line per switch of model section ``name`` that leaves
     non-default settings unread (a config file ablated with one ``--set``); returns the lines.
@@ -251,9 +257,8 @@ def warn_unread_settings(logger, name: str, section, rules) -> list[str]:
     for switch, value, fields in rules:
         changed = changed_settings(section, fields)
         if getattr(section, switch) == value and changed:
-            given = ", ".join(f"model.{name}.{f}={v!r}" for f, v in changed.items())
-            shown = str(value).lower() if isinstance(value, bool) else repr(value)
-            out.append(f"model.{name}.{switch}={shown}: {given} not read")
+            given = ", ".join(f"model.{name}.{f}={setting_text(v)}" for f, v in changed.items())
+            out.append(f"model.{name}.{switch}={setting_text(value)}: {given} not read")
             logger.warning(out[-1])
     return out
 

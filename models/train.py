@@ -43,7 +43,7 @@ from tirec.models import robustness as R
 from tirec.models.base import (DIE_PRETRAIN, UIM_PRETRAIN, Stage, check_stage_inputs, joint_stage,
                                 model_input_names, precision_scope, stage_input_names)
 from tirec.models.config import (ModelConfig, RunConfig, TrainConfig, changed_settings, check_precision,
-                                 load_run_config)
+                                 load_run_config, setting_text)
 from tirec.models.data import check_data, load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder, model_spec
 
@@ -300,8 +300,7 @@ def warn_unread_run_settings(model_cfg: ModelConfig, cfg: TrainConfig, model_nam
     else:
         unread = () if cfg.three_stage else ("uim_lr_scale",)
     for key, value in changed_settings(cfg, unread).items():
-        log.warning("train.%s=%s not read: only DAIAN's three stages read it", key,
-                    str(value).lower() if isinstance(value, bool) else value)
+        log.warning("train.%s=%s not read: only DAIAN's three stages read it", key, setting_text(value))
     if staged and cfg.three_stage and changed_settings(model_cfg.section(model_name), ("intent_weight",)):
         log.warning("model.%s.intent_weight not read: it weighs the intent loss of train.three_stage=false",
                     model_name)
