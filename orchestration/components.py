@@ -66,9 +66,8 @@ def log_gen(ctx: Context, inputs: dict, outputs: dict) -> dict:
     """The built-in synthetic logs, one shard per day (``generator.day_files``)."""
     from tirec.pipeline import synthetic
 
-    gen = dataclasses.replace(ctx.cfg.generator, day_files=True)
-    summary = synthetic.generate(gen, outputs["logs"])
-    return {"rows": summary["rows"], "days": gen.days}
+    summary = synthetic.generate(ctx.cfg.generator, outputs["logs"])
+    return {"rows": summary["rows"], "days": ctx.cfg.generator.days}
 
 
 def span_files(logs: str, span: int) -> tuple[list[str], list[str]]:
@@ -283,6 +282,6 @@ def components(cfg: RunnerConfig) -> list[Component]:
     ]
     if cfg.run.source == "synthetic":
         dag.insert(0, Component("LogGen", (), {"logs": "RawLogs"},
-                                lambda c, s: {"generator": to_dict(dataclasses.replace(c.generator, day_files=True))},
+                                lambda c, s: {"generator": to_dict(c.generator)},
                                 log_gen))
     return dag

@@ -167,10 +167,21 @@ def load_runner_config(path: str | None = None, overrides=(), users: int | None 
     file, then ``overrides`` (the demo's settings do not apply). ``--users`` comes last."""
     extra = [f"generator.users={users}"] if users is not None else []
     if path is not None:
-        return check_span_split(load_config(path, list(overrides) + extra, cls=RunnerConfig))
+        return check_spans(load_config(path, list(overrides) + extra, cls=RunnerConfig))
     model = load_config(None, list(overrides), cls=RunnerConfig).run.model
-    return check_span_split(load_config(None, builtin_overrides(model=model) + list(overrides) + extra,
-                                        cls=RunnerConfig))
+    return check_spans(load_config(None, builtin_overrides(model=model) + list(overrides) + extra,
+                                   cls=RunnerConfig))
+
+
+def check_spans(cfg: RunnerConfig) -> RunnerConfig:
+    """Returns ``cfg`` if it can run span after span (:func:`check_span_split`, and with the
+    built-in generator ``generator.day_files``, the day shards spans read), else raises a
+    ValueError naming the setting."""
+    check_span_split(cfg)
+    if cfg.run.source == "synthetic" and not cfg.generator.day_files:
+        raise ValueError("generator.day_files: tirec run's LogGen writes the logs one shard per day, which "
+                         "each span reads up to its day; set generator.day_files=true; received false")
+    return cfg
 
 
 def check_span_split(cfg: RunnerConfig) -> RunnerConfig:

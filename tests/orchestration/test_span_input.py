@@ -61,15 +61,22 @@ def test_settings_tirec_run_sets_itself_are_refused():
     assert load_runner_config(None, ["run.source=logs", "run.input=/data/logs"]).run.input == "/data/logs"
 
 
-def test_a_config_file_must_split_each_span_by_day(tmp_path):
+def test_a_config_file_must_split_each_span_by_day_and_generate_day_shards(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  epochs: 1\n")
     with pytest.raises(ValueError, match=r"pipeline.split / pipeline.eval_days: .* received split='auto'"):
         load_runner_config(str(path))
-    cfg = load_runner_config(str(path), ["pipeline.split=days"])
-    assert cfg.pipeline.split == "days" and cfg.train.epochs == 1
+    with pytest.raises(ValueError, match=r"generator.day_files: tirec run's LogGen writes the logs one shard "
+                                         r"per day.* received false"):
+        load_runner_config(str(path), ["pipeline.split=days"])
+    cfg = load_runner_config(str(path), ["pipeline.split=days", "generator.day_files=true"])
+    assert cfg.pipeline.split == "days" and cfg.train.epochs == 1 and cfg.generator.day_files
     with pytest.raises(ValueError, match=r"eval_days=2"):
-        load_runner_config(str(path), ["pipeline.split=days", "pipeline.eval_days=2"])
+        load_runner_config(str(path), ["pipeline.split=days", "pipeline.eval_days=2", "generator.day_files=true"])
+    with pytest.raises(ValueError, match=r"generator.day_files"):
+        load_runner_config(None, ["generator.day_files=false"])  # not silently replaced by true
+    logs = load_runner_config(str(path), ["pipeline.split=days", "run.source=logs", "run.input=/data/logs"])
+    assert not logs.generator.day_files  # read only with the built-in generator
 
 
 def test_the_demo_gives_daian_settings_only_to_daian():
