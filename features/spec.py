@@ -539,7 +539,7 @@ def tir_feature_spec(*, item_fields: Sequence[str] = ("cate_id", "brand_id", "pr
         name = PREFIXES["user"] + f
         feats.append(Feature(name, "int64", table=name, **_side_field("user", f)))
         tables[name] = 256
-    feats += [Feature(name, "int64", table=name, **_CORE[name]) for name in _TIME_COLUMNS]
+    feats += [Feature(name, "int64", table=name, **_CORE[name]) for name in TIME_COLUMNS]
     for f in context_fields:
         name = PREFIXES["context"] + f
         feats.append(Feature(name, "int64", table=name, **_side_field("context", f)))
@@ -579,7 +579,7 @@ def view_features(view: str, length: int, item_fields: Sequence[str]) -> list[Fe
 
 
 # The fixed columns of the standard records (name, dtype, kind, table, role), in order; the
-# item and user side fields follow them, then _TIME_COLUMNS and the context fields
+# item and user side fields follow them, then TIME_COLUMNS and the context fields
 # (tir_feature_spec; run folders compare specs in order, so the order stays).
 _CORE_COLUMNS = (
     ("label", "int64", "scalar", None, "label"),
@@ -604,8 +604,19 @@ _CORE_COLUMNS = (
 )
 # The optional column of tir_feature_spec(category_clicks=True), after prior_intent.
 _CATEGORY_CLICKS_COLUMN = (CATEGORY_CLICKS, "int64", "scalar", None, "intent")
-# The impression time's context columns (after the user fields; their tables are fixed-size).
-_TIME_COLUMNS = ("ctx_hour", "ctx_dow")
+# The impression time's context columns (after the user fields; their tables are fixed-size),
+# and the column they are derived from (time_context).
+TIME_COLUMNS = ("ctx_hour", "ctx_dow")
+IMPRESSION_TS = "impression_ts"
+
+
+def time_context(ts: np.ndarray | int) -> dict:
+    """The time context columns of impression time(s) ``ts`` (Unix seconds, an int or an integer
+    array), in UTC: ``ctx_hour`` (0-23) and ``ctx_dow`` (0-6, Monday = 0). The pipeline writes
+    them with it and the serving client derives or checks a request's with it."""
+    hour = (ts // 3600) % 24
+    dow = (ts // 86400 + 3) % 7  # 1970-01-01 was a Thursday
+    return dict(zip(TIME_COLUMNS, (hour, dow)))
 
 
 def _attrs(group, scope, field=None, model_input=False):

@@ -30,7 +30,7 @@ import numpy as np
 
 from tirec.features import transforms
 from tirec.features.spec import (CATEGORY, CATEGORY_CLICKS, HISTORY, ITEM_ID, LONG_TERM, PREFIXES, REALTIME,
-                                 FeatureSpec, tir_feature_spec)
+                                 FeatureSpec, time_context, tir_feature_spec)
 from tirec.pipeline import split as splits
 from tirec.pipeline.io import dead_letter
 from tirec.pipeline.items import ItemTable
@@ -369,8 +369,7 @@ def _context_columns(imps: dict, req_key: np.ndarray, s: LabelSettings) -> dict:
     req_idx = (np.unique(req_key.astype(str), return_inverse=True)[1] if n_imp
                else np.zeros(0, dtype=np.int64))
     return {
-        "ctx_hour": (imps["ts"] // 3600) % 24,
-        "ctx_dow": (imps["ts"] // 86400 + 3) % 7,  # 1970-01-01 was a Thursday; Monday = 0
+        **time_context(imps["ts"]),  # ctx_hour, ctx_dow (UTC; Monday = 0)
         "_request": req_idx.astype(np.int64),
         "_split": splits.assign(imps["ts"], s.eval_from_ts, s.valid_from_ts),
         "_file": imps.get("_file", np.full(n_imp, -1, np.int64)),

@@ -7,7 +7,7 @@ A **TIR request** (JSON) describes one user visit and the candidates to rank::
 
     {
       "user":       {"user_id": 17, "user_gender": 1, ...},          # the spec's user group
-      "context":    {"impression_ts": 1700000000, "ctx_hour": 13, ...},  # its request-scoped context
+      "context":    {"impression_ts": 1700000000, "ctx_scene": 2, ...},  # its request-scoped context
       "trigger":    {"item_id": 5, "cate_id": 2, "brand_id": 40, "price_bucket": 3},  # or null
       "history":    [{"item_id": 3, "ts": 1699990000, "cate_id": 2, ...}, ...],  # most recent first
       "histories":  {"long": [...]},                                 # only for further sequences
@@ -18,7 +18,12 @@ Which keys each object needs comes from the FeatureSpec's groups (:meth:`Feature
 the user and context objects hold their group's model inputs by feature name; items (the
 trigger, history entries, candidates) hold ``item_id`` plus every item side field by field name
 (``cate_id``, ...), history entries also ``ts`` (seconds); a candidate-scoped input of another
-group (none in the standard records) is a candidate key by feature name. ``history`` is the
+group (none in the standard records) is a candidate key by feature name. The time context
+(``ctx_hour``, ``ctx_dow``) follows from ``impression_ts`` (Unix seconds, UTC; Monday = 0) as the
+pipeline computes it (:func:`tirec.features.spec.time_context`): with ``impression_ts`` in the
+context object it may be left out (it is derived; ``impression_ts`` is accepted even by a model
+that does not read it), and a value given that disagrees with ``impression_ts`` is an error
+naming both; without ``impression_ts`` it must be given. ``history`` is the
 spec's first behaviour sequence, ``histories`` the others by name (each one the model reads;
 ``[]`` for none). A missing field, a key the model does not read (a candidate may carry a
 ``meta`` object of its own), a value that is not an integer in ``[0, 2**63)`` and a history not
@@ -38,8 +43,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tirec.features.jsonio import read_text
-from tirec.features.spec import (ITEM_GROUPS, ITEM_ID, Feature, FeatureSpec, derive_groups,
-                                 history_lengths, select_features)
+from tirec.features.spec import (IMPRESSION_TS, ITEM_GROUPS, ITEM_ID, TIME_COLUMNS, Feature, FeatureSpec,
+                                 derive_groups, history_lengths, select_features, time_context)
 
 log = logging.getLogger(__name__)
 
@@ -177,22 +182,57 @@ def _is_list(value: Any) -> bool:
 
 def _request_values(schema: RequestSchema, request: Mapping) -> dict[str, int]:
     """One value per request-level scalar input: the user and context objects by feature name,
-    the trigger by item field (all 0 without a trigger; field ``present`` says which)."""
-    out = {}
-    for group in ("user", "context"):
-        obj = request.get(group, {})
-        feats = schema.select(group=group, scope="request")
-        _check_keys(obj, [f.name for f in feats], group)
-        for f in feats:
-            out[f.name] = _field(obj, f.name, group)
-    trigger = request.get("trigger")
+    the trigger by item field."""
+    return {**_object_values(schema, request.get("user", {}), "user"),
+            **_object_values(schema, request.get("context", {}), "context"),
+            **_trigger_values(schema, request.get("trigger"))}
+
+
+def _object_values(schema: RequestSchema, obj: Any, group: str) -> dict[str, int]:
+    """The request-scoped inputs of ``group`` (user or context) from its object by feature name;
+    a model that reads the time context may be sent ``impression_ts`` in its place
+    (:func:`_time_context`)."""
+    feats = schema.select(group=group, scope="request")
+    names = [f.name for f in feats]
+    derivable = IMPRESSION_TS not in names and any(name in TIME_COLUMNS for name in names)
+    _check_keys(obj, names, group, allowed=[IMPRESSION_TS] if derivable else ())
+    implied = _time_context(feats, obj)
+    return {f.name: implied[f.name] if f.name in implied else _field(obj, f.name, group) for f in feats}
+
+
+def _trigger_values(schema: RequestSchema, trigger: Any) -> dict[str, int]:
+    """The trigger's inputs by item field: all 0 without a trigger (field ``present`` says
+    which)."""
     _check_keys(trigger, [f.field for f in schema.select(group="trigger") if f.field != "present"], "trigger")
+    out = {}
     for f in schema.select(group="trigger"):
         if f.field == "present":
             out[f.name] = int(trigger is not None)
         else:
             out[f.name] = 0 if trigger is None else _field(trigger, f.field, "trigger")
     return out
+
+
+def _time_context(feats: Sequence[Feature], context: Any) -> dict[str, int]:
+    """The time context inputs among ``feats`` (``ctx_hour``, ``ctx_dow``) as the context
+    object's ``impression_ts`` implies them (:func:`~tirec.features.spec.time_context`, as the
+    pipeline computes them); {} when the object gives no ``impression_ts``.
+
+    Raises:
+      ValueError: naming the field, the value given and the value implied, when the object also
+        gives a time context input that disagrees with its ``impression_ts``.
+    """
+    names = [f.name for f in feats if f.name in TIME_COLUMNS]
+    if not names or not isinstance(context, Mapping) or IMPRESSION_TS not in context:
+        return {}
+    ts = _field(context, IMPRESSION_TS, "context")
+    implied = {name: int(value) for name, value in time_context(ts).items() if name in names}
+    for name, value in implied.items():
+        if name in context and _field(context, name, "context") != value:
+            raise ValueError(f"request: context.{name} is {context[name]!r} but context.{IMPRESSION_TS} = "
+                             f"{ts} implies {name} = {value} (UTC; ctx_dow 0 = Monday); send them in "
+                             f"agreement, or leave {name} out to have it derived")
+    return implied
 
 
 def _sequences(schema: RequestSchema, request: Mapping) -> dict[str, np.ndarray]:

@@ -13,7 +13,8 @@ Request and response bodies follow TF Serving's JSON mapping: binary strings are
 alias ends in ``_bytes`` are returned that way, ``NaN``/``Infinity`` are accepted and produced.
 Errors are ``{"error": message}`` with the HTTP status TF Serving maps the status code to
 (INVALID_ARGUMENT 400, NOT_FOUND 404, ...); the messages are those of the gRPC API, as both
-share one implementation.
+share one implementation. Each body also accepts ``signature_name``; any other top-level key
+(e.g. a misspelt ``signature_name``) is INVALID_ARGUMENT naming it, where TF Serving ignores it.
 """
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ _INT_RANGES = {
     types_pb2.DT_INT32: (-2**31, 2**31 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
     types_pb2.DT_INT64: (-2**63, 2**63 - 1), types_pb2.DT_UINT64: (0, 2**64 - 1),
 }
+# The top-level keys of each verb's request body; any other key is refused (_check_body_keys).
+_BODY_KEYS = {"predict": ("signature_name", "instances", "inputs"),
+              "classify": ("signature_name", "examples", "context"),
+              "regress": ("signature_name", "examples", "context")}
 _FLOATS = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
            types_pb2.DT_HALF: np.float16}
 _INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
@@ -342,6 +347,15 @@ def _example_request(msg, model_spec, body: dict, max_examples: int) -> None:
 
 # ---- dispatch ------------------------------------------------------------------------------------
 
+def _check_body_keys(verb: str, body: dict) -> None:
+    """Raises INVALID_ARGUMENT naming the body's unknown top-level keys (a misspelt
+    ``signature_name`` would otherwise be ignored and the default signature answer)."""
+    unknown = sorted(set(body) - set(_BODY_KEYS[verb]))
+    if unknown:
+        raise invalid(f"Unknown key(s) {unknown} in the {verb} request body; accepted keys: "
+                      f"{list(_BODY_KEYS[verb])}")
+
+
 def _model_spec(name: str, version: str | None, label: str | None):
     spec = model_pb2.ModelSpec(name=name)
     if version is not None:
@@ -403,6 +417,7 @@ def handle(core, method: str, path: str, body: bytes) -> tuple[int, dict]:
             raise invalid(f"JSON Parse error: {e}") from None
         if not isinstance(payload, dict):
             raise invalid("The request body must be a JSON object")
+        _check_body_keys(m["verb"], payload)
         if m["verb"] == "predict":
             servable = core.resolve(spec)
             return 200, _predict(core, servable, payload)

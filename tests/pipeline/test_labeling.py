@@ -1,4 +1,6 @@
 """label_user / finalize on one hand-built user."""
+from datetime import datetime, timezone
+
 import numpy as np
 import pytest
 
@@ -96,6 +98,22 @@ def test_each_impression_gets_its_split():
     no_valid, _, _ = label_user(1, imps, behs, None, _items(), _settings(no_trigger="pad",
                                 eval_from_ts=T0 + 2 * H), ["f.csv"])
     assert list(no_valid["_split"]) == [0, 0, 0, 2]
+
+
+def test_the_time_context_is_the_impression_time_in_utc():
+    """ctx_hour and ctx_dow are the impression's UTC hour and weekday (Monday = 0): a Tuesday
+    evening, the last second of a Sunday, the Monday midnight after it, a leap day (the serving
+    client derives the same from a request's impression_ts: tests/serving/test_client_schema.py)."""
+    stamps = {1_700_000_000: (22, 1), 1_700_438_399: (23, 6), 1_700_438_400: (0, 0), 1_709_209_800: (12, 3)}
+    for ts, expected in stamps.items():
+        utc = datetime.fromtimestamp(ts, timezone.utc)
+        assert expected == (utc.hour, utc.weekday())
+    imps = _imps([(2, ts, 0, "") for ts in stamps])
+    cols, _, _ = label_user(1, imps, _behs([(1, T0 - DAY, "click")]), None, _items(),
+                            _settings(no_trigger="pad"), ["f.csv"])
+    got = {int(ts): (int(h), int(d)) for ts, h, d in zip(cols["impression_ts"], cols["ctx_hour"], cols["ctx_dow"])}
+    assert got == stamps
+    assert cols["ctx_hour"].dtype == cols["ctx_dow"].dtype == np.int64
 
 
 def test_prior_intent_hand_computed():

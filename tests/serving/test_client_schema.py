@@ -2,12 +2,13 @@
 holds which input, which inputs go once per request (the `rank` context) and which per candidate,
 and every behaviour sequence of the spec."""
 import dataclasses
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tirec.features.spec import Feature, tir_feature_spec
+from tirec.features.spec import Feature, time_context, tir_feature_spec
 from tirec.serving import client as C
 
 
@@ -26,7 +27,7 @@ def _spec():
 def _request():
     return {
         "user": {"user_id": 7},
-        "context": {"impression_ts": 1000, "ctx_hour": 3, "ctx_dow": 1, "ctx_scene": 2},
+        "context": {"impression_ts": 1000, "ctx_hour": 0, "ctx_dow": 3, "ctx_scene": 2},  # Thu 00:16 UTC
         "trigger": {"item_id": 5, "cate_id": 50},
         "history": [{"item_id": 4, "ts": 900, "cate_id": 40}],
         "histories": {"long": [{"item_id": 3, "ts": 800, "cate_id": 30},
@@ -92,6 +93,61 @@ def test_a_request_the_model_would_read_otherwise_is_refused(change, message):
     change(request)
     with pytest.raises(ValueError, match=message):
         C.request_features(_spec(), request)
+
+
+# Impression times and their (ctx_hour, ctx_dow) in UTC, Monday = 0: a Tuesday evening, the last
+# second of a Sunday, the Monday midnight after it, a leap day.
+STAMPS = {1_700_000_000: (22, 1), 1_700_438_399: (23, 6), 1_700_438_400: (0, 0), 1_709_209_800: (12, 3)}
+
+
+@pytest.mark.parametrize("ts,expected", STAMPS.items())
+def test_the_time_context_is_derived_from_impression_ts_as_the_pipeline_does(ts, expected):
+    """A request may send impression_ts alone: ctx_hour and ctx_dow are the values the pipeline's
+    time_context gives (the UTC hour and weekday); values sent that agree are accepted."""
+    utc = datetime.fromtimestamp(ts, timezone.utc)
+    assert expected == (utc.hour, utc.weekday())
+    pipeline = time_context(np.array([ts], np.int64))  # as labeling's _context_columns calls it
+    assert (int(pipeline["ctx_hour"][0]), int(pipeline["ctx_dow"][0])) == expected
+    request = _request()
+    request["context"] = {"impression_ts": ts, "ctx_scene": 2}
+    feats = C.request_features(_spec(), request)
+    assert (feats["ctx_hour"].tolist(), feats["ctx_dow"].tolist()) == ([expected[0]] * 2, [expected[1]] * 2)
+    assert feats["impression_ts"].tolist() == [ts, ts]
+    request["context"].update(ctx_hour=expected[0], ctx_dow=expected[1])
+    agreed = C.request_features(_spec(), request)
+    assert all(np.array_equal(agreed[k], feats[k]) for k in feats)
+
+
+@pytest.mark.parametrize("field,value,implied", [("ctx_hour", 23, 22), ("ctx_dow", 2, 1)])
+def test_a_time_context_that_disagrees_with_impression_ts_is_refused(field, value, implied):
+    request = _request()
+    request["context"] = {"impression_ts": 1_700_000_000, "ctx_hour": 22, "ctx_dow": 1, "ctx_scene": 2,
+                          field: value}
+    with pytest.raises(ValueError, match=rf"request: context\.{field} is {value} but context\.impression_ts = "
+                                         rf"1700000000 implies {field} = {implied} \(UTC"):
+        C.request_features(_spec(), request)
+
+
+def test_without_impression_ts_the_time_context_is_required():
+    """A model that does not read impression_ts still needs ctx_hour and ctx_dow, unless the
+    request sends impression_ts to derive them from."""
+    spec = _spec()
+    ts_meta = dataclasses.replace(spec.feature("impression_ts"), model_input=False)
+    spec = dataclasses.replace(spec, features=tuple(ts_meta if f.name == "impression_ts" else f
+                                                    for f in spec.features))
+    request = _request()
+    request["context"] = {"ctx_dow": 3, "ctx_scene": 2}
+    with pytest.raises(ValueError, match=r"request: context\.ctx_hour is missing"):
+        C.request_features(spec, request)
+    request["context"] = {"impression_ts": 1_700_438_399, "ctx_scene": 2}
+    feats = C.request_features(spec, request)
+    assert "impression_ts" not in feats and feats["ctx_hour"].tolist() == [23, 23]
+    assert feats["ctx_dow"].tolist() == [6, 6]
+    request["context"]["ctx_scne"] = 1
+    with pytest.raises(ValueError, match=r"context has keys the model does not read \['ctx_scne'\]; expected "
+                                         r"\['ctx_dow', 'ctx_hour', 'ctx_scene'\] \(and optionally "
+                                         r"\['impression_ts'\]\)"):
+        C.request_features(spec, request)
 
 
 def test_a_candidate_may_carry_meta_and_a_long_history_keeps_its_most_recent(caplog):

@@ -144,6 +144,28 @@ def test_errors(rest, method, path, body, status, part):
     assert part in r.json()["error"]
 
 
+@pytest.mark.parametrize("verb,body,unknown,accepted", [
+    ("predict", {"signature_nmae": "score", "instances": X}, "['signature_nmae']",
+     "['signature_name', 'instances', 'inputs']"),
+    ("predict", {"signature_name": "score", "inputs": X, "instance": X, "extra": 1}, "['extra', 'instance']",
+     "['signature_name', 'instances', 'inputs']"),
+    ("classify", {"signature_nmae": "classify", "examples": [{"x": X[0], "k": 1}]}, "['signature_nmae']",
+     "['signature_name', 'examples', 'context']"),
+    ("regress", {"signature_name": "regress", "examples": [{"x": X[0], "k": 1}], "contexts": {"k": 1}}, "['contexts']",
+     "['signature_name', 'examples', 'context']"),
+])
+def test_unknown_body_keys_are_refused(rest, verb, body, unknown, accepted):
+    """A misspelt body key is a 400 naming it and the accepted keys, not ignored (which would
+    answer from the default signature, or without the context)."""
+    url, s = rest
+    r = s.post(f"{url}/v1/models/toy:{verb}", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == f"Unknown key(s) {unknown} in the {verb} request body; accepted keys: {accepted}"
+    fixed = {("signature_name" if k == "signature_nmae" else k): v for k, v in body.items()
+             if k in ("signature_name", "signature_nmae", "instances", "inputs", "examples")}
+    assert s.post(f"{url}/v1/models/toy:{verb}", json=fixed).status_code == 200
+
+
 def test_bad_json_and_body_limit(rest):
     url, s = rest
     r = s.post(f"{url}/v1/models/toy:predict", data=b"{not json")
