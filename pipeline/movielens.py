@@ -36,7 +36,8 @@ MovieLens has no impression log, so the TIR conversion is:
   the same text; ``cooccurrence-svd`` uses the users' time-ordered rating sequences;
   ``precomputed`` reads ``item_embeddings.*`` in the input folder or ``embedding_path``.
 
-Bad movie and tag rows are dead-lettered by the launcher; ratings are validated by the Beam job,
+Bad movie and tag rows (a tag of a movie missing from ``movies.csv``: ``unknown_item``; a blank
+tag: ``missing_field``) are dead-lettered by the launcher; ratings are validated by the Beam job,
 which also dead-letters ratings of movies missing from ``movies.csv`` (reason ``unknown_item``).
 Such ratings generate no impressions.
 """
@@ -53,7 +54,8 @@ from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import (ITEM_FIELDS, Prepared, SourceFormat, behaviour_sequences,
                                     build_item_table, dedupe, load_vectors, read_table,
                                     warn_unread_embedding_settings)
-from tirec.pipeline.io import Column, TableSchema, discover, read_chunks
+from tirec.pipeline.io import Column, TableSchema, dead_letter, discover, read_chunks
+from tirec.pipeline.reasons import DeadReason
 from tirec.pipeline.items import ItemTable
 
 log = logging.getLogger(__name__)
@@ -238,19 +240,18 @@ class MovieLensFormat(SourceFormat):
         """Each catalogue movie's tags (in file order), and how many tags were attached."""
         if not discover(cfg.input, "tags"):
             return [None] * len(ids), 0
-        cols, _ = read_table(cfg.input, TAGS, cfg.chunk_rows, dead, rows_in)
+        cols, paths = read_table(cfg.input, TAGS, cfg.chunk_rows, dead, rows_in)
         if not cols:
             return [None] * len(ids), 0
         pos = np.minimum(np.searchsorted(ids, cols["item_id"]), len(ids) - 1)
         found = ids[pos] == cols["item_id"]
+        tags = np.asarray([str(t).strip() for t in cols["tag"]], dtype=object)
+        blank = tags == ""
+        dead += _dead_tags(cols, paths, ~found, DeadReason.UNKNOWN_ITEM, "movieId", "item_id")
+        dead += _dead_tags(cols, paths, found & blank, DeadReason.MISSING_FIELD, "tag", "tag")
         per_movie: dict[int, list[str]] = {}
-        for p, tag in zip(pos[found].tolist(), cols["tag"][found].tolist()):
-            tag = str(tag).strip()
-            if tag:
-                per_movie.setdefault(p, []).append(tag)
-        n_unknown = int((~found).sum())
-        if n_unknown:
-            log.info("movielens: %d tags name movies missing from movies.csv; not used", n_unknown)
+        for p, tag in zip(pos[found & ~blank].tolist(), tags[found & ~blank].tolist()):
+            per_movie.setdefault(p, []).append(tag)
         return [per_movie.get(i) for i in range(len(ids))], sum(map(len, per_movie.values()))
 
     @staticmethod
@@ -319,3 +320,11 @@ def _empty_impressions() -> dict[str, np.ndarray]:
     return {"item_id": np.zeros(0, np.int64), "ts": np.zeros(0, np.int64),
             "label": np.zeros(0, np.int64), "request_id": np.zeros(0, dtype=object),
             "_file": np.zeros(0, np.int64), "_row": np.zeros(0, np.int64)}
+
+
+def _dead_tags(cols: dict, paths: list[str], mask: np.ndarray, reason: DeadReason, field: str,
+               key: str) -> list[dict]:
+    """Dead letters of the tag rows where ``mask`` holds (``cols`` from ``read_table``)."""
+    return [dead_letter("tags", reason, field=field, value=cols[key][i], file=paths[int(cols["_file"][i])],
+                        row=int(cols["_row"][i]))
+            for i in np.flatnonzero(mask)]

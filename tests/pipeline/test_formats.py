@@ -111,7 +111,10 @@ def test_movielens_prepare_items_and_dead_letters(ml_dir):
     assert info["provider"] == "tfidf-svd" and "title" in info["text_recipe"]
     assert info["tags_used"] == 3  # pixar, toys, cyberpunk; 'orphan' names an unknown movie
     dead = sorted((d["table"], d["reason"], d["field"], d["value"]) for d in prep.dead)
-    assert dead == [("movies", "bad_id", "movieId", "x13"), ("tags", "missing_field", "tag", "")]
+    assert dead == [("movies", "bad_id", "movieId", "x13"), ("tags", "missing_field", "tag", ""),
+                    ("tags", "unknown_item", "movieId", "99")]
+    orphan = next(d for d in prep.dead if d["reason"] == "unknown_item")
+    assert orphan["row"] == 3 and orphan["file"].endswith("tags.csv")
     assert prep.rows_in == {"movies": 14, "tags": 5}
     assert prep.user_fields == () and prep.context_fields == ()
     assert prep.trigger_from == "behaviours"
@@ -428,7 +431,7 @@ def test_movielens_end_to_end(ml_run):
     gen = stats["impressions_generated"]
     assert gen["rated"] == n_ratings - 2 and gen["negatives"] == gen["rated"]
     assert stats["deadletter"] == {"behaviours/bad_float": 1, "behaviours/unknown_item": 1,
-                                   "movies/bad_id": 1, "tags/missing_field": 1}
+                                   "movies/bad_id": 1, "tags/missing_field": 1, "tags/unknown_item": 1}
     written = sum(stats["written"].values())
     assert stats["written"]["train"] > 0 and stats["written"]["eval"] > 0
     assert acc["written"] == written
