@@ -16,7 +16,7 @@ import numpy as np
 from tirec.features.spec import PREFIXES, raw_field
 from tirec.pipeline import embeddings as emb
 from tirec.pipeline.config import PipelineConfig
-from tirec.pipeline.io import Column, TableSchema, dead_letter, discover, read_chunks
+from tirec.pipeline.io import Column, TableSchema, dead_letter, discover, file_columns, read_chunks
 from tirec.pipeline.items import ItemTable
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ class Prepared:
     user_hook: Callable | None = None      # per-user impression builder (MovieLens)
     block_fns: dict[str, Callable] = dataclasses.field(default_factory=dict)  # per-table column fix-ups
     notes: dict = dataclasses.field(default_factory=dict)
+    filled: dict[str, int] = dataclasses.field(default_factory=dict)  # launcher-read tables:
+    # "<table>/<column>" -> rows whose empty value became the default
+    ignored: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # table -> columns not read
 
 
 class SourceFormat:
@@ -81,7 +84,9 @@ class GenericFormat(SourceFormat):
                     f"or {t}-*.<ext> (see pipeline/SCHEMA.md)")
         dead: list[dict] = []
         rows_in: dict[str, int] = {}
-        item_cols, paths = read_table(cfg.input, ITEMS, cfg.chunk_rows, dead, rows_in, required=True)
+        filled: dict[str, int] = {}
+        item_cols, paths = read_table(cfg.input, ITEMS, cfg.chunk_rows, dead, rows_in, required=True,
+                                      filled=filled)
         ids, keep = dedupe(item_cols["item_id"], "items", dead, item_cols, paths)
         item_cols = {k: v[keep] for k, v in item_cols.items()}
         extra = tuple(k for k in item_cols
@@ -95,7 +100,9 @@ class GenericFormat(SourceFormat):
             user_fields=tuple(header_fields(files["users"], USERS)),
             context_fields=context_fields(header_fields(files["impressions"], IMPRESSIONS)),
             trigger_from="behaviours" if cfg.trigger_from == "auto" else cfg.trigger_from,
-            embedding_info=info, dead=dead, rows_in=rows_in)
+            embedding_info=info, dead=dead, rows_in=rows_in, filled=filled,
+            ignored={t: ignored_columns(files[t], schema) for t, schema in
+                     (("impressions", IMPRESSIONS), ("behaviours", BEHAVIOURS))})
 
     def _embeddings(self, cfg, ids, item_cols, files, dead, rows_in):
         provider = cfg.embedding_provider
@@ -146,9 +153,20 @@ def header_fields(paths: list[str], schema: TableSchema) -> list[str]:
     return fields
 
 
+def ignored_columns(paths: list[str], schema: TableSchema) -> list[str]:
+    """The columns of a table's files that are not read (logged, for ``stats.json``), e.g. an
+    impression column without the ``ctx_`` prefix that would make it a context feature."""
+    ignored = sorted({c for path in paths for c in file_columns(path, schema) if not schema.reads(c)})
+    if ignored:
+        hint = f"; context columns need the prefix {schema.extra_match!r}" if schema.extra_match else ""
+        log.warning("%s: columns %s are not read (see pipeline/SCHEMA.md)%s", schema.name, ignored, hint)
+    return ignored
+
+
 def read_table(directory: str, schema: TableSchema, chunk_rows: int, dead: list, rows_in: dict,
-               required: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Reads a whole (small, dimension) table in the launcher; bad rows go to ``dead``.
+               required: bool = False, filled: dict | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Reads a whole (small, dimension) table in the launcher; bad rows go to ``dead``, the
+    counts of empty values read as defaults to ``filled`` (``"<table>/<column>"``).
 
     Returns the columns, plus provenance ``_file`` (index into the returned paths) and ``_row``
     (row in that file), and the list of paths read.
@@ -162,6 +180,8 @@ def read_table(directory: str, schema: TableSchema, chunk_rows: int, dead: list,
         for chunk, bad in read_chunks(path, schema, chunk_rows):
             dead.extend(bad)
             n_in += len(chunk) + len(bad)
+            for col, n in chunk.filled.items() if filled is not None else ():
+                filled[f"{schema.name}/{col}"] = filled.get(f"{schema.name}/{col}", 0) + n
             cols = dict(chunk.columns, _file=np.full(len(chunk), file_idx), _row=chunk.rows)
             for k, v in cols.items():
                 parts.setdefault(k, []).append(v)

@@ -75,6 +75,11 @@ class TableSchema:
     extra_int_prefix: str | None = None
     extra_match: str = ""
 
+    def reads(self, column: str) -> bool:
+        """Whether a file column named ``column`` is read (declared, or an extra column taken)."""
+        return (any(c.raw == column for c in self.columns)
+                or self.extra_int_prefix is not None and column.startswith(self.extra_match))
+
 
 @dataclasses.dataclass
 class Chunk:
@@ -84,6 +89,8 @@ class Chunk:
     file: str
     columns: dict[str, np.ndarray]
     rows: np.ndarray  # 0-based data-row index within the file, per kept row
+    filled: dict[str, int] = dataclasses.field(default_factory=dict)  # column -> kept rows whose
+    # empty value became the column's default (optional columns)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -133,7 +140,7 @@ def read_chunks(path: str, schema: TableSchema, chunk_rows: int = 65536
     fmt = _format_of(path)
     offset = 0
     for table, malformed, rows in _raw_batches(path, fmt, chunk_rows, schema):
-        dead = [dead_letter(schema.name, m.get("reason", "malformed_line"), file=path,
+        dead = [dead_letter(schema.name, m.get("reason", "malformed_line"), file=path, field=m.get("field"),
                             row=m.get("row"), raw=m.get("text"), value=m.get("error"))
                 for m in malformed]
         if rows is None:  # no line was skipped: rows follow on from the previous batch
@@ -141,6 +148,13 @@ def read_chunks(path: str, schema: TableSchema, chunk_rows: int = 65536
         offset = int(rows[-1]) + 1 if len(rows) else offset
         chunk, more = _convert(table, schema, path, rows)
         yield chunk, dead + more
+
+
+def file_columns(path: str, schema: TableSchema) -> list[str]:
+    """A file's column names: its CSV header, its Parquet schema, its JSONL first row's keys."""
+    for table, _, _ in _raw_batches(path, _format_of(path), 1, schema):
+        return list(table.column_names)
+    return []
 
 
 # ---- raw batches -----------------------------------------------------------------------------
@@ -293,7 +307,7 @@ class _Prepend(io.RawIOBase):
 
 def _jsonl_batches(path: str, chunk_rows: int, schema: TableSchema):
     rows, numbers, malformed = [], [], []
-    header_checked = False
+    header = None
     with _open(path) as fh:
         # Undecodable bytes become lone surrogates (U+DC80..U+DCFF), so a line holding one is
         # dead-lettered as bad_encoding instead of being read with replaced characters.
@@ -314,9 +328,16 @@ def _jsonl_batches(path: str, chunk_rows: int, schema: TableSchema):
             except ValueError as err:
                 malformed.append({"row": lineno, "text": line.rstrip("\n"), "error": str(err)})
                 continue
-            if not header_checked:
+            if header is None:
                 _check_header(list(obj), schema, path)
-                header_checked = True
+                header = set(obj)
+            late = sorted(k for k in obj if k not in header and schema.reads(k))
+            if late:  # the file's columns are its first row's keys (as a CSV file's header)
+                malformed.append({"row": lineno, "text": line.rstrip("\n"), "reason": "unexpected_field",
+                                  "field": late[0], "error": f"keys {late} are not in the file's first row, "
+                                  f"whose keys are the file's columns (write each key in every row, null "
+                                  f"where empty)"})
+                continue
             rows.append(obj)
             numbers.append(lineno)
             if len(rows) >= chunk_rows:
@@ -363,6 +384,7 @@ def _convert(table: pa.Table, schema: TableSchema, path: str, rows: np.ndarray
     field = np.full(n, None, dtype=object)
     value = np.full(n, None, dtype=object)
     out: dict[str, np.ndarray] = {}
+    filled: dict[str, np.ndarray] = {}
 
     def flag(mask: np.ndarray, why: str, col: str, vals) -> None:
         new = mask & ~bad
@@ -390,8 +412,9 @@ def _convert(table: pa.Table, schema: TableSchema, path: str, rows: np.ndarray
         values, missing, invalid, raw = _typed(arr, col.kind)
         if col.required:
             flag(missing, "missing_field", col.raw, raw)
-        elif col.default is not None:
-            values = np.where(missing, col.default, values) if col.kind != "vector" else values
+        elif col.default is not None and col.kind != "vector":
+            values = np.where(missing, col.default, values)
+            filled[col.raw] = missing
         flag(invalid, f"bad_{_reason_kind(col.kind)}", col.raw, raw)
         if col.kind in ("id",):
             flag(~missing & ~invalid & (values < 0), "negative_id", col.raw, raw)
@@ -404,7 +427,9 @@ def _convert(table: pa.Table, schema: TableSchema, path: str, rows: np.ndarray
     dead = [dead_letter(schema.name, reason[i], field=field[i], value=value[i], file=path,
                         row=int(rows[i]), raw=_row_text(table, int(i)))
             for i in np.flatnonzero(bad)]
-    chunk = Chunk(schema.name, path, {k: v[keep] for k, v in out.items()}, rows[keep])
+    counts = {k: int((m & keep).sum()) for k, m in filled.items()}
+    chunk = Chunk(schema.name, path, {k: v[keep] for k, v in out.items()}, rows[keep],
+                  {k: n for k, n in counts.items() if n})
     return chunk, dead
 
 

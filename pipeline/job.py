@@ -329,9 +329,10 @@ class _ReadFn(beam.DoFn):
 
     def process(self, element):
         file_idx, path = element
-        rows_in = 0
+        rows_in, filled = 0, {}
         for chunk, dead in read_chunks(path, self.schema, self.chunk_rows):
             rows_in += len(chunk) + len(dead)
+            _merge_into(filled, {f"{self.schema.name}/{col}": n for col, n in chunk.filled.items()})
             for d in dead:
                 yield "dead", d
             if not len(chunk):
@@ -360,7 +361,7 @@ class _ReadFn(beam.DoFn):
             for user, block in _split_by_user(cols):
                 yield "blocks", (user, (self.tag, block))
         _count(f"{self.schema.name}_rows_in", rows_in)
-        yield "stats", {"rows_in": {self.schema.name: rows_in}}
+        yield "stats", {"rows_in": {self.schema.name: rows_in}, "filled_default": filled}
 
 
 class _LabelFn(beam.DoFn):
@@ -785,6 +786,7 @@ def _finish(cfg: PipelineConfig, prep: Prepared, spec: FeatureSpec, plan: SplitP
     stats["level_warnings"] = level_warnings(stats["level_histogram_all"], cfg.sim_range, lo, hi)
     for note in stats["level_warnings"]:
         log.warning("levels: %s", note)
+    stats["input_columns"] = _input_columns(bs, prep)
     write_json(f"{out}/stats.json", stats)
     write_json(f"{out}/config.json", dataclasses.asdict(cfg))
     return stats
@@ -882,6 +884,18 @@ def _with_view_stats(stats: dict, spec: FeatureSpec, bs: dict, realtime_window_s
         if key == "explicit_len_histogram":
             out["views"] = views
     return out
+
+
+def _input_columns(bs: dict, prep: Prepared) -> dict:
+    """``stats.json``'s ``input_columns``: by ``"<table>/<column>"`` the rows kept whose empty
+    optional value became the column's default (``filled_default``); by table the columns its
+    files carry that are not read (``ignored``)."""
+    filled = dict(bs.get("filled_default", {}))
+    for key, n in prep.filled.items():
+        filled[key] = filled.get(key, 0) + n
+    for key, n in sorted(filled.items()):
+        log.warning("%s: %d rows had an empty value, read as the column's default", key, n)
+    return {"filled_default": dict(sorted(filled.items())), "ignored": prep.ignored}
 
 
 def _dead_counts(bs: dict, prep: Prepared) -> dict:

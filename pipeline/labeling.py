@@ -170,12 +170,14 @@ def label_user(user_id: int, imps: dict | None, behs: dict | None, profile: dict
 
 def _usable_events(imps: dict | None, behs: dict | None, items: ItemTable, s: LabelSettings,
                    files: list[str], stats: dict, dead: list) -> tuple[dict, dict]:
-    """Steps 1-2: the user's events sorted by time, capped (most recent kept, the rest
-    counted) and without unknown items (dead-lettered)."""
+    """Steps 1-2: the user's events sorted by time, without repeated rows (dead-lettered),
+    capped (most recent kept, the rest counted) and without unknown items (dead-lettered)."""
     imps = _sorted(imps or _empty_imps(), "ts")
     behs = _sorted(behs or _empty_behs(), "ts")
     _add(stats, "impressions_grouped", len(imps["ts"]))
     _add(stats, "behaviours_grouped", len(behs["ts"]))
+    imps = _drop_duplicates(imps, "impressions", dead, files)
+    behs = _drop_duplicates(behs, "behaviours", dead, files)
     imps = _cap(imps, s.max_events_per_user, stats, Drop.IMPRESSIONS_USER_CAP)
     behs = _cap(behs, s.max_events_per_user, stats, Drop.BEHAVIOURS_USER_CAP)
     imps = _drop_unknown(imps, items, "impressions", dead, files, stats)
@@ -538,8 +540,41 @@ def _clicks(imps: dict, behs: dict, s: LabelSettings) -> tuple[np.ndarray, np.nd
 
 
 def _sorted(cols: dict, key: str) -> dict:
-    order = np.argsort(cols[key], kind="stable")
+    """``cols`` by ``key``, ties in file order (``_file``, ``_row``) where the rows have one."""
+    ties = [cols[k] for k in ("_row", "_file") if k in cols]
+    order = np.lexsort((*ties, cols[key]))
     return {k: v[order] for k, v in cols.items()}
+
+
+def _drop_duplicates(cols: dict, table: str, dead: list, files: list[str]) -> dict:
+    """``cols`` (sorted by time) without the rows equal in every field to an earlier row, which
+    are dead-lettered as ``duplicate_row`` naming the row kept (a log written twice)."""
+    ts = cols["ts"]
+    same = np.flatnonzero(ts[1:] == ts[:-1]) + 1  # rows sharing their time with the row before
+    if not same.size:
+        return cols
+    fields = [k for k in cols if not k.startswith("_")]
+    first: dict[tuple, int] = {}
+    dup = np.zeros(len(ts), dtype=bool)
+    for i in np.union1d(same - 1, same):
+        j = first.setdefault(tuple(cols[k][i].item() if isinstance(cols[k][i], np.generic) else cols[k][i]
+                                   for k in fields), int(i))
+        if j != i:
+            dup[i] = True
+            dead.append(dead_letter(table, DeadReason.DUPLICATE_ROW, value=f"same as {_where(cols, j, files)}",
+                                    **_provenance(cols, int(i), files)))
+    return {k: v[~dup] for k, v in cols.items()} if dup.any() else cols
+
+
+def _provenance(cols: dict, i: int, files: list[str]) -> dict:
+    """The ``file`` and ``row`` of row ``i`` for a dead letter (None where unknown)."""
+    return {"file": files[int(cols["_file"][i])] if "_file" in cols else None,
+            "row": int(cols["_row"][i]) if "_row" in cols else None}
+
+
+def _where(cols: dict, i: int, files: list[str]) -> str:
+    p = _provenance(cols, i, files)
+    return f"row {p['row']} of {p['file']}" if p["row"] is not None else f"event {i}"
 
 
 def _cap(cols: dict, cap: int, stats: dict, drop: Drop) -> dict:
@@ -557,8 +592,7 @@ def _drop_unknown(cols: dict, items: ItemTable, table: str, dead: list, files: l
         return cols
     for i in np.flatnonzero(~found):
         dead.append(dead_letter(table, DeadReason.UNKNOWN_ITEM, field="item_id", value=int(cols["item_id"][i]),
-                                file=files[int(cols["_file"][i])] if "_file" in cols else None,
-                                row=int(cols["_row"][i]) if "_row" in cols else None))
+                                **_provenance(cols, int(i), files)))
     return {k: v[found] for k, v in cols.items()}
 
 

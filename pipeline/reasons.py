@@ -29,6 +29,8 @@ class DeadReason(enum.StrEnum):
     NAN_EMBEDDING = "nan_embedding"
     ZERO_EMBEDDING = "zero_embedding"
     DUPLICATE_ID = "duplicate_id"              # a second row for an id (the first is kept)
+    DUPLICATE_ROW = "duplicate_row"            # an event equal in every field to an earlier one (kept)
+    UNEXPECTED_FIELD = "unexpected_field"      # a JSONL row with a read key its file's first row lacks
     UNKNOWN_ITEM = "unknown_item"              # an event whose item is not in the item table
     NON_FINITE_FEATURE = "non_finite_feature"  # a labeled record holding a NaN or infinite float
 

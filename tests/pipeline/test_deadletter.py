@@ -38,6 +38,8 @@ def bad_run(tmp_path_factory):
         row(imp_cols, **{**good, "item_id": ""}),                   # missing_field
         row(imp_cols, **{**good, "item_id": unknown_item}),         # unknown_item (in the job)
     ]
+    with open(imp_file) as fh:
+        bad_imps.append(fh.read().splitlines()[1])                  # duplicate_row of data row 0
     with open(imp_file, "a") as fh:
         fh.write("\n".join(bad_imps) + "\n")
     bad_behs = [
@@ -45,6 +47,8 @@ def bad_run(tmp_path_factory):
         f"1,{known_item},-7,click",                                 # bad_timestamp
         f"1,{known_item},{TS},",                                    # missing_field (btag)
     ]
+    with open(beh_file) as fh:
+        bad_behs.append(fh.read().splitlines()[1])                  # duplicate_row of data row 0
     with open(beh_file, "a") as fh:
         fh.write("\n".join(bad_behs) + "\n")
     with open(raw / "items.csv", "a") as fh:
@@ -65,18 +69,18 @@ def bad_run(tmp_path_factory):
     for path in glob.glob(f"{out}/deadletter/*.jsonl"):
         with open(path) as fh:
             dead += [json.loads(line) for line in fh if line.strip()]
-    return stats, dead, (victim_nan, victim_size)
+    return stats, dead, (victim_nan, victim_size), (imp_file, beh_file)
 
 
 def test_each_bad_row_has_its_reason(bad_run):
-    stats, dead, _ = bad_run
+    stats, dead, _, _ = bad_run
     got = collections.Counter((d["table"], d["reason"]) for d in dead)
     want = collections.Counter({
         ("impressions", "malformed_line"): 1, ("impressions", "bad_id"): 1,
         ("impressions", "negative_id"): 1, ("impressions", "bad_timestamp"): 2,
         ("impressions", "bad_label"): 1, ("impressions", "missing_field"): 1,
-        ("impressions", "unknown_item"): 1,
-        ("behaviours", "unknown_item"): 1, ("behaviours", "bad_timestamp"): 1,
+        ("impressions", "unknown_item"): 1, ("impressions", "duplicate_row"): 1,
+        ("behaviours", "unknown_item"): 1, ("behaviours", "duplicate_row"): 1, ("behaviours", "bad_timestamp"): 1,
         ("behaviours", "missing_field"): 1,
         ("items", "duplicate_id"): 1, ("items", "bad_id"): 1,
         ("item_embeddings", "nan_embedding"): 1, ("item_embeddings", "wrong_embedding_size"): 1,
@@ -87,16 +91,60 @@ def test_each_bad_row_has_its_reason(bad_run):
     assert stats["deadletter_total"] == sum(want.values())
     for d in dead:
         assert d["reason"] and "table" in d
-        if d["reason"] not in ("malformed_line", "duplicate_id"):
+        if d["reason"] not in ("malformed_line", "duplicate_id", "duplicate_row"):
             assert d["field"], d
 
 
 def test_counts_balance_and_fallback_is_counted(bad_run):
-    stats, dead, (victim_nan, victim_size) = bad_run
+    stats, dead, (victim_nan, victim_size), _ = bad_run
     acc = stats["accounting"]
     assert acc["balanced"] and acc["behaviours_balanced"], acc
-    assert acc["deadlettered"] == 8
+    assert acc["deadlettered"] == 9
     # the two items whose vectors were rejected get the documented fallback
     assert stats["embedding"]["fallback_items"] >= 2
     values = {d.get("value") for d in dead if d["table"] == "impressions"}
     assert "abc" in values and "-5" in values
+
+
+def test_a_row_written_twice_is_dead_lettered_naming_the_row_kept(bad_run):
+    stats, dead, _, (imp_file, beh_file) = bad_run
+    dups = {d["table"]: d for d in dead if d["reason"] == "duplicate_row"}
+    assert dups["impressions"]["value"] == f"same as row 0 of {imp_file}"
+    assert dups["impressions"]["file"] == imp_file and dups["impressions"]["row"] > 0
+    assert dups["behaviours"]["value"] == f"same as row 0 of {beh_file}"
+
+
+@pytest.fixture(scope="module")
+def jsonl_run(tmp_path_factory):
+    """A JSONL log whose impressions carry an unread column, an empty context value and, in a
+    later row, a context key the file's first row lacks."""
+    base = tmp_path_factory.mktemp("jsonl")
+    raw, out = base / "raw", str(base / "out")
+    synthetic.generate(synthetic.GeneratorConfig(users=25, seed=11, format="jsonl"), str(raw))
+    imp_file = sorted(glob.glob(f"{raw}/impressions/*.jsonl"))[0]
+    with open(imp_file) as fh:
+        rows = [json.loads(line) for line in fh]
+    rows = [{**r, "device": 3} for r in rows]
+    rows[1]["ctx_scene"] = None
+    rows[2]["ctx_device"] = 4
+    with open(imp_file, "w") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
+    stats = job.run(PipelineConfig(input=str(raw), format="generic", out=out))
+    with open(f"{out}/deadletter/deadletter-00000-of-00001.jsonl") as fh:
+        dead = [json.loads(line) for line in fh if line.strip()]
+    return stats, dead, imp_file
+
+
+def test_jsonl_row_with_a_key_the_first_row_lacks_is_dead_lettered(jsonl_run):
+    stats, dead, imp_file = jsonl_run
+    late = [d for d in dead if d["reason"] == "unexpected_field"]
+    assert [(d["table"], d["field"], d["file"], d["row"]) for d in late] == [
+        ("impressions", "ctx_device", imp_file, 2)]
+    assert "not in the file's first row" in late[0]["value"]
+    assert stats["accounting"]["balanced"]
+
+
+def test_empty_optional_values_and_unread_columns_are_counted(jsonl_run):
+    stats, _, _ = jsonl_run
+    assert stats["input_columns"]["filled_default"] == {"impressions/ctx_scene": 1}
+    assert stats["input_columns"]["ignored"] == {"impressions": ["device"], "behaviours": []}

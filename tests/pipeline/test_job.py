@@ -69,7 +69,7 @@ def test_stats_json_keys_stay(run):
         "intent_histogram", "level_histogram_all", "level_histogram_clicked", "seq_len_histogram",
         "explicit_len_histogram", "behaviours_used", "users_with_profile", "users_without_profile",
         "eval_from_ts", "split", "sim_range", "explicit_threshold", "embedding", "notes",
-        "accounting", "level_warnings"]
+        "accounting", "level_warnings", "input_columns"]
     assert list(on_disk["dropped"]) == ["impressions_dropped_no_trigger",
                                         "impressions_dropped_user_cap", "behaviours_dropped_user_cap"]
     assert list(on_disk["accounting"]) == ["impressions_in", "written", "dropped", "deadlettered",

@@ -15,7 +15,7 @@ STATS_KEYS = ["impressions_dropped_no_trigger", "impressions_dropped_user_cap",
 DEAD_REASONS = ["malformed_line", "bad_encoding", "missing_field", "bad_id", "bad_int", "bad_float",
                 "bad_string", "bad_timestamp", "bad_label", "bad_embedding", "negative_id",
                 "negative_price", "wrong_embedding_size", "nan_embedding", "zero_embedding",
-                "duplicate_id", "unknown_item", "non_finite_feature"]
+                "duplicate_id", "unknown_item", "non_finite_feature", "duplicate_row", "unexpected_field"]
 
 
 def test_values_are_the_published_strings():
