@@ -402,7 +402,8 @@ class _LabelFn(beam.DoFn):
         if self.user_hook is not None:
             imps, hook_stats = self.user_hook(user, behs, self.items)
             _merge_into(stats, hook_stats)
-        cols, dead, st = labeling.label_user(user, imps, behs, profile, self.items, s, self.files)
+        cols, dead, st = labeling.label_user(user, imps, behs, profile, self.items, s, self.files,
+                                             generated=self.user_hook is not None)
         _merge_into(stats, st)
         for d in dead:
             yield "dead", d
