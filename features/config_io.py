@@ -191,8 +191,20 @@ def _split_keys(cls: type, data: dict, where: str):
         valid = sorted(fields) + [f"{name}.*" for name in names]
         shown = ", ".join(f"{_join(where, k)}={v!r}" for k, v in sorted(unknown.items(), key=lambda kv: str(kv[0])))
         raise ValueError(f"{where or cls.__name__}: unknown key(s) {sorted(map(str, unknown))} (received "
-                         f"{shown}); valid keys: {valid}")
+                         f"{shown}); valid keys: {valid}{_section_hint(cls, unknown)}")
     return known, sections, open_field
+
+
+def _section_hint(cls: type, unknown: dict) -> str:
+    """A hint when every unknown key is a key of one section of ``cls`` (a file holding one
+    section alone, as a pipeline output's ``config.json``), else ""."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) and set(unknown) <= {g.name for g in dataclasses.fields(tp)}:
+            return (f". They are keys of the {f.name!r} section (a file holding that section alone, as a "
+                    f"pipeline output's config.json): nest them under '{f.name}:'")
+    return ""
 
 
 def _move_keys(cls: type, data: Mapping[str, Any], where: str, moved: list) -> dict:

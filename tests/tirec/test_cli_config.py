@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from tirec import cli
-from tirec.config import TirecConfig, load_config
+from tirec.config import TirecConfig, load_config, to_dict
 from tirec.pipeline import job, runners
 from tirec.pipeline.config import PipelineConfig, parse_duration
 
@@ -68,6 +68,19 @@ def test_yaml_config_and_overrides(tmp_path):
     assert cfg.pipeline.trigger_window_s == 7200
     assert cfg.generator.users == 12
     assert load_config(None, ["pipeline.click_btags=click,pv"]).pipeline.click_btags == ("click", "pv")
+
+
+def test_a_file_holding_one_section_alone_gets_a_hint(tmp_path):
+    path = tmp_path / "config.json"  # what a pipeline writes next to its records
+    path.write_text(json.dumps(to_dict(PipelineConfig(input="/data", intent_levels=8))))
+    with pytest.raises(ValueError, match=r"They are keys of the 'pipeline' section .* nest them under "
+                                         r"'pipeline:'"):
+        load_config(str(path))
+    path.write_text(json.dumps({"pipeline": json.loads(path.read_text())}))
+    assert load_config(str(path)).pipeline.intent_levels == 8
+    with pytest.raises(ValueError) as err:
+        load_config(None, ["intent_levels=8", "epochs=2"])  # keys of two sections: no hint
+    assert "They are keys" not in str(err.value)
 
 
 def test_config_errors_name_the_key():
