@@ -52,6 +52,10 @@ launcher) and by the job in ``stats.json`` ``rows_in`` (``impressions`` = ``raw_
 Rows that need a check across columns (``clk + nonclk``, a non-numeric ``brand``) are found by
 the block functions' :meth:`reject` method, which returns the rows to dead-letter; the Beam job
 must apply it before calling the block function (see :class:`ImpressionBlock`).
+
+A ``raw_sample`` row equal in every field to another of the user is a row written twice
+(dead-lettered, ``duplicate_row``); ``behavior_log`` rows are not checked: without an item id,
+two views of one (cate, brand) in one second are two equal rows and two events.
 """
 from __future__ import annotations
 
@@ -298,6 +302,7 @@ class AlimamaFormat(SourceFormat):
             context_fields=("pid",),
             trigger_from="impressions" if cfg.trigger_from == "auto" else cfg.trigger_from,
             embedding_info=info, dead=dead, rows_in=rows_in,
+            unique_rows=("impressions",),  # behavior_log has no item id: equal rows are two events
             block_fns={"impressions": ImpressionBlock(), "behaviours": BehaviourBlock(),
                        "users": ProfileBlock()},
             notes={"alimama": {

@@ -44,6 +44,9 @@ class Prepared:
     filled: dict[str, int] = dataclasses.field(default_factory=dict)  # launcher-read tables:
     # "<table>/<column>" -> rows whose empty value became the default
     ignored: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # table -> columns not read
+    # The tables whose rows equal in every field are a row written twice (dead-lettered as
+    # duplicate_row), not two events: not generated impressions, nor a log without item ids.
+    unique_rows: tuple[str, ...] = ("impressions", "behaviours")
 
 
 class SourceFormat:

@@ -89,8 +89,8 @@ class Chunk:
     file: str
     columns: dict[str, np.ndarray]
     rows: np.ndarray  # 0-based data-row index within the file, per kept row
-    filled: dict[str, int] = dataclasses.field(default_factory=dict)  # column -> kept rows whose
-    # empty value became the column's default (optional columns)
+    filled: dict[str, int] = dataclasses.field(default_factory=dict)  # optional column the file
+    # has (JSONL: a key of its first row) -> kept rows whose empty value became its default
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -139,20 +139,29 @@ def read_chunks(path: str, schema: TableSchema, chunk_rows: int = 65536
     """
     fmt = _format_of(path)
     offset = 0
-    for table, malformed, rows in _raw_batches(path, fmt, chunk_rows, schema):
+    for table, malformed, rows, counted in _raw_batches(path, fmt, chunk_rows, schema):
         dead = [dead_letter(schema.name, m.get("reason", "malformed_line"), file=path, field=m.get("field"),
                             row=m.get("row"), raw=m.get("text"), value=m.get("error"))
                 for m in malformed]
         if rows is None:  # no line was skipped: rows follow on from the previous batch
             rows = np.arange(offset, offset + table.num_rows, dtype=np.int64)
         offset = int(rows[-1]) + 1 if len(rows) else offset
-        chunk, more = _convert(table, schema, path, rows)
+        chunk, more = _convert(table, schema, path, rows, counted)
         yield chunk, dead + more
 
 
 def file_columns(path: str, schema: TableSchema) -> list[str]:
-    """A file's column names: its CSV header, its Parquet schema, its JSONL first row's keys."""
-    for table, _, _ in _raw_batches(path, _format_of(path), 1, schema):
+    """A file's column names: its CSV header, its Parquet schema, its JSONL first row's keys
+    (read without the data, but for that row)."""
+    fmt = _format_of(path)
+    if fmt != "jsonl":
+        with _open(path) as fh:
+            if fmt == "csv":
+                return _csv_header(fh, path)[1]
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(fh if hasattr(fh, "seek") else io.BytesIO(fh.read())).schema_arrow.names
+    for table, _, _, _ in _jsonl_batches(path, 1, schema):
         return list(table.column_names)
     return []
 
@@ -175,7 +184,9 @@ def _open(path: str):
 
 
 def _raw_batches(path: str, fmt: str, chunk_rows: int, schema: TableSchema):
-    """Yields ``(pyarrow table, malformed rows, row numbers)``; row numbers None: consecutive."""
+    """Yields ``(pyarrow table, malformed rows, row numbers, counted)``; row numbers None:
+    consecutive; ``counted``: the columns the file has (its header; None: all the table's),
+    whose empty values :class:`Chunk` counts as ``filled``."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -184,7 +195,7 @@ def _raw_batches(path: str, fmt: str, chunk_rows: int, schema: TableSchema):
             names = pf.schema_arrow.names
             _check_header(names, schema, path)
             for batch in pf.iter_batches(batch_size=chunk_rows):
-                yield pa.Table.from_batches([batch]), [], None
+                yield pa.Table.from_batches([batch]), [], None, None
     elif fmt == "csv":
         yield from _csv_batches(path, chunk_rows, schema)
     else:
@@ -227,12 +238,12 @@ def _csv_batches(path: str, chunk_rows: int, schema: TableSchema):
                 # pyarrow parses the next block ahead on its own thread, calling on_invalid
                 # while this generator waits at the yield: drop only the rows reported here.
                 report = malformed[:]
-                yield pending.slice(0, chunk_rows), report, skipped.rows(parsed, chunk_rows)
+                yield pending.slice(0, chunk_rows), report, skipped.rows(parsed, chunk_rows), None
                 del malformed[:len(report)]
                 pending, parsed = pending.slice(chunk_rows), parsed + chunk_rows
         if (pending is not None and pending.num_rows) or malformed:
             table = pending if pending is not None else _empty(names)
-            yield table, malformed[:], skipped.rows(parsed, table.num_rows)
+            yield table, malformed[:], skipped.rows(parsed, table.num_rows), None
 
 
 def _csv_header(fh, path: str) -> tuple[bytes, list[str]]:
@@ -330,25 +341,38 @@ def _jsonl_batches(path: str, chunk_rows: int, schema: TableSchema):
                 continue
             if header is None:
                 _check_header(list(obj), schema, path)
-                header = set(obj)
-            late = sorted(k for k in obj if k not in header and schema.reads(k))
-            if late:  # the file's columns are its first row's keys (as a CSV file's header)
+                header = list(obj)
+            late = _late_extra_keys(obj, header, schema)
+            if late:
                 malformed.append({"row": lineno, "text": line.rstrip("\n"), "reason": "unexpected_field",
                                   "field": late[0], "error": f"keys {late} are not in the file's first row, "
-                                  f"whose keys are the file's columns (write each key in every row, null "
+                                  f"whose extra keys are the file's fields (write each in every row, null "
                                   f"where empty)"})
                 continue
             rows.append(obj)
             numbers.append(lineno)
             if len(rows) >= chunk_rows:
-                yield _rows_to_table(rows, schema), malformed, np.asarray(numbers, dtype=np.int64)
+                yield (_rows_to_table(rows, schema, header), malformed, np.asarray(numbers, dtype=np.int64),
+                       set(header))
                 rows, numbers, malformed = [], [], []
     if rows or malformed:
-        yield _rows_to_table(rows, schema), malformed, np.asarray(numbers, dtype=np.int64)
+        yield (_rows_to_table(rows, schema, header or []), malformed, np.asarray(numbers, dtype=np.int64),
+               set(header or []))
 
 
-def _rows_to_table(rows: list[dict], schema: TableSchema) -> pa.Table:
-    names = list(dict.fromkeys(k for r in rows for k in r))
+def _late_extra_keys(obj: dict, header: list[str], schema: TableSchema) -> list[str]:
+    """The undeclared keys of a JSONL row that ``schema`` reads (``ctx_*``, profile fields) and
+    the file's first row lacks: the fields a table has are fixed by its files' first rows (as a
+    CSV file's by its header; :func:`tirec.pipeline.formats.header_fields`). A declared
+    optional key (``request_id``) may come and go."""
+    declared = {c.raw for c in schema.columns}
+    return sorted(k for k in obj if k not in header and k not in declared and schema.reads(k))
+
+
+def _rows_to_table(rows: list[dict], schema: TableSchema, header: list[str]) -> pa.Table:
+    """The rows as string columns (vectors as lists): the file's first-row keys, then any other
+    key a row holds; a key a row lacks is null there."""
+    names = list(dict.fromkeys([*header, *(k for r in rows for k in r)]))
     cols = {}
     vector_cols = {c.raw for c in schema.columns if c.kind == "vector"}
     for name in names:
@@ -376,8 +400,8 @@ def _check_header(names: Sequence[str], schema: TableSchema, path: str) -> None:
 
 # ---- typed conversion --------------------------------------------------------------------------
 
-def _convert(table: pa.Table, schema: TableSchema, path: str, rows: np.ndarray
-             ) -> tuple[Chunk, list[dict]]:
+def _convert(table: pa.Table, schema: TableSchema, path: str, rows: np.ndarray,
+             counted: set[str] | None = None) -> tuple[Chunk, list[dict]]:
     n = table.num_rows
     bad = np.zeros(n, dtype=bool)
     reason = np.full(n, None, dtype=object)
@@ -414,7 +438,8 @@ def _convert(table: pa.Table, schema: TableSchema, path: str, rows: np.ndarray
             flag(missing, "missing_field", col.raw, raw)
         elif col.default is not None and col.kind != "vector":
             values = np.where(missing, col.default, values)
-            filled[col.raw] = missing
+            if counted is None or col.raw in counted:
+                filled[col.raw] = missing
         flag(invalid, f"bad_{_reason_kind(col.kind)}", col.raw, raw)
         if col.kind in ("id",):
             flag(~missing & ~invalid & (values < 0), "negative_id", col.raw, raw)

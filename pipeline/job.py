@@ -227,7 +227,7 @@ def _pipeline(cfg: PipelineConfig, prep: Prepared, plan: SplitPlan, spec: Featur
     try:
         with p:
             blocks, deads, stats = _read(p, cfg, prep, files)
-            label = _LabelFn(settings, items_path, files, prep.user_hook)
+            label = _LabelFn(settings, items_path, files, prep.user_hook, prep.unique_rows)
             bounds, final = _label_and_write(blocks, cfg, plan, spec, label, files, out)
             deads.append(final["dead"])
             stats += [final["stats"], final["files"]]
@@ -367,8 +367,9 @@ class _ReadFn(beam.DoFn):
 class _LabelFn(beam.DoFn):
     """Collects a user's blocks (with a running cap) and labels the user's impressions."""
 
-    def __init__(self, settings, items_path, files, user_hook):
+    def __init__(self, settings, items_path, files, user_hook, unique_rows=()):
         self.settings, self.items_path, self.files, self.user_hook = settings, items_path, files, user_hook
+        self.unique_rows = tuple(unique_rows)
         self.items = None
 
     def setup(self):
@@ -387,8 +388,11 @@ class _LabelFn(beam.DoFn):
                 if sizes[tag] > 2 * s.max_events_per_user:  # bound the state per key
                     merged = _latest(parts[tag], s.max_events_per_user, stats, tag)
                     parts[tag], sizes[tag] = [merged], len(merged["ts"])
-        imps = _concat(parts[IMP])
-        behs = _concat(parts[BEH])
+        dups: list = []
+        imps = self._unique(IMP, _concat(parts[IMP]), dups)
+        behs = self._unique(BEH, _concat(parts[BEH]), dups)
+        for d in dups:
+            yield "dead", d
         profile = None
         if parts[USR]:
             prof = _concat(parts[USR])
@@ -402,8 +406,7 @@ class _LabelFn(beam.DoFn):
         if self.user_hook is not None:
             imps, hook_stats = self.user_hook(user, behs, self.items)
             _merge_into(stats, hook_stats)
-        cols, dead, st = labeling.label_user(user, imps, behs, profile, self.items, s, self.files,
-                                             generated=self.user_hook is not None)
+        cols, dead, st = labeling.label_user(user, imps, behs, profile, self.items, s, self.files)
         _merge_into(stats, st)
         for d in dead:
             yield "dead", d
@@ -413,6 +416,14 @@ class _LabelFn(beam.DoFn):
             labeling._add(stats, "users_labeled", 1)
             yield "users", cols
         yield "stats", stats
+
+
+    def _unique(self, tag: str, cols: dict | None, dead: list) -> dict | None:
+        """``cols`` without rows written twice when the format says equal rows of the table are
+        duplicates (``Prepared.unique_rows``), before a user hook derives impressions from them.
+        A user over twice ``max_events_per_user`` was capped (most recent kept) first."""
+        table = "impressions" if tag == IMP else "behaviours"
+        return labeling.drop_duplicates(cols, table, dead, self.files) if table in self.unique_rows else cols
 
 
 class _ShardFn(beam.DoFn):

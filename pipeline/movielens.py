@@ -36,8 +36,8 @@ MovieLens has no impression log, so the TIR conversion is:
   the same text; ``cooccurrence-svd`` uses the users' time-ordered rating sequences;
   ``precomputed`` reads ``item_embeddings.*`` in the input folder or ``embedding_path``.
 
-Bad movie and tag rows (a tag of a movie missing from ``movies.csv``: ``unknown_item``; a blank
-tag: ``missing_field``) are dead-lettered by the launcher; ratings are validated by the Beam job,
+Bad movie and tag rows (a tag of a movie missing from ``movies.csv``: ``unknown_item``) are
+dead-lettered by the launcher; ratings are validated by the Beam job,
 which also dead-letters ratings of movies missing from ``movies.csv`` (reason ``unknown_item``).
 Such ratings generate no impressions.
 """
@@ -245,13 +245,10 @@ class MovieLensFormat(SourceFormat):
             return [None] * len(ids), 0
         pos = np.minimum(np.searchsorted(ids, cols["item_id"]), len(ids) - 1)
         found = ids[pos] == cols["item_id"]
-        tags = np.asarray([str(t).strip() for t in cols["tag"]], dtype=object)
-        blank = tags == ""
-        dead += _dead_tags(cols, paths, ~found, DeadReason.UNKNOWN_ITEM, "movieId", "item_id")
-        dead += _dead_tags(cols, paths, found & blank, DeadReason.MISSING_FIELD, "tag", "tag")
+        dead += _dead_tags(cols, paths, ~found)
         per_movie: dict[int, list[str]] = {}
-        for p, tag in zip(pos[found & ~blank].tolist(), tags[found & ~blank].tolist()):
-            per_movie.setdefault(p, []).append(tag)
+        for p, tag in zip(pos[found].tolist(), cols["tag"][found].tolist()):  # blank tags: missing_field
+            per_movie.setdefault(p, []).append(str(tag).strip())
         return [per_movie.get(i) for i in range(len(ids))], sum(map(len, per_movie.values()))
 
     @staticmethod
@@ -322,9 +319,9 @@ def _empty_impressions() -> dict[str, np.ndarray]:
             "_file": np.zeros(0, np.int64), "_row": np.zeros(0, np.int64)}
 
 
-def _dead_tags(cols: dict, paths: list[str], mask: np.ndarray, reason: DeadReason, field: str,
-               key: str) -> list[dict]:
-    """Dead letters of the tag rows where ``mask`` holds (``cols`` from ``read_table``)."""
-    return [dead_letter("tags", reason, field=field, value=cols[key][i], file=paths[int(cols["_file"][i])],
-                        row=int(cols["_row"][i]))
-            for i in np.flatnonzero(mask)]
+def _dead_tags(cols: dict, paths: list[str], unknown: np.ndarray) -> list[dict]:
+    """Dead letters of the tag rows naming movies missing from movies.csv (``cols`` from
+    ``read_table``)."""
+    return [dead_letter("tags", DeadReason.UNKNOWN_ITEM, field="movieId", value=cols["item_id"][i],
+                        file=paths[int(cols["_file"][i])], row=int(cols["_row"][i]))
+            for i in np.flatnonzero(unknown)]

@@ -278,6 +278,8 @@ def _alimama_files():
     raw.append(f"1,{T0 + 11 * 3600},3,{PIDS[0]},1,1")   # clk + nonclk = 2: bad_label
     raw.append(f"2,{T0 + 11 * 3600},5,{PIDS[1]},1,0")   # ad 5 was dead-lettered: unknown_item
     beh.append(f"3,{T0 + 9 * 3600},pv,10,abc")          # brand not an id: bad_id
+    raw.append(raw[1])                                   # written twice: duplicate_row
+    beh.append(beh[1])                                   # two views of one (cate, brand): kept
     return "\n".join(raw) + "\n", "\n".join(beh) + "\n", "\n".join(prof) + "\n"
 
 
@@ -502,6 +504,20 @@ def test_alimama_cross_column_dead_letters_end_to_end(ali_run):
     stats, _ = ali_run
     assert stats["deadletter"].get("impressions/bad_label") == 1
     assert stats["deadletter"].get("behaviours/bad_id") == 1
+    assert stats["deadletter"].get("impressions/duplicate_row") == 1
+    assert "behaviours/duplicate_row" not in stats["deadletter"]  # behavior_log has no item id
+
+
+def test_movielens_rating_written_twice_generates_no_impressions(tmp_path):
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.csv").write_text(MOVIES)
+    lines = _ratings_csv().splitlines()
+    (d / "ratings.csv").write_text("\n".join(lines + [lines[1]]) + "\n")
+    stats = _run(d, tmp_path / "out", "movielens", emb_dim=8, movielens=MovieLensConfig(negatives_per_rating=1.0))
+    assert stats["deadletter"]["behaviours/duplicate_row"] == 1
+    gen = stats["impressions_generated"]
+    assert gen["rated"] == len(lines) - 1 - 2 and stats["accounting"]["balanced"]  # 2 bad ratings
 
 
 def test_generic_auto_provider_names_the_settings_it_does_not_read(tmp_path, caplog):

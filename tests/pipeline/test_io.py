@@ -174,3 +174,37 @@ def test_csv_malformed_line_read_while_a_chunk_is_out_is_never_lost(tmp_path):
             rows += len(chunk)
             dead += bad
         assert rows == 3490 and [(d["reason"], d["row"]) for d in dead] == [("malformed_line", 3480)], dead
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 100])
+def test_jsonl_keys_a_row_lacks_are_empty_and_counted_whatever_the_chunks(tmp_path, chunk_rows):
+    base = {"user_id": 1, "item_id": 2, "ts": 1700000000, "label": 0}
+    rows = [{**base, "ctx_scene": 3}, {**base, "request_id": "r1"}, {**base, "ctx_scene": None},
+            {**base, "ctx_scene": 4, "ctx_device": 1}, {**base, "ctx_scene": 5}]
+    path = tmp_path / "impressions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    filled, dead, cols = {}, [], {}
+    for chunk, bad in read_chunks(str(path), SCHEMA, chunk_rows):
+        dead += bad
+        for k, n in chunk.filled.items():
+            filled[k] = filled.get(k, 0) + n
+        for k, v in chunk.columns.items():
+            cols.setdefault(k, []).extend(v.tolist())
+    # row 1 lacks ctx_scene, row 2 holds null: both 0 and counted; request_id is not in the
+    # first row, so rows without it are not counted (as a CSV file without the column)
+    assert filled == {"ctx_scene": 2}
+    assert cols["ctx_scene"] == [3, 0, 0, 5] and cols["request_id"] == ["", "r1", "", ""]
+    assert [(d["reason"], d["field"], d["row"]) for d in dead] == [("unexpected_field", "ctx_device", 3)]
+
+
+def test_file_columns_of_each_format(tmp_path):
+    from tirec.pipeline.io import file_columns
+
+    (tmp_path / "a.csv").write_text('user_id,"item_id",ts,label,device\n1,2,3,0,4\n')
+    pq.write_table(pa.table({"user_id": [1], "item_id": [2], "ts": [3], "label": [0], "device": [4]}),
+                   tmp_path / "a.parquet")
+    (tmp_path / "a.jsonl").write_text("{bad\n" + json.dumps({"user_id": 1, "item_id": 2, "ts": 3, "label": 0,
+                                                             "device": 4}) + "\n")
+    for name in ("a.csv", "a.parquet", "a.jsonl"):
+        assert file_columns(str(tmp_path / name), SCHEMA) == ["user_id", "item_id", "ts", "label", "device"]
+    assert not SCHEMA.reads("device") and SCHEMA.reads("ctx_any") and SCHEMA.reads("request_id")
