@@ -54,17 +54,18 @@ def check_data(data_dir: str) -> tuple[FeatureSpec, bool]:
     if tf.io.gfile.exists(stats):
         written = read_json(stats).get("written", {})
     for split in ("train", "eval"):
-        _check_split(data_dir, split)
+        check_split(data_dir, split)
     has_valid = tf.io.gfile.isdir(os.path.join(data_dir, "valid"))
     if not has_valid and int(written.get("valid", 0)) > 0:
         raise FileNotFoundError(f"{os.path.join(data_dir, 'valid')}/ is missing, but {stats} counts "
                                 f"{written['valid']} valid records")
     if has_valid:
-        _check_split(data_dir, "valid")
+        check_split(data_dir, "valid")
     return spec, has_valid
 
 
-def _check_split(data_dir: str, split: str) -> None:
+def check_split(data_dir: str, split: str) -> None:
+    """Raises, in one line naming the folder, unless ``data_dir/split/`` holds records."""
     path = os.path.join(data_dir, split)
     if not tf.io.gfile.isdir(path):
         raise FileNotFoundError(f"{path}/ is missing: --data must be a `tirec pipeline` output folder "

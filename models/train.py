@@ -44,7 +44,7 @@ from tirec.models.base import (DIE_PRETRAIN, UIM_PRETRAIN, Stage, check_stage_in
                                 model_input_names, precision_scope, stage_input_names)
 from tirec.models.config import (ModelConfig, RunConfig, TrainConfig, changed_settings, check_precision,
                                  load_run_config, setting_text)
-from tirec.models.data import check_data, load_data_spec, load_item_vectors, make_dataset
+from tirec.models.data import check_data, check_split, load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder, model_spec
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,32 @@ def _check_run_dir(run_dir: str, spec: FeatureSpec, data_dir: str) -> None:
                              f"train into a new --run folder")
 
 
+def _check_run_config(run_dir: str, run_cfg: RunConfig) -> None:
+    """A run folder that already holds a config (a resumed run) must be resumed with the same
+    settings: a finished stage is not trained again, and its config.json would otherwise claim
+    settings its weights were not trained with."""
+    if not tf.io.gfile.exists(os.path.join(run_dir, "config.json")):
+        return
+    old, new = _flat(to_dict(load_run_config(run_dir))), _flat(to_dict(run_cfg))
+    diff = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
+    if diff:
+        shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+        raise ValueError(f"--run {run_dir} holds a run with other settings ({shown}); resume it with the "
+                         f"same settings, or train into a new --run folder")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as ``{"model.daian.att_units": 32, ...}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _write_run_files(run_dir: str, spec: FeatureSpec, run_cfg: RunConfig, item_ids: np.ndarray,
                      item_vectors: np.ndarray) -> None:
     """``RUN/spec.json`` (kept when a resumed run has it), ``config.json`` and ``items.npz``: what
@@ -321,7 +347,9 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     spec = model_spec(model_name, data_spec)  # the sequences the model reads (its run spec.json)
     stages = training_stages(builder, train_cfg, model_cfg)
     check_stage_inputs(spec, stages)
+    run_cfg = RunConfig(model=model_cfg, train=train_cfg, data=data_dir)
     _check_run_dir(run_dir, spec, data_dir)
+    _check_run_config(run_dir, run_cfg)
     _check_validation(train_cfg, data_dir, has_valid, strategy)
     strategy = strategy or make_strategy(train_cfg)
     # One backup folder for every worker: Keras' BackupAndRestore writes the chief's there
@@ -335,8 +363,7 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     log.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
     with strategy.scope():  # a setting the data cannot serve fails here, before RUN/ holds a file
         model = build_model(model_name, spec, model_cfg, item_ids, item_vectors, train_cfg.precision)
-    _write_run_files(run_dir, spec, RunConfig(model=model_cfg, train=train_cfg, data=data_dir),
-                     item_ids, item_vectors)
+    _write_run_files(run_dir, spec, run_cfg, item_ids, item_vectors)
     names = model_input_names(spec)
     steps = _steps_per_epoch(data_dir, train_cfg, strategy)
     # With a known epoch length the data repeats and fit counts the steps.
@@ -611,6 +638,13 @@ def load_run(run_dir: str, precision: str | None = "float32", checkpoint: str = 
     return model, spec, to_dict(run_cfg)
 
 
+def _loaded_run(run_dir: str, data_dir: str) -> tuple:
+    """``(model, spec)`` of a trained run, after checking it reads ``data_dir``'s records."""
+    model, spec, cfg = load_run(run_dir)
+    check_run_data(cfg["model"]["name"], data_dir, spec)
+    return model, spec
+
+
 def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
                  batch_size: int = 4096, noise: float | None = None, noise_seed: int = 0,
                  slices: list[str] | tuple = ()) -> dict:
@@ -624,17 +658,22 @@ def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
     """
     slices = R.check_slices(slices)
     percent = None if noise is None else R.check_percent(noise)
-    model, spec, cfg = load_run(run_dir)
-    check_run_data(cfg["model"]["name"], data_dir, spec)
-    history_noise = None
-    if percent is not None:
-        history_noise = R.HistoryNoise(spec, R.load_catalogue(data_dir), percent, noise_seed)
-    metrics = evaluate_model(model, data_dir, spec, batch_size, noise=history_noise, slices=slices)
-    if baseline_dir:
-        base = read_json(os.path.join(baseline_dir, "metrics.json"))
+    check_split(data_dir, "eval")
+    run = _loaded_run(run_dir, data_dir)
+    base = _loaded_run(baseline_dir, data_dir) if baseline_dir else None  # fails before any scoring
+
+    def score(model, spec, slices=()):
+        history_noise = None if percent is None else R.HistoryNoise(
+            spec, R.load_catalogue(data_dir), percent, noise_seed)
+        return evaluate_model(model, data_dir, spec, batch_size, noise=history_noise, slices=slices)
+
+    metrics = score(*run, slices=slices)
+    if base is not None:  # scored here, on the same records (and noise): not its stored metrics
+        base_metrics = score(*base)
         metrics["baseline"] = baseline_dir
         for key in ("auc", "gauc"):
-            metrics[f"rela_impr_{key}"] = M.rela_impr(metrics[key], base[key])
+            metrics[f"baseline_{key}"] = base_metrics[key]
+            metrics[f"rela_impr_{key}"] = M.rela_impr(metrics[key], base_metrics[key])
     previous = read_json(os.path.join(run_dir, "metrics.json")) if tf.io.gfile.exists(
         os.path.join(run_dir, "metrics.json")) else {}
     for key in ("noise", "slices"):  # describe this evaluation only

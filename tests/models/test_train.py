@@ -262,6 +262,16 @@ def test_three_stage_run_resumes_and_rejects_other_data(tiny_data, tmp_path):
     dataclasses.replace(spec, intent_levels=4).save(str(other / "spec.json"))
     with pytest.raises(ValueError, match="intent_levels"):
         train_run(tiny_data, "daian", str(other), cfg.model, cfg.train)
+    # other settings are refused too (a finished stage is not trained again), the folder kept as it was
+    with open(os.path.join(run, "config.json")) as fh:
+        recorded = fh.read()
+    with pytest.raises(ValueError, match=r"--run .* holds a run with other settings \(train.learning_rate: "
+                                         r"[0-9.]+ there, 0.5 now\); resume it with the same settings"):
+        train_run(tiny_data, "daian", run, cfg.model, dataclasses.replace(cfg.train, learning_rate=0.5))
+    with pytest.raises(ValueError, match=r"model.name: 'daian' there, 'din' now"):
+        train_run(tiny_data, "din", run, cfg.model, cfg.train)
+    with open(os.path.join(run, "config.json")) as fh:
+        assert fh.read() == recorded
 
 
 def test_records_without_prior_intent(tiny_data, tmp_path, caplog):
@@ -313,13 +323,32 @@ def test_evaluate_cli_with_baseline(tiny_data, tmp_path, capsys):
     base = train_run(tiny_data, "din", str(tmp_path / "din"), cfg.model, cfg.train)
     train_run(tiny_data, "daian", str(tmp_path / "daian"), cfg.model, cfg.train)
     capsys.readouterr()  # drop the training progress output
+    # the baseline is scored on --data, not read from its metrics.json (which another
+    # evaluation, on other data or under noise, may have written)
+    stored = json.loads((tmp_path / "din" / "metrics.json").read_text())
+    (tmp_path / "din" / "metrics.json").write_text(json.dumps({**stored, "auc": 0.99, "gauc": 0.99}))
     assert cli.main(["evaluate", "--data", tiny_data, "--run", str(tmp_path / "daian"),
                      "--baseline", str(tmp_path / "din")]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["baseline_auc"] == pytest.approx(base["auc"], abs=1e-6)
     assert out["rela_impr_auc"] == pytest.approx(M.rela_impr(out["auc"], base["auc"]))
     assert out["rela_impr_gauc"] == pytest.approx(M.rela_impr(out["gauc"], base["gauc"]))
     for key in ("auc", "gauc", "logloss", "intent_js"):
         assert key in out
+
+
+def test_evaluate_on_an_empty_eval_split_says_so(tiny_data, tmp_path):
+    import glob
+    import gzip
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for shard in glob.glob(str(data / "eval" / "*.tfrecord.gz")):
+        with gzip.open(shard, "wb"):
+            pass
+    with pytest.raises(ValueError, match=r"eval/ has no records \(\d+ empty shard\(s\)\)"):
+        evaluate_run(str(data), str(tmp_path / "any_run"))
 
 
 def test_a_run_trained_before_the_category_clicks_evaluates_on_records_with_them(tiny_data, tmp_path):
