@@ -72,9 +72,24 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9
                               list("-+0123456789"))
 
 
-def parse_yaml(text: str):
-    """``text`` parsed as YAML (JSON included)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader)
+def parse_yaml(text: str, source: str = "YAML"):
+    """``text`` parsed as YAML (JSON included).
+
+    Raises:
+      ValueError: naming ``source`` (a file, or an override's text), YAML's problem and where
+        it is (``line L, column C``, 1-based).
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{source}: not valid YAML: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """YAML's short problem and its 1-based line and column (PyYAML's own text spans lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def read_mapping(source: str) -> dict:
@@ -85,7 +100,7 @@ def read_mapping(source: str) -> dict:
       ValueError: when the file's top level is not a mapping.
     """
     path = _config_file(source)
-    raw = parse_yaml(read_text(path)) or {}
+    raw = parse_yaml(read_text(path), f"config {path}") or {}
     if not isinstance(raw, dict):
         raise ValueError(f"config {path}: the top level must be a mapping; received {type(raw).__name__}")
     return raw
@@ -120,20 +135,22 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = parse_yaml(value)
+        node[parts[-1]] = parse_yaml(value, f"override {item!r}")
     return raw
 
 
 def load(cls: type, source: str | None = None, overrides: Sequence[str] = (), where: str = "",
-         quiet: bool = False) -> Any:
+         quiet: bool = False, skip: Sequence[str] = ()) -> Any:
     """Dataclass ``cls`` from ``source`` (a YAML/JSON file or a run folder; optional) with
     ``overrides`` applied.
 
     Args:
       quiet: do not print the deprecation line for moved keys (for a ``config.json`` that an
         older tirec wrote: the user cannot and need not change it).
+      skip: top-level keys of ``source`` left unread (the sections of another command, in a
+        file shared by every command); the caller tells the user.
     """
-    raw = read_mapping(source) if source else {}
+    raw = {k: v for k, v in (read_mapping(source) if source else {}).items() if k not in skip}
     moved: list[tuple[str, str]] = []
     cfg = from_dict(cls, apply_overrides(raw, overrides), where, moved=moved)
     if moved and not quiet:

@@ -400,16 +400,18 @@ class FeatureSpec:
                 out.append(f"{kind} {name!r} only in the second spec")
             for name in sorted(set(lmap) & set(rmap)):
                 if lmap[name] != rmap[name]:
-                    out.append(f"{kind} {name!r}: {lmap[name]} != {rmap[name]}")
+                    out.append(f"{kind} {name!r}: {_field_diff(lmap[name], rmap[name])}")
             if not out and [x.name for x in left] != [x.name for x in right]:
                 out.append(f"{kind} order differs")
         return out
 
-    def check_compatible(self, other: "FeatureSpec", what: str = "data") -> None:
-        """Raises ValueError listing every difference when ``other`` differs from this spec."""
+    def check_compatible(self, other: "FeatureSpec", what: str = "data", shown: int = 5) -> None:
+        """Raises ValueError naming the first ``shown`` differences (and how many more there
+        are) when ``other`` differs from this spec."""
         d = self.diff(other)
         if d:
-            raise ValueError(f"the {what} spec differs from the expected spec: " + "; ".join(d))
+            more = f"; and {len(d) - shown} more difference(s)" if len(d) > shown else ""
+            raise ValueError(f"the {what} spec differs from the expected spec: " + "; ".join(d[:shown]) + more)
 
     # ---- TensorFlow ----------------------------------------------------------------------
     def parse_example_spec(self, include_label: bool = True,
@@ -432,6 +434,13 @@ class FeatureSpec:
             shape = [] if f.kind == "scalar" else [f.length]
             out[f.name] = tf.io.FixedLenFeature(shape, tf_dtypes[f.dtype])
         return out
+
+
+def _field_diff(a, b) -> str:
+    """The fields in which dataclasses ``a`` and ``b`` (two features, or two tables) differ:
+    ``length 50 != 20``."""
+    return ", ".join(f"{f.name} {getattr(a, f.name)!r} != {getattr(b, f.name)!r}"
+                     for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name))
 
 
 def select_features(features: Iterable[Feature], **where: Any) -> tuple[Feature, ...]:

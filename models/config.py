@@ -287,12 +287,25 @@ def load_run_config(run_dir: str) -> RunConfig:
 
     Raises:
       FileNotFoundError: naming ``run_dir`` when it holds no ``config.json``.
+      ValueError: naming ``run_dir`` when its ``config.json`` has no ``model`` section (another
+        tool's folder, e.g. a ``tirec pipeline`` output).
     """
     if not exists(f"{run_dir.rstrip('/')}/{RUN_CONFIG}"):
         raise FileNotFoundError(f"{run_dir}: not a `tirec train` run folder (it has no {RUN_CONFIG})")
     raw = read_mapping(run_dir)
+    if "model" not in raw:
+        raise ValueError(_not_a_run(run_dir))
     raw["train"] = recorded_train(raw.get("train") or {})
     return from_dict(RunConfig, raw, moved=[])  # moved keys load quietly
+
+
+def _not_a_run(run_dir: str) -> str:
+    """Why ``run_dir``, whose ``config.json`` has no ``model`` section, is not a run folder."""
+    pipeline = exists(f"{run_dir.rstrip('/')}/stats.json") and exists(f"{run_dir.rstrip('/')}/spec.json")
+    what = "a `tirec pipeline` output (spec.json, stats.json): pass it as --data" if pipeline else \
+        f"its {RUN_CONFIG} has no model section"
+    return (f"{run_dir}: not a `tirec train` run folder, {what}; a run folder (`tirec train --run`) "
+            f"holds {RUN_CONFIG} with model and train sections, spec.json, items.npz and checkpoints")
 
 
 def recorded_train(train: Mapping) -> dict:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -359,7 +360,8 @@ def request_from_records(spec: FeatureSpec, records: Sequence[bytes],
         request_id = str(values[np.argmax(counts)])
     rows = np.flatnonzero(rids == request_id)
     if rows.size == 0:
-        raise ValueError(f"request_from_records: request_id={request_id!r} not in the records")
+        raise ValueError(f"request_id={request_id!r} is not among the {len(records)} records searched: only "
+                         f"the first eval rows are read (`tirec make-request --rows N` searches N)")
     schema, r = RequestSchema.from_spec(spec), rows[0]
 
     def obj(feats, row, pos=None):
@@ -524,6 +526,8 @@ def load_request(path: str) -> dict:
     """Reads a TIR request JSON file (``-`` for stdin)."""
     import sys
 
+    if path != "-" and os.path.isdir(path):
+        raise ValueError(f"request: {path} is a folder, not a request JSON file")
     try:
         return json.loads(sys.stdin.read()) if path == "-" else json.loads(read_text(path))
     except json.JSONDecodeError as err:

@@ -62,7 +62,7 @@ from tirec.features.jsonio import write_json
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import model_input_names
 from tirec.models.data import shard_files
-from tirec.models.train import best_record, load_run
+from tirec.models.train import best_record, check_run_data, load_run
 from tirec.serving.inference import WARMUP_FILE
 from tirec.serving.servable import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD  # noqa: F401
 
@@ -259,6 +259,27 @@ def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
     return out
 
 
+def warmup_examples(run_dir: str, cfg: dict, spec: FeatureSpec, data_dir: str | None, rows: int) -> list[bytes]:
+    """The first ``rows`` eval records of ``data_dir`` (default: the run's data, ``cfg["data"]``)
+    for the warmup requests; none when ``rows`` is 0.
+
+    Raises:
+      ValueError: when the run records no data folder, or naming the differences when the
+        records' spec is not the run's (as ``tirec evaluate`` checks).
+    """
+    if rows <= 0:
+        return []
+    data_dir = data_dir or cfg.get("data")
+    if not data_dir:
+        raise ValueError("export: the run records no data folder; pass --data T or --warmup-rows 0")
+    try:
+        check_run_data(cfg["model"]["name"], data_dir, spec)
+    except ValueError as err:
+        raise ValueError(f"export: the warmup records of {data_dir} do not fit run {run_dir}: {err}; pass the "
+                         f"run's data as --data, or --warmup-rows 0") from None
+    return read_eval_records(data_dir, rows)
+
+
 def export_run(run_dir: str, base: str, name: str, version: int | None = None,
                data_dir: str | None = None, warmup_rows: int = 8, checkpoint: str = "last") -> str:
     """Exports a trained run as ``base/name/<version>/``; returns that path.
@@ -287,13 +308,7 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
                          f"versions are immutable, pick a new one (next free: {next_version(model_base)})")
     model, spec, cfg = load_run(run_dir, checkpoint=checkpoint)
     cfg = dict(cfg, checkpoint={"name": checkpoint, **(best_record(run_dir) if checkpoint == "best" else {})})
-    examples: list[bytes] = []
-    if warmup_rows > 0:
-        data_dir = data_dir or cfg.get("data")
-        if not data_dir:
-            raise ValueError("export: the run records no data folder; pass --data T or --warmup-rows 0")
-        examples = read_eval_records(data_dir, warmup_rows)
-
+    examples = warmup_examples(run_dir, cfg, spec, data_dir, warmup_rows)
     tf.io.gfile.makedirs(model_base)
     tmp = os.path.join(model_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     with tempfile.TemporaryDirectory() as scratch:

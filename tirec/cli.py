@@ -27,6 +27,7 @@ spellings (``train --out``, ``--model-dir``, ``export --name``, ``--model`` of `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -34,8 +35,9 @@ import sys
 
 import tirec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tirec import run_cli
-from tirec.config import load_config
-from tirec.features.config_io import DeprecatedFlag
+from tirec.config import TirecConfig, load
+from tirec.features.config_io import DeprecatedFlag, read_mapping
+from tirec.orchestration.config import RunnerConfig
 
 log = logging.getLogger("tirec")
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addFilter(_drop_beam_gcp_notice)
     try:
         return args.func(args, extra)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:  # OSError: a folder given as a file, ...
         log.error("%s", err)
         return 2
 
@@ -109,10 +111,52 @@ def _run_flag(p: argparse.ArgumentParser, old: tuple[str, ...], help: str) -> No
     _flag(p, "--run", old, required=True, metavar="RUN", help=help)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (sections: generator, pipeline, model, train)")
+# The config sections each command reads, with a --set example for its help (`tirec run` reads
+# them all). A --set of another section is refused; a --config file's other sections are left
+# unread with one info line (one file may serve every command).
+COMMAND_SECTIONS = {
+    "generate": (("generator",), "generator.days=10"),
+    "pipeline": (("pipeline",), "pipeline.max_seq_len=30"),
+    "train": (("model", "train"), "train.learning_rate=0.1"),
+}
+SECTIONS = tuple(f.name for f in dataclasses.fields(RunnerConfig))
+
+
+def _common(p: argparse.ArgumentParser, command: str) -> None:
+    reads, example = COMMAND_SECTIONS[command]
+    p.add_argument("--config", help=f"YAML config file; this command reads its {', '.join(reads)} "
+                                    f"section(s), the others are for other commands")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set pipeline.max_seq_len=30 (repeatable)")
+                   help=f"dotted override of a key in {' or '.join(reads)}, e.g. --set {example} (repeatable)")
+
+
+def _load_config(args, overrides: list[str]) -> TirecConfig:
+    """``args.command``'s config: the sections it reads of ``--config``, then ``overrides``.
+
+    Raises:
+      ValueError: naming a ``--set`` of a section the command does not read.
+    """
+    reads = COMMAND_SECTIONS[args.command][0]
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        section = key.strip().split(".")[0]
+        if section in SECTIONS and section not in reads:
+            raise ValueError(_unread_override(args.command, key.strip(), value, section))
+    other = sorted(set(read_mapping(args.config)) & set(SECTIONS) - set(reads)) if args.config else []
+    if other:
+        log.info("--config %s: tirec %s reads its %s section(s); %s are for other commands",
+                 args.config, args.command, ", ".join(reads), ", ".join(other))
+    return load(TirecConfig, args.config, overrides, skip=other)
+
+
+def _unread_override(command: str, key: str, value: str, section: str) -> str:
+    readers = [f"`tirec {c}`" for c, (reads, _) in COMMAND_SECTIONS.items() if section in reads]
+    note = ("; the records' sequence length, intent levels and other pipeline settings come from "
+            "their spec.json (in --data), written by `tirec pipeline`: rerun that with this --set"
+            if section == "pipeline" and command == "train" else "")
+    return (f"--set {key}={value}: `tirec {command}` does not read the {section} section (it reads "
+            f"{', '.join(COMMAND_SECTIONS[command][0])}); {section}.* is read by "
+            f"{' and '.join(readers + ['`tirec run`'])}{note}")
 
 
 def _add_generate(sub) -> None:
@@ -123,7 +167,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 7)")
     p.add_argument("--file-format", dest="file_format", choices=("parquet", "csv", "jsonl"),
                    help="file format of the tables (default parquet)")
-    _common(p)
+    _common(p, "generate")
     p.set_defaults(func=_run_generate)
 
 
@@ -134,7 +178,7 @@ def _run_generate(args, _extra) -> int:
     for flag, key in (("users", "users"), ("seed", "seed"), ("file_format", "format")):
         if getattr(args, flag) is not None:
             overrides.append(f"generator.{key}={getattr(args, flag)}")
-    cfg = load_config(args.config, overrides).generator
+    cfg = _load_config(args, overrides).generator
     bar = _progress(total=cfg.users, unit="user", desc="generate")
     summary = synthetic.generate(cfg, args.out, progress=bar.update if bar else None)
     if bar:
@@ -172,7 +216,7 @@ def _add_pipeline(sub) -> argparse.ArgumentParser:
     p.add_argument("--dask-address", metavar="tcp://HOST:8786",
                    help="with --runner dask: the Dask scheduler to run on (default: a local cluster "
                         "of --direct_num_workers worker processes, closed when the job ends)")
-    _common(p)
+    _common(p, "pipeline")
     p.set_defaults(func=_run_pipeline)
     return p
 
@@ -199,7 +243,7 @@ def _run_pipeline(args, beam_args) -> int:
         value = getattr(args, flag)
         if value is not None:  # strings quoted, so that e.g. --out 2024 stays a string
             overrides.append(f"pipeline.{flag}={json.dumps(value) if isinstance(value, str) else value}")
-    cfg = load_config(args.config, overrides).pipeline
+    cfg = _load_config(args, overrides).pipeline
     if not cfg.input or not cfg.out:
         raise ValueError("pipeline needs --input and --out (or pipeline.input / pipeline.out)")
     if not os.path.isdir(cfg.input) and "://" not in cfg.input:
@@ -249,8 +293,9 @@ def _add_train(sub) -> None:
                         "1 = one replica)")
     p.add_argument("--epochs", type=int, help="epochs per stage (default 1)")
     p.add_argument("--batch-size", type=int, help="global batch size (default 4096)")
-    p.add_argument("--steps-per-epoch", type=int, help="cap steps per epoch (required for ps)")
-    _common(p)
+    p.add_argument("--steps-per-epoch", type=_int_at_least(0),
+                   help="cap steps per epoch (0: the whole data; required for ps)")
+    _common(p, "train")
     p.set_defaults(func=_run_train)
 
 
@@ -260,7 +305,7 @@ def _run_train(args, _extra) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"train.{flag}={value}")
-    cfg = load_config(args.config, overrides)
+    cfg = _load_config(args, overrides)
     if cfg.train.strategy == "mirrored":
         from tirec.models.train import configure_cpu_replicas
 
@@ -279,11 +324,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, help="pipeline output folder")
     _run_flag(p, ("--model-dir",), "run folder written by `tirec train`")
     p.add_argument("--baseline", help="another run folder to compute RelaImpr against")
-    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=4096)
     p.add_argument("--noise", type=float, metavar="P",
                    help="replace P %% (0-100) of every behaviour sequence's real positions with "
                         "random catalogue items before scoring (robustness to interaction noise)")
-    p.add_argument("--noise-seed", type=int, metavar="S",
+    p.add_argument("--noise-seed", type=_int_at_least(0), metavar="S",
                    help="seed of the --noise draws (default 0); the same seed and request get the "
                         "same noisy history")
     p.add_argument("--slice", action="append", default=[], metavar="NAME",
@@ -320,13 +365,20 @@ def _run_cluster_server(args, _extra) -> int:
 
 def _int_at_least(low: int):
     """An argparse type: an integer >= ``low`` (argparse names the flag in its error)."""
-    def parse(text: str) -> int:
+    return _number(int, low)
+
+
+def _number(kind: type, low, above: bool = False):
+    """An argparse type: a ``kind`` (int or float) >= ``low`` (> ``low`` with ``above``)."""
+    bound = f"{'an integer' if kind is int else 'a number'} {'>' if above else '>='} {low}"
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}; received {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}; received {value}")
+            raise argparse.ArgumentTypeError(f"must be {bound}; received {text!r}") from None
+        if not (value > low if above else value >= low):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {bound}; received {text}")
         return value
 
     return parse
@@ -341,7 +393,7 @@ def _add_export(sub) -> None:
     _run_flag(p, ("--model-dir",), "run folder written by `tirec train`")
     p.add_argument("--out", required=True, help="model base folder (holds NAME/<version>/)")
     _flag(p, "--model-name", ("--name",), required=True, metavar="NAME", help="served model name")
-    p.add_argument("--version", type=int, help="integer version (default: newest + 1)")
+    p.add_argument("--version", type=_int_at_least(1), help="integer version (default: newest + 1)")
     p.add_argument("--data", help="pipeline output for warmup rows (default: the run's data)")
     p.add_argument("--warmup-rows", type=_int_at_least(0), default=8, help="eval rows in warmup requests (0: none)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
@@ -414,7 +466,7 @@ def _add_query(sub) -> None:
     p.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port")
     _flag(p, "--model-name", ("--model",), required=True, metavar="NAME", help="served model name")
     p.add_argument("--input", required=True, help="request JSON file (- for stdin)")
-    p.add_argument("--version", type=int, help="pin a version")
+    p.add_argument("--version", type=_int_at_least(1), help="pin a version")
     p.add_argument("--label", help="pin a version label, e.g. stable")
     p.add_argument("--signature", default="serving_default", choices=("serving_default", "predict", "rank"),
                    help="serving_default: one full tf.Example per candidate; rank: one context example "
@@ -422,7 +474,7 @@ def _add_query(sub) -> None:
                         "tensors (default: %(default)s)")
     p.add_argument("--top", type=_int_at_least(0), default=0, help="print only the best K (0: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    p.add_argument("--timeout", type=_number(float, 0, above=True), default=10.0, help="deadline in seconds")
     p.set_defaults(func=_run_query)
 
 
@@ -458,8 +510,9 @@ def _add_verify_serving(sub) -> None:
     _run_flag(p, ("--model-dir",), "the run the served model was exported from")
     p.add_argument("--data", help="pipeline output (default: the run's data)")
     p.add_argument("--rows", type=_int_at_least(1), default=2000, help="eval rows to compare")
-    p.add_argument("--version", type=int, help="pin a version")
-    p.add_argument("--tolerance", type=float, default=1e-6)
+    p.add_argument("--version", type=_int_at_least(1), help="pin a version")
+    p.add_argument("--tolerance", type=_number(float, 0), default=1e-6,
+                   help="largest allowed |served - offline| score difference (default %(default)s)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="the weights the served model was exported with (as for `tirec export`)")
     p.set_defaults(func=_run_verify_serving)

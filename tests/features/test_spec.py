@@ -119,3 +119,16 @@ def test_parse_example_spec_shapes_and_label_exclusion():
     assert "label" not in serving and len(serving) == len(parse) - 1
     intent_only = spec.parse_example_spec(roles=("intent",))
     assert set(intent_only) == {"intent_dist", "intent_counts", "prior_intent"}
+
+
+def test_a_spec_mismatch_names_only_the_differing_fields_first_few_then_a_count():
+    a, b = _spec(max_seq_len=50), _spec(max_seq_len=20)
+    d = a.diff(b)
+    assert d[0] == "max_seq_len: 50 != 20" and "feature 'hist_item_ids': length 50 != 20" in d
+    assert len(d) > 6
+    with pytest.raises(ValueError) as err:
+        a.check_compatible(b)
+    message = str(err.value)
+    assert message == "the data spec differs from the expected spec: " + "; ".join(d[:5]) + \
+        f"; and {len(d) - 5} more difference(s)"
+    assert len(message) < 400

@@ -187,3 +187,6 @@ def test_request_round_trips_through_records():
             rows[f.name] = np.zeros(shape, np.float32 if f.dtype == "float32" else np.int64)
     back = C.request_from_records(spec, C.to_examples(rows))
     assert back == _request()
+    with pytest.raises(ValueError, match=rf"^request_id='r2' is not among the {n} records searched: only the first "
+                                         r"eval rows are read \(`tirec make-request --rows N` searches N\)$"):
+        C.request_from_records(spec, C.to_examples(rows), "r2")

@@ -1,4 +1,5 @@
 """SavedModel export: layout, signatures, parity with the Keras model, warmup; client requests."""
+import dataclasses
 import json
 import os
 
@@ -269,3 +270,28 @@ def _verify_against(version_dir, run_dir, data_dir):
     assert set(best["rows_over_tolerance"].values()) == {0}
     listed = sum(b["output"] == "ctr" for b in last["bad_rows"])
     assert last["rows_over_tolerance"]["ctr"] >= listed > 0
+
+
+def _sequences_of(spec, length):
+    """``spec`` as records written with ``pipeline.max_seq_len=length`` have it."""
+    features = tuple(dataclasses.replace(f, length=length) if f.kind != "scalar" and f.length == spec.max_seq_len
+                     else f for f in spec.features)
+    return dataclasses.replace(spec, features=features, max_seq_len=length)
+
+
+def test_export_refuses_warmup_records_of_another_spec_in_one_short_line(tiny_data, tmp_path, monkeypatch):
+    """As `tirec evaluate` does (check_run_data), before anything is written."""
+    from tirec.models.data import load_data_spec
+    from tirec.models.registry import model_spec
+
+    spec = model_spec("din", load_data_spec(tiny_data))
+    cfg = {"model": {"name": "din"}, "data": tiny_data}
+    assert len(E.warmup_examples("RUN", cfg, spec, None, 3)) == 3
+    monkeypatch.setattr(E, "load_run", lambda run_dir, checkpoint: (None, _sequences_of(spec, 20), cfg))
+    with pytest.raises(ValueError) as err:
+        E.export_run("RUN", str(tmp_path), "m", data_dir=tiny_data)
+    message = str(err.value)
+    assert message.startswith(f"export: the warmup records of {tiny_data} do not fit run RUN: the data spec "
+                              f"differs from the expected spec: max_seq_len: 10 != 20; feature ")
+    assert "length 10 != 20" in message and "more difference(s)" in message and "\n" not in message
+    assert len(message) < 600 and not (tmp_path / "m").exists()

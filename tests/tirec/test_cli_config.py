@@ -267,3 +267,105 @@ def test_count_flags_refuse_values_below_their_floor(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,key,reads,extra", [
+    (["train", "--data", "D", "--model", "din", "--run", "R"], "pipeline.max_seq_len=30", "it reads model, train",
+     "spec.json (in --data), written by `tirec pipeline`"),
+    (["pipeline", "--input", "IN", "--out", "OUT"], "train.epochs=3", "it reads pipeline", "read by `tirec train`"),
+    (["generate", "--out", "OUT"], "pipeline.max_seq_len=5", "it reads generator", "read by `tirec pipeline`"),
+    (["generate", "--out", "OUT"], "run.model=din", "it reads generator", "read by `tirec run`"),
+])
+def test_a_set_of_a_section_the_command_does_not_read_is_refused(argv, key, reads, extra, tmp_path, monkeypatch,
+                                                                 caplog):
+    from tirec.models import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "train_run", lambda *a: pytest.fail("trained despite the refused --set"))
+    assert cli.main(argv + ["--set", key]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith(f"--set {key}: `tirec {argv[0]}` does not read the {key.split('.')[0]} section")
+    assert reads in errors[0] and extra in errors[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_shared_config_file_is_read_for_the_commands_sections_only(tmp_path, monkeypatch, caplog):
+    """One run.yaml for every command (and `tirec run`): train reads model and train, and names
+    the sections it leaves to the others in one info line."""
+    from tirec.models import train
+
+    seen = {}
+    monkeypatch.setattr(train, "train_run", lambda data, model, run, m, t: seen.update(m=m, t=t) or {})
+    path = tmp_path / "run.yaml"
+    path.write_text("generator:\n  users: 12\npipeline:\n  max_seq_len: 30\nmodel:\n  emb_dim: 4\n"
+                    "train:\n  epochs: 2\nrun:\n  first_span: 5\n")
+    caplog.set_level("INFO", logger="tirec")
+    argv = ["train", "--data", "D", "--model", "din", "--run", "R", "--config", str(path)]
+    assert cli.main(argv + ["--set", "train.epochs=3"]) == 0
+    assert (seen["m"].emb_dim, seen["t"].epochs) == (4, 3)
+    lines = [r.getMessage() for r in caplog.records if "for other commands" in r.getMessage()]
+    assert lines == [f"--config {path}: tirec train reads its model, train section(s); generator, pipeline, run "
+                     f"are for other commands"]
+
+
+def test_each_commands_help_shows_a_set_of_a_section_it_reads(capsys):
+    for command, (reads, example) in cli.COMMAND_SECTIONS.items():
+        assert example.split(".")[0] in reads
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"e.g. --set {example}" in text
+    assert "pipeline.max_seq_len" not in text  # train's, the last
+
+
+def test_yaml_syntax_errors_name_the_source_and_the_place(tmp_path, caplog):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ValueError, match=rf"^config {path}: not valid YAML: expected ',' or '\]', but got "
+                                         rf"'<stream end>' at line 3, column 1$"):
+        load_config(str(path))
+    with pytest.raises(ValueError, match=r"^override 'model.tower=\[64': not valid YAML: .* at line 1, column 4$"):
+        load_config(None, ["model.tower=[64"])
+    assert cli.main(["train", "--data", "D", "--model", "din", "--run", "R", "--set", "model.tower=[64"]) == 2
+    assert cli.main(["train", "--data", "D", "--model", "din", "--run", "R", "--config", str(path)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("not valid YAML" in e and "\n" not in e for e in errors)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["evaluate", "--data", "T", "--run", "R", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1; received 0"),
+    (["evaluate", "--data", "T", "--run", "R", "--batch-size", "-5"], "argument --batch-size: must be an integer >= 1; received -5"),
+    (["evaluate", "--data", "T", "--run", "R", "--noise", "5", "--noise-seed", "-1"],
+     "argument --noise-seed: must be an integer >= 0; received -1"),
+    (["export", "--run", "R", "--out", "o", "--model-name", "m", "--version", "0"],
+     "argument --version: must be an integer >= 1; received 0"),
+    (["train", "--data", "T", "--model", "din", "--run", "R", "--steps-per-epoch", "-1"],
+     "argument --steps-per-epoch: must be an integer >= 0; received -1"),
+    (["query", "--model-name", "m", "--input", "r.json", "--version", "-1"], "argument --version: must be an integer >= 1"),
+    (["query", "--model-name", "m", "--input", "r.json", "--timeout", "-1"], "argument --timeout: must be a number > 0; received -1"),
+    (["query", "--model-name", "m", "--input", "r.json", "--timeout", "0"], "argument --timeout: must be a number > 0; received 0"),
+    (["query", "--model-name", "m", "--input", "r.json", "--timeout", "nan"], "argument --timeout: must be a number > 0; received nan"),
+    (["query", "--model-name", "m", "--input", "r.json", "--timeout", "soon"], "argument --timeout: must be a number > 0; received 'soon'"),
+    (["verify-serving", "--model-name", "m", "--run", "R", "--tolerance", "-0.5"],
+     "argument --tolerance: must be a number >= 0; received -0.5"),
+    (["verify-serving", "--model-name", "m", "--run", "R", "--version", "0"], "argument --version: must be an integer >= 1"),
+])
+def test_size_count_and_time_flags_refuse_values_below_their_floor(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_folder_given_as_a_file_is_one_error_line(tmp_path, monkeypatch, caplog):
+    from tirec.serving import client
+
+    assert cli.main(["query", "--model-name", "m", "--input", str(tmp_path)]) == 2
+    assert f"request: {tmp_path} is a folder, not a request JSON file" in caplog.text
+
+    def unreadable(path):
+        raise IsADirectoryError(21, "Is a directory", path)
+
+    monkeypatch.setattr(client, "load_request", unreadable)
+    assert cli.main(["query", "--model-name", "m", "--input", "T"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1] == "[Errno 21] Is a directory: 'T'"

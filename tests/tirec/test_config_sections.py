@@ -253,3 +253,20 @@ def test_floats_without_a_dot_are_numbers(tmp_path):
     path.write_text('{"model": {"l2": 1e-05, "daian": {"gamma": 2E+1}}}')
     cfg = load_config(str(path)).model
     assert cfg.l2 == 1e-5 and cfg.section("daian").gamma == 20.0
+
+
+def test_a_pipeline_output_given_as_a_run_folder_is_named_as_such(tmp_path):
+    """Not RunConfig's list of 33 unknown keys: what the folder is and what a run folder holds."""
+    folder = tmp_path / "T"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(to_dict(PipelineConfig(input="/data"))))
+    (folder / "stats.json").write_text("{}")
+    (folder / "spec.json").write_text("{}")
+    with pytest.raises(ValueError) as err:
+        load_run_config(str(folder))
+    assert str(err.value) == (f"{folder}: not a `tirec train` run folder, a `tirec pipeline` output (spec.json, "
+                              f"stats.json): pass it as --data; a run folder (`tirec train --run`) holds "
+                              f"config.json with model and train sections, spec.json, items.npz and checkpoints")
+    (folder / "stats.json").unlink()
+    with pytest.raises(ValueError, match=r"not a `tirec train` run folder, its config.json has no model section; "):
+        load_run_config(str(folder))
