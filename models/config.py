@@ -216,6 +216,9 @@ class TrainConfig:
             bad("ps_min_shard_bytes", "must be >= 1")
         if self.strategy != "ps" and self.ps_min_shard_bytes != TrainConfig.ps_min_shard_bytes:
             bad("ps_min_shard_bytes", f"only --strategy ps reads it (strategy={self.strategy!r})")
+        if isinstance(self.steps_per_epoch, bool) or not isinstance(self.steps_per_epoch, int) \
+                or self.steps_per_epoch < 0:
+            bad("steps_per_epoch", "must be an integer >= 0 (0 = the whole data)")
         if self.strategy == "ps" and self.steps_per_epoch < 1:
             bad("steps_per_epoch", "ParameterServerStrategy needs steps_per_epoch >= 1")
         if isinstance(self.shuffle_block, bool) or not isinstance(self.shuffle_block, int) \

@@ -67,6 +67,9 @@ class Runner:
     # ---- one run ------------------------------------------------------------------------------
     def run(self, span: int | None = None, start: str | None = None, stop: str | None = None) -> RunResult:
         span = self.cfg.run.first_span if span is None else span
+        if isinstance(span, bool) or not isinstance(span, int) or span < 3:
+            raise ValueError(f"--span: must be an integer >= 3 (the span's day is eval, the day before valid, "
+                             f"the days before train); received {span!r}")
         first, last = self._index(start, 0), self._index(stop, len(self.dag) - 1)
         if first > last:
             raise ValueError(f"--from {start} comes after --to {stop}")

@@ -85,3 +85,11 @@ def test_the_demo_gives_daian_settings_only_to_daian():
     din = load_runner_config(None, ["run.model=din"], users=7)
     assert "daian" not in din.model.sections and din.model.tower == (128, 64)
     assert din.generator.users == 7 and din.pipeline.split == "days"
+
+
+@pytest.mark.parametrize("span", [2, -1, 0])
+def test_a_span_without_train_valid_and_eval_days_is_refused(tmp_path, span):
+    from tirec.orchestration import runner
+
+    with pytest.raises(ValueError, match=rf"--span: must be an integer >= 3 .* received {span}"):
+        runner.run(str(tmp_path / "w"), load_runner_config(None, []), span=span)

@@ -129,6 +129,8 @@ def test_unknown_keys_name_key_value_and_the_valid_keys(override, message):
     (lambda: TrainConfig(shuffle_buffer=10), "train.shuffle_buffer: must be 0 (off) or >= train.shuffle_block "
                                              "(16): the buffer holds whole blocks; received 10"),
     (lambda: TrainConfig(shuffle_buffer=-1, shuffle_block=1), "train.shuffle_buffer: must be 0 (off)"),
+    (lambda: TrainConfig(steps_per_epoch=-1), "train.steps_per_epoch: must be an integer >= 0 (0 = the whole "
+                                              "data); received -1"),
     (lambda: PipelineConfig(no_trigger="keep"), "pipeline.no_trigger: must be 'drop' or 'pad'"),
     (lambda: PipelineConfig(realtime_len=4), "pipeline.realtime_len: applies to views=true only (GAP-Net's rt "
                                              "and lt views); set pipeline.views=true; received 4"),
