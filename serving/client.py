@@ -164,6 +164,19 @@ def request_features(schema: RequestSchema | FeatureSpec, request: Mapping[str, 
     return _rows(schema, shared, per_candidate, len(candidates))
 
 
+def request_warnings(request: Mapping[str, Any]) -> list[str]:
+    """Notes on a valid request the model may never have seen the like of in training: no
+    trigger (its trigger inputs are 0 and ``trigger_present`` 0), or an empty history."""
+    notes = []
+    if request.get("trigger") is None:
+        notes.append("the request has no trigger: a model trained with pipeline.no_trigger=drop (the "
+                     "default) saw none without one, and its score for it is not calibrated")
+    if not request.get("history"):
+        notes.append("the request has an empty history: check the training data's seq_len_histogram "
+                     "(stats.json) holds such rows before trusting its score")
+    return notes
+
+
 def _check_request(request: Any) -> Sequence:
     """The request's candidates, after checking its top-level shape."""
     if not isinstance(request, Mapping):

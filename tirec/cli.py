@@ -481,9 +481,11 @@ def _add_query(sub) -> None:
 def _run_query(args, _extra) -> int:
     import grpc
 
-    from tirec.serving.client import PredictClient, load_request
+    from tirec.serving.client import PredictClient, load_request, request_warnings
 
     request = load_request(args.input)
+    for note in request_warnings(request):
+        log.warning("%s", note)
     try:
         with PredictClient(args.target, args.model_name, args.version, args.label, args.timeout) as client:
             ranked = client.rank(request, signature=args.signature)

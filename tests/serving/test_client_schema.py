@@ -190,3 +190,11 @@ def test_request_round_trips_through_records():
     with pytest.raises(ValueError, match=rf"^request_id='r2' is not among the {n} records searched: only the first "
                                          r"eval rows are read \(`tirec make-request --rows N` searches N\)$"):
         C.request_from_records(spec, C.to_examples(rows), "r2")
+
+
+def test_a_request_without_trigger_or_history_is_warned_about():
+    full = {"trigger": {"item_id": 5}, "history": [{"item_id": 3}], "candidates": [{"item_id": 9}]}
+    assert C.request_warnings(full) == []
+    notes = C.request_warnings({**full, "trigger": None, "history": []})
+    assert len(notes) == 2 and "no trigger" in notes[0] and "empty history" in notes[1]
+    assert "no trigger" in C.request_warnings({"history": [{"item_id": 3}], "candidates": []})[0]
