@@ -45,8 +45,10 @@ class Prepared:
     # "<table>/<column>" -> rows whose empty value became the default
     ignored: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # table -> columns not read
     # The tables whose rows equal in every field are a row written twice (dead-lettered as
-    # duplicate_row), not two events: not generated impressions, nor a log without item ids.
-    unique_rows: tuple[str, ...] = ("impressions", "behaviours")
+    # duplicate_row), not two events; the others' equal rows are kept and counted. Impressions
+    # by default (one item shown twice in one request at one second); behaviours can repeat
+    # (two clicks in one second), but not MovieLens ratings (one per user and movie).
+    unique_rows: tuple[str, ...] = ("impressions",)
 
 
 class SourceFormat:

@@ -389,8 +389,8 @@ class _LabelFn(beam.DoFn):
                     merged = _latest(parts[tag], s.max_events_per_user, stats, tag)
                     parts[tag], sizes[tag] = [merged], len(merged["ts"])
         dups: list = []
-        imps = self._unique(IMP, _concat(parts[IMP]), dups)
-        behs = self._unique(BEH, _concat(parts[BEH]), dups)
+        imps = self._unique(IMP, _concat(parts[IMP]), dups, stats)
+        behs = self._unique(BEH, _concat(parts[BEH]), dups, stats)
         for d in dups:
             yield "dead", d
         profile = None
@@ -418,12 +418,16 @@ class _LabelFn(beam.DoFn):
         yield "stats", stats
 
 
-    def _unique(self, tag: str, cols: dict | None, dead: list) -> dict | None:
+    def _unique(self, tag: str, cols: dict | None, dead: list, stats: dict) -> dict | None:
         """``cols`` without rows written twice when the format says equal rows of the table are
-        duplicates (``Prepared.unique_rows``), before a user hook derives impressions from them.
-        A user over twice ``max_events_per_user`` was capped (most recent kept) first."""
+        duplicates (``Prepared.unique_rows``), before a user hook derives impressions from them;
+        else with its equal rows counted (``repeated_rows``). A user over twice
+        ``max_events_per_user`` was capped (most recent kept) first."""
         table = "impressions" if tag == IMP else "behaviours"
-        return labeling.drop_duplicates(cols, table, dead, self.files) if table in self.unique_rows else cols
+        if table in self.unique_rows:
+            return labeling.drop_duplicates(cols, table, dead, self.files)
+        _merge_into(stats, {"repeated_rows": {table: labeling.repeated_rows(cols)}})
+        return cols
 
 
 class _ShardFn(beam.DoFn):
@@ -901,13 +905,15 @@ def _with_view_stats(stats: dict, spec: FeatureSpec, bs: dict, realtime_window_s
 def _input_columns(bs: dict, prep: Prepared) -> dict:
     """``stats.json``'s ``input_columns``: by ``"<table>/<column>"`` the rows kept whose empty
     optional value became the column's default (``filled_default``); by table the columns its
-    files carry that are not read (``ignored``)."""
+    files carry that are not read (``ignored``) and the rows equal in every field to another
+    row of the user, kept where the format says equal rows are two events (``repeated_rows``)."""
     filled = dict(bs.get("filled_default", {}))
     for key, n in prep.filled.items():
         filled[key] = filled.get(key, 0) + n
     for key, n in sorted(filled.items()):
         log.warning("%s: %d rows had an empty value, read as the column's default", key, n)
-    return {"filled_default": dict(sorted(filled.items())), "ignored": prep.ignored}
+    return {"filled_default": dict(sorted(filled.items())), "ignored": prep.ignored,
+            "repeated_rows": {t: int(n) for t, n in sorted(bs.get("repeated_rows", {}).items())}}
 
 
 def _dead_counts(bs: dict, prep: Prepared) -> dict:

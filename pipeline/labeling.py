@@ -548,21 +548,41 @@ def drop_duplicates(cols: dict | None, table: str, dead: list, files: list[str])
     order (a log written twice)."""
     if cols is None:
         return None
-    ts = cols["ts"]
-    if len(np.unique(ts)) == len(ts):  # no two rows share a time: none repeats another
-        return cols
-    first = _first_equal(cols, [k for k in cols if not k.startswith("_")])
-    dup = first != np.arange(len(ts))
+    first = _first_equal(cols)
+    dup = first != np.arange(len(first))
     for i in np.flatnonzero(dup):
         dead.append(dead_letter(table, DeadReason.DUPLICATE_ROW, value=f"same as {_where(cols, first[i], files)}",
                                 **_provenance(cols, int(i), files)))
     return {k: v[~dup] for k, v in cols.items()} if dup.any() else cols
 
 
-def _first_equal(cols: dict, fields: list[str]) -> np.ndarray:
+def repeated_rows(cols: dict | None) -> int:
+    """How many of ``cols``' rows (one user's events of a table) equal another row in every
+    field (counted, kept, where equal rows can be two events)."""
+    return 0 if cols is None else int((_first_equal(cols) != np.arange(len(cols["ts"]))).sum())
+
+
+def _first_equal(cols: dict) -> np.ndarray:
     """For each row the index of the first row (in file order: ``_file``, ``_row``, where the
-    rows have them, then position) equal to it in every one of ``fields``."""
+    rows have them, then position) equal to it in every field but those (``_*``). Only rows
+    sharing their time and item with another (few: a request's impressions differ in item)
+    are compared in full."""
     n = len(cols["ts"])
+    first = np.arange(n)
+    coarse = [cols[k] for k in ("item_id", "ts") if k in cols]
+    order = np.lexsort(coarse)
+    same = np.logical_and.reduce([k[order][1:] == k[order][:-1] for k in coarse]) if n > 1 else np.zeros(0, bool)
+    if not same.any():
+        return first
+    rows = np.unique(np.concatenate([order[1:][same], order[:-1][same]]))
+    first[rows] = rows[_first_equal_in_full({k: v[rows] for k, v in cols.items()})]
+    return first
+
+
+def _first_equal_in_full(cols: dict) -> np.ndarray:
+    """:func:`_first_equal` comparing every field of every row."""
+    n = len(cols["ts"])
+    fields = [k for k in cols if not k.startswith("_")]
     keys = [np.unique(cols[k], return_inverse=True)[1].reshape(-1) if cols[k].dtype == object else cols[k]
             for k in fields]
     ties = [np.arange(n)] + [cols[k] for k in ("_row", "_file") if k in cols]

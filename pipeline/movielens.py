@@ -220,6 +220,7 @@ class MovieLensFormat(SourceFormat):
             embedding_info=info, dead=dead, rows_in=rows_in,
             user_hook=RatingImpressions(ml.click_threshold, ml.negatives_per_rating, ml.seed),
             block_fns={"behaviours": RatingBlock(ml.click_threshold)},
+            unique_rows=("behaviours",),  # one rating per user and movie: an equal row is written twice
             notes={"movielens": {
                 "genre_vocabulary": vocab,
                 "cate_id": "1-based index of the first listed genre in genre_vocabulary",

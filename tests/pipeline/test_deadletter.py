@@ -48,7 +48,7 @@ def bad_run(tmp_path_factory):
         f"1,{known_item},{TS},",                                    # missing_field (btag)
     ]
     with open(beh_file) as fh:
-        bad_behs.append(fh.read().splitlines()[1])                  # duplicate_row of data row 0
+        bad_behs.append(fh.read().splitlines()[1])                  # repeated: kept and counted
     with open(beh_file, "a") as fh:
         fh.write("\n".join(bad_behs) + "\n")
     with open(raw / "items.csv", "a") as fh:
@@ -80,7 +80,7 @@ def test_each_bad_row_has_its_reason(bad_run):
         ("impressions", "negative_id"): 1, ("impressions", "bad_timestamp"): 2,
         ("impressions", "bad_label"): 1, ("impressions", "missing_field"): 1,
         ("impressions", "unknown_item"): 1, ("impressions", "duplicate_row"): 1,
-        ("behaviours", "unknown_item"): 1, ("behaviours", "duplicate_row"): 1, ("behaviours", "bad_timestamp"): 1,
+        ("behaviours", "unknown_item"): 1, ("behaviours", "bad_timestamp"): 1,
         ("behaviours", "missing_field"): 1,
         ("items", "duplicate_id"): 1, ("items", "bad_id"): 1,
         ("item_embeddings", "nan_embedding"): 1, ("item_embeddings", "wrong_embedding_size"): 1,
@@ -107,11 +107,12 @@ def test_counts_balance_and_fallback_is_counted(bad_run):
 
 
 def test_a_row_written_twice_is_dead_lettered_naming_the_row_kept(bad_run):
-    stats, dead, _, (imp_file, beh_file) = bad_run
+    stats, dead, _, (imp_file, _) = bad_run
     dups = {d["table"]: d for d in dead if d["reason"] == "duplicate_row"}
     assert dups["impressions"]["value"] == f"same as row 0 of {imp_file}"
     assert dups["impressions"]["file"] == imp_file and dups["impressions"]["row"] > 0
-    assert dups["behaviours"]["value"] == f"same as row 0 of {beh_file}"
+    assert set(dups) == {"impressions"}  # two equal behaviours can be two clicks: kept, counted
+    assert stats["input_columns"]["repeated_rows"] == {"behaviours": 1}
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +149,4 @@ def test_empty_optional_values_and_unread_columns_are_counted(jsonl_run):
     stats, _, _ = jsonl_run
     assert stats["input_columns"]["filled_default"] == {"impressions/ctx_scene": 1}
     assert stats["input_columns"]["ignored"] == {"impressions": ["device"], "behaviours": []}
+    assert stats["input_columns"]["repeated_rows"] == {"behaviours": 0}

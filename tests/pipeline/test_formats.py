@@ -506,6 +506,7 @@ def test_alimama_cross_column_dead_letters_end_to_end(ali_run):
     assert stats["deadletter"].get("behaviours/bad_id") == 1
     assert stats["deadletter"].get("impressions/duplicate_row") == 1
     assert "behaviours/duplicate_row" not in stats["deadletter"]  # behavior_log has no item id
+    assert stats["input_columns"]["repeated_rows"]["behaviours"] >= 1
 
 
 def test_movielens_rating_written_twice_generates_no_impressions(tmp_path):

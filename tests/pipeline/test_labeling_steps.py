@@ -160,7 +160,7 @@ def test_user_without_impressions(imps, behs):
 
 
 def test_rows_equal_in_every_field_are_dead_lettered_keeping_the_first():
-    from tirec.pipeline.labeling import drop_duplicates
+    from tirec.pipeline.labeling import drop_duplicates, repeated_rows
 
     # the last two rows arrive b.csv first (blocks are grouped in any order): a.csv's is kept
     cols = {"ts": np.array([1, 1, 1, 2, 2, 3, 3]), "item_id": np.array([5, 6, 5, 7, 7, 5, 5]),
@@ -173,6 +173,7 @@ def test_rows_equal_in_every_field_are_dead_lettered_keeping_the_first():
     assert sorted((d["reason"], d["file"], d["row"], d["value"]) for d in dead) == [
         ("duplicate_row", "a.csv", 2, "same as row 0 of a.csv"),
         ("duplicate_row", "b.csv", 0, "same as row 5 of a.csv")]
+    assert repeated_rows(cols) == 2 and repeated_rows(None) == 0
     unique = {k: v[:2] for k, v in cols.items()}
     assert drop_duplicates(unique, "impressions", dead, ["a.csv"]) is unique
     assert drop_duplicates(None, "impressions", dead, []) is None
