@@ -241,23 +241,33 @@ def _check_run_dir(run_dir: str, spec: FeatureSpec, data_dir: str) -> None:
         diff = FeatureSpec.load(path).diff(spec)
         if diff:
             raise ValueError(f"--run {run_dir} holds a run on other data: its spec.json differs from "
-                             f"{os.path.join(data_dir, 'spec.json')}: {'; '.join(diff)}; "
+                             f"{os.path.join(data_dir, 'spec.json')}: {_first(diff)}; "
                              f"train into a new --run folder")
+
+
+def _first(items: list[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``items`` joined, and how many more there are."""
+    return "; ".join(items[:shown]) + (f"; and {len(items) - shown} more" if len(items) > shown else "")
+
+
+# Settings of how a run trains, not of what it learns: a run may resume with others (on
+# another machine). Its data are checked by their spec (_check_run_dir), not their path.
+RESUME_MAY_CHANGE = ("data", "train.strategy", "train.cpu_replicas", "train.backup_every_steps",
+                     "train.ps_min_shard_bytes")
 
 
 def _check_run_config(run_dir: str, run_cfg: RunConfig) -> None:
     """A run folder that already holds a config (a resumed run) must be resumed with the same
-    settings: a finished stage is not trained again, and its config.json would otherwise claim
-    settings its weights were not trained with."""
+    settings (but :data:`RESUME_MAY_CHANGE`): a finished stage is not trained again, and its
+    config.json would otherwise claim settings its weights were not trained with."""
     if not tf.io.gfile.exists(os.path.join(run_dir, "config.json")):
         return
     old, new = _flat(to_dict(load_run_config(run_dir))), _flat(to_dict(run_cfg))
     diff = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(old.keys() | new.keys())
-            if old.get(k) != new.get(k)]
+            if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
     if diff:
-        shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
-        raise ValueError(f"--run {run_dir} holds a run with other settings ({shown}); resume it with the "
-                         f"same settings, or train into a new --run folder")
+        raise ValueError(f"--run {run_dir} holds a run with other settings ({_first(diff)}); resume it with "
+                         f"the same settings, or train into a new --run folder")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -659,8 +669,10 @@ def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
     slices = R.check_slices(slices)
     percent = None if noise is None else R.check_percent(noise)
     check_split(data_dir, "eval")
+    if baseline_dir:  # fails before any scoring; its weights are loaded after the run's scores
+        check_run_data(load_run_config(baseline_dir).model.name, data_dir,
+                       FeatureSpec.load(os.path.join(baseline_dir, "spec.json")))
     run = _loaded_run(run_dir, data_dir)
-    base = _loaded_run(baseline_dir, data_dir) if baseline_dir else None  # fails before any scoring
 
     def score(model, spec, slices=()):
         history_noise = None if percent is None else R.HistoryNoise(
@@ -668,15 +680,17 @@ def evaluate_run(data_dir: str, run_dir: str, baseline_dir: str | None = None,
         return evaluate_model(model, data_dir, spec, batch_size, noise=history_noise, slices=slices)
 
     metrics = score(*run, slices=slices)
-    if base is not None:  # scored here, on the same records (and noise): not its stored metrics
-        base_metrics = score(*base)
+    del run
+    if baseline_dir:  # scored here, on the same records (and noise): not its stored metrics
+        base_metrics = score(*_loaded_run(baseline_dir, data_dir))
         metrics["baseline"] = baseline_dir
         for key in ("auc", "gauc"):
             metrics[f"baseline_{key}"] = base_metrics[key]
             metrics[f"rela_impr_{key}"] = M.rela_impr(metrics[key], base_metrics[key])
     previous = read_json(os.path.join(run_dir, "metrics.json")) if tf.io.gfile.exists(
         os.path.join(run_dir, "metrics.json")) else {}
-    for key in ("noise", "slices"):  # describe this evaluation only
+    for key in ("noise", "slices", "baseline", "baseline_auc", "baseline_gauc", "rela_impr_auc",
+                "rela_impr_gauc"):  # describe this evaluation only
         previous.pop(key, None)
     previous.update(metrics)
     write_json(os.path.join(run_dir, "metrics.json"), previous)

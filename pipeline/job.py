@@ -912,8 +912,12 @@ def _input_columns(bs: dict, prep: Prepared) -> dict:
         filled[key] = filled.get(key, 0) + n
     for key, n in sorted(filled.items()):
         log.warning("%s: %d rows had an empty value, read as the column's default", key, n)
+    repeated = {t: int(n) for t, n in sorted(bs.get("repeated_rows", {}).items())}
+    for table, n in repeated.items():
+        if n:
+            log.warning("%s: %d rows equal to another row of their user, kept (two events)", table, n)
     return {"filled_default": dict(sorted(filled.items())), "ignored": prep.ignored,
-            "repeated_rows": {t: int(n) for t, n in sorted(bs.get("repeated_rows", {}).items())}}
+            "repeated_rows": repeated}
 
 
 def _dead_counts(bs: dict, prep: Prepared) -> dict:

@@ -164,11 +164,15 @@ def request_features(schema: RequestSchema | FeatureSpec, request: Mapping[str, 
     return _rows(schema, shared, per_candidate, len(candidates))
 
 
-def request_warnings(request: Mapping[str, Any]) -> list[str]:
-    """Notes on a valid request the model may never have seen the like of in training: no
-    trigger (its trigger inputs are 0 and ``trigger_present`` 0), or an empty history."""
+def request_warnings(request: Mapping[str, Any], schema: RequestSchema | None = None) -> list[str]:
+    """Notes on a valid request (checked by :func:`request_features`) the model may never have
+    seen the like of in training: no trigger when it reads one (its trigger inputs are 0 and
+    ``trigger_present`` 0), or an empty history."""
+    if not isinstance(request, Mapping):
+        return []
     notes = []
-    if request.get("trigger") is None:
+    reads_trigger = schema is None or bool(schema.select(group="trigger"))
+    if reads_trigger and request.get("trigger") is None:
         notes.append("the request has no trigger: a model trained with pipeline.no_trigger=drop (the "
                      "default) saw none without one, and its score for it is not calibrated")
     if not request.get("history"):

@@ -484,14 +484,15 @@ def _run_query(args, _extra) -> int:
     from tirec.serving.client import PredictClient, load_request, request_warnings
 
     request = load_request(args.input)
-    for note in request_warnings(request):
-        log.warning("%s", note)
     try:
         with PredictClient(args.target, args.model_name, args.version, args.label, args.timeout) as client:
-            ranked = client.rank(request, signature=args.signature)
+            schema = client.schema()
+            ranked = client.rank(request, schema=schema, signature=args.signature)
     except grpc.RpcError as err:
         log.error("%s: %s", err.code().name, err.details())
         return 1
+    for note in request_warnings(request, schema):  # after rank checked the request
+        log.warning("%s", note)
     if args.top:
         ranked = ranked[:args.top]
     if args.json:

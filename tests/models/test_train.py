@@ -272,6 +272,9 @@ def test_three_stage_run_resumes_and_rejects_other_data(tiny_data, tmp_path):
         train_run(tiny_data, "din", run, cfg.model, cfg.train)
     with open(os.path.join(run, "config.json")) as fh:
         assert fh.read() == recorded
+    # how it trains and where its data lie may change (the data are checked by their spec)
+    resumed = train_run(tiny_data + "/", "daian", run, cfg.model, dataclasses.replace(cfg.train, backup_every_steps=7))
+    assert all(h == {"skipped": True} for h in resumed["history"].values())
 
 
 def test_records_without_prior_intent(tiny_data, tmp_path, caplog):
@@ -331,6 +334,9 @@ def test_evaluate_cli_with_baseline(tiny_data, tmp_path, capsys):
                      "--baseline", str(tmp_path / "din")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["baseline_auc"] == pytest.approx(base["auc"], abs=1e-6)
+    again = evaluate_run(tiny_data, str(tmp_path / "daian"))  # without a baseline: none in metrics.json
+    stored = json.loads((tmp_path / "daian" / "metrics.json").read_text())
+    assert "rela_impr_auc" not in again and "rela_impr_auc" not in stored and "baseline" not in stored
     assert out["rela_impr_auc"] == pytest.approx(M.rela_impr(out["auc"], base["auc"]))
     assert out["rela_impr_gauc"] == pytest.approx(M.rela_impr(out["gauc"], base["gauc"]))
     for key in ("auc", "gauc", "logloss", "intent_js"):

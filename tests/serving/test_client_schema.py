@@ -198,3 +198,8 @@ def test_a_request_without_trigger_or_history_is_warned_about():
     notes = C.request_warnings({**full, "trigger": None, "history": []})
     assert len(notes) == 2 and "no trigger" in notes[0] and "empty history" in notes[1]
     assert "no trigger" in C.request_warnings({"history": [{"item_id": 3}], "candidates": []})[0]
+    assert C.request_warnings([1, 2]) == []  # not a request: request_features says why
+    schema = C.RequestSchema.from_spec(_spec())
+    no_trigger = C.RequestSchema([f for f in schema.features if f.group != "trigger"])
+    assert len(C.request_warnings({**full, "trigger": None}, schema)) == 1
+    assert C.request_warnings({**full, "trigger": None}, no_trigger) == []  # the model reads none
