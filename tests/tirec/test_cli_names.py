@@ -34,7 +34,10 @@ def calls(monkeypatch):
         def __exit__(self, *exc):
             return False
 
-        def rank(self, request, signature):
+        def schema(self):
+            return None
+
+        def rank(self, request, schema, signature):
             return []
 
     monkeypatch.setattr(train, "train_run", record("train", {}))
