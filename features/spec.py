@@ -410,8 +410,7 @@ class FeatureSpec:
         are) when ``other`` differs from this spec."""
         d = self.diff(other)
         if d:
-            more = f"; and {len(d) - shown} more difference(s)" if len(d) > shown else ""
-            raise ValueError(f"the {what} spec differs from the expected spec: " + "; ".join(d[:shown]) + more)
+            raise ValueError(f"the {what} spec differs from the expected spec: {first_of(d, shown, 'more difference(s)')}")
 
     # ---- TensorFlow ----------------------------------------------------------------------
     def parse_example_spec(self, include_label: bool = True,
@@ -434,6 +433,13 @@ class FeatureSpec:
             shape = [] if f.kind == "scalar" else [f.length]
             out[f.name] = tf.io.FixedLenFeature(shape, tf_dtypes[f.dtype])
         return out
+
+
+def first_of(items: Sequence[str], shown: int = 5, rest: str = "more") -> str:
+    """The first ``shown`` of ``items`` joined by "; ", and how many more there are (``; and 3
+    more``, ``rest`` naming them), for messages listing differences."""
+    more = f"; and {len(items) - shown} {rest}" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
 
 
 def _field_diff(a, b) -> str:

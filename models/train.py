@@ -37,7 +37,7 @@ import tensorflow as tf
 from tirec.compat import keras
 from tirec.features.config_io import to_dict
 from tirec.features.jsonio import read_json, write_json
-from tirec.features.spec import LATER_TARGETS, FeatureSpec
+from tirec.features.spec import LATER_TARGETS, FeatureSpec, first_of
 from tirec.models import metrics as M
 from tirec.models import robustness as R
 from tirec.models.base import (DIE_PRETRAIN, UIM_PRETRAIN, Stage, check_stage_inputs, joint_stage,
@@ -241,13 +241,8 @@ def _check_run_dir(run_dir: str, spec: FeatureSpec, data_dir: str) -> None:
         diff = FeatureSpec.load(path).diff(spec)
         if diff:
             raise ValueError(f"--run {run_dir} holds a run on other data: its spec.json differs from "
-                             f"{os.path.join(data_dir, 'spec.json')}: {_first(diff)}; "
+                             f"{os.path.join(data_dir, 'spec.json')}: {first_of(diff)}; "
                              f"train into a new --run folder")
-
-
-def _first(items: list[str], shown: int = 5) -> str:
-    """The first ``shown`` of ``items`` joined, and how many more there are."""
-    return "; ".join(items[:shown]) + (f"; and {len(items) - shown} more" if len(items) > shown else "")
 
 
 # Settings of how a run trains, not of what it learns: a run may resume with others (on
@@ -266,7 +261,7 @@ def _check_run_config(run_dir: str, run_cfg: RunConfig) -> None:
     diff = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(old.keys() | new.keys())
             if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
     if diff:
-        raise ValueError(f"--run {run_dir} holds a run with other settings ({_first(diff)}); resume it with "
+        raise ValueError(f"--run {run_dir} holds a run with other settings ({first_of(diff)}); resume it with "
                          f"the same settings, or train into a new --run folder")
 
 

@@ -177,6 +177,7 @@ def read_table(directory: str, schema: TableSchema, chunk_rows: int, dead: list,
     (row in that file), and the list of paths read.
     """
     paths = discover(directory, schema.name)
+    filled = {} if filled is None else filled
     if required and not paths:
         raise FileNotFoundError(f"no {schema.name} files in {directory!r} (see pipeline/SCHEMA.md)")
     parts: dict[str, list] = {}
@@ -185,7 +186,7 @@ def read_table(directory: str, schema: TableSchema, chunk_rows: int, dead: list,
         for chunk, bad in read_chunks(path, schema, chunk_rows):
             dead.extend(bad)
             n_in += len(chunk) + len(bad)
-            for col, n in chunk.filled.items() if filled is not None else ():
+            for col, n in chunk.filled.items():
                 filled[f"{schema.name}/{col}"] = filled.get(f"{schema.name}/{col}", 0) + n
             cols = dict(chunk.columns, _file=np.full(len(chunk), file_idx), _row=chunk.rows)
             for k, v in cols.items():

@@ -908,8 +908,7 @@ def _input_columns(bs: dict, prep: Prepared) -> dict:
     files carry that are not read (``ignored``) and the rows equal in every field to another
     row of the user, kept where the format says equal rows are two events (``repeated_rows``)."""
     filled = dict(bs.get("filled_default", {}))
-    for key, n in prep.filled.items():
-        filled[key] = filled.get(key, 0) + n
+    _merge_into(filled, prep.filled)
     for key, n in sorted(filled.items()):
         log.warning("%s: %d rows had an empty value, read as the column's default", key, n)
     repeated = {t: int(n) for t, n in sorted(bs.get("repeated_rows", {}).items())}
