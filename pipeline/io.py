@@ -365,8 +365,11 @@ def _late_extra_keys(obj: dict, header: list[str], schema: TableSchema) -> list[
     the file's first row lacks: the fields a table has are fixed by its files' first rows (as a
     CSV file's by its header; :func:`tirec.pipeline.formats.header_fields`). A declared
     optional key (``request_id``) may come and go."""
+    beyond = [k for k in obj if k not in header]
+    if not beyond:  # the usual row: nothing more to look at
+        return []
     declared = {c.raw for c in schema.columns}
-    return sorted(k for k in obj if k not in header and k not in declared and schema.reads(k))
+    return sorted(k for k in beyond if k not in declared and schema.reads(k))
 
 
 def _rows_to_table(rows: list[dict], schema: TableSchema, header: list[str]) -> pa.Table:
