@@ -96,6 +96,13 @@ class Chunk:
         return int(self.rows.shape[0])
 
 
+def provenance(cols: dict, i: int, files: Sequence[str]) -> dict:
+    """The ``file`` and ``row`` of row ``i`` of columns carrying ``_file`` (an index into
+    ``files``) and ``_row``, as :func:`dead_letter` takes them (None where unknown)."""
+    return {"file": files[int(cols["_file"][i])] if "_file" in cols else None,
+            "row": int(cols["_row"][i]) if "_row" in cols else None}
+
+
 def dead_letter(table: str, reason: str, *, field: str | None = None, value=None,
                 file: str | None = None, row: int | None = None, raw: str | None = None) -> dict:
     """One dead-letter record (written as a JSON line under ``OUT/deadletter/``).

@@ -32,7 +32,7 @@ from tirec.features import transforms
 from tirec.features.spec import (CATEGORY, CATEGORY_CLICKS, HISTORY, ITEM_ID, LONG_TERM, PREFIXES, REALTIME,
                                  FeatureSpec, time_context, tir_feature_spec)
 from tirec.pipeline import split as splits
-from tirec.pipeline.io import dead_letter
+from tirec.pipeline.io import dead_letter, provenance
 from tirec.pipeline.items import ItemTable
 from tirec.pipeline.reasons import DeadReason, Drop
 
@@ -552,7 +552,7 @@ def drop_duplicates(cols: dict | None, table: str, dead: list, files: list[str])
     dup = first != np.arange(len(first))
     for i in np.flatnonzero(dup):
         dead.append(dead_letter(table, DeadReason.DUPLICATE_ROW, value=f"same as {_where(cols, first[i], files)}",
-                                **_provenance(cols, int(i), files)))
+                                **provenance(cols, int(i), files)))
     return {k: v[~dup] for k, v in cols.items()} if dup.any() else cols
 
 
@@ -571,7 +571,7 @@ def _first_equal(cols: dict) -> np.ndarray:
     first = np.arange(n)
     coarse = [cols[k] for k in ("item_id", "ts") if k in cols]
     order = np.lexsort(coarse)
-    same = np.logical_and.reduce([k[order][1:] == k[order][:-1] for k in coarse]) if n > 1 else np.zeros(0, bool)
+    same = np.logical_and.reduce([k[order][1:] == k[order][:-1] for k in coarse])
     if not same.any():
         return first
     rows = np.unique(np.concatenate([order[1:][same], order[:-1][same]]))
@@ -594,14 +594,8 @@ def _first_equal_in_full(cols: dict) -> np.ndarray:
     return first
 
 
-def _provenance(cols: dict, i: int, files: list[str]) -> dict:
-    """The ``file`` and ``row`` of row ``i`` for a dead letter (None where unknown)."""
-    return {"file": files[int(cols["_file"][i])] if "_file" in cols else None,
-            "row": int(cols["_row"][i]) if "_row" in cols else None}
-
-
 def _where(cols: dict, i: int, files: list[str]) -> str:
-    p = _provenance(cols, i, files)
+    p = provenance(cols, i, files)
     return f"row {p['row']} of {p['file']}" if p["row"] is not None else f"event {i}"
 
 
@@ -620,7 +614,7 @@ def _drop_unknown(cols: dict, items: ItemTable, table: str, dead: list, files: l
         return cols
     for i in np.flatnonzero(~found):
         dead.append(dead_letter(table, DeadReason.UNKNOWN_ITEM, field="item_id", value=int(cols["item_id"][i]),
-                                **_provenance(cols, int(i), files)))
+                                **provenance(cols, int(i), files)))
     return {k: v[found] for k, v in cols.items()}
 
 

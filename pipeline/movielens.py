@@ -54,7 +54,7 @@ from tirec.pipeline.config import PipelineConfig
 from tirec.pipeline.formats import (ITEM_FIELDS, Prepared, SourceFormat, behaviour_sequences,
                                     build_item_table, dedupe, load_vectors, read_table,
                                     warn_unread_embedding_settings)
-from tirec.pipeline.io import Column, TableSchema, dead_letter, discover, read_chunks
+from tirec.pipeline.io import Column, TableSchema, dead_letter, discover, provenance, read_chunks
 from tirec.pipeline.reasons import DeadReason
 from tirec.pipeline.items import ItemTable
 
@@ -324,5 +324,5 @@ def _dead_tags(cols: dict, paths: list[str], unknown: np.ndarray) -> list[dict]:
     """Dead letters of the tag rows naming movies missing from movies.csv (``cols`` from
     ``read_table``)."""
     return [dead_letter("tags", DeadReason.UNKNOWN_ITEM, field="movieId", value=cols["item_id"][i],
-                        file=paths[int(cols["_file"][i])], row=int(cols["_row"][i]))
+                        **provenance(cols, i, paths))
             for i in np.flatnonzero(unknown)]
