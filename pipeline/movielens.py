@@ -30,7 +30,7 @@ MovieLens has no impression log, so the TIR conversion is:
   release year parsed from the title, e.g. ``"Heat (1995)"`` -> 1995 (0 when absent);
   ``price_bucket`` = the number of listed genres capped at 9 (``(no genres listed)`` counts 0).
   MovieLens has no price: ``price_bucket`` is this genre-count stand-in. ``popularity`` = the
-  number of ratings of the movie.
+  number of ratings of the movie (a rating row repeated in every field counts once).
 * **Embeddings**: ``auto`` -> ``tfidf-svd`` over the text "title + genres (split on ``|``) +
   every tag of the movie" (:func:`tirec.pipeline.embeddings.movielens_text`); ``minilm`` encodes
   the same text; ``cooccurrence-svd`` uses the users' time-ordered rating sequences;
@@ -303,15 +303,27 @@ def _item_fields(titles: list[str], genre_lists: list[list[str]]
 
 
 def _rating_counts(paths: list[str], ids: np.ndarray, chunk_rows: int) -> np.ndarray:
-    """Number of valid ratings per catalogue movie (rating dead letters are the job's)."""
-    counts = np.zeros(len(ids), dtype=np.float64)
+    """Number of valid ratings per catalogue movie, a row repeated in every field counted once
+    (the job dead-letters the repeat as ``duplicate_row``; other dead letters are the job's)."""
+    parts = []
     for path in paths:
         for chunk, _ in read_chunks(path, RATINGS, chunk_rows):
-            item = chunk.columns["item_id"]
-            pos = np.minimum(np.searchsorted(ids, item), len(ids) - 1)
-            found = ids[pos] == item
-            counts += np.bincount(pos[found], minlength=len(ids))
-    return counts
+            c = chunk.columns
+            pos = np.minimum(np.searchsorted(ids, c["item_id"]), len(ids) - 1)
+            found = ids[pos] == c["item_id"]
+            parts.append((c["user_id"][found], pos[found], c["ts"][found], c["rating"][found]))
+    if not parts:
+        return np.zeros(len(ids), dtype=np.float64)
+    user, pos, ts, rating = (np.concatenate(col) for col in zip(*parts))
+    order = np.lexsort((rating, ts, pos, user))
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = True
+    for col in (user, ts, rating):  # one sorted copy at a time (ml-25m: 25M ratings)
+        col = col[order]
+        repeat[1:] &= col[1:] == col[:-1]
+    pos = pos[order]
+    repeat[1:] &= pos[1:] == pos[:-1]
+    return np.bincount(pos[~repeat], minlength=len(ids)).astype(np.float64)
 
 
 def _empty_impressions() -> dict[str, np.ndarray]:

@@ -124,6 +124,22 @@ def test_movielens_prepare_items_and_dead_letters(ml_dir):
     pickle.loads(pickle.dumps((prep.user_hook, prep.block_fns, prep.schemas)))
 
 
+def test_movielens_popularity_counts_a_repeated_rating_row_once(ml_dir):
+    # the job dead-letters a rating row equal in every field to another (duplicate_row), so the
+    # negative sampler's popularity counts it once; the same user re-rating later counts twice
+    base = _ratings_csv().splitlines()[1:-2]
+    extra = [f"7,3,4.0,{T0 + 5}", f"7,3,4.0,{T0 + 5}", f"7,3,4.0,{T0 + 5}",  # one rating, thrice
+             f"7,4,2.0,{T0 + 5}", f"7,4,3.0,{T0 + 5}", f"7,4,2.0,{T0 + 6}"]    # three ratings
+    (ml_dir / "ratings.csv").write_text(_ratings_csv() + "\n".join(extra) + "\n")
+    for chunk_rows in (2, 1000):  # repeats in other chunks are found too
+        prep = MovieLensFormat().prepare(PipelineConfig(input=str(ml_dir), format="movielens",
+                                                        chunk_rows=chunk_rows, emb_dim=8))
+        pop = dict(zip(prep.items.ids.tolist(), prep.items.popularity.tolist()))
+        before = {m: sum(1 for r in base if int(r.split(",")[1]) == m) for m in (3, 4)}
+        assert (pop[3], pop[4]) == (before[3] + 1, before[4] + 3)
+        assert prep.notes["movielens"]["ratings_counted_for_popularity"] == len(base) + 4
+
+
 def test_rating_block_adds_btag_and_keeps_rating():
     block = RatingBlock(4.0)
     cols = {"user_id": np.array([1, 1, 2]), "item_id": np.array([1, 2, 3]),
