@@ -337,7 +337,7 @@ def _read_ads(cfg: PipelineConfig, dead: list, rows_in: dict, rows_read: dict
                                 f"(adgroup_id,cate_id,campaign_id,customer,brand,price)")
     parts: dict[str, list[np.ndarray]] = {}
     n_in = 0
-    for path in paths:
+    for file_idx, path in enumerate(paths):
         n_file = 0
         for chunk, bad in read_chunks(path, AD_FEATURE, cfg.chunk_rows):
             dead.extend(bad)
@@ -363,6 +363,8 @@ def _read_ads(cfg: PipelineConfig, dead: list, rows_in: dict, rows_read: dict
             parts.setdefault("price_bucket", []).append(price_bucket(c["price"][keep]))
             parts.setdefault("campaign_id", []).append(c["campaign_id"][keep])
             parts.setdefault("customer", []).append(c["customer"][keep])
+            parts.setdefault("_file", []).append(np.full(int(keep.sum()), file_idx, dtype=np.int64))
+            parts.setdefault("_row", []).append(chunk.rows[keep])
         rows_read[os.path.basename(path)] = n_file
         n_in += n_file
     rows_in["ad_feature"] = n_in
@@ -370,7 +372,7 @@ def _read_ads(cfg: PipelineConfig, dead: list, rows_in: dict, rows_read: dict
     if not len(cols.get("item_id", ())):
         raise ValueError(f"ad_feature in {cfg.input!r} has no valid row (rows in: {n_in}; see the "
                          f"dead letters)")
-    ids, first = dedupe(cols["item_id"], "ad_feature", dead)
+    ids, first = dedupe(cols["item_id"], "ad_feature", dead, cols, paths)
     return ids, {k: cols[k][first].astype(np.int64) for k in AD_FIELDS}
 
 

@@ -16,7 +16,8 @@ import numpy as np
 from tirec.features.spec import PREFIXES, raw_field
 from tirec.pipeline import embeddings as emb
 from tirec.pipeline.config import PipelineConfig
-from tirec.pipeline.io import Column, TableSchema, dead_letter, discover, file_columns, read_chunks
+from tirec.pipeline.io import (Column, TableSchema, dead_letter, discover, file_columns,
+                              provenance, read_chunks)
 from tirec.pipeline.items import ItemTable
 
 log = logging.getLogger(__name__)
@@ -195,23 +196,17 @@ def read_table(directory: str, schema: TableSchema, chunk_rows: int, dead: list,
     return {k: np.concatenate(v) for k, v in parts.items()}, paths
 
 
-def dedupe(ids: np.ndarray, table: str, dead: list, cols: dict | None = None,
-           paths: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique ids and the index of each first occurrence; repeats are dead-lettered.
-
-    ``cols``/``paths`` (from :func:`read_table`) give the repeats' file and row.
-    """
+def dedupe(ids: np.ndarray, table: str, dead: list, cols: dict, paths: list[str]
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ids and the index of each first occurrence; repeats are dead-lettered
+    with their file and row (``cols`` carry ``_file`` and ``_row``, as :func:`read_table`'s)."""
     uniq, first = np.unique(ids, return_index=True)
     if first.shape[0] != ids.shape[0]:
         dup = np.ones(ids.shape[0], dtype=bool)
         dup[first] = False
         for i in np.flatnonzero(dup):
-            file = row = None
-            if cols is not None and "_row" in cols:
-                row = int(cols["_row"][i])
-                file = paths[int(cols["_file"][i])] if paths else None
             dead.append(dead_letter(table, "duplicate_id", field="item_id", value=int(ids[i]),
-                                    file=file, row=row if cols is not None else int(i)))
+                                    **provenance(cols, i, paths)))
     return uniq, first
 
 

@@ -311,6 +311,24 @@ def ali_dir(tmp_path):
     return d
 
 
+def test_alimama_repeated_ad_is_dead_lettered_at_its_file_and_row(ali_dir):
+    # ad_feature in two shards; the second repeats ad 3 after a bad row: the letter names the
+    # shard and the repeat's data row there (not its index among the kept rows)
+    (ali_dir / "ad_feature.csv").unlink()
+    shards = ali_dir / "ad_feature"
+    shards.mkdir()
+    head, *rows = AD_FEATURE.splitlines()
+    (shards / "part-0.csv").write_text("\n".join([head] + rows) + "\n")
+    (shards / "part-1.csv").write_text(f"{head}\n9,13,107,1007,xyz,1.0\n3,99,1,1,1,1.0\n")
+    prep = AlimamaFormat().prepare(PipelineConfig(input=str(ali_dir), format="alimama",
+                                                  chunk_rows=3, emb_dim=4))
+    repeat = [d for d in prep.dead if d["reason"] == "duplicate_id"]
+    assert [(d["table"], d["value"], d["row"]) for d in repeat] == [("ad_feature", "3", 1)]
+    assert repeat[0]["file"].endswith("part-1.csv")
+    row = prep.items.ids.tolist().index(3)
+    assert int(prep.items.fields["cate_id"][row]) == 11  # the first row kept
+
+
 def test_alimama_helpers():
     brands, bad = parse_brand(np.array(["12", "NULL", "", "null", "x", "-3", "1000000", "7.0"],
                                        dtype=object))
