@@ -502,9 +502,9 @@ class ServingServer:
                 if config == last:
                     continue
                 log.info("%s changed; reloading the model config", path)
-                last = config
                 self.core.allow_model_roots(_base_paths(config))  # the operator's file names them
                 self.manager.reload_config(config)
+                last = config  # a failed reload is tried again at the next poll, as TF Serving does
             except ServingError as e:
                 log.error("config reload from %s failed: %s", path, e)
             except Exception:

@@ -378,6 +378,18 @@ def test_model_config_file_is_polled(kit, tmp_path):
             assert time.monotonic() < deadline, "the changed config file was not picked up"
             time.sleep(0.05)
         assert server.manager.available_versions("twin") == [1]
+        # a reload that fails (a base path not there yet) is tried again at every poll, so the
+        # same file serves the model once its folder appears
+        late = str(tmp_path / "late")
+        config.write_text(kit.model_config_text([{"name": "toy", "base_path": toy},
+                                                 {"name": "late", "base_path": late}]))
+        time.sleep(0.5)
+        assert "late" not in server.manager.model_names()
+        kit.store.install(late, [1])
+        deadline = time.monotonic() + 30
+        while not server.manager.is_ready("late"):
+            assert time.monotonic() < deadline, "the failed reload was not tried again"
+            time.sleep(0.05)
     finally:
         server.stop()
 
