@@ -12,8 +12,9 @@ Each request is validated before it joins a queue, so a merged batch only holds 
 requests. If a merged batch still fails (say one serialized tf.Example does not parse), its
 requests are re-run one by one, so every caller gets its own result or its own error.
 
-Requests larger than ``max_batch_size`` rows, scalars and inputs without a common batch
-dimension run alone, directly.
+As in TF Serving, every signature is batched: a request with a scalar input, or whose inputs
+differ in their first dimension (``rank`` with one context for several candidates), is
+INVALID_ARGUMENT. Requests larger than ``max_batch_size`` rows run alone, directly.
 
 Parameters come from flags or from a ``--batching-parameters-file`` holding a
 ``tensorflow.serving.BatchingParameters`` text proto, the same file TF Serving reads::
@@ -148,6 +149,17 @@ def batch_rows(arrays: Mapping[str, np.ndarray]) -> int | None:
     return rows
 
 
+def _unbatchable(arrays: Mapping[str, np.ndarray]) -> ServingError:
+    """TF Serving's batching-session error for inputs without a common first dimension."""
+    shapes = {k: list(a.shape) for k, a in sorted(arrays.items())}
+    if any(a.ndim == 0 for a in arrays.values()):
+        return ServingError("INVALID_ARGUMENT", f"Batching session Run() input tensors must have at "
+                                                f"least one dimension (input shapes {shapes})")
+    return ServingError("INVALID_ARGUMENT", f"Batching session Run() input tensors must have equal "
+                                            f"0th-dimension size (input shapes {shapes}; with batching "
+                                            f"on, send `rank` one context per candidate)")
+
+
 class Batcher:
     """Shared batch scheduler; :meth:`run` has the same contract as ``Servable.call``.
 
@@ -218,6 +230,8 @@ class Batcher:
             batcher is stopping.
         """
         rows = batch_rows(arrays)
+        if rows is None and arrays:
+            raise _unbatchable(arrays)
         if rows is None or rows == 0 or rows > self.options.max_batch_size or not self._started:
             self._count(direct_requests=1)
             return servable.call(signature_name, arrays)

@@ -28,7 +28,10 @@ history), ``candidates`` one small ``tf.Example`` per candidate with its candida
 342 kB measured on the demo data), and the graph
 parses the history once. ``context`` may also hold one example per candidate (what request
 batching produces when it merges single-candidate requests); any other count is
-INVALID_ARGUMENT.
+INVALID_ARGUMENT. With ``--enable_batching`` TF Serving batches every signature and refuses a
+request whose inputs differ in their first dimension, so there ``rank`` takes one context per
+candidate (the compact form needs a server without batching; a 200-candidate request is a
+batch already).
 
 ``tf.Example`` inputs are parsed with the run's FeatureSpec (model inputs only: label and
 pipeline-only columns may be present and are ignored, so the pipeline's own records can be sent
@@ -225,7 +228,8 @@ def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
                    batch_sizes=(1, 8)) -> list[bytes]:
     """Serialized ``PredictionLog`` records: ``serving_default``, ``predict`` and ``rank`` requests.
 
-    One request per batch size per signature, built from real eval rows.
+    One request per batch size per signature, built from real eval rows; the inputs of each
+    request share their first dimension, so the records also replay under TF Serving's batching.
     """
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
@@ -247,12 +251,14 @@ def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
             req.inputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
         out.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
-        # rank: the first row as the context, every row as a candidate (full examples parse too:
-        # each side reads only its own features).
+        # rank: every row as a candidate and as its own context (full examples parse too: each
+        # side reads only its own features). One context per candidate, because with
+        # --enable_batching TF Serving batches every signature and refuses inputs whose first
+        # dimensions differ: a failing warmup record would fail the version's load.
         req = predict_pb2.PredictRequest()
         req.model_spec.name = model_name
         req.model_spec.signature_name = "rank"
-        req.inputs["context"].CopyFrom(tf.make_tensor_proto(rows[:1], dtype=tf.string))
+        req.inputs["context"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
         req.inputs["candidates"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
         out.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())

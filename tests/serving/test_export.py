@@ -107,9 +107,14 @@ def test_warmup_records_replay(run, exported):
     assert [(lg.predict_log.request.model_spec.signature_name,
              len(lg.predict_log.request.inputs)) for lg in logs][:2] == [
         ("serving_default", 1), ("predict", len(model_input_names(load_run(run["run"])[1])))]
+    assert {lg.predict_log.request.model_spec.signature_name for lg in logs} == {
+        "serving_default", "predict", "rank"}
     for lg in logs:
         req = lg.predict_log.request
         assert req.model_spec.name == "daian"
+        # TF Serving's --enable_batching batches every signature and refuses a request whose
+        # inputs differ in their first dimension: such a warmup record would fail the load
+        assert len({v.tensor_shape.dim[0].size for v in req.inputs.values()}) == 1, req.model_spec
         inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in req.inputs.items()}
         out = loaded.signatures[req.model_spec.signature_name](**inputs)
         assert np.all(np.isfinite(out["ctr"].numpy()))

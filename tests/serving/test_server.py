@@ -544,6 +544,13 @@ def test_batching_merges_concurrent_requests_and_splits_results(kit, tmp_path):
         big = kit.predict_request("toy", {"x": np.zeros((40, 3), np.float32), "k": np.zeros(40, np.int64)}, "predict")
         assert outputs(stubs.predict.Predict(big, timeout=30))["y"].shape == (40, 1)
         assert server.batch_stats()["direct_requests"] == stats["direct_requests"] + 1
+        # As in TF Serving, every signature is batched: inputs differing in their first
+        # dimension are INVALID_ARGUMENT, naming the shapes
+        mixed = kit.predict_request("toy", {"x": np.zeros((2, 3), np.float32), "k": np.zeros(3, np.int64)},
+                                    "predict")
+        e = kit.rpc_error(stubs.predict.Predict, mixed)
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "input tensors must have equal 0th-dimension size" in e.details() and "[2, 3]" in e.details()
     finally:
         stubs.close()
         server.stop()
