@@ -229,11 +229,14 @@ class ModelManager:
       max_examples: the batch limit applied to warmup requests.
       on_change: called (without arguments, from the thread that changed it) whenever the set of
         available versions changes.
+      allow_unavailable_labels: accept a label on a version that is not available (TF Serving's
+        ``--allow_version_labels_for_unavailable_models``), except moving a label already set.
     """
 
     def __init__(self, config: model_server_config_pb2.ModelServerConfig, *,
                  poll_wait_seconds: float = 1.0, settle_seconds: float = 1.0,
-                 max_examples: int = 10000, on_change: Callable[[], None] | None = None):
+                 max_examples: int = 10000, on_change: Callable[[], None] | None = None,
+                 allow_unavailable_labels: bool = False):
         if poll_wait_seconds < 0:
             raise ValueError(f"ModelManager: poll_wait_seconds must be >= 0; received {poll_wait_seconds}")
         if settle_seconds < 0:
@@ -243,6 +246,7 @@ class ModelManager:
         self.settle_seconds = settle_seconds
         self.max_examples = max_examples
         self._on_change = on_change
+        self.allow_unavailable_labels = allow_unavailable_labels
         self._lock = threading.Lock()  # guards _models, _states, _config
         self._load_lock = threading.RLock()  # one discovery/load/unload pass at a time
         self._models: dict[str, _Model] = {}
@@ -429,8 +433,9 @@ class ModelManager:
             because its versions failed to load.
 
         Raises:
-          ServingError: INVALID_ARGUMENT / UNIMPLEMENTED for a bad config and NOT_FOUND for a
-            missing base path (nothing changed then); the load error of a new model.
+          ServingError: INVALID_ARGUMENT / UNIMPLEMENTED for a bad config, NOT_FOUND for a
+            missing base path and FAILED_PRECONDITION for a label on a version not available
+            (nothing changed then); the load error of a new model.
         """
         if config.WhichOneof("config") is None:
             log.info("reload: empty ModelServerConfig, nothing to do")
@@ -440,6 +445,7 @@ class ModelManager:
             if not tf.io.gfile.isdir(mc.base_path):
                 raise ServingError("NOT_FOUND", f"Could not find base path {mc.base_path} for servable "
                                                 f"{mc.name}")
+        self._check_labels(entries)
         with self._load_lock:
             with self._lock:
                 old = dict(self._models)
@@ -477,6 +483,25 @@ class ModelManager:
         for m in fresh:
             if not m.available:
                 log.warning("No versions of servable %s found under base path %s yet", m.name, m.base_path)
+
+    def _check_labels(self, entries: list) -> None:
+        """TF Serving's rule: labels are assigned before the config's versions load, each to a
+        version available now, unless ``allow_unavailable_labels`` (which still refuses moving
+        a label already set to a version not available)."""
+        with self._lock:
+            models = dict(self._models)
+        for mc in entries:
+            cur = models.get(mc.name)
+            available = set(cur.available) if cur is not None else set()
+            for label, version in mc.version_labels.items():
+                moved = cur is not None and cur.labels.get(label, version) != version
+                if version in available or (self.allow_unavailable_labels and not moved):
+                    continue
+                raise ServingError(
+                    "FAILED_PRECONDITION", f"Request to assign label to version {version} of model {mc.name}, "
+                                           f"which is not currently available for inference (label '{label}'; "
+                                           f"a server starting with labels needs "
+                                           f"--allow_version_labels_for_unavailable_models)")
 
     # -- queries --
 

@@ -73,6 +73,8 @@ class ServingOptions:
         arbitrary ops) from any path it likes.
       version_settle_seconds: a version folder with files younger than this is taken as still
         being written and retried on the next poll.
+      allow_version_labels_for_unavailable_models: accept a label on a version not loaded yet
+        (TF Serving's flag of that name; without it a config with labels cannot start a server).
     """
 
     model_base_path: str | None = None
@@ -91,6 +93,7 @@ class ServingOptions:
     limits: ServerLimits = dataclasses.field(default_factory=ServerLimits)
     allowed_model_roots: tuple[str, ...] = ()
     version_settle_seconds: float = 1.0
+    allow_version_labels_for_unavailable_models: bool = False
 
     def __post_init__(self):
         if bool(self.model_base_path) == bool(self.model_config_file):
@@ -413,7 +416,8 @@ class ServingServer:
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self.manager = ModelManager(config, poll_wait_seconds=o.file_system_poll_wait_seconds,
                                     settle_seconds=o.version_settle_seconds,
-                                    max_examples=o.limits.max_examples_per_request, on_change=self._update_health)
+                                    max_examples=o.limits.max_examples_per_request, on_change=self._update_health,
+                                    allow_unavailable_labels=o.allow_version_labels_for_unavailable_models)
         if batching is not None:
             self.batcher = Batcher(batching).start()
         self.core = ServingCore(self.manager, self.batcher, o.limits.max_examples_per_request,
@@ -549,6 +553,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--model-base-path / --model-config-file (repeatable); a reload naming any other "
                         "path is refused with PERMISSION_DENIED, so a client cannot make the server load "
                         "a SavedModel from anywhere")
+    g.add_argument("--allow-version-labels-for-unavailable-models",
+                   "--allow_version_labels_for_unavailable_models",
+                   dest="allow_version_labels_for_unavailable_models", action="store_true", default=None,
+                   help="accept version labels on versions not loaded yet; as in TF Serving, a config "
+                        "with labels cannot start a server without it (labels are set before loading)")
     g = parser.add_argument_group("network")
     g.add_argument("--host", default=d["host"].default, help="address to bind (default: %(default)s)")
     g.add_argument("--port", type=int, default=d["port"].default,

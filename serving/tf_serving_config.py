@@ -412,7 +412,9 @@ def tf_serving_command(config_dir: str, batching: bool = True, monitoring: bool 
         config_dir: where the server sees the files (e.g. ``/config`` in the serving image).
         batching: pass ``--enable_batching`` and the ``batching.config`` file.
         monitoring: pass the ``monitoring.config`` file.
-        allow_unavailable_labels: pass ``--allow_version_labels_for_unavailable_models``.
+        allow_unavailable_labels: pass ``--allow_version_labels_for_unavailable_models``, which
+            a server starting with labels in ``models.config`` needs: TF Serving assigns them
+            before it loads any version, and refuses a label on a version not yet available.
         port: gRPC port.
         rest_api_port: REST port (also serves the Prometheus metrics).
         poll_wait_seconds: how often the server re-reads ``models.config``.
@@ -489,8 +491,11 @@ def run_from_args(args: argparse.Namespace) -> int:
                                   args.allow_unavailable_labels)
     for path in paths.values():
         print(path)
+    # TF Serving assigns a config's labels before it loads any version, so a server starting
+    # with labels needs the flag even when each label names a version its policy loads.
+    labels = any(m.labels for m in models)
     command = tf_serving_command(os.path.abspath(args.out), batching=batching is not None,
-                                 allow_unavailable_labels=args.allow_unavailable_labels)
+                                 allow_unavailable_labels=args.allow_unavailable_labels or labels)
     log.info("serve with: %s", " ".join(command))
     return 0
 

@@ -20,7 +20,8 @@ def rest(kit, tmp_path_factory):
     config.write_text(kit.model_config_text([{"name": "toy", "base_path": toy,
                                               "policy": "specific { versions: 1 versions: 2 }",
                                               "labels": {"stable": 1}}]))
-    server = kit.start_server(model_config_file=str(config), rest_port=0, max_message_bytes=1 << 20)
+    server = kit.start_server(model_config_file=str(config), rest_port=0, max_message_bytes=1 << 20,
+                              allow_version_labels_for_unavailable_models=True)
     session = requests.Session()
     yield f"http://127.0.0.1:{server.rest_port}", session
     session.close()

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import text_format
 from grpc_health.v1 import health_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      inference_pb2, model_management_pb2, model_pb2,
@@ -41,7 +42,7 @@ def served(kit, tmp_path_factory):
         {"name": "latest2", "base_path": latest2, "policy": "latest { num_versions: 2 }"},
     ]))
     server = kit.start_server(model_config_file=str(config), max_examples_per_request=MAX_EXAMPLES,
-                              max_message_bytes=1 << 20)
+                              max_message_bytes=1 << 20, allow_version_labels_for_unavailable_models=True)
     stubs = kit.Stubs(server.grpc_port)
     yield server, stubs
     stubs.close()
@@ -327,7 +328,8 @@ def test_classify_and_regress_errors(kit, served):
 def test_reload_config_adds_and_removes_models(kit, tmp_path):
     toy = kit.store.install(str(tmp_path / "toy"), [1])
     other = kit.store.install(str(tmp_path / "other"), [2])
-    server = kit.start_server(model_base_path=toy, model_name="toy", allowed_model_roots=(str(tmp_path),))
+    server = kit.start_server(model_base_path=toy, model_name="toy", allowed_model_roots=(str(tmp_path),),
+                              allow_version_labels_for_unavailable_models=True)
     stubs = kit.Stubs(server.grpc_port)
     try:
         config = model_server_config_pb2.ModelServerConfig()
@@ -360,6 +362,45 @@ def test_reload_config_adds_and_removes_models(kit, tmp_path):
                           model_management_pb2.ReloadConfigRequest(config=missing))
         assert e.code() == grpc.StatusCode.NOT_FOUND and "missing" in e.details()
         assert server.manager.model_names() == ["other"]
+    finally:
+        stubs.close()
+        server.stop()
+
+
+def test_labels_need_an_available_version_unless_allowed_as_in_tf_serving(kit, tmp_path):
+    # TF Serving assigns labels before it loads the config's versions: a config with labels
+    # starts only with --allow_version_labels_for_unavailable_models, and a reload may label
+    # a loaded version; moving a label to a version not loaded is refused even with the flag
+    from tirec.serving.servable import ServingError
+
+    toy = kit.store.install(str(tmp_path / "toy"), [1, 2])
+    config = tmp_path / "models.config"
+    entry = {"name": "toy", "base_path": toy, "policy": "specific { versions: 1 }"}
+    config.write_text(kit.model_config_text([{**entry, "labels": {"stable": 1}}]))
+    with pytest.raises(ServingError, match=r"Request to assign label to version 1 of model toy, which is "
+                                           r"not currently available .*--allow_version_labels_for_unavail"):
+        kit.start_server(model_config_file=str(config))
+    config.write_text(kit.model_config_text([entry]))
+    server = kit.start_server(model_config_file=str(config))
+    stubs = kit.Stubs(server.grpc_port)
+
+    def reload(labels, policy="specific { versions: 1 }"):
+        text = kit.model_config_text([{**entry, "policy": policy, "labels": labels}])
+        return model_management_pb2.ReloadConfigRequest(config=text_format.Parse(
+            text, model_server_config_pb2.ModelServerConfig()))
+
+    try:
+        e = kit.rpc_error(stubs.model.HandleReloadConfigRequest, reload({"canary": 2}))
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "version 2 of model toy" in e.details()
+        assert stubs.model.HandleReloadConfigRequest(reload({"stable": 1}), timeout=60).status.error_code == 0
+        got = stubs.predict.Predict(kit.predict_request("toy", {"x": X, "k": K}, "predict", label="stable"),
+                                    timeout=30)
+        assert got.model_spec.version.value == 1
+        server.manager.allow_unavailable_labels = True
+        e = kit.rpc_error(stubs.model.HandleReloadConfigRequest, reload({"stable": 2}))  # moves a label
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "label 'stable'" in e.details()
+        assert stubs.model.HandleReloadConfigRequest(reload({"stable": 1, "canary": 2}, "all {}"),
+                                                     timeout=60).status.error_code == 0
     finally:
         stubs.close()
         server.stop()
@@ -609,6 +650,10 @@ def test_limit_flags_share_the_server_limits_defaults_and_tf_serving_spellings()
                                        rest_api_num_threads=2, rest_api_timeout_in_ms=1500,
                                        rest_max_queued_requests=0, rest_max_connections=9)
     assert opts.allowed_model_roots == ("/a", "/b", "/c")
+    assert not opts.allow_version_labels_for_unavailable_models
+    assert ServingOptions.from_args(parser.parse_args([
+        "--model-base-path", "/m", "--allow_version_labels_for_unavailable_models"])
+    ).allow_version_labels_for_unavailable_models
     with pytest.raises(ValueError, match="rest_api_timeout_in_ms=0"):
         ServingOptions.from_args(parser.parse_args(["--model-base-path", "/m", "--rest-api-timeout-in-ms", "0"]))
 

@@ -200,6 +200,19 @@ def test_cli_label_override_flag(tmp_path):
     assert _run(argv + ["--allow-version-labels-for-unavailable-models"]) == 0
 
 
+def test_cli_server_command_with_labels_allows_them_at_startup(tmp_path, caplog):
+    # TF Serving assigns labels before it loads any version: without the flag, a config with
+    # labels fails the server's start ("... not currently available for inference")
+    caplog.set_level("INFO", logger=tsc.log.name)
+    flag = "--allow_version_labels_for_unavailable_models"
+    assert _run(["--out", str(tmp_path / "a"), "--served-model", "m=/models/m"]) == 0
+    assert "serve with:" in caplog.text and flag not in caplog.text
+    caplog.clear()
+    assert _run(["--out", str(tmp_path / "b"), "--served-model", "m=/models/m", "--versions", "m=1",
+                 "--label", "m:stable=1"]) == 0
+    assert "serve with:" in caplog.text and flag in caplog.text
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--served-model", "m"], "--served-model: expected NAME=BASE_PATH; received 'm'"),
     (["--served-model", "m=/other"], "--served-model: names must be unique; received 'm' twice"),
