@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 State = get_model_status_pb2.ModelVersionStatus.State
 _VERSION_DIR = re.compile(r"[0-9]{1,18}")
-_PLATFORMS = ("", "tensorflow")
 
 
 # ---- config --------------------------------------------------------------------------------------
@@ -76,11 +75,12 @@ def load_model_config_file(path: str) -> model_server_config_pb2.ModelServerConf
 
 
 def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
-    """The config TF Serving builds from ``--model_name`` and ``--model_base_path``."""
+    """The config TF Serving builds from ``--model_name`` and ``--model_base_path`` (a relative
+    local path made absolute: TF Serving refuses one, this command line resolves it)."""
     config = model_server_config_pb2.ModelServerConfig()
     entry = config.model_config_list.config.add()
     entry.name = name
-    entry.base_path = base_path
+    entry.base_path = base_path if "://" in base_path else os.path.abspath(base_path)
     entry.model_platform = "tensorflow"
     return config
 
@@ -119,30 +119,51 @@ def check_model_roots(config: model_server_config_pb2.ModelServerConfig, roots) 
                                                     f"--model-config-file's models, --allowed-model-roots)")
 
 
-def _validate(config: model_server_config_pb2.ModelServerConfig) -> list:
+def validate_config(config: model_server_config_pb2.ModelServerConfig) -> list:
+    """The config's models, checked as TF Serving checks them (names, then each model)."""
     kind = config.WhichOneof("config")
     if kind is None:
         return []
     if kind != "model_config_list":
         raise ServingError("UNIMPLEMENTED", f"ModelServerConfig.{kind} is not supported; use "
                                             f"model_config_list")
+    entries = list(config.model_config_list.config)
     seen = set()
-    for mc in config.model_config_list.config:
+    for mc in entries:
         if not mc.name:
             raise invalid(f"model_config_list: a model has an empty name (base_path {mc.base_path!r})")
         if mc.name in seen:
             raise invalid(f"Illegal to list model {mc.name} multiple times in config list")
         seen.add(mc.name)
-        if not mc.base_path:
-            raise invalid(f"model '{mc.name}': base_path is empty")
-        if mc.model_platform not in _PLATFORMS:
-            raise invalid(f"model '{mc.name}': model_platform {mc.model_platform!r} is not supported "
-                          f"(only 'tensorflow')")
-        policy = mc.model_version_policy
-        which = policy.WhichOneof("policy_choice")
-        if which == "specific" and not policy.specific.versions:
-            raise invalid(f"model '{mc.name}': specific.versions is empty")
-    return list(config.model_config_list.config)
+    for mc in entries:
+        _validate_model(mc)
+    return entries
+
+
+def _validate_model(mc: model_server_config_pb2.ModelConfig) -> None:
+    if not mc.base_path:
+        raise invalid(f"model '{mc.name}': base_path is empty")
+    if "://" not in mc.base_path and not posixpath.isabs(mc.base_path):
+        raise invalid(f"Expected model {mc.name} to have an absolute path or URI; got "
+                      f"base_path()={mc.base_path}")
+    platform = mc.model_platform
+    if mc.model_type:  # the deprecated enum
+        if platform:
+            raise invalid(f"model '{mc.name}': Illegal setting both ModelServerConfig::model_type "
+                          f"(deprecated) and ModelServerConfig::model_platform.")
+        if mc.model_type != model_server_config_pb2.ModelType.TENSORFLOW:
+            raise invalid(f"model '{mc.name}': ModelServerConfig::model_type choice {mc.model_type} "
+                          f"not supported.")
+        platform = "tensorflow"
+    if not platform:
+        raise invalid(f"model '{mc.name}': Illegal setting neither ModelServerConfig::model_type "
+                      f"(deprecated) nor ModelServerConfig::model_platform.")
+    if platform != "tensorflow":
+        raise invalid(f"model '{mc.name}': model_platform {platform!r} is not supported "
+                      f"(only 'tensorflow')")
+    policy = mc.model_version_policy
+    if policy.WhichOneof("policy_choice") == "specific" and not policy.specific.versions:
+        raise invalid(f"model '{mc.name}': specific.versions is empty")
 
 
 def _aspired(policy, candidates: list[int]) -> set[int]:
@@ -440,7 +461,7 @@ class ModelManager:
         if config.WhichOneof("config") is None:
             log.info("reload: empty ModelServerConfig, nothing to do")
             return
-        entries = _validate(config)
+        entries = validate_config(config)
         for mc in entries:
             if not tf.io.gfile.isdir(mc.base_path):
                 raise ServingError("NOT_FOUND", f"Could not find base path {mc.base_path} for servable "

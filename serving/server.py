@@ -256,8 +256,9 @@ class ServingCore:
         """ModelService.HandleReloadConfigRequest; PERMISSION_DENIED for a base path outside
         :attr:`model_roots`."""
         from tensorflow_serving.apis import model_management_pb2
-        from tirec.serving.model_manager import check_model_roots
+        from tirec.serving.model_manager import check_model_roots, validate_config
 
+        validate_config(request.config)  # TF Serving's errors first, then this server's roots
         check_model_roots(request.config, self.model_roots)
         self.manager.reload_config(request.config)
         return model_management_pb2.ReloadConfigResponse()

@@ -357,10 +357,24 @@ def test_reload_config_adds_and_removes_models(kit, tmp_path):
         e = kit.rpc_error(stubs.model.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest(config=dup))
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "model a multiple times" in e.details()
         missing = model_server_config_pb2.ModelServerConfig()
-        missing.model_config_list.config.add(name="gone", base_path=str(tmp_path / "missing"))
+        missing.model_config_list.config.add(name="gone", base_path=str(tmp_path / "missing"),
+                                             model_platform="tensorflow")
         e = kit.rpc_error(stubs.model.HandleReloadConfigRequest,
                           model_management_pb2.ReloadConfigRequest(config=missing))
         assert e.code() == grpc.StatusCode.NOT_FOUND and "missing" in e.details()
+        # what TF Serving refuses: a relative base path, no platform, both platform fields
+        for fields, message in [
+                (dict(base_path="models/other", model_platform="tensorflow"),
+                 "Expected model other to have an absolute path or URI; got base_path()=models/other"),
+                (dict(base_path=other), "Illegal setting neither ModelServerConfig::model_type"),
+                (dict(base_path=other, model_platform="tensorflow", model_type=1), "Illegal setting both")]:
+            bad = model_server_config_pb2.ModelServerConfig()
+            bad.model_config_list.config.add(name="other", **fields)
+            e = kit.rpc_error(stubs.model.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest(config=bad))
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.details(), e.details()
+        deprecated = model_server_config_pb2.ModelServerConfig()
+        deprecated.model_config_list.config.add(name="other", base_path=other, model_type=1)  # TENSORFLOW
+        stubs.model.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=deprecated), timeout=60)
         assert server.manager.model_names() == ["other"]
     finally:
         stubs.close()
@@ -692,3 +706,12 @@ def test_python_m_server_subprocess(kit, tmp_path):
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def test_model_base_path_flag_is_made_absolute_as_tf_serving_needs():
+    from tirec.serving.model_manager import single_model_config, validate_config
+
+    (entry,) = validate_config(single_model_config("m", "models/m"))
+    assert entry.base_path == os.path.abspath("models/m") and entry.model_platform == "tensorflow"
+    (entry,) = validate_config(single_model_config("m", "gs://bucket/models/m"))
+    assert entry.base_path == "gs://bucket/models/m"
