@@ -222,6 +222,7 @@ class ServingCore:
             raise invalid(f"All ModelSpecs in a MultiInferenceRequest must access the same model name; "
                           f"received {sorted(names)}")
         servable = self.resolve(request.tasks[0].model_spec)  # one version for every task
+        _check_one_input_tensor(servable, request.tasks)
         seen = set()
         response = inference_pb2.MultiInferenceResponse()
         for task in request.tasks:
@@ -514,6 +515,21 @@ class ServingServer:
                 log.error("config reload from %s failed: %s", path, e)
             except Exception:
                 log.exception("config reload from %s failed", path)
+
+
+def _check_one_input_tensor(servable, tasks) -> None:
+    """TF Serving runs a MultiInference's tasks in one session run fed one tensor, so every
+    task's signature must read the same graph tensor (a tirec export's ``classify`` and
+    ``regress`` each have their own: combining them is refused there and here)."""
+    from tirec.serving.servable import invalid
+
+    names = set()
+    for task in tasks:
+        inputs = servable.signature(task.model_spec.signature_name or "serving_default").inputs
+        if "inputs" in inputs:
+            names.add(inputs["inputs"].name)
+    if len(names) > 1:
+        raise invalid(f"Input tensor must be the same for all Signatures. (the tasks read {sorted(names)})")
 
 
 # ---- CLI -----------------------------------------------------------------------------------------

@@ -139,18 +139,30 @@ def test_regress(kit, served):
                                rtol=1e-5)
 
 
-def test_multi_inference_runs_classify_and_regress_on_one_input(kit, served):
+def test_multi_inference_needs_one_input_tensor_as_in_tf_serving(kit, served):
     _, stubs = served
-    req = inference_pb2.MultiInferenceRequest()
-    for sig, method in (("classify", "tensorflow/serving/classify"), ("regress", "tensorflow/serving/regress")):
-        task = req.tasks.add(method_name=method)
-        task.model_spec.name = "toy"
-        task.model_spec.signature_name = sig
-    req.input.example_list.examples.add().ParseFromString(kit.example(X[0], K[0]))
-    resp = stubs.predict.MultiInference(req, timeout=30)
+
+    def request(*tasks):
+        req = inference_pb2.MultiInferenceRequest()
+        for sig, method in tasks:
+            task = req.tasks.add(method_name=f"tensorflow/serving/{method}")
+            task.model_spec.name = "toy"
+            task.model_spec.signature_name = sig
+        req.input.example_list.examples.add().ParseFromString(kit.example(X[0], K[0]))
+        return req
+
+    resp = stubs.predict.MultiInference(request(("classify", "classify")), timeout=30)
     y = kit.expected_y(X[:1], K[:1], 2)[0]
     assert resp.results[0].classification_result.classifications[0].classes[1].score == pytest.approx(y, rel=1e-5)
-    assert resp.results[1].regression_result.regressions[0].value == pytest.approx(y, rel=1e-5)
+    resp = stubs.predict.MultiInference(request(("regress", "regress")), timeout=30)
+    assert resp.results[0].regression_result.regressions[0].value == pytest.approx(y, rel=1e-5)
+    # TF Serving feeds all tasks one tensor: signatures saved as separate functions (each with
+    # its own `<signature>_inputs` placeholder) cannot be combined
+    e = kit.rpc_error(stubs.predict.MultiInference, request(("classify", "classify"), ("regress", "regress")))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Input tensor must be the same for all Signatures" in e.details() and "regress_inputs" in e.details()
+    e = kit.rpc_error(stubs.predict.MultiInference, request(("classify", "classify"), ("classify", "classify")))
+    assert "Duplicate evaluation of signature: classify" in e.details()
 
 
 def test_get_model_metadata_returns_the_saved_model_signature_defs(served):
