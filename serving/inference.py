@@ -270,7 +270,9 @@ def run_warmup(servable: Servable, max_examples: int = 10000) -> int:
     before marking a version available. Returns the number of records replayed.
 
     Raises:
-      ServingError: a record that does not parse or whose request fails (the load then fails).
+      ServingError: more than ``MAX_WARMUP_RECORDS`` records, a record that does not parse, is
+        of a type not replayed here (TF Serving also replays ``multi_inference_log``), or whose
+        request fails (the load then fails).
     """
     path = tf.io.gfile.join(servable.path, "assets.extra", WARMUP_FILE)
     if not tf.io.gfile.exists(path):
@@ -279,8 +281,8 @@ def run_warmup(servable: Servable, max_examples: int = 10000) -> int:
     try:
         for i, record in enumerate(tf.data.TFRecordDataset(path)):
             if i >= MAX_WARMUP_RECORDS:
-                log.warning("%s: only the first %d warmup records are replayed", path, MAX_WARMUP_RECORDS)
-                break
+                raise ServingError("INVALID_ARGUMENT", f"Number of warmup records exceeds the maximum "
+                                                       f"({MAX_WARMUP_RECORDS}) at {path}")
             entry = prediction_log_pb2.PredictionLog()
             try:
                 entry.ParseFromString(record.numpy())
@@ -296,8 +298,8 @@ def run_warmup(servable: Servable, max_examples: int = 10000) -> int:
                 elif kind == "regress_log":
                     regress(servable, entry.regress_log.request, max_examples=max_examples)
                 else:
-                    log.warning("%s: warmup record #%d of type %s is not supported; skipped", path, i, kind)
-                    continue
+                    raise ServingError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind} (tirec "
+                                                        f"serve replays predict, classify and regress logs)")
             except ServingError as e:
                 raise ServingError(e.code, f"warmup record #{i} ({kind}) of {path} failed: {e.message}") from None
             count += 1

@@ -578,6 +578,30 @@ def test_warmup_requests_are_replayed_and_a_failing_warmup_fails_the_load(kit, t
         server.stop()
 
 
+def test_warmup_fails_the_load_where_tf_serving_fails_it(kit, tmp_path):
+    # more than 1000 records, or a record type not replayed, fail the load instead of being
+    # cut or skipped with a warning
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tirec.serving import inference
+    from tirec.serving.servable import Servable, ServingError
+
+    base = kit.store.install(str(tmp_path / "toy"), [1])
+    version = os.path.join(base, "1")
+    one = kit.predict_request("toy", {"x": X[:1], "k": K[:1]}, "predict")
+    kit.write_warmup(version, [one] * 1001)
+    servable = Servable.load("toy", 1, version)
+    with pytest.raises(ServingError, match=r"Number of warmup records exceeds the maximum \(1000\)"):
+        inference.run_warmup(servable)
+    kit.write_warmup(version, [one] * 1000)
+    assert inference.run_warmup(servable) == 1000
+    with tf.io.TFRecordWriter(os.path.join(version, "assets.extra", "tf_serving_warmup_requests")) as w:
+        w.write(prediction_log_pb2.PredictionLog(
+            multi_inference_log=prediction_log_pb2.MultiInferenceLog()).SerializeToString())
+    with pytest.raises(ServingError, match="Unsupported log_type for warmup: multi_inference_log"):
+        inference.run_warmup(servable)
+
+
 # ---- batching ------------------------------------------------------------------------------------
 
 def test_batching_merges_concurrent_requests_and_splits_results(kit, tmp_path):
