@@ -38,12 +38,14 @@ class ComponentFailed(RuntimeError):
 @dataclasses.dataclass
 class Context:
     """What a component may read besides its inputs: the span, the config, resolved
-    artifacts (the previous span's statistics, the blessed model) and the serving folder."""
+    artifacts (the previous span's statistics, the served model), the serving folder and its
+    highest version now (``serving``: ``version``, ``path``, ``model``, the model's folder)."""
 
     workdir: str
     span: int
     cfg: RunnerConfig
     resolved: dict = dataclasses.field(default_factory=dict)  # name -> uri or None
+    serving: dict | None = None
 
     @property
     def serving_base(self) -> str:
@@ -153,7 +155,7 @@ def statistics_gen(ctx: Context, inputs: dict, outputs: dict) -> dict:
 # ---- Trainer --------------------------------------------------------------------------------
 
 def trainer(ctx: Context, inputs: dict, outputs: dict) -> dict:
-    """``tirec train`` on the span's records, warm-started from the blessed model."""
+    """``tirec train`` on the span's records, warm-started from the model serving now."""
     from tirec.models.train import train_run
 
     warm = ctx.resolved.get("warm_start") or ""
@@ -201,7 +203,7 @@ def _slices(spec, data_dir: str, p: dict, names: list[str]) -> dict:
 
 
 def evaluator(ctx: Context, inputs: dict, outputs: dict) -> dict:
-    """Scores the candidate and the blessed model on the span's eval split and blesses the
+    """Scores the candidate and the model serving now on the span's eval split and blesses the
     candidate when it is not worse beyond ``blessing`` (overall and per slice)."""
     from tirec.orchestration.blessing import decide
 
@@ -232,25 +234,42 @@ def next_version(base: str) -> int:
 
 def pusher(ctx: Context, inputs: dict, outputs: dict) -> dict:
     """Exports a blessed model into the serving folder as the next version; refuses an
-    unblessed one (serving keeps its version)."""
+    unblessed one, and one blessed against another model than the one serving now (serving
+    keeps its version); a model already serving as the highest version is not pushed again."""
     from tirec.serving.export import export_run
 
     out = outputs["pushed"]
     os.makedirs(out, exist_ok=True)
     evaluation = read_json(os.path.join(inputs["evaluation"], "evaluation.json"))
-    name = ctx.cfg.run.served_name
-    if not evaluation["blessed"]:
-        reason = "not blessed: " + "; ".join(r for r in evaluation["reasons"] if "FAIL" in r)
-        write_json(os.path.join(out, "pushed.json"), {"pushed": False, "reason": reason,
-                                                      "model_uri": inputs["model"]})
+    serving, model = ctx.serving, inputs["model"]
+    if serving is not None and serving["model"] == model:
+        return _write_push(out, {"pushed": False, "already_serving": True, "version": serving["version"],
+                                 "path": serving["path"], "model_uri": model})
+    reason = _refusal(evaluation, serving)
+    if reason:
         log.warning("Pusher: span %d's model is %s; serving keeps its version", ctx.span, reason)
-        return {"pushed": False, "reason": reason}
-    base = os.path.join(ctx.serving_base, name)
-    version = next_version(base)
-    path = export_run(inputs["model"], ctx.serving_base, name, version, inputs["examples"])
-    write_json(os.path.join(out, "pushed.json"), {"pushed": True, "version": version, "path": path,
-                                                  "model_uri": inputs["model"]})
-    return {"pushed": True, "version": version, "path": path}
+        return _write_push(out, {"pushed": False, "reason": reason, "model_uri": model})
+    name = ctx.cfg.run.served_name
+    version = next_version(os.path.join(ctx.serving_base, name))
+    path = export_run(model, ctx.serving_base, name, version, inputs["examples"])
+    return _write_push(out, {"pushed": True, "version": version, "path": path, "model_uri": model})
+
+
+def _refusal(evaluation: dict, serving: dict | None) -> str:
+    """Why a model must not be pushed ('' when it may): not blessed, or blessed against
+    another model than the one serving now."""
+    if not evaluation["blessed"]:
+        return "not blessed: " + "; ".join(r for r in evaluation["reasons"] if "FAIL" in r)
+    judged = (evaluation["baseline"] or {}).get("uri")
+    if judged != (serving or {}).get("model"):
+        return (f"blessed against {judged or 'no model (the first model floor)'}, but "
+                f"{serving['path'] if serving else 'no version'} serves now; rerun from the Evaluator")
+    return ""
+
+
+def _write_push(out: str, pushed: dict) -> dict:
+    write_json(os.path.join(out, "pushed.json"), pushed)
+    return {k: v for k, v in pushed.items() if k != "model_uri"}
 
 
 # ---- the DAG --------------------------------------------------------------------------------

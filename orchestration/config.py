@@ -33,7 +33,8 @@ class RunSettings:
       first_span: the span (day of the log) a run without ``--span`` trains on.
       model: the registered model to train.
       model_name: the served model's name (default: ``model``).
-      warm_start: initialise each candidate from the last blessed model.
+      warm_start: initialise each candidate from the model serving now (the highest version
+        the Pusher wrote whose folder is still there).
     """
 
     source: str = "synthetic"
@@ -91,13 +92,13 @@ class ValidationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BlessingConfig:
-    """The Evaluator's rule: a candidate is blessed when it is not worse than the last blessed
-    model, scored on the same eval day, beyond these drops, overall and on every slice with
+    """The Evaluator's rule: a candidate is blessed when it is not worse than the model serving
+    now, scored on the same eval day, beyond these drops, overall and on every slice with
     ``min_slice_rows`` rows and both labels; the first model needs ``min_auc``.
 
     Args:
       min_auc: the absolute floor of the first model's eval AUC.
-      max_auc_drop / max_gauc_drop: allowed drop of AUC / GAUC against the blessed model.
+      max_auc_drop / max_gauc_drop: allowed drop of AUC / GAUC against the model serving now.
       max_slice_auc_drop: allowed AUC drop on each slice.
       slices: the slices compared (``tirec evaluate --slice`` names); those the data lacks are
         reported as skipped.
@@ -145,7 +146,7 @@ RUNNER_SETS = {
     "pipeline.format": ("run.format", "format"),
     "pipeline.input": ("run.input", "input"),
     "pipeline.out": ("--workdir (each span's examples/ are written there)", None),
-    "train.warm_start": ("run.warm_start (the last blessed model)", None),
+    "train.warm_start": ("run.warm_start (the model serving now)", None),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import sqlite3
 
 SCHEMA = """
@@ -133,12 +134,13 @@ class MetadataStore:
         return self.db.execute("SELECT * FROM blessings WHERE model_artifact = ? ORDER BY id DESC LIMIT 1",
                                (model_artifact,)).fetchone()
 
-    def last_blessed_model(self, before_span: int) -> sqlite3.Row | None:
-        """The model artifact of the newest positive blessing of a span before ``before_span``
-        (the model serving when that span's data arrives)."""
-        return self.db.execute(
-            "SELECT a.* FROM blessings b JOIN artifacts a ON a.id = b.model_artifact "
-            "WHERE b.blessed = 1 AND a.span < ? ORDER BY a.span DESC, b.id DESC LIMIT 1", (before_span,)).fetchone()
+    def pushes_into(self, base: str) -> list[sqlite3.Row]:
+        """The Pusher's versions under the serving folder ``base`` (``W/serving/<name>``), the
+        highest version first, each with its model artifact's ``uri``, ``fingerprint`` and ``span``."""
+        rows = self.db.execute(
+            "SELECT p.version, p.path, a.uri, a.fingerprint, a.span FROM pushes p "
+            "JOIN artifacts a ON a.id = p.model_artifact ORDER BY p.version DESC, p.id DESC").fetchall()
+        return [r for r in rows if os.path.dirname(os.path.normpath(r["path"])) == os.path.normpath(base)]
 
     def find_artifact(self, fingerprint: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM artifacts WHERE fingerprint = ? ORDER BY id LIMIT 1",

@@ -449,7 +449,7 @@ def _section_metrics(r: dict) -> list:
         c, b = cand.get(k), (base or {}).get(k)
         rows.append((k, _fmt(c), _fmt(b), _fmt(c - b, 4) if _finite(c) and _finite(b) else "n/a"))
     text = "No baseline: this is the first model." if base is None else \
-        f"Baseline: the last blessed model ({base.get('uri', 'n/a')}) scored on this span's eval split."
+        f"Baseline: the model serving when it was evaluated ({base.get('uri', 'n/a')}) scored on this span's eval split."
     return blocks + [("p", f"Candidate {cand.get('uri', 'n/a')} on span {_fmt(ev.get('span'))}. " + text),
                      ("table", ("metric", "candidate", "baseline", "candidate - baseline"), rows)]
 

@@ -1,7 +1,7 @@
 """``tirec run``: the DAG of :mod:`tirec.orchestration.components` on one span, locally.
 
 For each component in order the runner resolves its inputs (upstream outputs, and what it reads
-from the metadata store: the previous span's statistics, the blessed model), computes its cache
+from the metadata store: the previous span's statistics, the model serving now), computes its cache
 key (component, parameters, input fingerprints) and either reuses the outputs of an earlier
 execution with that key whose folders still exist (``cached``) or runs it into
 ``W/spans/span-<K>/<Component>/<execution>/<output>/``. A failed component stops the ones after
@@ -110,28 +110,53 @@ class Runner:
                                                                            span, 0)
         return {"logs": A.Artifact("RawLogs", root, fingerprint, span, art_id)}
 
-    def _resolve(self, comp: Component, span: int) -> dict[str, tuple[str, str] | None]:
-        """``{name: (uri, fingerprint) or None}`` of what ``comp`` reads from the store: the
-        previous span's statistics, and the model blessed before this span (the warm start and
-        the evaluator's baseline)."""
+    def _resolve(self, comp: Component, span: int, available: dict) -> dict:
+        """``{name: row or None}`` (a row has ``uri`` and ``fingerprint``) of what ``comp`` reads
+        from the store: the previous span's statistics; the warm start, the model serving now
+        (of another span, so that a rerun of a span starts as it did); the evaluator's
+        baseline, the model serving now (or, when that is the candidate itself, the one it
+        replaced)."""
         out = {}
         for name in comp.resolve:
             row = None
             if name == "previous_statistics":
                 row = self.store.latest_artifact("ExampleStatistics", span)
-            elif name == "baseline" or (name == "warm_start" and self.cfg.run.warm_start):
-                row = self.store.last_blessed_model(span)
-            out[name] = (row["uri"], row["fingerprint"]) if row is not None and A.is_complete(row["uri"]) else None
+                row = row if row is not None and A.is_complete(row["uri"]) else None
+            elif name == "warm_start" and self.cfg.run.warm_start:
+                row = self._served_model(name, lambda r: r["span"] == span)
+            elif name == "baseline":
+                row = self._served_model(name, lambda r: r["fingerprint"] == available["model"].fingerprint)
+            out[name] = row
         return out
+
+    def _serving_now(self) -> list:
+        """The Pusher's versions of ``run.served_name`` whose folders still exist, the highest
+        (the one TF Serving serves) first."""
+        base = os.path.join(self.workdir, "serving", self.cfg.run.served_name)
+        return [r for r in self.store.pushes_into(base) if os.path.isdir(r["path"])]
+
+    def _served_model(self, role: str, skip) -> dict | None:
+        """The model of the highest served version that ``skip`` does not leave out.
+
+        Raises:
+          FileNotFoundError: when that model's folder is gone, naming it and the way out.
+        """
+        row = next((r for r in self._serving_now() if not skip(r)), None)
+        if row is None or A.is_complete(row["uri"]):
+            return row
+        way_out = ("set run.warm_start=false" if role == "warm_start" else
+                   f"remove {row['path']} so that the version below it serves and is the baseline")
+        raise FileNotFoundError(f"{role}: the model serving as {row['path']} was trained in {row['uri']}, which "
+                                f"is gone (no artifact.json); restore that folder, or {way_out}")
 
     def _execute(self, comp: Component, ctx: Context, run_id: int, available: dict, force: bool,
                  must_cache: bool) -> dict:
         missing = [n for n in comp.inputs if n not in available]
         if missing:
             raise ValueError(f"{comp.name}: inputs {missing} were not produced (is the DAG complete?)")
-        resolved = self._resolve(comp, ctx.span)
+        resolved = self._resolve(comp, ctx.span, available)
         inputs = {n: available[n].fingerprint for n in comp.inputs}
-        inputs.update({n: (r[1] if r else None) for n, r in resolved.items()})
+        inputs.update({n: (r["fingerprint"] if r else None) for n, r in resolved.items()})
         params = comp.parameters(self.cfg, ctx.span)
         key = A.cache_key(comp.name, params, inputs)
         hit = self._cached(comp, key)
@@ -143,7 +168,8 @@ class Runner:
             self.store.link(execution, available[n].id, "input", n)
         if hit is not None and not force:
             return self._reuse(comp, execution, hit, available)
-        ctx.resolved = {n: (r[0] if r else None) for n, r in resolved.items()}
+        ctx.resolved = {n: (r["uri"] if r else None) for n, r in resolved.items()}
+        ctx.serving = _serving(self._serving_now())
         return self._run_component(comp, ctx, run_id, execution, key, params, inputs, available)
 
     def _cached(self, comp: Component, key: str):
@@ -232,12 +258,19 @@ class Runner:
         return path
 
 
+def _serving(versions: list) -> dict | None:
+    """The highest served version (``version``, ``path``, ``model``: its model's folder)."""
+    if not versions:
+        return None
+    return {"version": versions[0]["version"], "path": versions[0]["path"], "model": versions[0]["uri"]}
+
+
 def _still_valid(comp: Component, outs: dict) -> bool:
-    """A push is reusable only while its version folder is still being served."""
+    """A push (or an already served model) is reusable only while its version folder exists."""
     if "pushed" not in outs:
         return True
     p = read_json(os.path.join(outs["pushed"]["uri"], "pushed.json"))
-    return not p["pushed"] or os.path.isdir(p["path"])
+    return os.path.isdir(p["path"]) if p.get("path") else True
 
 
 def run(workdir: str, cfg: RunnerConfig, span: int | None = None, start: str | None = None,

@@ -5,6 +5,7 @@ the statistics check fails a drifted span with its reason."""
 import dataclasses
 import glob
 import os
+import shutil
 import sqlite3
 
 import numpy as np
@@ -108,6 +109,69 @@ def test_dag_caches_blesses_pushes_and_refuses_a_worse_span(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "pushed: version 1" in table and "blessed model:" in table and "span 8" in table
     assert "Trainer=cached" in table and "Pusher=succeeded" in table
+
+
+LENIENT = ["blessing.max_auc_drop=1", "blessing.max_gauc_drop=1", "blessing.max_slice_auc_drop=1"]
+
+
+def _evaluation(result):
+    return read_json(os.path.join(_outputs(result, "Evaluator")["evaluation"], "evaluation.json"))
+
+
+def _outputs(result, name):
+    return next(e for e in result.executions if e["component"] == name)["outputs"]
+
+
+def test_the_model_serving_now_is_the_baseline_and_the_warm_start(tmp_path):
+    w = str(tmp_path / "w")
+    serving = os.path.join(w, "serving", "din")
+    assert runner.run(w, _cfg(*LENIENT)).record["pushed"]["version"] == 1
+    span9 = runner.run(w, _cfg(*LENIENT), span=9)
+    m9 = _outputs(span9, "Trainer")["model"]
+    assert span9.record["pushed"]["version"] == 2
+    shutil.rmtree(os.path.join(serving, "1"))  # the old version pruned
+
+    # Span 8 again (a backfill): judged against span 9's model, which serves, and warm-started
+    # from it; before, it was reused from cache and span 8's model pushed again unjudged.
+    backfill = runner.run(w, _cfg(*LENIENT))
+    assert _statuses(backfill)["Trainer"] == "succeeded" and _statuses(backfill)["Evaluator"] == "succeeded"
+    assert next(e for e in backfill.executions if e["component"] == "Trainer")["summary"]["warm_start"] == m9
+    assert _evaluation(backfill)["baseline"]["uri"] == m9
+    assert backfill.record["pushed"]["version"] == 3
+
+    again = runner.run(w, _cfg(*LENIENT))  # unchanged: cached, nothing pushed
+    assert set(_statuses(again).values()) == {"cached"} and sorted(os.listdir(serving)) == ["2", "3"]
+
+
+def test_a_served_model_whose_folder_is_gone_fails_naming_it(tmp_path):
+    w = str(tmp_path / "w")
+    r = runner.Runner(w, _cfg())
+    try:
+        model = r.store.add_artifact("Model", "model", str(tmp_path / "gone"), "fp8", 8, 0)
+        version = os.path.join(w, "serving", "din", "1")
+        os.makedirs(version)
+        r.store.add_push(model, 1, version, 1)
+        evaluator = next(c for c in r.dag if c.name == "Evaluator")
+        candidate = {"model": runner.A.Artifact("Model", str(tmp_path / "m9"), "fp9", 9, 0)}
+        with pytest.raises(FileNotFoundError, match=rf"baseline: the model serving as {version} was trained in "
+                                                    rf"{tmp_path}/gone, which is gone.*restore that folder, "
+                                                    rf"or remove {version}"):
+            r._resolve(evaluator, 9, candidate)
+        trainer = next(c for c in r.dag if c.name == "Trainer")
+        with pytest.raises(FileNotFoundError, match=r"warm_start: .* or set run.warm_start=false"):
+            r._resolve(trainer, 9, candidate)
+    finally:
+        r.close()
+
+
+def test_the_pusher_refuses_a_blessing_judged_against_another_model():
+    blessed = {"blessed": True, "reasons": ["ok: AUC"], "baseline": {"uri": "/w/m8"}}
+    serving = {"model": "/w/m9", "path": "/w/serving/din/2", "version": 2}
+    assert C._refusal(blessed, serving) == ("blessed against /w/m8, but /w/serving/din/2 serves now; "
+                                            "rerun from the Evaluator")
+    assert C._refusal(blessed, dict(serving, model="/w/m8")) == ""
+    assert "no model (the first model floor)" in C._refusal(dict(blessed, baseline=None), serving)
+    assert C._refusal(dict(blessed, baseline=None), None) == ""
 
 
 def test_a_failure_stops_the_run_and_a_rerun_resumes(tmp_path):
