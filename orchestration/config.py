@@ -116,6 +116,15 @@ class BlessingConfig:
         for name in ("min_auc", "max_auc_drop", "max_gauc_drop", "max_slice_auc_drop"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"blessing.{name}: must be in [0, 1]; received {getattr(self, name)!r}")
+        from tirec.models.robustness import SLICES as KNOWN
+
+        unknown = [name for name in self.slices if name not in KNOWN]
+        if unknown:
+            raise ValueError(f"blessing.slices: unknown slice {', '.join(map(repr, unknown))}; allowed: "
+                             f"{', '.join(KNOWN)}; received {list(self.slices)!r}")
+        rows = self.min_slice_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"blessing.min_slice_rows: must be an integer >= 0; received {rows!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,3 +93,12 @@ def test_a_span_without_train_valid_and_eval_days_is_refused(tmp_path, span):
 
     with pytest.raises(ValueError, match=rf"--span: must be an integer >= 3 .* received {span}"):
         runner.run(str(tmp_path / "w"), load_runner_config(None, []), span=span)
+
+
+def test_blessing_slices_and_min_slice_rows_are_checked_at_load():
+    assert load_runner_config(None, ["blessing.slices=[drift, trigger]"]).blessing.slices == ("drift", "trigger")
+    with pytest.raises(ValueError, match=r"blessing.slices: unknown slice 'drfit'; allowed: drift, no_drift, .*; "
+                                         r"received \['drift', 'drfit'\]"):
+        load_runner_config(None, ["blessing.slices=[drift, drfit]"])
+    with pytest.raises(ValueError, match=r"blessing.min_slice_rows: must be an integer >= 0; received -5"):
+        load_runner_config(None, ["blessing.min_slice_rows=-5"])
