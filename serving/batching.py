@@ -14,7 +14,7 @@ requests are re-run one by one, so every caller gets its own result or its own e
 
 As in TF Serving, every signature is batched: a request with a scalar input, or whose inputs
 differ in their first dimension (``rank`` with one context for several candidates), is
-INVALID_ARGUMENT. Requests larger than ``max_batch_size`` rows run alone, directly.
+INVALID_ARGUMENT, and so is a request of more than ``max_batch_size`` rows.
 
 Parameters come from flags or from a ``--batching-parameters-file`` holding a
 ``tensorflow.serving.BatchingParameters`` text proto, the same file TF Serving reads::
@@ -232,7 +232,10 @@ class Batcher:
         rows = batch_rows(arrays)
         if rows is None and arrays:
             raise _unbatchable(arrays)
-        if rows is None or rows == 0 or rows > self.options.max_batch_size or not self._started:
+        if rows is not None and rows > self.options.max_batch_size:
+            raise ServingError("INVALID_ARGUMENT", f"Task size {rows} is larger than maximum input batch "
+                                                   f"size {self.options.max_batch_size}")
+        if rows is None or rows == 0 or not self._started:
             self._count(direct_requests=1)
             return servable.call(signature_name, arrays)
         key = (servable, signature_name,

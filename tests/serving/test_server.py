@@ -631,10 +631,11 @@ def test_batching_merges_concurrent_requests_and_splits_results(kit, tmp_path):
         assert stats["merged_batches"] >= 1 and stats["max_batch_rows"] > 2
         assert servable.calls - calls0 < 8 + 2
 
-        # A request larger than max_batch_size runs alone.
+        # A request larger than max_batch_size is refused, as TF Serving does.
         big = kit.predict_request("toy", {"x": np.zeros((40, 3), np.float32), "k": np.zeros(40, np.int64)}, "predict")
-        assert outputs(stubs.predict.Predict(big, timeout=30))["y"].shape == (40, 1)
-        assert server.batch_stats()["direct_requests"] == stats["direct_requests"] + 1
+        e = kit.rpc_error(stubs.predict.Predict, big)
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.details() == "Task size 40 is larger than maximum input batch size 32"
         # As in TF Serving, every signature is batched: inputs differing in their first
         # dimension are INVALID_ARGUMENT, naming the shapes
         mixed = kit.predict_request("toy", {"x": np.zeros((2, 3), np.float32), "k": np.zeros(3, np.int64)},
