@@ -1,8 +1,9 @@
 """Artifacts: typed output folders with an ``artifact.json`` each, and their fingerprints.
 
-An artifact's fingerprint names its content by how it was made: the producing component, its
-parameters and its inputs' fingerprints (``cache_key``), so an unchanged rerun finds the same
-key and reuses the folder. External data (raw logs) is fingerprinted by its files' names,
+An execution's cache key is its component, parameters and inputs' fingerprints
+(``cache_key``), so an unchanged rerun finds the same key and reuses the folder; an output's
+fingerprint is that key, the output's name and the execution that wrote it, so a component run
+again (``--force``) gives new fingerprints and what reads its outputs runs again too. External data (raw logs) is fingerprinted by its files' names,
 sizes and modification times.
 """
 from __future__ import annotations

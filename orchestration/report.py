@@ -405,7 +405,7 @@ def _section_summary(r: dict) -> list:
             ("started", _fmt(run.get("started"))), ("finished", _fmt(run.get("finished"))),
             ("blessed", _fmt(blessing.get("blessed")) if blessing else "n/a (no evaluation)"),
             ("pushed", f"version {pushed.get('version')} at {pushed.get('path')}" if pushed
-             else f"no ({run['refused_push']})" if run.get("refused_push") else "no")]
+             else _not_pushed(run, "no ({})", "no, already serving as version {} at {}", "no"))]
     comps = [(ex.get("component", "?"), _STATUS_WORDS.get(ex.get("status"), _fmt(ex.get("status"))),
               _fmt(ex.get("seconds"), 1), ex.get("error") or "")
              for ex in run.get("executions") or []]
@@ -549,8 +549,17 @@ def _section_blessing(r: dict) -> list:
                                                           for k, v in ev["thresholds"].items()])]
     pushed = run.get("pushed")
     push = (f"Pushed as version {pushed.get('version')} to {pushed.get('path')}." if pushed
-            else f"Push refused: {run['refused_push']}." if run.get("refused_push") else "Not pushed.")
+            else _not_pushed(run, "Push refused: {}.", "Not pushed: already serving as version {} at {}.",
+                             "Not pushed."))
     return blocks + [("h", 3, "Push"), ("p", push)]
+
+
+def _not_pushed(run: dict, refused: str, serving: str, other: str) -> str:
+    """Why a run pushed nothing, in one of three templates: refused (the reason), already serving
+    (pushed by an earlier run, or found serving; version and path), or neither."""
+    if run.get("already_serving"):
+        return serving.format(run["already_serving"].get("version"), run["already_serving"].get("path"))
+    return refused.format(run["refused_push"]) if run.get("refused_push") else other
 
 
 def _span_point(run_id: int, run_dir: Path, run: dict) -> dict:

@@ -6,8 +6,10 @@ key (component, parameters, input fingerprints) and either reuses the outputs of
 execution with that key whose folders still exist (``cached``) or runs it into
 ``W/spans/span-<K>/<Component>/<execution>/<output>/``. A failed component stops the ones after
 it (``skipped``, naming it); a rerun finds the finished ones cached and resumes there.
-``--from C`` reruns C and what follows even when cached (what precedes must be cached);
-``--to C`` stops after C. Each run writes ``W/runs/run-<NNNN>/run.json``.
+``--from C`` starts at C (what precedes must be cached), so that ``--from C --to C`` is one
+idempotent step: C is reused when its inputs are unchanged; ``--force`` reruns C and what
+follows even when cached. ``--to C`` stops after C. Each run writes
+``W/runs/run-<NNNN>/run.json``.
 """
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ class Runner:
         return self.names().index(name)
 
     # ---- one run ------------------------------------------------------------------------------
-    def run(self, span: int | None = None, start: str | None = None, stop: str | None = None) -> RunResult:
+    def run(self, span: int | None = None, start: str | None = None, stop: str | None = None,
+            force: bool = False) -> RunResult:
         span = self.cfg.run.first_span if span is None else span
         if isinstance(span, bool) or not isinstance(span, int) or span < 3:
             raise ValueError(f"--span: must be an integer >= 3 (the span's day is eval, the day before valid, "
@@ -83,7 +86,7 @@ class Runner:
                     records.append({"component": comp.name, "status": "skipped", "seconds": 0.0,
                                     "error": f"not run: {failed} failed", "outputs": {}})
                     continue
-                rec = self._execute(comp, ctx, run_id, available, force=start is not None and i >= first,
+                rec = self._execute(comp, ctx, run_id, available, force=force and i >= first,
                                     must_cache=i < first)
                 records.append(rec)
                 if rec["status"] == "failed":
@@ -210,7 +213,7 @@ class Runner:
                     "outputs": {n: p for n, p in outputs.items() if os.path.exists(p)}}
         created = now()
         for name, type_ in comp.outputs.items():
-            art = A.Artifact(type_, outputs[name], A.digest([key, name]), ctx.span)
+            art = A.Artifact(type_, outputs[name], A.digest([key, name, execution]), ctx.span)
             A.write_artifact(art, comp.name, params, inputs, created)
             art = dataclasses.replace(art, id=self.store.add_artifact(type_, name, art.uri, art.fingerprint,
                                                                       ctx.span, execution))
@@ -239,17 +242,21 @@ class Runner:
         row = self.store.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         out = {"run_id": run_id, "span": span, "status": status, "started": row["started"],
                "finished": row["finished"], "model": self.cfg.run.model, "model_name": self.cfg.run.served_name,
-               "executions": records, "blessing": None, "pushed": None, "refused_push": None}
+               "executions": records, "blessing": None, "pushed": None, "already_serving": None,
+               "refused_push": None}
         by_name = {r["component"]: r for r in records}
         evaluation = by_name.get("Evaluator", {}).get("outputs", {}).get("evaluation")
         if evaluation and os.path.exists(os.path.join(evaluation, "evaluation.json")):
             ev = read_json(os.path.join(evaluation, "evaluation.json"))
             out["blessing"] = {"blessed": ev["blessed"], "reasons": ev["reasons"]}
-        pushed = by_name.get("Pusher", {}).get("outputs", {}).get("pushed")
+        pusher = by_name.get("Pusher", {})
+        pushed = pusher.get("outputs", {}).get("pushed")
         if pushed and os.path.exists(os.path.join(pushed, "pushed.json")):
             p = read_json(os.path.join(pushed, "pushed.json"))
-            if p["pushed"]:
+            if p["pushed"] and pusher["status"] == "succeeded":
                 out["pushed"] = {"version": p["version"], "path": p["path"]}
+            elif p.get("path"):  # pushed by an earlier run (cached), or found serving already
+                out["already_serving"] = {"version": p["version"], "path": p["path"]}
             else:
                 out["refused_push"] = p["reason"]
         path = os.path.join(self.workdir, "runs", f"run-{run_id:04d}", "run.json")
@@ -274,10 +281,10 @@ def _still_valid(comp: Component, outs: dict) -> bool:
 
 
 def run(workdir: str, cfg: RunnerConfig, span: int | None = None, start: str | None = None,
-        stop: str | None = None, overrides: dict | None = None) -> RunResult:
+        stop: str | None = None, overrides: dict | None = None, force: bool = False) -> RunResult:
     """One ``tirec run``; see :class:`Runner`."""
     runner = Runner(workdir, cfg, overrides)
     try:
-        return runner.run(span, start, stop)
+        return runner.run(span, start, stop, force)
     finally:
         runner.close()

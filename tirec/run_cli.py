@@ -1,6 +1,7 @@
 """The orchestration commands of the ``tirec`` CLI: ``run``, ``runs`` and ``report``.
 
-    tirec run --workdir W [--config pipeline.yaml] [--users N] [--span K] [--from C] [--to C] [--set k=v]
+    tirec run --workdir W [--config pipeline.yaml] [--users N] [--span K] [--from C] [--to C] [--force]
+              [--set k=v]
     tirec runs --workdir W
     tirec report RUN_OR_WORKDIR [--out DIR]
 """
@@ -27,7 +28,10 @@ def add_commands(sub) -> None:
                                     "blessing sections")
     p.add_argument("--users", type=int, help="synthetic users (generator.users)")
     p.add_argument("--span", type=int, help="the span (day of the log) to run on (default run.first_span)")
-    p.add_argument("--from", dest="start", choices=COMPONENTS, help="rerun from this component on (even if cached)")
+    p.add_argument("--from", dest="start", choices=COMPONENTS,
+                   help="start at this component (those before it must be cached); reused if unchanged")
+    p.add_argument("--force", action="store_true",
+                   help="rerun from --from (or the first component) on even when cached")
     p.add_argument("--to", dest="stop", choices=COMPONENTS, help="stop after this component")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
@@ -48,13 +52,16 @@ def _run_run(args, _extra) -> int:
     from tirec.orchestration.config import load_runner_config
 
     cfg = load_runner_config(args.config, args.overrides, users=args.users)
-    result = runner.run(args.workdir, cfg, span=args.span, start=args.start, stop=args.stop)
+    result = runner.run(args.workdir, cfg, span=args.span, start=args.start, stop=args.stop, force=args.force)
     record = result.record
     print(f"run {result.run_id} (span {result.span}): {result.status}; record {result.path}")
     if record["blessing"] is not None:
         print(f"blessed: {record['blessing']['blessed']}")
     if record["pushed"]:
         print(f"pushed version {record['pushed']['version']}: {record['pushed']['path']}")
+    elif record.get("already_serving"):
+        serving = record["already_serving"]
+        print(f"not pushed: this model already serves as version {serving['version']}: {serving['path']}")
     elif record["refused_push"]:
         print(f"not pushed ({record['refused_push']}); serving keeps its version")
     return 0 if result.status == "succeeded" else 1

@@ -83,9 +83,14 @@ def test_dag_caches_blesses_pushes_and_refuses_a_worse_span(tmp_path, capsys):
                          "ON a.id = e.artifact_id WHERE x.component = 'Trainer' AND e.kind = 'input'").fetchone()
     assert read == written
 
-    again = runner.run(w, _cfg())  # identical: everything from cache, no new version
-    assert set(_statuses(again).values()) == {"cached"}
-    assert again.record["pushed"]["version"] == 1 and sorted(os.listdir(os.path.join(w, "serving", "din"))) == ["1"]
+    capsys.readouterr()
+    assert cli.main(["run", "--workdir", w, "--users", str(USERS)] + [a for kv in TINY for a in ("--set", kv)]) == 0
+    printed = capsys.readouterr().out  # identical: everything from cache, no new version
+    assert "pushed version" not in printed and "not pushed: this model already serves as version 1" in printed
+    again = runner.RunResult(0, 8, "", [], sorted(glob.glob(os.path.join(w, "runs", "*", "run.json")))[-1])
+    assert set(e["status"] for e in again.record["executions"]) == {"cached"}
+    assert again.record["pushed"] is None and again.record["already_serving"]["version"] == 1
+    assert sorted(os.listdir(os.path.join(w, "serving", "din"))) == ["1"]
 
     worse = runner.run(w, _cfg("run.warm_start=false", "blessing.slices=[]"), span=9,
                        overrides={"FeatureGen": _component("FeatureGen", _shuffled_feature_gen)})
@@ -143,6 +148,29 @@ def test_the_model_serving_now_is_the_baseline_and_the_warm_start(tmp_path):
     assert set(_statuses(again).values()) == {"cached"} and sorted(os.listdir(serving)) == ["2", "3"]
 
 
+def test_a_retried_step_does_not_push_again_and_a_forced_retrain_reruns_what_follows(tmp_path):
+    w = str(tmp_path / "w")
+    serving = os.path.join(w, "serving", "din")
+    first = runner.run(w, _cfg())
+    m8 = _outputs(first, "Trainer")["model"]
+    assert first.record["pushed"]["version"] == 1
+    for _ in range(2):  # a container step retried: reused, not pushed again
+        step = runner.run(w, _cfg(), start="Pusher", stop="Pusher")
+        assert _statuses(step)["Pusher"] == "cached" and step.record["already_serving"]["version"] == 1
+    forced = runner.run(w, _cfg(), start="Pusher", stop="Pusher", force=True)
+    assert _statuses(forced)["Pusher"] == "succeeded" and forced.record["pushed"] is None
+    assert forced.record["already_serving"] == {"version": 1, "path": os.path.join(serving, "1")}
+    assert sorted(os.listdir(serving)) == ["1"]
+
+    retrained = runner.run(w, _cfg(), start="Trainer", stop="Trainer", force=True)
+    m8b = _outputs(retrained, "Trainer")["model"]
+    assert m8b != m8
+    after = runner.run(w, _cfg())  # the new model is evaluated (against the one serving) before a push
+    assert _statuses(after)["Trainer"] == "cached"
+    assert _statuses(after)["Evaluator"] == "succeeded" and _statuses(after)["Pusher"] == "succeeded"
+    assert _evaluation(after)["candidate"]["uri"] == m8b and _evaluation(after)["baseline"]["uri"] == m8
+
+
 def test_a_served_model_whose_folder_is_gone_fails_naming_it(tmp_path):
     w = str(tmp_path / "w")
     r = runner.Runner(w, _cfg())
@@ -189,7 +217,9 @@ def test_a_failure_stops_the_run_and_a_rerun_resumes(tmp_path):
     assert _statuses(resumed) == {"LogGen": "cached", "FeatureGen": "succeeded", "StatisticsGen": "succeeded"}
     with pytest.raises(ValueError, match="--from: LogGen has no cached output"):
         runner.run(str(tmp_path / "other"), _cfg(), start="FeatureGen", stop="FeatureGen")
-    forced = runner.run(w, _cfg(), start="StatisticsGen", stop="StatisticsGen")
+    step = runner.run(w, _cfg(), start="StatisticsGen", stop="StatisticsGen")  # a step retried: reused
+    assert _statuses(step) == {"LogGen": "cached", "FeatureGen": "cached", "StatisticsGen": "cached"}
+    forced = runner.run(w, _cfg(), start="StatisticsGen", stop="StatisticsGen", force=True)
     assert _statuses(forced) == {"LogGen": "cached", "FeatureGen": "cached", "StatisticsGen": "succeeded"}
 
 
