@@ -78,9 +78,9 @@ class Runner:
             raise ValueError(f"--from {start} comes after --to {stop}")
         run_id = self.store.start_run(span, to_dict(self.cfg))
         ctx = Context(self.workdir, span, self.cfg)
-        available: dict[str, A.Artifact] = self._external(span)
         records, failed = [], None
         try:
+            available: dict[str, A.Artifact] = self._external(span)
             for i, comp in enumerate(self.dag[:last + 1]):
                 if failed is not None:
                     records.append({"component": comp.name, "status": "skipped", "seconds": 0.0,
@@ -91,7 +91,7 @@ class Runner:
                 records.append(rec)
                 if rec["status"] == "failed":
                     failed = comp.name
-        except ValueError:  # a run that cannot start a component (--from without its cache)
+        except Exception:  # a run that cannot start (run.input missing, --from without its cache, ...)
             self.store.finish_run(run_id, "failed")
             raise
         status = "failed" if failed else "succeeded"
@@ -100,13 +100,14 @@ class Runner:
         return RunResult(run_id, span, status, records, path)
 
     def _external(self, span: int) -> dict[str, A.Artifact]:
-        """The raw logs of a ``logs`` source: an artifact fingerprinted by its files."""
+        """The raw logs of a ``logs`` source: an artifact fingerprinted by its files (those in
+        linked folders too)."""
         if self.cfg.run.source != "logs":
             return {}
         root = os.path.abspath(self.cfg.run.input)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"run.input {root!r} is not a folder")
-        files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+        files = [os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs]
         fingerprint = A.files_fingerprint(files, root)
         row = self.store.find_artifact(fingerprint)
         art_id = row["id"] if row is not None else self.store.add_artifact("RawLogs", "logs", root, fingerprint,

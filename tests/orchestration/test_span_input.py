@@ -6,6 +6,7 @@ import os
 import pytest
 
 from tirec.orchestration import components as C
+from tirec.orchestration import runner
 from tirec.orchestration.config import load_runner_config
 
 
@@ -102,3 +103,33 @@ def test_blessing_slices_and_min_slice_rows_are_checked_at_load():
         load_runner_config(None, ["blessing.slices=[drift, drfit]"])
     with pytest.raises(ValueError, match=r"blessing.min_slice_rows: must be an integer >= 0; received -5"):
         load_runner_config(None, ["blessing.min_slice_rows=-5"])
+
+
+def _logs_cfg(logs):
+    return load_runner_config(None, ["run.source=logs", f"run.input={logs}", "run.format=generic"])
+
+
+def test_logs_in_a_linked_folder_are_fingerprinted(tmp_path):
+    elsewhere, logs = str(tmp_path / "elsewhere"), str(tmp_path / "logs")
+    _touch(elsewhere, "part-00000-day0009.csv")
+    _touch(logs, "items.csv")
+    os.symlink(elsewhere, os.path.join(logs, "impressions"))
+    r = runner.Runner(str(tmp_path / "w"), _logs_cfg(logs))
+    try:
+        before = r._external(9)["logs"].fingerprint
+        with open(os.path.join(elsewhere, "part-00000-day0009.csv"), "w") as f:
+            f.write("changed behind the link")
+        assert r._external(9)["logs"].fingerprint != before
+    finally:
+        r.close()
+
+
+def test_a_run_that_cannot_start_is_recorded_failed(tmp_path):
+    w, missing = str(tmp_path / "w"), str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=rf"run.input '{missing}' is not a folder"):
+        runner.run(w, _logs_cfg(missing))
+    store = runner.MetadataStore(os.path.join(w, "metadata.sqlite"))
+    try:
+        assert [row["status"] for row in store.runs()] == ["failed"]
+    finally:
+        store.close()
