@@ -160,7 +160,14 @@ def trainer(ctx: Context, inputs: dict, outputs: dict) -> dict:
 
     warm = ctx.resolved.get("warm_start") or ""
     train_cfg = dataclasses.replace(ctx.cfg.train, warm_start=warm)
-    metrics = train_run(inputs["examples"], ctx.cfg.run.model, outputs["model"], ctx.cfg.model, train_cfg)
+    try:
+        metrics = train_run(inputs["examples"], ctx.cfg.run.model, outputs["model"], ctx.cfg.model, train_cfg)
+    except ValueError as err:
+        if not warm or not str(err).startswith("train.warm_start="):
+            raise
+        raise ComponentFailed(f"Trainer: run.warm_start: the model serving now cannot warm-start this one "
+                              f"({str(err).split(': ', 1)[-1]}); set run.warm_start=false to train from "
+                              f"scratch; received {warm!r}") from err
     if not warm:
         write_json(os.path.join(outputs["model"], "warm_start.json"), {"from": None, "restored": 0})
     return {"auc": metrics["auc"], "gauc": metrics["gauc"], "warm_start": warm or None}

@@ -68,8 +68,8 @@ class ValidationConfig:
       new_values_error / new_values_warning: share of the span's newest day's rows whose value
         of a categorical feature the previous span never had.
       label_rate_error / label_rate_warning: relative change of the click rate.
-      intent_js_error / intent_js_warning: Jensen-Shannon divergence (base 2) of the intent
-        histograms.
+      intent_js_error / intent_js_warning: Jensen-Shannon divergence of the intent histograms
+        in nats (natural log: from 0, equal, to ln 2 = 0.693, disjoint).
       seq_len_error / seq_len_warning: relative change of the mean history length.
     """
 
@@ -177,10 +177,25 @@ def load_runner_config(path: str | None = None, overrides=(), users: int | None 
     file, then ``overrides`` (the demo's settings do not apply). ``--users`` comes last."""
     extra = [f"generator.users={users}"] if users is not None else []
     if path is not None:
-        return check_spans(load_config(path, list(overrides) + extra, cls=RunnerConfig))
+        return check_unread(check_spans(load_config(path, list(overrides) + extra, cls=RunnerConfig)), overrides,
+                            users)
     model = load_config(None, list(overrides), cls=RunnerConfig).run.model
-    return check_spans(load_config(None, builtin_overrides(model=model) + list(overrides) + extra,
-                                   cls=RunnerConfig))
+    cfg = load_config(None, builtin_overrides(model=model) + list(overrides) + extra, cls=RunnerConfig)
+    return check_unread(check_spans(cfg), overrides, users)
+
+
+def check_unread(cfg: RunnerConfig, overrides, users: int | None) -> RunnerConfig:
+    """Returns ``cfg`` unless ``--users`` or a ``--set generator.*`` is given with
+    ``run.source=logs``, which reads ``run.input`` and no generator setting (then a ValueError
+    names it)."""
+    if cfg.run.source != "logs":
+        return cfg
+    given = ([f"--users {users}"] if users is not None else []) + \
+        [o for o in overrides if o.split("=", 1)[0].strip().startswith("generator.")]
+    if given:
+        raise ValueError(f"{given[0].split('=')[0].split(' ')[0]}: a generator setting, read only with "
+                         f"run.source=synthetic; run.source=logs reads run.input; received {given[0]!r}")
+    return cfg
 
 
 def check_spans(cfg: RunnerConfig) -> RunnerConfig:

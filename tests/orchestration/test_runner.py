@@ -171,6 +171,15 @@ def test_a_retried_step_does_not_push_again_and_a_forced_retrain_reruns_what_fol
     assert _evaluation(after)["candidate"]["uri"] == m8b and _evaluation(after)["baseline"]["uri"] == m8
 
 
+def test_a_served_model_that_cannot_warm_start_names_run_warm_start(tmp_path):
+    w = str(tmp_path / "w")
+    assert runner.run(w, _cfg()).record["pushed"]["version"] == 1
+    other = runner.run(w, _cfg("model.tower=[8]"), span=9, stop="Trainer")  # another architecture
+    error = other.executions[-1]["error"]
+    assert other.status == "failed" and error.startswith("ComponentFailed: Trainer: run.warm_start: the model")
+    assert "set run.warm_start=false to train from scratch" in error and "train.warm_start" not in error
+
+
 def test_a_served_model_whose_folder_is_gone_fails_naming_it(tmp_path):
     w = str(tmp_path / "w")
     r = runner.Runner(w, _cfg())

@@ -133,3 +133,14 @@ def test_a_run_that_cannot_start_is_recorded_failed(tmp_path):
         assert [row["status"] for row in store.runs()] == ["failed"]
     finally:
         store.close()
+
+
+def test_generator_settings_are_refused_with_the_logs_source(tmp_path):
+    logs = ["run.source=logs", f"run.input={tmp_path}", "run.format=generic"]
+    with pytest.raises(ValueError, match=r"--users: a generator setting, read only with run.source=synthetic; "
+                                         r"run.source=logs reads run.input; received '--users 50'"):
+        load_runner_config(None, logs, users=50)
+    with pytest.raises(ValueError, match=r"generator.days: a generator setting.* received 'generator.days=12'"):
+        load_runner_config(None, logs + ["generator.days=12"])
+    assert load_runner_config(None, logs).run.input == str(tmp_path)
+    assert load_runner_config(None, ["generator.days=12"], users=50).generator.users == 50
