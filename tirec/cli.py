@@ -14,7 +14,7 @@ Entry functions only wire flags into the typed config and delegate to the packag
     tirec verify-serving --target 127.0.0.1:8500 --model-name NAME --run RUN
     tirec bench quality --out DIR [--models din,daian] [...]   (a source checkout's benchmarks/)
     tirec bench peer --out DIR [--data T] [--rounds 3]          (tirec's DIN vs DeepCTR's DIN)
-    tirec run --workdir W [--config pipeline.yaml] [--users N] [--span K] [--from C] [--to C]
+    tirec run --workdir W [--config pipeline.yaml] [--users N] [--span K] [--from C] [--to C] [--force]
     tirec runs --workdir W
     tirec report RUN_OR_WORKDIR [--out DIR]
 

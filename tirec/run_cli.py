@@ -19,8 +19,8 @@ def add_commands(sub) -> None:
         "run", help="raw logs -> features -> statistics -> model -> blessing -> served version, one span",
         description="Runs the TFX-style DAG locally on one span (a day of the log): FeatureGen, "
                     "StatisticsGen (validated against the previous span), Trainer (warm-started from "
-                    "the blessed model), Evaluator (blesses the candidate only if it is not worse than "
-                    "the blessed model), Pusher (W/serving/NAME/<version>). Unchanged components are "
+                    "the model serving now), Evaluator (blesses the candidate only if it is not worse than "
+                    "the model serving now), Pusher (W/serving/NAME/<version>). Unchanged components are "
                     "reused from cache; a rerun resumes after a failure. Without --config: the built-in "
                     "synthetic logs and a small DAIAN.")
     p.add_argument("--workdir", required=True, help="artifacts, metadata.sqlite, runs/ and serving/ go here")
@@ -36,7 +36,7 @@ def add_commands(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
     p.set_defaults(func=_run_run)
-    p = sub.add_parser("runs", help="list the runs of a workdir, the blessed model and the pushed versions")
+    p = sub.add_parser("runs", help="list the runs of a workdir, the blessed model, the pushed versions and the one serving")
     p.add_argument("--workdir", required=True)
     p.add_argument("--latest", metavar="OUTPUT", choices=OUTPUTS,
                    help="print only the folder of the newest artifact of this output (for scripts)")
@@ -68,7 +68,8 @@ def _run_run(args, _extra) -> int:
 
 
 def runs_table(workdir: str) -> str:
-    """The workdir's runs, one line each, then the blessed model and the pushed versions."""
+    """The workdir's runs, one line each, then the blessed model, the pushed versions and the
+    one serving now (the highest whose folder is still there)."""
     from tirec.orchestration.metadata import MetadataStore
 
     path = os.path.join(workdir, "metadata.sqlite")
@@ -86,6 +87,11 @@ def runs_table(workdir: str) -> str:
         lines.append(f"blessed model: {blessed['uri']} (span {blessed['span']})" if blessed else "blessed model: none")
         for p in store.pushes():
             lines.append(f"pushed: version {p['version']} at {p['path']} (run {p['run_id']}, {p['created']})")
+        serving = {}  # served folder -> its highest pushed version still there
+        for p in store.pushes():
+            if os.path.isdir(p["path"]) and p["version"] > serving.get(os.path.dirname(p["path"]), (0,))[0]:
+                serving[os.path.dirname(p["path"])] = (p["version"], p["path"])
+        lines += [f"serving: version {v} at {path}" for v, path in serving.values()] or ["serving: none"]
         return "\n".join(lines)
     finally:
         store.close()

@@ -113,6 +113,7 @@ def test_dag_caches_blesses_pushes_and_refuses_a_worse_span(tmp_path, capsys):
     assert cli.main(["runs", "--workdir", w]) == 0
     table = capsys.readouterr().out
     assert "pushed: version 1" in table and "blessed model:" in table and "span 8" in table
+    assert f"serving: version 1 at {os.path.join(w, 'serving', 'din', '1')}" in table
     assert "Trainer=cached" in table and "Pusher=succeeded" in table
 
 
