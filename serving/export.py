@@ -189,11 +189,11 @@ def set_method_names(export_dir: str, methods: dict[str, str]) -> None:
 
     TF2's ``tf.saved_model.save`` marks every signature as a predict signature; TF Serving's
     Classify and Regress APIs only accept signatures marked ``classify`` / ``regress``. The TF2
-    loader ignores method names, so rewriting them changes nothing else; ``fingerprint.pb``,
-    which hashes ``saved_model.pb``, is written again to match.
+    loader ignores method names, so rewriting them changes nothing else. ``fingerprint.pb``,
+    which hashes ``saved_model.pb`` as it was saved, is removed rather than left wrong (TF has
+    no public call to write it again; loaders and TF Serving work without it).
     """
     from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.saved_model import fingerprinting_utils
 
     path = os.path.join(export_dir, "saved_model.pb")
     sm = saved_model_pb2.SavedModel()
@@ -207,8 +207,9 @@ def set_method_names(export_dir: str, methods: dict[str, str]) -> None:
             meta.signature_def[name].method_name = method
     with tf.io.gfile.GFile(path, "wb") as fh:
         fh.write(sm.SerializeToString())
-    if tf.io.gfile.exists(os.path.join(export_dir, "fingerprint.pb")):
-        fingerprinting_utils.write_fingerprint(export_dir)
+    fingerprint = os.path.join(export_dir, "fingerprint.pb")
+    if tf.io.gfile.exists(fingerprint):
+        tf.io.gfile.remove(fingerprint)
 
 
 def read_eval_records(data_dir: str, n: int) -> list[bytes]:
