@@ -252,7 +252,7 @@ def pusher(ctx: Context, inputs: dict, outputs: dict) -> dict:
     if serving is not None and serving["model"] == model:
         return _write_push(out, {"pushed": False, "already_serving": True, "version": serving["version"],
                                  "path": serving["path"], "model_uri": model})
-    reason = _refusal(evaluation, serving)
+    reason = _refusal(evaluation, serving, ctx.span)
     if reason:
         log.warning("Pusher: span %d's model is %s; serving keeps its version", ctx.span, reason)
         return _write_push(out, {"pushed": False, "reason": reason, "model_uri": model})
@@ -262,15 +262,18 @@ def pusher(ctx: Context, inputs: dict, outputs: dict) -> dict:
     return _write_push(out, {"pushed": True, "version": version, "path": path, "model_uri": model})
 
 
-def _refusal(evaluation: dict, serving: dict | None) -> str:
-    """Why a model must not be pushed ('' when it may): not blessed, or blessed against
-    another model than the one serving now."""
+def _refusal(evaluation: dict, serving: dict | None, ctx_span: int) -> str:
+    """Why a model must not be pushed ('' when it may): not blessed, trained on an older span
+    than the model serving now, or blessed against another model than that one."""
     if not evaluation["blessed"]:
         return "not blessed: " + "; ".join(r for r in evaluation["reasons"] if "FAIL" in r)
+    if serving is not None and serving.get("span") is not None and ctx_span < serving["span"]:
+        return (f"trained on span {ctx_span}, older than span {serving['span']} of the model serving as "
+                f"{serving['path']}; a backfill does not replace a model trained on newer data")
     judged = (evaluation["baseline"] or {}).get("uri")
     if judged != (serving or {}).get("model"):
         return (f"blessed against {judged or 'no model (the first model floor)'}, but "
-                f"{serving['path'] if serving else 'no version'} serves now; rerun from the Evaluator")
+                f"{serving['path'] if serving else 'no version'} serves now; rerun with --from Evaluator --force")
     return ""
 
 

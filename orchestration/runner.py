@@ -107,7 +107,7 @@ class Runner:
         root = os.path.abspath(self.cfg.run.input)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"run.input {root!r} is not a folder")
-        files = [os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs]
+        files = _walk_files(root)
         fingerprint = A.files_fingerprint(files, root)
         row = self.store.find_artifact(fingerprint)
         art_id = row["id"] if row is not None else self.store.add_artifact("RawLogs", "logs", root, fingerprint,
@@ -116,8 +116,8 @@ class Runner:
 
     def _resolve(self, comp: Component, span: int, available: dict) -> dict:
         """``{name: row or None}`` (a row has ``uri`` and ``fingerprint``) of what ``comp`` reads
-        from the store: the previous span's statistics; the warm start, the model serving now
-        (of another span, so that a rerun of a span starts as it did); the evaluator's
+        from the store: the previous span's statistics; the warm start, the model of the highest
+        version pushed from an earlier span (so that a rerun of a span starts as it did); the evaluator's
         baseline, the model serving now (or, when that is the candidate itself, the one it
         replaced)."""
         out = {}
@@ -127,9 +127,12 @@ class Runner:
                 row = self.store.latest_artifact("ExampleStatistics", span)
                 row = row if row is not None and A.is_complete(row["uri"]) else None
             elif name == "warm_start" and self.cfg.run.warm_start:
-                row = self._served_model(name, lambda r: r["span"] == span)
+                # every push, pruned version folders too, so that a rerun starts as it did
+                base = os.path.join(self.workdir, "serving", self.cfg.run.served_name)
+                row = self._served_model(name, self.store.pushes_into(base), lambda r: r["span"] >= span)
             elif name == "baseline":
-                row = self._served_model(name, lambda r: r["fingerprint"] == available["model"].fingerprint)
+                row = self._served_model(name, self._serving_now(),
+                                         lambda r: r["fingerprint"] == available["model"].fingerprint)
             out[name] = row
         return out
 
@@ -139,13 +142,13 @@ class Runner:
         base = os.path.join(self.workdir, "serving", self.cfg.run.served_name)
         return [r for r in self.store.pushes_into(base) if os.path.isdir(r["path"])]
 
-    def _served_model(self, role: str, skip) -> dict | None:
-        """The model of the highest served version that ``skip`` does not leave out.
+    def _served_model(self, role: str, versions: list, skip) -> dict | None:
+        """The model of the highest of ``versions`` that ``skip`` does not leave out.
 
         Raises:
           FileNotFoundError: when that model's folder is gone, naming it and the way out.
         """
-        row = next((r for r in self._serving_now() if not skip(r)), None)
+        row = next((r for r in versions if not skip(r)), None)
         if row is None or A.is_complete(row["uri"]):
             return row
         way_out = ("set run.warm_start=false" if role == "warm_start" else
@@ -270,7 +273,8 @@ def _serving(versions: list) -> dict | None:
     """The highest served version (``version``, ``path``, ``model``: its model's folder)."""
     if not versions:
         return None
-    return {"version": versions[0]["version"], "path": versions[0]["path"], "model": versions[0]["uri"]}
+    return {"version": versions[0]["version"], "path": versions[0]["path"], "model": versions[0]["uri"],
+            "span": versions[0]["span"]}
 
 
 def _still_valid(comp: Component, outs: dict) -> bool:
@@ -289,3 +293,17 @@ def run(workdir: str, cfg: RunnerConfig, span: int | None = None, start: str | N
         return runner.run(span, start, stop, force)
     finally:
         runner.close()
+
+
+def _walk_files(root: str) -> list[str]:
+    """The files under ``root``, through linked folders, each real folder once (a link to an
+    ancestor does not loop)."""
+    seen, files = set(), []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [os.path.join(folder, n) for n in names]
+    return files

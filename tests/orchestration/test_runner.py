@@ -137,16 +137,16 @@ def test_the_model_serving_now_is_the_baseline_and_the_warm_start(tmp_path):
     assert span9.record["pushed"]["version"] == 2
     shutil.rmtree(os.path.join(serving, "1"))  # the old version pruned
 
-    # Span 8 again (a backfill): judged against span 9's model, which serves, and warm-started
-    # from it; before, it was reused from cache and span 8's model pushed again unjudged.
+    # Span 8 again (a backfill): judged against span 9's model, which serves; not pushed over
+    # it (a model of older data); its Trainer cached (warm starts come from earlier spans only)
     backfill = runner.run(w, _cfg(*LENIENT))
-    assert _statuses(backfill)["Trainer"] == "succeeded" and _statuses(backfill)["Evaluator"] == "succeeded"
-    assert next(e for e in backfill.executions if e["component"] == "Trainer")["summary"]["warm_start"] == m9
+    assert _statuses(backfill)["Trainer"] == "cached" and _statuses(backfill)["Evaluator"] == "succeeded"
     assert _evaluation(backfill)["baseline"]["uri"] == m9
-    assert backfill.record["pushed"]["version"] == 3
-
-    again = runner.run(w, _cfg(*LENIENT))  # unchanged: cached, nothing pushed
-    assert set(_statuses(again).values()) == {"cached"} and sorted(os.listdir(serving)) == ["2", "3"]
+    assert backfill.record["pushed"] is None and "older than span 9" in backfill.record["refused_push"]
+    # span 9 again with version 1 pruned: it still starts from span 8's model, so it is reused
+    again = runner.run(w, _cfg(*LENIENT), span=9)
+    assert _statuses(again)["Trainer"] == "cached" and again.record["already_serving"]["version"] == 2
+    assert sorted(os.listdir(serving)) == ["2"]
 
 
 def test_a_retried_step_does_not_push_again_and_a_forced_retrain_reruns_what_follows(tmp_path):
@@ -204,12 +204,15 @@ def test_a_served_model_whose_folder_is_gone_fails_naming_it(tmp_path):
 
 def test_the_pusher_refuses_a_blessing_judged_against_another_model():
     blessed = {"blessed": True, "reasons": ["ok: AUC"], "baseline": {"uri": "/w/m8"}}
-    serving = {"model": "/w/m9", "path": "/w/serving/din/2", "version": 2}
-    assert C._refusal(blessed, serving) == ("blessed against /w/m8, but /w/serving/din/2 serves now; "
-                                            "rerun from the Evaluator")
-    assert C._refusal(blessed, dict(serving, model="/w/m8")) == ""
-    assert "no model (the first model floor)" in C._refusal(dict(blessed, baseline=None), serving)
-    assert C._refusal(dict(blessed, baseline=None), None) == ""
+    serving = {"model": "/w/m9", "path": "/w/serving/din/2", "version": 2, "span": 9}
+    assert C._refusal(blessed, serving, 9) == ("blessed against /w/m8, but /w/serving/din/2 serves now; "
+                                               "rerun with --from Evaluator --force")
+    assert C._refusal(blessed, dict(serving, model="/w/m8"), 9) == ""
+    assert "no model (the first model floor)" in C._refusal(dict(blessed, baseline=None), serving, 10)
+    assert C._refusal(dict(blessed, baseline=None), None, 8) == ""
+    # a backfill (an older span than the model serving) does not replace it
+    assert "trained on span 8, older than span 9" in C._refusal(dict(blessed, baseline={"uri": "/w/m9"}),
+                                                                serving, 8)
 
 
 def test_a_failure_stops_the_run_and_a_rerun_resumes(tmp_path):

@@ -144,3 +144,15 @@ def test_generator_settings_are_refused_with_the_logs_source(tmp_path):
         load_runner_config(None, logs + ["generator.days=12"])
     assert load_runner_config(None, logs).run.input == str(tmp_path)
     assert load_runner_config(None, ["generator.days=12"], users=50).generator.users == 50
+
+
+def test_a_link_to_an_ancestor_folder_is_walked_once(tmp_path):
+    from tirec.orchestration.runner import _walk_files
+
+    (tmp_path / "logs" / "day1").mkdir(parents=True)
+    (tmp_path / "logs" / "day1" / "impressions.csv").write_text("x\n")
+    os.symlink(tmp_path / "logs", tmp_path / "logs" / "day1" / "again")  # a loop
+    os.symlink(tmp_path / "logs" / "day1", tmp_path / "logs" / "current")  # a second path to day1
+    files = _walk_files(str(tmp_path / "logs"))
+    assert [os.path.relpath(f, tmp_path / "logs") for f in files] in (
+        ["day1/impressions.csv"], ["current/impressions.csv"])
