@@ -186,6 +186,8 @@ def test_dataset_synthetic_converts_the_generator_into_out(tmp_path, monkeypatch
     assert bench._data(args) == data  # converted once: the second call reads it
 
 
+# the benchmark's own run (64 s); `make test-slow`
+@pytest.mark.slow
 def test_tiny_run_end_to_end(tiny, tmp_path, monkeypatch):
     pytest.importorskip("deepctr")
     bench = _module()

@@ -553,6 +553,8 @@ def test_train_precision_is_validated():
         build_model("din", None, _cfg().model, np.zeros(0), np.zeros([0, 4]), precision="bf16")
 
 
+# 49 s on CPU, where bf16 is emulated; `make test-slow` (tests/gpu cover bf16 on a GPU)
+@pytest.mark.slow
 def test_daian_trains_under_mixed_bfloat16_and_reloads(tiny_data, tmp_path):
     cfg = _cfg("train.precision=mixed_bfloat16", "train.steps_per_epoch=2")
     run = str(tmp_path / "mixed")

@@ -172,6 +172,8 @@ def test_a_retried_step_does_not_push_again_and_a_forced_retrain_reruns_what_fol
     assert _evaluation(after)["candidate"]["uri"] == m8b and _evaluation(after)["baseline"]["uri"] == m8
 
 
+# an error message after two trainings (46 s); `make test-slow`
+@pytest.mark.slow
 def test_a_served_model_that_cannot_warm_start_names_run_warm_start(tmp_path):
     w = str(tmp_path / "w")
     assert runner.run(w, _cfg()).record["pushed"]["version"] == 1
