@@ -38,7 +38,7 @@ from typing import Mapping
 
 import numpy as np
 
-from tirec.serving.servable import Servable, ServingError
+from tirec.serving.servable import Servable, ServingError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +153,10 @@ def _unbatchable(arrays: Mapping[str, np.ndarray]) -> ServingError:
     """TF Serving's batching-session error for inputs without a common first dimension."""
     shapes = {k: list(a.shape) for k, a in sorted(arrays.items())}
     if any(a.ndim == 0 for a in arrays.values()):
-        return ServingError("INVALID_ARGUMENT", f"Batching session Run() input tensors must have at "
-                                                f"least one dimension (input shapes {shapes})")
-    return ServingError("INVALID_ARGUMENT", f"Batching session Run() input tensors must have equal "
-                                            f"0th-dimension size (input shapes {shapes}; with batching "
-                                            f"on, send `rank` one context per candidate)")
+        return invalid(f"Batching session Run() input tensors must have at least one dimension "
+                       f"(input shapes {shapes})")
+    return invalid(f"Batching session Run() input tensors must have equal 0th-dimension size (input "
+                   f"shapes {shapes}; with batching on, send `rank` one context per candidate)")
 
 
 class Batcher:
@@ -233,8 +232,8 @@ class Batcher:
         if rows is None and arrays:
             raise _unbatchable(arrays)
         if rows is not None and rows > self.options.max_batch_size:
-            raise ServingError("INVALID_ARGUMENT", f"Task size {rows} is larger than maximum input batch "
-                                                   f"size {self.options.max_batch_size}")
+            raise invalid(f"Task size {rows} is larger than maximum input batch size "
+                          f"{self.options.max_batch_size}")
         if rows is None or rows == 0 or not self._started:
             self._count(direct_requests=1)
             return servable.call(signature_name, arrays)
