@@ -1,12 +1,14 @@
 """Packaging for tirec.
 
-The four code folders are installed inside the ``tirec`` namespace (``features/`` becomes
+The code folders are installed inside the ``tirec`` namespace (``features/`` becomes
 ``tirec.features`` and so on), so no generic top-level ``models`` package lands in
 site-packages. The ``tirec/`` folder holds only the CLI and configuration loading.
 """
-from setuptools import setup
+import os
 
-_PACKAGES = {
+from setuptools import find_packages, setup
+
+_FOLDERS = {
     "tirec": "tirec",
     "tirec.features": "features",
     "tirec.pipeline": "pipeline",
@@ -14,6 +16,12 @@ _PACKAGES = {
     "tirec.serving": "serving",
     "tirec.orchestration": "orchestration",
 }
+# ... and every package inside them (models/layers/ becomes tirec.models.layers): a wheel holds
+# only the packages named here, while an editable install finds them all.
+_PACKAGES = dict(_FOLDERS)
+for _name, _folder in _FOLDERS.items():
+    for _sub in find_packages(_folder):
+        _PACKAGES[f"{_name}.{_sub}"] = os.path.join(_folder, *_sub.split("."))
 
 setup(
     name="tirec",
