@@ -169,6 +169,7 @@ STAGES_SCRIPT = BATCH_PREAMBLE + textwrap.dedent("""
         uim = {id(v) for v in model.uim_variables()}
         out[label] = {"names": [v.name for v in model.trainable_variables], "stages": [],
                       "uim": [i for i, v in enumerate(model.trainable_variables) if id(v) in uim]}
+        out[label]["init"] = [v.numpy().tolist() for v in model.trainable_variables]
         data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
         for stage in (1, 2, 3):
             model.set_stage(stage)
@@ -204,14 +205,19 @@ def test_mirrored_stage_switch_without_compile_moves_exactly_the_stage_variables
             wrong = set(step["moved"]) ^ want[step["stage"]]
             assert not wrong, (label, step["stage"], sorted(names[i] for i in wrong))
     for one, mirrored in zip(out["one"]["stages"], out["mirrored"]["stages"]):
-        for name, w1, wm in zip(names, one["weights"], mirrored["weights"]):
-            # Three Adagrad steps amplify the different float32 summation order of the
-            # per-replica halves (seen: 9.4e-6 on an embedding row; 3.4e-5, 4.6e-4 relative, on
-            # DIN attention's score bias, whose gradient sums every history position with
-            # cancellation, in a run on a loaded machine); the loss scaling itself is pinned
-            # exactly by the plain-SGD test above.
-            np.testing.assert_allclose(np.asarray(wm), np.asarray(w1), rtol=1e-3, atol=2e-5,
-                                       err_msg=f"stage {one['stage']} {name}")
+        for name, w0, w1, wm in zip(names, out["one"]["init"], one["weights"], mirrored["weights"]):
+            # Adagrad at these rates amplifies the different float32 summation order of the
+            # per-replica halves on single elements (seen: 3.8e-5 absolute, 4.4 % relative, on a
+            # near-zero tower kernel entry after stage 3), so each variable's difference is
+            # measured against how far it has moved from the initial weights: a wrong scaling or
+            # a lost replica half differs by the order of the steps themselves (which variables
+            # move in each stage is checked exactly above). The loss scaling alone is pinned
+            # exactly by the plain-SGD test above. (Some variables get no gradient but rounding:
+            # the key bias of I2E's attention, which softmax ignores, moves by about 1e-12.)
+            w0, w1, wm = np.asarray(w0), np.asarray(w1), np.asarray(wm)
+            moved, apart = np.linalg.norm(w1 - w0), np.linalg.norm(wm - w1)
+            assert apart <= 1e-2 * moved + 1e-6, (f"stage {one['stage']} {name}: mirrored differs from one device "
+                                           f"by {apart:.3g}; it moved {moved:.3g} from its initial weights")
 
 
 PS_SCRIPT = textwrap.dedent("""
