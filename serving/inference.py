@@ -164,15 +164,15 @@ def _example_signature(servable: Servable, signature_name: str, method: str, wha
     return key, sig, input_key
 
 
-def _run_examples(servable, key, input_key, inp, max_examples) -> tuple[int, dict]:
+def _run_examples(servable, key, input_key, inp, max_examples, runner) -> tuple[int, dict]:
     serialized = serialized_examples(inp, max_examples)
     arr = np.empty(len(serialized), dtype=object)
     arr[:] = serialized
-    return len(serialized), servable.call(key, {input_key: arr})
+    return len(serialized), (runner or _direct)(servable, key, {input_key: arr})
 
 
 def classify(servable: Servable, request: classification_pb2.ClassificationRequest,
-             max_examples: int = 10000) -> classification_pb2.ClassificationResponse:
+             max_examples: int = 10000, runner: Runner | None = None) -> classification_pb2.ClassificationResponse:
     """PredictionService.Classify: a ``tensorflow/serving/classify`` signature on tf.Examples.
 
     The signature's ``scores`` output must be ``[batch, classes]`` floats and its optional
@@ -183,7 +183,7 @@ def classify(servable: Servable, request: classification_pb2.ClassificationReque
     if "scores" not in sig.outputs and "classes" not in sig.outputs:
         raise invalid(f"Expected classification signature '{key}' outputs to contain at least one of "
                       f"'classes', 'scores'; it has {sorted(sig.outputs)}")
-    n, out = _run_examples(servable, key, input_key, request.input, max_examples)
+    n, out = _run_examples(servable, key, input_key, request.input, max_examples, runner)
     scores, classes = out.get("scores"), out.get("classes")
     for name, arr in (("scores", scores), ("classes", classes)):
         if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
@@ -212,7 +212,7 @@ def classify(servable: Servable, request: classification_pb2.ClassificationReque
 
 
 def regress(servable: Servable, request: regression_pb2.RegressionRequest,
-            max_examples: int = 10000) -> regression_pb2.RegressionResponse:
+            max_examples: int = 10000, runner: Runner | None = None) -> regression_pb2.RegressionResponse:
     """PredictionService.Regress: a ``tensorflow/serving/regress`` signature on tf.Examples.
 
     The signature's ``outputs`` output must be floats of shape ``[batch]`` or ``[batch, 1]``.
@@ -222,7 +222,7 @@ def regress(servable: Servable, request: regression_pb2.RegressionRequest,
     if "outputs" not in sig.outputs:
         raise invalid(f"No regression outputs found in signature '{key}': expected an output named "
                       f"'outputs', it has {sorted(sig.outputs)}")
-    n, out = _run_examples(servable, key, input_key, request.input, max_examples)
+    n, out = _run_examples(servable, key, input_key, request.input, max_examples, runner)
     values = out["outputs"]
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
@@ -265,9 +265,10 @@ def metadata(servable: Servable, request: get_model_metadata_pb2.GetModelMetadat
 
 # ---- warmup --------------------------------------------------------------------------------------
 
-def run_warmup(servable: Servable, max_examples: int = 10000) -> int:
+def run_warmup(servable: Servable, max_examples: int = 10000, runner: Runner | None = None) -> int:
     """Replays ``assets.extra/tf_serving_warmup_requests`` against ``servable``, as TF Serving does
-    before marking a version available. Returns the number of records replayed.
+    before marking a version available, through ``runner`` (the batcher when batching is on, as
+    TF Serving replays them through its batching session). Returns the number of records replayed.
 
     Raises:
       ServingError: more than ``MAX_WARMUP_RECORDS`` records, a record that does not parse, is
@@ -292,11 +293,11 @@ def run_warmup(servable: Servable, max_examples: int = 10000) -> int:
             kind = entry.WhichOneof("log_type")
             try:
                 if kind == "predict_log":
-                    predict(servable, entry.predict_log.request, max_examples=max_examples)
+                    predict(servable, entry.predict_log.request, runner, max_examples)
                 elif kind == "classify_log":
-                    classify(servable, entry.classify_log.request, max_examples=max_examples)
+                    classify(servable, entry.classify_log.request, max_examples, runner)
                 elif kind == "regress_log":
-                    regress(servable, entry.regress_log.request, max_examples=max_examples)
+                    regress(servable, entry.regress_log.request, max_examples, runner)
                 else:
                     raise ServingError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind} (tirec "
                                                         f"serve replays predict, classify and regress logs)")

@@ -248,6 +248,8 @@ class ModelManager:
       settle_seconds: a version folder with a file modified more recently than this is
         considered still being written, and retried on the next poll.
       max_examples: the batch limit applied to warmup requests.
+      warmup_runner: how warmup requests run (the server's batcher when batching is on; a direct
+        call by default).
       on_change: called (without arguments, from the thread that changed it) whenever the set of
         available versions changes.
       allow_unavailable_labels: accept a label on a version that is not available (TF Serving's
@@ -257,7 +259,7 @@ class ModelManager:
     def __init__(self, config: model_server_config_pb2.ModelServerConfig, *,
                  poll_wait_seconds: float = 1.0, settle_seconds: float = 1.0,
                  max_examples: int = 10000, on_change: Callable[[], None] | None = None,
-                 allow_unavailable_labels: bool = False):
+                 allow_unavailable_labels: bool = False, warmup_runner=None):
         if poll_wait_seconds < 0:
             raise ValueError(f"ModelManager: poll_wait_seconds must be >= 0; received {poll_wait_seconds}")
         if settle_seconds < 0:
@@ -266,6 +268,7 @@ class ModelManager:
         self.poll_wait_seconds = poll_wait_seconds
         self.settle_seconds = settle_seconds
         self.max_examples = max_examples
+        self.warmup_runner = warmup_runner
         self._on_change = on_change
         self.allow_unavailable_labels = allow_unavailable_labels
         self._lock = threading.Lock()  # guards _models, _states, _config
@@ -400,7 +403,7 @@ class ModelManager:
         t0 = time.monotonic()
         try:
             servable = Servable.load(m.name, version, path)
-            n = inference.run_warmup(servable, self.max_examples)
+            n = inference.run_warmup(servable, self.max_examples, self.warmup_runner)
         except Exception as e:  # a bad version must never take the server down
             err = e if isinstance(e, ServingError) else ServingError("UNKNOWN", f"{type(e).__name__}: {e}")
             log.error("failed to load %s version %d: %s", m.name, version, err)

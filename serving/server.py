@@ -60,7 +60,7 @@ class ServingOptions:
       file_system_poll_wait_seconds: seconds between version discovery polls; 0 disables.
       model_config_file_poll_wait_seconds: seconds between checks of the config file for
         changes; 0 disables.
-      enable_batching: batch concurrent Predict requests.
+      enable_batching: batch concurrent requests (every signature, and the warmup records).
       batching_parameters_file: a BatchingParameters text proto (with ``enable_batching``).
       max_batch_size, batch_timeout_micros, num_batch_threads: batching parameters; override the
         file's values when set.
@@ -155,7 +155,8 @@ class ServingCore:
 
     Args:
       manager: the :class:`~tirec.serving.model_manager.ModelManager`.
-      batcher: a started :class:`~tirec.serving.batching.Batcher` for Predict, or None.
+      batcher: a started :class:`~tirec.serving.batching.Batcher` (Predict, Classify, Regress and
+        MultiInference go through it), or None.
       max_examples: most rows / tf.Examples per request.
       model_roots: folders :meth:`reload_config` may load models from (more with
         :meth:`allow_model_roots`).
@@ -189,25 +190,28 @@ class ServingCore:
         """The servable a ModelSpec names."""
         return self.manager.resolve_spec(spec)
 
+    @property
+    def runner(self):
+        """How signatures run: the batcher (TF Serving batches every signature of a model), or
+        None for a direct call."""
+        return self.batcher.run if self.batcher is not None else None
+
     def predict_arrays(self, servable, signature_name: str, arrays, output_filter=()):
         """Predict on numpy inputs (REST), batched when batching is on."""
-        runner = self.batcher.run if self.batcher is not None else None
-        return self._inference.predict_arrays(servable, signature_name, arrays, output_filter, runner,
+        return self._inference.predict_arrays(servable, signature_name, arrays, output_filter, self.runner,
                                               self.max_examples)
 
     def predict(self, request):
         """PredictionService.Predict."""
-        servable = self.resolve(request.model_spec)
-        runner = self.batcher.run if self.batcher is not None else None
-        return self._inference.predict(servable, request, runner, self.max_examples)
+        return self._inference.predict(self.resolve(request.model_spec), request, self.runner, self.max_examples)
 
     def classify(self, request):
         """PredictionService.Classify."""
-        return self._inference.classify(self.resolve(request.model_spec), request, self.max_examples)
+        return self._inference.classify(self.resolve(request.model_spec), request, self.max_examples, self.runner)
 
     def regress(self, request):
         """PredictionService.Regress."""
-        return self._inference.regress(self.resolve(request.model_spec), request, self.max_examples)
+        return self._inference.regress(self.resolve(request.model_spec), request, self.max_examples, self.runner)
 
     def multi_inference(self, request):
         """PredictionService.MultiInference: several classify/regress signatures of one model on
@@ -232,12 +236,12 @@ class ServingCore:
             seen.add(key)
             if task.method_name == CLASSIFY_METHOD:
                 req = classification_pb2.ClassificationRequest(model_spec=task.model_spec, input=request.input)
-                res = self._inference.classify(servable, req, self.max_examples)
+                res = self._inference.classify(servable, req, self.max_examples, self.runner)
                 out = response.results.add(model_spec=res.model_spec)
                 out.classification_result.CopyFrom(res.result)
             elif task.method_name == REGRESS_METHOD:
                 req = regression_pb2.RegressionRequest(model_spec=task.model_spec, input=request.input)
-                res = self._inference.regress(servable, req, self.max_examples)
+                res = self._inference.regress(servable, req, self.max_examples, self.runner)
                 out = response.results.add(model_spec=res.model_spec)
                 out.regression_result.CopyFrom(res.result)
             else:
@@ -416,12 +420,13 @@ class ServingServer:
         batching = o.batching_options()
         config = self._initial_config()
         self._health = health.HealthServicer(experimental_non_blocking=True)
+        if batching is not None:
+            self.batcher = Batcher(batching).start()
         self.manager = ModelManager(config, poll_wait_seconds=o.file_system_poll_wait_seconds,
                                     settle_seconds=o.version_settle_seconds,
                                     max_examples=o.limits.max_examples_per_request, on_change=self._update_health,
-                                    allow_unavailable_labels=o.allow_version_labels_for_unavailable_models)
-        if batching is not None:
-            self.batcher = Batcher(batching).start()
+                                    allow_unavailable_labels=o.allow_version_labels_for_unavailable_models,
+                                    warmup_runner=self.batcher.run if self.batcher is not None else None)
         self.core = ServingCore(self.manager, self.batcher, o.limits.max_examples_per_request,
                                 model_roots=[*o.allowed_model_roots, *_base_paths(config)])
         try:
@@ -585,7 +590,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_limit_arguments(parser)
     g = parser.add_argument_group("batching")
     g.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
-                   help="batch concurrent Predict requests")
+                   help="batch concurrent requests to a signature (all of them, as TF Serving)")
     g.add_argument("--batching-parameters-file", "--batching_parameters_file", dest="batching_parameters_file",
                    help="BatchingParameters text proto (as for tensorflow_model_server)")
     g.add_argument("--max-batch-size", type=int, help="rows per batch (default 1000, or the file's)")

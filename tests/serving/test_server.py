@@ -648,6 +648,61 @@ def test_batching_merges_concurrent_requests_and_splits_results(kit, tmp_path):
         server.stop()
 
 
+def _classify_request(kit, rows: int):
+    req = classification_pb2.ClassificationRequest()
+    req.model_spec.name = "toy"
+    req.model_spec.signature_name = "classify"
+    for i in range(rows):
+        req.input.example_list.examples.add().ParseFromString(kit.example(X[i % 3], i % 7))
+    return req
+
+
+def test_batching_applies_to_classify_regress_and_warmup_as_in_tf_serving(kit, tmp_path):
+    # TF Serving's batching session wraps every signature of the model, and the warmup requests
+    # replay through it: so Classify / Regress requests are batched and size-checked, and a
+    # warmup record whose inputs differ in their first dimension fails the version's load.
+    base = kit.store.install(str(tmp_path / "toy"), [1])
+    mixed = kit.predict_request("toy", {"x": X[:1], "k": K}, "predict")  # [1, 3] and [3]
+    kit.write_warmup(os.path.join(base, "1"), [mixed])
+    plain = kit.start_server(model_base_path=base, model_name="toy")
+    try:
+        assert plain.manager.resolve("toy").warmup_records == 1  # unbatched, [1] broadcasts
+    finally:
+        plain.stop()
+    server = kit.start_server(model_base_path=base, model_name="toy", enable_batching=True, max_batch_size=4,
+                              batch_timeout_micros=200_000, num_batch_threads=1)
+    stubs = kit.Stubs(server.grpc_port)
+    try:
+        state, _, message = _status(stubs, "toy")[1]
+        assert state == State.END and "warmup record #0" in message
+        assert "input tensors must have equal 0th-dimension size" in message
+        kit.write_warmup(kit.store.publish(base, 2, 2), [kit.predict_request("toy", {"x": X, "k": K}, "predict")])
+        kit.age(os.path.join(base, "2"))
+        server.manager.poll_once()
+        assert _status(stubs, "toy")[2] == (State.AVAILABLE, 0, "")
+
+        e = kit.rpc_error(stubs.predict.Classify, _classify_request(kit, 5))
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.details() == "Task size 5 is larger than maximum input batch size 4"
+        regress = regression_pb2.RegressionRequest()
+        regress.model_spec.name = "toy"
+        regress.model_spec.signature_name = "regress"
+        regress.input.CopyFrom(_classify_request(kit, 5).input)
+        e = kit.rpc_error(stubs.predict.Regress, regress)
+        assert e.details() == "Task size 5 is larger than maximum input batch size 4"
+
+        before = server.batch_stats()["batched_requests"]
+        futures = [stubs.predict.Classify.future(_classify_request(kit, 2), timeout=30) for _ in range(4)]
+        y = kit.expected_y([X[0], X[1]], [0, 1], 2)
+        for fut in futures:
+            got = [row.classes[1].score for row in fut.result().result.classifications]
+            np.testing.assert_allclose(got, y, rtol=1e-5)
+        assert server.batch_stats()["batched_requests"] - before == 4
+    finally:
+        stubs.close()
+        server.stop()
+
+
 def test_batching_parameters_file(tmp_path):
     path = tmp_path / "batching.config"
     path.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 2000 }\n"
