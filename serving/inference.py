@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, predict_pb2,
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2, predict_pb2,
                                      prediction_log_pb2, regression_pb2)
 
 from tirec.serving.servable import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, Servable,
@@ -238,6 +238,51 @@ def regress(servable: Servable, request: regression_pb2.RegressionRequest,
     return response
 
 
+def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceRequest,
+                    max_examples: int = 10000, runner: Runner | None = None) -> inference_pb2.MultiInferenceResponse:
+    """PredictionService.MultiInference: several classify / regress signatures of ``servable``
+    (the version every task's ModelSpec resolves to) on the same input."""
+    if not request.tasks:
+        raise invalid("MultiInferenceRequest has no tasks")
+    names = {t.model_spec.name for t in request.tasks}
+    if len(names) != 1:
+        raise invalid(f"All ModelSpecs in a MultiInferenceRequest must access the same model name; "
+                      f"received {sorted(names)}")
+    _check_one_input_tensor(servable, request.tasks)
+    seen = set()
+    response = inference_pb2.MultiInferenceResponse()
+    for task in request.tasks:
+        key = task.model_spec.signature_name or DEFAULT_SIGNATURE
+        if key in seen:
+            raise invalid(f"Duplicate evaluation of signature: {key}")
+        seen.add(key)
+        if task.method_name == CLASSIFY_METHOD:
+            req = classification_pb2.ClassificationRequest(model_spec=task.model_spec, input=request.input)
+            res = classify(servable, req, max_examples, runner)
+            response.results.add(model_spec=res.model_spec).classification_result.CopyFrom(res.result)
+        elif task.method_name == REGRESS_METHOD:
+            req = regression_pb2.RegressionRequest(model_spec=task.model_spec, input=request.input)
+            res = regress(servable, req, max_examples, runner)
+            response.results.add(model_spec=res.model_spec).regression_result.CopyFrom(res.result)
+        else:
+            raise invalid(f"Unsupported signature method_name: {task.method_name!r} (task signature "
+                          f"'{key}'); use {CLASSIFY_METHOD} or {REGRESS_METHOD}")
+    return response
+
+
+def _check_one_input_tensor(servable: Servable, tasks) -> None:
+    """TF Serving runs a MultiInference's tasks in one session run fed one tensor, so every
+    task's signature must read the same graph tensor (a tirec export's ``classify`` and
+    ``regress`` each have their own: combining them is refused there and here)."""
+    names = set()
+    for task in tasks:
+        inputs = servable.signature(task.model_spec.signature_name or DEFAULT_SIGNATURE).inputs
+        if "inputs" in inputs:
+            names.add(inputs["inputs"].name)
+    if len(names) > 1:
+        raise invalid(f"Input tensor must be the same for all Signatures. (the tasks read {sorted(names)})")
+
+
 # ---- GetModelMetadata ----------------------------------------------------------------------------
 
 def signature_def_map(servable: Servable) -> get_model_metadata_pb2.SignatureDefMap:
@@ -272,8 +317,8 @@ def run_warmup(servable: Servable, max_examples: int = 10000, runner: Runner | N
 
     Raises:
       ServingError: more than ``MAX_WARMUP_RECORDS`` records, a record that does not parse, is
-        of a type not replayed here (TF Serving also replays ``multi_inference_log``), or whose
-        request fails (the load then fails).
+        of a type TF Serving does not replay either (``session_run_log``, ``predict_streamed_log``),
+        or whose request fails (the load then fails).
     """
     path = tf.io.gfile.join(servable.path, "assets.extra", WARMUP_FILE)
     if not tf.io.gfile.exists(path):
@@ -298,9 +343,10 @@ def run_warmup(servable: Servable, max_examples: int = 10000, runner: Runner | N
                     classify(servable, entry.classify_log.request, max_examples, runner)
                 elif kind == "regress_log":
                     regress(servable, entry.regress_log.request, max_examples, runner)
+                elif kind == "multi_inference_log":
+                    multi_inference(servable, entry.multi_inference_log.request, max_examples, runner)
                 else:
-                    raise ServingError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind} (tirec "
-                                                        f"serve replays predict, classify and regress logs)")
+                    raise ServingError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind}")
             except ServingError as e:
                 raise ServingError(e.code, f"warmup record #{i} ({kind}) of {path} failed: {e.message}") from None
             count += 1

@@ -216,38 +216,12 @@ class ServingCore:
     def multi_inference(self, request):
         """PredictionService.MultiInference: several classify/regress signatures of one model on
         the same input."""
-        from tensorflow_serving.apis import (classification_pb2, inference_pb2, regression_pb2)
-        from tirec.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD, invalid
+        from tirec.serving.servable import invalid
 
         if not request.tasks:
             raise invalid("MultiInferenceRequest has no tasks")
-        names = {t.model_spec.name for t in request.tasks}
-        if len(names) != 1:
-            raise invalid(f"All ModelSpecs in a MultiInferenceRequest must access the same model name; "
-                          f"received {sorted(names)}")
         servable = self.resolve(request.tasks[0].model_spec)  # one version for every task
-        _check_one_input_tensor(servable, request.tasks)
-        seen = set()
-        response = inference_pb2.MultiInferenceResponse()
-        for task in request.tasks:
-            key = task.model_spec.signature_name or "serving_default"
-            if key in seen:
-                raise invalid(f"Duplicate evaluation of signature: {key}")
-            seen.add(key)
-            if task.method_name == CLASSIFY_METHOD:
-                req = classification_pb2.ClassificationRequest(model_spec=task.model_spec, input=request.input)
-                res = self._inference.classify(servable, req, self.max_examples, self.runner)
-                out = response.results.add(model_spec=res.model_spec)
-                out.classification_result.CopyFrom(res.result)
-            elif task.method_name == REGRESS_METHOD:
-                req = regression_pb2.RegressionRequest(model_spec=task.model_spec, input=request.input)
-                res = self._inference.regress(servable, req, self.max_examples, self.runner)
-                out = response.results.add(model_spec=res.model_spec)
-                out.regression_result.CopyFrom(res.result)
-            else:
-                raise invalid(f"Unsupported signature method_name: {task.method_name!r} (task signature "
-                              f"'{key}'); use {CLASSIFY_METHOD} or {REGRESS_METHOD}")
-        return response
+        return self._inference.multi_inference(servable, request, self.max_examples, self.runner)
 
     def metadata(self, request):
         """PredictionService.GetModelMetadata."""
@@ -520,21 +494,6 @@ class ServingServer:
                 log.error("config reload from %s failed: %s", path, e)
             except Exception:
                 log.exception("config reload from %s failed", path)
-
-
-def _check_one_input_tensor(servable, tasks) -> None:
-    """TF Serving runs a MultiInference's tasks in one session run fed one tensor, so every
-    task's signature must read the same graph tensor (a tirec export's ``classify`` and
-    ``regress`` each have their own: combining them is refused there and here)."""
-    from tirec.serving.servable import invalid
-
-    names = set()
-    for task in tasks:
-        inputs = servable.signature(task.model_spec.signature_name or "serving_default").inputs
-        if "inputs" in inputs:
-            names.add(inputs["inputs"].name)
-    if len(names) > 1:
-        raise invalid(f"Input tensor must be the same for all Signatures. (the tasks read {sorted(names)})")
 
 
 # ---- CLI -----------------------------------------------------------------------------------------

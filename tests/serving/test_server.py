@@ -597,8 +597,38 @@ def test_warmup_fails_the_load_where_tf_serving_fails_it(kit, tmp_path):
     assert inference.run_warmup(servable) == 1000
     with tf.io.TFRecordWriter(os.path.join(version, "assets.extra", "tf_serving_warmup_requests")) as w:
         w.write(prediction_log_pb2.PredictionLog(
-            multi_inference_log=prediction_log_pb2.MultiInferenceLog()).SerializeToString())
-    with pytest.raises(ServingError, match="Unsupported log_type for warmup: multi_inference_log"):
+            session_run_log=prediction_log_pb2.SessionRunLog()).SerializeToString())
+    with pytest.raises(ServingError, match="Unsupported log_type for warmup: session_run_log"):
+        inference.run_warmup(servable)
+
+
+def test_multi_inference_warmup_records_replay_as_in_tf_serving(kit, tmp_path):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tirec.serving import inference
+    from tirec.serving.servable import Servable, ServingError
+
+    base = kit.store.install(str(tmp_path / "toy"), [1])
+    version = os.path.join(base, "1")
+    servable = Servable.load("toy", 1, version)
+
+    def write(*signatures):
+        req = inference_pb2.MultiInferenceRequest()
+        for sig in signatures:
+            task = req.tasks.add(method_name=f"tensorflow/serving/{sig}")
+            task.model_spec.name = "toy"
+            task.model_spec.signature_name = sig
+        req.input.example_list.examples.add().ParseFromString(kit.example(X[0], K[0]))
+        os.makedirs(os.path.join(version, "assets.extra"), exist_ok=True)
+        with tf.io.TFRecordWriter(os.path.join(version, "assets.extra", "tf_serving_warmup_requests")) as w:
+            w.write(prediction_log_pb2.PredictionLog(
+                multi_inference_log=prediction_log_pb2.MultiInferenceLog(request=req)).SerializeToString())
+
+    write("classify")
+    calls = servable.calls
+    assert inference.run_warmup(servable) == 1 and servable.calls == calls + 1
+    write("classify", "regress")  # two input tensors: refused, as TF Serving does, so the load fails
+    with pytest.raises(ServingError, match=r"warmup record #0 \(multi_inference_log\).*Input tensor must be"):
         inference.run_warmup(servable)
 
 
