@@ -91,6 +91,8 @@ class Chunk:
     rows: np.ndarray  # 0-based data-row index within the file, per kept row
     filled: dict[str, int] = dataclasses.field(default_factory=dict)  # optional column the file
     # has (JSONL: a key of its first row) -> kept rows whose empty value became its default
+    unread: tuple[str, ...] = ()  # columns holding a value in this chunk that are not read (JSONL:
+    # also a key only later rows carry, which the file's first row cannot announce)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -463,8 +465,9 @@ def _convert(table: pa.Table, schema: TableSchema, path: str, rows: np.ndarray,
                         row=int(rows[i]), raw=_row_text(table, int(i)))
             for i in np.flatnonzero(bad)]
     counts = {k: int((m & keep).sum()) for k, m in filled.items()}
+    unread = tuple(c for c in table.column_names if not schema.reads(c) and table.column(c).null_count < n)
     chunk = Chunk(schema.name, path, {k: v[keep] for k, v in out.items()}, rows[keep],
-                  {k: n for k, n in counts.items() if n})
+                  {k: n for k, n in counts.items() if n}, unread)
     return chunk, dead
 
 

@@ -329,10 +329,11 @@ class _ReadFn(beam.DoFn):
 
     def process(self, element):
         file_idx, path = element
-        rows_in, filled = 0, {}
+        rows_in, filled, unread = 0, {}, set()
         for chunk, dead in read_chunks(path, self.schema, self.chunk_rows):
             rows_in += len(chunk) + len(dead)
             _merge_into(filled, {f"{self.schema.name}/{col}": n for col, n in chunk.filled.items()})
+            unread.update(chunk.unread)
             for d in dead:
                 yield "dead", d
             if not len(chunk):
@@ -361,7 +362,8 @@ class _ReadFn(beam.DoFn):
             for user, block in _split_by_user(cols):
                 yield "blocks", (user, (self.tag, block))
         _count(f"{self.schema.name}_rows_in", rows_in)
-        yield "stats", {"rows_in": {self.schema.name: rows_in}, "filled_default": filled}
+        yield "stats", {"rows_in": {self.schema.name: rows_in}, "filled_default": filled,
+                        "unread_columns": {self.schema.name: sorted(unread)}}
 
 
 class _LabelFn(beam.DoFn):
@@ -915,8 +917,22 @@ def _input_columns(bs: dict, prep: Prepared) -> dict:
     for table, n in repeated.items():
         if n:
             log.warning("%s: %d rows equal to another row of their user, kept (two events)", table, n)
-    return {"filled_default": dict(sorted(filled.items())), "ignored": prep.ignored,
+    return {"filled_default": dict(sorted(filled.items())), "ignored": _ignored_columns(bs, prep),
             "repeated_rows": repeated}
+
+
+def _ignored_columns(bs: dict, prep: Prepared) -> dict[str, list[str]]:
+    """By table, the columns not read: the launcher's (from each file's header or first JSONL
+    row, warned about there) and those the readers met in the data (JSONL keys that only later
+    rows carry, warned about here)."""
+    met = bs.get("unread_columns", {})
+    tables = {*prep.ignored, *(t for t, cols in met.items() if cols)}
+    ignored = {t: sorted({*prep.ignored.get(t, ()), *met.get(t, ())}) for t in sorted(tables)}
+    for table, cols in ignored.items():
+        late = sorted(set(cols) - set(prep.ignored.get(table, ())))
+        if late:
+            log.warning("%s: columns %s (keys only later JSONL rows carry) are not read", table, late)
+    return ignored
 
 
 def _dead_counts(bs: dict, prep: Prepared) -> dict:

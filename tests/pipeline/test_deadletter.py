@@ -117,8 +117,8 @@ def test_a_row_written_twice_is_dead_lettered_naming_the_row_kept(bad_run):
 
 @pytest.fixture(scope="module")
 def jsonl_run(tmp_path_factory):
-    """A JSONL log whose impressions carry an unread column, an empty context value and, in a
-    later row, a context key the file's first row lacks."""
+    """A JSONL log whose impressions carry an unread column, an empty context value and, in
+    later rows, a context key the file's first row lacks and an unread key it lacks."""
     base = tmp_path_factory.mktemp("jsonl")
     raw, out = base / "raw", str(base / "out")
     synthetic.generate(synthetic.GeneratorConfig(users=25, seed=11, format="jsonl"), str(raw))
@@ -128,6 +128,7 @@ def jsonl_run(tmp_path_factory):
     rows = [{**r, "device": 3} for r in rows]
     rows[1]["ctx_scene"] = None
     rows[2]["ctx_device"] = 4
+    rows[3]["browser"] = "firefox"  # not read: the row is kept, the key listed as ignored
     with open(imp_file, "w") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in rows))
     stats = job.run(PipelineConfig(input=str(raw), format="generic", out=out))
@@ -148,5 +149,5 @@ def test_jsonl_row_with_a_key_the_first_row_lacks_is_dead_lettered(jsonl_run):
 def test_empty_optional_values_and_unread_columns_are_counted(jsonl_run):
     stats, _, _ = jsonl_run
     assert stats["input_columns"]["filled_default"] == {"impressions/ctx_scene": 1}
-    assert stats["input_columns"]["ignored"] == {"impressions": ["device"], "behaviours": []}
+    assert stats["input_columns"]["ignored"] == {"behaviours": [], "impressions": ["browser", "device"]}
     assert stats["input_columns"]["repeated_rows"] == {"behaviours": 0}
