@@ -5,7 +5,6 @@ the statistics check fails a drifted span with its reason."""
 import dataclasses
 import glob
 import os
-import shutil
 import sqlite3
 
 import numpy as np
@@ -16,22 +15,11 @@ from tirec import cli
 from tirec.features.jsonio import read_json
 from tirec.orchestration import components as C
 from tirec.orchestration import runner
-from tirec.orchestration.config import ValidationConfig, load_runner_config
+from tirec.orchestration.config import ValidationConfig
 from tirec.orchestration.report import write_report
 from tirec.orchestration.statistics import validate
 
-TINY = ["run.model=din", "model.din.sim_feature=true", "model.emb_dim=4", "model.tower=[16]",
-        "model.din_hidden=[8]", "train.batch_size=256", "train.shuffle_buffer=2000", "train.epochs=3",
-        "train.learning_rate=0.1", "pipeline.max_seq_len=10", "blessing.min_auc=0.55"]
-USERS = 60
-
-
-def _cfg(*extra):
-    return load_runner_config(None, TINY + list(extra), users=USERS)
-
-
-def _statuses(result):
-    return {e["component"]: e["status"] for e in result.executions}
+from run_helpers import TINY, USERS, cfg, statuses  # tests/orchestration/run_helpers.py
 
 
 def _shuffle_labels(examples: str, seed: int = 0) -> None:
@@ -57,15 +45,15 @@ def _shuffled_feature_gen(ctx, inputs, outputs):
 
 
 def _component(name, run):
-    base = next(c for c in C.components(_cfg()) if c.name == name)
+    base = next(c for c in C.components(cfg()) if c.name == name)
     return dataclasses.replace(base, run=run)
 
 
 def test_dag_caches_blesses_pushes_and_refuses_a_worse_span(tmp_path, capsys):
     w = str(tmp_path / "w")
-    first = runner.run(w, _cfg())
+    first = runner.run(w, cfg())
     assert first.status == "succeeded" and first.span == 8
-    assert set(_statuses(first).values()) == {"succeeded"}
+    assert set(statuses(first).values()) == {"succeeded"}
     record = first.record
     assert record["blessing"]["blessed"] and record["pushed"]["version"] == 1
     assert os.path.exists(os.path.join(w, "serving", "din", "1", "saved_model.pb"))
@@ -92,10 +80,10 @@ def test_dag_caches_blesses_pushes_and_refuses_a_worse_span(tmp_path, capsys):
     assert again.record["pushed"] is None and again.record["already_serving"]["version"] == 1
     assert sorted(os.listdir(os.path.join(w, "serving", "din"))) == ["1"]
 
-    worse = runner.run(w, _cfg("run.warm_start=false", "blessing.slices=[]"), span=9,
+    worse = runner.run(w, cfg("run.warm_start=false", "blessing.slices=[]"), span=9,
                        overrides={"FeatureGen": _component("FeatureGen", _shuffled_feature_gen)})
     record = worse.record
-    assert worse.status == "succeeded" and _statuses(worse)["LogGen"] == "cached"
+    assert worse.status == "succeeded" and statuses(worse)["LogGen"] == "cached"
     assert not record["blessing"]["blessed"] and record["pushed"] is None
     assert "not blessed" in record["refused_push"] and "FAIL: " in record["refused_push"]
     assert sorted(os.listdir(os.path.join(w, "serving", "din"))) == ["1"]  # serving keeps version 1
@@ -117,134 +105,34 @@ def test_dag_caches_blesses_pushes_and_refuses_a_worse_span(tmp_path, capsys):
     assert "Trainer=cached" in table and "Pusher=succeeded" in table
 
 
-LENIENT = ["blessing.max_auc_drop=1", "blessing.max_gauc_drop=1", "blessing.max_slice_auc_drop=1"]
-
-
-def _evaluation(result):
-    return read_json(os.path.join(_outputs(result, "Evaluator")["evaluation"], "evaluation.json"))
-
-
-def _outputs(result, name):
-    return next(e for e in result.executions if e["component"] == name)["outputs"]
-
-
-def test_the_model_serving_now_is_the_baseline_and_the_warm_start(tmp_path):
-    w = str(tmp_path / "w")
-    serving = os.path.join(w, "serving", "din")
-    assert runner.run(w, _cfg(*LENIENT)).record["pushed"]["version"] == 1
-    span9 = runner.run(w, _cfg(*LENIENT), span=9)
-    m9 = _outputs(span9, "Trainer")["model"]
-    assert span9.record["pushed"]["version"] == 2
-    shutil.rmtree(os.path.join(serving, "1"))  # the old version pruned
-
-    # Span 8 again (a backfill): judged against span 9's model, which serves; not pushed over
-    # it (a model of older data); its Trainer cached (warm starts come from earlier spans only)
-    backfill = runner.run(w, _cfg(*LENIENT))
-    assert _statuses(backfill)["Trainer"] == "cached" and _statuses(backfill)["Evaluator"] == "succeeded"
-    assert _evaluation(backfill)["baseline"]["uri"] == m9
-    assert backfill.record["pushed"] is None and "older than span 9" in backfill.record["refused_push"]
-    # span 9 again with version 1 pruned: it still starts from span 8's model, so it is reused
-    again = runner.run(w, _cfg(*LENIENT), span=9)
-    assert _statuses(again)["Trainer"] == "cached" and again.record["already_serving"]["version"] == 2
-    assert sorted(os.listdir(serving)) == ["2"]
-
-
-def test_a_retried_step_does_not_push_again_and_a_forced_retrain_reruns_what_follows(tmp_path):
-    w = str(tmp_path / "w")
-    serving = os.path.join(w, "serving", "din")
-    first = runner.run(w, _cfg())
-    m8 = _outputs(first, "Trainer")["model"]
-    assert first.record["pushed"]["version"] == 1
-    for _ in range(2):  # a container step retried: reused, not pushed again
-        step = runner.run(w, _cfg(), start="Pusher", stop="Pusher")
-        assert _statuses(step)["Pusher"] == "cached" and step.record["already_serving"]["version"] == 1
-    forced = runner.run(w, _cfg(), start="Pusher", stop="Pusher", force=True)
-    assert _statuses(forced)["Pusher"] == "succeeded" and forced.record["pushed"] is None
-    assert forced.record["already_serving"] == {"version": 1, "path": os.path.join(serving, "1")}
-    assert sorted(os.listdir(serving)) == ["1"]
-
-    retrained = runner.run(w, _cfg(), start="Trainer", stop="Trainer", force=True)
-    m8b = _outputs(retrained, "Trainer")["model"]
-    assert m8b != m8
-    after = runner.run(w, _cfg())  # the new model is evaluated (against the one serving) before a push
-    assert _statuses(after)["Trainer"] == "cached"
-    assert _statuses(after)["Evaluator"] == "succeeded" and _statuses(after)["Pusher"] == "succeeded"
-    assert _evaluation(after)["candidate"]["uri"] == m8b and _evaluation(after)["baseline"]["uri"] == m8
-
-
-# an error message after two trainings (46 s); `make test-slow`
-@pytest.mark.slow
-def test_a_served_model_that_cannot_warm_start_names_run_warm_start(tmp_path):
-    w = str(tmp_path / "w")
-    assert runner.run(w, _cfg()).record["pushed"]["version"] == 1
-    other = runner.run(w, _cfg("model.tower=[8]"), span=9, stop="Trainer")  # another architecture
-    error = other.executions[-1]["error"]
-    assert other.status == "failed" and error.startswith("ComponentFailed: Trainer: run.warm_start: the model")
-    assert "set run.warm_start=false to train from scratch" in error and "train.warm_start" not in error
-
-
-def test_a_served_model_whose_folder_is_gone_fails_naming_it(tmp_path):
-    w = str(tmp_path / "w")
-    r = runner.Runner(w, _cfg())
-    try:
-        model = r.store.add_artifact("Model", "model", str(tmp_path / "gone"), "fp8", 8, 0)
-        version = os.path.join(w, "serving", "din", "1")
-        os.makedirs(version)
-        r.store.add_push(model, 1, version, 1)
-        evaluator = next(c for c in r.dag if c.name == "Evaluator")
-        candidate = {"model": runner.A.Artifact("Model", str(tmp_path / "m9"), "fp9", 9, 0)}
-        with pytest.raises(FileNotFoundError, match=rf"baseline: the model serving as {version} was trained in "
-                                                    rf"{tmp_path}/gone, which is gone.*restore that folder, "
-                                                    rf"or remove {version}"):
-            r._resolve(evaluator, 9, candidate)
-        trainer = next(c for c in r.dag if c.name == "Trainer")
-        with pytest.raises(FileNotFoundError, match=r"warm_start: .* or set run.warm_start=false"):
-            r._resolve(trainer, 9, candidate)
-    finally:
-        r.close()
-
-
-def test_the_pusher_refuses_a_blessing_judged_against_another_model():
-    blessed = {"blessed": True, "reasons": ["ok: AUC"], "baseline": {"uri": "/w/m8"}}
-    serving = {"model": "/w/m9", "path": "/w/serving/din/2", "version": 2, "span": 9}
-    assert C._refusal(blessed, serving, 9) == ("blessed against /w/m8, but /w/serving/din/2 serves now; "
-                                               "rerun with --from Evaluator --force")
-    assert C._refusal(blessed, dict(serving, model="/w/m8"), 9) == ""
-    assert "no model (the first model floor)" in C._refusal(dict(blessed, baseline=None), serving, 10)
-    assert C._refusal(dict(blessed, baseline=None), None, 8) == ""
-    # a backfill (an older span than the model serving) does not replace it
-    assert "trained on span 8, older than span 9" in C._refusal(dict(blessed, baseline={"uri": "/w/m9"}),
-                                                                serving, 8)
-
-
 def test_a_failure_stops_the_run_and_a_rerun_resumes(tmp_path):
     w = str(tmp_path / "w")
 
     def broken(ctx, inputs, outputs):
         raise RuntimeError("disk full")
 
-    failed = runner.run(w, _cfg(), stop="StatisticsGen", overrides={"FeatureGen": _component("FeatureGen", broken)})
+    failed = runner.run(w, cfg(), stop="StatisticsGen", overrides={"FeatureGen": _component("FeatureGen", broken)})
     assert failed.status == "failed"
-    assert _statuses(failed) == {"LogGen": "succeeded", "FeatureGen": "failed", "StatisticsGen": "skipped"}
+    assert statuses(failed) == {"LogGen": "succeeded", "FeatureGen": "failed", "StatisticsGen": "skipped"}
     assert "RuntimeError: disk full" in failed.executions[1]["error"]
     assert "not run: FeatureGen failed" in failed.executions[2]["error"]
-    resumed = runner.run(w, _cfg(), stop="StatisticsGen")
-    assert _statuses(resumed) == {"LogGen": "cached", "FeatureGen": "succeeded", "StatisticsGen": "succeeded"}
+    resumed = runner.run(w, cfg(), stop="StatisticsGen")
+    assert statuses(resumed) == {"LogGen": "cached", "FeatureGen": "succeeded", "StatisticsGen": "succeeded"}
     with pytest.raises(ValueError, match="--from: LogGen has no cached output"):
-        runner.run(str(tmp_path / "other"), _cfg(), start="FeatureGen", stop="FeatureGen")
-    step = runner.run(w, _cfg(), start="StatisticsGen", stop="StatisticsGen")  # a step retried: reused
-    assert _statuses(step) == {"LogGen": "cached", "FeatureGen": "cached", "StatisticsGen": "cached"}
-    forced = runner.run(w, _cfg(), start="StatisticsGen", stop="StatisticsGen", force=True)
-    assert _statuses(forced) == {"LogGen": "cached", "FeatureGen": "cached", "StatisticsGen": "succeeded"}
+        runner.run(str(tmp_path / "other"), cfg(), start="FeatureGen", stop="FeatureGen")
+    step = runner.run(w, cfg(), start="StatisticsGen", stop="StatisticsGen")  # a step retried: reused
+    assert statuses(step) == {"LogGen": "cached", "FeatureGen": "cached", "StatisticsGen": "cached"}
+    forced = runner.run(w, cfg(), start="StatisticsGen", stop="StatisticsGen", force=True)
+    assert statuses(forced) == {"LogGen": "cached", "FeatureGen": "cached", "StatisticsGen": "succeeded"}
 
 
 def test_the_drift_check_fails_a_span_with_its_reason(tmp_path):
     w = str(tmp_path / "w")
-    assert runner.run(w, _cfg(), stop="StatisticsGen").status == "succeeded"
+    assert runner.run(w, cfg(), stop="StatisticsGen").status == "succeeded"
     strict = ["validation.label_rate_warning=0", "validation.label_rate_error=0.000001"]
-    drifted = runner.run(w, _cfg(*strict), span=9, stop="Trainer")
+    drifted = runner.run(w, cfg(*strict), span=9, stop="Trainer")
     assert drifted.status == "failed"
-    assert _statuses(drifted)["Trainer"] == "skipped"
+    assert statuses(drifted)["Trainer"] == "skipped"
     error = drifted.executions[2]["error"]
     assert "ComponentFailed" in error and "label_rate" in error and "span 9 vs span 8" in error
     anomalies = read_json(os.path.join(drifted.executions[2]["outputs"]["statistics"], "anomalies.json"))
