@@ -22,7 +22,8 @@ COPY pipeline ./pipeline
 COPY models ./models
 COPY serving ./serving
 COPY orchestration ./orchestration
-RUN pip install --no-cache-dir . && tirec --help > /dev/null
+RUN pip install --no-cache-dir . && tirec --help > /dev/null \
+    && python -c "import tirec.models.registry as r, tirec.serving.export; r.model_names()"
 
 WORKDIR /work
 ENTRYPOINT ["tirec"]

@@ -923,15 +923,15 @@ def _input_columns(bs: dict, prep: Prepared) -> dict:
 
 def _ignored_columns(bs: dict, prep: Prepared) -> dict[str, list[str]]:
     """By table, the columns not read: the launcher's (from each file's header or first JSONL
-    row, warned about there) and those the readers met in the data (JSONL keys that only later
-    rows carry, warned about here)."""
+    row, for the formats that list them) and those the readers met in the data (in JSONL also
+    keys that only later rows carry); the latter are warned about here."""
     met = bs.get("unread_columns", {})
     tables = {*prep.ignored, *(t for t, cols in met.items() if cols)}
     ignored = {t: sorted({*prep.ignored.get(t, ()), *met.get(t, ())}) for t in sorted(tables)}
     for table, cols in ignored.items():
         late = sorted(set(cols) - set(prep.ignored.get(table, ())))
         if late:
-            log.warning("%s: columns %s (keys only later JSONL rows carry) are not read", table, late)
+            log.warning("%s: columns %s are in the data but not read (see pipeline/SCHEMA.md)", table, late)
     return ignored
 
 

@@ -1,4 +1,6 @@
-"""Server-side batching of concurrent Predict requests, like TF Serving's ``--enable_batching``.
+"""Server-side batching of concurrent requests, like TF Serving's ``--enable_batching``: Predict,
+Classify, Regress, a one-task MultiInference and the warmup records (the calls that fetch exactly
+one signature's outputs, which TF Serving's batching session batches; other calls run directly).
 
 Requests to the same (model version, signature, input names, dtypes and per-row shapes) wait in
 one queue. A batch takes up to ``max_batch_size`` rows from a queue once it holds that many or

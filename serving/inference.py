@@ -1,4 +1,5 @@
-"""Predict, Classify, Regress and GetModelMetadata on one :class:`~tirec.serving.servable.Servable`.
+"""Predict, Classify, Regress, MultiInference and GetModelMetadata on one
+:class:`~tirec.serving.servable.Servable`, and the replay of its warmup records.
 
 These functions take and return the official ``tensorflow_serving.apis`` protos, follow TF
 Serving's rules (Classify/Regress dispatch on the signature's ``method_name``; Classify and
@@ -60,7 +61,7 @@ def check_output_filter(signature_name: str, sig, output_filter: Sequence[str]) 
 
 
 def predict_arrays(servable: Servable, signature_name: str, arrays: Mapping[str, np.ndarray],
-                   output_filter: Sequence[str] = (), runner: Runner | None = None,
+                   output_filter: Sequence[str] = (), *, runner: Runner | None = None,
                    max_examples: int = 10000) -> dict[str, np.ndarray]:
     """Runs a Predict on numpy inputs (already of the signature's dtypes).
 
@@ -69,7 +70,8 @@ def predict_arrays(servable: Servable, signature_name: str, arrays: Mapping[str,
       signature_name: signature key; empty means ``serving_default``.
       arrays: input alias -> array.
       output_filter: output aliases to return (all when empty).
-      runner: how to run the signature (the batcher, or a direct call by default).
+      runner: how to run the signature (the batcher, or a direct call by default); a call
+        fetching only some outputs runs directly, as in TF Serving.
       max_examples: the largest batch dimension accepted per input.
 
     Returns:
@@ -90,7 +92,11 @@ def predict_arrays(servable: Servable, signature_name: str, arrays: Mapping[str,
 
 def _run_checked(servable: Servable, key: str, arrays: Mapping[str, np.ndarray], wanted: list[str],
                  runner: Runner | None) -> dict[str, np.ndarray]:
-    """Runs signature ``key`` on inputs already checked against it; returns the ``wanted`` outputs."""
+    """Runs signature ``key`` on inputs already checked against it; returns the ``wanted`` outputs.
+    TF Serving's batching session batches a run that fetches exactly one signature's outputs; a
+    run fetching fewer (a Predict ``output_filter``) bypasses its batcher, so it runs directly."""
+    if set(wanted) != set(servable.signature(key).outputs):
+        runner = None
     outputs = (runner or _direct)(servable, key, arrays)
     missing = [k for k in wanted if k not in outputs]
     if missing:
@@ -99,14 +105,15 @@ def _run_checked(servable: Servable, key: str, arrays: Mapping[str, np.ndarray],
     return {k: outputs[k] for k in wanted}
 
 
-def predict(servable: Servable, request: predict_pb2.PredictRequest, runner: Runner | None = None,
+def predict(servable: Servable, request: predict_pb2.PredictRequest, *, runner: Runner | None = None,
             max_examples: int = 10000) -> predict_pb2.PredictResponse:
     """PredictionService.Predict on one servable.
 
     Args:
       servable: the resolved model version.
       request: the PredictRequest (its model_spec is already resolved to ``servable``).
-      runner: how to run the signature (the batcher, or a direct call by default).
+      runner: how to run the signature (the batcher, or a direct call by default); a call
+        fetching only some outputs runs directly, as in TF Serving.
       max_examples: the largest batch dimension accepted per input.
     """
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -172,7 +179,8 @@ def _run_examples(servable, key, input_key, inp, max_examples, runner) -> tuple[
 
 
 def classify(servable: Servable, request: classification_pb2.ClassificationRequest,
-             max_examples: int = 10000, runner: Runner | None = None) -> classification_pb2.ClassificationResponse:
+             *, max_examples: int = 10000, runner: Runner | None = None
+             ) -> classification_pb2.ClassificationResponse:
     """PredictionService.Classify: a ``tensorflow/serving/classify`` signature on tf.Examples.
 
     The signature's ``scores`` output must be ``[batch, classes]`` floats and its optional
@@ -212,7 +220,7 @@ def classify(servable: Servable, request: classification_pb2.ClassificationReque
 
 
 def regress(servable: Servable, request: regression_pb2.RegressionRequest,
-            max_examples: int = 10000, runner: Runner | None = None) -> regression_pb2.RegressionResponse:
+            *, max_examples: int = 10000, runner: Runner | None = None) -> regression_pb2.RegressionResponse:
     """PredictionService.Regress: a ``tensorflow/serving/regress`` signature on tf.Examples.
 
     The signature's ``outputs`` output must be floats of shape ``[batch]`` or ``[batch, 1]``.
@@ -238,17 +246,23 @@ def regress(servable: Servable, request: regression_pb2.RegressionRequest,
     return response
 
 
-def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceRequest,
-                    max_examples: int = 10000, runner: Runner | None = None) -> inference_pb2.MultiInferenceResponse:
+def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceRequest, *,
+                    max_examples: int = 10000, runner: Runner | None = None
+                    ) -> inference_pb2.MultiInferenceResponse:
     """PredictionService.MultiInference: several classify / regress signatures of ``servable``
-    (the version every task's ModelSpec resolves to) on the same input."""
+    (the version every task's ModelSpec resolves to) on the same input. TF Serving runs the
+    tasks as one session run fetching all their outputs, which its batching session batches only
+    when there is one task: so ``runner`` is used for a single task, and the rest run directly."""
     if not request.tasks:
         raise invalid("MultiInferenceRequest has no tasks")
+    if any(not t.model_spec.name for t in request.tasks):
+        raise invalid("Found ModelSpec with an empty model name.")
     names = {t.model_spec.name for t in request.tasks}
     if len(names) != 1:
         raise invalid(f"All ModelSpecs in a MultiInferenceRequest must access the same model name; "
                       f"received {sorted(names)}")
     _check_one_input_tensor(servable, request.tasks)
+    runner = runner if len(request.tasks) == 1 else None
     seen = set()
     response = inference_pb2.MultiInferenceResponse()
     for task in request.tasks:
@@ -258,15 +272,15 @@ def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceReq
         seen.add(key)
         if task.method_name == CLASSIFY_METHOD:
             req = classification_pb2.ClassificationRequest(model_spec=task.model_spec, input=request.input)
-            res = classify(servable, req, max_examples, runner)
+            res = classify(servable, req, max_examples=max_examples, runner=runner)
             response.results.add(model_spec=res.model_spec).classification_result.CopyFrom(res.result)
         elif task.method_name == REGRESS_METHOD:
             req = regression_pb2.RegressionRequest(model_spec=task.model_spec, input=request.input)
-            res = regress(servable, req, max_examples, runner)
+            res = regress(servable, req, max_examples=max_examples, runner=runner)
             response.results.add(model_spec=res.model_spec).regression_result.CopyFrom(res.result)
         else:
-            raise invalid(f"Unsupported signature method_name: {task.method_name!r} (task signature "
-                          f"'{key}'); use {CLASSIFY_METHOD} or {REGRESS_METHOD}")
+            raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {task.method_name!r} (task "
+                                                f"signature '{key}'); use {CLASSIFY_METHOD} or {REGRESS_METHOD}")
     return response
 
 
@@ -316,9 +330,10 @@ def run_warmup(servable: Servable, max_examples: int = 10000, runner: Runner | N
     TF Serving replays them through its batching session). Returns the number of records replayed.
 
     Raises:
-      ServingError: more than ``MAX_WARMUP_RECORDS`` records, a record that does not parse, is
-        of a type TF Serving does not replay either (``session_run_log``, ``predict_streamed_log``),
-        or whose request fails (the load then fails).
+      ServingError: more than ``MAX_WARMUP_RECORDS`` records, a record that does not parse, a
+        ``session_run_log`` (refused by TF Serving too), or a record whose request fails (the
+        load then fails). Other record types (``predict_streamed_log``, none set) are skipped
+        with a warning, as TF Serving skips them.
     """
     path = tf.io.gfile.join(servable.path, "assets.extra", WARMUP_FILE)
     if not tf.io.gfile.exists(path):
@@ -337,20 +352,29 @@ def run_warmup(servable: Servable, max_examples: int = 10000, runner: Runner | N
                                                        f"PredictionLog: {e}") from None
             kind = entry.WhichOneof("log_type")
             try:
-                if kind == "predict_log":
-                    predict(servable, entry.predict_log.request, runner, max_examples)
-                elif kind == "classify_log":
-                    classify(servable, entry.classify_log.request, max_examples, runner)
-                elif kind == "regress_log":
-                    regress(servable, entry.regress_log.request, max_examples, runner)
-                elif kind == "multi_inference_log":
-                    multi_inference(servable, entry.multi_inference_log.request, max_examples, runner)
-                else:
-                    raise ServingError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind}")
+                count += _replay(servable, entry, kind, max_examples, runner)
             except ServingError as e:
                 raise ServingError(e.code, f"warmup record #{i} ({kind}) of {path} failed: {e.message}") from None
-            count += 1
     except tf.errors.OpError as e:
         raise ServingError.from_tf(e, f"reading warmup file {path}: ") from None
     servable.warmup_records = count
     return count
+
+
+def _replay(servable: Servable, entry, kind: str | None, max_examples: int, runner: Runner | None) -> bool:
+    """Runs one warmup record's request; False for a type TF Serving skips."""
+    if kind == "predict_log":
+        predict(servable, entry.predict_log.request, runner=runner, max_examples=max_examples)
+    elif kind == "classify_log":
+        classify(servable, entry.classify_log.request, max_examples=max_examples, runner=runner)
+    elif kind == "regress_log":
+        regress(servable, entry.regress_log.request, max_examples=max_examples, runner=runner)
+    elif kind == "multi_inference_log":
+        multi_inference(servable, entry.multi_inference_log.request, max_examples=max_examples, runner=runner)
+    elif kind == "session_run_log":
+        raise ServingError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind}")
+    else:
+        log.warning("%s version %d: warmup record of type %s skipped (as TF Serving skips it)",
+                    servable.name, servable.version, kind)
+        return False
+    return True

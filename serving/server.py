@@ -198,20 +198,23 @@ class ServingCore:
 
     def predict_arrays(self, servable, signature_name: str, arrays, output_filter=()):
         """Predict on numpy inputs (REST), batched when batching is on."""
-        return self._inference.predict_arrays(servable, signature_name, arrays, output_filter, self.runner,
-                                              self.max_examples)
+        return self._inference.predict_arrays(servable, signature_name, arrays, output_filter, runner=self.runner,
+                                              max_examples=self.max_examples)
 
     def predict(self, request):
         """PredictionService.Predict."""
-        return self._inference.predict(self.resolve(request.model_spec), request, self.runner, self.max_examples)
+        return self._inference.predict(self.resolve(request.model_spec), request, runner=self.runner,
+                                       max_examples=self.max_examples)
 
     def classify(self, request):
         """PredictionService.Classify."""
-        return self._inference.classify(self.resolve(request.model_spec), request, self.max_examples, self.runner)
+        return self._inference.classify(self.resolve(request.model_spec), request, max_examples=self.max_examples,
+                                   runner=self.runner)
 
     def regress(self, request):
         """PredictionService.Regress."""
-        return self._inference.regress(self.resolve(request.model_spec), request, self.max_examples, self.runner)
+        return self._inference.regress(self.resolve(request.model_spec), request, max_examples=self.max_examples,
+                                   runner=self.runner)
 
     def multi_inference(self, request):
         """PredictionService.MultiInference: several classify/regress signatures of one model on
@@ -221,7 +224,7 @@ class ServingCore:
         if not request.tasks:
             raise invalid("MultiInferenceRequest has no tasks")
         servable = self.resolve(request.tasks[0].model_spec)  # one version for every task
-        return self._inference.multi_inference(servable, request, self.max_examples, self.runner)
+        return self._inference.multi_inference(servable, request, max_examples=self.max_examples, runner=self.runner)
 
     def metadata(self, request):
         """PredictionService.GetModelMetadata."""
@@ -438,7 +441,7 @@ class ServingServer:
 
     def stop(self, grace: float = 5.0) -> None:
         """Stops serving: health NOT_SERVING, REST and gRPC closed (in-flight gRPC calls get
-        ``grace`` seconds), batch threads and polling stopped, models unloaded."""
+        ``grace`` seconds), polling stopped, models unloaded, batch threads stopped."""
         self._stop.set()
         if self._health is not None:
             self._health.enter_graceful_shutdown()
@@ -448,13 +451,13 @@ class ServingServer:
         if self._grpc is not None:
             self._grpc.stop(grace).wait()
             self._grpc = None
-        if self.batcher is not None:
-            self.batcher.stop()
         if self._config_thread is not None:
             self._config_thread.join()
             self._config_thread = None
         if self.manager is not None:
-            self.manager.stop()
+            self.manager.stop()  # first: a version loading now replays its warmup through the batcher
+        if self.batcher is not None:
+            self.batcher.stop()
 
     def batch_stats(self) -> dict:
         """Batcher counters (see :meth:`~tirec.serving.batching.Batcher.stats`); empty without batching."""

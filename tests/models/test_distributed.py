@@ -187,8 +187,9 @@ STAGES_SCRIPT = BATCH_PREAMBLE + textwrap.dedent("""
 def test_mirrored_stage_switch_without_compile_moves_exactly_the_stage_variables(tiny_data):
     """DAIAN compiled once and fitted one step per stage (1 -> 2 -> 3) with MirroredStrategy over
     2 logical CPUs (traced) and on one device (eager): each stage moves exactly its variable
-    groups (1: the UIM, 2: the rest, 3: all), and after every stage the mirrored weights equal
-    the single-device ones (same initial weights, Adagrad, model.l2 on, a 64 + 63 row batch)."""
+    groups (1: the UIM, 2: the rest, 3: all), and after every stage the mirrored weights agree with
+    the single-device ones to 1 % of how far they moved (same initial weights, Adagrad, model.l2
+    on, a 64 + 63 row batch)."""
     sets = [a for a in SMALL if a != "--set"] + ["model.l2=0.01", "model.daian.sim_bins=5"]
     res = subprocess.run([sys.executable, "-c", STAGES_SCRIPT, tiny_data, "127"] + sets,
                          env=_env(), capture_output=True, text=True, timeout=600)

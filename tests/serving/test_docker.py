@@ -103,7 +103,7 @@ def test_copy_sources_exist_in_the_build_context(dockerfile):
 def test_python_images_copy_every_installed_package_folder(name):
     tree = ast.parse((ROOT / "setup.py").read_text())
     (packages,) = [ast.literal_eval(node.value) for node in ast.walk(tree)
-                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_PACKAGES"]
+                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_FOLDERS"]
     copied = {s.rstrip("/") for sources, _ in _copies(DOCKER / name) for s in sources}
     assert set(packages.values()) | {"setup.py", "README.md"} <= copied
 

@@ -163,6 +163,8 @@ def test_multi_inference_needs_one_input_tensor_as_in_tf_serving(kit, served):
     assert "Input tensor must be the same for all Signatures" in e.details() and "regress_inputs" in e.details()
     e = kit.rpc_error(stubs.predict.MultiInference, request(("classify", "classify"), ("classify", "classify")))
     assert "Duplicate evaluation of signature: classify" in e.details()
+    e = kit.rpc_error(stubs.predict.MultiInference, request(("serving_default", "predict")))
+    assert e.code() == grpc.StatusCode.UNIMPLEMENTED and "Unsupported signature method_name" in e.details()
 
 
 def test_get_model_metadata_returns_the_saved_model_signature_defs(served):
@@ -600,6 +602,15 @@ def test_warmup_fails_the_load_where_tf_serving_fails_it(kit, tmp_path):
             session_run_log=prediction_log_pb2.SessionRunLog()).SerializeToString())
     with pytest.raises(ServingError, match="Unsupported log_type for warmup: session_run_log"):
         inference.run_warmup(servable)
+    # TF Serving skips the other types (a streamed predict, none set) without failing the load
+    with tf.io.TFRecordWriter(os.path.join(version, "assets.extra", "tf_serving_warmup_requests")) as w:
+        w.write(prediction_log_pb2.PredictionLog(
+            predict_streamed_log=prediction_log_pb2.PredictStreamedLog()).SerializeToString())
+        w.write(prediction_log_pb2.PredictionLog().SerializeToString())
+        w.write(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
+            request=one)).SerializeToString())
+    calls = servable.calls
+    assert inference.run_warmup(servable) == 1 and servable.calls == calls + 1
 
 
 def test_multi_inference_warmup_records_replay_as_in_tf_serving(kit, tmp_path):
@@ -612,11 +623,11 @@ def test_multi_inference_warmup_records_replay_as_in_tf_serving(kit, tmp_path):
     version = os.path.join(base, "1")
     servable = Servable.load("toy", 1, version)
 
-    def write(*signatures):
+    def write(*signatures, name="toy"):
         req = inference_pb2.MultiInferenceRequest()
         for sig in signatures:
             task = req.tasks.add(method_name=f"tensorflow/serving/{sig}")
-            task.model_spec.name = "toy"
+            task.model_spec.name = name
             task.model_spec.signature_name = sig
         req.input.example_list.examples.add().ParseFromString(kit.example(X[0], K[0]))
         os.makedirs(os.path.join(version, "assets.extra"), exist_ok=True)
@@ -629,6 +640,9 @@ def test_multi_inference_warmup_records_replay_as_in_tf_serving(kit, tmp_path):
     assert inference.run_warmup(servable) == 1 and servable.calls == calls + 1
     write("classify", "regress")  # two input tensors: refused, as TF Serving does, so the load fails
     with pytest.raises(ServingError, match=r"warmup record #0 \(multi_inference_log\).*Input tensor must be"):
+        inference.run_warmup(servable)
+    write("classify", name="")  # TF Serving refuses a task without a model name
+    with pytest.raises(ServingError, match="Found ModelSpec with an empty model name"):
         inference.run_warmup(servable)
 
 
@@ -721,13 +735,41 @@ def test_batching_applies_to_classify_regress_and_warmup_as_in_tf_serving(kit, t
         e = kit.rpc_error(stubs.predict.Regress, regress)
         assert e.details() == "Task size 5 is larger than maximum input batch size 4"
 
-        before = server.batch_stats()["batched_requests"]
+        one_task = inference_pb2.MultiInferenceRequest(input=_classify_request(kit, 5).input)
+        task = one_task.tasks.add(method_name="tensorflow/serving/classify")
+        task.model_spec.name, task.model_spec.signature_name = "toy", "classify"
+        e = kit.rpc_error(stubs.predict.MultiInference, one_task)
+        assert e.details() == "Task size 5 is larger than maximum input batch size 4"
+        # A call fetching less than a signature's outputs bypasses TF Serving's batcher
+        big = {"x": np.zeros((5, 3), np.float32), "k": np.zeros(5, np.int64)}
+        e = kit.rpc_error(stubs.predict.Predict, kit.predict_request("toy", big, "predict"))
+        assert e.details() == "Task size 5 is larger than maximum input batch size 4"
+        filtered = kit.predict_request("toy", big, "predict")
+        filtered.output_filter.append("y")
+        assert list(outputs(stubs.predict.Predict(filtered, timeout=30))) == ["y"]
+
+        before = server.batch_stats()
         futures = [stubs.predict.Classify.future(_classify_request(kit, 2), timeout=30) for _ in range(4)]
         y = kit.expected_y([X[0], X[1]], [0, 1], 2)
         for fut in futures:
             got = [row.classes[1].score for row in fut.result().result.classifications]
             np.testing.assert_allclose(got, y, rtol=1e-5)
-        assert server.batch_stats()["batched_requests"] - before == 4
+        after = server.batch_stats()
+        assert after["batched_requests"] - before["batched_requests"] == 4
+        assert after["merged_batches"] > before["merged_batches"]
+
+        # A classify warmup record of more rows than max_batch_size fails the load.
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        path = kit.store.publish(base, 3, 2)
+        os.makedirs(os.path.join(path, "assets.extra"))
+        with tf.io.TFRecordWriter(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")) as w:
+            w.write(prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(
+                request=_classify_request(kit, 5))).SerializeToString())
+        kit.age(path)
+        server.manager.poll_once()
+        state, _, message = _status(stubs, "toy")[3]
+        assert state == State.END and "warmup record #0 (classify_log)" in message and "Task size 5" in message
     finally:
         stubs.close()
         server.stop()
