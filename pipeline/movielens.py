@@ -305,16 +305,18 @@ def _item_fields(titles: list[str], genre_lists: list[list[str]]
 def _rating_counts(paths: list[str], ids: np.ndarray, chunk_rows: int) -> np.ndarray:
     """Number of valid ratings per catalogue movie, a row repeated in every field counted once
     (the job dead-letters the repeat as ``duplicate_row``; other dead letters are the job's)."""
-    parts = []
+    parts: list[list[np.ndarray]] = [[], [], [], []]  # user, catalogue position, ts, rating
     for path in paths:
         for chunk, _ in read_chunks(path, RATINGS, chunk_rows):
             c = chunk.columns
             pos = np.minimum(np.searchsorted(ids, c["item_id"]), len(ids) - 1)
             found = ids[pos] == c["item_id"]
-            parts.append((c["user_id"][found], pos[found], c["ts"][found], c["rating"][found]))
-    if not parts:
+            for col, values in zip(parts, (c["user_id"], pos.astype(np.int32), c["ts"], c["rating"])):
+                col.append(values[found])
+    if not parts[0]:
         return np.zeros(len(ids), dtype=np.float64)
-    user, pos, ts, rating = (np.concatenate(col) for col in zip(*parts))
+    # one column at a time, its chunks freed as it is joined (ml-25m: 25M ratings)
+    user, pos, ts, rating = (_join(parts, i) for i in range(4))
     order = np.lexsort((rating, ts, pos, user))
     repeat = np.zeros(len(order), dtype=bool)
     repeat[1:] = True
@@ -324,6 +326,13 @@ def _rating_counts(paths: list[str], ids: np.ndarray, chunk_rows: int) -> np.nda
     pos = pos[order]
     repeat[1:] &= pos[1:] == pos[:-1]
     return np.bincount(pos[~repeat], minlength=len(ids)).astype(np.float64)
+
+
+def _join(parts: list[list[np.ndarray]], i: int) -> np.ndarray:
+    """Column ``i`` of ``parts`` as one array; its chunks are released."""
+    joined = np.concatenate(parts[i])
+    parts[i] = []
+    return joined
 
 
 def _empty_impressions() -> dict[str, np.ndarray]:
