@@ -63,13 +63,49 @@ class DeprecatedFlag(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+_INT, _FLOAT, _BOOL = (f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool"))
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML as PyYAML reads it, plus the floats YAML 1.2 and JSON write without a dot (``1e-05``,
-    which PyYAML would read as a string)."""
+    """YAML with YAML 1.2's core-schema scalars (as JSON reads them) instead of PyYAML's YAML 1.1
+    ones, which silently change what a user wrote: ``4:00`` is not 240 (base 60), ``050`` not 40
+    (octal), ``yes`` / ``off`` not booleans (they stay strings, so a boolean setting refuses
+    them); ``1e-05``, ``-.5`` and ``.inf`` are floats. A key given twice in one mapping is an
+    error (PyYAML keeps the last silently)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT, _BOOL)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class names it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
+def _int(loader, node) -> int:
+    text = loader.construct_scalar(node)
+    sign, body = (-1 if text[0] == "-" else 1), text.lstrip("+-")
+    base = {"0o": 8, "0x": 16}.get(body[:2], 10)
+    return sign * int(body[2:] if base != 10 else body, base)
+
+
+for _tag, _rx, _first in (
+        (_BOOL, r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        (_INT, r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        (_FLOAT, r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                 r"|\.(?:nan|NaN|NAN))$", "-+.0123456789")):
+    _Loader.add_implicit_resolver(_tag, re.compile(_rx), list(_first))
+_Loader.add_constructor(_INT, _int)
 
 
 def parse_yaml(text: str, source: str = "YAML"):
@@ -100,7 +136,8 @@ def read_mapping(source: str) -> dict:
       ValueError: when the file's top level is not a mapping.
     """
     path = _config_file(source)
-    raw = parse_yaml(read_text(path), f"config {path}") or {}
+    raw = parse_yaml(read_text(path), f"config {path}")
+    raw = {} if raw is None else raw  # an empty file
     if not isinstance(raw, dict):
         raise ValueError(f"config {path}: the top level must be a mapping; received {type(raw).__name__}")
     return raw
@@ -132,7 +169,9 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         node = raw
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or a file's empty section (`model:`)
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
         node[parts[-1]] = parse_yaml(value, f"override {item!r}")
@@ -291,7 +330,7 @@ def _coerce(tp, value, where: str, moved: list):
         return value
     ok = {
         bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) or (isinstance(v, float) and v.is_integer()),
+        int: lambda v: isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 2 ** 53),
         float: lambda v: isinstance(v, (int, float)),
         str: lambda v: isinstance(v, str),
     }[tp](value) and (tp is bool or not isinstance(value, bool))

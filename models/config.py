@@ -107,8 +107,10 @@ class ModelConfig:
             bad("dropout", "must be in [0, 1)")
         if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not 0.0 <= self.l2 < float("inf"):
             bad("l2", "must be a finite number >= 0 (0 = off)")
-        if not self.tower:
-            bad("tower", "needs at least one layer")
+        for field in ("tower", "din_hidden"):
+            units = getattr(self, field)
+            if not units or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
+                bad(field, "must be a non-empty list of layer sizes >= 1")
         if isinstance(self.hist_buckets, bool) or not isinstance(self.hist_buckets, int) or self.hist_buckets < 0:
             bad("hist_buckets", "must be an integer >= 0 (0 = no compaction)")
         if not isinstance(self.request_dedup, bool):
@@ -202,8 +204,10 @@ class TrainConfig:
             bad("batch_size", "must be >= 1")
         if self.epochs < 1:
             bad("epochs", "must be >= 1")
-        if not self.learning_rate > 0:
-            bad("learning_rate", "must be > 0")
+        if not 0 < self.learning_rate < float("inf"):
+            bad("learning_rate", "must be a finite number > 0")
+        if self.seed < 0:
+            bad("seed", "must be >= 0")
         if self.optimizer not in ("adagrad", "adam"):
             bad("optimizer", "must be adagrad or adam")
         if self.strategy not in STRATEGIES:

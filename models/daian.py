@@ -111,8 +111,15 @@ class DaianConfig:
         def bad(field, why):
             raise ValueError(f"model.daian.{field}: {why}; received {getattr(self, field)!r}")
 
+        for field in ("att_units", "att_heads"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(field, "must be an integer >= 1")
         if self.att_units % self.att_heads:
             bad("att_units", f"must be divisible by att_heads={self.att_heads}")
+        if not self.uim_hidden or any(isinstance(u, bool) or not isinstance(u, int) or u < 1
+                                      for u in self.uim_hidden):
+            bad("uim_hidden", "must be a non-empty list of layer sizes >= 1")
         choices = {"uim_attention": ("din", "mhta"), "i2e_fusion": ("concat", "add"),
                    "sim_fusion": ("norm_ratio", "additive"), "gate_inputs": ("intent", "intent_interest"),
                    "gate_shift": ("none", "mlp")}

@@ -356,6 +356,8 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     _check_run_dir(run_dir, spec, data_dir)
     _check_run_config(run_dir, run_cfg)
     _check_validation(train_cfg, data_dir, has_valid, strategy)
+    if train_cfg.warm_start:
+        check_warm_start_source(train_cfg.warm_start, model_name)
     strategy = strategy or make_strategy(train_cfg)
     # One backup folder for every worker: Keras' BackupAndRestore writes the chief's there
     # (the others write aside) and every worker restores from it, so all resume at one step.
@@ -409,6 +411,18 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     return metrics
 
 
+def check_warm_start_source(source: str, model_name: str) -> None:
+    """Raises a ValueError or FileNotFoundError starting ``train.warm_start=SOURCE:`` unless
+    ``source`` is a run folder that trained ``model_name``; checked before the new run writes
+    anything, so a mistyped folder does not leave a run that refuses the corrected command."""
+    try:
+        trained = load_run_config(source).model.name
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"train.warm_start={source!r}: {err}") from None
+    if trained != model_name:
+        raise ValueError(f"train.warm_start={source!r}: that run trained {trained!r}, not {model_name!r}")
+
+
 def warm_start(model, source: str, model_name: str, run_dir: str) -> int:
     """Loads run ``source``'s last weights into the built ``model``; writes
     ``RUN/warm_start.json`` and returns the number of variables restored.
@@ -417,9 +431,7 @@ def warm_start(model, source: str, model_name: str, run_dir: str) -> int:
       ValueError: naming ``source`` when it trained another model, or the model variables its
         checkpoint lacks (another architecture or settings).
     """
-    trained = load_run_config(source).model.name
-    if trained != model_name:
-        raise ValueError(f"train.warm_start={source!r}: that run trained {trained!r}, not {model_name!r}")
+    check_warm_start_source(source, model_name)
     try:
         status = model.load_weights(checkpoint_prefix(source, "last"))
         status.assert_existing_objects_matched()

@@ -53,6 +53,23 @@ class RunSettings:
         if isinstance(self.first_span, bool) or not isinstance(self.first_span, int) or self.first_span < 3:
             raise ValueError(f"run.first_span: must be an integer >= 3 (train, valid and eval days); "
                              f"received {self.first_span!r}")
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """The model, the format and the served name, checked here rather than by the component
+        that reads them (after the pipeline has run)."""
+        from tirec.models.registry import model_names
+        from tirec.pipeline.config import FORMATS
+
+        if self.model not in model_names():
+            raise ValueError(f"run.model: not a registered model; registered: {', '.join(model_names())}; "
+                             f"received {self.model!r}")
+        if self.format not in FORMATS:
+            raise ValueError(f"run.format: must be one of {', '.join(FORMATS)}; received {self.format!r}")
+        name = self.model_name
+        if name and ("/" in name or "\\" in name or name.startswith(".")):
+            raise ValueError(f"run.model_name: the served model's name is a folder under serving/ and must be "
+                             f"a plain folder name; received {name!r}")
 
     @property
     def served_name(self) -> str:
@@ -177,21 +194,42 @@ def load_runner_config(path: str | None = None, overrides=(), users: int | None 
     file, then ``overrides`` (the demo's settings do not apply). ``--users`` comes last."""
     extra = [f"generator.users={users}"] if users is not None else []
     if path is not None:
-        return check_unread(check_spans(load_config(path, list(overrides) + extra, cls=RunnerConfig)), overrides,
-                            users)
+        cfg = check_spans(load_config(path, list(overrides) + extra, cls=RunnerConfig))
+        return check_unread(check_runner_sets_given(cfg, overrides), overrides, users, file_generator=True)
     model = load_config(None, list(overrides), cls=RunnerConfig).run.model
     cfg = load_config(None, builtin_overrides(model=model) + list(overrides) + extra, cls=RunnerConfig)
-    return check_unread(check_spans(cfg), overrides, users)
+    return check_unread(check_runner_sets_given(check_spans(cfg), overrides), overrides, users)
 
 
-def check_unread(cfg: RunnerConfig, overrides, users: int | None) -> RunnerConfig:
-    """Returns ``cfg`` unless ``--users`` or a ``--set generator.*`` is given with
+def check_runner_sets_given(cfg: RunnerConfig, overrides) -> RunnerConfig:
+    """Refuses a ``--set`` of a setting tirec run sets itself (:data:`RUNNER_SETS`) unless it
+    equals the ``run.*`` setting it comes from, even a value equal to the package default, which
+    :class:`RunnerConfig`'s own check cannot tell from unset."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key not in RUNNER_SETS:
+            continue
+        instead, same_as = RUNNER_SETS[key]
+        section, field = key.split(".")
+        if same_as is None or getattr(getattr(cfg, section), field) != getattr(cfg.run, same_as):
+            raise ValueError(f"{key}: tirec run sets it itself and does not read it; set {instead} instead; "
+                             f"received {item!r}")
+    return cfg
+
+
+def check_unread(cfg: RunnerConfig, overrides, users: int | None, file_generator: bool = False) -> RunnerConfig:
+    """Returns ``cfg`` unless ``--users``, a ``--set generator.*`` or (``file_generator``: the
+    config came from a file) a generator setting other than the default is given with
     ``run.source=logs``, which reads ``run.input`` and no generator setting (then a ValueError
     names it)."""
     if cfg.run.source != "logs":
         return cfg
     given = ([f"--users {users}"] if users is not None else []) + \
         [o for o in overrides if o.split("=", 1)[0].strip().startswith("generator.")]
+    if file_generator:
+        default = type(cfg.generator)()
+        given += [f"generator.{f.name}={getattr(cfg.generator, f.name)!r}" for f in dataclasses.fields(default)
+                  if getattr(cfg.generator, f.name) != getattr(default, f.name)]
     if given:
         raise ValueError(f"{given[0].split('=')[0].split(' ')[0]}: a generator setting, read only with "
                          f"run.source=synthetic; run.source=logs reads run.input; received {given[0]!r}")
@@ -206,6 +244,9 @@ def check_spans(cfg: RunnerConfig) -> RunnerConfig:
     if cfg.run.source == "synthetic" and not cfg.generator.day_files:
         raise ValueError("generator.day_files: tirec run's LogGen writes the logs one shard per day, which "
                          "each span reads up to its day; set generator.day_files=true; received false")
+    if cfg.run.source == "synthetic" and cfg.run.first_span > cfg.generator.days:
+        raise ValueError(f"run.first_span: the generated log has generator.days={cfg.generator.days} days, so "
+                         f"a span is at most {cfg.generator.days}; received {cfg.run.first_span}")
     return cfg
 
 

@@ -48,13 +48,22 @@ class Runner:
 
     def __init__(self, workdir: str, cfg: RunnerConfig, overrides: dict[str, Component] | None = None):
         self.workdir = os.path.abspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
         self.cfg = cfg
         self.dag = [(overrides or {}).get(c.name, c) for c in components(cfg)]
-        self.store = MetadataStore(os.path.join(self.workdir, "metadata.sqlite"))
+        self._store: MetadataStore | None = None
+
+    @property
+    def store(self) -> MetadataStore:
+        """The workdir's metadata store, created (with the workdir) on first use: a run refused
+        for its arguments leaves nothing behind."""
+        if self._store is None:
+            os.makedirs(self.workdir, exist_ok=True)
+            self._store = MetadataStore(os.path.join(self.workdir, "metadata.sqlite"))
+        return self._store
 
     def close(self) -> None:
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
 
     def names(self) -> list[str]:
         return [c.name for c in self.dag]

@@ -5,6 +5,7 @@ A config validates itself when it is built (``__post_init__``): one that exists 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 FORMATS = ("synthetic", "generic", "movielens", "alimama")
@@ -47,6 +48,17 @@ class MovieLensConfig:
     click_threshold: float = 4.0
     negatives_per_rating: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(field, why):
+            raise ValueError(f"pipeline.movielens.{field}: {why}; received {getattr(self, field)!r}")
+
+        if not 0 < self.click_threshold < math.inf:
+            bad("click_threshold", "must be a finite rating > 0")
+        if not 0 <= self.negatives_per_rating < math.inf:
+            bad("negatives_per_rating", "must be a finite number >= 0")
+        if self.seed < 0:
+            bad("seed", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +155,7 @@ class PipelineConfig:
 
     @property
     def trigger_window_s(self) -> int:
-        return parse_duration(self.trigger_window, "trigger_window")
+        return parse_duration(self.trigger_window, "pipeline.trigger_window")
 
     @property
     def realtime_window_s(self) -> int:
@@ -169,6 +181,9 @@ class PipelineConfig:
             bad("intent_levels", "must be an integer in [2, 100]")
         if self.sim_range not in ("fixed", "quantile"):
             bad("sim_range", "must be 'fixed' or 'quantile'")
+        for field in ("sim_lo", "sim_hi"):  # the range of a cosine
+            if not -1.0 <= getattr(self, field) <= 1.0:
+                bad(field, "must be in [-1, 1] (a cosine similarity)")
         if not self.sim_hi > self.sim_lo:
             bad("sim_hi", f"must exceed sim_lo={self.sim_lo}")
         for field in ("sim_lo", "sim_hi"):
@@ -206,11 +221,10 @@ class PipelineConfig:
             bad("chunk_rows", "must be >= 1")
         if self.num_shards < 0:
             bad("num_shards", "must be >= 0")
+        if self.seed < 0:
+            bad("seed", "must be >= 0")
         if not self.click_btags:
             bad("click_btags", "must name at least one behaviour type")
-        if self.movielens.negatives_per_rating < 0:
-            raise ValueError("pipeline.movielens.negatives_per_rating: must be >= 0; received "
-                             f"{self.movielens.negatives_per_rating!r}")
 
     def _validate_views(self, bad) -> None:
         if not isinstance(self.views, bool):

@@ -130,6 +130,29 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
                    help=f"dotted override of a key in {' or '.join(reads)}, e.g. --set {example} (repeatable)")
 
 
+def _with_flags(args, section: str, flags) -> list[str]:
+    """``--set`` overrides plus ``section.KEY=VALUE`` for each flag of ``flags`` (``(attribute,
+    key)`` pairs) given; strings are quoted, so that e.g. ``--out 2024`` stays a string.
+
+    Raises:
+      ValueError: a flag and a ``--set`` of the same key with different values (naming both).
+    """
+    from tirec.features.config_io import parse_yaml
+
+    overrides = list(args.overrides)
+    given = {item.partition("=")[0].strip(): item for item in args.overrides}
+    for attr, key in flags:
+        value = getattr(args, attr)
+        if value is None:
+            continue
+        item = f"{section}.{key}={json.dumps(value) if isinstance(value, str) else value}"
+        same = given.get(f"{section}.{key}")
+        if same is not None and parse_yaml(same.partition("=")[2]) != parse_yaml(item.partition("=")[2]):
+            raise ValueError(f"--{attr.replace('_', '-')} {value} and --set {same} disagree; give one of them")
+        overrides.append(item)
+    return overrides
+
+
 def _load_config(args, overrides: list[str]) -> TirecConfig:
     """``args.command``'s config: the sections it reads of ``--config``, then ``overrides``.
 
@@ -174,10 +197,7 @@ def _add_generate(sub) -> None:
 def _run_generate(args, _extra) -> int:
     from tirec.pipeline import synthetic
 
-    overrides = list(args.overrides)
-    for flag, key in (("users", "users"), ("seed", "seed"), ("file_format", "format")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"generator.{key}={getattr(args, flag)}")
+    overrides = _with_flags(args, "generator", (("users", "users"), ("seed", "seed"), ("file_format", "format")))
     cfg = _load_config(args, overrides).generator
     bar = _progress(total=cfg.users, unit="user", desc="generate")
     summary = synthetic.generate(cfg, args.out, progress=bar.update if bar else None)
@@ -236,13 +256,9 @@ def _with_dask_address(beam_args: list[str], address: str | None) -> list[str]:
 def _run_pipeline(args, beam_args) -> int:
     from tirec.pipeline import job
 
-    overrides = list(args.overrides)
-    for flag in ("input", "format", "out", "intent_levels", "trigger_window", "max_seq_len",
-                 "history_days", "embedding_provider", "no_trigger", "views", "realtime_window",
-                 "long_seq_len"):
-        value = getattr(args, flag)
-        if value is not None:  # strings quoted, so that e.g. --out 2024 stays a string
-            overrides.append(f"pipeline.{flag}={json.dumps(value) if isinstance(value, str) else value}")
+    overrides = _with_flags(args, "pipeline", [(flag, flag) for flag in (
+        "input", "format", "out", "intent_levels", "trigger_window", "max_seq_len", "history_days",
+        "embedding_provider", "no_trigger", "views", "realtime_window", "long_seq_len")])
     cfg = _load_config(args, overrides).pipeline
     if not cfg.input or not cfg.out:
         raise ValueError("pipeline needs --input and --out (or pipeline.input / pipeline.out)")
@@ -300,11 +316,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args, _extra) -> int:
-    overrides = list(args.overrides)
-    for flag in ("strategy", "cpu_replicas", "epochs", "batch_size", "steps_per_epoch"):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"train.{flag}={value}")
+    overrides = _with_flags(args, "train", [(flag, flag) for flag in (
+        "strategy", "cpu_replicas", "epochs", "batch_size", "steps_per_epoch")])
     cfg = _load_config(args, overrides)
     if cfg.train.strategy == "mirrored":
         from tirec.models.train import configure_cpu_replicas
@@ -466,8 +479,9 @@ def _add_query(sub) -> None:
     p.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port")
     _flag(p, "--model-name", ("--model",), required=True, metavar="NAME", help="served model name")
     p.add_argument("--input", required=True, help="request JSON file (- for stdin)")
-    p.add_argument("--version", type=_int_at_least(1), help="pin a version")
-    p.add_argument("--label", help="pin a version label, e.g. stable")
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--version", type=_int_at_least(1), help="pin a version")
+    pin.add_argument("--label", help="pin a version label, e.g. stable (not with --version)")
     p.add_argument("--signature", default="serving_default", choices=("serving_default", "predict", "rank"),
                    help="serving_default: one full tf.Example per candidate; rank: one context example "
                         "and one small example per candidate (much smaller requests; needs a server "

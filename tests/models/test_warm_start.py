@@ -47,3 +47,12 @@ def test_warm_start_restores_every_weight_and_refuses_another_model(tiny_data, t
     cfg = load_config(None, SMALL + [f"train.warm_start={source}"])
     train_run(tiny_data, "din", str(tmp_path / "b"), cfg.model, cfg.train)
     assert read_json(os.path.join(tmp_path, "b", "warm_start.json"))["from"] == source
+
+
+def test_a_mistyped_warm_start_fails_before_the_run_folder_is_written(tiny_data, tmp_path):
+    """Else the folder would hold a config naming the typo and refuse the corrected command."""
+    run, typo = tmp_path / "r", str(tmp_path / "nope")
+    cfg = load_config(None, SMALL + [f"train.warm_start={typo}"])
+    with pytest.raises(FileNotFoundError, match=rf"^train.warm_start='{typo}': {typo}: not a `tirec train` run"):
+        train_run(tiny_data, "din", str(run), cfg.model, cfg.train)
+    assert not run.exists() or not os.listdir(run)

@@ -148,7 +148,19 @@ def test_view_flags_map_onto_the_pipeline_config(tmp_path, monkeypatch):
     assert cli.main(base) == 2
     assert (seen["cfg"].views, seen["cfg"].realtime_window_s, seen["cfg"].realtime_len,
             seen["cfg"].long_seq_len) == (False, 4 * 3600, 10, 200)  # the defaults
-    assert cli.main(base + ["--set", "pipeline.views=true", "--no-views"]) == 2 and not seen["cfg"].views
+    seen.clear()  # a flag and a --set of the same key that disagree: refused before the config is built
+    assert cli.main(base + ["--set", "pipeline.views=true", "--no-views"]) == 2 and "cfg" not in seen
+    assert cli.main(base + ["--set", "pipeline.views=true", "--views"]) == 2 and seen["cfg"].views
+
+
+def test_a_flag_and_a_set_of_the_same_key_must_agree(tmp_path, caplog):
+    code = cli.main(["train", "--data", str(tmp_path), "--model", "din", "--run", str(tmp_path / "r"),
+                     "--epochs", "3", "--set", "train.epochs=5"])
+    assert code == 2 and "--epochs 3 and --set train.epochs=5 disagree; give one of them" in caplog.text
+    caplog.clear()
+    code = cli.main(["pipeline", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--intent-levels", "4",
+                     "--set", "pipeline.intent_levels=8"])
+    assert code == 2 and "--intent-levels 4 and --set pipeline.intent_levels=8 disagree" in caplog.text
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -182,6 +194,30 @@ def test_bad_view_values_exit_2_naming_the_option(tmp_path, caplog, argv, messag
     ("model.tower=[64, x]", "model.tower[1]: expected an integer; received 'x' (str)"),
 ])
 def test_type_errors_name_key_value_and_expected_type(override, message):
+    with pytest.raises(ValueError) as exc:
+        load_config(None, [override])
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.tower=[0]", "model.tower: must be a non-empty list of layer sizes >= 1; received (0,)"),
+    ("model.din_hidden=[]", "model.din_hidden: must be a non-empty list of layer sizes >= 1; received ()"),
+    ("model.daian.att_heads=0", "model.daian.att_heads: must be an integer >= 1; received 0"),
+    ("model.daian.uim_hidden=[8, 0]", "model.daian.uim_hidden: must be a non-empty list of layer sizes >= 1; "
+                                      "received (8, 0)"),
+    ("train.learning_rate=.inf", "train.learning_rate: must be a finite number > 0; received inf"),
+    ("train.seed=-3", "train.seed: must be >= 0; received -3"),
+    ("pipeline.seed=-1", "pipeline.seed: must be >= 0; received -1"),
+    ("pipeline.sim_hi=.inf", "pipeline.sim_hi: must be in [-1, 1] (a cosine similarity); received inf"),
+    ("pipeline.sim_lo=-50", "pipeline.sim_lo: must be in [-1, 1] (a cosine similarity); received -50.0"),
+    ("pipeline.movielens.click_threshold=.nan",
+     "pipeline.movielens.click_threshold: must be a finite rating > 0; received nan"),
+    ("pipeline.movielens.negatives_per_rating=.inf",
+     "pipeline.movielens.negatives_per_rating: must be a finite number >= 0; received inf"),
+    ("pipeline.movielens.seed=-1", "pipeline.movielens.seed: must be >= 0; received -1"),
+])
+def test_out_of_range_values_name_key_and_value(override, message):
+    """Checked when the config loads, not by the layer or the job that reads them later."""
     with pytest.raises(ValueError) as exc:
         load_config(None, [override])
     assert str(exc.value) == message
@@ -369,3 +405,9 @@ def test_a_folder_given_as_a_file_is_one_error_line(tmp_path, monkeypatch, caplo
     monkeypatch.setattr(client, "load_request", unreadable)
     assert cli.main(["query", "--model-name", "m", "--input", "T"]) == 2
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1] == "[Errno 21] Is a directory: 'T'"
+
+
+def test_query_takes_a_version_or_a_label_not_both(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["query", "--model-name", "m", "--input", "-", "--version", "1", "--label", "stable"])
+    assert exc.value.code == 2 and "argument --label: not allowed with argument --version" in capsys.readouterr().err

@@ -257,6 +257,36 @@ def test_floats_without_a_dot_are_numbers(tmp_path):
     assert cfg.l2 == 1e-5 and cfg.section("daian").gamma == 20.0
 
 
+def test_yaml_scalars_are_read_as_written_yaml_1_2(tmp_path):
+    """PyYAML's YAML 1.1 would silently read 4:00 as 240 (base 60), 050 as 40 (octal) and yes /
+    off as booleans; -.5 as a string."""
+    from tirec.features.config_io import parse_yaml
+
+    assert [parse_yaml(t) for t in ("050", "0o17", "0x10", "-.5", "+.5", ".inf", "1.", "7e3")] == [
+        50, 15, 16, -0.5, 0.5, float("inf"), 1.0, 7000.0]
+    assert [parse_yaml(t) for t in ("4:00", "1:30", "yes", "off", "1_000")] == ["4:00", "1:30", "yes", "off", "1_000"]
+    assert load_config(None, ["pipeline.max_seq_len=050"]).pipeline.max_seq_len == 50
+    with pytest.raises(ValueError, match=r"pipeline.trigger_window.*'4:00'"):
+        load_config(None, ["pipeline.trigger_window=4:00"])
+    with pytest.raises(ValueError, match=r"train.three_stage: expected true/false; received 'yes'"):
+        load_config(None, ["train.three_stage=yes"])
+    with pytest.raises(ValueError, match=r"train.epochs: expected an integer; received 1e\+30"):
+        load_config(None, ["train.epochs=1e30"])
+    # a key given twice is an error, not the last one silently
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {epochs: 2, epochs: 3}\n")
+    with pytest.raises(ValueError, match=rf"config {path}: not valid YAML: the key 'epochs' is given twice at line 1"):
+        load_config(str(path))
+    for text in ("[]", "0", "false"):  # only an empty file is an empty config
+        path.write_text(text)
+        with pytest.raises(ValueError, match=r"the top level must be a mapping"):
+            load_config(str(path))
+    path.write_text("")
+    assert load_config(str(path)) == load_config(None)
+    path.write_text("model:\n")  # an empty section, then a --set into it
+    assert load_config(str(path), ["model.tower=[8]"]).model.tower == (8,)
+
+
 def test_a_pipeline_output_given_as_a_run_folder_is_named_as_such(tmp_path):
     """Not RunConfig's list of 33 unknown keys: what the folder is and what a run folder holds."""
     folder = tmp_path / "T"
