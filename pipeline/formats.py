@@ -226,6 +226,19 @@ def warn_unread_embedding_settings(cfg: PipelineConfig, provider: str) -> list[s
     return unread
 
 
+def warn_unread_format_settings(cfg: PipelineConfig) -> list[str]:
+    """Warns, naming them, on the non-default ``pipeline.movielens.*`` settings when the format is
+    not movielens (one config file may serve several formats); returns the keys."""
+    if cfg.format == "movielens":
+        return []
+    default = type(cfg.movielens)()
+    unread = [f"movielens.{f.name}" for f in dataclasses.fields(default)
+              if getattr(cfg.movielens, f.name) != getattr(default, f.name)]
+    for key in unread:
+        log.warning("pipeline.%s not read: only format=movielens reads it (pipeline.format=%s)", key, cfg.format)
+    return unread
+
+
 def precomputed_path(cfg: PipelineConfig) -> str:
     """Where precomputed vectors are: ``embedding_path``, an ``item_embeddings`` table in the
     input directory, or the NPY pair ``item_embeddings.npy`` + ``.ids.npy``; "" when none."""

@@ -58,7 +58,7 @@ from tirec.features.spec import (CATEGORY, CATEGORY_CLICKS, HISTORY, REALTIME, F
                                  tir_feature_spec)
 from tirec.pipeline import labeling, runners
 from tirec.pipeline.config import PipelineConfig
-from tirec.pipeline.formats import Prepared, get_format
+from tirec.pipeline.formats import Prepared, get_format, warn_unread_format_settings
 from tirec.pipeline.io import dead_letter, read_chunks, write_jsonl
 from tirec.pipeline.items import ItemTable
 from tirec.pipeline.reasons import DeadReason, Drop
@@ -149,6 +149,7 @@ def _prepare(cfg: PipelineConfig, progress: Callable[[str], None]) -> tuple[Prep
     """The launcher's work before the Beam job: the format's item table and embeddings, then
     the split plan."""
     fmt = get_format(cfg.format)
+    warn_unread_format_settings(cfg)
     progress(STAGES[0])
     log.info("preparing item table and embeddings (%s format)", cfg.format)
     prep = fmt.prepare(cfg)

@@ -568,6 +568,16 @@ def test_generic_auto_provider_names_the_settings_it_does_not_read(tmp_path, cap
                                                   "minilm") == ["emb_dim", "embedding_path"]
 
 
+def test_movielens_settings_given_to_another_format_are_warned_about(caplog):
+    from tirec.pipeline.config import MovieLensConfig
+
+    cfg = PipelineConfig(format="generic", movielens=MovieLensConfig(click_threshold=3.5))
+    with caplog.at_level("WARNING", logger="tirec.pipeline.formats"):
+        assert formats.warn_unread_format_settings(cfg) == ["movielens.click_threshold"]
+    assert "pipeline.movielens.click_threshold not read: only format=movielens reads it" in caplog.text
+    assert formats.warn_unread_format_settings(PipelineConfig(format="movielens", movielens=cfg.movielens)) == []
+
+
 def test_the_files_of_a_table_must_carry_the_same_extra_fields(tmp_path):
     from tirec.pipeline.formats import IMPRESSIONS, header_fields
 
