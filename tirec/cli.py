@@ -132,7 +132,8 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
 
 def _with_flags(args, section: str, flags) -> list[str]:
     """``--set`` overrides plus ``section.KEY=VALUE`` for each flag of ``flags`` (``(attribute,
-    key)`` pairs) given; strings are quoted, so that e.g. ``--out 2024`` stays a string.
+    key)`` pairs; a dotted key is taken whole) given; strings are quoted, so that e.g. ``--out
+    2024`` stays a string.
 
     Raises:
       ValueError: a flag and a ``--set`` of the same key with different values (naming both).
@@ -145,8 +146,9 @@ def _with_flags(args, section: str, flags) -> list[str]:
         value = getattr(args, attr)
         if value is None:
             continue
-        item = f"{section}.{key}={json.dumps(value) if isinstance(value, str) else value}"
-        same = given.get(f"{section}.{key}")
+        key = key if "." in key else f"{section}.{key}"
+        item = f"{key}={json.dumps(value) if isinstance(value, str) else value}"
+        same = given.get(key)
         if same is not None and parse_yaml(same.partition("=")[2]) != parse_yaml(item.partition("=")[2]):
             raise ValueError(f"--{attr.replace('_', '-')} {value} and --set {same} disagree; give one of them")
         overrides.append(item)
@@ -317,7 +319,7 @@ def _add_train(sub) -> None:
 
 def _run_train(args, _extra) -> int:
     overrides = _with_flags(args, "train", [(flag, flag) for flag in (
-        "strategy", "cpu_replicas", "epochs", "batch_size", "steps_per_epoch")])
+        "strategy", "cpu_replicas", "epochs", "batch_size", "steps_per_epoch")] + [("model", "model.name")])
     cfg = _load_config(args, overrides)
     if cfg.train.strategy == "mirrored":
         from tirec.models.train import configure_cpu_replicas

@@ -157,6 +157,10 @@ def test_a_flag_and_a_set_of_the_same_key_must_agree(tmp_path, caplog):
     code = cli.main(["train", "--data", str(tmp_path), "--model", "din", "--run", str(tmp_path / "r"),
                      "--epochs", "3", "--set", "train.epochs=5"])
     assert code == 2 and "--epochs 3 and --set train.epochs=5 disagree; give one of them" in caplog.text
+    caplog.clear()  # model.name=daian is the package default, but not what --model asks for
+    code = cli.main(["train", "--data", str(tmp_path), "--model", "din", "--run", str(tmp_path / "r"),
+                     "--set", "model.name=daian"])
+    assert code == 2 and "--model din and --set model.name=daian disagree" in caplog.text
     caplog.clear()
     code = cli.main(["pipeline", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--intent-levels", "4",
                      "--set", "pipeline.intent_levels=8"])
