@@ -67,11 +67,12 @@ _INT, _FLOAT, _BOOL = (f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool"
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2's core-schema scalars (as JSON reads them) instead of PyYAML's YAML 1.1
-    ones, which silently change what a user wrote: ``4:00`` is not 240 (base 60), ``050`` not 40
+    """YAML with YAML 1.2's core-schema numbers and booleans instead of PyYAML's YAML 1.1 ones,
+    which silently change what a user wrote: ``4:00`` is not 240 (base 60), ``050`` not 40
     (octal), ``yes`` / ``off`` not booleans (they stay strings, so a boolean setting refuses
-    them); ``1e-05``, ``-.5`` and ``.inf`` are floats. A key given twice in one mapping is an
-    error (PyYAML keeps the last silently)."""
+    them); ``1e-05``, ``-.5`` and ``.inf`` are floats, ``100_000`` an int (as Python writes it).
+    A key given twice in one mapping is an error (PyYAML keeps the last silently); merge keys
+    (``<<: *anchor``) work as before."""
 
     yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT, _BOOL)]
@@ -80,6 +81,8 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, merged by the base class
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen
@@ -101,7 +104,7 @@ def _int(loader, node) -> int:
 
 for _tag, _rx, _first in (
         (_BOOL, r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
-        (_INT, r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        (_INT, r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
         (_FLOAT, r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
                  r"|\.(?:nan|NaN|NAN))$", "-+.0123456789")):
     _Loader.add_implicit_resolver(_tag, re.compile(_rx), list(_first))

@@ -418,7 +418,8 @@ def check_warm_start_source(source: str, model_name: str) -> None:
     try:
         trained = load_run_config(source).model.name
     except (ValueError, FileNotFoundError) as err:
-        raise type(err)(f"train.warm_start={source!r}: {err}") from None
+        kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
+        raise kind(f"train.warm_start={source!r}: {err}") from None
     if trained != model_name:
         raise ValueError(f"train.warm_start={source!r}: that run trained {trained!r}, not {model_name!r}")
 

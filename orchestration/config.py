@@ -12,8 +12,11 @@ sets itself (``model.name``, ``pipeline.input`` / ``out`` / ``format``, ``train.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from tirec.config import TirecConfig, load_config
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "logs")
 SLICES = ("new_user", "returning_user", "drift", "no_drift", "intent_specific", "intent_broad")
@@ -218,18 +221,16 @@ def check_runner_sets_given(cfg: RunnerConfig, overrides) -> RunnerConfig:
 
 
 def check_unread(cfg: RunnerConfig, overrides, users: int | None, file_generator: bool = False) -> RunnerConfig:
-    """Returns ``cfg`` unless ``--users``, a ``--set generator.*`` or (``file_generator``: the
-    config came from a file) a generator setting other than the default is given with
+    """Returns ``cfg`` unless ``--users`` or a ``--set generator.*`` is given with
     ``run.source=logs``, which reads ``run.input`` and no generator setting (then a ValueError
-    names it)."""
+    names it). A config file's generator section (``file_generator``) is left unread with one
+    info line, as every command does with the sections of a shared file it does not read."""
     if cfg.run.source != "logs":
         return cfg
     given = ([f"--users {users}"] if users is not None else []) + \
         [o for o in overrides if o.split("=", 1)[0].strip().startswith("generator.")]
-    if file_generator:
-        default = type(cfg.generator)()
-        given += [f"generator.{f.name}={getattr(cfg.generator, f.name)!r}" for f in dataclasses.fields(default)
-                  if getattr(cfg.generator, f.name) != getattr(default, f.name)]
+    if file_generator and cfg.generator != type(cfg.generator)():
+        log.info("the config file's generator section is not read: run.source=logs reads run.input")
     if given:
         raise ValueError(f"{given[0].split('=')[0].split(' ')[0]}: a generator setting, read only with "
                          f"run.source=synthetic; run.source=logs reads run.input; received {given[0]!r}")
@@ -244,9 +245,6 @@ def check_spans(cfg: RunnerConfig) -> RunnerConfig:
     if cfg.run.source == "synthetic" and not cfg.generator.day_files:
         raise ValueError("generator.day_files: tirec run's LogGen writes the logs one shard per day, which "
                          "each span reads up to its day; set generator.day_files=true; received false")
-    if cfg.run.source == "synthetic" and cfg.run.first_span > cfg.generator.days:
-        raise ValueError(f"run.first_span: the generated log has generator.days={cfg.generator.days} days, so "
-                         f"a span is at most {cfg.generator.days}; received {cfg.run.first_span}")
     return cfg
 
 

@@ -82,6 +82,10 @@ class Runner:
         if isinstance(span, bool) or not isinstance(span, int) or span < 3:
             raise ValueError(f"--span: must be an integer >= 3 (the span's day is eval, the day before valid, "
                              f"the days before train); received {span!r}")
+        days = self.cfg.generator.days
+        if self.cfg.run.source == "synthetic" and span > days:
+            raise ValueError(f"--span / run.first_span: the generated log has generator.days={days} days, so a "
+                             f"span is at most {days}; received {span}")
         first, last = self._index(start, 0), self._index(stop, len(self.dag) - 1)
         if first > last:
             raise ValueError(f"--from {start} comes after --to {stop}")

@@ -132,27 +132,35 @@ def _common(p: argparse.ArgumentParser, command: str) -> None:
 
 def _with_flags(args, section: str, flags) -> list[str]:
     """``--set`` overrides plus ``section.KEY=VALUE`` for each flag of ``flags`` (``(attribute,
-    key)`` pairs; a dotted key is taken whole) given; strings are quoted, so that e.g. ``--out
-    2024`` stays a string.
+    key)`` pairs) given; strings are quoted, so that e.g. ``--out 2024`` stays a string.
 
     Raises:
       ValueError: a flag and a ``--set`` of the same key with different values (naming both).
     """
-    from tirec.features.config_io import parse_yaml
-
     overrides = list(args.overrides)
-    given = {item.partition("=")[0].strip(): item for item in args.overrides}
     for attr, key in flags:
         value = getattr(args, attr)
-        if value is None:
-            continue
-        key = key if "." in key else f"{section}.{key}"
-        item = f"{key}={json.dumps(value) if isinstance(value, str) else value}"
-        same = given.get(key)
-        if same is not None and parse_yaml(same.partition("=")[2]) != parse_yaml(item.partition("=")[2]):
-            raise ValueError(f"--{attr.replace('_', '-')} {value} and --set {same} disagree; give one of them")
-        overrides.append(item)
+        if value is not None:
+            _check_agree(args, attr, value, f"{section}.{key}")
+            overrides.append(f"{section}.{key}={json.dumps(value) if isinstance(value, str) else value}")
     return overrides
+
+
+def _check_agree(args, attr: str, value, key: str) -> None:
+    """Raises a ValueError naming both when a ``--set`` of ``key`` gives another value than flag
+    ``attr`` (a string flag agrees with the same text, e.g. ``--out 2024`` and ``out=2024``)."""
+    from tirec.features.config_io import parse_yaml
+
+    for item in args.overrides:
+        name, _, text = item.partition("=")
+        if name.strip() != key:
+            continue
+        same = text.strip() == str(value) if isinstance(value, str) else \
+            parse_yaml(text, f"override {item!r}") == value
+        if not same:
+            flag = f"--{'no-' if value is False else ''}{attr.replace('_', '-')}"
+            shown = "" if isinstance(value, bool) else f" {value}"
+            raise ValueError(f"{flag}{shown} and --set {item} disagree; give one of them")
 
 
 def _load_config(args, overrides: list[str]) -> TirecConfig:
@@ -319,7 +327,8 @@ def _add_train(sub) -> None:
 
 def _run_train(args, _extra) -> int:
     overrides = _with_flags(args, "train", [(flag, flag) for flag in (
-        "strategy", "cpu_replicas", "epochs", "batch_size", "steps_per_epoch")] + [("model", "model.name")])
+        "strategy", "cpu_replicas", "epochs", "batch_size", "steps_per_epoch")])
+    _check_agree(args, "model", args.model, "model.name")  # a file's model.name: train_run warns
     cfg = _load_config(args, overrides)
     if cfg.train.strategy == "mirrored":
         from tirec.models.train import configure_cpu_replicas

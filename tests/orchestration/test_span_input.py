@@ -152,20 +152,16 @@ def test_run_settings_are_checked_when_the_config_loads(tmp_path):
             (["run.model=nosuch"], r"run.model: not a registered model; registered: .*daian.*; received 'nosuch'"),
             (["run.format=nosuch"], r"run.format: must be one of .*generic.*; received 'nosuch'"),
             (["run.model_name=../x"], r"run.model_name: .* plain folder name; received '../x'"),
-            (["run.first_span=11"], r"run.first_span: the generated log has generator.days=10 days.*received 11"),
             # a runner-set key given equal to the package default is still refused (it would be replaced)
             (["model.name=daian", "run.model=din"], r"model.name: tirec run sets it itself.*set run.model"),
             (["train.warm_start=''"], r"train.warm_start: tirec run sets it itself")):
         with pytest.raises(ValueError, match=message):
             load_runner_config(None, sets)
     assert load_runner_config(None, ["run.model=din", "model.name=din", "run.first_span=10"]).run.model == "din"
-    # a generator section in a file, with the logs source, is not read: refused as on the command line
+    # a shared file's generator section, with the logs source, is left unread (one info line)
     path = tmp_path / "run.yaml"
     path.write_text(f"run: {{source: logs, input: {tmp_path}}}\npipeline: {{split: days, eval_days: 1}}\n"
-                    "generator: {users: 5000}\n")
-    with pytest.raises(ValueError, match=r"generator.users: a generator setting.*received 'generator.users=5000'"):
-        load_runner_config(str(path))
-    path.write_text(f"run: {{source: logs, input: {tmp_path}}}\npipeline: {{split: days, eval_days: 1}}\n")
+                    "generator: {users: 5000, day_files: true}\n")
     assert load_runner_config(str(path)).run.source == "logs"
 
 
@@ -173,6 +169,11 @@ def test_a_run_refused_for_its_arguments_leaves_no_workdir(tmp_path):
     w = tmp_path / "w"
     with pytest.raises(ValueError, match=r"--span: must be an integer >= 3"):
         runner.run(str(w), load_runner_config(None, []), span=2)
+    with pytest.raises(ValueError, match=r"--span / run.first_span: the generated log has generator.days=10 days, "
+                                         r"so a span is at most 10; received 11"):
+        runner.run(str(w), load_runner_config(None, []), span=11)
+    with pytest.raises(ValueError, match=r"generator.days=6 days.*received 8"):  # the default first span
+        runner.run(str(w), load_runner_config(None, ["generator.days=6"]))
     with pytest.raises(ValueError, match=r"--from Pusher comes after --to LogGen"):
         runner.run(str(w), load_runner_config(None, []), start="Pusher", stop="LogGen")
     assert not w.exists()

@@ -165,6 +165,27 @@ def test_a_flag_and_a_set_of_the_same_key_must_agree(tmp_path, caplog):
     code = cli.main(["pipeline", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--intent-levels", "4",
                      "--set", "pipeline.intent_levels=8"])
     assert code == 2 and "--intent-levels 4 and --set pipeline.intent_levels=8 disagree" in caplog.text
+    caplog.clear()
+    code = cli.main(["pipeline", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--no-views",
+                     "--set", "pipeline.views=true"])
+    assert code == 2 and "--no-views and --set pipeline.views=true disagree" in caplog.text
+
+
+def test_a_flag_and_a_set_that_agree_are_accepted(tmp_path, monkeypatch):
+    from tirec.pipeline import job
+
+    seen = {}
+
+    def fake_run(cfg, *a, **k):
+        seen["cfg"] = cfg
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(job, "run", fake_run)
+    # the same text: a string flag agrees with a --set that YAML reads as a number
+    assert cli.main(["pipeline", "--input", str(tmp_path), "--out", "2024", "--trigger-window", "14400",
+                     "--set", "pipeline.out=2024", "--set", "pipeline.trigger_window=14400",
+                     "--views", "--set", "pipeline.views=true"]) == 2
+    assert (seen["cfg"].out, seen["cfg"].trigger_window_s, seen["cfg"].views) == ("2024", 14400, True)
 
 
 @pytest.mark.parametrize("argv,message", [
