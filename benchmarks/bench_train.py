@@ -51,9 +51,9 @@ import dataclasses  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import yaml  # noqa: E402
 
 from tirec.compat import keras  # noqa: E402
+from tirec.features.config_io import parse_yaml  # noqa: E402
 from tirec.features.jsonio import write_json  # noqa: E402
 from tirec.features.spec import LONG_TERM, REALTIME, Feature, TableSpec  # noqa: E402
 from tirec.models.base import STAGE_JOINT, model_input_names, request_input_names  # noqa: E402
@@ -288,7 +288,10 @@ def parse_settings(ap: argparse.ArgumentParser, items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
-        settings[key.strip()] = yaml.safe_load(value)
+        try:  # the package's YAML rules (config_io's loader), as for every tirec --set
+            settings[key.strip()] = parse_yaml(value, f"--set {item!r}")
+        except ValueError as err:
+            ap.error(str(err))
     return settings
 
 
