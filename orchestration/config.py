@@ -63,6 +63,7 @@ class RunSettings:
         that reads them (after the pipeline has run)."""
         from tirec.models.registry import model_names
         from tirec.pipeline.config import FORMATS
+        from tirec.serving.export import is_plain_name
 
         if self.model not in model_names():
             raise ValueError(f"run.model: not a registered model; registered: {', '.join(model_names())}; "
@@ -70,7 +71,7 @@ class RunSettings:
         if self.format not in FORMATS:
             raise ValueError(f"run.format: must be one of {', '.join(FORMATS)}; received {self.format!r}")
         name = self.model_name
-        if name and ("/" in name or "\\" in name or name.startswith(".")):
+        if name and not is_plain_name(name):
             raise ValueError(f"run.model_name: the served model's name is a folder under serving/ and must be "
                              f"a plain folder name; received {name!r}")
 

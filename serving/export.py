@@ -291,6 +291,11 @@ def warmup_examples(run_dir: str, cfg: dict, spec: FeatureSpec, data_dir: str | 
     return read_eval_records(data_dir, rows)
 
 
+def is_plain_name(name: str) -> bool:
+    """Whether a served model's name is a plain folder name (its versions live in base/name)."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
 def export_run(run_dir: str, base: str, name: str, version: int | None = None,
                data_dir: str | None = None, warmup_rows: int = 8, checkpoint: str = "last") -> str:
     """Exports a trained run as ``base/name/<version>/``; returns that path.
@@ -306,7 +311,7 @@ def export_run(run_dir: str, base: str, name: str, version: int | None = None,
       checkpoint: ``last`` (the final weights) or ``best`` (the run's best checkpoint on the
         valid split; an error when the run has none).
     """
-    if not name or "/" in name or name.startswith("."):
+    if not is_plain_name(name):
         raise ValueError(f"export: --model-name must be a plain folder name; received name={name!r}")
     model_base = os.path.join(base, name)
     if version is None:
