@@ -37,6 +37,9 @@ from tirec.features.jsonio import is_remote, read_text
 
 SECTIONS = "tirec.sections"
 RUN_CONFIG = "config.json"
+# What a run folder's config.json records beside its settings: the --data it trained on. A run
+# folder given as a config (``--config RUN``) lends its settings; the data is the command's own.
+RUN_RECORDS = "data"
 
 
 def deprecated(message: str) -> None:
@@ -184,7 +187,8 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
 def load(cls: type, source: str | None = None, overrides: Sequence[str] = (), where: str = "",
          quiet: bool = False, skip: Sequence[str] = ()) -> Any:
     """Dataclass ``cls`` from ``source`` (a YAML/JSON file or a run folder; optional) with
-    ``overrides`` applied.
+    ``overrides`` applied. Of a run folder, the settings are read, not the data folder it
+    recorded (:data:`RUN_RECORDS`): that is the command's ``--data``.
 
     Args:
       quiet: do not print the deprecation line for moved keys (for a ``config.json`` that an
@@ -193,6 +197,8 @@ def load(cls: type, source: str | None = None, overrides: Sequence[str] = (), wh
         file shared by every command); the caller tells the user.
     """
     raw = {k: v for k, v in (read_mapping(source) if source else {}).items() if k not in skip}
+    if source and _config_file(source) != source:
+        raw.pop(RUN_RECORDS, None)
     moved: list[tuple[str, str]] = []
     cfg = from_dict(cls, apply_overrides(raw, overrides), where, moved=moved)
     if moved and not quiet:

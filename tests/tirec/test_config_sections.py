@@ -238,6 +238,21 @@ def test_run_config_written_and_read_by_the_one_loader(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_run_folder_as_config_lends_its_settings_not_its_data(tmp_path):
+    """``--config RUN``: the run's model and train sections are read; the data folder it recorded
+    is the run's, not a setting (the command has its own --data). A file with ``data`` is refused."""
+    from tirec.features.jsonio import write_json
+
+    shutil.copytree(OLD_RUN, tmp_path / "run")
+    run = load_run_config(str(tmp_path / "run"))
+    write_json(str(tmp_path / "run" / "config.json"), to_dict(run))
+    cfg = load_config(str(tmp_path / "run"), ["train.epochs=3"])
+    assert cfg.model == run.model and cfg.train == dataclasses.replace(run.train, epochs=3)
+    (tmp_path / "c.json").write_text(json.dumps(to_dict(run)))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['data'\]"):
+        load_config(str(tmp_path / "c.json"))
+
+
 def test_model_config_round_trips_and_reads_old_flat_dicts():
     cfg = load_config(None, ["model.name=din", "model.daian.use_sein=false", "model.l2=0.1"]).model
     assert model_config_from_dict(to_dict(cfg)) == cfg
