@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import numbers
 import os
 import re
 import sys
@@ -386,3 +388,66 @@ def _expected(tp) -> str:
 
 def _shown(value) -> str:
     return f"{value!r} ({type(value).__name__})"
+
+
+def is_count(value, least: int = 1) -> bool:
+    """``value`` is an integer (not a bool) >= ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def is_finite(value) -> bool:
+    """``value`` is a finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Checks:
+    """The value checks of one config section: each failure raises a ValueError naming
+    ``<where>.<field>`` and the value received (a list as a list), e.g.
+    ``Checks("model.daian", self).counts("att_units", "att_heads")``."""
+
+    def __init__(self, where: str, section: Any):
+        self.where, self.section = where, section
+
+    def bad(self, field: str, why: str):
+        value = getattr(self.section, field)
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ValueError(f"{self.where}.{field}: {why}; received {shown!r}")
+
+    def counts(self, *fields: str, least: int = 1, note: str = "") -> None:
+        """Integers >= ``least``; ``note`` says what ``least`` means, e.g. ``" (0 = off)"``."""
+        for field in fields:
+            if not is_count(getattr(self.section, field), least):
+                self.bad(field, f"must be an integer >= {least}{note}")
+
+    def widths(self, *fields: str, empty: str = "") -> None:
+        """Layer sizes: a list of integers >= 1, non-empty unless ``empty`` says what [] means."""
+        for field in fields:
+            units = getattr(self.section, field)
+            if not all(is_count(u) for u in units) or not (units or empty):
+                self.bad(field, f"must be a list of layer sizes >= 1 ([] = {empty})" if empty else
+                         "must be a non-empty list of layer sizes >= 1")
+
+    def heads(self, units: str = "att_units", heads: str = "att_heads") -> None:
+        """Attention width and heads: integers >= 1, the width divisible by the heads."""
+        self.counts(units, heads)
+        if getattr(self.section, units) % getattr(self.section, heads):
+            self.bad(units, f"must be divisible by {heads}={getattr(self.section, heads)}")
+
+    def flags(self, *fields: str) -> None:
+        for field in fields:
+            if not isinstance(getattr(self.section, field), bool):
+                self.bad(field, "must be true or false")
+
+    def one_of(self, field: str, allowed: Sequence[str]) -> None:
+        if getattr(self.section, field) not in allowed:
+            words = " or ".join(allowed) if len(allowed) == 2 else f"one of {', '.join(allowed)}"
+            self.bad(field, f"must be {words}")
+
+    def finite(self, field: str, above: float | None = None, least: float | None = None,
+               note: str = "") -> None:
+        """A finite number, > ``above`` or >= ``least`` when given."""
+        value = getattr(self.section, field)
+        if not is_finite(value) or (above is not None and not value > above) \
+                or (least is not None and not value >= least):
+            bound = f" > {above:g}" if above is not None else f" >= {least:g}" if least is not None else ""
+            self.bad(field, f"must be a finite number{bound}{note}")

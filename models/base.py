@@ -35,13 +35,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import numbers
 
 import numpy as np
 import tensorflow as tf
 
 from tirec.compat import keras
-from tirec.features.config_io import to_dict
+from tirec.features.config_io import Checks, to_dict
 from tirec.features.spec import CATEGORY, ITEM_ID, FeatureSpec, standard_column
 from tirec.models.config import ModelConfig, changed_settings, check_precision, model_config_from_dict, setting_text
 from tirec.models.layers import MLP, DinAttention, FrozenItemTable, HashedEmbedding
@@ -316,17 +315,10 @@ def history_gap_buckets(spec: FeatureSpec, rows, mask, time_ref: str, buckets: i
 def check_time_settings(section: str, config) -> None:
     """Checks the time-gap settings of a model section ``config`` (``time_ref``,
     ``time_buckets``, ``time_max_gap_days``); errors name ``model.<section>.<key>`` and the value."""
-    def bad(field, why):
-        raise ValueError(f"model.{section}.{field}: {why}; received {getattr(config, field)!r}")
-
-    if config.time_ref not in TIME_REFS:
-        bad("time_ref", f"must be {' or '.join(TIME_REFS)}")
-    buckets = config.time_buckets
-    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-        bad("time_buckets", "must be an integer >= 1")
-    days = config.time_max_gap_days
-    if isinstance(days, bool) or not isinstance(days, numbers.Real) or not 0 < days < float("inf"):
-        bad("time_max_gap_days", "must be a finite number > 0")
+    check = Checks(f"model.{section}", config)
+    check.one_of("time_ref", TIME_REFS)
+    check.counts("time_buckets")
+    check.finite("time_max_gap_days", above=0)
 
 
 def context_input_names(spec: FeatureSpec) -> list[str]:

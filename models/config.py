@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping
 
-from tirec.features.config_io import RUN_CONFIG, SECTIONS, from_dict, read_mapping
+from tirec.features.config_io import RUN_CONFIG, SECTIONS, Checks, from_dict, read_mapping
 from tirec.features.jsonio import exists
 
 STRATEGIES = ("default", "mirrored", "multiworker", "ps")
@@ -94,27 +94,15 @@ class ModelConfig:
         metadata={SECTIONS: (_registered_names, _registered_class)})
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"model.{field}: {why}; received {getattr(self, field)!r}")
-
-        if self.emb_dim < 1:
-            bad("emb_dim", "must be >= 1")
-        if self.table_shards < 1:
-            bad("table_shards", "must be >= 1")
-        if self.activation not in ("relu", "dice"):
-            bad("activation", "must be relu or dice")
+        check = Checks("model", self)
+        check.counts("emb_dim", "table_shards")
+        check.one_of("activation", ("relu", "dice"))
         if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", "must be in [0, 1)")
-        if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not 0.0 <= self.l2 < float("inf"):
-            bad("l2", "must be a finite number >= 0 (0 = off)")
-        for field in ("tower", "din_hidden"):
-            units = getattr(self, field)
-            if not units or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
-                bad(field, "must be a non-empty list of layer sizes >= 1")
-        if isinstance(self.hist_buckets, bool) or not isinstance(self.hist_buckets, int) or self.hist_buckets < 0:
-            bad("hist_buckets", "must be an integer >= 0 (0 = no compaction)")
-        if not isinstance(self.request_dedup, bool):
-            bad("request_dedup", "must be true or false")
+            check.bad("dropout", "must be in [0, 1)")
+        check.finite("l2", least=0, note=" (0 = off)")
+        check.widths("tower", "din_hidden")
+        check.counts("hist_buckets", least=0, note=" (0 = no compaction)")
+        check.flags("request_dedup")
         for name, section in self.sections.items():
             expected = _registered_class(name)  # an unknown model name fails listing the valid ones
             if not isinstance(section, expected):
@@ -197,45 +185,27 @@ class TrainConfig:
     warm_start: str = ""
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"train.{field}: {why}; received {getattr(self, field)!r}")
-
-        if self.batch_size < 1:
-            bad("batch_size", "must be >= 1")
-        if self.epochs < 1:
-            bad("epochs", "must be >= 1")
-        if not 0 < self.learning_rate < float("inf"):
-            bad("learning_rate", "must be a finite number > 0")
-        if self.seed < 0:
-            bad("seed", "must be >= 0")
-        if self.optimizer not in ("adagrad", "adam"):
-            bad("optimizer", "must be adagrad or adam")
-        if self.strategy not in STRATEGIES:
-            bad("strategy", f"must be one of {STRATEGIES}")
-        if self.cpu_replicas < 0:
-            bad("cpu_replicas", "must be >= 0")
+        check = Checks("train", self)
+        bad = check.bad
+        check.counts("batch_size", "epochs")
+        check.finite("learning_rate", above=0)
+        check.counts("seed", "cpu_replicas", least=0)
+        check.one_of("optimizer", ("adagrad", "adam"))
+        check.one_of("strategy", STRATEGIES)
         if self.cpu_replicas and self.strategy != "mirrored":
             bad("cpu_replicas", f"only --strategy mirrored reads it (strategy={self.strategy!r})")
-        if self.ps_min_shard_bytes < 1:
-            bad("ps_min_shard_bytes", "must be >= 1")
+        check.counts("ps_min_shard_bytes")
         if self.strategy != "ps" and self.ps_min_shard_bytes != TrainConfig.ps_min_shard_bytes:
             bad("ps_min_shard_bytes", f"only --strategy ps reads it (strategy={self.strategy!r})")
-        if isinstance(self.steps_per_epoch, bool) or not isinstance(self.steps_per_epoch, int) \
-                or self.steps_per_epoch < 0:
-            bad("steps_per_epoch", "must be an integer >= 0 (0 = the whole data)")
+        check.counts("steps_per_epoch", least=0, note=" (0 = the whole data)")
         if self.strategy == "ps" and self.steps_per_epoch < 1:
             bad("steps_per_epoch", "ParameterServerStrategy needs steps_per_epoch >= 1")
-        if isinstance(self.shuffle_block, bool) or not isinstance(self.shuffle_block, int) \
-                or self.shuffle_block < 1:
-            bad("shuffle_block", "must be an integer >= 1")
+        check.counts("shuffle_block")
         if self.shuffle_buffer < 0 or 0 < self.shuffle_buffer < self.shuffle_block:
             bad("shuffle_buffer", f"must be 0 (off) or >= train.shuffle_block ({self.shuffle_block}): the "
                                   f"buffer holds whole blocks")
-        if isinstance(self.early_stopping_patience, bool) or not isinstance(self.early_stopping_patience, int) \
-                or self.early_stopping_patience < 0:
-            bad("early_stopping_patience", "must be an integer >= 0 (0 = off)")
-        if self.backup_every_steps < 1:
-            bad("backup_every_steps", "must be >= 1")
+        check.counts("early_stopping_patience", least=0, note=" (0 = off)")
+        check.counts("backup_every_steps")
         if not 0 < self.uim_lr_scale <= 1:
             bad("uim_lr_scale", "must be in (0, 1]")
         check_precision(self.precision, "train.precision")

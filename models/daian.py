@@ -37,6 +37,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features import transforms
 from tirec.features.spec import FeatureSpec
@@ -108,32 +109,17 @@ class DaianConfig:
     intent_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"model.daian.{field}: {why}; received {getattr(self, field)!r}")
-
-        for field in ("att_units", "att_heads"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(field, "must be an integer >= 1")
-        if self.att_units % self.att_heads:
-            bad("att_units", f"must be divisible by att_heads={self.att_heads}")
-        if not self.uim_hidden or any(isinstance(u, bool) or not isinstance(u, int) or u < 1
-                                      for u in self.uim_hidden):
-            bad("uim_hidden", "must be a non-empty list of layer sizes >= 1")
+        check = Checks("model.daian", self)
+        check.heads()
+        check.widths("uim_hidden")
         choices = {"uim_attention": ("din", "mhta"), "i2e_fusion": ("concat", "add"),
                    "sim_fusion": ("norm_ratio", "additive"), "gate_inputs": ("intent", "intent_interest"),
                    "gate_shift": ("none", "mlp")}
         for field, allowed in choices.items():
-            if getattr(self, field) not in allowed:
-                bad(field, f"must be {' or '.join(allowed)}")
-        if self.sim_bins < 2:
-            bad("sim_bins", "must be >= 2")
-        if isinstance(self.explicit_len, bool) or not isinstance(self.explicit_len, int) \
-                or self.explicit_len < 1:
-            bad("explicit_len", "must be an integer >= 1")
-        if isinstance(self.explicit_buckets, bool) or not isinstance(self.explicit_buckets, int) \
-                or self.explicit_buckets < 0:
-            bad("explicit_buckets", "must be an integer >= 0 (0 = no compaction)")
+            check.one_of(field, allowed)
+        check.counts("sim_bins", least=2)
+        check.counts("explicit_len")
+        check.counts("explicit_buckets", least=0, note=" (0 = no compaction)")
         check_intent_settings("daian", None, self.intent_weight)
 
 

@@ -17,6 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tirec.features.config_io import is_count
 from tirec.features.jsonio import read_json
 from tirec.features.spec import CATEGORY_CLICKS, FeatureSpec
 
@@ -127,7 +128,7 @@ def make_dataset(data_dir: str, split: str, spec: FeatureSpec, batch_size: int, 
     by_file = pipelines > 1 and len(files) >= pipelines
     if by_file:
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
-    if isinstance(shuffle_block, bool) or not isinstance(shuffle_block, int) or shuffle_block < 1:
+    if not is_count(shuffle_block):
         raise ValueError(f"make_dataset: shuffle_block must be an integer >= 1; received {shuffle_block!r}")
     block = shuffle_block if shuffle_buffer else 1
     if shuffle_buffer:

@@ -30,6 +30,7 @@ import logging
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import (CATEGORY, RELATED_RULES, FeatureEmbedder, TirModel, check_time_settings,
@@ -42,10 +43,6 @@ from tirec.models.registry import register_model
 
 log = logging.getLogger(__name__)
 
-
-
-def _positive_int(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,25 +83,13 @@ class Dei2nConfig:
     history_sum: bool = True
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            value = getattr(self, field)
-            raise ValueError(f"model.dei2n.{field}: {why}; received {list(value) if isinstance(value, tuple) else value!r}")
-
-        for field in ("att_units", "att_heads"):
-            if not _positive_int(getattr(self, field)):
-                bad(field, "must be an integer >= 1")
-        if self.att_units % self.att_heads:
-            bad("att_units", f"must be divisible by att_heads={self.att_heads}")
+        check = Checks("model.dei2n", self)
+        check.heads()
         check_time_settings("dei2n", self)
-        if self.related not in RELATED_RULES:
-            bad("related", f"must be one of {', '.join(RELATED_RULES)}")
-        if not self.ui2m_hidden or not all(_positive_int(u) for u in self.ui2m_hidden):
-            bad("ui2m_hidden", "must be a non-empty list of integers >= 1")
-        if not all(_positive_int(u) for u in self.interaction_hidden):
-            bad("interaction_hidden", "must be a list of integers >= 1 ([] = no interaction MLP)")
-        for field in ("ui2m_context", "history_sum"):
-            if not isinstance(getattr(self, field), bool):
-                bad(field, "must be true or false")
+        check.one_of("related", RELATED_RULES)
+        check.widths("ui2m_hidden")
+        check.widths("interaction_hidden", empty="no interaction MLP")
+        check.flags("ui2m_context", "history_sum")
 
 
 @keras.utils.register_keras_serializable(package="tirec")

@@ -25,6 +25,7 @@ import numbers
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, ctr_tower, din_attention, trigger_present
@@ -61,12 +62,9 @@ class DianConfig:
 
     def __post_init__(self) -> None:
         check_intent_settings("dian", self.intent_level, self.intent_weight, self.intent_rule)
-        if not self.intent_hidden or any(isinstance(u, bool) or not isinstance(u, int) or u < 1
-                                         for u in self.intent_hidden):
-            raise ValueError(f"model.dian.intent_hidden: must be a non-empty list of integers >= 1; "
-                             f"received {self.intent_hidden!r}")
-        if not isinstance(self.intent_context, bool):
-            raise ValueError(f"model.dian.intent_context: must be true or false; received {self.intent_context!r}")
+        check = Checks("model.dian", self)
+        check.widths("intent_hidden")
+        check.flags("intent_context")
         if isinstance(self.eps, bool) or not isinstance(self.eps, numbers.Real) or not 0 < self.eps < 0.5:
             raise ValueError(f"model.dian.eps: must be a number in (0, 0.5); received {self.eps!r}")
 

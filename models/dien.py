@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import numbers
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, history_sum, item_columns
@@ -82,30 +82,18 @@ class DienConfig:
     recurrent: bool = True
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"model.dien.{field}: {why}; received {getattr(self, field)!r}")
-
-        if isinstance(self.gru_units, bool) or not isinstance(self.gru_units, int) or self.gru_units < 0:
-            bad("gru_units", "must be an integer >= 0 (0 = the item embedding width D)")
-        w = self.aux_weight
-        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0.0 <= w < float("inf"):
-            bad("aux_weight", "must be a finite number >= 0 (0 = no auxiliary loss)")
-        if self.negatives not in NEGATIVES:
-            bad("negatives", f"must be one of {', '.join(NEGATIVES)}")
-        if self.aux_score not in AUX_SCORES:
-            bad("aux_score", f"must be one of {', '.join(AUX_SCORES)}")
-        if not self.aux_hidden or any(isinstance(u, bool) or not isinstance(u, int) or u < 1
-                                      for u in self.aux_hidden):
-            bad("aux_hidden", "must be a non-empty list of integers >= 1")
-        for field in ("trigger_in_tower", "history_sum", "recurrent"):
-            if not isinstance(getattr(self, field), bool):
-                bad(field, "must be true or false")
+        check = Checks("model.dien", self)
+        check.counts("gru_units", least=0, note=" (0 = the item embedding width D)")
+        check.finite("aux_weight", least=0, note=" (0 = no auxiliary loss)")
+        check.one_of("negatives", NEGATIVES)
+        check.one_of("aux_score", AUX_SCORES)
+        check.widths("aux_hidden")
+        check.flags("trigger_in_tower", "history_sum", "recurrent")
         if not self.recurrent and (self.aux_weight > 0 or self.gru_units):
             raise ValueError(f"model.dien.recurrent=false has no interest states: it needs model.dien.aux_weight=0 "
                              f"and model.dien.gru_units=0; received aux_weight={self.aux_weight!r}, "
                              f"gru_units={self.gru_units!r}")
-        if self.gate_scale not in GATE_SCALES:
-            bad("gate_scale", f"must be one of {', '.join(GATE_SCALES)}")
+        check.one_of("gate_scale", GATE_SCALES)
 
 
 def _is_training(training) -> bool:

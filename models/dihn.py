@@ -24,6 +24,7 @@ import logging
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import (CATEGORY, RELATED_RULES, FeatureEmbedder, ctr_tower, din_attention, history_sum,
@@ -73,25 +74,13 @@ class DihnConfig:
     history_sum: bool = True
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"model.dihn.{field}: {why}; received {getattr(self, field)!r}")
-
         check_intent_settings("dihn", self.intent_level, self.intent_weight, self.intent_rule)
-        if not self.uin_hidden or any(isinstance(u, bool) or not isinstance(u, int) or u < 1
-                                      for u in self.uin_hidden):
-            bad("uin_hidden", "must be a non-empty list of integers >= 1")
-        for field in ("att_units", "att_heads"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(field, "must be an integer >= 1")
-        if self.att_units % self.att_heads:
-            bad("att_units", f"must be divisible by att_heads={self.att_heads}")
-        if self.sub_pooling not in ("attention", "sum"):
-            bad("sub_pooling", "must be attention or sum")
-        if self.related not in RELATED_RULES:
-            bad("related", "must be auto, category or similarity")
-        if not isinstance(self.history_sum, bool):
-            bad("history_sum", "must be true or false")
+        check = Checks("model.dihn", self)
+        check.widths("uin_hidden")
+        check.heads()
+        check.one_of("sub_pooling", ("attention", "sum"))
+        check.one_of("related", RELATED_RULES)
+        check.flags("history_sum")
 
 
 @keras.utils.register_keras_serializable(package="tirec")

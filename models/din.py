@@ -15,6 +15,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, history_sum, trigger_present
@@ -54,9 +55,7 @@ class DinConfig:
     trigger_in_tower: bool = True
 
     def __post_init__(self) -> None:
-        for field in ("sim_feature", "history_sum", "attention_softmax", "trigger_in_tower"):
-            if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"model.din.{field}: must be true or false; received {getattr(self, field)!r}")
+        Checks("model.din", self).flags("sim_feature", "history_sum", "attention_softmax", "trigger_in_tower")
 
 
 @keras.utils.register_keras_serializable(package="tirec")

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import numbers
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features.spec import HISTORY, LONG_TERM, REALTIME, FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, din_attention, item_columns
@@ -94,31 +94,15 @@ class GapNetConfig:
     din_read: bool = True
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"model.gapnet.{field}: {why}; received {getattr(self, field)!r}")
-
-        for field in ("att_units", "att_heads", "realtime_cut"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(field, "must be an integer >= 1")
-        if self.att_units % self.att_heads:
-            bad("att_units", f"must be divisible by att_heads={self.att_heads}")
-        for field in ("pafs_mult", "gate_bias"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value \
-                    or abs(value) == float("inf"):
-                bad(field, "must be a finite number")
-        if not self.pafs_mult > 0:
-            bad("pafs_mult", "must be > 0")
-        for field in ("use_pafs", "use_qaog", "use_gcqc", "din_read"):
-            if not isinstance(getattr(self, field), bool):
-                bad(field, "must be true or false")
-        if self.attention_norm not in NORMALIZERS:
-            bad("attention_norm", f"must be one of {', '.join(NORMALIZERS)}")
-        if self.cgdf not in FUSIONS:
-            bad("cgdf", f"must be one of {', '.join(FUSIONS)}")
-        if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in self.cgdf_hidden):
-            bad("cgdf_hidden", "must be a list of integers >= 1 (may be empty)")
+        check = Checks("model.gapnet", self)
+        check.heads()
+        check.counts("realtime_cut")
+        check.finite("pafs_mult", above=0)
+        check.finite("gate_bias")
+        check.flags("use_pafs", "use_qaog", "use_gcqc", "din_read")
+        check.one_of("attention_norm", NORMALIZERS)
+        check.one_of("cgdf", FUSIONS)
+        check.widths("cgdf_hidden", empty="no hidden layer")
 
 
 def view_plan(spec: FeatureSpec) -> tuple[tuple[str, str, str], ...]:

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from tirec.features import transforms
+from tirec.features.config_io import is_count
 from tirec.features.spec import CATEGORY, CATEGORY_CLICKS, FeatureSpec
 from tirec.models.base import STAGE_JOINT, Stage, TirModel, as_stage, joint_stage
 from tirec.models.config import ModelConfig
@@ -53,7 +54,7 @@ def check_intent_settings(section: str, level, weight, rule: str = LEVEL) -> Non
     ``model.<section>.<key>`` and the value."""
     if rule not in INTENT_RULES:
         raise ValueError(f"model.{section}.intent_rule: must be level or category; received {rule!r}")
-    if level is not None and (isinstance(level, bool) or not isinstance(level, int) or level < 1):
+    if level is not None and not is_count(level):
         raise ValueError(f"model.{section}.intent_level: must be null (the explicit-intent threshold's "
                          f"level) or an integer >= 1; received {level!r}")
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not weight >= 0:

@@ -20,10 +20,10 @@ e_warm. Outputs ``{"ctr": [B, 1]}``, float32 under mixed precision too.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import USER_ID, item_columns
@@ -60,20 +60,12 @@ class MwufConfig:
     recent_from: str = "impressions"
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"model.mwuf.{field}: {why}; received {getattr(self, field)!r}")
-
-        if not isinstance(self.warm_trigger, bool):
-            bad("warm_trigger", "must be true or false")
-        g = self.scale_gamma
-        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not 0 < g < float("inf"):
-            bad("scale_gamma", "must be a finite number > 0")
-        if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in self.meta_hidden):
-            bad("meta_hidden", "must be a list of integers >= 1 (may be empty)")
-        if isinstance(self.recent_users, bool) or not isinstance(self.recent_users, int) or self.recent_users < 1:
-            bad("recent_users", "must be an integer >= 1")
-        if self.recent_from not in RECENT_FROM:
-            bad("recent_from", f"must be one of {', '.join(RECENT_FROM)}")
+        check = Checks("model.mwuf", self)
+        check.flags("warm_trigger")
+        check.finite("scale_gamma", above=0)
+        check.widths("meta_hidden", empty="no hidden layer")
+        check.counts("recent_users")
+        check.one_of("recent_from", RECENT_FROM)
 
 
 @keras.utils.register_keras_serializable(package="tirec")

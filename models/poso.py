@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import numbers
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks, is_count
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import USER_ID
@@ -58,23 +58,16 @@ class PosoConfig:
     activity_edges: tuple[int, ...] = (1, 3, 10, 30)
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"model.poso.{field}: {why}; received {getattr(self, field)!r}")
-
-        scale = self.gate_scale
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < float("inf"):
-            bad("gate_scale", "must be a finite number > 0")
-        if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in self.gate_hidden):
-            bad("gate_hidden", "must be a list of integers >= 1 (may be empty)")
+        check = Checks("model.poso", self)
+        check.finite("gate_scale", above=0)
+        check.widths("gate_hidden", empty="no hidden layer")
         if self.pc_fields is not None and (not all(isinstance(f, str) and f for f in self.pc_fields)
                                            or len(set(self.pc_fields)) != len(self.pc_fields)):
-            bad("pc_fields", "must be null or a list of distinct column names")
-        if not isinstance(self.pc_stop_gradient, bool):
-            bad("pc_stop_gradient", "must be true or false")
+            check.bad("pc_fields", "must be null or a list of distinct column names")
+        check.flags("pc_stop_gradient")
         edges = self.activity_edges
-        if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in edges) \
-                or any(b <= a for a, b in zip(edges, edges[1:])):
-            bad("activity_edges", "must be strictly increasing integers >= 1 (may be empty)")
+        if not all(is_count(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+            check.bad("activity_edges", "must be strictly increasing integers >= 1 (may be empty)")
 
 
 def pc_columns(spec: FeatureSpec, pc_fields) -> list[str]:

@@ -19,6 +19,7 @@ import math
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks, is_finite
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import FeatureEmbedder, TirModel, ctr_tower, warn_shared_unread
@@ -60,23 +61,15 @@ class QinConfig:
     head: str = "linear"
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"model.qin.{field}: {why}; received {getattr(self, field)!r}")
-
-        for field, low in (("att_dim", 0), ("att_heads", 1), ("num_layers", 1), ("num_row", 1)):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                bad(field, f"must be an integer >= {low}" + (" (0 = 2 x the item width)" if low == 0 else ""))
+        check = Checks("model.qin", self)
+        check.counts("att_dim", least=0, note=" (0 = 2 x the item width)")
+        check.counts("att_heads", "num_layers", "num_row")
         if self.att_dim and self.att_dim % self.att_heads:
-            bad("att_dim", f"must be divisible by att_heads={self.att_heads}")
-        for field in ("trigger_attention", "batch_norm"):
-            if not isinstance(getattr(self, field), bool):
-                bad(field, "must be true or false")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not 0.0 <= self.dropout < 1.0:
-            bad("dropout", "must be in [0, 1)")
-        if self.head not in HEADS:
-            bad("head", f"must be one of {', '.join(HEADS)}")
+            check.bad("att_dim", f"must be divisible by att_heads={self.att_heads}")
+        check.flags("trigger_attention", "batch_norm")
+        if not is_finite(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            check.bad("dropout", "must be in [0, 1)")
+        check.one_of("head", HEADS)
 
 
 @keras.utils.register_keras_serializable(package="tirec")

@@ -5,7 +5,10 @@ model registers, with its builder, the frozen dataclass of its own settings: the
 ``model.<name>`` config section (``model.daian.uim_attention``), which the model reads with
 ``model_config.section("<name>")``; the settings every model shares stay in the common ``model``
 section (:class:`tirec.models.config.ModelConfig`). A new model is one module and one
-registration (with a one-line ``description``), plus its entry in ``BUILTIN_MODULES``.
+registration (with a one-line ``description``), plus its entry in ``BUILTIN_MODULES``. The
+dataclass checks its values in ``__post_init__``, e.g. with
+:class:`tirec.features.config_io.Checks` (``Checks("model.<name>", self).counts("depth")``),
+whose errors name the key and the value received.
 
 The built-in model modules are listed in ``BUILTIN_MODULES`` and imported on the first lookup (an
 explicit list, no directory scanning; importing them loads TensorFlow, which the config and CLI

@@ -27,6 +27,7 @@ import math
 
 import tensorflow as tf
 
+from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import (FeatureEmbedder, TirModel, check_time_settings, ctr_tower, history_gap_buckets,
@@ -71,16 +72,10 @@ class TinConfig:
     time_max_gap_days: float = 14.0
 
     def __post_init__(self) -> None:
-        def bad(field, why):
-            raise ValueError(f"model.tin.{field}: {why}; received {getattr(self, field)!r}")
-
-        if self.encoding not in ENCODINGS:
-            bad("encoding", f"must be {' or '.join(ENCODINGS)}")
-        if self.representation not in REPRESENTATIONS:
-            bad("representation", f"must be {' or '.join(REPRESENTATIONS)}")
-        for field in ("use_trigger", "scale_by_count"):
-            if not isinstance(getattr(self, field), bool):
-                bad(field, "must be true or false")
+        check = Checks("model.tin", self)
+        check.one_of("encoding", ENCODINGS)
+        check.one_of("representation", REPRESENTATIONS)
+        check.flags("use_trigger", "scale_by_count")
         check_time_settings("tin", self)
 
 

@@ -63,8 +63,8 @@ def test_trigger_related_mask_and_latest_time_hand_computed():
     ("model.dei2n.time_max_gap_days=0", r"model.dei2n.time_max_gap_days: must be a finite number > 0; received 0"),
     ("model.dei2n.related=brand", r"model.dei2n.related: must be one of auto, category, similarity; received 'brand'"),
     ("model.dei2n.att_units=10", r"model.dei2n.att_units: must be divisible by att_heads=4; received 10"),
-    ("model.dei2n.ui2m_hidden=[]", r"model.dei2n.ui2m_hidden: must be a non-empty list of integers >= 1"),
-    ("model.dei2n.interaction_hidden=[0]", r"model.dei2n.interaction_hidden: must be a list of integers >= 1 "
+    ("model.dei2n.ui2m_hidden=[]", r"model.dei2n.ui2m_hidden: must be a non-empty list of layer sizes >= 1"),
+    ("model.dei2n.interaction_hidden=[0]", r"model.dei2n.interaction_hidden: must be a list of layer sizes >= 1 "
                                             r"\(\[\] = no interaction MLP\); received \[0\]"),
     ("model.dei2n.history_sum=1", r"model.dei2n.history_sum: expected true/false; received 1"),
 ])

@@ -248,7 +248,7 @@ def test_layers_serialize_round_trip(layer):
     ("model.gapnet.cgdf=mean", r"model.gapnet.cgdf: must be one of sigmoid, softmax, concat; received 'mean'"),
     ("model.gapnet.att_units=10", r"model.gapnet.att_units: must be divisible by att_heads=4; received 10"),
     ("model.gapnet.realtime_cut=0", r"model.gapnet.realtime_cut: must be an integer >= 1; received 0"),
-    ("model.gapnet.pafs_mult=-1", r"model.gapnet.pafs_mult: must be > 0; received -1"),
+    ("model.gapnet.pafs_mult=-1", r"model.gapnet.pafs_mult: must be a finite number > 0; received -1"),
 ])
 def test_config_errors_name_the_key_and_value(setting, match):
     with pytest.raises(ValueError, match=match):

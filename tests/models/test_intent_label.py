@@ -68,13 +68,13 @@ def test_default_level_is_the_explicit_threshold_level(tiny_data):
     ("model.dihn.intent_level=0", r"model.dihn.intent_level: must be null .* or an integer >= 1; received 0"),
     ("model.dian.intent_weight=-1", r"model.dian.intent_weight: must be a number >= 0; received -1"),
     ("model.dihn.sub_pooling=max", r"model.dihn.sub_pooling: must be attention or sum; received 'max'"),
-    ("model.dihn.related=brand", r"model.dihn.related: must be auto, category or similarity; received 'brand'"),
+    ("model.dihn.related=brand", r"model.dihn.related: must be one of auto, category, similarity; received 'brand'"),
     ("model.dihn.att_units=10", r"model.dihn.att_units: must be divisible by att_heads=4; received 10"),
-    ("model.dihn.uin_hidden=[]", r"model.dihn.uin_hidden: must be a non-empty list of integers >= 1; received \(\)"),
+    ("model.dihn.uin_hidden=[]", r"model.dihn.uin_hidden: must be a non-empty list of layer sizes >= 1; received \[\]"),
     ("model.dihn.intent_rule=leaf", r"model.dihn.intent_rule: must be level or category; received 'leaf'"),
     ("model.dian.intent_rule=null", r"model.dian.intent_rule: expected a string; received None"),
     ("model.dian.eps=0.5", r"model.dian.eps: must be a number in \(0, 0.5\); received 0.5"),
-    ("model.dian.intent_hidden=[0]", r"model.dian.intent_hidden: must be a non-empty list of integers >= 1"),
+    ("model.dian.intent_hidden=[0]", r"model.dian.intent_hidden: must be a non-empty list of layer sizes >= 1"),
 ])
 def test_config_errors_name_the_key_and_value(setting, match):
     with pytest.raises(ValueError, match=match):

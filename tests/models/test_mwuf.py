@@ -199,9 +199,9 @@ def test_mwuf_needs_item_side_fields():
 
 @pytest.mark.parametrize("key,value,message", [
     ("scale_gamma", "0", "must be a finite number > 0"),
-    ("meta_hidden", "[0]", "integers >= 1"),
+    ("meta_hidden", "[0]", "layer sizes >= 1 ([] = no hidden layer); received [0]"),
     ("recent_users", "0", "integer >= 1"),
-    ("recent_from", "views", "must be one of impressions, clicks"),
+    ("recent_from", "views", "must be impressions or clicks"),
     ("warm_trigger", "1", "expected"),
 ])
 def test_mwuf_config_names_the_bad_key(key, value, message):

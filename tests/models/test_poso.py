@@ -108,7 +108,7 @@ def test_poso_without_any_code_is_an_error(tiny_data):
 
 @pytest.mark.parametrize("key,value,message", [
     ("gate_scale", "0", "must be a finite number > 0"),
-    ("gate_hidden", "[0]", "integers >= 1"),
+    ("gate_hidden", "[0]", "layer sizes >= 1 ([] = no hidden layer); received [0]"),
     ("activity_edges", "[3,3]", "strictly increasing"),
     ("activity_edges", "[0]", "strictly increasing integers >= 1"),
     ("pc_stop_gradient", "1", "expected"),

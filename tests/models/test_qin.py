@@ -166,7 +166,7 @@ def test_qin_output_ignores_labels_and_intent_columns(tiny_data):
 def test_qin_config_is_validated():
     for setting, message in [("model.qin.num_row=0", "model.qin.num_row: must be an integer >= 1; received 0"),
                              ("model.qin.dropout=1.0", "model.qin.dropout: must be in [0, 1)"),
-                             ("model.qin.head=mlp", "model.qin.head: must be one of linear, tower; received 'mlp'"),
+                             ("model.qin.head=mlp", "model.qin.head: must be linear or tower; received 'mlp'"),
                              ("model.qin.att_dim=10", "model.qin.att_dim: must be divisible by att_heads=4"),
                              ("model.qin.batch_norm=1", "model.qin.batch_norm: expected true/false")]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):

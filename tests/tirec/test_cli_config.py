@@ -225,13 +225,13 @@ def test_type_errors_name_key_value_and_expected_type(override, message):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.tower=[0]", "model.tower: must be a non-empty list of layer sizes >= 1; received (0,)"),
-    ("model.din_hidden=[]", "model.din_hidden: must be a non-empty list of layer sizes >= 1; received ()"),
+    ("model.tower=[0]", "model.tower: must be a non-empty list of layer sizes >= 1; received [0]"),
+    ("model.din_hidden=[]", "model.din_hidden: must be a non-empty list of layer sizes >= 1; received []"),
     ("model.daian.att_heads=0", "model.daian.att_heads: must be an integer >= 1; received 0"),
     ("model.daian.uim_hidden=[8, 0]", "model.daian.uim_hidden: must be a non-empty list of layer sizes >= 1; "
-                                      "received (8, 0)"),
+                                      "received [8, 0]"),
     ("train.learning_rate=.inf", "train.learning_rate: must be a finite number > 0; received inf"),
-    ("train.seed=-3", "train.seed: must be >= 0; received -3"),
+    ("train.seed=-3", "train.seed: must be an integer >= 0; received -3"),
     ("pipeline.seed=-1", "pipeline.seed: must be >= 0; received -1"),
     ("pipeline.sim_hi=.inf", "pipeline.sim_hi: must be in [-1, 1] (a cosine similarity); received inf"),
     ("pipeline.sim_lo=-50", "pipeline.sim_lo: must be in [-1, 1] (a cosine similarity); received -50.0"),

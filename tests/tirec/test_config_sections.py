@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from tirec.config import load_config
-from tirec.features.config_io import from_dict, to_dict
+from tirec.features.config_io import Checks, from_dict, to_dict
 from tirec.models import registry
 from tirec.models.config import (DAIAN_MOVED, ModelConfig, RunConfig, TrainConfig, load_run_config,
                                  model_config_from_dict)
@@ -45,8 +45,7 @@ def test_a_model_registers_its_class_with_its_own_config(monkeypatch):
         depth: int = 2
 
         def __post_init__(self):
-            if self.depth < 1:
-                raise ValueError(f"model.toy.depth: must be >= 1; received {self.depth!r}")
+            Checks("model.toy", self).counts("depth")
 
     @registry.register_model("toy", ToyConfig, description="toy")
     def build_toy(spec, model_config, num_items, item_dim):
@@ -56,7 +55,7 @@ def test_a_model_registers_its_class_with_its_own_config(monkeypatch):
     assert registry.get_builder("toy")(None, cfg, 0, 0) == ToyConfig(depth=5)
     with pytest.raises(ValueError, match=r"model.toy.depth: expected an integer; received 'x' \(str\)"):
         load_config(None, ["model.toy.depth=x"])
-    with pytest.raises(ValueError, match="model.toy.depth: must be >= 1; received 0"):
+    with pytest.raises(ValueError, match="model.toy.depth: must be an integer >= 1; received 0"):
         load_config(None, ["model.toy.depth=0"])
     with pytest.raises(TypeError, match="frozen dataclass"):
         registry.register_model("loose", dict, description="loose")
@@ -121,7 +120,7 @@ def test_unknown_keys_name_key_value_and_the_valid_keys(override, message):
      "model.daian.att_units: must be divisible by att_heads=4; received 10"),
     (lambda: registry.config_class("daian")(intent_weight=-0.5),
      "model.daian.intent_weight: must be a number >= 0; received -0.5"),
-    (lambda: TrainConfig(batch_size=0), "train.batch_size: must be >= 1; received 0"),
+    (lambda: TrainConfig(batch_size=0), "train.batch_size: must be an integer >= 1; received 0"),
     (lambda: TrainConfig(cpu_replicas=2), "train.cpu_replicas: only --strategy mirrored reads it "
                                           "(strategy='default'); received 2"),
     (lambda: TrainConfig(ps_min_shard_bytes=1024), "train.ps_min_shard_bytes: only --strategy ps reads it "
@@ -320,3 +319,48 @@ def test_a_pipeline_output_given_as_a_run_folder_is_named_as_such(tmp_path):
     (folder / "stats.json").unlink()
     with pytest.raises(ValueError, match=r"not a `tirec train` run folder, its config.json has no model section; "):
         load_run_config(str(folder))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Values:
+    n: object = 4
+    heads: object = 2
+    sizes: object = (8, 4)
+    x: object = 0.5
+    flag: object = True
+    mode: object = "a"
+
+
+@pytest.mark.parametrize("values, check, message", [
+    (_Values(n=True), lambda c: c.counts("n"), "s.n: must be an integer >= 1; received True"),
+    (_Values(n=0), lambda c: c.counts("n"), "s.n: must be an integer >= 1; received 0"),
+    (_Values(n=-1), lambda c: c.counts("n", least=0, note=" (0 = off)"), "s.n: must be an integer >= 0 (0 = off); received -1"),
+    (_Values(n=2.0), lambda c: c.counts("n"), "s.n: must be an integer >= 1; received 2.0"),
+    (_Values(sizes=()), lambda c: c.widths("sizes"), "s.sizes: must be a non-empty list of layer sizes >= 1; received []"),
+    (_Values(sizes=(8, 0)), lambda c: c.widths("sizes", empty="none"),
+     "s.sizes: must be a list of layer sizes >= 1 ([] = none); received [8, 0]"),
+    (_Values(n=6, heads=4), lambda c: c.heads("n", "heads"), "s.n: must be divisible by heads=4; received 6"),
+    (_Values(heads=0), lambda c: c.heads("n", "heads"), "s.heads: must be an integer >= 1; received 0"),
+    (_Values(flag=1), lambda c: c.flags("flag"), "s.flag: must be true or false; received 1"),
+    (_Values(mode="c"), lambda c: c.one_of("mode", ("a", "b")), "s.mode: must be a or b; received 'c'"),
+    (_Values(mode="d"), lambda c: c.one_of("mode", ("a", "b", "c")), "s.mode: must be one of a, b, c; received 'd'"),
+    (_Values(x=float("nan")), lambda c: c.finite("x"), "s.x: must be a finite number; received nan"),
+    (_Values(x=False), lambda c: c.finite("x"), "s.x: must be a finite number; received False"),
+    (_Values(x=0), lambda c: c.finite("x", above=0), "s.x: must be a finite number > 0; received 0"),
+    (_Values(x=float("inf")), lambda c: c.finite("x", least=0), "s.x: must be a finite number >= 0; received inf"),
+])
+def test_checks_name_the_key_and_the_value(values, check, message):
+    with pytest.raises(ValueError) as exc:
+        check(Checks("s", values))
+    assert str(exc.value) == message
+
+
+def test_checks_pass_good_values():
+    check = Checks("s", _Values(sizes=()))
+    check.counts("n", "heads")
+    check.heads("n", "heads")
+    check.widths("sizes", empty="none")
+    check.flags("flag")
+    check.one_of("mode", ("a", "b"))
+    check.finite("x", above=0)
+    check.finite("x", least=0.5)
