@@ -15,6 +15,7 @@ import dataclasses
 import logging
 
 from tirec.config import TirecConfig, load_config
+from tirec.features.config_io import read_mapping
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +200,18 @@ def load_runner_config(path: str | None = None, overrides=(), users: int | None 
     extra = [f"generator.users={users}"] if users is not None else []
     if path is not None:
         cfg = check_spans(load_config(path, list(overrides) + extra, cls=RunnerConfig))
-        return check_unread(check_runner_sets_given(cfg, overrides), overrides, users, file_generator=True)
+        given = list(overrides) + file_settings(path, RUNNER_SETS)
+        return check_unread(check_runner_sets_given(cfg, given), overrides, users, file_generator=True)
     model = load_config(None, list(overrides), cls=RunnerConfig).run.model
     cfg = load_config(None, builtin_overrides(model=model) + list(overrides) + extra, cls=RunnerConfig)
     return check_unread(check_runner_sets_given(check_spans(cfg), overrides), overrides, users)
 
 
 def check_runner_sets_given(cfg: RunnerConfig, overrides) -> RunnerConfig:
-    """Refuses a ``--set`` of a setting tirec run sets itself (:data:`RUNNER_SETS`) unless it
-    equals the ``run.*`` setting it comes from, even a value equal to the package default, which
-    :class:`RunnerConfig`'s own check cannot tell from unset."""
+    """Refuses a ``--set`` (or a config file's setting, as :func:`file_settings` shows it) of a
+    setting tirec run sets itself (:data:`RUNNER_SETS`) unless it equals the ``run.*`` setting it
+    comes from, even a value equal to the package default, which :class:`RunnerConfig`'s own
+    check cannot tell from unset."""
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         if key not in RUNNER_SETS:
@@ -219,6 +222,18 @@ def check_runner_sets_given(cfg: RunnerConfig, overrides) -> RunnerConfig:
             raise ValueError(f"{key}: tirec run sets it itself and does not read it; set {instead} instead; "
                              f"received {item!r}")
     return cfg
+
+
+def file_settings(path: str, keys) -> list[str]:
+    """``key=value`` of each dotted ``key`` of ``keys`` that the config file ``path`` sets, its
+    value as the file gives it (e.g. ``["model.name='din' (in run.yaml)"]``)."""
+    raw, out = read_mapping(path), []
+    for key in keys:
+        section, field = key.split(".")
+        block = raw.get(section)
+        if isinstance(block, dict) and field in block:
+            out.append(f"{key}={block[field]!r} (in {path})")
+    return out
 
 
 def check_unread(cfg: RunnerConfig, overrides, users: int | None, file_generator: bool = False) -> RunnerConfig:

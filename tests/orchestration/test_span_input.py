@@ -163,6 +163,14 @@ def test_run_settings_are_checked_when_the_config_loads(tmp_path):
     path.write_text(f"run: {{source: logs, input: {tmp_path}}}\npipeline: {{split: days, eval_days: 1}}\n"
                     "generator: {users: 5000, day_files: true}\n")
     assert load_runner_config(str(path)).run.source == "logs"
+    # a file's runner-set key equal to the package default but not to run.*: refused too
+    path.write_text("run: {model: din}\nmodel: {name: daian}\npipeline: {split: days, eval_days: 1}\n"
+                    "generator: {day_files: true}\n")
+    with pytest.raises(ValueError, match=r"model.name: tirec run sets it itself.*set run.model instead; "
+                                         rf"received \"model.name='daian' \(in {path}\)\""):
+        load_runner_config(str(path))
+    path.write_text(path.read_text().replace("name: daian", "name: din"))
+    assert load_runner_config(str(path)).model.name == "din"
 
 
 def test_a_run_refused_for_its_arguments_leaves_no_workdir(tmp_path):
