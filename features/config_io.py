@@ -39,9 +39,6 @@ from tirec.features.jsonio import is_remote, read_text
 
 SECTIONS = "tirec.sections"
 RUN_CONFIG = "config.json"
-# What a run folder's config.json records beside its settings: the --data it trained on. A run
-# folder given as a config (``--config RUN``) lends its settings; the data is the command's own.
-RUN_RECORDS = "data"
 
 
 def deprecated(message: str) -> None:
@@ -151,14 +148,23 @@ def read_mapping(source: str) -> dict:
     return raw
 
 
+def is_folder(source: str) -> bool:
+    """``source`` (local or remote) is a folder."""
+    if is_remote(source):
+        import tensorflow as tf
+
+        return tf.io.gfile.isdir(source)
+    return os.path.isdir(source)
+
+
 def _config_file(source: str) -> str:
     if is_remote(source):
         import tensorflow as tf
 
-        isdir, exists = tf.io.gfile.isdir(source), tf.io.gfile.exists(source)
+        exists = tf.io.gfile.exists(source)
     else:
-        isdir, exists = os.path.isdir(source), os.path.exists(source)
-    if isdir:
+        exists = os.path.exists(source)
+    if is_folder(source):
         path = f"{source.rstrip('/')}/{RUN_CONFIG}"
         if not is_remote(path) and not os.path.exists(path):
             raise FileNotFoundError(f"config {source}: a folder without {RUN_CONFIG} (not a run folder)")
@@ -189,8 +195,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
 def load(cls: type, source: str | None = None, overrides: Sequence[str] = (), where: str = "",
          quiet: bool = False, skip: Sequence[str] = ()) -> Any:
     """Dataclass ``cls`` from ``source`` (a YAML/JSON file or a run folder; optional) with
-    ``overrides`` applied. Of a run folder, the settings are read, not the data folder it
-    recorded (:data:`RUN_RECORDS`): that is the command's ``--data``.
+    ``overrides`` applied.
 
     Args:
       quiet: do not print the deprecation line for moved keys (for a ``config.json`` that an
@@ -199,8 +204,6 @@ def load(cls: type, source: str | None = None, overrides: Sequence[str] = (), wh
         file shared by every command); the caller tells the user.
     """
     raw = {k: v for k, v in (read_mapping(source) if source else {}).items() if k not in skip}
-    if source and _config_file(source) != source:
-        raw.pop(RUN_RECORDS, None)
     moved: list[tuple[str, str]] = []
     cfg = from_dict(cls, apply_overrides(raw, overrides), where, moved=moved)
     if moved and not quiet:
@@ -391,13 +394,15 @@ def _shown(value) -> str:
 
 
 def is_count(value, least: int = 1) -> bool:
-    """``value`` is an integer (not a bool) >= ``least``."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+    """``value`` is an integer (Python or numpy, not a bool) >= ``least``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
 
 
 def is_finite(value) -> bool:
-    """``value`` is a finite real number (not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    """``value`` is a finite real number (Python or numpy, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return isinstance(value, numbers.Integral) or math.isfinite(value)
 
 
 class Checks:
@@ -423,7 +428,8 @@ class Checks:
         """Layer sizes: a list of integers >= 1, non-empty unless ``empty`` says what [] means."""
         for field in fields:
             units = getattr(self.section, field)
-            if not all(is_count(u) for u in units) or not (units or empty):
+            if not isinstance(units, (list, tuple)) or not all(is_count(u) for u in units) \
+                    or not (units or empty):
                 self.bad(field, f"must be a list of layer sizes >= 1 ([] = {empty})" if empty else
                          "must be a non-empty list of layer sizes >= 1")
 

@@ -267,13 +267,29 @@ def load_run_config(run_dir: str) -> RunConfig:
       ValueError: naming ``run_dir`` when its ``config.json`` has no ``model`` section (another
         tool's folder, e.g. a ``tirec pipeline`` output).
     """
+    return from_dict(RunConfig, _recorded(run_dir), moved=[])  # moved keys load quietly
+
+
+def run_settings(run_dir: str) -> dict:
+    """The settings a run folder lends as a config (``--config RUN``): its recorded ``model``
+    and ``train`` sections, as :func:`load_run_config` reads them. What else it recorded (the
+    data folder it trained on; an export's checkpoint) is the run's, not a setting.
+
+    Raises:
+      FileNotFoundError / ValueError: as :func:`load_run_config`.
+    """
+    raw = _recorded(run_dir)
+    return {"model": raw["model"], "train": raw["train"]}
+
+
+def _recorded(run_dir: str) -> dict:
     if not exists(f"{run_dir.rstrip('/')}/{RUN_CONFIG}"):
         raise FileNotFoundError(f"{run_dir}: not a `tirec train` run folder (it has no {RUN_CONFIG})")
     raw = read_mapping(run_dir)
     if "model" not in raw:
         raise ValueError(_not_a_run(run_dir))
     raw["train"] = recorded_train(raw.get("train") or {})
-    return from_dict(RunConfig, raw, moved=[])  # moved keys load quietly
+    return raw
 
 
 def _not_a_run(run_dir: str) -> str:

@@ -14,8 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from tirec.config import TirecConfig, load_config
-from tirec.features.config_io import read_mapping
+from tirec.config import TirecConfig, config_mapping, load_config
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +199,7 @@ def load_runner_config(path: str | None = None, overrides=(), users: int | None 
     extra = [f"generator.users={users}"] if users is not None else []
     if path is not None:
         cfg = check_spans(load_config(path, list(overrides) + extra, cls=RunnerConfig))
-        given = list(overrides) + file_settings(path, RUNNER_SETS)
+        given = list(overrides) + file_settings(path)
         return check_unread(check_runner_sets_given(cfg, given), overrides, users, file_generator=True)
     model = load_config(None, list(overrides), cls=RunnerConfig).run.model
     cfg = load_config(None, builtin_overrides(model=model) + list(overrides) + extra, cls=RunnerConfig)
@@ -224,15 +223,19 @@ def check_runner_sets_given(cfg: RunnerConfig, overrides) -> RunnerConfig:
     return cfg
 
 
-def file_settings(path: str, keys) -> list[str]:
-    """``key=value`` of each dotted ``key`` of ``keys`` that the config file ``path`` sets, its
-    value as the file gives it (e.g. ``["model.name='din' (in run.yaml)"]``)."""
-    raw, out = read_mapping(path), []
-    for key in keys:
+def file_settings(path: str) -> list[str]:
+    """``key=value (in path)`` of each :data:`RUNNER_SETS` key that config ``path`` sets, e.g.
+    ``["model.name='din' (in run.yaml)"]``; a key with no ``run.*`` counterpart only when its
+    value is not the package default (``''``: unset, as a run folder records it)."""
+    raw, out = config_mapping(path), []
+    for key, (_, same_as) in RUNNER_SETS.items():
         section, field = key.split(".")
         block = raw.get(section)
-        if isinstance(block, dict) and field in block:
-            out.append(f"{key}={block[field]!r} (in {path})")
+        if not isinstance(block, dict) or field not in block:
+            continue
+        if same_as is None and block[field] == getattr(type(getattr(RunnerConfig(), section))(), field):
+            continue
+        out.append(f"{key}={block[field]!r} (in {path})")
     return out
 
 

@@ -35,8 +35,8 @@ import sys
 
 import tirec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tirec import run_cli
-from tirec.config import TirecConfig, load
-from tirec.features.config_io import DeprecatedFlag, read_mapping
+from tirec.config import TirecConfig, config_mapping, load_config
+from tirec.features.config_io import DeprecatedFlag
 from tirec.orchestration.config import RunnerConfig
 
 log = logging.getLogger("tirec")
@@ -175,11 +175,11 @@ def _load_config(args, overrides: list[str]) -> TirecConfig:
         section = key.strip().split(".")[0]
         if section in SECTIONS and section not in reads:
             raise ValueError(_unread_override(args.command, key.strip(), value, section))
-    other = sorted(set(read_mapping(args.config)) & set(SECTIONS) - set(reads)) if args.config else []
+    other = sorted(set(config_mapping(args.config)) & set(SECTIONS) - set(reads)) if args.config else []
     if other:
         log.info("--config %s: tirec %s reads its %s section(s); %s are for other commands",
                  args.config, args.command, ", ".join(reads), ", ".join(other))
-    return load(TirecConfig, args.config, overrides, skip=other)
+    return load_config(args.config, overrides, skip=other)
 
 
 def _unread_override(command: str, key: str, value: str, section: str) -> str:

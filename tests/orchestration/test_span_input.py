@@ -1,10 +1,12 @@
 """What ``tirec run`` reads of a logs folder and which settings it refuses: day shards up to the
 span (compressed names too), top-level impressions or behaviours files refused; the settings it
 sets itself and a split that does not evaluate on the span's day refused."""
+import json
 import os
 
 import pytest
 
+from tirec.config import load_config, to_dict
 from tirec.orchestration import components as C
 from tirec.orchestration import runner
 from tirec.orchestration.config import load_runner_config
@@ -171,6 +173,22 @@ def test_run_settings_are_checked_when_the_config_loads(tmp_path):
         load_runner_config(str(path))
     path.write_text(path.read_text().replace("name: daian", "name: din"))
     assert load_runner_config(str(path)).model.name == "din"
+
+
+def test_a_run_folder_lends_its_settings_to_tirec_run(tmp_path):
+    """A run folder records train.warm_start='' (unset) and its model.name: neither is refused
+    when run.model names that model."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(None, ["model.name=din", "model.emb_dim=8"])
+    (run / "config.json").write_text(json.dumps({"model": to_dict(cfg.model), "train": to_dict(cfg.train),
+                                                 "data": "/data/tfr"}))
+    (run / "spec.json").write_text("{}")
+    got = load_runner_config(str(run), ["run.model=din", "pipeline.split=days", "pipeline.eval_days=1",
+                                        "generator.day_files=true"])
+    assert (got.model.name, got.model.emb_dim, got.train.warm_start) == ("din", 8, "")
+    with pytest.raises(ValueError, match=r"model.name: tirec run sets it itself"):
+        load_runner_config(str(run), ["pipeline.split=days", "pipeline.eval_days=1", "generator.day_files=true"])
 
 
 def test_a_run_refused_for_its_arguments_leaves_no_workdir(tmp_path):

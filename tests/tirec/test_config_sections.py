@@ -4,6 +4,7 @@ import json
 import pathlib
 import shutil
 
+import numpy as np
 import pytest
 
 from tirec.config import load_config
@@ -237,19 +238,38 @@ def test_run_config_written_and_read_by_the_one_loader(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_a_run_folder_as_config_lends_its_settings_not_its_data(tmp_path):
-    """``--config RUN``: the run's model and train sections are read; the data folder it recorded
-    is the run's, not a setting (the command has its own --data). A file with ``data`` is refused."""
-    from tirec.features.jsonio import write_json
-
+def test_a_run_folder_as_config_lends_its_settings_not_its_data(tmp_path, capsys, caplog):
+    """``--config RUN`` (or ``RUN/config.json``): the run's model and train sections, read as
+    load_run_config reads them (an older run's keys quietly, its recorded train section made
+    valid); the data folder it recorded is the run's, not a setting. A file with ``data`` is refused."""
     shutil.copytree(OLD_RUN, tmp_path / "run")
+    config = json.loads((OLD_RUN / "config.json").read_text())
+    config["train"].update(cpu_replicas=2)  # accepted, and not read, by an older tirec
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "run" / "spec.json").write_text("{}")  # as every run folder has (it is not read here)
     run = load_run_config(str(tmp_path / "run"))
-    write_json(str(tmp_path / "run" / "config.json"), to_dict(run))
-    cfg = load_config(str(tmp_path / "run"), ["train.epochs=3"])
-    assert cfg.model == run.model and cfg.train == dataclasses.replace(run.train, epochs=3)
+    for source in (tmp_path / "run", tmp_path / "run" / "config.json"):
+        with caplog.at_level("INFO", logger="tirec"):
+            cfg = load_config(str(source), ["train.epochs=3"])
+        assert cfg.model == run.model and cfg.train == dataclasses.replace(run.train, epochs=3)
+        assert f"the data folder it recorded, {run.data}, is not a setting" in caplog.text
+    assert capsys.readouterr().err == ""  # no deprecation line for keys tirec wrote
     (tmp_path / "c.json").write_text(json.dumps(to_dict(run)))
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['data'\]"):
         load_config(str(tmp_path / "c.json"))
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(FileNotFoundError, match="nothing: a folder without config.json"):
+        load_config(str(tmp_path / "nothing"))
+
+
+def test_a_pipeline_output_as_config_lends_its_pipeline_settings(tmp_path):
+    out = tmp_path / "tfr"
+    out.mkdir()
+    pipeline = load_config(None, ["pipeline.intent_levels=6", "pipeline.max_seq_len=20"]).pipeline
+    (out / "config.json").write_text(json.dumps(to_dict(pipeline)))
+    (out / "spec.json").write_text("{}")
+    cfg = load_config(str(out), ["pipeline.seed=3"])
+    assert cfg.pipeline == dataclasses.replace(pipeline, seed=3)
 
 
 def test_model_config_round_trips_and_reads_old_flat_dicts():
@@ -348,6 +368,9 @@ class _Values:
     (_Values(x=False), lambda c: c.finite("x"), "s.x: must be a finite number; received False"),
     (_Values(x=0), lambda c: c.finite("x", above=0), "s.x: must be a finite number > 0; received 0"),
     (_Values(x=float("inf")), lambda c: c.finite("x", least=0), "s.x: must be a finite number >= 0; received inf"),
+    (_Values(sizes=None), lambda c: c.widths("sizes"), "s.sizes: must be a non-empty list of layer sizes >= 1; received None"),
+    (_Values(sizes=3), lambda c: c.widths("sizes", empty="none"), "s.sizes: must be a list of layer sizes >= 1 ([] = none); received 3"),
+    (_Values(flag=np.bool_(True)), lambda c: c.flags("flag"), f"s.flag: must be true or false; received {np.bool_(True)!r}"),
 ])
 def test_checks_name_the_key_and_the_value(values, check, message):
     with pytest.raises(ValueError) as exc:
@@ -364,3 +387,8 @@ def test_checks_pass_good_values():
     check.one_of("mode", ("a", "b"))
     check.finite("x", above=0)
     check.finite("x", least=0.5)
+    numpy = Checks("s", _Values(n=np.int64(3), heads=np.int32(3), sizes=[np.int64(4)], x=np.float32(0.5)))
+    numpy.heads("n", "heads")
+    numpy.widths("sizes")
+    numpy.finite("x", above=0)
+    Checks("s", _Values(x=10 ** 400)).finite("x")  # an integer is finite, however large
