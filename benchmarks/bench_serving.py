@@ -25,7 +25,8 @@ timed requests of a side (``time.perf_counter`` around each call), QPS = its tim
 its summed round wall times; ``errors`` counts failed calls, warmup included (failed calls are
 not timed). Signatures:
 ``serving_default`` (serialized tf.Example ``examples``) and, by default also, ``rank`` (the
-first record's context as one example, and one small ``target_*`` example per candidate) and
+first record's context as one example, then empty strings: the filled form the client sends;
+and one small ``target_*`` example per candidate) and
 ``predict`` (one raw tensor per model input, parsed from the same records).
 
 Transport floor (unless ``--no-floor``): the 1-client cells also time, in the same rounds, the

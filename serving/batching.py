@@ -15,7 +15,7 @@ requests. If a merged batch still fails (say one serialized tf.Example does not 
 requests are re-run one by one, so every caller gets its own result or its own error.
 
 As in TF Serving, every signature is batched: a request with a scalar input, or whose inputs
-differ in their first dimension (``rank`` with one context for several candidates), is
+differ in their first dimension (``rank`` with one context row for several candidates), is
 INVALID_ARGUMENT, and so is a request of more than ``max_batch_size`` rows.
 
 Parameters come from flags or from a ``--batching-parameters-file`` holding a
@@ -158,7 +158,8 @@ def _unbatchable(arrays: Mapping[str, np.ndarray]) -> ServingError:
         return invalid(f"Batching session Run() input tensors must have at least one dimension "
                        f"(input shapes {shapes})")
     return invalid(f"Batching session Run() input tensors must have equal 0th-dimension size (input "
-                   f"shapes {shapes}; with batching on, send `rank` one context per candidate)")
+                   f"shapes {shapes}; with batching on, send `rank` one context row per candidate: the example, "
+                   f"then empty strings)")
 
 
 class Batcher:

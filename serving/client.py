@@ -344,20 +344,26 @@ def to_examples(features: Mapping[str, np.ndarray]) -> list[bytes]:
     return out
 
 
-def rank_inputs(features: Mapping[str, np.ndarray], schema: RequestSchema | FeatureSpec
-                ) -> dict[str, list[bytes]]:
+def rank_inputs(features: Mapping[str, np.ndarray], schema: RequestSchema | FeatureSpec,
+                filled: bool = True) -> dict[str, list[bytes]]:
     """Inputs of the ``rank`` signature for one request's :func:`request_features`.
 
-    Returns ``{"context": [one serialized tf.Example], "candidates": [one per candidate]}``: the
+    Returns ``{"context": [...], "candidates": [one serialized tf.Example per candidate]}``: one
     context example holds every request-scoped input (taken from the first row: they are the
     same for every candidate of a request), each candidate example its candidate-scoped inputs.
+    ``filled`` (default) sends the context as one row per candidate, the example then empty
+    strings (which repeat it), so that the inputs share their first dimension as TF Serving's
+    batching requires; otherwise ``context`` is the one example (a server without batching, or
+    an export older than the filled form).
     """
     if isinstance(schema, FeatureSpec):
         schema = RequestSchema.from_spec(schema)
     per_candidate = {f.name for f in schema.select(scope="candidate")}
-    context = {k: v[:1] for k, v in features.items() if k not in per_candidate}
-    candidates = {k: v for k, v in features.items() if k in per_candidate}
-    return {"context": to_examples(context), "candidates": to_examples(candidates)}
+    context = to_examples({k: v[:1] for k, v in features.items() if k not in per_candidate})
+    candidates = to_examples({k: v for k, v in features.items() if k in per_candidate})
+    if filled and candidates:
+        context += [b""] * (len(candidates) - 1)
+    return {"context": context, "candidates": candidates}
 
 
 def request_from_records(spec: FeatureSpec, records: Sequence[bytes],
@@ -433,6 +439,7 @@ class PredictClient:
         self.channel = grpc.insecure_channel(target, options=opts)
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self._rank_filled = True  # see _rank
 
     def close(self) -> None:
         self.channel.close()
@@ -502,14 +509,36 @@ class PredictClient:
         if signature == "predict":
             out = self.predict(tensors=feats, signature=signature)
         elif signature == "rank":
-            inputs = rank_inputs(feats, schema)
-            out = self.predict(tensors={k: np.array(v, dtype=object) for k, v in inputs.items()},
-                               signature=signature)
+            out = self._rank(feats, schema)
         else:
             out = self.predict(examples=to_examples(feats), signature=signature)
         scores = np.asarray(out["ctr"]).reshape(-1)
         order = np.argsort(-scores, kind="stable")
         return [(request["candidates"][i], float(scores[i])) for i in order]
+
+    def _rank(self, feats: Mapping[str, np.ndarray], schema: RequestSchema) -> dict[str, np.ndarray]:
+        """``rank`` in the filled form (:func:`rank_inputs`), or with one context example for a
+        model exported before that form: its refusal of the empty context rows (a required
+        feature not found) is retried once that way, and the client keeps to it."""
+        import grpc
+
+        def call(filled):
+            inputs = rank_inputs(feats, schema, filled=filled)
+            return self.predict(tensors={k: np.array(v, dtype=object) for k, v in inputs.items()},
+                                signature="rank")
+
+        if not self._rank_filled:
+            return call(False)
+        try:
+            return call(True)
+        except grpc.RpcError as err:
+            old = err.code() == grpc.StatusCode.INVALID_ARGUMENT and "could not be found" in (err.details() or "")
+            if not old or len(next(iter(feats.values()), ())) < 2:
+                raise
+        out = call(False)
+        self._rank_filled = False
+        log.info("model %s: its rank signature predates the filled context form; sending one context", self.model)
+        return out
 
     def metadata(self) -> dict:
         """The model's signature defs (GetModelMetadata) as a JSON-able dict."""

@@ -16,22 +16,26 @@ signature           inputs                       outputs
                     ``tf.Example``                ``[B, 2]`` (``"0"``, ``"1"``); method ``classify``
 ``regress``         ``inputs``: serialized        ``outputs`` ``[B]`` click probability; method
                     ``tf.Example``                ``regress``
-``rank``            ``context``: string ``[1]``;  ``ctr`` ``[N, 1]``, ``intent`` ``[N, k]``: one row per
-                    ``candidates``: string ``[N]`` candidate
+``rank``            ``context``: string ``[N]``   ``ctr`` ``[N, 1]``, ``intent`` ``[N, k]``: one row per
+                    (or ``[1]``); ``candidates``: candidate
+                    string ``[N]``
 =================== ============================ =====================================================
 
 ``rank`` is the compact form of a TIR request: ``context`` is one serialized ``tf.Example`` with
 everything the candidates share (the spec's request-scoped model inputs: user, context, trigger,
 history), ``candidates`` one small ``tf.Example`` per candidate with its candidate-scoped inputs
-(the target's); the graph repeats the context for every candidate. For 200 candidates with a
-50-behaviour history the request is about 15x smaller than 200 full examples (23 kB vs
-342 kB measured on the demo data), and the graph
-parses the history once. ``context`` may also hold one example per candidate (what request
-batching produces when it merges single-candidate requests); any other count is
-INVALID_ARGUMENT. With ``--enable_batching`` TF Serving batches every signature and refuses a
-request whose inputs differ in their first dimension, so there ``rank`` takes one context per
-candidate (the compact form needs a server without batching; a 200-candidate request is a
-batch already).
+(the target's); the graph repeats the context for every candidate. ``context`` has one row per
+candidate: the example, then empty strings, each repeating the row above (the *filled* form,
+what :func:`tirec.serving.client.rank_inputs` sends), or just the example. The filled form's
+inputs share their first dimension, which TF Serving's ``--enable_batching`` requires of every
+signature, and requests merged into one batch keep their own contexts; the one-row form works
+only without batching. For 200 candidates with a 50-behaviour history the request is about 15x
+smaller than 200 full examples (23,714 vs 357,833 bytes on the demo data, of which the 199
+empty strings are 399: ``python benchmarks/rank_bytes.py DATA``), and the graph parses each
+context once. A context row count other
+than 1 or N, or an empty first row, is INVALID_ARGUMENT. (TF Serving's
+``enable_large_batch_splitting`` would split a request between rows; with it, send a full
+example in every context row.)
 
 ``tf.Example`` inputs are parsed with the run's FeatureSpec (model inputs only: label and
 pipeline-only columns may be present and are ignored, so the pipeline's own records can be sent
@@ -126,16 +130,22 @@ class ServingModule(tf.Module):
         return tf.io.parse_example(serialized, self._parse_spec)
 
     def _rank_features(self, context: tf.Tensor, candidates: tf.Tensor) -> dict:
-        """Model inputs of ``rank``: the context example(s) repeated to one row per candidate."""
-        n = tf.shape(candidates)[0]
-        rows = tf.shape(context)[0]
-        ok = tf.logical_or(tf.equal(rows, 1), tf.equal(rows, n))
-        check = tf.debugging.Assert(ok, ["rank: `context` must hold 1 tf.Example (or one per candidate); "
-                                         "received context rows / candidates:", rows, n])
+        """Model inputs of ``rank``: one context row per candidate. ``context`` holds one
+        serialized example for every candidate, or one row per candidate where an empty string
+        repeats the row above (the first must be an example); each given context is parsed once."""
+        n, rows = tf.shape(candidates)[0], tf.shape(context)[0]
+        given = tf.not_equal(context, "")
+        first_given = tf.reduce_all(given[:1])  # true for no rows
+        ok = tf.logical_and(tf.logical_or(tf.equal(rows, 1), tf.equal(rows, n)), first_given)
+        check = tf.debugging.Assert(ok, [
+            "rank: `context` must hold 1 tf.Example, or one row per candidate (an empty string "
+            "repeating the row above; the first a tf.Example); received context rows / candidates / "
+            "first row empty:", rows, n, tf.logical_not(first_given)])
         with tf.control_dependencies([check]):
-            repeats = n // tf.maximum(rows, 1)
-        features = {k: tf.repeat(v, repeats, axis=0)
-                    for k, v in tf.io.parse_example(context, self._context_spec).items()}
+            row = tf.minimum(tf.range(n), rows - 1)  # the context row of each candidate
+        source = tf.gather(tf.cumsum(tf.cast(given, tf.int32)) - 1, row)  # its example among the given
+        parsed = tf.io.parse_example(tf.boolean_mask(context, given), self._context_spec)
+        features = {k: tf.gather(v, source) for k, v in parsed.items()}
         features.update(tf.io.parse_example(candidates, self._candidate_spec))
         return features
 
@@ -256,14 +266,15 @@ def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
             req.inputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
         out.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
-        # rank: every row as a candidate and as its own context (full examples parse too: each
-        # side reads only its own features). One context per candidate, because with
-        # --enable_batching TF Serving batches every signature and refuses inputs whose first
-        # dimensions differ: a failing warmup record would fail the version's load.
+        # rank: every row as a candidate, the first also as the context of all (full examples
+        # parse too: each side reads only its own features), in the filled form (one context row
+        # per candidate, empty after the first), because with --enable_batching TF Serving
+        # batches every signature and refuses inputs whose first dimensions differ: a failing
+        # warmup record would fail the version's load.
         req = predict_pb2.PredictRequest()
         req.model_spec.name = model_name
         req.model_spec.signature_name = "rank"
-        req.inputs["context"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
+        req.inputs["context"].CopyFrom(tf.make_tensor_proto(rows[:1] + [b""] * (size - 1), dtype=tf.string))
         req.inputs["candidates"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
         out.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())

@@ -495,8 +495,8 @@ def _add_query(sub) -> None:
     pin.add_argument("--label", help="pin a version label, e.g. stable (not with --version)")
     p.add_argument("--signature", default="serving_default", choices=("serving_default", "predict", "rank"),
                    help="serving_default: one full tf.Example per candidate; rank: one context example "
-                        "and one small example per candidate (much smaller requests; needs a server "
-                        "without batching); predict: raw tensors (default: %(default)s)")
+                        "and one small example per candidate (much smaller requests; with batching on "
+                        "or off); predict: raw tensors (default: %(default)s)")
     p.add_argument("--top", type=_int_at_least(0), default=0, help="print only the best K (0: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=_number(float, 0, above=True), default=10.0, help="deadline in seconds")

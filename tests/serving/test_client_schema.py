@@ -166,7 +166,8 @@ def test_rank_inputs_split_by_scope():
     spec = _spec()
     feats = C.request_features(spec, _request())
     rank = C.rank_inputs(feats, spec)
-    assert len(rank["context"]) == 1 and len(rank["candidates"]) == 2
+    assert len(rank["context"]) == 2 and rank["context"][1] == b"" and len(rank["candidates"]) == 2
+    assert C.rank_inputs(feats, spec, filled=False)["context"] == rank["context"][:1]
     context = tf.train.Example.FromString(rank["context"][0]).features.feature
     cand = tf.train.Example.FromString(rank["candidates"][1]).features.feature
     assert set(cand) == {"target_item_id", "target_cate_id", "ctx_slot"}

@@ -153,12 +153,17 @@ def test_request_round_trip_and_errors(run, exported):
     np.testing.assert_allclose(a, b, atol=1e-7)
 
     # The compact `rank` form (one context example + one small example per candidate) scores the
-    # same, for many candidates and for one, and is much smaller on the wire.
-    rank = C.rank_inputs(feats, spec)
-    assert len(rank["context"]) == 1 and len(rank["candidates"]) == len(rows)
-    got = loaded.signatures["rank"](context=tf.constant(rank["context"]),
-                                    candidates=tf.constant(rank["candidates"]))
+    # same, for many candidates and for one, filled (one context row per candidate, empty after
+    # the first) or not, and is much smaller on the wire.
+    filled = C.rank_inputs(feats, spec)
+    assert filled["context"][1:] == [b""] * (len(rows) - 1) and len(filled["candidates"]) == len(rows)
+    got = loaded.signatures["rank"](context=tf.constant(filled["context"]),
+                                    candidates=tf.constant(filled["candidates"]))
     np.testing.assert_allclose(got["ctr"].numpy(), b, atol=1e-7)
+    rank = C.rank_inputs(feats, spec, filled=False)
+    assert len(rank["context"]) == 1 and rank["candidates"] == filled["candidates"]
+    np.testing.assert_allclose(loaded.signatures["rank"](context=tf.constant(rank["context"]), candidates=tf.constant(
+        rank["candidates"]))["ctr"].numpy(), b, atol=1e-7)
     assert got["intent"].shape == (len(rows), loaded.signatures["serving_default"](
         examples=tf.constant(records[:1]))["intent"].shape[1])
     one = loaded.signatures["rank"](context=tf.constant(rank["context"]),
@@ -172,8 +177,11 @@ def test_request_round_trip_and_errors(run, exported):
         with pytest.raises(tf.errors.InvalidArgumentError, match="context. must hold 1 tf.Example"):
             loaded.signatures["rank"](context=tf.constant(rank["context"] * 2),
                                       candidates=tf.constant(rank["candidates"][:3]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="first row empty:.*1"):
+        loaded.signatures["rank"](context=tf.constant([b""] + filled["context"][1:]),
+                                  candidates=tf.constant(filled["candidates"]))
     full_bytes = sum(len(r) for r in C.to_examples(feats))
-    rank_bytes = sum(len(r) for r in rank["context"] + rank["candidates"])
+    rank_bytes = sum(len(r) for r in filled["context"] + filled["candidates"])
     assert rank_bytes * 2 < full_bytes
 
     bad = json.loads(json.dumps(req))
@@ -200,6 +208,58 @@ def _exported_weights(path, n):
     reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
     assert f"model/variables/{n}/.ATTRIBUTES/VARIABLE_VALUE" not in reader.get_variable_to_shape_map()
     return [reader.get_tensor(f"model/variables/{i}/.ATTRIBUTES/VARIABLE_VALUE") for i in range(n)]
+
+
+def test_rank_requests_merged_by_batching_keep_their_own_contexts(run, exported):
+    """TF Serving's batching concatenates the inputs of several requests along the first
+    dimension (and may pad by repeating the first row): filled `rank` requests merged so score
+    as each alone, and as their full examples do."""
+    _, spec, _ = load_run(run["run"])
+    records = E.read_eval_records(run["data"], 500)
+    rid = tf.io.parse_example(tf.constant(records), {"request_id": tf.io.FixedLenFeature([], tf.string)})
+    rid = rid["request_id"].numpy()
+    loaded = tf.saved_model.load(exported)
+    parts, want = [], []
+    for r in list(dict.fromkeys(rid))[:3]:
+        rows = np.flatnonzero(rid == r)
+        parts.append(C.rank_inputs(C.request_features(spec, C.request_from_records(spec, records, r.decode())), spec))
+        want.append(loaded.signatures["serving_default"](examples=tf.constant([records[i] for i in rows]))["ctr"])
+    merged = {k: sum((p[k] for p in parts), []) for k in ("context", "candidates")}
+    pad = {k: v + v[:1] * 2 for k, v in merged.items()}  # padding: copies of the first row
+    got = loaded.signatures["rank"](context=tf.constant(pad["context"]), candidates=tf.constant(pad["candidates"]))
+    want = np.concatenate([w.numpy() for w in want])
+    assert sum(len(p["candidates"]) for p in parts) == len(want) > 3
+    np.testing.assert_allclose(got["ctr"].numpy()[:len(want)], want, atol=1e-6)
+
+
+def test_client_ranks_through_a_batching_server(run, exported, kit):
+    """With --enable-batching (the shipped setups), concurrent `rank` calls of the client (the
+    filled form) are merged into batches and each still gets its own request's scores."""
+    import concurrent.futures
+
+    _, spec, _ = load_run(run["run"])
+    records = E.read_eval_records(run["data"], 500)
+    rid = tf.io.parse_example(tf.constant(records), {"request_id": tf.io.FixedLenFeature([], tf.string)})
+    rid = rid["request_id"].numpy()
+    loaded = tf.saved_model.load(exported)
+    requests, want = [], []
+    for r in list(dict.fromkeys(rid))[:6]:
+        requests.append(C.request_from_records(spec, records, r.decode()))
+        rows = [records[i] for i in np.flatnonzero(rid == r)]
+        want.append(loaded.signatures["serving_default"](examples=tf.constant(rows))["ctr"].numpy()[:, 0])
+    server = kit.start_server(model_base_path=os.path.dirname(exported), model_name="daian", enable_batching=True,
+                              max_batch_size=256, batch_timeout_micros=300_000, num_batch_threads=1)
+    try:
+        target = f"127.0.0.1:{server.grpc_port}"
+        with C.PredictClient(target, "daian", timeout=60) as client, \
+                concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            got = list(pool.map(lambda req: client.rank(req, schema=spec, signature="rank"), requests))
+        for req, ranked, w in zip(requests, got, want):
+            by_item = {c["item_id"]: s for c, s in ranked}
+            np.testing.assert_allclose([by_item[c["item_id"]] for c in req["candidates"]], w, atol=1e-6)
+        assert server.batch_stats()["merged_batches"] >= 1
+    finally:
+        server.stop()
 
 
 def test_export_checkpoint_best_or_last(run, exported, tmp_path, caplog):

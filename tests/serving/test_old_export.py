@@ -39,12 +39,18 @@ def test_old_export_loads_and_serves_a_request_built_from_its_spec(servable):
         np.testing.assert_array_equal(feats[name], value, err_msg=name)
         assert feats[name].dtype == value.dtype, name
     examples = np.array(C.to_examples(feats), dtype=object)
-    rank = {k: np.array(v, dtype=object) for k, v in C.rank_inputs(feats, spec).items()}
+    rank = {k: np.array(v, dtype=object) for k, v in C.rank_inputs(feats, spec, filled=False).items()}
     for signature, inputs in (("serving_default", {"examples": examples}), ("predict", feats),
                               ("rank", rank)):
         out = servable.call(signature, inputs)
         np.testing.assert_allclose(out["ctr"], old_ctr, atol=1e-6, err_msg=signature)
         assert out["ctr"].shape == (len(request["candidates"]), 1)
+    # Its rank signature predates the filled context form: it refuses it (never scores the empty
+    # rows as contexts), and the client falls back to one context (test_client_falls_back...).
+    filled = {k: np.array(v, dtype=object) for k, v in C.rank_inputs(feats, spec).items()}
+    assert len(request["candidates"]) > 1
+    with pytest.raises(Exception, match="is required but could not be found"):
+        servable.call("rank", filled)
     # The old model's serving inputs are the model inputs of its spec as loaded today.
     assert set(servable.signature("predict").inputs) == {f.name for f in spec.select(model_input=True)}
 
@@ -65,3 +71,22 @@ def test_client_schema_from_the_old_signature_matches_the_old_spec(servable):
     feats = C.request_features(from_sig, request)
     for name, value in old_feats.items():
         np.testing.assert_array_equal(feats[name], value, err_msg=name)
+
+
+def test_client_falls_back_to_one_context_for_an_old_rank_signature(kit, caplog):
+    """The client sends `rank` in the filled form; this export predates it and refuses it, so
+    the client retries once with one context example and keeps to that form."""
+    spec, request, _, old_ctr = _old()
+    server = kit.start_server(model_base_path=os.path.join(FIX, "din"), model_name="din")
+    try:
+        with C.PredictClient(f"127.0.0.1:{server.grpc_port}", "din", timeout=30) as client:
+            for _ in range(2):
+                with caplog.at_level("INFO", logger="tirec.serving.client"):
+                    ranked = client.rank(request, schema=spec, signature="rank")
+                by_item = {c["item_id"]: s for c, s in ranked}
+                np.testing.assert_allclose([by_item[c["item_id"]] for c in request["candidates"]],
+                                           old_ctr[:, 0], atol=1e-6)
+            assert client._rank_filled is False
+        assert caplog.text.count("predates the filled context form") == 1
+    finally:
+        server.stop()
