@@ -210,26 +210,35 @@ def _exported_weights(path, n):
     return [reader.get_tensor(f"model/variables/{i}/.ATTRIBUTES/VARIABLE_VALUE") for i in range(n)]
 
 
-def test_rank_requests_merged_by_batching_keep_their_own_contexts(run, exported):
-    """TF Serving's batching concatenates the inputs of several requests along the first
-    dimension (and may pad by repeating the first row): filled `rank` requests merged so score
-    as each alone, and as their full examples do."""
+def _requests(run, exported, n: int):
+    """The spec, the first ``n`` eval requests (TIR request JSON) and each one's
+    ``serving_default`` scores of its full examples."""
     _, spec, _ = load_run(run["run"])
     records = E.read_eval_records(run["data"], 500)
     rid = tf.io.parse_example(tf.constant(records), {"request_id": tf.io.FixedLenFeature([], tf.string)})
     rid = rid["request_id"].numpy()
     loaded = tf.saved_model.load(exported)
-    parts, want = [], []
-    for r in list(dict.fromkeys(rid))[:3]:
-        rows = np.flatnonzero(rid == r)
-        parts.append(C.rank_inputs(C.request_features(spec, C.request_from_records(spec, records, r.decode())), spec))
-        want.append(loaded.signatures["serving_default"](examples=tf.constant([records[i] for i in rows]))["ctr"])
+    requests, want = [], []
+    for r in list(dict.fromkeys(rid))[:n]:
+        requests.append(C.request_from_records(spec, records, r.decode()))
+        rows = [records[i] for i in np.flatnonzero(rid == r)]
+        want.append(loaded.signatures["serving_default"](examples=tf.constant(rows))["ctr"].numpy()[:, 0])
+    return spec, requests, want
+
+
+def test_rank_requests_merged_by_batching_keep_their_own_contexts(run, exported):
+    """TF Serving's batching concatenates the inputs of several requests along the first
+    dimension (and may pad by repeating the first row): filled `rank` requests merged so score
+    as each alone, and as their full examples do."""
+    spec, requests, want = _requests(run, exported, 3)
+    parts = [C.rank_inputs(C.request_features(spec, req), spec) for req in requests]
     merged = {k: sum((p[k] for p in parts), []) for k in ("context", "candidates")}
     pad = {k: v + v[:1] * 2 for k, v in merged.items()}  # padding: copies of the first row
-    got = loaded.signatures["rank"](context=tf.constant(pad["context"]), candidates=tf.constant(pad["candidates"]))
-    want = np.concatenate([w.numpy() for w in want])
-    assert sum(len(p["candidates"]) for p in parts) == len(want) > 3
-    np.testing.assert_allclose(got["ctr"].numpy()[:len(want)], want, atol=1e-6)
+    rank = tf.saved_model.load(exported).signatures["rank"]
+    got = rank(context=tf.constant(pad["context"]), candidates=tf.constant(pad["candidates"]))["ctr"].numpy()
+    want = np.concatenate(want)
+    assert len(merged["candidates"]) == len(want) > 3
+    np.testing.assert_allclose(got[:len(want), 0], want, atol=1e-6)
 
 
 def test_client_ranks_through_a_batching_server(run, exported, kit):
@@ -237,16 +246,7 @@ def test_client_ranks_through_a_batching_server(run, exported, kit):
     filled form) are merged into batches and each still gets its own request's scores."""
     import concurrent.futures
 
-    _, spec, _ = load_run(run["run"])
-    records = E.read_eval_records(run["data"], 500)
-    rid = tf.io.parse_example(tf.constant(records), {"request_id": tf.io.FixedLenFeature([], tf.string)})
-    rid = rid["request_id"].numpy()
-    loaded = tf.saved_model.load(exported)
-    requests, want = [], []
-    for r in list(dict.fromkeys(rid))[:6]:
-        requests.append(C.request_from_records(spec, records, r.decode()))
-        rows = [records[i] for i in np.flatnonzero(rid == r)]
-        want.append(loaded.signatures["serving_default"](examples=tf.constant(rows))["ctr"].numpy()[:, 0])
+    spec, requests, want = _requests(run, exported, 6)
     server = kit.start_server(model_base_path=os.path.dirname(exported), model_name="daian", enable_batching=True,
                               max_batch_size=256, batch_timeout_micros=300_000, num_batch_threads=1)
     try:
