@@ -241,6 +241,7 @@ def test_rank_requests_merged_by_batching_keep_their_own_contexts(run, exported)
     np.testing.assert_allclose(got[:len(want), 0], want, atol=1e-6)
 
 
+@pytest.mark.slow  # a server and six requests on top of the module's run: `make test-slow`
 def test_client_ranks_through_a_batching_server(run, exported, kit):
     """With --enable-batching (the shipped setups), concurrent `rank` calls of the client (the
     filled form) are merged into batches and each still gets its own request's scores."""
