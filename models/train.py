@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 import os
 import sys
 import time
@@ -46,6 +47,7 @@ from tirec.models.config import (ModelConfig, RunConfig, TrainConfig, changed_se
                                  load_run_config, setting_text)
 from tirec.models.data import check_data, check_split, load_data_spec, load_item_vectors, make_dataset
 from tirec.models.registry import get_builder, model_spec
+from tirec.models.tasks import INTENT
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +383,8 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
     # Build the variables before fit (BackupAndRestore and checkpoints need them).
     x, _ = next(iter(make_dataset(data_dir, "eval", spec, 2)))
     with strategy.scope():
-        model({k: v for k, v in x.items() if k in names})
+        built = model({k: v for k, v in x.items() if k in names})
+    intent_classes = built["intent"].shape[-1] if "intent" in built else None
     if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
         _log_shards(model)
     if train_cfg.warm_start:
@@ -391,15 +394,22 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
         # One compile for every stage: each stage gets its own optimizers and traced functions.
         model.set_stage(stages[0])
         model.compile(make_optimizer=lambda scale: _optimizer(train_cfg, scale), steps_per_execution=1)
+    warnings = []
     for stage in stages:
         history[stage.name] = _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir, backup_dir,
                                            train_cfg, final=stage == stages[-1], extra=callbacks or [],
                                            steps_per_epoch=steps)
+        if dict(stage.tasks).get(INTENT):
+            warnings += [w for w in [intent_collapse(history[stage.name], intent_classes, stage.name)] if w]
+    for w in warnings:
+        log.warning("%s", w)
     model.set_stage(stages[-1])  # the joint stage
     final = os.path.join(run_dir, "final", "weights")
     model.save_weights(final)
     metrics = evaluate_model(model, data_dir, spec, train_cfg.batch_size)
     metrics["history"] = history
+    if warnings:
+        metrics["warnings"] = warnings
     metrics["strategy"] = type(strategy).__name__
     metrics["replicas"] = strategy.num_replicas_in_sync
     metrics["valid_split"] = has_valid
@@ -508,6 +518,20 @@ def _backup_freq(cfg: TrainConfig, steps_per_epoch: int | None, ps: bool):
         why = "ParameterServerStrategy" if ps else "a run whose epoch length is unknown (set --steps-per-epoch)"
         log.warning("train.backup_every_steps=%d not read: %s backs up at epoch ends", cfg.backup_every_steps, why)
     return "epoch"
+
+
+def intent_collapse(history: dict, classes: int | None, stage: str) -> str | None:
+    """Why the intent model of a stage that trained it collapsed, or None: its best intent KL
+    (on valid when the stage validated, else on train) is above log(classes), which predicting the
+    uniform distribution never exceeds (a saturated softmax: its intent output is not usable)."""
+    key = "val_intent_kl" if history.get("val_intent_kl") else "intent_kl"
+    kl = history.get(key)
+    if not kl or not classes or classes < 2 or min(kl) <= math.log(classes):
+        return None
+    return (f"stage {stage}: the intent model's best {key} is {min(kl):.3f}, above log({classes}) = "
+            f"{math.log(classes):.3f}, which predicting the uniform distribution never exceeds: it "
+            f"collapsed (a saturated softmax) and its intent output is not usable; retrain with a lower "
+            f"train.learning_rate or another train.seed")
 
 
 def _train_stage(model, stage: Stage, strategy, train_ds, valid_ds, run_dir, backup_dir, cfg: TrainConfig,

@@ -754,3 +754,30 @@ def test_mirrored_without_gpu_needs_cpu_replicas(tiny_data, tmp_path, caplog):
     assert "--strategy mirrored: this machine has no GPU, so it would train one replica; pass " \
            "--cpu-replicas N (train.cpu_replicas)" in errors[0]
     assert not run.exists()
+
+
+def test_a_collapsed_intent_model_is_named_in_a_warning(tiny_data, tmp_path, monkeypatch, caplog):
+    """A stage that trains the intent model and ends with its intent KL above log(k), worse than
+    a uniform prediction (a saturated softmax, as DAIAN's UIM at LR 0.2 and one seed of the
+    synthetic table), is named in a warning and in metrics.json; a learnt one is not."""
+    from tirec.models import train as T
+
+    assert T.intent_collapse({"intent_kl": [10.8, 13.2], "val_intent_kl": [13.1, 13.1]}, 6, "uim_pretrain") \
+        .startswith("stage uim_pretrain: the intent model's best val_intent_kl is 13.100, above log(6) = 1.792")
+    assert T.intent_collapse({"intent_kl": [2.5, 1.1]}, 6, "uim_pretrain") is None
+    assert T.intent_collapse({"intent_kl": [2.5, 2.0]}, 6, "joint").startswith("stage joint: the intent model's best "
+                                                                              "intent_kl is 2.000")
+    assert T.intent_collapse({"intent_kl": [13.0]}, None, "joint") is None
+    stages = []
+
+    def fake_stage(model, stage, *args, **kwargs):  # no training: the KL each stage would report
+        stages.append(stage.name)
+        return {"loss": [1.0], "intent_kl": [13.0 if stage.name == "uim_pretrain" else 0.5]}
+
+    monkeypatch.setattr(T, "_train_stage", fake_stage)
+    cfg = _cfg()
+    with caplog.at_level("WARNING", logger="tirec.models.train"):
+        metrics = train_run(tiny_data, "daian", str(tmp_path / "run"), cfg.model, cfg.train)
+    assert stages == ["uim_pretrain", "die_pretrain", "joint"]
+    assert len(metrics["warnings"]) == 1 and metrics["warnings"][0].startswith("stage uim_pretrain:")
+    assert "stage uim_pretrain: the intent model's best intent_kl is 13.000" in caplog.text
