@@ -160,8 +160,7 @@ class RunnerConfig(TirecConfig):
         for key, (instead, same_as) in RUNNER_SETS.items():
             section, field = key.split(".")
             value = getattr(getattr(self, section), field)
-            unset = getattr(type(getattr(self, section))(), field)
-            if value != unset and not (same_as and value == getattr(self.run, same_as)):
+            if value != _unset(self, section, field) and not (same_as and value == getattr(self.run, same_as)):
                 raise ValueError(f"{key}: tirec run sets it itself and does not read it; set {instead} "
                                  f"instead; received {value!r}")
         if self.run.source == "synthetic" and self.run.input:
@@ -223,6 +222,11 @@ def check_runner_sets_given(cfg: RunnerConfig, overrides) -> RunnerConfig:
     return cfg
 
 
+def _unset(cfg, section: str, field: str):
+    """The package default of ``section.field`` of ``cfg`` (its section class's default)."""
+    return getattr(type(getattr(cfg, section))(), field)
+
+
 def file_settings(path: str) -> list[str]:
     """``key=value (in path)`` of each :data:`RUNNER_SETS` key that config ``path`` sets, e.g.
     ``["model.name='din' (in run.yaml)"]``; a key with no ``run.*`` counterpart only when its
@@ -233,7 +237,7 @@ def file_settings(path: str) -> list[str]:
         block = raw.get(section)
         if not isinstance(block, dict) or field not in block:
             continue
-        if same_as is None and block[field] == getattr(type(getattr(RunnerConfig(), section))(), field):
+        if same_as is None and block[field] == _unset(RunnerConfig(), section, field):
             continue
         out.append(f"{key}={block[field]!r} (in {path})")
     return out

@@ -15,10 +15,9 @@ model (``model.daian.uim_attention``); see :class:`tirec.models.config.ModelConf
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
-
 import logging
 import posixpath
+from typing import Any, Sequence
 
 from tirec.features.config_io import (RUN_CONFIG, apply_overrides, from_dict, is_folder, load,  # noqa: F401
                                       read_mapping, to_dict)
