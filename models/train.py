@@ -399,10 +399,11 @@ def train_run(data_dir: str, model_name: str, run_dir: str, model_cfg: ModelConf
         history[stage.name] = _train_stage(model, stage, strategy, train_ds, valid_ds, run_dir, backup_dir,
                                            train_cfg, final=stage == stages[-1], extra=callbacks or [],
                                            steps_per_epoch=steps)
-        if dict(stage.tasks).get(INTENT):
-            warnings += [w for w in [intent_collapse(history[stage.name], intent_classes, stage.name)] if w]
-    for w in warnings:
-        log.warning("%s", w)
+        note = intent_collapse(history[stage.name], intent_classes, stage.name) \
+            if dict(stage.tasks).get(INTENT) else None
+        if note:
+            log.warning("%s", note)
+            warnings.append(note)
     model.set_stage(stages[-1])  # the joint stage
     final = os.path.join(run_dir, "final", "weights")
     model.save_weights(final)
