@@ -27,6 +27,12 @@ SETTINGS = ["model.emb_dim=4", "model.tower=[16,8]", "model.din_hidden=[8,4]", "
             "train.batch_size=256", "train.optimizer=adam", "train.learning_rate=0.01", "train.seed=0",
             "train.three_stage=false", "train.shuffle_buffer=0"]
 DEADLINE = 420  # seconds any one phase may take
+# Eval AUC that shows a run learned the planted signal. Chance AUC on the eval split (~440 clicks
+# in ~2k rows) has a std of about 0.016, so 0.56 is ~4 std above it; the untrained model scores
+# 0.472-0.526 (seeds 0-2). Asynchronous PS runs of 2 x 60 steps measured 0.604-0.621 (12 runs,
+# two clusters side by side on 2 cores) and once 0.577 in CI; the same run in one process: 0.619.
+LEARNED = 0.56
+ASYNC_SPREAD = 0.06  # how far a PS run's AUC may fall from the one-process run's
 
 
 class Task:
@@ -133,8 +139,8 @@ def test_ps_cluster_of_processes_matches_one_process(planted_data, tmp_path, ps_
     metrics = json.loads((tmp_path / "ps" / "metrics.json").read_text())
     assert metrics["strategy"].startswith("ParameterServerStrategy")
     auc_one, auc_ps = _auc(tmp_path / "one"), metrics["auc"]
-    assert auc_one > 0.58 and auc_ps > 0.58, (auc_one, auc_ps)
-    assert abs(auc_ps - auc_one) < 0.04, (auc_one, auc_ps)
+    assert auc_one > LEARNED and auc_ps > LEARNED, (auc_one, auc_ps)
+    assert abs(auc_ps - auc_one) < ASYNC_SPREAD, (auc_one, auc_ps)
 
 
 def test_ps_training_survives_a_killed_worker_and_it_rejoins(planted_data, tmp_path, ps_cluster):
@@ -154,7 +160,7 @@ def test_ps_training_survives_a_killed_worker_and_it_rejoins(planted_data, tmp_p
     assert servers["worker1"].proc.poll() is None  # the rejoined worker is serving
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert len(next(iter(history.values()))["loss"]) == 3
-    assert _auc(tmp_path / "run") > 0.58
+    assert _auc(tmp_path / "run") > LEARNED
 
 
 def test_ps_chief_killed_restarts_from_its_last_backup(planted_data, tmp_path, ps_cluster):
@@ -173,7 +179,7 @@ def test_ps_chief_killed_restarts_from_its_last_backup(planted_data, tmp_path, p
     assert second.finish() == 0, second.output()[-3000:]
     epochs = re.findall(r"Epoch (\d+)/4", second.output())
     assert epochs and int(epochs[0]) >= 3, epochs
-    assert _auc(tmp_path / "run") > 0.58
+    assert _auc(tmp_path / "run") > LEARNED
 
 
 def test_multiworker_processes_resume_through_backup_and_restore(planted_data, tmp_path):
@@ -209,4 +215,4 @@ def test_multiworker_processes_resume_through_backup_and_restore(planted_data, t
         assert epochs and int(epochs[0]) >= 3, epochs
     assert re.findall(r"Epoch (\d+)/4", workers[0].output())[0] == re.findall(r"Epoch (\d+)/4", workers[1].output())[0]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["replicas"] == 2 and metrics["auc"] > 0.58
+    assert metrics["replicas"] == 2 and metrics["auc"] > LEARNED
