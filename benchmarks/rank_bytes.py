@@ -31,7 +31,7 @@ def main(data: str) -> dict:
     rows = (read_eval_records(data, CANDIDATES) * CANDIDATES)[:CANDIDATES]
     parsed = {k: v.numpy() for k, v in tf.io.parse_example(tf.constant(rows), model_parse_spec(spec)).items()}
     return {"serving_default": request_size("serving_default", {"examples": rows}),
-            "rank_one_context": request_size("rank", rank_inputs(parsed, spec, filled=False)),
+            "rank_one_context": request_size("rank", rank_inputs(parsed, spec, form="one")),
             "rank_filled": request_size("rank", rank_inputs(parsed, spec))}
 
 

@@ -344,25 +344,33 @@ def to_examples(features: Mapping[str, np.ndarray]) -> list[bytes]:
     return out
 
 
+RANK_FORMS = ("filled", "repeated", "one")
+
+
 def rank_inputs(features: Mapping[str, np.ndarray], schema: RequestSchema | FeatureSpec,
-                filled: bool = True) -> dict[str, list[bytes]]:
+                form: str = "filled") -> dict[str, list[bytes]]:
     """Inputs of the ``rank`` signature for one request's :func:`request_features`.
 
     Returns ``{"context": [...], "candidates": [one serialized tf.Example per candidate]}``: one
     context example holds every request-scoped input (taken from the first row: they are the
     same for every candidate of a request), each candidate example its candidate-scoped inputs.
-    ``filled`` (default) sends the context as one row per candidate, the example then empty
-    strings (which repeat it), so that the inputs share their first dimension as TF Serving's
-    batching requires; otherwise ``context`` is the one example (a server without batching, or
-    an export older than the filled form).
+    ``form`` says how ``context`` carries that example:
+
+    - ``filled`` (default): one row per candidate, the example then empty strings (which repeat
+      it), so that the inputs share their first dimension as TF Serving's batching requires;
+    - ``repeated``: the example in every row (any export, with batching, also when TF Serving's
+      ``enable_large_batch_splitting`` may split the request between rows);
+    - ``one``: the example alone (a server without batching).
     """
+    if form not in RANK_FORMS:
+        raise ValueError(f"rank_inputs: form must be one of {list(RANK_FORMS)}; received form={form!r}")
     if isinstance(schema, FeatureSpec):
         schema = RequestSchema.from_spec(schema)
     per_candidate = {f.name for f in schema.select(scope="candidate")}
     context = to_examples({k: v[:1] for k, v in features.items() if k not in per_candidate})
     candidates = to_examples({k: v for k, v in features.items() if k in per_candidate})
-    if filled and candidates:
-        context += [b""] * (len(candidates) - 1)
+    if candidates and form != "one":
+        context += (context if form == "repeated" else [b""]) * (len(candidates) - 1)
     return {"context": context, "candidates": candidates}
 
 
@@ -413,6 +421,14 @@ def request_from_records(spec: FeatureSpec, records: Sequence[bytes],
 
 # ---- the gRPC client -----------------------------------------------------------------------------
 
+def _predates_filled(err) -> bool:
+    """Whether a ``rank`` call's error is an export older than the filled context form reading
+    an empty context row as an example without features."""
+    import grpc
+
+    return err.code() == grpc.StatusCode.INVALID_ARGUMENT and "could not be found" in (err.details() or "")
+
+
 class PredictClient:
     """A thin client over the official PredictionService / ModelService stubs.
 
@@ -423,23 +439,31 @@ class PredictClient:
       version_label: pin a label such as ``stable`` (exclusive with ``version``).
       timeout: per-call deadline in seconds.
       max_message_bytes: gRPC message size limit for both directions.
+      rank_form: how ``rank(..., signature="rank")`` sends the context (:func:`rank_inputs`):
+        ``filled`` (default; a model exported before that form refuses the first call, which
+        is retried ``repeated``, the form kept from then on), ``repeated`` (for such a model:
+        skips that refused call, which under TF Serving's batching also fails the requests
+        merged with it) or ``one``.
     """
 
     def __init__(self, target: str, model: str, version: int | None = None,
                  version_label: str | None = None, timeout: float = 10.0,
-                 max_message_bytes: int = 64 << 20):
+                 max_message_bytes: int = 64 << 20, rank_form: str = "filled"):
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         if version is not None and version_label is not None:
             raise ValueError("PredictClient: give version or version_label, not both")
+        if rank_form not in RANK_FORMS:
+            raise ValueError(f"PredictClient: rank_form must be one of {list(RANK_FORMS)}; received "
+                             f"rank_form={rank_form!r}")
         self.model, self.version, self.version_label, self.timeout = model, version, version_label, timeout
         opts = [("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes)]
         self.channel = grpc.insecure_channel(target, options=opts)
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
-        self._rank_filled = True  # see _rank
+        self.rank_form = rank_form  # see _rank
 
     def close(self) -> None:
         self.channel.close()
@@ -517,27 +541,28 @@ class PredictClient:
         return [(request["candidates"][i], float(scores[i])) for i in order]
 
     def _rank(self, feats: Mapping[str, np.ndarray], schema: RequestSchema) -> dict[str, np.ndarray]:
-        """``rank`` in the filled form (:func:`rank_inputs`), or with one context example for a
-        model exported before that form: its refusal of the empty context rows (a required
-        feature not found) is retried once that way, and the client keeps to it."""
+        """``rank`` in this client's context form (``rank_form``, :func:`rank_inputs`). A model
+        exported before the filled form refuses its empty rows (a required feature not found):
+        that refusal is retried once with the example in every row, which every export takes,
+        batching or not, and the client keeps to that form. If the retry fails too, its error
+        is the request's own and is raised."""
         import grpc
 
-        def call(filled):
-            inputs = rank_inputs(feats, schema, filled=filled)
+        def call(form):
+            inputs = rank_inputs(feats, schema, form=form)
             return self.predict(tensors={k: np.array(v, dtype=object) for k, v in inputs.items()},
                                 signature="rank")
 
-        if not self._rank_filled:
-            return call(False)
+        form = self.rank_form
         try:
-            return call(True)
+            return call(form)
         except grpc.RpcError as err:
-            old = err.code() == grpc.StatusCode.INVALID_ARGUMENT and "could not be found" in (err.details() or "")
-            if not old or len(next(iter(feats.values()), ())) < 2:
+            if form != "filled" or len(next(iter(feats.values()), ())) < 2 or not _predates_filled(err):
                 raise
-        out = call(False)
-        self._rank_filled = False
-        log.info("model %s: its rank signature predates the filled context form; sending one context", self.model)
+            out = call("repeated")
+        self.rank_form = "repeated"
+        log.info("model %s: its rank signature predates the filled context form; sending the context "
+                 "example in every row", self.model)
         return out
 
     def metadata(self) -> dict:

@@ -26,7 +26,8 @@ everything the candidates share (the spec's request-scoped model inputs: user, c
 history), ``candidates`` one small ``tf.Example`` per candidate with its candidate-scoped inputs
 (the target's); the graph repeats the context for every candidate. ``context`` has one row per
 candidate: the example, then empty strings, each repeating the row above (the *filled* form,
-what :func:`tirec.serving.client.rank_inputs` sends), or just the example. The filled form's
+what :func:`tirec.serving.client.rank_inputs` sends; a row may also hold the example again), or
+just the example. The filled form's
 inputs share their first dimension, which TF Serving's ``--enable_batching`` requires of every
 signature, and requests merged into one batch keep their own contexts; the one-row form works
 only without batching. For 200 candidates with a 50-behaviour history the request is about 15x
@@ -267,14 +268,15 @@ def warmup_records(model_name: str, examples: list[bytes], spec: FeatureSpec,
         out.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
         # rank: every row as a candidate, the first also as the context of all (full examples
-        # parse too: each side reads only its own features), in the filled form (one context row
-        # per candidate, empty after the first), because with --enable_batching TF Serving
-        # batches every signature and refuses inputs whose first dimensions differ: a failing
-        # warmup record would fail the version's load.
+        # parse too: each side reads only its own features), one context row per candidate,
+        # because with --enable_batching TF Serving batches every signature and refuses inputs
+        # whose first dimensions differ: a failing warmup record would fail the version's load.
+        # Every context row holds the example (not the filled form's empty strings), so the
+        # record also replays when enable_large_batch_splitting splits it between rows.
         req = predict_pb2.PredictRequest()
         req.model_spec.name = model_name
         req.model_spec.signature_name = "rank"
-        req.inputs["context"].CopyFrom(tf.make_tensor_proto(rows[:1] + [b""] * (size - 1), dtype=tf.string))
+        req.inputs["context"].CopyFrom(tf.make_tensor_proto(rows[:1] * size, dtype=tf.string))
         req.inputs["candidates"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
         out.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())

@@ -4,6 +4,7 @@ and every behaviour sequence of the spec."""
 import dataclasses
 from datetime import datetime, timezone
 
+import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -167,7 +168,10 @@ def test_rank_inputs_split_by_scope():
     feats = C.request_features(spec, _request())
     rank = C.rank_inputs(feats, spec)
     assert len(rank["context"]) == 2 and rank["context"][1] == b"" and len(rank["candidates"]) == 2
-    assert C.rank_inputs(feats, spec, filled=False)["context"] == rank["context"][:1]
+    assert C.rank_inputs(feats, spec, form="one")["context"] == rank["context"][:1]
+    assert C.rank_inputs(feats, spec, form="repeated")["context"] == rank["context"][:1] * 2
+    with pytest.raises(ValueError, match=r"form must be one of \['filled', 'repeated', 'one'\]; received form='x'"):
+        C.rank_inputs(feats, spec, form="x")
     context = tf.train.Example.FromString(rank["context"][0]).features.feature
     cand = tf.train.Example.FromString(rank["candidates"][1]).features.feature
     assert set(cand) == {"target_item_id", "target_cate_id", "ctx_slot"}
@@ -204,3 +208,72 @@ def test_a_request_without_trigger_or_history_is_warned_about():
     no_trigger = C.RequestSchema([f for f in schema.features if f.group != "trigger"])
     assert len(C.request_warnings({**full, "trigger": None}, schema)) == 1
     assert C.request_warnings({**full, "trigger": None}, no_trigger) == []  # the model reads none
+
+
+class _RankError(grpc.RpcError):
+    """A grpc.RpcError as a server answers it."""
+
+    def __init__(self, code, details):
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+def _fake_client(answer):
+    """A PredictClient without a channel whose ``predict`` records each call's context rows and
+    answers with ``answer(context)`` (a dict, or an exception to raise)."""
+    client = C.PredictClient.__new__(C.PredictClient)
+    client.model, client.rank_form, client.calls = "m", "filled", []
+
+    def predict(tensors, signature):
+        assert signature == "rank"
+        client.calls.append(list(tensors["context"]))
+        out = answer(client.calls[-1])
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    client.predict = predict
+    return client
+
+
+def test_client_rank_fallback_and_its_errors():
+    """An export older than the filled form (refusing its empty rows) is retried once with the
+    example in every row and kept to that form; a refusal that is the request's own (the
+    repeated form fails too) is raised as the retry's error and changes no form; other errors
+    are raised at once; a single candidate is never retried."""
+    spec = _spec()
+    feats = C.request_features(spec, _request())
+    missing = _RankError(grpc.StatusCode.INVALID_ARGUMENT, "Feature: ctx_hour is required but could not be found.")
+    ok = {"ctr": np.array([[0.1], [0.2]])}
+
+    old = _fake_client(lambda ctx: missing if b"" in ctx else ok)
+    assert old._rank(feats, C.RequestSchema.from_spec(spec)) is ok
+    assert old.rank_form == "repeated" and old.calls[1] == old.calls[1][:1] * 2 and old.calls[0][1] == b""
+    old._rank(feats, C.RequestSchema.from_spec(spec))
+    assert len(old.calls) == 3  # kept to the repeated form: one call
+
+    errors = []
+    bad = _fake_client(lambda ctx: errors.append(_RankError(missing.code(), missing.details())) or errors[-1])
+    with pytest.raises(_RankError) as raised:
+        bad._rank(feats, C.RequestSchema.from_spec(spec))
+    assert raised.value is errors[1] and raised.value.__context__ is errors[0]  # the retry's, chained
+    assert len(bad.calls) == 2 and bad.rank_form == "filled"
+
+    other = _RankError(grpc.StatusCode.UNAVAILABLE, "down")
+    down = _fake_client(lambda ctx: other)
+    with pytest.raises(_RankError, match="down"):
+        down._rank(feats, C.RequestSchema.from_spec(spec))
+    assert len(down.calls) == 1
+
+    single = _fake_client(lambda ctx: missing)
+    with pytest.raises(_RankError):
+        single._rank({k: v[:1] for k, v in feats.items()}, C.RequestSchema.from_spec(spec))
+    assert len(single.calls) == 1
+    with pytest.raises(ValueError, match=r"rank_form must be one of .*received rank_form='x'"):
+        C.PredictClient("127.0.0.1:1", "m", rank_form="x")

@@ -118,6 +118,9 @@ def test_warmup_records_replay(run, exported):
         # inputs differ in their first dimension: such a warmup record would fail the load
         assert len({v.tensor_shape.dim[0].size for v in req.inputs.values()}) == 1, req.model_spec
         inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in req.inputs.items()}
+        if "context" in inputs:  # every row the example: replays also if large batch splitting splits it
+            context = inputs["context"].numpy().tolist()
+            assert context[0] and context == context[:1] * len(context), context
         out = loaded.signatures[req.model_spec.signature_name](**inputs)
         assert np.all(np.isfinite(out["ctr"].numpy()))
 
@@ -160,8 +163,12 @@ def test_request_round_trip_and_errors(run, exported):
     got = loaded.signatures["rank"](context=tf.constant(filled["context"]),
                                     candidates=tf.constant(filled["candidates"]))
     np.testing.assert_allclose(got["ctr"].numpy(), b, atol=1e-7)
-    rank = C.rank_inputs(feats, spec, filled=False)
+    rank = C.rank_inputs(feats, spec, form="one")
     assert len(rank["context"]) == 1 and rank["candidates"] == filled["candidates"]
+    repeated = C.rank_inputs(feats, spec, form="repeated")  # the example in every row
+    assert repeated["context"] == rank["context"] * len(rows)
+    np.testing.assert_allclose(loaded.signatures["rank"](context=tf.constant(repeated["context"]), candidates=tf.constant(
+        repeated["candidates"]))["ctr"].numpy(), b, atol=1e-7)
     np.testing.assert_allclose(loaded.signatures["rank"](context=tf.constant(rank["context"]), candidates=tf.constant(
         rank["candidates"]))["ctr"].numpy(), b, atol=1e-7)
     assert got["intent"].shape == (len(rows), loaded.signatures["serving_default"](

@@ -4,6 +4,7 @@ spec.json loads, today's client builds the same features from its request as the
 did, and every signature answers with the scores the old code served."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def test_old_export_loads_and_serves_a_request_built_from_its_spec(servable):
         np.testing.assert_array_equal(feats[name], value, err_msg=name)
         assert feats[name].dtype == value.dtype, name
     examples = np.array(C.to_examples(feats), dtype=object)
-    rank = {k: np.array(v, dtype=object) for k, v in C.rank_inputs(feats, spec, filled=False).items()}
+    rank = {k: np.array(v, dtype=object) for k, v in C.rank_inputs(feats, spec, form="one").items()}
     for signature, inputs in (("serving_default", {"examples": examples}), ("predict", feats),
                               ("rank", rank)):
         out = servable.call(signature, inputs)
@@ -73,11 +74,20 @@ def test_client_schema_from_the_old_signature_matches_the_old_spec(servable):
         np.testing.assert_array_equal(feats[name], value, err_msg=name)
 
 
-def test_client_falls_back_to_one_context_for_an_old_rank_signature(kit, caplog):
+@pytest.mark.parametrize("batching", [False, True])
+def test_client_falls_back_to_a_repeated_context_for_an_old_rank_signature(kit, caplog, tmp_path, batching):
     """The client sends `rank` in the filled form; this export predates it and refuses it, so
-    the client retries once with one context example and keeps to that form."""
+    the client retries once with the context example in every row, which the old export takes
+    with batching on or off, and keeps to that form. (With batching, the export is served
+    without its warmup records: their `rank` record has one context row, which batching
+    refuses, so the version would not load, in TF Serving neither.)"""
     spec, request, _, old_ctr = _old()
-    server = kit.start_server(model_base_path=os.path.join(FIX, "din"), model_name="din")
+    base = os.path.join(FIX, "din")
+    if batching:
+        base = str(tmp_path / "din")
+        shutil.copytree(os.path.join(FIX, "din"), base)
+        os.remove(os.path.join(base, "1", "assets.extra", "tf_serving_warmup_requests"))
+    server = kit.start_server(model_base_path=base, model_name="din", enable_batching=batching)
     try:
         with C.PredictClient(f"127.0.0.1:{server.grpc_port}", "din", timeout=30) as client:
             for _ in range(2):
@@ -86,7 +96,7 @@ def test_client_falls_back_to_one_context_for_an_old_rank_signature(kit, caplog)
                 by_item = {c["item_id"]: s for c, s in ranked}
                 np.testing.assert_allclose([by_item[c["item_id"]] for c in request["candidates"]],
                                            old_ctr[:, 0], atol=1e-6)
-            assert client._rank_filled is False
+            assert client.rank_form == "repeated"
         assert caplog.text.count("predates the filled context form") == 1
     finally:
         server.stop()
