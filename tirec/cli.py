@@ -497,6 +497,11 @@ def _add_query(sub) -> None:
                    help="serving_default: one full tf.Example per candidate; rank: one context example "
                         "and one small example per candidate (much smaller requests; with batching on "
                         "or off); predict: raw tensors (default: %(default)s)")
+    p.add_argument("--rank-form", default="filled", choices=("filled", "repeated", "one"),
+                   help="how --signature rank sends the context: filled (the example, then empty "
+                        "strings), repeated (the example in every row: for a model exported before "
+                        "the filled form, or TF Serving's enable_large_batch_splitting) or one (the "
+                        "example once; without batching only) (default: %(default)s)")
     p.add_argument("--top", type=_int_at_least(0), default=0, help="print only the best K (0: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=_number(float, 0, above=True), default=10.0, help="deadline in seconds")
@@ -510,7 +515,8 @@ def _run_query(args, _extra) -> int:
 
     request = load_request(args.input)
     try:
-        with PredictClient(args.target, args.model_name, args.version, args.label, args.timeout) as client:
+        with PredictClient(args.target, args.model_name, args.version, args.label, args.timeout,
+                           rank_form=args.rank_form) as client:
             schema = client.schema()
             ranked = client.rank(request, schema=schema, signature=args.signature)
     except grpc.RpcError as err:

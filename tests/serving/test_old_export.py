@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
+from tirec import cli
 from tirec.features.spec import FeatureSpec
 from tirec.serving import client as C
 from tirec.serving.servable import Servable
@@ -75,7 +76,7 @@ def test_client_schema_from_the_old_signature_matches_the_old_spec(servable):
 
 
 @pytest.mark.parametrize("batching", [False, True])
-def test_client_falls_back_to_a_repeated_context_for_an_old_rank_signature(kit, caplog, tmp_path, batching):
+def test_client_falls_back_to_a_repeated_context_for_an_old_rank_signature(kit, caplog, capsys, tmp_path, batching):
     """The client sends `rank` in the filled form; this export predates it and refuses it, so
     the client retries once with the context example in every row, which the old export takes
     with batching on or off, and keeps to that form. (With batching, the export is served
@@ -98,5 +99,14 @@ def test_client_falls_back_to_a_repeated_context_for_an_old_rank_signature(kit, 
                                            old_ctr[:, 0], atol=1e-6)
             assert client.rank_form == "repeated"
         assert caplog.text.count("predates the filled context form") == 1
+        # `tirec query --rank-form repeated` sends that form at once: no refused first call.
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tirec.serving.client"):
+            assert cli.main(["query", "--target", f"127.0.0.1:{server.grpc_port}", "--model-name", "din",
+                             "--input", os.path.join(FIX, "request.json"), "--signature", "rank",
+                             "--rank-form", "repeated", "--json"]) == 0
+        assert "predates" not in caplog.text
+        printed = json.loads(capsys.readouterr().out)
+        np.testing.assert_allclose(sorted(r["score"] for r in printed), sorted(old_ctr[:, 0]), atol=1e-6)
     finally:
         server.stop()

@@ -25,8 +25,8 @@ def calls(monkeypatch):
         return fake
 
     class FakeClient:
-        def __init__(self, *args):
-            seen["query"] = args
+        def __init__(self, *args, **kwargs):
+            seen["query"] = args + tuple(sorted(kwargs.items()))
 
         def __enter__(self):
             return self
