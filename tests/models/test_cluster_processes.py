@@ -29,8 +29,9 @@ SETTINGS = ["model.emb_dim=4", "model.tower=[16,8]", "model.din_hidden=[8,4]", "
 DEADLINE = 420  # seconds any one phase may take
 # Eval AUC that shows a run learned the planted signal. Chance AUC on the eval split (~440 clicks
 # in ~2k rows) has a std of about 0.016, so 0.56 is ~4 std above it; the untrained model scores
-# 0.472-0.526 (seeds 0-2). Asynchronous PS runs of 2 x 60 steps measured 0.604-0.621 (12 runs,
-# two clusters side by side on 2 cores) and once 0.577 in CI; the same run in one process: 0.619.
+# 0.472-0.526 (seeds 0-2). Asynchronous PS runs of 2 x 60 steps measured 0.604-0.621 (11 runs,
+# 8 with two clusters side by side on 2 cores: benchmarks/ps_auc_spread.py) and once 0.577 in
+# CI; the same run in one process: 0.619.
 LEARNED = 0.56
 ASYNC_SPREAD = 0.06  # how far a PS run's AUC may fall from the one-process run's
 
