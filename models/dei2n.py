@@ -12,8 +12,9 @@ each [X] choice a switch of :class:`Dei2nConfig` (the ``model.dei2n`` config sec
   without a category field, those whose multimodal similarity to the trigger reaches the spec's
   explicit threshold (``related``; the build logs which).
 * **UI2M** — ``(p_inst, p_gen) = softmax(Dense_2(MLP([E_u ‖ E_c ‖ e_t ‖ Σ_{b∈S_t} e_b])))``.
-* **Interest** — ``v_inst = MHTA(e_t, MHSA(K_{S_t}))``, ``v_gen = MHTA(e_i, MHSA(K_S))``,
-  ``v = p_inst v_inst + p_gen v_gen``.
+* **Interest** — ``v_inst = MHTA(e_t, MHSA(K_{S_t}))``, ``v_gen = MHTA(e_i, MHSA(K_S))``
+  (``self_attention=false``: MHTA on K directly), ``v = p_inst v_inst + p_gen v_gen``
+  (``combine=concat``: ``v = [p_inst v_inst ‖ p_gen v_gen]``).
 * **Interaction** — ``z_int = MLP([e_t ‖ e_i ‖ e_t ⊙ e_i ‖ e_t − e_i])`` (``interaction_hidden=[]``: none).
 * **Prediction** — ``σ(Tower([E_u ‖ E_c ‖ e_i ‖ e_t ‖ v ‖ z_int ‖ Σ_b e_b ‖ e_i ⊙ Σ_b e_b]))``,
   BCE only; the history sums (``history_sum``, as the authors' code) are tirec's default.
@@ -43,6 +44,7 @@ from tirec.models.registry import register_model
 
 log = logging.getLogger(__name__)
 
+COMBINES = ("mixture", "concat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,12 @@ class Dei2nConfig:
       history_sum: also feed the tower Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours, as
         the reference code does (default true, [X]: without it DEI2N did not learn on MovieLens,
         docs/models.md#dei2n-prediction).
+      self_attention: each interest read runs on a self-attention of its sequence, MHTA(q,
+        MHSA(K)) (true, the review's [X]); false: the target attentions read the time-coded
+        behaviours K directly.
+      combine: how the two reads join the tower: ``mixture`` (default [X], v = p_inst v_inst +
+        p_gen v_gen) or ``concat`` (v = [p_inst v_inst ‖ p_gen v_gen]: UI2M still scales each
+        read, and the tower weighs them apart).
     """
 
     att_units: int = 128
@@ -81,6 +89,8 @@ class Dei2nConfig:
     ui2m_context: bool = True
     interaction_hidden: tuple[int, ...] = (64,)
     history_sum: bool = True
+    self_attention: bool = True
+    combine: str = "mixture"
 
     def __post_init__(self) -> None:
         check = Checks("model.dei2n", self)
@@ -89,7 +99,8 @@ class Dei2nConfig:
         check.one_of("related", RELATED_RULES)
         check.widths("ui2m_hidden")
         check.widths("interaction_hidden", empty="no interaction MLP")
-        check.flags("ui2m_context", "history_sum")
+        check.flags("ui2m_context", "history_sum", "self_attention")
+        check.one_of("combine", COMBINES)
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -114,9 +125,11 @@ class DEI2N(TirModel):
         self.time_embedding = keras.layers.Embedding(d.time_buckets, c.emb_dim, name="time_gap_embedding")
         self.ui2m = MLP(d.ui2m_hidden, output_logit=False, name="ui2m_mlp")
         self.ui2m_head = keras.layers.Dense(2, name="ui2m_head")
-        self.instant_self = MultiHeadSelfAttention(d.att_units, d.att_heads, name="instant_mhsa")
+        self_attention = (lambda name: MultiHeadSelfAttention(d.att_units, d.att_heads, name=name)
+                          if d.self_attention else None)
+        self.instant_self = self_attention("instant_mhsa")
         self.instant_target = MultiHeadTargetAttention(d.att_units, d.att_heads, name="instant_mhta")
-        self.general_self = MultiHeadSelfAttention(d.att_units, d.att_heads, name="general_mhsa")
+        self.general_self = self_attention("general_mhsa")
         self.general_target = MultiHeadTargetAttention(d.att_units, d.att_heads, name="general_mhta")
         self.interaction = (MLP(d.interaction_hidden, output_logit=False, name="interaction")
                             if d.interaction_hidden else None)
@@ -149,7 +162,8 @@ class DEI2N(TirModel):
         target, trigger = e["target"], expand(r["trigger"])
         v_gen = self.general_target(target, expand(seq), expand(seq_mask))
         p = tf.cast(expand(p), v_gen.dtype)
-        v = p[:, :1] * expand(v_inst) + p[:, 1:] * v_gen
+        reads = [p[:, :1] * expand(v_inst), p[:, 1:] * v_gen]
+        v = reads[0] + reads[1] if self.dei2n_config.combine == "mixture" else tf.concat(reads, axis=-1)
         parts = [expand(r["user"]), e["context"], target, trigger, v]
         if self.interaction is not None:
             parts.append(self.interaction(tf.concat([trigger, target, trigger * target, trigger - target], axis=-1),
@@ -195,7 +209,10 @@ class DEI2N(TirModel):
     def self_attend(self, mhsa, keys, mask):
         """``(MHSA(keys) [n, W, units], mask [n, W])`` over the real positions of ``mask``:
         compacted to the front (W = the longest row) in length groups of rows
-        (``model.hist_buckets``; 0: the padded positions). Exact up to float rounding."""
+        (``model.hist_buckets``; 0: the padded positions). Exact up to float rounding.
+        Without ``model.dei2n.self_attention`` (``mhsa`` None): ``(keys, mask)``."""
+        if mhsa is None:
+            return keys, mask
         buckets = self.model_config.hist_buckets
         if not mhsa.built:  # build outside length_bucketed's tf.cond branches
             mhsa(keys[:1], mask[:1])

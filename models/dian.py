@@ -11,8 +11,10 @@ available; the nets are reconstructions [X]:
   (``tirec.models.intent_label``, an auxiliary BCE weighted by ``intent_weight``). ``p_I = 0``
   without a trigger.
 * **Trigger-aware net** — ``ŷ_trig = σ(Tower_trig([E_u ‖ E_c ‖ e_i ‖ e_t ‖ e_t⊙e_i ‖ h_t ‖ v_i]))``
-  with ``v_i = DinAttention(e_i, E_S)``.
-* **Trigger-free net** — a DIN without the trigger: ``ŷ_free = σ(Tower_free([E_u ‖ E_c ‖ e_i ‖ v_i]))``.
+  with ``v_i = DinAttention(e_i, E_S)`` (``trigger_net_target_read=false``: without v_i).
+* **Trigger-free net** — a DIN without the trigger: ``ŷ_free = σ(Tower_free([E_u ‖ E_c ‖ e_i ‖ v_i]))``
+  (``free_net=sum``: the sum of the real behaviours ``Σ_k e_k`` in place of v_i, the base model
+  of the DIN paper).
 * **Output** — ``ŷ = clip(p_I·ŷ_trig + (1 − p_I)·ŷ_free, ε, 1 − ε)``, a probability as every
   model's ``ctr``; the loss is ``BCE(y, ŷ) + λ·BCE(y_I, p_I)``.
 
@@ -28,11 +30,14 @@ import tensorflow as tf
 from tirec.features.config_io import Checks
 from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
-from tirec.models.base import FeatureEmbedder, ctr_tower, din_attention, trigger_present
+from tirec.models.base import FeatureEmbedder, ctr_tower, din_attention, history_sum, trigger_present
 from tirec.models.config import ModelConfig
 from tirec.models.intent_label import RequestIntentModel, check_intent_settings, two_bins
 from tirec.models.layers import MLP
 from tirec.models.registry import register_model
+
+
+FREE_NETS = ("din", "sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,11 @@ class DianConfig:
       intent_hidden: the intent net's hidden widths (ReLU), then one logit.
       intent_context: the intent net reads the context E_c (true, the reconstruction's input list); false:
         user, trigger and history only, so the whole net runs once per distinct request.
+      trigger_net_target_read: the trigger-aware net reads the target's attention over the
+        history v_i (true, the reconstruction's input list [X]); false: it reads the history
+        through the trigger only (h_t), and v_i belongs to the trigger-free net.
+      free_net: the trigger-free net's history read [X]: ``din`` (default, v_i) or ``sum``
+        (Σ_k e_k over the real behaviours, no attention).
       eps: the mixture is clipped to [eps, 1 - eps].
     """
 
@@ -58,13 +68,16 @@ class DianConfig:
     intent_rule: str = "level"
     intent_hidden: tuple[int, ...] = (256, 128)
     intent_context: bool = True
+    trigger_net_target_read: bool = True
+    free_net: str = "din"
     eps: float = 1e-7
 
     def __post_init__(self) -> None:
         check_intent_settings("dian", self.intent_level, self.intent_weight, self.intent_rule)
         check = Checks("model.dian", self)
         check.widths("intent_hidden")
-        check.flags("intent_context")
+        check.flags("intent_context", "trigger_net_target_read")
+        check.one_of("free_net", FREE_NETS)
         if isinstance(self.eps, bool) or not isinstance(self.eps, numbers.Real) or not 0 < self.eps < 0.5:
             raise ValueError(f"model.dian.eps: must be a number in (0, 0.5); received {self.eps!r}")
 
@@ -83,7 +96,8 @@ class DIAN(RequestIntentModel):
         self.has_trigger_col = trigger_present(spec, "DIAN")
         self.embed = FeatureEmbedder(spec.to_json(), c.emb_dim, c.table_shards, name="embed")
         self.trigger_att = din_attention(c, "trigger_attention")
-        self.target_att = din_attention(c, "target_attention")
+        reads_target = d.trigger_net_target_read or d.free_net == "din"
+        self.target_att = din_attention(c, "target_attention") if reads_target else None
         self.intent_mlp = MLP(d.intent_hidden, output_logit=True, name="intent_net")
         self.tower_trig = ctr_tower(c, "trigger_aware_tower")
         self.tower_free = ctr_tower(c, "trigger_free_tower")
@@ -116,9 +130,11 @@ class DIAN(RequestIntentModel):
         else:
             p = expand(self._intent([r["user"], h_t_r, r["trigger"]], rows[self.has_trigger_col], training))
         target = e["target"]
-        v_i = self.target_att(target, expand(r["hist"]), expand(r["mask"]), training=training)
-        trig = [user, e["context"], target, e_t, e_t * target, h_t, v_i]
-        free = [user, e["context"], target, v_i]
+        v_i = (None if self.target_att is None
+               else self.target_att(target, expand(r["hist"]), expand(r["mask"]), training=training))
+        trig = [user, e["context"], target, e_t, e_t * target, h_t]
+        trig += [v_i] if d.trigger_net_target_read else []
+        free = [user, e["context"], target, v_i if d.free_net == "din" else history_sum(r, target, expand)[0]]
         return {"p": p, "trig": self._probability(self.tower_trig, trig, training),
                 "free": self._probability(self.tower_free, free, training)}
 

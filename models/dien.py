@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # The settings a switch leaves unread: no auxiliary loss (aux_weight 0) reads none of its own,
 # the dot score no MLP.
-UNREAD_WHEN = (("aux_weight", 0, ("negatives", "aux_score", "aux_hidden")),
+UNREAD_WHEN = (("aux_weight", 0, ("negatives", "negatives_outside_history", "aux_score", "aux_hidden")),
                ("aux_score", "dot", ("aux_hidden",)))
 
 NEGATIVES = ("batch", "table")
@@ -56,6 +56,10 @@ class DienConfig:
       negatives: where ê comes from: ``batch`` (default), a distinct target item of the
         replica's batch (id and side fields); ``table``, a uniform id of the frozen item table
         with the positive's side fields. Never the positive's id.
+      negatives_outside_history: a drawn negative that is one of the row's real behaviours is
+        not used (that step keeps its positive term alone), as the paper asks (ê not in the
+        user's history). Default false: the history is not checked [X] (a draw rarely hits one
+        of at most L behaviours; the results tables ran without the check).
       aux_score: σ_aux: ``mlp`` (default, the reference code's MLP on [h_k ‖ e], hidden widths
         ``aux_hidden``, sigmoid) or ``dot`` (the paper's inner product h_k · e; needs
         gru_units = D).
@@ -74,6 +78,7 @@ class DienConfig:
     gru_units: int = 0
     aux_weight: float = 1.0
     negatives: str = "batch"
+    negatives_outside_history: bool = False
     aux_score: str = "mlp"
     aux_hidden: tuple[int, ...] = (100, 50)
     trigger_in_tower: bool = True
@@ -88,7 +93,7 @@ class DienConfig:
         check.one_of("negatives", NEGATIVES)
         check.one_of("aux_score", AUX_SCORES)
         check.widths("aux_hidden")
-        check.flags("trigger_in_tower", "history_sum", "recurrent")
+        check.flags("trigger_in_tower", "history_sum", "recurrent", "negatives_outside_history")
         if not self.recurrent and (self.aux_weight > 0 or self.gru_units):
             raise ValueError(f"model.dien.recurrent=false has no interest states: it needs model.dien.aux_weight=0 "
                              f"and model.dien.gru_units=0; received aux_weight={self.aux_weight!r}, "
@@ -110,6 +115,12 @@ def _hash_index(keys: tf.Tensor, size) -> tf.Tensor:
     digest = tf.cast(tf.fingerprint(keys), tf.int64)[:, :7]  # 56 bits: stays non-negative
     value = tf.reduce_sum(digest * tf.constant([1 << (8 * i) for i in range(7)], tf.int64), axis=1)
     return value % tf.cast(size, tf.int64)
+
+
+def _in_history(drawn, ids, real) -> tf.Tensor:
+    """bool ``[U, K]``: whether each drawn id ``[U, K]`` is one of its row's real ids ``[U, W]``."""
+    same = tf.equal(drawn[:, :, None], tf.cast(ids, drawn.dtype)[:, None, :])
+    return tf.reduce_any(same & real[:, None, :], axis=-1)
 
 
 @keras.utils.register_keras_serializable(package="tirec")
@@ -200,7 +211,8 @@ class DIEN(TirModel):
         batch it has (the same mean with or without ``model.request_dedup``)."""
         h, positive, positive_ids = states[:, :-1], items[:, 1:], ids[:, 1:]
         pairs = tf.sequence_mask(lengths - 1, tf.shape(h)[1])  # k + 1 is real
-        negative, has_negative = self.negatives(positive, positive_ids, ids[:, :-1], e, inputs)
+        negative, has_negative = self.negatives(positive, positive_ids, ids[:, :-1], e, inputs,
+                                                history=(ids, tf.sequence_mask(lengths, tf.shape(ids)[1])))
         terms = (tf.nn.softplus(-self.aux_logit(h, positive))
                  + tf.where(has_negative, tf.nn.softplus(self.aux_logit(h, negative)), 0.0))
         pairs_f = tf.cast(pairs, tf.float32)
@@ -220,10 +232,12 @@ class DIEN(TirModel):
         optimizer = getattr(self, "optimizer", None)
         return tf.cast(optimizer.iterations, tf.int64) if optimizer is not None else tf.constant(0, tf.int64)
 
-    def negatives(self, positive, positive_ids, previous_ids, e, inputs):
+    def negatives(self, positive, positive_ids, previous_ids, e, inputs, history=None):
         """``(ê [U, K, D], usable [U, K] bool)``: one negative per (request, step), drawn by a
         hash of (positive id, previous behaviour's id, step, optimizer step), never the
-        positive's id: the same draws on one device and on any split over replicas.
+        positive's id: the same draws on one device and on any split over replicas. With
+        ``negatives_outside_history`` and ``history`` = (the rows' ids ``[U, W]``, their bool
+        mask), a draw among a row's real behaviours is not usable either.
 
         ``batch``: a distinct target item of the replica's batch (unusable when the batch has
         only the positive's item); ``table``: an id of the frozen item table, embedded with the
@@ -246,6 +260,8 @@ class DIEN(TirModel):
         pick = _hash_index(keys, size)
         pick = tf.where(tf.gather(pool, pick) == flat_pos, (pick + 1) % size, pick)
         usable = tf.reshape(tf.gather(pool, pick) != flat_pos, [n, k])
+        if history is not None and self.dien_config.negatives_outside_history:
+            usable &= ~_in_history(tf.reshape(tf.gather(pool, pick), [n, k]), *history)
         if embs is not None:
             return tf.reshape(tf.gather(embs, pick), tf.shape(positive)), usable
         id_part = self.embed.tables[self._id_table](tf.reshape(tf.gather(pool, pick), [n, k]))

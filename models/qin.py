@@ -41,6 +41,9 @@ class QinConfig:
       att_dim: the attention width d; 0 (default) = 2 x the item embedding width D, as in the code.
       att_heads: heads of the target attention; must divide the width. 1 (default), as in the
         code (single-headed despite its class name).
+      trigger_in_qnn: the trigger embedding e_t joins the QNN's feature embeddings (true, the
+        TIR use **[X]**); false: the code's input, without the trigger (it still reaches the
+        model through ``trigger_attention``, when that is on).
       trigger_attention: a second attention read of the history with the trigger as query,
         its output o_t joining the QNN input **[X]**.
       num_layers: QNN layers.
@@ -53,6 +56,7 @@ class QinConfig:
 
     att_dim: int = 0
     att_heads: int = 1
+    trigger_in_qnn: bool = True
     trigger_attention: bool = False
     num_layers: int = 4
     num_row: int = 4
@@ -66,7 +70,7 @@ class QinConfig:
         check.counts("att_heads", "num_layers", "num_row")
         if self.att_dim and self.att_dim % self.att_heads:
             check.bad("att_dim", f"must be divisible by att_heads={self.att_heads}")
-        check.flags("trigger_attention", "batch_norm")
+        check.flags("trigger_in_qnn", "trigger_attention", "batch_norm")
         if not is_finite(self.dropout) or not 0.0 <= self.dropout < 1.0:
             check.bad("dropout", "must be in [0, 1)")
         check.one_of("head", HEADS)
@@ -203,7 +207,7 @@ class QuadraticNetwork(keras.layers.Layer):
 
 @keras.utils.register_keras_serializable(package="tirec")
 class QIN(TirModel):
-    """QIN with the trigger among its feature embeddings (docs/models.md#qin).
+    """QIN with the trigger among its feature embeddings (``trigger_in_qnn``, docs/models.md#qin).
 
     Inputs: the raw feature dict of a batch (see ``tirec.models.base.model_input_names``).
     Outputs: ``{"ctr": [B, 1]}`` click probability, float32.
@@ -235,7 +239,9 @@ class QIN(TirModel):
         r = self.embed.request(rows)  # once per distinct request (model.request_dedup)
         e = self.embed.impression(inputs)
         o = self.target_att(e["target"], expand(r["hist"]), expand(r["mask"]))
-        parts = [expand(r["user"]), e["context"], expand(r["trigger"]), e["target"], o]
+        parts = [expand(r["user"]), e["context"]]
+        parts += [expand(r["trigger"])] if self.qin_config.trigger_in_qnn else []
+        parts += [e["target"], o]
         if self.trigger_att is not None:
             parts.append(expand(self.trigger_att(r["trigger"], r["hist"], r["mask"])))
         x = self.qnn(tf.concat([tf.cast(p, self.layer_dtype) for p in parts], axis=-1), training=training)

@@ -67,13 +67,15 @@ def test_trigger_related_mask_and_latest_time_hand_computed():
     ("model.dei2n.interaction_hidden=[0]", r"model.dei2n.interaction_hidden: must be a list of layer sizes >= 1 "
                                             r"\(\[\] = no interaction MLP\); received \[0\]"),
     ("model.dei2n.history_sum=1", r"model.dei2n.history_sum: expected true/false; received 1"),
+    ("model.dei2n.self_attention=1", r"model.dei2n.self_attention: expected true/false; received 1"),
+    ("model.dei2n.combine=sum", r"model.dei2n.combine: must be mixture or concat; received 'sum'"),
 ])
 def test_config_errors_name_the_key_and_value(setting, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, [setting])
     d = Dei2nConfig()
-    assert (d.time_ref, d.time_buckets, d.time_max_gap_days, d.related, d.history_sum) == \
-        ("request", 20, 14.0, "auto", True)
+    assert (d.time_ref, d.time_buckets, d.time_max_gap_days, d.related, d.history_sum, d.self_attention,
+            d.combine) == ("request", 20, 14.0, "auto", True, True, "mixture")
 
 
 def test_related_rule_uses_the_category_else_the_similarity():
@@ -117,19 +119,26 @@ def test_similarity_sub_sequence_is_the_records_explicit_mask(tiny_data, caplog,
                                   & (x["hist_ts"].numpy() > 0) & (x["has_trigger"].numpy()[:, None] == 1))
 
 
-@pytest.mark.parametrize("history_sum, interaction, ui2m_context",
-                         [(True, True, True), (False, True, True), (True, False, True), (True, True, False)])
-def test_tower_reads_the_formula(tiny_data, history_sum, interaction, ui2m_context, first_batch, make_model):
+@pytest.mark.parametrize("history_sum, interaction, ui2m_context, combine, self_attention",
+                         [(True, True, True, "mixture", True), (False, True, True, "mixture", True),
+                          (True, False, True, "mixture", True), (True, True, False, "mixture", True),
+                          (True, True, True, "concat", True), (True, True, True, "mixture", False)])
+def test_tower_reads_the_formula(tiny_data, history_sum, interaction, ui2m_context, combine, self_attention,
+                                 first_batch, make_model):
     """Tower input = [E_u ‖ E_c ‖ e_i ‖ e_t ‖ p_inst v_inst + p_gen v_gen ‖ MLP([e_t ‖ e_i ‖ e_t⊙e_i ‖ e_t−e_i])],
     then, with ``history_sum`` (the default), Σ_b e_b and e_i ⊙ Σ_b e_b over the real behaviours;
-    ``interaction_hidden=[]`` leaves the MLP's part out."""
+    ``interaction_hidden=[]`` leaves the MLP's part out, ``combine=concat`` gives
+    [p_inst v_inst ‖ p_gen v_gen] in place of the sum, ``self_attention=false`` has the target
+    attentions read the time-coded behaviours without an MHSA."""
     spec, x, _ = first_batch(tiny_data, 32)
     x = {**x, "hist_ts": tf.where(tf.range(x["hist_ts"].shape[1]) >= tf.range(32)[:, None] % 7 + 2,
                                   tf.zeros_like(x["hist_ts"]), x["hist_ts"])}  # padding at the end
     model = make_model(tiny_data, "model.request_dedup=false", f"model.dei2n.history_sum={str(history_sum).lower()}",
                        *([] if interaction else ["model.dei2n.interaction_hidden=[]"]),
-                       f"model.dei2n.ui2m_context={str(ui2m_context).lower()}")  # E_c stays in the tower
+                       f"model.dei2n.ui2m_context={str(ui2m_context).lower()}",  # E_c stays in the tower
+                       f"model.dei2n.combine={combine}", f"model.dei2n.self_attention={str(self_attention).lower()}")
     model(x)
+    assert any("mhsa" in v.name for v in model.weights) == self_attention
     seen = []
     call = model.tower.call
     model.tower.call = lambda z, training=None: seen.append(z.numpy()) or call(z, training=training)
@@ -138,7 +147,13 @@ def test_tower_reads_the_formula(tiny_data, history_sum, interaction, ui2m_conte
     p, v_inst, v_gen, _, mask = _reads(model, x)
     assert np.allclose(p.sum(axis=1), 1.0) and np.all(p > 0)
     t, i = r["trigger"].numpy(), e["target"].numpy()
-    want = [r["user"].numpy(), e["context"].numpy(), i, t, p[:, :1] * v_inst + p[:, 1:] * v_gen]
+    if not self_attention:  # the target attentions read K itself
+        keys, related = model.timed_history(x, r), model.related_mask(x, r["mask"])
+        np.testing.assert_allclose(v_inst, model.instant_target(r["trigger"], keys, related).numpy(), atol=1e-6)
+        np.testing.assert_allclose(v_gen, model.general_target(e["target"], keys, r["mask"]).numpy(), atol=1e-6)
+    reads = [p[:, :1] * v_inst, p[:, 1:] * v_gen]
+    v = reads[0] + reads[1] if combine == "mixture" else np.concatenate(reads, axis=1)
+    want = [r["user"].numpy(), e["context"].numpy(), i, t, v]
     if interaction:
         want.append(model.interaction(np.concatenate([t, i, t * i, t - i], axis=1)).numpy())
     else:
@@ -225,13 +240,14 @@ def test_time_ref_request_reads_the_request_time_and_latest_does_not(tiny_data, 
     np.testing.assert_array_equal(latest(later)["ctr"].numpy(), latest(x)["ctr"].numpy())
 
 
-def test_speed_paths_equal_the_straightforward_path(tiny_data, first_batch, make_model, outputs_and_grads):
+@pytest.mark.parametrize("switches", [[], ["model.dei2n.self_attention=false", "model.dei2n.combine=concat"]])
+def test_speed_paths_equal_the_straightforward_path(tiny_data, first_batch, make_model, outputs_and_grads, switches):
     """request_dedup and the length groups (hist_buckets 1 and 3) change only the speed."""
     spec, x, y = first_batch(tiny_data, 128)
     variants = [("false", 0), ("true", 0), ("true", 1), ("true", 3)]
     results, weights = [], None
     for dedup, buckets in variants:
-        model = make_model(tiny_data, f"model.request_dedup={dedup}", f"model.hist_buckets={buckets}")
+        model = make_model(tiny_data, f"model.request_dedup={dedup}", f"model.hist_buckets={buckets}", *switches)
         model(x)
         weights = model.get_weights() if weights is None else weights
         model.set_weights(weights)

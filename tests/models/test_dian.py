@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tirec.compat import keras
+
 SMALL = ["model.emb_dim=4", "model.tower=[16,8]", "model.din_hidden=[8,4]", "model.hist_buckets=1",
          "model.dian.intent_hidden=[8]"]
 MODEL = "dian"  # make_model builds it
@@ -69,3 +71,51 @@ def test_the_mixture_is_clipped_and_its_loss_finite(tiny_data, batch, make_model
         np.testing.assert_allclose(out["ctr"].numpy(), want, rtol=1e-6)
         assert np.isfinite(float(loss))
         assert all(np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("target_read, free_net", [(True, "din"), (False, "din"), (True, "sum"), (False, "sum")])
+def test_the_nets_read_what_their_switches_say(tiny_data, batch, make_model, target_read, free_net):
+    """Tower_trig reads [E_u ‖ E_c ‖ e_i ‖ e_t ‖ e_t⊙e_i ‖ h_t (‖ v_i)], Tower_free
+    [E_u ‖ E_c ‖ e_i ‖ v_i] (``free_net=sum``: Σ_k e_k over the real behaviours for v_i); the
+    target attention exists only when a net reads it."""
+    x, _, _ = batch
+    x = {**x, "hist_ts": tf.where(tf.range(x["hist_ts"].shape[1]) >= tf.range(64)[:, None] % 7 + 2,
+                                  tf.zeros_like(x["hist_ts"]), x["hist_ts"])}  # padding at the end
+    model = make_model(tiny_data, "model.request_dedup=false", f"model.dian.free_net={free_net}",
+                       f"model.dian.trigger_net_target_read={str(target_read).lower()}")
+    model(x)
+    assert (model.target_att is None) == (not target_read and free_net == "sum")
+    assert any("target_attention" in v.name for v in model.weights) == (model.target_att is not None)
+    seen = {}
+    for name in ("tower_trig", "tower_free"):
+        tower = getattr(model, name)
+        tower.call = (lambda z, training=None, call=tower.call, name=name:
+                      seen.update({name: z.numpy()}) or call(z, training=training))
+    model(x)
+    r, e = model.embed.request(x), model.embed.impression(x)
+    u, c, i, t = r["user"].numpy(), e["context"].numpy(), e["target"].numpy(), r["trigger"].numpy()
+    h_t = model.trigger_att(r["trigger"], r["hist"], r["mask"]).numpy()
+    v_i = None if model.target_att is None else model.target_att(e["target"], r["hist"], r["mask"]).numpy()
+    mask = r["mask"].numpy()
+    total = (r["hist"].numpy() * mask[:, :, None]).sum(axis=1)
+    assert not mask.all() and np.any(total != 0)  # padding present and left out of the sum
+    want_trig = [u, c, i, t, t * i, h_t] + ([v_i] if target_read else [])
+    want_free = [u, c, i, v_i if free_net == "din" else total]
+    np.testing.assert_allclose(seen["tower_trig"], np.concatenate(want_trig, axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen["tower_free"], np.concatenate(want_free, axis=1), rtol=1e-5, atol=1e-6)
+    model.compile(optimizer=keras.optimizers.Adagrad(0.1), run_eagerly=True)  # and it trains
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    assert np.isfinite(model.train_on_batch(x, batch[1], return_dict=True)["loss"])
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)
+               if "embed" not in v.name)
+
+
+@pytest.mark.parametrize("setting, match", [
+    ("model.dian.free_net=mlp", r"model.dian.free_net: must be din or sum; received 'mlp'"),
+    ("model.dian.trigger_net_target_read=1", r"model.dian.trigger_net_target_read: expected true/false; received 1"),
+])
+def test_switch_errors_name_the_key_and_value(setting, match):
+    from tirec.config import load_config
+
+    with pytest.raises(ValueError, match=match):
+        load_config(None, [setting])

@@ -165,6 +165,7 @@ def test_oldest_first_reverses_the_real_behaviours_and_keeps_padding_last():
     ("model.dien.gate_scale=max", r"model\.dien\.gate_scale.*max"),
     ("model.dien.history_sum=1", r"model\.dien\.history_sum.*1"),
     ("model.dien.recurrent=1", r"model\.dien\.recurrent.*1"),
+    ("model.dien.negatives_outside_history=1", r"model\.dien\.negatives_outside_history.*1"),
     ("model.dien.recurrent=false", r"recurrent=false has no interest states.*aux_weight=1\.0"),
 ])
 def test_config_errors_name_the_key_and_value(setting, match):
@@ -175,8 +176,8 @@ def test_config_errors_name_the_key_and_value(setting, match):
 def test_defaults():
     c = DienConfig()
     assert (c.gru_units, c.aux_weight, c.negatives, c.aux_score, c.aux_hidden, c.trigger_in_tower,
-            c.gate_scale, c.history_sum, c.recurrent) == (0, 1.0, "batch", "mlp", (100, 50), True, "softmax",
-                                                          True, True)
+            c.gate_scale, c.history_sum, c.recurrent, c.negatives_outside_history) == \
+        (0, 1.0, "batch", "mlp", (100, 50), True, "softmax", True, True, False)
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -263,6 +264,38 @@ def test_negatives_come_from_their_pool_and_are_never_the_positive(tiny_data, mo
     np.testing.assert_array_equal(again.numpy(), negative.numpy())  # deterministic per step
 
 
+def test_negatives_outside_history_drops_draws_among_the_rows_real_behaviours(tiny_data, first_batch, make_model):
+    """With the switch, a draw that is one of its row's real behaviours is not usable; padded
+    positions do not count; without it (the default) the history is not read."""
+    spec, x, _ = first_batch(tiny_data, 64, columns=True)
+    inputs = _inputs(spec, x)
+    off, on = make_model(tiny_data), make_model(tiny_data, "model.dien.negatives_outside_history=true")
+    on(inputs)
+    e = on.embed.impression(inputs)
+    pool = np.unique(x["target_item_id"].numpy())
+    n = len(pool)
+    positive_ids = tf.constant(np.repeat(pool[:, None], 2, axis=1))  # [n, 2]: every pool item a positive
+    positive = tf.random.normal([n, 2, e["target"].shape[-1]])
+    holds_all = np.arange(n) % 3 != 1  # rows 0, 2, 3, 5, ...: the whole pool in their history
+    hist = np.where(holds_all[:, None], pool[None, :], -1 - np.arange(n)[None, :])
+    real = np.ones_like(hist, bool)
+    real[np.arange(n) % 3 == 2] = False  # rows 2, 5, ...: the pool, but only as padding
+    history = (tf.constant(hist), tf.constant(real))
+    _, usable = on.negatives(positive, positive_ids, tf.zeros_like(positive_ids), e, inputs, history=history)
+    want = ~(holds_all & real.any(axis=1))
+    np.testing.assert_array_equal(usable.numpy(), np.repeat(want[:, None], 2, axis=1))
+    assert want.any() and not want.all()
+    off(inputs)
+    _, usable = off.negatives(positive, positive_ids, tf.zeros_like(positive_ids), e, inputs, history=history)
+    assert usable.numpy().all()
+    seen = {}
+    negatives = on.negatives
+    on.negatives = lambda *a, **k: seen.update(k) or negatives(*a, **k)
+    on.auxiliary_loss(tf.zeros([2, 3, 16]), tf.zeros([2, 3, 16]), tf.constant([[1, 2, 3], [4, 5, 0]], tf.int64),
+                      tf.constant([3, 2]), tf.constant([1.0, 1.0]), e, inputs)
+    np.testing.assert_array_equal(seen["history"][1].numpy(), [[True, True, True], [True, True, False]])
+
+
 def test_aux_loss_is_added_in_training_only_and_counted_in_the_step(tiny_data, first_batch, make_model):
     spec, x, y = first_batch(tiny_data, 64, columns=True)
     inputs = _inputs(spec, x)
@@ -307,7 +340,7 @@ def test_users_without_history_get_zero_interest_and_finite_outputs(tiny_data, f
 
 SWITCHES = ["model.dien.negatives=table", "model.dien.aux_score=dot", "model.dien.trigger_in_tower=false",
             "model.dien.gru_units=8", "model.dien.gate_scale=count", "model.dien.history_sum=false",
-            "model.dien.recurrent=false model.dien.aux_weight=0"]
+            "model.dien.recurrent=false model.dien.aux_weight=0", "model.dien.negatives_outside_history=true"]
 
 
 @pytest.mark.parametrize("setting", SWITCHES)

@@ -128,6 +128,7 @@ def test_qnn_switches_dropout_and_batch_norm():
     ([], ["target_attention", "qnn/bn_1", "head/kernel"], ["trigger_attention", "tower"]),
     (["model.qin.trigger_attention=true", "model.qin.head=tower", "model.qin.batch_norm=false",
       "model.qin.att_dim=12", "model.qin.att_heads=3"], ["trigger_attention", "tower"], ["bn_", "head/kernel"]),
+    (["model.qin.trigger_in_qnn=false"], ["target_attention"], ["trigger_attention"]),
 ])
 def test_qin_shapes_and_switches(tiny_data, settings, present, absent):
     model, spec = _model(tiny_data, *settings)
@@ -144,12 +145,14 @@ def test_qin_shapes_and_switches(tiny_data, settings, present, absent):
     q = model.qin_config
     d = model.embed.item_dim
     assert model.target_att.query_dense.kernel.shape == (d, q.att_dim or 2 * d)
-    e = model.embed(x)  # x = [E_u ‖ E_c ‖ e_t ‖ e_i ‖ o (‖ o_t)]
-    width = e["user"].shape[-1] + e["context"].shape[-1] + (4 if q.trigger_attention else 3) * d
+    e = model.embed(x)  # x = [E_u ‖ E_c (‖ e_t) ‖ e_i ‖ o (‖ o_t)]
+    items = 2 + q.trigger_in_qnn + q.trigger_attention
+    width = e["user"].shape[-1] + e["context"].shape[-1] + items * d
     assert model.qnn.linears[0].kernel.shape == (width, q.num_row * width)
-    if q.trigger_attention:  # o_t reads the history with the trigger: changing it moves the output
-        x2 = dict(x, trigger_item_id=x["trigger_item_id"] + 1)
-        assert not np.allclose(model(x2)["ctr"].numpy(), out.numpy())
+    # the trigger reaches the output through e_t in the QNN input or through o_t, else not at all
+    x2 = dict(x, trigger_item_id=x["trigger_item_id"] + 1)
+    moved = not np.allclose(model(x2)["ctr"].numpy(), out.numpy())
+    assert moved == (q.trigger_in_qnn or q.trigger_attention)
 
 
 def test_qin_output_ignores_labels_and_intent_columns(tiny_data):
@@ -168,7 +171,8 @@ def test_qin_config_is_validated():
                              ("model.qin.dropout=1.0", "model.qin.dropout: must be in [0, 1)"),
                              ("model.qin.head=mlp", "model.qin.head: must be linear or tower; received 'mlp'"),
                              ("model.qin.att_dim=10", "model.qin.att_dim: must be divisible by att_heads=4"),
-                             ("model.qin.batch_norm=1", "model.qin.batch_norm: expected true/false")]:
+                             ("model.qin.batch_norm=1", "model.qin.batch_norm: expected true/false"),
+                             ("model.qin.trigger_in_qnn=2", "model.qin.trigger_in_qnn: expected true/false")]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
             load_config(None, [setting, "model.qin.att_heads=4"] if "att_dim" in setting else [setting])
 
