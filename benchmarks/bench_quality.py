@@ -558,8 +558,25 @@ def markdown(rows: list[dict], picks: dict, args, refs: dict) -> str:
                   + "; ".join(f"{LABELS.get(r['model'], r['model'])} {r['planted_intent_js'][0]:.4f} ± "
                               f"{r['planted_intent_js'][1]:.4f}" for r in planted)]
     lines += _ablation_table(rows) + _grid_table(picks, args)
-    lines += ["", f"Settings: {' '.join(SPEED + list(args.overrides)) or 'defaults'} (paper defaults otherwise)."]
+    lines += ["", f"Settings: {' '.join(SPEED + list(args.overrides)) or 'defaults'} (paper defaults otherwise).",
+              "", f"Command (trains what is not cached, then writes these tables): `{command(args)}`"]
     return "\n".join(lines) + "\n"
+
+
+def command(args) -> str:
+    """The ``tirec bench quality`` command line of this procedure (``OUT``: the output folder);
+    flags left at their defaults are left out."""
+    parts = ["tirec bench quality --out OUT", "--datasets " + " ".join(args.datasets),
+             "--models " + ",".join(args.models)]
+    defaults = parse_args(["--out", "OUT"])
+    for flag in ("seeds", "lrs", "max_epochs", "patience", "users", "latency_runs"):
+        value = getattr(args, flag)
+        if value != getattr(defaults, flag):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            parts.append(f"--{flag.replace('_', '-')} {shown}")
+    parts += ["--ablations"] if args.ablations else []
+    parts += [f"--set {o}" for o in args.overrides]
+    return " ".join(parts)
 
 
 def pending_rows(rows: list[dict], args) -> list[str]:
@@ -584,14 +601,15 @@ def _ablation_table(rows: list[dict]) -> list[str]:
     if not ablated:
         return []
     lines = ["", "**Ablations** (each at the LR of the row it ablates, on the data set named; Δ AUC: its mean "
-             "AUC minus that row's)", "",
+             f"AUC minus that row's; the full row's data has the default n = {DEFAULT_LEVELS} similarity "
+             "levels, so it is also the n sweep's n = 6 row)", "",
              "| data set | variant | LR | seeds | AUC | GAUC | logloss | Δ AUC | RelaImpr vs DIN (AUC) | train s "
              "| params | latency ms (200 cand.) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     sources = {r["ablation_of"] for r in ablated}
     for r in rows:
         if f"{r['dataset']}|{r['model']}" in sources:
-            lines.append(f"| {r['dataset']} | {LABELS.get(r['model'], r['model'])} (full) | {_metric_cells(r)} "
-                         f"| — | {_cost_cells(r)} |")
+            lines.append(f"| {r['dataset']} | {LABELS.get(r['model'], r['model'])} (full, n={DEFAULT_LEVELS}) "
+                         f"| {_metric_cells(r)} | — | {_cost_cells(r)} |")
     for r in ablated:
         delta = "—" if r["delta_auc_vs_full"] is None else f"{r['delta_auc_vs_full']:+.4f}"
         lines.append(f"| {r['dataset']} | {r['model']} | {_metric_cells(r)} | {delta} | {_cost_cells(r)} |")

@@ -165,11 +165,13 @@ def test_ablations_get_their_own_table_with_the_difference_to_the_full_model(tmp
     assert "| movielens | DAIAN | 0.05 | 2 |" in main and "w/o UIM" not in main and "n=2" not in main
     ablations, grid = rest.split("**Valid AUC per learning rate")
     lines = [line for line in ablations.splitlines() if line.startswith("| movielens")]
-    assert lines[0].startswith("| movielens | DAIAN (full) | 0.05 | 2 | 0.6500 ± 0.0100 |")
+    assert lines[0].startswith("| movielens | DAIAN (full, n=6) | 0.05 | 2 | 0.6500 ± 0.0100 |")
     assert lines[1].startswith("| movielens | daian w/o UIM | 0.05 | 2 | 0.6200 ± 0.0100 | ")
     assert " | -0.0300 | " in lines[1] and " | +0.0200 | " in lines[2]
     assert f"{bench.rela_impr(0.62, 0.60):+.2f} %" in lines[1]  # still against DIN
     assert "| movielens | daian | 0.6000 * | 0.5900 |" in grid and "w/o UIM" not in grid  # no grid of their own
+    assert ("Command (trains what is not cached, then writes these tables): `tirec bench quality --out OUT "
+            "--datasets movielens synthetic --models " + ",".join(args.models) + " --seeds 1 2 --lrs 0.05 0.1`") in text
 
 
 def test_the_level_sweep_holds_tau_at_the_default_datas_and_keeps_the_whole_history_row(monkeypatch, tmp_path):
