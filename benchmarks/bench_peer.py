@@ -33,6 +33,11 @@ machine's load, shared with other jobs, falls on all of them):
 * ``tirec_din_block1``: our DIN, record-level shuffle (``train.shuffle_block=1``: a batch holds
   candidates of ~all different requests, little for ``model.request_dedup`` to share);
 * ``tirec_din``: our DIN with the training defaults (``train.shuffle_block=16``);
+* ``tirec_din_before``: the first, record-level-shuffle variant without the two speed paths
+  tirec added for this comparison (``model.hist_buckets=0``: the attention on every padded
+  position; ``model.request_dedup=false``: every row's request-level work done per row): the
+  "before" of the profile-and-fix the issue asks for, in the same interleaved run (the split
+  first layer of the attention unit has no switch, so it is in both);
 * ``deepctr_din``: DeepCTR 0.9.4's ``DIN``, fed as its ``fit(x, y, shuffle=True)`` feeds numpy
   arrays (record indices shuffled every epoch, batches gathered from memory).
 
@@ -69,8 +74,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-VARIANTS = ("tirec_din_block1", "tirec_din", "deepctr_din")
-SHUFFLE_BLOCK = {"tirec_din_block1": 1, "tirec_din": None}  # None: the training default
+VARIANTS = ("tirec_din_block1", "tirec_din", "tirec_din_before", "deepctr_din")
+SHUFFLE_BLOCK = {"tirec_din_block1": 1, "tirec_din": None, "tirec_din_before": 1}  # None: the training default
+MODEL_SETTINGS = {"tirec_din_before": {"hist_buckets": 0, "request_dedup": False}}  # else the defaults
 GOALS = {"tirec_din_block1": 3.0, "tirec_din": 4.0}  # examples/s over DeepCTR's (issue 15)
 CEILING_GOAL = 0.70  # of the 4096^3 matmul ceiling, record-level shuffle, padded FLOP count
 
@@ -202,16 +208,18 @@ def deepctr_din(columns: list[PeerColumn], fields: list[str], cfg: PeerConfig):
     return model
 
 
-def tirec_din(data: str, spec, cfg: PeerConfig):
+def tirec_din(data: str, spec, cfg: PeerConfig, **settings):
     """Our DIN at ``cfg`` (``model.emb_dim``, ``model.din_hidden``, ``model.tower``; the other
-    settings their defaults), in its training stage, compiled with Adagrad."""
+    settings their defaults, or ``settings`` of the model section), in its training stage,
+    compiled with Adagrad."""
     from tirec.compat import keras
     from tirec.models.config import ModelConfig, TrainConfig
     from tirec.models.data import load_item_vectors
     from tirec.models.registry import model_spec
     from tirec.models.train import build_model, training_stages
 
-    model_cfg = ModelConfig(name="din", emb_dim=cfg.emb_dim, din_hidden=cfg.attention, tower=cfg.tower).resolved()
+    model_cfg = ModelConfig(name="din", emb_dim=cfg.emb_dim, din_hidden=cfg.attention, tower=cfg.tower,
+                            **settings).resolved()
     ids, vecs, _ = load_item_vectors(data)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model("din", model_spec("din", spec), model_cfg, ids, vecs)
@@ -320,6 +328,8 @@ def add_ratios(out: dict, ceiling: float, flops: dict) -> None:
 
 LABELS = {"tirec_din_block1": "tirec DIN, record-level shuffle (`train.shuffle_block=1`)",
           "tirec_din": "tirec DIN, defaults (`train.shuffle_block=16`)",
+          "tirec_din_before": "tirec DIN before its speed paths (record-level shuffle, `model.hist_buckets=0`, "
+                              "`model.request_dedup=false`)",
           "deepctr_din": "DeepCTR 0.9.4 DIN (`fit(shuffle=True)`)"}
 
 
@@ -443,7 +453,7 @@ def run(args) -> dict:
     columns, fields = peer_columns(spec)
     x_train, y_train, _ = read_split(data, "train", spec, columns)
     x_eval, y_eval, users_eval = read_split(data, "eval", spec, columns)
-    models = {name: tirec_din(data, spec, cfg) for name in SHUFFLE_BLOCK}
+    models = {name: tirec_din(data, spec, cfg, **MODEL_SETTINGS.get(name, {})) for name in SHUFFLE_BLOCK}
     models["deepctr_din"] = deepctr_din(columns, fields, cfg)
     functions = {name: train_function(models[name], tirec_dataset(data, spec, cfg, block))
                  for name, block in SHUFFLE_BLOCK.items()}

@@ -200,7 +200,7 @@ def test_tiny_run_end_to_end(tiny, tmp_path, monkeypatch):
     assert bench.main(["--out", out_dir, "--data", tiny, "--rounds", "2", "--steps", "1", "--batch-size", "256",
                        "--emb-dim", "4", "--attention", "4", "--tower", "8"]) == 0
     out = read_json(os.path.join(out_dir, "bench_peer.json"))
-    assert set(out["variants"]) == {"tirec_din_block1", "tirec_din", "deepctr_din"}
+    assert set(out["variants"]) == {"tirec_din_block1", "tirec_din", "tirec_din_before", "deepctr_din"}
     for v in out["variants"].values():
         assert v["examples_per_s"] > 0 and 0 < v["auc"] < 1 and len(v["rounds"]) == 2
         assert v["forward_mflop_per_example"] > 0
