@@ -354,7 +354,7 @@ def markdown(out: dict) -> str:
     for name, g in out.get("goals", {}).items():
         lines.append(f"| {name}: {g['goal']} | {g['measured']} | {'yes' if g['met'] else 'no'} |")
     c = out["config"]
-    lines += ["", f"Config (both): batch {c['batch_size']}, sequence {out['seq_len']}, embedding {c['emb_dim']}, "
+    lines += ["", f"Config (every variant): batch {c['batch_size']}, sequence {out['seq_len']}, embedding {c['emb_dim']}, "
               f"attention {'-'.join(map(str, c['attention']))} (sigmoid), tower {'-'.join(map(str, c['tower']))} "
               f"(ReLU), Adagrad {c['lr']:g}, seed {c['seed']}. DeepCTR inputs: {', '.join(out['deepctr_inputs'])}."]
     return "\n".join(lines) + "\n"
@@ -440,7 +440,7 @@ def time_interleaved(functions: dict, rounds: int, steps: int, batch: int) -> di
 
 
 def run(args) -> dict:
-    """Builds the three variants, times them interleaved, evaluates them, counts the FLOPs."""
+    """Builds the variants, times them interleaved, evaluates them, counts the FLOPs."""
     import tensorflow as tf
 
     from bench_train import _forward_flops, _matmul_ceiling, _padded_flops

@@ -82,6 +82,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import threading
@@ -575,7 +576,7 @@ def command(args) -> str:
             shown = " ".join(map(str, value)) if isinstance(value, list) else value
             parts.append(f"--{flag.replace('_', '-')} {shown}")
     parts += ["--ablations"] if args.ablations else []
-    parts += [f"--set {o}" for o in args.overrides]
+    parts += [f"--set {shlex.quote(o)}" for o in args.overrides]
     return " ".join(parts)
 
 

@@ -36,7 +36,7 @@ from tirec.compat import keras
 from tirec.features.spec import FeatureSpec
 from tirec.models.base import (CATEGORY, RELATED_RULES, FeatureEmbedder, TirModel, check_time_settings,
                                context_input_names, ctr_tower, history_gap_buckets, history_sum, item_columns,
-                               related_rule, trigger_present)
+                               related_rule, trigger_present, warn_shared_unread)
 from tirec.models.config import ModelConfig
 from tirec.models.layers import MLP, MultiHeadSelfAttention, MultiHeadTargetAttention
 from tirec.models.layers.sequence import length_bucketed, real_lengths, trigger_related_mask
@@ -54,7 +54,8 @@ class Dei2nConfig:
     common ``model`` section.
 
     Args:
-      att_units / att_heads: size of the four attention blocks (two MHSA, two MHTA).
+      att_units / att_heads: size of the attention blocks (two MHSA, two MHTA; the two MHTA alone
+        with ``self_attention=false``).
       time_ref: the reference of the behaviours' time gaps: ``request`` (the request time, the
         paper's) or ``latest`` (the row's most recent behaviour).
       time_buckets: number of log-scale time-gap buckets.
@@ -134,6 +135,8 @@ class DEI2N(TirModel):
         self.interaction = (MLP(d.interaction_hidden, output_logit=False, name="interaction")
                             if d.interaction_hidden else None)
         self.tower = ctr_tower(c)
+        if not d.self_attention:  # the length groups serve only the self-attentions
+            warn_shared_unread(c, ("hist_buckets",), "DEI2N with model.dei2n.self_attention=false")
 
     def _describe_related(self) -> str:
         if self.related_by == "category":

@@ -262,3 +262,13 @@ def test_speed_paths_equal_the_straightforward_path(tiny_data, first_batch, make
             w = want_grads[name]
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1e-3, np.abs(w).max()),
                                        err_msg=f"{name} {variant}")
+
+
+def test_without_self_attention_the_length_groups_are_named_unread(tiny_data, make_model, caplog):
+    with caplog.at_level(logging.WARNING):
+        make_model(tiny_data, "model.dei2n.self_attention=false", "model.hist_buckets=3")
+    assert "model.hist_buckets=3 not read by DEI2N with model.dei2n.self_attention=false" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        make_model(tiny_data, "model.hist_buckets=3")
+    assert "not read by DEI2N" not in caplog.text

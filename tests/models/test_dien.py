@@ -293,6 +293,7 @@ def test_negatives_outside_history_drops_draws_among_the_rows_real_behaviours(ti
     on.negatives = lambda *a, **k: seen.update(k) or negatives(*a, **k)
     on.auxiliary_loss(tf.zeros([2, 3, 16]), tf.zeros([2, 3, 16]), tf.constant([[1, 2, 3], [4, 5, 0]], tf.int64),
                       tf.constant([3, 2]), tf.constant([1.0, 1.0]), e, inputs)
+    np.testing.assert_array_equal(seen["history"][0].numpy(), [[1, 2, 3], [4, 5, 0]])  # the ids with their mask
     np.testing.assert_array_equal(seen["history"][1].numpy(), [[True, True, True], [True, True, False]])
 
 
