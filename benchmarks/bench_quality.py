@@ -603,7 +603,7 @@ def _ablation_table(rows: list[dict]) -> list[str]:
         return []
     lines = ["", "**Ablations** (each at the LR of the row it ablates, on the data set named; Δ AUC: its mean "
              f"AUC minus that row's; the full row's data has the default n = {DEFAULT_LEVELS} similarity "
-             "levels, so it is also the n sweep's n = 6 row)", "",
+             f"levels, so it is also the n sweep's n = {DEFAULT_LEVELS} row)", "",
              "| data set | variant | LR | seeds | AUC | GAUC | logloss | Δ AUC | RelaImpr vs DIN (AUC) | train s "
              "| params | latency ms (200 cand.) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     sources = {r["ablation_of"] for r in ablated}
